@@ -1,0 +1,120 @@
+//! Messages, grouped by service. One bidirectional stream per RPC: the
+//! caller writes one request frame; the node answers with one response frame,
+//! or with a stream of frames for streaming calls (`AttachJob`,
+//! `RegisterRunner`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{
+    Job, JobId, JobSpec, JobState, OpId, OpKind, OpStatus, Operation, ResourceState, Runner, RunnerKind, Stream,
+    TypedValue,
+};
+
+/// Requests a CLI (or a runner on the CLI's connection) sends to a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    // -- server service --
+    ServerInfo,
+    /// Only on a connection authenticated with the one-time bootstrap token:
+    /// consumes it and returns the first user token.
+    ExchangeBootstrap { name: String },
+
+    // -- catalog service --
+    ListOperations { kind: OpKind, project: Option<String>, app: Option<String> },
+    ListRunners,
+
+    // -- job service --
+    QueueJob { spec: JobSpec },
+    ListJobs { limit: u32 },
+    InspectJob { id: JobId },
+    CancelJob { id: JobId },
+    /// Streaming: answered by `JobEvent` frames, history first, ending with
+    /// `JobEvent::Finished`.
+    AttachJob { id: JobId },
+
+    // -- runner service --
+    /// Streaming: the node answers `Registered`, then keeps the stream open;
+    /// the registration lasts while the stream (and connection) lives. Job
+    /// offers arrive on new streams the node opens on this connection.
+    RegisterRunner { id: String, kind: RunnerKind, labels: BTreeMap<String, String> },
+    BeginOperation {
+        job_id: JobId,
+        kind: OpKind,
+        plugin: String,
+        input_seq: Option<u64>,
+    },
+    CompleteOperation {
+        op_id: OpId,
+        status: OpStatus,
+        result: Option<TypedValue>,
+        error: Option<String>,
+        output: Vec<String>,
+        output_dropped: u64,
+        url: Option<String>,
+    },
+    SetResourceState { op_id: OpId, state: ResourceState },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    Ok,
+    Error { message: String },
+    ServerInfo(ServerInfo),
+    Token { token: String },
+    Operations(Vec<Operation>),
+    Runners(Vec<Runner>),
+    JobQueued { id: JobId },
+    Jobs(Vec<Job>),
+    Job(Job),
+    Registered,
+    OperationStarted { id: OpId, sequence: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub node_id: u64,
+    pub version: String,
+    pub protocol: u32,
+    pub ca_fingerprint: String,
+    pub leader: Option<u64>,
+    pub members: Vec<(u64, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepStatus {
+    Started,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+/// What happens during a job, as the CLI renders it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobEvent {
+    State { state: JobState, runner: Option<String> },
+    Step { step: u32, name: String, status: StepStatus, detail: Option<String> },
+    Output { step: u32, stream: Stream, line: String },
+    /// An operation was recorded (or completed).
+    Operation { op: Box<Operation> },
+    /// Free-form result lines, e.g. ("Release URL", "http://…").
+    Result { key: String, value: String },
+    Finished { state: JobState, error: Option<String> },
+}
+
+/// Frames the node writes on a job-offer stream it opened toward a runner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NodeToRunner {
+    Offer { job: Box<Job> },
+    Cancel,
+}
+
+/// Frames a runner writes back on a job-offer stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RunnerToNode {
+    Accept,
+    Decline { reason: String },
+    Event(JobEvent),
+    Done { state: JobState, error: Option<String> },
+}

@@ -1,0 +1,136 @@
+//! QUIC helpers: dial a node (CA pinned, bounded time), the handshake, and
+//! one-stream-per-call RPC.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::api::{ClientRequest, ClientResponse};
+use crate::frame::{self, FrameError};
+use crate::handshake::{Hello, HelloReply, Role, PROTOCOL_VERSION};
+use crate::pki::{self, CertifiedKey, TransportLimits, NODE_SERVER_NAME};
+
+/// How long dialling (QUIC + TLS + hello) may take before we give up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("cannot reach a Cairn node at {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("the node refused the connection: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Remote(String),
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("connection lost while sending: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stream closed: {0}")]
+    Closed(#[from] quinn::ClosedStream),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("tls setup: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("unexpected answer from the node: {0}")]
+    Unexpected(String),
+}
+
+/// Everything needed to dial a node.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    pub addr: String,
+    pub ca_fingerprint: String,
+    pub identity: Option<CertifiedKey>,
+    pub role: Role,
+    pub token: String,
+    pub agent: String,
+    pub limits: TransportLimits,
+}
+
+/// A live, authenticated connection.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub conn: quinn::Connection,
+    pub endpoint: quinn::Endpoint,
+    pub node_id: u64,
+    pub principal: String,
+}
+
+async fn resolve(addr: &str) -> Result<SocketAddr, RpcError> {
+    let unreachable = |reason: String| RpcError::Unreachable { addr: addr.to_string(), reason };
+    let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| unreachable(format!("cannot resolve: {e}")))?;
+    addrs.next().ok_or_else(|| unreachable("name resolved to no address".into()))
+}
+
+/// Dial, verify the node against the pinned CA, and say hello. Bounded by
+/// [`CONNECT_TIMEOUT`].
+pub async fn connect(dial: &Dial) -> Result<Session, RpcError> {
+    let addr = dial.addr.clone();
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(dial)).await {
+        Ok(r) => r,
+        Err(_) => Err(RpcError::Unreachable {
+            addr,
+            reason: format!("no answer within {} s (is the node running?)", CONNECT_TIMEOUT.as_secs()),
+        }),
+    }
+}
+
+async fn connect_inner(dial: &Dial) -> Result<Session, RpcError> {
+    let unreachable = |reason: String| RpcError::Unreachable { addr: dial.addr.clone(), reason };
+    let remote = resolve(&dial.addr).await?;
+    let bind: SocketAddr = if remote.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .map_err(|e| unreachable(format!("{e}")))?;
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| unreachable(format!("cannot open a UDP socket: {e}")))?;
+    endpoint.set_default_client_config(pki::client_config(
+        &dial.ca_fingerprint,
+        dial.identity.as_ref(),
+        dial.role.alpn(),
+        dial.limits,
+    )?);
+    let conn = endpoint
+        .connect(remote, NODE_SERVER_NAME)
+        .map_err(|e| unreachable(e.to_string()))?
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let hello = Hello { version: PROTOCOL_VERSION, role: dial.role, token: dial.token.clone(), agent: dial.agent.clone() };
+    let (mut send, mut recv) = conn.open_bi().await?;
+    frame::write(&mut send, &hello).await?;
+    send.finish()?;
+    match frame::read(&mut recv).await {
+        Ok(Some(HelloReply::Welcome { node_id, principal, .. })) => Ok(Session { conn, endpoint, node_id, principal }),
+        Ok(Some(HelloReply::Refused { reason })) => Err(RpcError::Refused(reason)),
+        Ok(None) => Err(RpcError::Refused("the node closed the handshake without an answer".into())),
+        Err(FrameError::Io(e)) => Err(RpcError::Refused(format!("handshake failed: {e}"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One request, one response, on a fresh stream.
+pub async fn call(conn: &quinn::Connection, req: &ClientRequest) -> Result<ClientResponse, RpcError> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    frame::write(&mut send, req).await?;
+    send.finish()?;
+    match frame::read_required(&mut recv).await? {
+        ClientResponse::Error { message } => Err(RpcError::Remote(message)),
+        other => Ok(other),
+    }
+}
+
+/// Open a stream for a streaming call; the caller reads frames from it.
+pub async fn open(conn: &quinn::Connection, req: &ClientRequest) -> Result<(quinn::SendStream, quinn::RecvStream), RpcError> {
+    let (mut send, recv) = conn.open_bi().await?;
+    frame::write(&mut send, req).await?;
+    Ok((send, recv))
+}
+
+/// Server side: read the hello on the first stream, bounded in time.
+pub async fn accept_hello(conn: &quinn::Connection) -> Result<(Hello, quinn::SendStream), RpcError> {
+    let fut = async {
+        let (send, mut recv) = conn.accept_bi().await?;
+        let hello: Hello = frame::read_required(&mut recv).await?;
+        Ok::<_, RpcError>((hello, send))
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, fut)
+        .await
+        .map_err(|_| RpcError::Refused("no hello within the connect timeout".into()))?
+}

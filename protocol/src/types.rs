@@ -1,0 +1,273 @@
+//! Catalog types shared by node, CLI and runner: what the cluster records.
+//!
+//! Results are stored as JSON text (`TypedValue::json`): bincode cannot carry
+//! self-describing values such as `serde_json::Value`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Most bytes of captured output kept per operation; older lines are dropped
+/// first and counted in `Operation::output_dropped`.
+pub const MAX_OP_OUTPUT_BYTES: usize = 64 * 1024;
+
+pub const DEFAULT_WORKSPACE: &str = "default";
+
+pub type JobId = u64;
+pub type OpId = u64;
+
+/// A plugin result: its type name (e.g. "process.Deployment") and JSON body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypedValue {
+    pub type_name: String,
+    pub json: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum OpKind {
+    Build,
+    /// A pushed artifact (the registry step).
+    Artifact,
+    Deployment,
+    Release,
+}
+
+impl OpKind {
+    pub fn noun(self) -> &'static str {
+        match self {
+            OpKind::Build => "build",
+            OpKind::Artifact => "artifact",
+            OpKind::Deployment => "deployment",
+            OpKind::Release => "release",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpStatus {
+    Running,
+    Success,
+    Error,
+}
+
+impl OpStatus {
+    pub fn word(self) -> &'static str {
+        match self {
+            OpStatus::Running => "running",
+            OpStatus::Success => "success",
+            OpStatus::Error => "error",
+        }
+    }
+}
+
+/// Lifecycle of what an operation created (a deployment's processes…).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResourceState {
+    Active,
+    Destroyed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    Info,
+}
+
+/// One recorded build, pushed artifact, deployment or release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Operation {
+    pub id: OpId,
+    pub kind: OpKind,
+    pub project: String,
+    pub app: String,
+    pub workspace: String,
+    /// Per app and kind: v1, v2…
+    pub sequence: u64,
+    pub status: OpStatus,
+    pub plugin: String,
+    pub job_id: JobId,
+    pub requested_by: String,
+    pub started_ms: u64,
+    pub completed_ms: Option<u64>,
+    pub result: Option<TypedValue>,
+    pub error: Option<String>,
+    /// Captured output, bounded by [`MAX_OP_OUTPUT_BYTES`].
+    pub output: Vec<String>,
+    pub output_dropped: u64,
+    pub url: Option<String>,
+    /// The sequence of the operation this one consumed (artifact → build,
+    /// deployment → build, release → deployment).
+    pub input_seq: Option<u64>,
+    pub state: ResourceState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobKind {
+    /// build → push → deploy → release
+    Up { release: bool, prune: bool, retain: Option<u64> },
+    Build { push: bool },
+    /// Deploy the latest build (or `build` if given).
+    Deploy { build: Option<u64> },
+    /// Release a deployment (the latest if `None`).
+    Release { deployment: Option<u64>, prune: bool, retain: Option<u64> },
+    /// Destroy one deployment, or every active one.
+    Destroy { deployment: Option<u64> },
+}
+
+impl JobKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobKind::Up { .. } => "up",
+            JobKind::Build { .. } => "build",
+            JobKind::Deploy { .. } => "deploy",
+            JobKind::Release { .. } => "release",
+            JobKind::Destroy { .. } => "destroy",
+        }
+    }
+}
+
+/// Where the runner gets the app's source and configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Source {
+    /// A directory on the runner's machine; `config` is the config file in it.
+    Local { dir: String, config: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunnerTarget {
+    Any,
+    Id(String),
+    Labels(BTreeMap<String, String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub kind: JobKind,
+    pub project: String,
+    pub app: String,
+    pub workspace: String,
+    pub source: Source,
+    pub target: RunnerTarget,
+}
+
+impl JobSpec {
+    /// A small valid spec (tests and fuzz seeds).
+    pub fn example() -> JobSpec {
+        JobSpec {
+            kind: JobKind::Up { release: true, prune: false, retain: None },
+            project: "hello".into(),
+            app: "web".into(),
+            workspace: DEFAULT_WORKSPACE.into(),
+            source: Source::Local { dir: "/src".into(), config: "cairn.hcl".into() },
+            target: RunnerTarget::Id("r1".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Queued,
+    Assigned,
+    Running,
+    Success,
+    Error,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Success | JobState::Error | JobState::Cancelled)
+    }
+    pub fn word(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Assigned => "assigned",
+            JobState::Running => "running",
+            JobState::Success => "success",
+            JobState::Error => "error",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub state: JobState,
+    pub runner: Option<String>,
+    pub requested_by: String,
+    pub queued_ms: u64,
+    pub assigned_ms: Option<u64>,
+    pub completed_ms: Option<u64>,
+    pub error: Option<String>,
+    pub cancel_requested: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunnerKind {
+    /// A CLI acting as a runner for its own jobs.
+    Cli,
+    /// `cairn runner agent`.
+    Agent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runner {
+    pub id: String,
+    pub kind: RunnerKind,
+    pub labels: BTreeMap<String, String>,
+    pub registered_ms: u64,
+    pub last_seen_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenScope {
+    /// One-time: exchanged for the first user token.
+    Bootstrap,
+    User,
+    Runner,
+    /// Bound to one deployment (issue 4).
+    Entrypoint { app: String, deployment: u64 },
+}
+
+/// A token's stored record. The secret itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub hash: String,
+    pub scope: TokenScope,
+    pub name: String,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ConfigScope {
+    Project(String),
+    App { project: String, app: String },
+    Workspace { project: String, workspace: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigVar {
+    pub scope: ConfigScope,
+    pub name: String,
+    pub value: String,
+    pub secret: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    pub name: String,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct App {
+    pub project: String,
+    pub name: String,
+    pub created_ms: u64,
+}
