@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    Job, JobId, JobSpec, JobState, OpId, OpKind, OpStatus, Operation, ResourceState, Runner, RunnerKind, Stream,
-    TypedValue,
+    Job, JobId, JobSpec, JobState, OpId, OpKind, OpStatus, Operation, ResourceState, Runner,
+    RunnerKind, Stream, TypedValue,
 };
 
 /// Requests a CLI (or a runner on the CLI's connection) sends to a node.
@@ -19,26 +19,46 @@ pub enum ClientRequest {
     ServerInfo,
     /// Only on a connection authenticated with the one-time bootstrap token:
     /// consumes it and returns the first user token.
-    ExchangeBootstrap { name: String },
+    ExchangeBootstrap {
+        name: String,
+    },
 
     // -- catalog service --
-    ListOperations { kind: OpKind, project: Option<String>, app: Option<String> },
+    ListOperations {
+        kind: OpKind,
+        project: Option<String>,
+        app: Option<String>,
+    },
     ListRunners,
 
     // -- job service --
-    QueueJob { spec: JobSpec },
-    ListJobs { limit: u32 },
-    InspectJob { id: JobId },
-    CancelJob { id: JobId },
+    QueueJob {
+        spec: JobSpec,
+    },
+    ListJobs {
+        limit: u32,
+    },
+    InspectJob {
+        id: JobId,
+    },
+    CancelJob {
+        id: JobId,
+    },
     /// Streaming: answered by `JobEvent` frames, history first, ending with
     /// `JobEvent::Finished`.
-    AttachJob { id: JobId },
+    AttachJob {
+        id: JobId,
+    },
 
     // -- runner service --
     /// Streaming: the node answers `Registered`, then keeps the stream open;
     /// the registration lasts while the stream (and connection) lives. Job
     /// offers arrive on new streams the node opens on this connection.
-    RegisterRunner { id: String, kind: RunnerKind, labels: BTreeMap<String, String> },
+    RegisterRunner {
+        id: String,
+        kind: RunnerKind,
+        labels: BTreeMap<String, String>,
+    },
     BeginOperation {
         job_id: JobId,
         kind: OpKind,
@@ -54,7 +74,10 @@ pub enum ClientRequest {
         output_dropped: u64,
         url: Option<String>,
     },
-    SetResourceState { op_id: OpId, state: ResourceState },
+    SetResourceState {
+        op_id: OpId,
+        state: ResourceState,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,14 +116,29 @@ pub enum StepStatus {
 /// What happens during a job, as the CLI renders it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum JobEvent {
-    State { state: JobState, runner: Option<String> },
-    Step { step: u32, name: String, status: StepStatus, detail: Option<String> },
-    Output { step: u32, stream: Stream, line: String },
+    State {
+        state: JobState,
+        runner: Option<String>,
+    },
+    Step {
+        step: u32,
+        name: String,
+        status: StepStatus,
+        detail: Option<String>,
+    },
+    Output {
+        step: u32,
+        stream: Stream,
+        line: String,
+    },
     /// An operation was recorded (or completed).
     Operation { op: Box<Operation> },
     /// Free-form result lines, e.g. ("Release URL", "http://…").
     Result { key: String, value: String },
-    Finished { state: JobState, error: Option<String> },
+    Finished {
+        state: JobState,
+        error: Option<String>,
+    },
 }
 
 /// Frames the node writes on a job-offer stream it opened toward a runner.
@@ -114,7 +152,12 @@ pub enum NodeToRunner {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RunnerToNode {
     Accept,
-    Decline { reason: String },
+    Decline {
+        reason: String,
+    },
     Event(JobEvent),
-    Done { state: JobState, error: Option<String> },
+    Done {
+        state: JobState,
+        error: Option<String>,
+    },
 }

@@ -37,8 +37,8 @@ pub enum FrameError {
 
 /// Encode a message body (no length prefix).
 pub fn encode_body<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    let body =
-        bincode::serde::encode_to_vec(msg, config()).map_err(|e| FrameError::Encode(e.to_string()))?;
+    let body = bincode::serde::encode_to_vec(msg, config())
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
     if body.len() > MAX_FRAME_SIZE {
         return Err(FrameError::TooLarge { size: body.len() });
     }
@@ -86,20 +86,29 @@ pub fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, Fra
 }
 
 /// Write one frame.
-pub async fn write<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<(), FrameError> {
+pub async fn write<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), FrameError> {
     let frame = encode(msg)?;
     w.write_all(&frame).await?;
     Ok(())
 }
 
 /// Read one frame. `Ok(None)` on a clean end of stream before any byte of a frame.
-pub async fn read<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> Result<Option<T>, FrameError> {
+pub async fn read<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+) -> Result<Option<T>, FrameError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
         let n = r.read(&mut header[got..]).await?;
         if n == 0 {
-            return if got == 0 { Ok(None) } else { Err(FrameError::Truncated) };
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
         }
         got += n;
     }
@@ -116,7 +125,9 @@ pub async fn read<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> Resul
 }
 
 /// Read one frame; end of stream is an error.
-pub async fn read_required<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> Result<T, FrameError> {
+pub async fn read_required<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+) -> Result<T, FrameError> {
     read(r).await?.ok_or(FrameError::Truncated)
 }
 
@@ -135,7 +146,9 @@ mod tests {
         assert_eq!(back, req);
         // Any prefix is "not yet whole", never an error or panic.
         for cut in 0..f.len() {
-            assert!(decode::<ClientRequest>(&f[..cut]).expect("prefix ok").is_none());
+            assert!(decode::<ClientRequest>(&f[..cut])
+                .expect("prefix ok")
+                .is_none());
         }
     }
 
@@ -143,15 +156,26 @@ mod tests {
     fn oversized_length_is_refused_before_allocating() {
         let mut f = ((MAX_FRAME_SIZE + 1) as u32).to_be_bytes().to_vec();
         f.extend_from_slice(&[0; 8]);
-        assert!(matches!(decode::<ClientRequest>(&f), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            decode::<ClientRequest>(&f),
+            Err(FrameError::TooLarge { .. })
+        ));
         let big = vec![0u8; MAX_FRAME_SIZE + 1];
-        assert!(matches!(decode_body::<ClientRequest>(&big), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            decode_body::<ClientRequest>(&big),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn oversized_message_is_refused_on_encode() {
-        let msg = ClientResponse::Error { message: "x".repeat(MAX_FRAME_SIZE + 10) };
-        assert!(matches!(encode(&msg), Err(FrameError::TooLarge { .. }) | Err(FrameError::Encode(_))));
+        let msg = ClientResponse::Error {
+            message: "x".repeat(MAX_FRAME_SIZE + 10),
+        };
+        assert!(matches!(
+            encode(&msg),
+            Err(FrameError::TooLarge { .. }) | Err(FrameError::Encode(_))
+        ));
     }
 
     #[tokio::test]

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -50,19 +50,31 @@ impl Ca {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, format!("cairn cluster CA ({cluster})"));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("cairn cluster CA ({cluster})"));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         params.not_after = rcgen::date_time_ymd(2124, 1, 1);
         let cert = params.self_signed(&key)?;
-        Ok(Ca { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
         // Validate both parse now, so a corrupt file is reported at start.
         KeyPair::from_pem(key_pem)?;
         CertificateParams::from_ca_cert_pem(cert_pem)?;
-        Ok(Ca { cert_pem: cert_pem.to_string(), key_pem: key_pem.to_string() })
+        Ok(Ca {
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+        })
     }
 
     pub fn key_pem(&self) -> &str {
@@ -87,14 +99,22 @@ impl Ca {
         let mut sans = vec![NODE_SERVER_NAME.to_string()];
         sans.extend(names.iter().cloned());
         let mut params = CertificateParams::new(sans)?;
-        params.distinguished_name.push(DnType::CommonName, node_name);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, node_name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         params.not_after = rcgen::date_time_ymd(2124, 1, 1);
         let key = KeyPair::generate()?;
         let (ca, ca_key) = self.issuer()?;
         let cert = params.signed_by(&key, &ca, &ca_key)?;
-        Ok(CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// Sign a CSR (from a runner or a joining node). The subject's common
@@ -102,9 +122,14 @@ impl Ca {
     pub fn sign_csr(&self, csr_pem: &str, subject: &str) -> Result<String, PkiError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
         csr.params.distinguished_name = rcgen::DistinguishedName::new();
-        csr.params.distinguished_name.push(DnType::CommonName, subject);
+        csr.params
+            .distinguished_name
+            .push(DnType::CommonName, subject);
         csr.params.is_ca = IsCa::NoCa;
-        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        csr.params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         csr.params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         csr.params.not_after = rcgen::date_time_ymd(2124, 1, 1);
         let (ca, ca_key) = self.issuer()?;
@@ -186,7 +211,8 @@ impl TransportLimits {
         t.keep_alive_interval(Some(self.keep_alive));
         // Invariant: idle_timeout is a few seconds, far below the VarInt limit.
         t.max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(self.idle_timeout).unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))),
+            quinn::IdleTimeout::try_from(self.idle_timeout)
+                .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))),
         ));
         t.stream_receive_window(quinn::VarInt::from_u32(self.stream_window));
         t.receive_window(quinn::VarInt::from_u32(self.connection_window));
@@ -200,7 +226,11 @@ impl TransportLimits {
 /// Server configuration of a node: presents `[node cert, CA cert]`, accepts
 /// clients with or without a certificate (roles that need one check
 /// [`peer_is_cluster_member`] after the handshake), all role ALPNs.
-pub fn server_config(node: &CertifiedKey, ca_pem: &str, limits: TransportLimits) -> Result<quinn::ServerConfig, PkiError> {
+pub fn server_config(
+    node: &CertifiedKey,
+    ca_pem: &str,
+    limits: TransportLimits,
+) -> Result<quinn::ServerConfig, PkiError> {
     let mut chain = certs_from_pem(&node.cert_pem)?;
     chain.extend(certs_from_pem(ca_pem)?);
     let key = key_from_pem(&node.key_pem)?;
@@ -208,16 +238,18 @@ pub fn server_config(node: &CertifiedKey, ca_pem: &str, limits: TransportLimits)
     for c in certs_from_pem(ca_pem)? {
         roots.add(c)?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| PkiError::Quic(e.to_string()))?;
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| PkiError::Quic(e.to_string()))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     tls.alpn_protocols = crate::handshake::Role::all_alpns();
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| PkiError::Quic(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| PkiError::Quic(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(Arc::new(limits.transport_config()));
     Ok(cfg)
@@ -231,17 +263,22 @@ pub fn client_config(
     alpn: &[u8],
     limits: TransportLimits,
 ) -> Result<quinn::ClientConfig, PkiError> {
-    let verifier = Arc::new(PinnedCaVerifier { fingerprint: pinned_ca.to_string(), provider: provider() });
+    let verifier = Arc::new(PinnedCaVerifier {
+        fingerprint: pinned_ca.to_string(),
+        provider: provider(),
+    });
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let mut tls = match identity {
-        Some(id) => builder.with_client_auth_cert(certs_from_pem(&id.cert_pem)?, key_from_pem(&id.key_pem)?)?,
+        Some(id) => builder
+            .with_client_auth_cert(certs_from_pem(&id.cert_pem)?, key_from_pem(&id.key_pem)?)?,
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![alpn.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| PkiError::Quic(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| PkiError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(Arc::new(limits.transport_config()));
     Ok(cfg)
@@ -279,18 +316,25 @@ impl ServerCertVerifier for PinnedCaVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates.iter().find(|c| fingerprint(c) == self.fingerprint).ok_or_else(|| {
-            rustls::Error::General(format!(
-                "the server's certificate authority does not match the pinned fingerprint {}",
-                self.fingerprint
-            ))
-        })?;
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint(c) == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(format!(
+                    "the server's certificate authority does not match the pinned fingerprint {}",
+                    self.fingerprint
+                ))
+            })?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let name = ServerName::try_from(NODE_SERVER_NAME)
             .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let name = ServerName::try_from(NODE_SERVER_NAME).map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], &name, ocsp_response, now)
     }
 
@@ -300,7 +344,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -309,11 +358,18 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -326,7 +382,9 @@ mod tests {
         let ca = Ca::generate("test").expect("ca");
         let fp = ca.fingerprint().expect("fp");
         assert!(fp.starts_with("sha256:") && fp.len() == 7 + 64);
-        let node = ca.issue_node("node-1", &["127.0.0.1".into()]).expect("node cert");
+        let node = ca
+            .issue_node("node-1", &["127.0.0.1".into()])
+            .expect("node cert");
         assert!(node.cert_pem.contains("BEGIN CERTIFICATE"));
         let (csr, _key) = make_csr("runner-x").expect("csr");
         let signed = ca.sign_csr(&csr, "runner:abc").expect("signed");

@@ -56,9 +56,16 @@ pub struct Session {
 }
 
 async fn resolve(addr: &str) -> Result<SocketAddr, RpcError> {
-    let unreachable = |reason: String| RpcError::Unreachable { addr: addr.to_string(), reason };
-    let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| unreachable(format!("cannot resolve: {e}")))?;
-    addrs.next().ok_or_else(|| unreachable("name resolved to no address".into()))
+    let unreachable = |reason: String| RpcError::Unreachable {
+        addr: addr.to_string(),
+        reason,
+    };
+    let mut addrs = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| unreachable(format!("cannot resolve: {e}")))?;
+    addrs
+        .next()
+        .ok_or_else(|| unreachable("name resolved to no address".into()))
 }
 
 /// Dial, verify the node against the pinned CA, and say hello. Bounded by
@@ -69,18 +76,29 @@ pub async fn connect(dial: &Dial) -> Result<Session, RpcError> {
         Ok(r) => r,
         Err(_) => Err(RpcError::Unreachable {
             addr,
-            reason: format!("no answer within {} s (is the node running?)", CONNECT_TIMEOUT.as_secs()),
+            reason: format!(
+                "no answer within {} s (is the node running?)",
+                CONNECT_TIMEOUT.as_secs()
+            ),
         }),
     }
 }
 
 async fn connect_inner(dial: &Dial) -> Result<Session, RpcError> {
-    let unreachable = |reason: String| RpcError::Unreachable { addr: dial.addr.clone(), reason };
+    let unreachable = |reason: String| RpcError::Unreachable {
+        addr: dial.addr.clone(),
+        reason,
+    };
     let remote = resolve(&dial.addr).await?;
-    let bind: SocketAddr = if remote.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-        .parse()
-        .map_err(|e| unreachable(format!("{e}")))?;
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| unreachable(format!("cannot open a UDP socket: {e}")))?;
+    let bind: SocketAddr = if remote.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .map_err(|e| unreachable(format!("{e}")))?;
+    let mut endpoint = quinn::Endpoint::client(bind)
+        .map_err(|e| unreachable(format!("cannot open a UDP socket: {e}")))?;
     endpoint.set_default_client_config(pki::client_config(
         &dial.ca_fingerprint,
         dial.identity.as_ref(),
@@ -92,21 +110,38 @@ async fn connect_inner(dial: &Dial) -> Result<Session, RpcError> {
         .map_err(|e| unreachable(e.to_string()))?
         .await
         .map_err(|e| unreachable(e.to_string()))?;
-    let hello = Hello { version: PROTOCOL_VERSION, role: dial.role, token: dial.token.clone(), agent: dial.agent.clone() };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        role: dial.role,
+        token: dial.token.clone(),
+        agent: dial.agent.clone(),
+    };
     let (mut send, mut recv) = conn.open_bi().await?;
     frame::write(&mut send, &hello).await?;
     send.finish()?;
     match frame::read(&mut recv).await {
-        Ok(Some(HelloReply::Welcome { node_id, principal, .. })) => Ok(Session { conn, endpoint, node_id, principal }),
+        Ok(Some(HelloReply::Welcome {
+            node_id, principal, ..
+        })) => Ok(Session {
+            conn,
+            endpoint,
+            node_id,
+            principal,
+        }),
         Ok(Some(HelloReply::Refused { reason })) => Err(RpcError::Refused(reason)),
-        Ok(None) => Err(RpcError::Refused("the node closed the handshake without an answer".into())),
+        Ok(None) => Err(RpcError::Refused(
+            "the node closed the handshake without an answer".into(),
+        )),
         Err(FrameError::Io(e)) => Err(RpcError::Refused(format!("handshake failed: {e}"))),
         Err(e) => Err(e.into()),
     }
 }
 
 /// One request, one response, on a fresh stream.
-pub async fn call(conn: &quinn::Connection, req: &ClientRequest) -> Result<ClientResponse, RpcError> {
+pub async fn call(
+    conn: &quinn::Connection,
+    req: &ClientRequest,
+) -> Result<ClientResponse, RpcError> {
     let (mut send, mut recv) = conn.open_bi().await?;
     frame::write(&mut send, req).await?;
     send.finish()?;
@@ -117,14 +152,19 @@ pub async fn call(conn: &quinn::Connection, req: &ClientRequest) -> Result<Clien
 }
 
 /// Open a stream for a streaming call; the caller reads frames from it.
-pub async fn open(conn: &quinn::Connection, req: &ClientRequest) -> Result<(quinn::SendStream, quinn::RecvStream), RpcError> {
+pub async fn open(
+    conn: &quinn::Connection,
+    req: &ClientRequest,
+) -> Result<(quinn::SendStream, quinn::RecvStream), RpcError> {
     let (mut send, recv) = conn.open_bi().await?;
     frame::write(&mut send, req).await?;
     Ok((send, recv))
 }
 
 /// Server side: read the hello on the first stream, bounded in time.
-pub async fn accept_hello(conn: &quinn::Connection) -> Result<(Hello, quinn::SendStream), RpcError> {
+pub async fn accept_hello(
+    conn: &quinn::Connection,
+) -> Result<(Hello, quinn::SendStream), RpcError> {
     let fut = async {
         let (send, mut recv) = conn.accept_bi().await?;
         let hello: Hello = frame::read_required(&mut recv).await?;

@@ -105,14 +105,28 @@ pub struct Operation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobKind {
     /// build → push → deploy → release
-    Up { release: bool, prune: bool, retain: Option<u64> },
-    Build { push: bool },
+    Up {
+        release: bool,
+        prune: bool,
+        retain: Option<u64>,
+    },
+    Build {
+        push: bool,
+    },
     /// Deploy the latest build (or `build` if given).
-    Deploy { build: Option<u64> },
+    Deploy {
+        build: Option<u64>,
+    },
     /// Release a deployment (the latest if `None`).
-    Release { deployment: Option<u64>, prune: bool, retain: Option<u64> },
+    Release {
+        deployment: Option<u64>,
+        prune: bool,
+        retain: Option<u64>,
+    },
     /// Destroy one deployment, or every active one.
-    Destroy { deployment: Option<u64> },
+    Destroy {
+        deployment: Option<u64>,
+    },
 }
 
 impl JobKind {
@@ -155,11 +169,18 @@ impl JobSpec {
     /// A small valid spec (tests and fuzz seeds).
     pub fn example() -> JobSpec {
         JobSpec {
-            kind: JobKind::Up { release: true, prune: false, retain: None },
+            kind: JobKind::Up {
+                release: true,
+                prune: false,
+                retain: None,
+            },
             project: "hello".into(),
             app: "web".into(),
             workspace: DEFAULT_WORKSPACE.into(),
-            source: Source::Local { dir: "/src".into(), config: "cairn.hcl".into() },
+            source: Source::Local {
+                dir: "/src".into(),
+                config: "cairn.hcl".into(),
+            },
             target: RunnerTarget::Id("r1".into()),
         }
     }
@@ -177,7 +198,10 @@ pub enum JobState {
 
 impl JobState {
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Success | JobState::Error | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Success | JobState::Error | JobState::Cancelled
+        )
     }
     pub fn word(self) -> &'static str {
         match self {
@@ -229,7 +253,10 @@ pub enum TokenScope {
     User,
     Runner,
     /// Bound to one deployment (issue 4).
-    Entrypoint { app: String, deployment: u64 },
+    Entrypoint {
+        app: String,
+        deployment: u64,
+    },
 }
 
 /// A token's stored record. The secret itself is never stored.

@@ -1,0 +1,1 @@
+//! Chaos harness (issue 3).

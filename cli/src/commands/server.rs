@@ -1,0 +1,89 @@
+//! `server run` (a node in this process), `server stop-local`, `server info`.
+
+use cairn_protocol::api::{ClientRequest, ClientResponse};
+use cairn_protocol::rpc;
+
+use super::Global;
+use crate::{client, local};
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ServerCmd {
+    /// Run a Cairn node in this process (the same code as `cairn-node`).
+    Run(cairn_node::NodeConfig),
+    /// Stop the local node the CLI started for the embedded default.
+    StopLocal,
+    /// Show the node this context talks to.
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(g: &Global, cmd: &ServerCmd) -> anyhow::Result<i32> {
+    match cmd {
+        ServerCmd::Run(cfg) => {
+            let node = cairn_node::start(cfg.clone()).await?;
+            println!("cairn node listening on {} (QUIC)", node.addr);
+            println!("CA fingerprint: {}", node.ca_fingerprint);
+            if let Some(tok) = &node.bootstrap_token {
+                if cfg.bootstrap_file.is_none() {
+                    println!("Bootstrap token (shown once; use it with `cairn context create --bootstrap-token`):");
+                    println!("  {tok}");
+                }
+            }
+            node.run_until(shutdown_signal()).await;
+            Ok(0)
+        }
+        ServerCmd::StopLocal => {
+            if local::stop()? {
+                println!("Local node stopped.");
+            } else {
+                println!("No local node is running.");
+            }
+            Ok(0)
+        }
+        ServerCmd::Info { json } => {
+            let ctx = client::resolve(g.context.as_deref(), true).await?;
+            let s = client::connect(&ctx).await?;
+            let r = rpc::call(&s.conn, &ClientRequest::ServerInfo).await?;
+            s.conn.close(0u32.into(), b"bye");
+            let ClientResponse::ServerInfo(info) = r else {
+                anyhow::bail!("unexpected answer from the node: {r:?}")
+            };
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "node_id": info.node_id, "version": info.version, "protocol": info.protocol,
+                        "ca_fingerprint": info.ca_fingerprint, "leader": info.leader, "members": info.members,
+                    }))?
+                );
+            } else {
+                println!(
+                    "Node:     {:x} (cairn {}, protocol {})",
+                    info.node_id, info.version, info.protocol
+                );
+                println!("Address:  {}", ctx.address);
+                println!("CA:       {}", info.ca_fingerprint);
+                println!(
+                    "Leader:   {}",
+                    info.leader
+                        .map(|l| format!("{l:x}"))
+                        .unwrap_or_else(|| "none".into())
+                );
+                for (id, addr) in info.members {
+                    println!("Member:   {id:x} at {addr}");
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+    }
+}

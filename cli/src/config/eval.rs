@@ -1,0 +1,186 @@
+//! Expression evaluation: the functions a config can call and the variables it can read.
+//!
+//! hcl-rs functions are plain `fn` pointers, so they cannot capture the config's directory.
+//! [`enter`] puts it in a thread-local for the duration of one load (an RAII guard restores
+//! the previous value, so nested or concurrent loads on other threads don't interfere); the
+//! git functions run `git -C <config dir>`, never in the process's cwd. Results are cached per
+//! load: every `timestamp()` in one file is the same instant, and git runs at most once per
+//! function.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hcl::eval::{Context, Evaluate, FuncArgs, FuncDef};
+use hcl::{Map, Value};
+
+use super::error::{one_line, ConfigError};
+use super::syntax::Attr;
+
+struct EvalEnv {
+    dir: PathBuf,
+    cache: HashMap<&'static str, Result<String, String>>,
+}
+
+thread_local! {
+    static ENV: RefCell<Option<EvalEnv>> = const { RefCell::new(None) };
+}
+
+/// Restores the previous evaluation environment when dropped.
+pub(crate) struct EnvGuard {
+    prev: Option<EvalEnv>,
+}
+
+impl Drop for EnvGuard {
+    fn drop(&mut self) {
+        let prev = self.prev.take();
+        ENV.with(|e| *e.borrow_mut() = prev);
+    }
+}
+
+/// Makes `dir` the directory the functions of this thread work in, until the guard drops.
+pub(crate) fn enter(dir: &Path) -> EnvGuard {
+    let env = EvalEnv {
+        dir: dir.to_path_buf(),
+        cache: HashMap::new(),
+    };
+    let prev = ENV.with(|e| e.borrow_mut().replace(env));
+    EnvGuard { prev }
+}
+
+fn cached(
+    key: &'static str,
+    compute: impl FnOnce(&Path) -> Result<String, String>,
+) -> Result<String, String> {
+    let (dir, hit) = ENV.with(|e| match &*e.borrow() {
+        Some(env) => (env.dir.clone(), env.cache.get(key).cloned()),
+        None => (PathBuf::from("."), None),
+    });
+    if let Some(hit) = hit {
+        return hit;
+    }
+    let result = compute(&dir);
+    ENV.with(|e| {
+        if let Some(env) = e.borrow_mut().as_mut() {
+            env.cache.insert(key, result.clone());
+        }
+    });
+    result
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_OPTIONAL_LOCKS", "0")
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => "git is not installed (or not on PATH)".to_string(),
+            _ => format!("cannot run git: {e}"),
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reason = stderr
+            .lines()
+            .map(|l| l.trim().trim_start_matches("fatal: "))
+            .find(|l| !l.is_empty())
+            .unwrap_or("no output");
+        return Err(format!(
+            "`git {}` failed in {}: {reason}",
+            args.join(" "),
+            dir.display()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// `gitrefpretty()`: `git describe --tags --always --dirty` in the config's directory — the
+/// tag (annotated or lightweight) when HEAD is tagged, `TAG-N-gHASH` after one, else the
+/// abbreviated commit hash; `-dirty` appended when tracked files have uncommitted changes.
+/// Outside a repository (or with no commit yet) it is an error, not a made-up value.
+fn gitrefpretty(_: FuncArgs) -> Result<Value, String> {
+    cached("gitrefpretty", |dir| {
+        git(dir, &["describe", "--tags", "--always", "--dirty"])
+    })
+    .map(Value::String)
+}
+
+/// `gitrefhash()`: the full hash of HEAD in the config's directory.
+fn gitrefhash(_: FuncArgs) -> Result<Value, String> {
+    cached("gitrefhash", |dir| git(dir, &["rev-parse", "HEAD"])).map(Value::String)
+}
+
+/// The current time as RFC 3339 in UTC with whole seconds, e.g. `2024-05-01T12:00:00Z`.
+pub(crate) fn now_rfc3339() -> Result<String, String> {
+    let now = time::OffsetDateTime::now_utc();
+    let now = now.replace_nanosecond(0).unwrap_or(now);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| e.to_string())
+}
+
+/// `timestamp()`: the time the config was loaded (the same for every call in one load).
+fn timestamp(_: FuncArgs) -> Result<Value, String> {
+    cached("timestamp", |_| now_rfc3339()).map(Value::String)
+}
+
+/// The names of the functions a config may call.
+pub const FUNCTIONS: &[&str] = &["gitrefpretty", "gitrefhash", "timestamp"];
+
+/// The base context: functions, and `path.project` / `path.pwd`.
+pub(crate) fn base_context(project_dir: &Path) -> Context<'static> {
+    let mut ctx = Context::new();
+    ctx.declare_func("gitrefpretty", FuncDef::builder().build(gitrefpretty));
+    ctx.declare_func("gitrefhash", FuncDef::builder().build(gitrefhash));
+    ctx.declare_func("timestamp", FuncDef::builder().build(timestamp));
+    ctx.declare_var("path", path_var(project_dir, None));
+    ctx
+}
+
+/// The context for one app: the base plus `path.app`.
+pub(crate) fn app_context(
+    base: &Context<'static>,
+    project_dir: &Path,
+    app_dir: &Path,
+) -> Context<'static> {
+    let mut ctx = base.clone();
+    ctx.declare_var("path", path_var(project_dir, Some(app_dir)));
+    ctx
+}
+
+fn path_var(project_dir: &Path, app_dir: Option<&Path>) -> Value {
+    let s = |p: &Path| Value::String(p.display().to_string());
+    let mut m = Map::new();
+    m.insert("project".to_string(), s(project_dir));
+    if let Ok(pwd) = std::env::current_dir() {
+        m.insert("pwd".to_string(), s(&pwd));
+    }
+    if let Some(app) = app_dir {
+        m.insert("app".to_string(), s(app));
+    }
+    Value::Object(m)
+}
+
+/// Evaluates an attribute to plain JSON; errors point at the attribute.
+pub(crate) fn eval_attr(attr: &Attr, ctx: &Context) -> Result<serde_json::Value, ConfigError> {
+    let err = |message: String| ConfigError::Eval {
+        location: attr.loc.clone(),
+        attribute: attr.name.clone(),
+        message: one_line(&message),
+    };
+    let value = attr.expr.evaluate(ctx).map_err(|e| {
+        let mut message = e.to_string();
+        match e.kind() {
+            hcl::eval::ErrorKind::UndefinedFunc(_) => {
+                message.push_str(&format!(" (available: {})", FUNCTIONS.join(", ")));
+            }
+            hcl::eval::ErrorKind::UndefinedVar(v) if v.as_str() == "var" => {
+                message.push_str(" (input variables are not supported yet)");
+            }
+            _ => {}
+        }
+        err(message)
+    })?;
+    serde_json::to_value(&value).map_err(|e| err(e.to_string()))
+}

@@ -1,0 +1,231 @@
+//! The config loader: finds, parses and evaluates `cairn.hcl` (or a Waypoint `waypoint.hcl`).
+//!
+//! ```hcl
+//! project = "hello"
+//! app "web" {
+//!   path   = "./web"                      # optional, relative to the config's dir; default "."
+//!   labels = { team = "x" }               # optional
+//!   config { env = { GREETING = "hi" } }  # optional; also allowed at top level (app wins)
+//!   build {
+//!     use "files" { path = "." }
+//!     hook { when = "before" command = ["echo", "hi"] on_failure = "continue" }
+//!     registry { use "files" { directory = "/tmp/x" } }
+//!   }
+//!   deploy  { use "process" { command = ["python3", "app.py"] count = 2 } }
+//!   release { use "process" {} }          # optional
+//! }
+//! ```
+//!
+//! Both the native syntax and the HCL JSON form (`cairn.hcl.json`) are read. Waypoint blocks
+//! Cairn does not use yet (`runner`, `variable`, `url`, `plugin` at top level; `url`, `runner`
+//! in apps) are accepted and ignored; anything else unknown is an error naming its location and
+//! what is allowed there.
+//!
+//! Expressions are evaluated at load time, so plugin configs come out as plain JSON. They may
+//! call the [`FUNCTIONS`] `gitrefpretty()` (`git describe --tags --always --dirty`),
+//! `gitrefhash()` (the HEAD commit) and `timestamp()` (RFC 3339, UTC, whole seconds; one instant
+//! per load), and read `path.project`, `path.app` and `path.pwd`. hcl-rs functions are plain
+//! `fn` pointers, so the config's directory reaches the git functions through a thread-local
+//! set for the duration of [`parse_str`]: git runs in the config's directory, never in the
+//! process's cwd. Outside a git repository the git functions fail with a located error rather
+//! than inventing a value (an artifact tagged "unknown" would silently overwrite the last one).
+//!
+//! Nested blocks inside a `use` body become object values: `auth { user = "u" }` →
+//! `"auth": {"user": "u"}`; a labeled block nests by label (`a "x" {…}` → `"a": {"x": {…}}`);
+//! a block repeated → an array of those objects. The plugin checks the types of its fields,
+//! pointing at [`PluginUse::field_locations`].
+
+mod decode;
+mod error;
+mod eval;
+mod json;
+mod syntax;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{ConfigError, Location};
+pub use eval::FUNCTIONS;
+
+/// The file names [`find`] looks for, in order.
+pub const FILE_NAMES: &[&str] = &[
+    "cairn.hcl",
+    "cairn.hcl.json",
+    "waypoint.hcl",
+    "waypoint.hcl.json",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// The file this config was read from (as given to [`load`] / [`parse_str`]).
+    pub file: PathBuf,
+    pub project: String,
+    /// In the order of the file.
+    pub apps: Vec<AppConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppConfig {
+    pub name: String,
+    /// The app's source directory, relative to the config's directory (as written; default ".").
+    /// See [`Config::app_dir`] for the resolved path.
+    pub path: PathBuf,
+    pub build: BuildStage,
+    pub deploy: Stage,
+    pub release: Option<Stage>,
+    /// From `config { env = { … } }` at top level, overridden key by key by the app's own.
+    pub config_env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    /// Of the `app` block.
+    pub location: Location,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildStage {
+    pub builder: PluginUse,
+    pub registry: Option<Stage>,
+    pub hooks: Vec<Hook>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    pub plugin: PluginUse,
+    pub hooks: Vec<Hook>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginUse {
+    /// The label of the `use` block, e.g. `"docker"`.
+    pub name: String,
+    /// The evaluated body of the `use` block: always a JSON object.
+    pub config: serde_json::Value,
+    /// Of the `use` block.
+    pub location: Location,
+    /// Top-level field name → where it is written, for the plugin's own type errors.
+    pub field_locations: BTreeMap<String, Location>,
+}
+
+impl PluginUse {
+    /// Where `field` is written, or the `use` block when it is not (a missing field).
+    pub fn location_of(&self, field: &str) -> &Location {
+        self.field_locations.get(field).unwrap_or(&self.location)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hook {
+    pub when: HookWhen,
+    /// Program and arguments (never empty); run without a shell.
+    pub command: Vec<String>,
+    pub on_failure: OnFailure,
+    /// Of the `hook` block.
+    pub location: Location,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookWhen {
+    Before,
+    After,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// The operation fails when the hook fails (the default).
+    #[default]
+    Fail,
+    /// The hook's failure is reported and the operation goes on.
+    Continue,
+}
+
+impl Config {
+    /// The app named `name`, or — with `None` — the only app (an error listing them when there
+    /// are several).
+    pub fn app(&self, name: Option<&str>) -> Result<&AppConfig, ConfigError> {
+        let names = || self.apps.iter().map(|a| a.name.clone()).collect::<Vec<_>>();
+        match name {
+            Some(name) => {
+                self.apps
+                    .iter()
+                    .find(|a| a.name == name)
+                    .ok_or_else(|| ConfigError::NoSuchApp {
+                        file: self.file.clone(),
+                        name: name.to_string(),
+                        available: names(),
+                    })
+            }
+            None => match self.apps.as_slice() {
+                [only] => Ok(only),
+                [] => Err(ConfigError::invalid(
+                    &Location::start_of(&self.file),
+                    "no app defined",
+                )),
+                _ => Err(ConfigError::AppRequired {
+                    file: self.file.clone(),
+                    available: names(),
+                }),
+            },
+        }
+    }
+
+    /// The directory holding the config file (`.` for a bare file name).
+    pub fn dir(&self) -> PathBuf {
+        config_dir(&self.file)
+    }
+
+    /// An app's source directory: its `path` joined to [`Config::dir`].
+    pub fn app_dir(&self, app: &AppConfig) -> PathBuf {
+        self.dir().join(&app.path)
+    }
+}
+
+fn config_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The config file in `dir`: the first of [`FILE_NAMES`] that exists.
+pub fn find(dir: &Path) -> Result<PathBuf, ConfigError> {
+    FILE_NAMES
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| ConfigError::NotFound {
+            dir: dir.to_path_buf(),
+            tried: FILE_NAMES.to_vec(),
+        })
+}
+
+/// Reads, parses and evaluates the config at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_str(&src, path)
+}
+
+/// Parses and evaluates a config whose text is `src`; `file` names it in errors and locations,
+/// chooses the format (`.json` → the HCL JSON form, anything else → native HCL), and its
+/// directory is where the git functions run.
+pub fn parse_str(src: &str, file: &Path) -> Result<Config, ConfigError> {
+    let src = src.strip_prefix('\u{feff}').unwrap_or(src);
+    let is_json = file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let body = if is_json {
+        decode::parse_json(src, file)?
+    } else {
+        decode::parse_hcl(src, file)?
+    };
+    let dir = config_dir(file);
+    let _env = eval::enter(&dir);
+    decode::decode(&body, file, &dir)
+}

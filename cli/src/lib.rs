@@ -1,0 +1,10 @@
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod context;
+pub mod lifecycle;
+pub mod local;
+pub mod paths;
+pub mod plugins;
+pub mod runner;
+pub mod ui;

@@ -1,0 +1,241 @@
+//! `cairn`: build, deploy and release apps; inspect what ran.
+
+use std::process::ExitCode;
+
+use cairn_cli::commands::{
+    self,
+    context::ContextCmd,
+    job::JobCmd,
+    lifecycle::{AppArg, PruneArgs},
+    list::ListArgs,
+    server::ServerCmd,
+    Global,
+};
+use cairn_protocol::types::{JobKind, OpKind};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Cairn takes an app from source to live traffic: build → push → deploy → release.",
+    long_about = "Cairn takes an app from source to live traffic with one config file (cairn.hcl or \
+waypoint.hcl) and one command, `cairn up`. With no context configured, the first command starts a \
+local node in the background and uses it."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build, push, deploy and release the app in one go.
+    Up {
+        #[command(flatten)]
+        app: AppArg,
+        #[command(flatten)]
+        prune: PruneArgs,
+        /// Stop after deploying: do not release.
+        #[arg(long)]
+        no_release: bool,
+    },
+    /// Build the app (and push the artifact when a registry is configured).
+    Build {
+        #[command(flatten)]
+        app: AppArg,
+        /// Do not run the registry step.
+        #[arg(long)]
+        no_push: bool,
+    },
+    /// Deploy the latest build (or --build N) as a new deployment.
+    Deploy {
+        #[command(flatten)]
+        app: AppArg,
+        /// Deploy this build instead of the latest.
+        #[arg(long, value_parser = commands::parse_seq)]
+        build: Option<u64>,
+    },
+    /// Point the release at a deployment (the latest by default); releasing an older one rolls back.
+    Release {
+        /// The deployment to release, e.g. 2 or v2.
+        #[arg(value_parser = commands::parse_seq)]
+        deployment: Option<u64>,
+        #[command(flatten)]
+        app: AppArg,
+        #[command(flatten)]
+        prune: PruneArgs,
+    },
+    /// Stop one deployment, or every deployment of the app.
+    Destroy {
+        /// The deployment to destroy (default: all of the app's deployments).
+        #[arg(value_parser = commands::parse_seq)]
+        deployment: Option<u64>,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Builds and pushed artifacts.
+    #[command(subcommand)]
+    Artifact(ArtifactCmd),
+    /// Deployments.
+    #[command(subcommand)]
+    Deployment(ListCmd),
+    /// Releases. (`cairn release [N]` releases; `cairn release list` lists.)
+    #[command(name = "releases", alias = "release-list")]
+    Releases(ListArgs),
+    /// Jobs: list, inspect, cancel, attach.
+    #[command(subcommand)]
+    Job(JobCmd),
+    /// The node and each app's builds, deployments and release.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Contexts: which node to talk to.
+    #[command(subcommand)]
+    Context(ContextCmd),
+    /// Run or manage a server node.
+    #[command(subcommand)]
+    Server(ServerCmd),
+    #[command(name = "__supervise", hide = true)]
+    Supervise { spec: std::path::PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum ArtifactCmd {
+    /// List builds.
+    List(ListArgs),
+    /// List pushed artifacts.
+    Pushed(ListArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ListCmd {
+    /// List them.
+    List(ListArgs),
+}
+
+fn main() -> ExitCode {
+    // The supervisor must not start a tokio runtime or print anything.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("__supervise") {
+        let Some(spec) = args.get(2) else {
+            return ExitCode::from(2);
+        };
+        return cairn_cli::plugins::run_supervisor(std::path::Path::new(spec));
+    }
+    // `cairn release list` reads naturally; route it to the listing.
+    let args = rewrite_release_list(args);
+    let cli = Cli::parse_from(args);
+    init_tracing(matches!(cli.cmd, Cmd::Server(ServerCmd::Run(_))));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn rewrite_release_list(mut args: Vec<String>) -> Vec<String> {
+    if let Some(i) = args.iter().position(|a| a == "release") {
+        if args.get(i + 1).map(String::as_str) == Some("list") {
+            args[i] = "releases".into();
+            args.remove(i + 1);
+        }
+    }
+    args
+}
+
+/// An error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+fn init_tracing(server: bool) {
+    let default = if server {
+        "warn,cairn_node=info"
+    } else {
+        "error"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let g = &cli.global;
+    match &cli.cmd {
+        Cmd::Up {
+            app,
+            prune,
+            no_release,
+        } => {
+            let kind = JobKind::Up {
+                release: !no_release,
+                prune: prune.prune,
+                retain: prune.prune_retain,
+            };
+            commands::lifecycle::run(g, app.app.as_deref(), kind).await
+        }
+        Cmd::Build { app, no_push } => {
+            commands::lifecycle::run(g, app.app.as_deref(), JobKind::Build { push: !no_push }).await
+        }
+        Cmd::Deploy { app, build } => {
+            commands::lifecycle::run(g, app.app.as_deref(), JobKind::Deploy { build: *build }).await
+        }
+        Cmd::Release {
+            deployment,
+            app,
+            prune,
+        } => {
+            let kind = JobKind::Release {
+                deployment: *deployment,
+                prune: prune.prune,
+                retain: prune.prune_retain,
+            };
+            commands::lifecycle::run(g, app.app.as_deref(), kind).await
+        }
+        Cmd::Destroy { deployment, app } => {
+            commands::lifecycle::run(
+                g,
+                app.app.as_deref(),
+                JobKind::Destroy {
+                    deployment: *deployment,
+                },
+            )
+            .await
+        }
+        Cmd::Artifact(ArtifactCmd::List(a)) => commands::list::run(g, OpKind::Build, a).await,
+        Cmd::Artifact(ArtifactCmd::Pushed(a)) => commands::list::run(g, OpKind::Artifact, a).await,
+        Cmd::Deployment(ListCmd::List(a)) => commands::list::run(g, OpKind::Deployment, a).await,
+        Cmd::Releases(a) => commands::list::run(g, OpKind::Release, a).await,
+        Cmd::Job(j) => commands::job::run(g, j).await,
+        Cmd::Status { json } => commands::status::run(g, *json).await,
+        Cmd::Context(c) => commands::context::run(c).await,
+        Cmd::Server(s) => commands::server::run(g, s).await,
+        Cmd::Supervise { .. } => Ok(2),
+    }
+}

@@ -1,0 +1,359 @@
+//! The plugin framework and the built-in plugins.
+//!
+//! A lifecycle step (build, push, deploy, release) is carried out by a plugin of the
+//! matching [`Kind`]. Plugins exchange [`Value`]s that carry their type name
+//! ("files.Artifact", "process.Deployment", …); the [`Catalog`] knows the built-in
+//! plugins and the [`Mapper`]s between types, and finds the shortest chain of mappers
+//! from the values at hand to the type the next plugin takes.
+//!
+//! Invariants:
+//! - Plugins are synchronous; the runner calls them inside `spawn_blocking`.
+//! - A plugin's configuration is parsed (and rejected with the offending field named)
+//!   when the plugin is instantiated, before any work is done.
+//! - A failed `deploy` leaves nothing running.
+
+mod catalog;
+pub mod command;
+pub mod files;
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use catalog::Catalog;
+pub use process::run_supervisor;
+
+/// A value carrying its type name, e.g. "files.Artifact", "process.Deployment".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Value {
+    pub type_name: String,
+    pub data: serde_json::Value,
+}
+
+impl Value {
+    /// Builds a value of `type_name` from anything serializable.
+    pub fn new<T: Serialize>(type_name: &str, data: &T) -> Result<Value, PluginError> {
+        let data = serde_json::to_value(data).map_err(|e| PluginError::InvalidValue {
+            type_name: type_name.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Value {
+            type_name: type_name.to_string(),
+            data,
+        })
+    }
+
+    /// Decodes the data of a value that must be of type `type_name`.
+    pub fn decode<T: DeserializeOwned>(&self, type_name: &str) -> Result<T, PluginError> {
+        if self.type_name != type_name {
+            return Err(PluginError::WrongType {
+                wanted: vec![type_name.to_string()],
+                got: self.type_name.clone(),
+            });
+        }
+        serde_json::from_value(self.data.clone()).map_err(|e| PluginError::InvalidValue {
+            type_name: self.type_name.clone(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Where a line of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stream {
+    /// The standard output of a command a plugin ran.
+    Stdout,
+    /// The standard error of a command a plugin ran.
+    Stderr,
+    /// A progress message from the plugin itself.
+    Info,
+}
+
+/// Receives the output of a plugin, line by line (without the trailing newline).
+pub trait OutputSink: Send {
+    fn line(&mut self, stream: Stream, text: &str);
+}
+
+/// Everything a plugin operation may use besides its configuration and input.
+pub struct OpContext<'a> {
+    pub project: String,
+    pub app: String,
+    pub workspace: String,
+    /// The per-app number of this build/deployment (v1, v2…).
+    pub sequence: u64,
+    /// The app's source directory.
+    pub source_dir: PathBuf,
+    /// Where this runner keeps artifacts and deployments.
+    pub data_dir: PathBuf,
+    /// The `cairn` binary, spawned as `cairn __supervise SPEC` to supervise processes.
+    pub self_exe: PathBuf,
+    /// Config env vars for the app, given to deployed processes.
+    pub env: BTreeMap<String, String>,
+    pub out: &'a mut dyn OutputSink,
+}
+
+impl OpContext<'_> {
+    /// Reports a progress message.
+    pub fn info(&mut self, text: &str) {
+        self.out.line(Stream::Info, text);
+    }
+}
+
+/// The kinds of plugins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    Builder,
+    Registry,
+    Platform,
+    Releaser,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Builder => "builder",
+            Kind::Registry => "registry",
+            Kind::Platform => "platform",
+            Kind::Releaser => "releaser",
+        })
+    }
+}
+
+/// Turns source into an artifact.
+pub trait Builder: Send + Sync {
+    fn output_type(&self) -> &'static str;
+    fn build(&self, ctx: &mut OpContext) -> Result<Value, PluginError>;
+}
+
+/// Pushes an artifact where a platform can fetch it.
+pub trait Registry: Send + Sync {
+    fn input_types(&self) -> &[&'static str];
+    fn output_type(&self) -> &'static str;
+    fn push(&self, ctx: &mut OpContext, input: &Value) -> Result<Value, PluginError>;
+}
+
+/// Runs an artifact as a deployment.
+pub trait Platform: Send + Sync {
+    fn input_types(&self) -> &[&'static str];
+    fn output_type(&self) -> &'static str;
+    fn deploy(&self, ctx: &mut OpContext, input: &Value) -> Result<Value, PluginError>;
+    fn destroy(&self, ctx: &mut OpContext, deployment: &Value) -> Result<(), PluginError>;
+    fn status(&self, deployment: &Value) -> Result<DeploymentHealth, PluginError>;
+    fn url(&self, deployment: &Value) -> Option<String>;
+}
+
+/// Points public traffic at a deployment.
+pub trait Releaser: Send + Sync {
+    fn input_types(&self) -> &[&'static str];
+    fn output_type(&self) -> &'static str;
+    /// `others` are the app's other deployments, by sequence.
+    fn release(
+        &self,
+        ctx: &mut OpContext,
+        target: &Value,
+        others: &[(u64, Value)],
+        opts: &ReleaseOptions,
+    ) -> Result<ReleaseOutcome, PluginError>;
+}
+
+/// Converts a value of type `from` into a value of type `to`.
+#[derive(Clone, Copy)]
+pub struct Mapper {
+    pub from: &'static str,
+    pub to: &'static str,
+    pub f: fn(&Value) -> Result<Value, PluginError>,
+}
+
+impl fmt::Debug for Mapper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Mapper({} -> {})", self.from, self.to)
+    }
+}
+
+/// Options of a release.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseOptions {
+    /// Destroy older deployments after releasing.
+    pub prune: bool,
+    /// How many older (lower-sequence) deployments to keep when pruning; the released
+    /// deployment is never pruned and is not counted.
+    pub retain: usize,
+}
+
+/// What a release produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseOutcome {
+    pub value: Value,
+    pub urls: Vec<String>,
+    /// Sequences of the deployments destroyed by pruning, ascending.
+    pub pruned: Vec<u64>,
+}
+
+/// How a deployment's instances are doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentHealth {
+    pub total: usize,
+    pub alive: usize,
+    pub instances: Vec<InstanceHealth>,
+}
+
+impl DeploymentHealth {
+    /// Summarizes: every instance alive, some, or none.
+    pub fn state(&self) -> HealthState {
+        if self.total > 0 && self.alive == self.total {
+            HealthState::Ready
+        } else if self.alive > 0 {
+            HealthState::Partial
+        } else {
+            HealthState::Down
+        }
+    }
+}
+
+/// One instance of a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceHealth {
+    pub index: usize,
+    pub alive: bool,
+    pub port: Option<u16>,
+    pub pid: Option<u32>,
+    pub restarts: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HealthState {
+    Ready,
+    Partial,
+    Down,
+}
+
+/// Errors of the plugin framework and of the built-in plugins. Display is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("unknown {kind} plugin \"{name}\" (available: {})", list(available))]
+    UnknownPlugin {
+        kind: Kind,
+        name: String,
+        available: Vec<String>,
+    },
+    #[error("plugin \"{plugin}\": field \"{field}\": {message}")]
+    Config {
+        plugin: String,
+        /// Dotted path of the offending field, e.g. `exclude[1]`.
+        field: String,
+        message: String,
+    },
+    #[error(
+        "no value of type {} can be produced: the values at hand are {}, and no chain of mappers leads from them",
+        alternatives(wanted),
+        have_list(have)
+    )]
+    MissingType {
+        wanted: Vec<String>,
+        have: Vec<String>,
+    },
+    #[error("expected a value of type {}, got {got}", alternatives(wanted))]
+    WrongType { wanted: Vec<String>, got: String },
+    #[error("malformed {type_name} value: {message}")]
+    InvalidValue { type_name: String, message: String },
+    #[error("command `{command}` {}", exit_text(*code))]
+    CommandFailed { command: String, code: Option<i32> },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl PluginError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> PluginError {
+        PluginError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn alternatives(items: &[String]) -> String {
+    match items {
+        [] => "(none)".to_string(),
+        [one] => one.clone(),
+        _ => format!("any of [{}]", items.join(", ")),
+    }
+}
+
+fn have_list(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        format!("[{}]", items.join(", "))
+    }
+}
+
+fn exit_text(code: Option<i32>) -> String {
+    match code {
+        Some(code) => format!("exited with code {code}"),
+        None => "was killed by a signal".to_string(),
+    }
+}
+
+/// Parses a plugin's configuration (`null` counts as an empty block), naming the
+/// offending field on error.
+pub(crate) fn parse_config<T: DeserializeOwned>(
+    plugin: &str,
+    config: &serde_json::Value,
+) -> Result<T, PluginError> {
+    let empty = serde_json::Value::Object(serde_json::Map::new());
+    let config = if config.is_null() { &empty } else { config };
+    serde_path_to_error::deserialize::<_, T>(config).map_err(|err| {
+        let path = err.path().to_string();
+        let message = err.inner().to_string();
+        let field = if path == "." {
+            // Errors at the top level: missing or unknown fields name themselves.
+            backticked(&message).unwrap_or(path)
+        } else {
+            path
+        };
+        PluginError::Config {
+            plugin: plugin.to_string(),
+            field,
+            message,
+        }
+    })
+}
+
+/// The first `…`-quoted word of a serde message ("missing field `command`").
+fn backticked(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(message[start..start + len].to_string())
+}
+
+/// A configuration error found after parsing (e.g. an empty command).
+pub(crate) fn config_error(plugin: &str, field: &str, message: &str) -> PluginError {
+    PluginError::Config {
+        plugin: plugin.to_string(),
+        field: field.to_string(),
+        message: message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+pub(crate) mod testutil;

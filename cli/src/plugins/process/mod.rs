@@ -1,0 +1,185 @@
+//! Platform and releaser `process`: runs an artifact as plain processes on the
+//! runner's host, each instance kept up by a detached supervisor
+//! (`cairn __supervise SPEC`, see [`run_supervisor`]) that outlives the CLI.
+//!
+//! Layout under `data_dir/deployments/<app>/`:
+//! - `v<N>/`: the extracted artifact (removed by `destroy`);
+//! - `v<N>.run/instance-<i>.{spec.json,state.json,log}`: the supervisor's spec
+//!   (mode 0600, it holds the config env; removed by `destroy`), its state file and
+//!   the instance log (both kept);
+//! - `released`: the sequence of the released deployment.
+//!
+//! Invariant: `deploy` either returns with every instance running or leaves nothing
+//! running.
+
+mod platform;
+mod release;
+mod supervisor;
+mod sys;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{InstanceHealth, OpContext, PluginError};
+
+pub use platform::ProcessPlatform;
+pub use release::{released_sequence, ProcessReleaser, Release, RELEASE};
+pub use supervisor::{
+    read_state, run_supervisor, Status, SupervisorSpec, SupervisorState, Timing, STATE_ENV,
+};
+
+pub const DEPLOYMENT: &str = "process.Deployment";
+
+/// `process.Deployment`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub app: String,
+    pub sequence: u64,
+    /// The extracted artifact.
+    pub dir: PathBuf,
+    pub instances: Vec<Instance>,
+    /// The deployment URL (instance 0).
+    pub url: String,
+}
+
+/// One supervised instance of a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub index: usize,
+    pub port: u16,
+    pub supervisor_pid: u32,
+    pub log: PathBuf,
+    pub state: PathBuf,
+    pub spec: PathBuf,
+}
+
+/// `data_dir/deployments/<app>`, refusing app names that are not a plain file name.
+pub(crate) fn app_dir(ctx: &OpContext) -> Result<PathBuf, PluginError> {
+    let app = ctx.app.as_str();
+    if app.is_empty() || app == "." || app == ".." || app.contains('/') || app.contains('\0') {
+        return Err(PluginError::Failed(format!("invalid app name {app:?}")));
+    }
+    Ok(ctx.data_dir.join("deployments").join(app))
+}
+
+/// How long a supervisor has to stop its command and exit after SIGTERM (its own
+/// grace period for the command is 5 s).
+const SUPERVISOR_GRACE: Duration = Duration::from_secs(8);
+
+/// Whether `pid` is the supervisor of this instance (and not a reused pid).
+fn is_supervisor(instance: &Instance) -> bool {
+    sys::process_exists(instance.supervisor_pid)
+        && sys::cmdline_has_arg(instance.supervisor_pid, instance.spec.as_os_str()).unwrap_or(true)
+}
+
+/// Stops an instance: SIGTERM to its supervisor (which stops the command), SIGKILL
+/// if it does not exit in time, then SIGKILL to the command's group if the supervisor
+/// could not stop it. Returns once they are gone. Idempotent.
+pub(crate) fn stop_instance(instance: &Instance) -> Result<(), PluginError> {
+    let mut killed = false;
+    if is_supervisor(instance) {
+        let _ = sys::signal_process(instance.supervisor_pid, sys::SIGTERM);
+        if !wait_until(SUPERVISOR_GRACE, || {
+            !sys::process_exists(instance.supervisor_pid)
+        }) {
+            let _ = sys::signal_process(instance.supervisor_pid, sys::SIGKILL);
+            killed = true;
+            wait_until(Duration::from_secs(2), || {
+                !sys::process_exists(instance.supervisor_pid)
+            });
+        }
+    }
+    // The supervisor died without stopping its command (killed just now, or earlier).
+    if let Ok(state) = read_state(&instance.state) {
+        if let Some(child) = state.child_pid {
+            let ours = || {
+                let entry = format!("{}={}", STATE_ENV, instance.state.display());
+                sys::environ_has(child, std::ffi::OsStr::new(&entry)).unwrap_or(killed)
+            };
+            if state.status == Status::Running && sys::group_exists(child) && ours() {
+                let _ = sys::signal_group(child, sys::SIGKILL);
+                wait_until(Duration::from_secs(2), || !sys::group_exists(child));
+            }
+        }
+    }
+    if is_supervisor(instance) {
+        return Err(PluginError::Failed(format!(
+            "supervisor {} of instance {} did not stop",
+            instance.supervisor_pid, instance.index
+        )));
+    }
+    let _ = std::fs::remove_file(&instance.spec);
+    Ok(())
+}
+
+/// Stops every instance and removes the extracted directory.
+pub(crate) fn destroy_deployment(deployment: &Deployment) -> Result<(), PluginError> {
+    let mut failures = Vec::new();
+    for instance in &deployment.instances {
+        if let Err(e) = stop_instance(instance) {
+            failures.push(e.to_string());
+        }
+    }
+    if !failures.is_empty() {
+        return Err(PluginError::Failed(failures.join("; ")));
+    }
+    match std::fs::remove_dir_all(&deployment.dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(PluginError::io(
+            format!("removing {}", deployment.dir.display()),
+            e,
+        )),
+    }
+}
+
+/// The health of one instance: its supervisor and its command are both running.
+pub(crate) fn instance_health(instance: &Instance) -> InstanceHealth {
+    let state = read_state(&instance.state).ok();
+    let child = state
+        .as_ref()
+        .filter(|s| s.status == Status::Running)
+        .and_then(|s| s.child_pid);
+    let alive = is_supervisor(instance) && child.is_some_and(sys::process_exists);
+    InstanceHealth {
+        index: instance.index,
+        alive,
+        port: Some(instance.port),
+        pid: child.filter(|_| alive),
+        restarts: state.map_or(0, |s| s.restarts),
+    }
+}
+
+/// Polls `done` every 20 ms until it holds or `limit` passes; returns whether it held.
+pub(crate) fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last few lines of a log, on one line.
+pub(crate) fn log_tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(2048)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,368 @@
+//! One job being run: its event channel, cancellation flag, and the helper
+//! that runs a plugin operation as a recorded step.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use cairn_protocol::api::{ClientRequest, ClientResponse, JobEvent, RunnerToNode, StepStatus};
+use cairn_protocol::rpc;
+use cairn_protocol::types::{
+    Job, OpId, OpKind, OpStatus, Operation, ResourceState, Stream, TypedValue, MAX_OP_OUTPUT_BYTES,
+};
+use tokio::sync::mpsc;
+
+use super::RunnerOptions;
+use crate::plugins::{self, OpContext, OutputSink, PluginError, Value};
+
+/// Why a job stopped early.
+#[derive(Debug)]
+pub struct JobFailure {
+    pub message: String,
+    pub cancelled: bool,
+}
+
+impl JobFailure {
+    pub fn new(message: impl Into<String>) -> JobFailure {
+        JobFailure {
+            message: message.into(),
+            cancelled: false,
+        }
+    }
+}
+
+impl From<rpc::RpcError> for JobFailure {
+    fn from(e: rpc::RpcError) -> Self {
+        JobFailure::new(e.to_string())
+    }
+}
+
+pub struct JobRun {
+    pub job: Job,
+    pub conn: quinn::Connection,
+    pub opts: Arc<RunnerOptions>,
+    tx: mpsc::UnboundedSender<RunnerToNode>,
+    cancelled: Arc<AtomicBool>,
+    step: u32,
+}
+
+/// What a recorded step produced.
+pub struct StepOutcome {
+    pub op_id: OpId,
+    pub sequence: u64,
+    pub value: Value,
+}
+
+/// Forwards plugin output as job events and keeps a bounded copy for the
+/// operation's record.
+struct Sink {
+    step: u32,
+    tx: mpsc::UnboundedSender<RunnerToNode>,
+    kept: VecDeque<String>,
+    bytes: usize,
+    dropped: u64,
+}
+
+impl OutputSink for Sink {
+    fn line(&mut self, stream: plugins::Stream, text: &str) {
+        let stream = match stream {
+            plugins::Stream::Stdout => Stream::Stdout,
+            plugins::Stream::Stderr => Stream::Stderr,
+            plugins::Stream::Info => Stream::Info,
+        };
+        let _ = self.tx.send(RunnerToNode::Event(JobEvent::Output {
+            step: self.step,
+            stream,
+            line: text.to_string(),
+        }));
+        self.bytes += text.len() + 1;
+        self.kept.push_back(text.to_string());
+        while self.bytes > MAX_OP_OUTPUT_BYTES {
+            match self.kept.pop_front() {
+                Some(l) => {
+                    self.bytes -= l.len() + 1;
+                    self.dropped += 1;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+impl JobRun {
+    pub fn new(
+        job: Job,
+        conn: quinn::Connection,
+        tx: mpsc::UnboundedSender<RunnerToNode>,
+        cancelled: Arc<AtomicBool>,
+        opts: Arc<RunnerOptions>,
+    ) -> JobRun {
+        JobRun {
+            job,
+            conn,
+            opts,
+            tx,
+            cancelled,
+            step: 0,
+        }
+    }
+
+    pub fn event(&self, ev: JobEvent) {
+        let _ = self.tx.send(RunnerToNode::Event(ev));
+    }
+
+    pub fn result(&self, key: &str, value: &str) {
+        self.event(JobEvent::Result {
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    pub fn check_cancel(&self) -> Result<(), JobFailure> {
+        if self.cancelled.load(Ordering::SeqCst) {
+            return Err(JobFailure {
+                message: "cancelled on request".into(),
+                cancelled: true,
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn call(&self, req: ClientRequest) -> Result<ClientResponse, JobFailure> {
+        Ok(rpc::call(&self.conn, &req).await?)
+    }
+
+    pub async fn operations(&self, kind: OpKind) -> Result<Vec<Operation>, JobFailure> {
+        let req = ClientRequest::ListOperations {
+            kind,
+            project: Some(self.job.spec.project.clone()),
+            app: Some(self.job.spec.app.clone()),
+        };
+        match self.call(req).await? {
+            ClientResponse::Operations(ops) => Ok(ops),
+            other => Err(JobFailure::new(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    pub async fn set_destroyed(&self, op_id: OpId) -> Result<(), JobFailure> {
+        self.call(ClientRequest::SetResourceState {
+            op_id,
+            state: ResourceState::Destroyed,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A step that records nothing in the catalog (e.g. destroy).
+    pub async fn plain_step<T, F>(&mut self, title: &str, f: F) -> Result<T, JobFailure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn OutputSink) -> Result<T, String> + Send + 'static,
+    {
+        self.check_cancel()?;
+        self.step += 1;
+        let step = self.step;
+        self.event(JobEvent::Step {
+            step,
+            name: title.to_string(),
+            status: StepStatus::Started,
+            detail: None,
+        });
+        let mut sink = Sink {
+            step,
+            tx: self.tx.clone(),
+            kept: VecDeque::new(),
+            bytes: 0,
+            dropped: 0,
+        };
+        let r = tokio::task::spawn_blocking(move || f(&mut sink))
+            .await
+            .unwrap_or_else(|e| Err(format!("the step panicked: {e}")));
+        match r {
+            Ok(v) => {
+                self.event(JobEvent::Step {
+                    step,
+                    name: title.to_string(),
+                    status: StepStatus::Succeeded,
+                    detail: None,
+                });
+                Ok(v)
+            }
+            Err(e) => {
+                self.event(JobEvent::Step {
+                    step,
+                    name: title.to_string(),
+                    status: StepStatus::Failed,
+                    detail: Some(e.clone()),
+                });
+                Err(JobFailure::new(e))
+            }
+        }
+    }
+
+    /// Run one plugin operation as a recorded step: begin it on the node
+    /// (getting its sequence), run `f` on a blocking thread with an
+    /// [`OpContext`], then complete it with its result and captured output.
+    /// `title` gets the sequence: "Deploying v3 with process".
+    pub async fn op_step<F>(
+        &mut self,
+        kind: OpKind,
+        plugin: &str,
+        input_seq: Option<u64>,
+        title: impl Fn(u64) -> String,
+        env: std::collections::BTreeMap<String, String>,
+        source_dir: std::path::PathBuf,
+        f: F,
+    ) -> Result<StepOutcome, JobFailure>
+    where
+        F: FnOnce(&mut OpContext) -> Result<(Value, Option<String>), String> + Send + 'static,
+    {
+        self.check_cancel()?;
+        let (op_id, sequence) = match self
+            .call(ClientRequest::BeginOperation {
+                job_id: self.job.id,
+                kind,
+                plugin: plugin.to_string(),
+                input_seq,
+            })
+            .await?
+        {
+            ClientResponse::OperationStarted { id, sequence } => (id, sequence),
+            other => return Err(JobFailure::new(format!("unexpected answer {other:?}"))),
+        };
+        self.step += 1;
+        let step = self.step;
+        let name = title(sequence);
+        self.event(JobEvent::Step {
+            step,
+            name: name.clone(),
+            status: StepStatus::Started,
+            detail: None,
+        });
+        let sink = Sink {
+            step,
+            tx: self.tx.clone(),
+            kept: VecDeque::new(),
+            bytes: 0,
+            dropped: 0,
+        };
+        let spec = self.job.spec.clone();
+        let opts = self.opts.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut sink = sink;
+            let r = {
+                let mut ctx = OpContext {
+                    project: spec.project.clone(),
+                    app: spec.app.clone(),
+                    workspace: spec.workspace.clone(),
+                    sequence,
+                    source_dir,
+                    data_dir: opts.data_dir.clone(),
+                    self_exe: opts.self_exe.clone(),
+                    env,
+                    out: &mut sink,
+                };
+                f(&mut ctx)
+            };
+            (r, sink)
+        })
+        .await;
+        let (r, sink) = match joined {
+            Ok(x) => x,
+            Err(e) => (
+                Err(format!("the plugin panicked: {e}")),
+                Sink {
+                    step,
+                    tx: self.tx.clone(),
+                    kept: VecDeque::new(),
+                    bytes: 0,
+                    dropped: 0,
+                },
+            ),
+        };
+        let output: Vec<String> = sink.kept.into_iter().collect();
+        let (status, result, error, url) = match &r {
+            Ok((v, url)) => (
+                OpStatus::Success,
+                Some(TypedValue {
+                    type_name: v.type_name.clone(),
+                    json: v.data.to_string(),
+                }),
+                None,
+                url.clone(),
+            ),
+            Err(e) => (OpStatus::Error, None, Some(e.clone()), None),
+        };
+        let completed = self
+            .call(ClientRequest::CompleteOperation {
+                op_id,
+                status,
+                result,
+                error,
+                output,
+                output_dropped: sink.dropped,
+                url,
+            })
+            .await;
+        match (r, completed) {
+            (Ok((value, _)), Ok(_)) => {
+                self.event(JobEvent::Step {
+                    step,
+                    name,
+                    status: StepStatus::Succeeded,
+                    detail: None,
+                });
+                Ok(StepOutcome {
+                    op_id,
+                    sequence,
+                    value,
+                })
+            }
+            (Err(e), _) => {
+                self.event(JobEvent::Step {
+                    step,
+                    name,
+                    status: StepStatus::Failed,
+                    detail: Some(e.clone()),
+                });
+                Err(JobFailure::new(e))
+            }
+            (Ok(_), Err(e)) => {
+                self.event(JobEvent::Step {
+                    step,
+                    name,
+                    status: StepStatus::Failed,
+                    detail: Some(e.message.clone()),
+                });
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A recorded operation's result as a plugin value.
+pub fn value_of(op: &Operation) -> Result<Value, JobFailure> {
+    let r = op.result.as_ref().ok_or_else(|| {
+        JobFailure::new(format!(
+            "{} v{} has no recorded result",
+            op.kind.noun(),
+            op.sequence
+        ))
+    })?;
+    let data = serde_json::from_str(&r.json).map_err(|e| {
+        JobFailure::new(format!(
+            "{} v{}: malformed recorded result: {e}",
+            op.kind.noun(),
+            op.sequence
+        ))
+    })?;
+    Ok(Value {
+        type_name: r.type_name.clone(),
+        data,
+    })
+}
+
+/// Plugin errors as step errors.
+pub fn plugin_err(e: PluginError) -> String {
+    e.to_string()
+}

@@ -1,0 +1,156 @@
+//! The runner: registers on a node connection, accepts job offers on streams
+//! the node opens, and runs each job's operations with the plugins.
+//!
+//! The CLI is a runner for its own jobs (same code path as `cairn runner
+//! agent`): it registers on the connection it already holds and targets its
+//! jobs at its own runner id.
+//!
+//! Invariants:
+//! - Every accepted offer ends with exactly one `Done` frame, unless the
+//!   connection itself is lost (the node then fails the job).
+//! - Each operation is begun on the node (which assigns its sequence number)
+//!   before any plugin work, and completed with its captured output after.
+
+mod hooks;
+mod job;
+mod ops;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use cairn_protocol::api::{ClientRequest, ClientResponse, NodeToRunner, RunnerToNode};
+use cairn_protocol::frame;
+use cairn_protocol::rpc::{self, RpcError};
+use cairn_protocol::types::{JobState, RunnerKind};
+use tokio::sync::mpsc;
+
+pub use job::JobRun;
+
+/// Who this runner is and where it works.
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    pub id: String,
+    pub kind: RunnerKind,
+    pub labels: BTreeMap<String, String>,
+    /// Artifacts and deployments live here.
+    pub data_dir: PathBuf,
+    /// The `cairn` binary (for the process supervisor).
+    pub self_exe: PathBuf,
+}
+
+impl RunnerOptions {
+    /// Options for the CLI acting as its own runner.
+    pub fn for_cli() -> RunnerOptions {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let suffix = &cairn_protocol::token::hash(&cairn_protocol::token::generate("r"))[..8];
+        RunnerOptions {
+            id: format!(
+                "cli-{}-{suffix}",
+                if host.is_empty() { "local" } else { &host }
+            ),
+            kind: RunnerKind::Cli,
+            labels: BTreeMap::new(),
+            data_dir: crate::paths::runner_dir(),
+            self_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cairn")),
+        }
+    }
+}
+
+/// A registration: kept alive while this value lives.
+pub struct Registration {
+    _send: quinn::SendStream,
+    _recv: quinn::RecvStream,
+}
+
+/// Register on `conn` and wait until the node confirms.
+pub async fn register(
+    conn: &quinn::Connection,
+    opts: &RunnerOptions,
+) -> Result<Registration, RpcError> {
+    let req = ClientRequest::RegisterRunner {
+        id: opts.id.clone(),
+        kind: opts.kind,
+        labels: opts.labels.clone(),
+    };
+    let (send, mut recv) = rpc::open(conn, &req).await?;
+    match frame::read_required(&mut recv).await? {
+        ClientResponse::Registered => Ok(Registration {
+            _send: send,
+            _recv: recv,
+        }),
+        ClientResponse::Error { message } => Err(RpcError::Remote(message)),
+        other => Err(RpcError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// Accept job offers on `conn` until it closes.
+pub async fn serve(conn: quinn::Connection, opts: Arc<RunnerOptions>) {
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let conn = conn.clone();
+        let opts = opts.clone();
+        tokio::spawn(async move { handle_offer(conn, opts, send, recv).await });
+    }
+}
+
+async fn handle_offer(
+    conn: quinn::Connection,
+    opts: Arc<RunnerOptions>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let job = match frame::read_required::<_, NodeToRunner>(&mut recv).await {
+        Ok(NodeToRunner::Offer { job }) => *job,
+        Ok(NodeToRunner::Cancel) | Err(_) => return,
+    };
+    if frame::write(&mut send, &RunnerToNode::Accept)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<RunnerToNode>();
+    let cancelled = Arc::new(AtomicBool::new(false));
+    // Writer: every event, in order, then Done.
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            let done = matches!(msg, RunnerToNode::Done { .. });
+            if frame::write(&mut send, &msg).await.is_err() {
+                return;
+            }
+            if done {
+                let _ = send.finish();
+                // Keep the stream open until the node has read everything.
+                let _ = send.stopped().await;
+                return;
+            }
+        }
+    });
+    // Reader: a Cancel from the node.
+    let flag = cancelled.clone();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(msg)) = frame::read::<_, NodeToRunner>(&mut recv).await {
+            if msg == NodeToRunner::Cancel {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    });
+    let mut run = JobRun::new(job, conn, tx.clone(), cancelled, opts);
+    let (state, error) = match ops::run(&mut run).await {
+        Ok(()) => (JobState::Success, None),
+        Err(e) if e.cancelled => (JobState::Cancelled, Some(e.message)),
+        Err(e) => (JobState::Error, Some(e.message)),
+    };
+    let _ = tx.send(RunnerToNode::Done { state, error });
+    drop(tx);
+    drop(run);
+    let _ = writer.await;
+    reader.abort();
+}

@@ -1,0 +1,91 @@
+//! build (and push): source → artifact, recorded as a build and, with a
+//! registry stage, as a pushed artifact.
+
+use cairn_protocol::types::OpKind;
+
+use super::Loaded;
+use crate::config::HookWhen;
+use crate::plugins::Value;
+use crate::runner::hooks;
+use crate::runner::job::{plugin_err, JobFailure, JobRun};
+
+/// Returns (build sequence, value) and, when pushed, (artifact sequence, value).
+pub async fn run(
+    run: &mut JobRun,
+    l: &Loaded,
+    push: bool,
+) -> Result<((u64, Value), Option<(u64, Value)>), JobFailure> {
+    let app = &l.app;
+    let name = app.build.builder.name.clone();
+    let builder = l.stages.builder.clone();
+    let hook_list = app.build.hooks.clone();
+    let dir = l.source_dir.clone();
+    let built = run
+        .op_step(
+            OpKind::Build,
+            &name,
+            None,
+            |s| format!("Building v{s} with {name}"),
+            app.config_env.clone(),
+            dir.clone(),
+            move |ctx| {
+                hooks::run(
+                    &hook_list,
+                    HookWhen::Before,
+                    &ctx.source_dir.clone(),
+                    &ctx.env.clone(),
+                    ctx.out,
+                )?;
+                let v = builder.build(ctx).map_err(plugin_err)?;
+                hooks::run(
+                    &hook_list,
+                    HookWhen::After,
+                    &ctx.source_dir.clone(),
+                    &ctx.env.clone(),
+                    ctx.out,
+                )?;
+                Ok((v, None))
+            },
+        )
+        .await?;
+    let build = (built.sequence, built.value);
+    let (Some(stage), Some(registry), true) = (&app.build.registry, &l.stages.registry, push)
+    else {
+        return Ok((build, None));
+    };
+    let name = stage.plugin.name.clone();
+    let registry = registry.clone();
+    let hook_list = stage.hooks.clone();
+    let input = crate::plugins::Catalog::builtin()
+        .convert(std::slice::from_ref(&build.1), registry.input_types())
+        .map_err(|e| JobFailure::new(format!("{}: {e}", stage.plugin.location)))?;
+    let pushed = run
+        .op_step(
+            OpKind::Artifact,
+            &name,
+            Some(build.0),
+            |s| format!("Pushing artifact v{s} with {name}"),
+            app.config_env.clone(),
+            dir,
+            move |ctx| {
+                hooks::run(
+                    &hook_list,
+                    HookWhen::Before,
+                    &ctx.source_dir.clone(),
+                    &ctx.env.clone(),
+                    ctx.out,
+                )?;
+                let v = registry.push(ctx, &input).map_err(plugin_err)?;
+                hooks::run(
+                    &hook_list,
+                    HookWhen::After,
+                    &ctx.source_dir.clone(),
+                    &ctx.env.clone(),
+                    ctx.out,
+                )?;
+                Ok((v, None))
+            },
+        )
+        .await?;
+    Ok((build, Some((pushed.sequence, pushed.value))))
+}

@@ -1,0 +1,62 @@
+//! deploy: artifact → a staged deployment with its own URL.
+
+use cairn_protocol::types::OpKind;
+
+use super::Loaded;
+use crate::config::HookWhen;
+use crate::plugins::{Catalog, Value};
+use crate::runner::hooks;
+use crate::runner::job::{plugin_err, JobFailure, JobRun};
+
+/// `values` are what the build (and push) produced. Returns (deployment sequence, value).
+pub async fn run(
+    run: &mut JobRun,
+    l: &Loaded,
+    build_seq: u64,
+    values: Vec<Value>,
+) -> Result<(u64, Value), JobFailure> {
+    let stage = &l.app.deploy;
+    let name = stage.plugin.name.clone();
+    let platform = l.stages.platform.clone();
+    let input = Catalog::builtin()
+        .convert(&values, platform.input_types())
+        .map_err(|e| JobFailure::new(format!("{}: {e}", stage.plugin.location)))?;
+    let hook_list = stage.hooks.clone();
+    let dep = run
+        .op_step(
+            OpKind::Deployment,
+            &name,
+            Some(build_seq),
+            |s| format!("Deploying v{s} with {name}"),
+            l.app.config_env.clone(),
+            l.source_dir.clone(),
+            move |ctx| {
+                hooks::run(
+                    &hook_list,
+                    HookWhen::Before,
+                    &ctx.source_dir.clone(),
+                    &ctx.env.clone(),
+                    ctx.out,
+                )?;
+                let v = platform.deploy(ctx, &input).map_err(plugin_err)?;
+                if let Err(e) = hooks::run(
+                    &hook_list,
+                    HookWhen::After,
+                    &ctx.source_dir.clone(),
+                    &ctx.env.clone(),
+                    ctx.out,
+                ) {
+                    // Nothing left running on failure.
+                    let _ = platform.destroy(ctx, &v);
+                    return Err(e);
+                }
+                let url = platform.url(&v);
+                Ok((v, url))
+            },
+        )
+        .await?;
+    if let Some(url) = l.stages.platform.url(&dep.value) {
+        run.result("Deployment URL", &url);
+    }
+    Ok((dep.sequence, dep.value))
+}

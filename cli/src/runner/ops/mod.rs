@@ -1,0 +1,143 @@
+//! Runner operations, one module each. `run` picks the one a job asks for.
+
+mod build;
+mod deploy;
+mod destroy;
+mod release;
+
+use std::path::{Path, PathBuf};
+
+use cairn_protocol::types::{JobKind, OpKind, OpStatus, Operation, ResourceState, Source};
+
+use super::job::{value_of, JobFailure, JobRun};
+use crate::config::{self, AppConfig};
+use crate::lifecycle::{self, Stages};
+use crate::plugins::{Catalog, Value};
+
+/// The app a job works on, loaded on the runner.
+pub struct Loaded {
+    pub app: AppConfig,
+    pub source_dir: PathBuf,
+    pub stages: Stages,
+}
+
+fn load(run: &JobRun) -> Result<Loaded, JobFailure> {
+    let Source::Local { dir, config: file } = &run.job.spec.source;
+    let path = Path::new(dir).join(file);
+    let cfg = config::load(&path).map_err(|e| JobFailure::new(e.to_string()))?;
+    let app = cfg
+        .app(Some(&run.job.spec.app))
+        .map_err(|e| JobFailure::new(e.to_string()))?
+        .clone();
+    let source_dir = cfg.app_dir(&app);
+    let stages = lifecycle::instantiate(&app, &Catalog::builtin()).map_err(JobFailure::new)?;
+    Ok(Loaded {
+        app,
+        source_dir,
+        stages,
+    })
+}
+
+pub async fn run(run: &mut JobRun) -> Result<(), JobFailure> {
+    let loaded = load(run)?;
+    match run.job.spec.kind.clone() {
+        JobKind::Up {
+            release,
+            prune,
+            retain,
+        } => {
+            let (build, artifact) = build::run(run, &loaded, true).await?;
+            let values: Vec<Value> = [Some(build.1.clone()), artifact.map(|a| a.1)]
+                .into_iter()
+                .flatten()
+                .collect();
+            let dep = deploy::run(run, &loaded, build.0, values).await?;
+            if release {
+                release::run(run, &loaded, dep, prune, retain).await?;
+            }
+            Ok(())
+        }
+        JobKind::Build { push } => build::run(run, &loaded, push).await.map(|_| ()),
+        JobKind::Deploy { build } => {
+            let (seq, values) = latest_build_values(run, build).await?;
+            deploy::run(run, &loaded, seq, values).await.map(|_| ())
+        }
+        JobKind::Release {
+            deployment,
+            prune,
+            retain,
+        } => {
+            let target = find_deployment(run, deployment).await?;
+            let value = value_of(&target)?;
+            release::run(run, &loaded, (target.sequence, value), prune, retain).await
+        }
+        JobKind::Destroy { deployment } => destroy::run(run, &loaded, deployment).await,
+    }
+}
+
+/// The latest successful build (or `want`), plus its pushed artifact if any.
+async fn latest_build_values(
+    run: &JobRun,
+    want: Option<u64>,
+) -> Result<(u64, Vec<Value>), JobFailure> {
+    let builds = run.operations(OpKind::Build).await?;
+    let build = builds
+        .iter()
+        .rev()
+        .find(|b| b.status == OpStatus::Success && want.is_none_or(|w| b.sequence == w))
+        .ok_or_else(|| match want {
+            Some(w) => JobFailure::new(format!(
+                "no successful build v{w} of app {:?}",
+                run.job.spec.app
+            )),
+            None => JobFailure::new(format!(
+                "app {:?} has no successful build yet: run `cairn build` first",
+                run.job.spec.app
+            )),
+        })?;
+    let mut values = vec![value_of(build)?];
+    let artifacts = run.operations(OpKind::Artifact).await?;
+    if let Some(a) = artifacts
+        .iter()
+        .rev()
+        .find(|a| a.status == OpStatus::Success && a.input_seq == Some(build.sequence))
+    {
+        values.push(value_of(a)?);
+    }
+    Ok((build.sequence, values))
+}
+
+/// A deployment that can be released: `want`, or the latest one.
+async fn find_deployment(run: &JobRun, want: Option<u64>) -> Result<Operation, JobFailure> {
+    let deps = run.operations(OpKind::Deployment).await?;
+    let app = &run.job.spec.app;
+    let found = match want {
+        Some(w) => deps
+            .into_iter()
+            .find(|d| d.sequence == w)
+            .ok_or_else(|| JobFailure::new(format!("app {app:?} has no deployment v{w}")))?,
+        None => deps
+            .into_iter()
+            .rev()
+            .find(|d| d.status == OpStatus::Success && d.state == ResourceState::Active)
+            .ok_or_else(|| {
+                JobFailure::new(format!(
+                    "app {app:?} has no running deployment: run `cairn deploy` first"
+                ))
+            })?,
+    };
+    if found.status != OpStatus::Success {
+        return Err(JobFailure::new(format!(
+            "deployment v{} did not succeed ({}); it cannot be released",
+            found.sequence,
+            found.status.word()
+        )));
+    }
+    if found.state == ResourceState::Destroyed {
+        return Err(JobFailure::new(format!(
+            "deployment v{} was destroyed; deploy again",
+            found.sequence
+        )));
+    }
+    Ok(found)
+}

@@ -1,0 +1,108 @@
+//! release: point public traffic at a deployment; releasing an older one is
+//! a rollback. With `prune`, older deployments beyond `retain` are destroyed.
+
+use cairn_protocol::types::{OpKind, OpStatus, ResourceState};
+
+use super::Loaded;
+use crate::config::HookWhen;
+use crate::plugins::{ReleaseOptions, Value};
+use crate::runner::hooks;
+use crate::runner::job::{plugin_err, value_of, JobFailure, JobRun};
+
+/// How many older deployments `--prune` keeps unless told otherwise.
+pub const DEFAULT_RETAIN: u64 = 2;
+
+pub async fn run(
+    run: &mut JobRun,
+    l: &Loaded,
+    target: (u64, Value),
+    prune: bool,
+    retain: Option<u64>,
+) -> Result<(), JobFailure> {
+    let Some((name, releaser)) = l.stages.releaser.clone() else {
+        run.event(cairn_protocol::api::JobEvent::Output {
+            step: 0,
+            stream: cairn_protocol::types::Stream::Info,
+            line: format!("platform {:?} has no releaser and the app has no release stage: nothing to release", l.app.deploy.plugin.name),
+        });
+        return Ok(());
+    };
+    let deployments = run.operations(OpKind::Deployment).await?;
+    let mut others = Vec::new();
+    let mut op_of_seq = std::collections::BTreeMap::new();
+    for d in deployments
+        .iter()
+        .filter(|d| d.status == OpStatus::Success && d.state == ResourceState::Active)
+    {
+        op_of_seq.insert(d.sequence, d.id);
+        if d.sequence != target.0 {
+            others.push((d.sequence, value_of(d)?));
+        }
+    }
+    let hook_list = l
+        .app
+        .release
+        .as_ref()
+        .map(|s| s.hooks.clone())
+        .unwrap_or_default();
+    let opts = ReleaseOptions {
+        prune,
+        retain: retain.unwrap_or(DEFAULT_RETAIN) as usize,
+    };
+    let (seq, value) = target;
+    let rel = run
+        .op_step(
+            OpKind::Release,
+            &name,
+            Some(seq),
+            |s| format!("Releasing deployment v{seq} (release v{s}) with {name}"),
+            l.app.config_env.clone(),
+            l.source_dir.clone(),
+            move |ctx| {
+                hooks::run(
+                    &hook_list,
+                    HookWhen::Before,
+                    &ctx.source_dir.clone(),
+                    &ctx.env.clone(),
+                    ctx.out,
+                )?;
+                let out = releaser
+                    .release(ctx, &value, &others, &opts)
+                    .map_err(plugin_err)?;
+                hooks::run(
+                    &hook_list,
+                    HookWhen::After,
+                    &ctx.source_dir.clone(),
+                    &ctx.env.clone(),
+                    ctx.out,
+                )?;
+                let url = out.urls.first().cloned();
+                let pruned = serde_json::json!(out.pruned);
+                let mut v = out.value;
+                if let serde_json::Value::Object(m) = &mut v.data {
+                    m.insert("pruned".into(), pruned);
+                }
+                Ok((v, url))
+            },
+        )
+        .await?;
+    if let Some(pruned) = rel.value.data.get("pruned").and_then(|p| p.as_array()) {
+        for s in pruned.iter().filter_map(|s| s.as_u64()) {
+            if let Some(op) = op_of_seq.get(&s) {
+                run.set_destroyed(*op).await?;
+            }
+        }
+    }
+    let url = deployments_url(&rel.value);
+    if let Some(url) = url {
+        run.result("Release URL", &url);
+    }
+    Ok(())
+}
+
+fn deployments_url(v: &Value) -> Option<String> {
+    v.data
+        .get("url")
+        .and_then(|u| u.as_str())
+        .map(str::to_string)
+}

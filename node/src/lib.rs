@@ -1,0 +1,12 @@
+//! Cairn server node: Raft member, catalog, job queue.
+//!
+//! See ARCHITECTURE.md for the code map and invariants.
+
+pub mod identity;
+pub mod jobs;
+pub mod raft;
+pub mod server;
+pub mod services;
+pub mod state;
+
+pub use server::{start, Node, NodeConfig, NodeError};

@@ -1,0 +1,289 @@
+//! [`RaftNode`]: the handle the rest of the node uses to write through Raft and
+//! to read the replicated [`State`].
+//!
+//! openraft's core task owns the log store and its state machine task owns the
+//! state machine store; the handle (cheap to clone) holds the `Raft` API handle
+//! and a read lock on the applied state.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use openraft::error::{Fatal, InitializeError};
+use openraft::{Config, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+
+use super::error::{Leader, RaftError, ReadError, WriteError};
+use super::log_store::LogStore;
+use super::network::{NetworkFactory, PeerTransport};
+use super::state_machine::{Applied, StateMachineStore};
+use super::{Metrics, Node, NodeId, Raft};
+use crate::state::{Request, Response, State};
+
+/// How long [`RaftNode::shutdown`] waits for openraft's tasks to release the
+/// redb files after the core has stopped.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Raft timing and log-compaction knobs. `Default` uses the module constants.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Build a snapshot once this many entries were applied since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Applied entries kept in the log after a snapshot.
+    pub logs_to_keep_after_snapshot: u64,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            snapshot_logs_since_last: super::SNAPSHOT_LOGS_SINCE_LAST,
+            logs_to_keep_after_snapshot: super::LOGS_TO_KEEP_AFTER_SNAPSHOT,
+            heartbeat_interval_ms: super::HEARTBEAT_INTERVAL_MS,
+            election_timeout_min_ms: super::ELECTION_TIMEOUT_MIN_MS,
+            election_timeout_max_ms: super::ELECTION_TIMEOUT_MAX_MS,
+        }
+    }
+}
+
+impl Tuning {
+    /// The openraft config (not yet validated).
+    fn config(&self) -> Config {
+        Config {
+            cluster_name: "cairn".to_string(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: self.logs_to_keep_after_snapshot,
+            purge_batch_size: 1,
+            ..Default::default()
+        }
+    }
+}
+
+/// Handle to this node's Raft member. Clone freely.
+#[derive(Clone)]
+pub struct RaftNode {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    addr: String,
+    raft: Raft,
+    applied: Arc<RwLock<Applied>>,
+    /// The two redb databases, to wait for their release on shutdown.
+    dbs: [Weak<redb::Database>; 2],
+}
+
+impl RaftNode {
+    /// Open the Raft member stored in `data_dir` (created if missing) with the
+    /// default [`Tuning`]. A restarted node resumes from its snapshot and the
+    /// committed log before this returns.
+    pub async fn open<T: PeerTransport>(
+        data_dir: &Path,
+        node_id: NodeId,
+        addr: String,
+        transport: T,
+    ) -> Result<RaftNode, RaftError> {
+        Self::open_with(data_dir, node_id, addr, transport, Tuning::default()).await
+    }
+
+    /// [`RaftNode::open`] with explicit tuning.
+    pub async fn open_with<T: PeerTransport>(
+        data_dir: &Path,
+        node_id: NodeId,
+        addr: String,
+        transport: T,
+        tuning: Tuning,
+    ) -> Result<RaftNode, RaftError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| RaftError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let config = Arc::new(tuning.config().validate()?);
+        let log_store = LogStore::open(data_dir).map_err(|source| RaftError::Store {
+            path: data_dir.join(super::LOG_FILE),
+            source,
+        })?;
+        let sm = StateMachineStore::open(data_dir).map_err(|source| RaftError::Store {
+            path: data_dir.join(super::SM_FILE),
+            source,
+        })?;
+        let applied = sm.shared();
+        let dbs = [log_store.db_weak(), sm.db_weak()];
+
+        // `Raft::new` re-applies committed-but-unapplied entries before it returns.
+        let raft = Raft::new(
+            node_id,
+            config,
+            NetworkFactory::new(transport),
+            log_store,
+            sm,
+        )
+        .await?;
+        tracing::info!(node_id, %addr, "raft node open");
+
+        Ok(RaftNode {
+            inner: Arc::new(Inner {
+                id: node_id,
+                addr,
+                raft,
+                applied,
+                dbs,
+            }),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// This node's peer address.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// The underlying openraft handle (for peer RPC handlers and membership changes).
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// Make this node a one-member cluster. Idempotent: a node that is already
+    /// initialized (e.g. after a restart) is left untouched.
+    pub async fn initialize_single(&self) -> Result<(), RaftError> {
+        let raft = &self.inner.raft;
+        if raft.is_initialized().await? {
+            tracing::debug!("raft already initialized; not initializing again");
+            return Ok(());
+        }
+        let members = BTreeMap::from([(self.inner.id, Node::new(self.inner.addr.clone()))]);
+        match raft.initialize(members).await {
+            Ok(()) => {
+                tracing::info!(node_id = self.inner.id, "initialized single-member cluster");
+                Ok(())
+            }
+            // Lost a race with another initialization: already initialized is the goal.
+            Err(openraft::error::RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                tracing::debug!(%e, "raft already initialized");
+                Ok(())
+            }
+            Err(openraft::error::RaftError::APIError(e)) => Err(RaftError::Initialize(e)),
+            Err(openraft::error::RaftError::Fatal(f)) => Err(f.into()),
+        }
+    }
+
+    /// Commit `req` through Raft and return what `State::apply` answered.
+    pub async fn write(&self, req: Request) -> Result<Response, WriteError> {
+        let resp = self.inner.raft.client_write(req).await?;
+        Ok(resp.data)
+    }
+
+    /// A linearizable read: confirm leadership with a quorum, wait until the
+    /// state machine has applied everything committed before, then run `f`.
+    /// `f` runs under the state's read lock: keep it short (apply waits).
+    pub async fn read<F, T>(&self, f: F) -> Result<T, ReadError>
+    where
+        F: FnOnce(&State) -> T,
+    {
+        self.inner.raft.ensure_linearizable().await?;
+        let applied = self
+            .inner
+            .applied
+            .read()
+            .map_err(|_: PoisonError<_>| Fatal::Panicked)?;
+        Ok(f(&applied.state))
+    }
+
+    /// Run `f` on this node's current state without any Raft round trip. May be
+    /// stale (a follower lags, a deposed leader does not know yet).
+    pub fn read_local<F, T>(&self, f: F) -> T
+    where
+        F: FnOnce(&State) -> T,
+    {
+        // A poisoned lock means `State::apply` panicked; openraft's state machine
+        // task is then dead and every linearizable call reports `Fatal`. A local,
+        // explicitly stale read may still see the last state.
+        let applied = self
+            .inner
+            .applied
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(&applied.state)
+    }
+
+    /// A copy of this node's current state (non-linearizable, see [`RaftNode::read_local`]).
+    pub fn state_snapshot(&self) -> State {
+        self.read_local(State::clone)
+    }
+
+    /// The latest metrics openraft published.
+    pub fn metrics(&self) -> Metrics {
+        self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// A watch on openraft's metrics.
+    pub fn metrics_watch(&self) -> watch::Receiver<Metrics> {
+        self.inner.raft.metrics()
+    }
+
+    /// Whether this node currently believes it is the leader (local, cheap; a
+    /// write or [`RaftNode::read`] is what confirms it).
+    pub fn is_leader(&self) -> bool {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.inner.id)
+    }
+
+    /// The leader this node knows of, with its address from the membership.
+    pub fn leader(&self) -> Option<Leader> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?;
+        Some(Leader {
+            id,
+            addr: node.addr.clone(),
+        })
+    }
+
+    /// Wait until some leader is known, at most `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<Leader> {
+        let res = self
+            .inner
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await;
+        match res {
+            Ok(_) => self.leader(),
+            Err(_) => None,
+        }
+    }
+
+    /// Stop the Raft member and wait (at most [`SHUTDOWN_GRACE`]) until its
+    /// stores are closed, so the same data dir can be opened again.
+    pub async fn shutdown(&self) -> Result<(), RaftError> {
+        self.inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| RaftError::Join(e.to_string()))?;
+        // The state machine task and any snapshot task end shortly after the core.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while self.inner.dbs.iter().any(|db| db.strong_count() > 0) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("raft stores still open {SHUTDOWN_GRACE:?} after shutdown");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::info!(node_id = self.inner.id, "raft node stopped");
+        Ok(())
+    }
+}

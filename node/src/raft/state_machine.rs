@@ -1,0 +1,305 @@
+//! The state machine store: [`State`] in memory, the current snapshot in redb
+//! (`raft-sm.redb`).
+//!
+//! Invariants:
+//! - `apply` is the only writer of the in-memory state (besides installing a
+//!   snapshot); it runs on openraft's state machine task, in log order.
+//! - A snapshot is committed to redb (`Durability::Immediate`) before openraft
+//!   learns about it, so log purging can never outrun the persisted snapshot.
+//! - On open, memory is exactly the persisted snapshot (or empty). The committed
+//!   log suffix after it is re-applied by openraft at startup, because the log
+//!   store persists the committed log id (`save_committed`/`read_committed`).
+//! - The snapshot data is bincode of [`SnapshotData`]: the state together with
+//!   its last applied log id and membership, so it is self-describing.
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StoredMembership,
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::log_store::{decode, encode, io_err, DbError};
+use super::{Entry, LogId, Node, NodeId, StorageError, TypeConfig};
+use crate::state::{Response, State};
+
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+const KEY_CURRENT: &str = "current";
+
+/// What the state machine has applied so far. Shared (read-only) with the
+/// [`RaftNode`](super::RaftNode) handle for local reads.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Applied {
+    pub(crate) state: State,
+    pub(crate) last_applied: Option<LogId>,
+    pub(crate) membership: StoredMembership<NodeId, Node>,
+}
+
+/// The payload of a snapshot, bincode-encoded.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotData {
+    pub state: State,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership<NodeId, Node>,
+}
+
+/// Borrowing twin of [`SnapshotData`]: same fields, same order, so the same
+/// bincode encoding, without cloning the state to encode it.
+#[derive(Serialize)]
+struct SnapshotDataRef<'a> {
+    state: &'a State,
+    last_applied: &'a Option<LogId>,
+    membership: &'a StoredMembership<NodeId, Node>,
+}
+
+/// The persisted current snapshot: its meta and its bincode-encoded [`SnapshotData`].
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, Node>,
+    data: Vec<u8>,
+}
+
+/// The Raft state machine. openraft's state machine task owns it; the handle
+/// keeps a clone of the shared [`Applied`] lock.
+pub struct StateMachineStore {
+    applied: Arc<RwLock<Applied>>,
+    db: Arc<Database>,
+    /// Makes snapshot ids unique within this process.
+    snapshot_seq: Arc<AtomicU64>,
+}
+
+impl StateMachineStore {
+    /// Open (or create) `raft-sm.redb` in `dir` and load the current snapshot, if any.
+    pub fn open(dir: &Path) -> Result<Self, DbError> {
+        let db = Database::create(dir.join(super::SM_FILE))?;
+        let txn = db.begin_write()?;
+        txn.open_table(SNAPSHOT)?;
+        txn.commit()?;
+        let db = Arc::new(db);
+
+        let applied = match read_current(&db)? {
+            None => Applied::default(),
+            Some(stored) => {
+                let data: SnapshotData = decode(&stored.data)?;
+                tracing::info!(
+                    last_applied = ?stored.meta.last_log_id,
+                    snapshot_id = %stored.meta.snapshot_id,
+                    "loaded state machine from snapshot"
+                );
+                Applied {
+                    state: data.state,
+                    last_applied: stored.meta.last_log_id,
+                    membership: stored.meta.last_membership,
+                }
+            }
+        };
+
+        Ok(Self {
+            applied: Arc::new(RwLock::new(applied)),
+            db,
+            snapshot_seq: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The lock on the applied state, shared with the node handle.
+    pub(crate) fn shared(&self) -> Arc<RwLock<Applied>> {
+        self.applied.clone()
+    }
+
+    pub(crate) fn db_weak(&self) -> std::sync::Weak<Database> {
+        Arc::downgrade(&self.db)
+    }
+}
+
+/// The state lock is poisoned only if `State::apply` panicked.
+fn poisoned(verb: ErrorVerb) -> StorageError {
+    io_err(ErrorSubject::StateMachine, verb, DbError::Poisoned)
+}
+
+fn read_current(db: &Database) -> Result<Option<StoredSnapshot>, DbError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(SNAPSHOT)?;
+    let Some(bytes) = table.get(KEY_CURRENT)? else {
+        return Ok(None);
+    };
+    Ok(Some(decode(bytes.value())?))
+}
+
+/// Persist `stored` as the current snapshot. With `only_if_newer`, an older
+/// snapshot never replaces a newer one (a build racing an install).
+async fn persist(
+    db: Arc<Database>,
+    stored: StoredSnapshot,
+    only_if_newer: bool,
+) -> Result<(), DbError> {
+    tokio::task::spawn_blocking(move || {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut table = txn.open_table(SNAPSHOT)?;
+            if only_if_newer {
+                let existing = table
+                    .get(KEY_CURRENT)?
+                    .map(|b| decode::<StoredSnapshot>(b.value()));
+                if let Some(existing) = existing {
+                    if existing?.meta.last_log_id > stored.meta.last_log_id {
+                        tracing::info!("a newer snapshot is already persisted; keep it");
+                        return Ok(());
+                    }
+                }
+            }
+            table.insert(KEY_CURRENT, encode(&stored)?.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| DbError::Join(e.to_string()))?
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<NodeId, Node>), StorageError> {
+        let applied = self.applied.read().map_err(|_| poisoned(ErrorVerb::Read))?;
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut applied = self
+            .applied
+            .write()
+            .map_err(|_| poisoned(ErrorVerb::Write))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            applied.last_applied = Some(entry.log_id);
+            let resp = match entry.payload {
+                EntryPayload::Blank => Response::default(),
+                EntryPayload::Normal(req) => applied.state.apply(&req),
+                EntryPayload::Membership(m) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Response::default()
+                }
+            };
+            out.push(resp);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Cloned here, on the state machine task, so the snapshot is a consistent
+        // cut even though it is encoded and written on another task.
+        let applied = self
+            .applied
+            .read()
+            .map(|a| Arc::new(a.clone()))
+            .map_err(|_: PoisonError<_>| ());
+        SnapshotBuilder {
+            applied,
+            db: self.db.clone(),
+            seq: self.snapshot_seq.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let sig = Some(meta.signature());
+        let bytes = snapshot.into_inner();
+        let data: SnapshotData = decode(&bytes)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(sig.clone()), ErrorVerb::Read, e))?;
+        tracing::info!(last_applied = ?meta.last_log_id, snapshot_id = %meta.snapshot_id, "installing snapshot");
+
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: bytes,
+        };
+        persist(self.db.clone(), stored, false)
+            .await
+            .map_err(|e| io_err(ErrorSubject::Snapshot(sig), ErrorVerb::Write, e))?;
+
+        let mut applied = self
+            .applied
+            .write()
+            .map_err(|_| poisoned(ErrorVerb::Write))?;
+        *applied = Applied {
+            state: data.state,
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let stored = read_current(&self.db)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+/// Builds a snapshot from a consistent copy of the applied state.
+pub struct SnapshotBuilder {
+    /// `Err` if the state lock was poisoned when the builder was made.
+    applied: Result<Arc<Applied>, ()>,
+    db: Arc<Database>,
+    seq: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let applied = self
+            .applied
+            .as_ref()
+            .map_err(|()| poisoned(ErrorVerb::Read))?;
+        let snapshot_id = match &applied.last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, self.seq),
+            None => format!("none-{}", self.seq),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership.clone(),
+            snapshot_id,
+        };
+        let sig = Some(meta.signature());
+        let data = SnapshotDataRef {
+            state: &applied.state,
+            last_applied: &applied.last_applied,
+            membership: &applied.membership,
+        };
+        let bytes = encode(&data)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(sig.clone()), ErrorVerb::Write, e))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: bytes.clone(),
+        };
+        persist(self.db.clone(), stored, true)
+            .await
+            .map_err(|e| io_err(ErrorSubject::Snapshot(sig), ErrorVerb::Write, e))?;
+        tracing::info!(last_applied = ?meta.last_log_id, snapshot_id = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}

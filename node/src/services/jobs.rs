@@ -1,0 +1,196 @@
+//! Job service: queue, list, inspect, cancel, attach.
+
+use std::sync::Arc;
+
+use cairn_protocol::api::{ClientResponse, JobEvent};
+use cairn_protocol::frame;
+use cairn_protocol::types::{JobId, JobSpec, JobState};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::jobs::created_job;
+use crate::server::{ConnSession, Ctx};
+use crate::state::Command;
+
+pub async fn queue(ctx: &Arc<Ctx>, s: &ConnSession, spec: JobSpec) -> ClientResponse {
+    match ctx
+        .write(Command::CreateJob {
+            spec,
+            requested_by: s.principal.name.clone(),
+        })
+        .await
+    {
+        Ok(resp) => match created_job(&resp) {
+            Some(id) => {
+                ctx.jobs.publish(
+                    id,
+                    JobEvent::State {
+                        state: JobState::Queued,
+                        runner: None,
+                    },
+                );
+                ctx.jobs.wake();
+                ClientResponse::JobQueued { id }
+            }
+            None => ClientResponse::Error {
+                message: format!("unexpected answer {resp:?}"),
+            },
+        },
+        Err(message) => ClientResponse::Error { message },
+    }
+}
+
+pub async fn list(ctx: &Arc<Ctx>, limit: u32) -> ClientResponse {
+    let limit = if limit == 0 {
+        usize::MAX
+    } else {
+        limit as usize
+    };
+    match ctx
+        .raft
+        .read(|s| s.jobs.values().rev().take(limit).cloned().collect())
+        .await
+    {
+        Ok(jobs) => ClientResponse::Jobs(jobs),
+        Err(e) => ClientResponse::Error {
+            message: format!("cannot read jobs: {e}"),
+        },
+    }
+}
+
+pub async fn inspect(ctx: &Arc<Ctx>, id: JobId) -> ClientResponse {
+    match ctx.raft.read(|s| s.jobs.get(&id).cloned()).await {
+        Ok(Some(job)) => ClientResponse::Job(job),
+        Ok(None) => ClientResponse::Error {
+            message: format!("no job {id}"),
+        },
+        Err(e) => ClientResponse::Error {
+            message: format!("cannot read jobs: {e}"),
+        },
+    }
+}
+
+pub async fn cancel(ctx: &Arc<Ctx>, id: JobId) -> ClientResponse {
+    match ctx.write(Command::RequestCancel { id }).await {
+        Ok(_) => {
+            let state = ctx
+                .raft
+                .read_local(|s| s.jobs.get(&id).map(|j| (j.state, j.error.clone())));
+            if let Some((JobState::Cancelled, error)) = state {
+                ctx.jobs.publish(
+                    id,
+                    JobEvent::Finished {
+                        state: JobState::Cancelled,
+                        error,
+                    },
+                );
+            } else {
+                ctx.jobs.cancel(id);
+            }
+            ClientResponse::Ok
+        }
+        Err(message) => ClientResponse::Error { message },
+    }
+}
+
+/// Stream a job's events: the history this node holds, then live events,
+/// ending with `Finished`.
+pub async fn attach(ctx: &Arc<Ctx>, id: JobId, mut send: quinn::SendStream) {
+    let job = match ctx.raft.read(|s| s.jobs.get(&id).cloned()).await {
+        Ok(Some(j)) => j,
+        Ok(None) => {
+            let _ = frame::write(
+                &mut send,
+                &ClientResponse::Error {
+                    message: format!("no job {id}"),
+                },
+            )
+            .await;
+            let _ = send.finish();
+            return;
+        }
+        Err(e) => {
+            let _ = frame::write(
+                &mut send,
+                &ClientResponse::Error {
+                    message: format!("cannot read jobs: {e}"),
+                },
+            )
+            .await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    if frame::write(&mut send, &ClientResponse::Job(job.clone()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let sub = ctx.jobs.subscribe(id, !job.state.is_final());
+    let Some(sub) = sub else {
+        // A job that ended before this node's last start: its record is all there is.
+        let _ = frame::write(
+            &mut send,
+            &JobEvent::State {
+                state: job.state,
+                runner: job.runner.clone(),
+            },
+        )
+        .await;
+        let _ = frame::write(
+            &mut send,
+            &JobEvent::Finished {
+                state: job.state,
+                error: job.error.clone(),
+            },
+        )
+        .await;
+        let _ = send.finish();
+        return;
+    };
+    for ev in &sub.history {
+        if frame::write(&mut send, ev).await.is_err() {
+            return;
+        }
+    }
+    if sub
+        .history
+        .iter()
+        .any(|e| matches!(e, JobEvent::Finished { .. }))
+    {
+        let _ = send.finish();
+        return;
+    }
+    let Some(mut live) = sub.live else {
+        let _ = send.finish();
+        return;
+    };
+    loop {
+        match live.recv().await {
+            Ok(ev) => {
+                let done = matches!(ev, JobEvent::Finished { .. });
+                if frame::write(&mut send, &ev).await.is_err() {
+                    return;
+                }
+                if done {
+                    let _ = send.finish();
+                    return;
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                let ev = JobEvent::Output {
+                    step: 0,
+                    stream: cairn_protocol::types::Stream::Info,
+                    line: format!("({n} events skipped: this client fell behind)"),
+                };
+                if frame::write(&mut send, &ev).await.is_err() {
+                    return;
+                }
+            }
+            Err(RecvError::Closed) => {
+                let _ = send.finish();
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! One module per RPC service. `dispatch` routes a request to its service;
+//! unary calls answer one frame, streaming calls own the stream.
+
+use std::sync::Arc;
+
+use cairn_protocol::api::{ClientRequest, ClientResponse};
+use cairn_protocol::frame;
+
+use crate::server::{ConnSession, Ctx};
+
+pub mod catalog;
+pub mod jobs;
+pub mod runner;
+pub mod server;
+
+pub async fn dispatch(
+    ctx: &Arc<Ctx>,
+    s: &Arc<ConnSession>,
+    req: ClientRequest,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let resp = match req {
+        ClientRequest::ServerInfo => server::info(ctx),
+        ClientRequest::ExchangeBootstrap { name } => {
+            server::exchange_bootstrap(ctx, s, &name).await
+        }
+        ClientRequest::ListOperations { kind, project, app } => {
+            catalog::list_operations(ctx, kind, project, app).await
+        }
+        ClientRequest::ListRunners => catalog::list_runners(ctx).await,
+        ClientRequest::QueueJob { spec } => jobs::queue(ctx, s, spec).await,
+        ClientRequest::ListJobs { limit } => jobs::list(ctx, limit).await,
+        ClientRequest::InspectJob { id } => jobs::inspect(ctx, id).await,
+        ClientRequest::CancelJob { id } => jobs::cancel(ctx, id).await,
+        ClientRequest::AttachJob { id } => return jobs::attach(ctx, id, send).await,
+        ClientRequest::RegisterRunner { id, kind, labels } => {
+            return runner::register(ctx, s, id, kind, labels, send, recv).await
+        }
+        ClientRequest::BeginOperation {
+            job_id,
+            kind,
+            plugin,
+            input_seq,
+        } => runner::begin_operation(ctx, s, job_id, kind, plugin, input_seq).await,
+        ClientRequest::CompleteOperation {
+            op_id,
+            status,
+            result,
+            error,
+            output,
+            output_dropped,
+            url,
+        } => {
+            runner::complete_operation(
+                ctx,
+                s,
+                op_id,
+                status,
+                result,
+                error,
+                output,
+                output_dropped,
+                url,
+            )
+            .await
+        }
+        ClientRequest::SetResourceState { op_id, state } => {
+            runner::set_resource_state(ctx, op_id, state).await
+        }
+    };
+    let _ = frame::write(&mut send, &resp).await;
+    let _ = send.finish();
+}
+
+/// Turn a `Result` into a response frame.
+pub fn answer<T>(r: Result<T, String>, ok: impl FnOnce(T) -> ClientResponse) -> ClientResponse {
+    match r {
+        Ok(v) => ok(v),
+        Err(message) => ClientResponse::Error { message },
+    }
+}

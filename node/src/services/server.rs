@@ -1,0 +1,72 @@
+//! Server service: node information and the bootstrap exchange.
+
+use std::sync::Arc;
+
+use cairn_protocol::api::{ClientResponse, ServerInfo};
+use cairn_protocol::types::{TokenRecord, TokenScope};
+use cairn_protocol::{now_ms, token, VERSION};
+
+use crate::server::{ConnSession, Ctx};
+use crate::state::Command;
+
+pub fn info(ctx: &Ctx) -> ClientResponse {
+    let m = ctx.raft.metrics();
+    let members = m
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect();
+    ClientResponse::ServerInfo(ServerInfo {
+        node_id: ctx.identity.node_id,
+        version: VERSION.to_string(),
+        protocol: cairn_protocol::handshake::PROTOCOL_VERSION,
+        ca_fingerprint: ctx.identity.ca_fingerprint.clone(),
+        leader: m.current_leader,
+        members,
+    })
+}
+
+pub async fn exchange_bootstrap(ctx: &Arc<Ctx>, s: &ConnSession, name: &str) -> ClientResponse {
+    if s.principal.scope != TokenScope::Bootstrap {
+        return ClientResponse::Error {
+            message: "only a connection made with the bootstrap token can exchange it".into(),
+        };
+    }
+    // The connection was authenticated with the bootstrap secret; find its
+    // record (still unspent) by scope.
+    let Some(boot) = ctx.raft.read_local(|st| {
+        st.tokens
+            .values()
+            .find(|t| t.scope == TokenScope::Bootstrap && !t.revoked)
+            .cloned()
+    }) else {
+        return ClientResponse::Error {
+            message: "the bootstrap token was already used".into(),
+        };
+    };
+    let secret = token::generate("user");
+    let user = TokenRecord {
+        id: format!("user-{}", &token::hash(&secret)[..12]),
+        hash: token::hash(&secret),
+        scope: TokenScope::User,
+        name: if name.is_empty() {
+            "admin".into()
+        } else {
+            name.to_string()
+        },
+        created_ms: now_ms(),
+        expires_ms: None,
+        revoked: false,
+    };
+    match ctx
+        .write(Command::ConsumeBootstrap {
+            bootstrap_hash: boot.hash,
+            user,
+        })
+        .await
+    {
+        Ok(_) => ClientResponse::Token { token: secret },
+        Err(message) => ClientResponse::Error { message },
+    }
+}

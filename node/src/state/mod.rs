@@ -1,0 +1,510 @@
+//! The replicated state machine: a pure `apply(&mut State, &Request) -> Response`.
+//!
+//! Invariants:
+//! - `apply` does no I/O and reads no clock: time comes in `Request::now_ms`,
+//!   stamped by the proposer, so every member computes the same state.
+//! - A command that is not allowed in the current state changes nothing and
+//!   answers `Response::Error`.
+//! - Sequence numbers (v1, v2…) are per (project, app, kind) and never go back.
+//! - A job in a final state never changes again; an operation that finished
+//!   never changes again except its resource state (active → destroyed).
+
+use std::collections::BTreeMap;
+
+use cairn_protocol::types::{
+    App, ConfigScope, ConfigVar, Job, JobId, JobSpec, JobState, OpId, OpKind, OpStatus, Operation,
+    Project, ResourceState, Runner, TokenRecord, TokenScope, TypedValue, MAX_OP_OUTPUT_BYTES,
+};
+use serde::{Deserialize, Serialize};
+
+#[cfg(test)]
+mod tests;
+
+/// A write proposed through Raft.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Request {
+    pub now_ms: u64,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Command {
+    /// A plain register (used by tests and the chaos workload).
+    Put {
+        key: String,
+        value: String,
+    },
+    CreateJob {
+        spec: JobSpec,
+        requested_by: String,
+    },
+    AssignJob {
+        id: JobId,
+        runner: String,
+    },
+    StartJob {
+        id: JobId,
+    },
+    FinishJob {
+        id: JobId,
+        state: JobState,
+        error: Option<String>,
+    },
+    RequestCancel {
+        id: JobId,
+    },
+    /// Fail every assigned/running job (and its running operations): used
+    /// when a node takes over after a restart and the job streams are gone.
+    FailInterrupted {
+        reason: String,
+    },
+    /// Fail the unfinished jobs held by one runner.
+    FailRunnerJobs {
+        runner: String,
+        reason: String,
+    },
+    BeginOperation {
+        job_id: JobId,
+        kind: OpKind,
+        plugin: String,
+        input_seq: Option<u64>,
+    },
+    CompleteOperation {
+        op_id: OpId,
+        status: OpStatus,
+        result: Option<TypedValue>,
+        error: Option<String>,
+        output: Vec<String>,
+        output_dropped: u64,
+        url: Option<String>,
+    },
+    SetResourceState {
+        op_id: OpId,
+        state: ResourceState,
+    },
+    RegisterRunner {
+        runner: Runner,
+    },
+    CreateToken {
+        record: TokenRecord,
+    },
+    /// Consume the one-time bootstrap token and store the first user token.
+    ConsumeBootstrap {
+        bootstrap_hash: String,
+        user: TokenRecord,
+    },
+    RevokeToken {
+        id: String,
+    },
+    SetConfig {
+        var: ConfigVar,
+    },
+    DeleteConfig {
+        scope: ConfigScope,
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub enum Response {
+    #[default]
+    Ok,
+    Error(String),
+    Value(Option<String>),
+    JobCreated(JobId),
+    OperationStarted {
+        id: OpId,
+        sequence: u64,
+    },
+    /// How many records a bulk command changed.
+    Changed(u64),
+}
+
+/// The whole replicated state. Serialized whole into snapshots.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub registers: BTreeMap<String, String>,
+    pub projects: BTreeMap<String, Project>,
+    /// Key: (project, app).
+    pub apps: BTreeMap<(String, String), App>,
+    pub operations: BTreeMap<OpId, Operation>,
+    /// Last sequence per (project, app, kind).
+    pub sequences: BTreeMap<(String, String, OpKind), u64>,
+    pub jobs: BTreeMap<JobId, Job>,
+    pub runners: BTreeMap<String, Runner>,
+    /// Key: token hash.
+    pub tokens: BTreeMap<String, TokenRecord>,
+    pub config: BTreeMap<(ConfigScope, String), ConfigVar>,
+    pub next_job: JobId,
+    pub next_op: OpId,
+}
+
+impl State {
+    /// Apply one committed request. Pure: no I/O, no clock.
+    pub fn apply(&mut self, req: &Request) -> Response {
+        let now = req.now_ms;
+        match &req.command {
+            Command::Put { key, value } => {
+                Response::Value(self.registers.insert(key.clone(), value.clone()))
+            }
+            Command::CreateJob { spec, requested_by } => self.create_job(now, spec, requested_by),
+            Command::AssignJob { id, runner } => self.with_job(*id, |job| {
+                if job.state != JobState::Queued {
+                    return Err(format!(
+                        "job {} is {}, not queued",
+                        job.id,
+                        job.state.word()
+                    ));
+                }
+                job.state = JobState::Assigned;
+                job.runner = Some(runner.clone());
+                job.assigned_ms = Some(now);
+                Ok(())
+            }),
+            Command::StartJob { id } => self.with_job(*id, |job| {
+                if job.state != JobState::Assigned {
+                    return Err(format!(
+                        "job {} is {}, not assigned",
+                        job.id,
+                        job.state.word()
+                    ));
+                }
+                job.state = JobState::Running;
+                Ok(())
+            }),
+            Command::FinishJob { id, state, error } => {
+                if !state.is_final() {
+                    return Response::Error(format!("{} is not a final job state", state.word()));
+                }
+                let r = self.with_job(*id, |job| {
+                    if job.state.is_final() {
+                        return Err(format!(
+                            "job {} already finished ({})",
+                            job.id,
+                            job.state.word()
+                        ));
+                    }
+                    job.state = *state;
+                    job.error = error.clone();
+                    job.completed_ms = Some(now);
+                    Ok(())
+                });
+                if r == Response::Ok {
+                    let reason = error
+                        .clone()
+                        .unwrap_or_else(|| format!("job {id} ended ({})", state.word()));
+                    self.fail_running_ops(now, |op| op.job_id == *id, &reason);
+                }
+                r
+            }
+            Command::RequestCancel { id } => {
+                let r = self.with_job(*id, |job| {
+                    if job.state.is_final() {
+                        return Err(format!(
+                            "job {} already finished ({})",
+                            job.id,
+                            job.state.word()
+                        ));
+                    }
+                    if job.state == JobState::Queued {
+                        job.state = JobState::Cancelled;
+                        job.completed_ms = Some(now);
+                        job.error = Some("cancelled before it started".into());
+                    } else {
+                        job.cancel_requested = true;
+                    }
+                    Ok(())
+                });
+                r
+            }
+            Command::FailInterrupted { reason } => {
+                let n = self.fail_jobs(
+                    now,
+                    |j| matches!(j.state, JobState::Assigned | JobState::Running),
+                    reason,
+                );
+                Response::Changed(n)
+            }
+            Command::FailRunnerJobs { runner, reason } => {
+                let n = self.fail_jobs(
+                    now,
+                    |j| {
+                        matches!(j.state, JobState::Assigned | JobState::Running)
+                            && j.runner.as_deref() == Some(runner)
+                    },
+                    reason,
+                );
+                Response::Changed(n)
+            }
+            Command::BeginOperation {
+                job_id,
+                kind,
+                plugin,
+                input_seq,
+            } => self.begin_operation(now, *job_id, *kind, plugin, *input_seq),
+            Command::CompleteOperation {
+                op_id,
+                status,
+                result,
+                error,
+                output,
+                output_dropped,
+                url,
+            } => {
+                let Some(op) = self.operations.get_mut(op_id) else {
+                    return Response::Error(format!("no operation {op_id}"));
+                };
+                if op.status != OpStatus::Running {
+                    return Response::Error(format!(
+                        "operation {op_id} already finished ({})",
+                        op.status.word()
+                    ));
+                }
+                if *status == OpStatus::Running {
+                    return Response::Error("an operation cannot complete as running".into());
+                }
+                op.status = *status;
+                op.result = result.clone();
+                op.error = error.clone();
+                let (kept, dropped) = bound_output(output);
+                op.output = kept;
+                op.output_dropped = output_dropped + dropped;
+                op.url = url.clone();
+                op.completed_ms = Some(now);
+                Response::Ok
+            }
+            Command::SetResourceState { op_id, state } => {
+                let Some(op) = self.operations.get_mut(op_id) else {
+                    return Response::Error(format!("no operation {op_id}"));
+                };
+                op.state = *state;
+                Response::Ok
+            }
+            Command::RegisterRunner { runner } => {
+                let mut r = runner.clone();
+                if let Some(old) = self.runners.get(&runner.id) {
+                    r.registered_ms = old.registered_ms;
+                }
+                r.last_seen_ms = now;
+                self.runners.insert(r.id.clone(), r);
+                Response::Ok
+            }
+            Command::CreateToken { record } => {
+                if self.tokens.contains_key(&record.hash) {
+                    return Response::Error("token already exists".into());
+                }
+                if record.scope == TokenScope::Bootstrap
+                    && self
+                        .tokens
+                        .values()
+                        .any(|t| t.scope == TokenScope::Bootstrap)
+                {
+                    return Response::Error("the cluster was already bootstrapped".into());
+                }
+                self.tokens.insert(record.hash.clone(), record.clone());
+                Response::Ok
+            }
+            Command::ConsumeBootstrap {
+                bootstrap_hash,
+                user,
+            } => {
+                match self.tokens.get_mut(bootstrap_hash) {
+                    Some(t) if t.scope == TokenScope::Bootstrap && !t.revoked => t.revoked = true,
+                    _ => {
+                        return Response::Error(
+                            "the bootstrap token is not valid or was already used".into(),
+                        )
+                    }
+                }
+                self.tokens.insert(user.hash.clone(), user.clone());
+                Response::Ok
+            }
+            Command::RevokeToken { id } => {
+                let mut n = 0;
+                for t in self.tokens.values_mut().filter(|t| &t.id == id) {
+                    t.revoked = true;
+                    n += 1;
+                }
+                if n == 0 {
+                    Response::Error(format!("no token {id}"))
+                } else {
+                    Response::Ok
+                }
+            }
+            Command::SetConfig { var } => {
+                self.config
+                    .insert((var.scope.clone(), var.name.clone()), var.clone());
+                Response::Ok
+            }
+            Command::DeleteConfig { scope, name } => {
+                match self.config.remove(&(scope.clone(), name.clone())) {
+                    Some(_) => Response::Ok,
+                    None => Response::Error(format!("no config variable {name}")),
+                }
+            }
+        }
+    }
+
+    /// The token record for a secret, if it is valid at `now`.
+    pub fn token(&self, hash: &str, now_ms: u64) -> Option<&TokenRecord> {
+        self.tokens
+            .get(hash)
+            .filter(|t| !t.revoked && t.expires_ms.is_none_or(|e| e > now_ms))
+    }
+
+    /// Operations of one kind, optionally filtered, in id order.
+    pub fn operations_of(
+        &self,
+        kind: OpKind,
+        project: Option<&str>,
+        app: Option<&str>,
+    ) -> Vec<Operation> {
+        self.operations
+            .values()
+            .filter(|o| o.kind == kind)
+            .filter(|o| project.is_none_or(|p| o.project == p))
+            .filter(|o| app.is_none_or(|a| o.app == a))
+            .cloned()
+            .collect()
+    }
+
+    fn create_job(&mut self, now: u64, spec: &JobSpec, requested_by: &str) -> Response {
+        if spec.project.is_empty() || spec.app.is_empty() {
+            return Response::Error("a job needs a project and an app".into());
+        }
+        self.projects
+            .entry(spec.project.clone())
+            .or_insert_with(|| Project {
+                name: spec.project.clone(),
+                created_ms: now,
+            });
+        self.apps
+            .entry((spec.project.clone(), spec.app.clone()))
+            .or_insert_with(|| App {
+                project: spec.project.clone(),
+                name: spec.app.clone(),
+                created_ms: now,
+            });
+        self.next_job += 1;
+        let id = self.next_job;
+        self.jobs.insert(
+            id,
+            Job {
+                id,
+                spec: spec.clone(),
+                state: JobState::Queued,
+                runner: None,
+                requested_by: requested_by.to_string(),
+                queued_ms: now,
+                assigned_ms: None,
+                completed_ms: None,
+                error: None,
+                cancel_requested: false,
+            },
+        );
+        Response::JobCreated(id)
+    }
+
+    fn with_job(&mut self, id: JobId, f: impl FnOnce(&mut Job) -> Result<(), String>) -> Response {
+        match self.jobs.get_mut(&id) {
+            None => Response::Error(format!("no job {id}")),
+            Some(job) => match f(job) {
+                Ok(()) => Response::Ok,
+                Err(e) => Response::Error(e),
+            },
+        }
+    }
+
+    fn begin_operation(
+        &mut self,
+        now: u64,
+        job_id: JobId,
+        kind: OpKind,
+        plugin: &str,
+        input_seq: Option<u64>,
+    ) -> Response {
+        let Some(job) = self.jobs.get(&job_id) else {
+            return Response::Error(format!("no job {job_id}"));
+        };
+        if job.state != JobState::Running {
+            return Response::Error(format!("job {job_id} is {}, not running", job.state.word()));
+        }
+        let key = (job.spec.project.clone(), job.spec.app.clone(), kind);
+        let seq = self.sequences.entry(key).or_insert(0);
+        *seq += 1;
+        let sequence = *seq;
+        self.next_op += 1;
+        let id = self.next_op;
+        self.operations.insert(
+            id,
+            Operation {
+                id,
+                kind,
+                project: job.spec.project.clone(),
+                app: job.spec.app.clone(),
+                workspace: job.spec.workspace.clone(),
+                sequence,
+                status: OpStatus::Running,
+                plugin: plugin.to_string(),
+                job_id,
+                requested_by: job.requested_by.clone(),
+                started_ms: now,
+                completed_ms: None,
+                result: None,
+                error: None,
+                output: Vec::new(),
+                output_dropped: 0,
+                url: None,
+                input_seq,
+                state: ResourceState::Active,
+            },
+        );
+        Response::OperationStarted { id, sequence }
+    }
+
+    fn fail_jobs(&mut self, now: u64, which: impl Fn(&Job) -> bool, reason: &str) -> u64 {
+        let ids: Vec<JobId> = self
+            .jobs
+            .values()
+            .filter(|j| which(j))
+            .map(|j| j.id)
+            .collect();
+        for id in &ids {
+            if let Some(job) = self.jobs.get_mut(id) {
+                job.state = JobState::Error;
+                job.error = Some(reason.to_string());
+                job.completed_ms = Some(now);
+            }
+            self.fail_running_ops(now, |op| op.job_id == *id, reason);
+        }
+        ids.len() as u64
+    }
+
+    fn fail_running_ops(&mut self, now: u64, which: impl Fn(&Operation) -> bool, reason: &str) {
+        for op in self
+            .operations
+            .values_mut()
+            .filter(|o| o.status == OpStatus::Running && which(o))
+        {
+            op.status = OpStatus::Error;
+            op.error = Some(reason.to_string());
+            op.completed_ms = Some(now);
+        }
+    }
+}
+
+/// Keep the newest lines that fit in [`MAX_OP_OUTPUT_BYTES`]; returns the
+/// kept lines and how many were dropped.
+pub fn bound_output(lines: &[String]) -> (Vec<String>, u64) {
+    let mut total = 0usize;
+    let mut start = lines.len();
+    while start > 0 {
+        let len = lines[start - 1].len() + 1;
+        if total + len > MAX_OP_OUTPUT_BYTES {
+            break;
+        }
+        total += len;
+        start -= 1;
+    }
+    (lines[start..].to_vec(), start as u64)
+}

@@ -1,0 +1,471 @@
+use super::*;
+use cairn_protocol::types::{JobKind, RunnerKind};
+
+fn req(now_ms: u64, command: Command) -> Request {
+    Request { now_ms, command }
+}
+
+fn spec(app: &str) -> JobSpec {
+    let mut s = JobSpec::example();
+    s.app = app.into();
+    s.kind = JobKind::Deploy { build: None };
+    s
+}
+
+/// Create a job and move it to running; returns its id.
+fn running_job(st: &mut State, app: &str) -> JobId {
+    let Response::JobCreated(id) = st.apply(&req(
+        1,
+        Command::CreateJob {
+            spec: spec(app),
+            requested_by: "user:a".into(),
+        },
+    )) else {
+        panic!("job not created")
+    };
+    assert_eq!(
+        st.apply(&req(
+            2,
+            Command::AssignJob {
+                id,
+                runner: "r1".into()
+            }
+        )),
+        Response::Ok
+    );
+    assert_eq!(st.apply(&req(3, Command::StartJob { id })), Response::Ok);
+    id
+}
+
+fn begin(st: &mut State, job: JobId, kind: OpKind) -> (OpId, u64) {
+    match st.apply(&req(
+        4,
+        Command::BeginOperation {
+            job_id: job,
+            kind,
+            plugin: "process".into(),
+            input_seq: None,
+        },
+    )) {
+        Response::OperationStarted { id, sequence } => (id, sequence),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn put_returns_previous_value() {
+    let mut st = State::default();
+    assert_eq!(
+        st.apply(&req(
+            1,
+            Command::Put {
+                key: "k".into(),
+                value: "a".into()
+            }
+        )),
+        Response::Value(None)
+    );
+    assert_eq!(
+        st.apply(&req(
+            2,
+            Command::Put {
+                key: "k".into(),
+                value: "b".into()
+            }
+        )),
+        Response::Value(Some("a".into()))
+    );
+    assert_eq!(st.registers["k"], "b");
+}
+
+#[test]
+fn job_lifecycle_and_project_app_creation() {
+    let mut st = State::default();
+    let id = running_job(&mut st, "web");
+    let job = &st.jobs[&id];
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.runner.as_deref(), Some("r1"));
+    assert_eq!(job.queued_ms, 1);
+    assert_eq!(job.assigned_ms, Some(2));
+    assert!(st.projects.contains_key("hello"));
+    assert!(st
+        .apps
+        .contains_key(&("hello".to_string(), "web".to_string())));
+    assert_eq!(
+        st.apply(&req(
+            9,
+            Command::FinishJob {
+                id,
+                state: JobState::Success,
+                error: None
+            }
+        )),
+        Response::Ok
+    );
+    assert_eq!(st.jobs[&id].completed_ms, Some(9));
+    // A final job never changes again.
+    let again = st.apply(&req(
+        10,
+        Command::FinishJob {
+            id,
+            state: JobState::Error,
+            error: Some("x".into()),
+        },
+    ));
+    assert!(matches!(again, Response::Error(_)));
+    assert_eq!(st.jobs[&id].state, JobState::Success);
+}
+
+#[test]
+fn transitions_out_of_order_are_refused_and_change_nothing() {
+    let mut st = State::default();
+    let Response::JobCreated(id) = st.apply(&req(
+        1,
+        Command::CreateJob {
+            spec: spec("web"),
+            requested_by: "u".into(),
+        },
+    )) else {
+        panic!()
+    };
+    let before = st.clone();
+    assert!(matches!(
+        st.apply(&req(2, Command::StartJob { id })),
+        Response::Error(_)
+    ));
+    assert!(matches!(
+        st.apply(&req(
+            2,
+            Command::BeginOperation {
+                job_id: id,
+                kind: OpKind::Build,
+                plugin: "files".into(),
+                input_seq: None
+            }
+        )),
+        Response::Error(_)
+    ));
+    assert!(matches!(
+        st.apply(&req(
+            2,
+            Command::FinishJob {
+                id,
+                state: JobState::Running,
+                error: None
+            }
+        )),
+        Response::Error(_)
+    ));
+    assert!(matches!(
+        st.apply(&req(
+            2,
+            Command::AssignJob {
+                id: 99,
+                runner: "r".into()
+            }
+        )),
+        Response::Error(_)
+    ));
+    assert_eq!(st, before);
+}
+
+#[test]
+fn sequences_are_per_app_and_kind_and_never_go_back() {
+    let mut st = State::default();
+    let j1 = running_job(&mut st, "web");
+    assert_eq!(begin(&mut st, j1, OpKind::Deployment).1, 1);
+    assert_eq!(begin(&mut st, j1, OpKind::Deployment).1, 2);
+    assert_eq!(begin(&mut st, j1, OpKind::Build).1, 1);
+    let j2 = running_job(&mut st, "api");
+    assert_eq!(begin(&mut st, j2, OpKind::Deployment).1, 1);
+    let j3 = running_job(&mut st, "web");
+    assert_eq!(begin(&mut st, j3, OpKind::Deployment).1, 3);
+    let deps = st.operations_of(OpKind::Deployment, Some("hello"), Some("web"));
+    assert_eq!(
+        deps.iter().map(|o| o.sequence).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+}
+
+#[test]
+fn complete_operation_records_result_and_bounds_output() {
+    let mut st = State::default();
+    let j = running_job(&mut st, "web");
+    let (op, _) = begin(&mut st, j, OpKind::Deployment);
+    let line = "x".repeat(1000);
+    let output: Vec<String> = (0..200).map(|_| line.clone()).collect();
+    let r = st.apply(&req(
+        7,
+        Command::CompleteOperation {
+            op_id: op,
+            status: OpStatus::Success,
+            result: Some(TypedValue {
+                type_name: "process.Deployment".into(),
+                json: "{}".into(),
+            }),
+            error: None,
+            output,
+            output_dropped: 5,
+            url: Some("http://127.0.0.1:1/".into()),
+        },
+    ));
+    assert_eq!(r, Response::Ok);
+    let o = &st.operations[&op];
+    assert_eq!(o.status, OpStatus::Success);
+    assert_eq!(o.completed_ms, Some(7));
+    let kept: usize = o.output.iter().map(|l| l.len() + 1).sum();
+    assert!(kept <= MAX_OP_OUTPUT_BYTES, "kept {kept}");
+    assert_eq!(o.output.len() as u64 + o.output_dropped, 200 + 5);
+    // Completing twice is refused.
+    assert!(matches!(
+        st.apply(&req(
+            8,
+            Command::CompleteOperation {
+                op_id: op,
+                status: OpStatus::Error,
+                result: None,
+                error: None,
+                output: vec![],
+                output_dropped: 0,
+                url: None
+            }
+        )),
+        Response::Error(_)
+    ));
+}
+
+#[test]
+fn interrupted_jobs_fail_with_reason_and_their_running_ops_too() {
+    let mut st = State::default();
+    let j1 = running_job(&mut st, "web");
+    let (done, _) = begin(&mut st, j1, OpKind::Build);
+    st.apply(&req(
+        5,
+        Command::CompleteOperation {
+            op_id: done,
+            status: OpStatus::Success,
+            result: None,
+            error: None,
+            output: vec![],
+            output_dropped: 0,
+            url: None,
+        },
+    ));
+    let (running, _) = begin(&mut st, j1, OpKind::Deployment);
+    let Response::JobCreated(queued) = st.apply(&req(
+        6,
+        Command::CreateJob {
+            spec: spec("web"),
+            requested_by: "u".into(),
+        },
+    )) else {
+        panic!()
+    };
+    let r = st.apply(&req(
+        20,
+        Command::FailInterrupted {
+            reason: "node restarted".into(),
+        },
+    ));
+    assert_eq!(r, Response::Changed(1));
+    assert_eq!(st.jobs[&j1].state, JobState::Error);
+    assert_eq!(st.jobs[&j1].error.as_deref(), Some("node restarted"));
+    assert_eq!(st.operations[&running].status, OpStatus::Error);
+    assert_eq!(
+        st.operations[&done].status,
+        OpStatus::Success,
+        "completed work is kept"
+    );
+    assert_eq!(
+        st.jobs[&queued].state,
+        JobState::Queued,
+        "queued jobs still run later"
+    );
+}
+
+#[test]
+fn runner_loss_fails_only_its_jobs() {
+    let mut st = State::default();
+    let j1 = running_job(&mut st, "web");
+    let Response::JobCreated(j2) = st.apply(&req(
+        1,
+        Command::CreateJob {
+            spec: spec("api"),
+            requested_by: "u".into(),
+        },
+    )) else {
+        panic!()
+    };
+    st.apply(&req(
+        2,
+        Command::AssignJob {
+            id: j2,
+            runner: "r2".into(),
+        },
+    ));
+    let r = st.apply(&req(
+        3,
+        Command::FailRunnerJobs {
+            runner: "r2".into(),
+            reason: "runner lost".into(),
+        },
+    ));
+    assert_eq!(r, Response::Changed(1));
+    assert_eq!(st.jobs[&j2].state, JobState::Error);
+    assert_eq!(st.jobs[&j1].state, JobState::Running);
+}
+
+#[test]
+fn cancel_queued_is_immediate_running_is_requested() {
+    let mut st = State::default();
+    let Response::JobCreated(q) = st.apply(&req(
+        1,
+        Command::CreateJob {
+            spec: spec("web"),
+            requested_by: "u".into(),
+        },
+    )) else {
+        panic!()
+    };
+    assert_eq!(
+        st.apply(&req(2, Command::RequestCancel { id: q })),
+        Response::Ok
+    );
+    assert_eq!(st.jobs[&q].state, JobState::Cancelled);
+    let r = running_job(&mut st, "web");
+    assert_eq!(
+        st.apply(&req(2, Command::RequestCancel { id: r })),
+        Response::Ok
+    );
+    assert_eq!(st.jobs[&r].state, JobState::Running);
+    assert!(st.jobs[&r].cancel_requested);
+}
+
+#[test]
+fn bootstrap_token_is_one_time_and_tokens_expire() {
+    let mut st = State::default();
+    let rec = |hash: &str, scope: TokenScope, expires: Option<u64>| TokenRecord {
+        id: format!("id-{hash}"),
+        hash: hash.into(),
+        scope,
+        name: "t".into(),
+        created_ms: 1,
+        expires_ms: expires,
+        revoked: false,
+    };
+    assert_eq!(
+        st.apply(&req(
+            1,
+            Command::CreateToken {
+                record: rec("boot", TokenScope::Bootstrap, None)
+            }
+        )),
+        Response::Ok
+    );
+    assert!(matches!(
+        st.apply(&req(
+            1,
+            Command::CreateToken {
+                record: rec("boot2", TokenScope::Bootstrap, None)
+            }
+        )),
+        Response::Error(_)
+    ));
+    let user = rec("u1", TokenScope::User, Some(100));
+    assert_eq!(
+        st.apply(&req(
+            2,
+            Command::ConsumeBootstrap {
+                bootstrap_hash: "boot".into(),
+                user: user.clone()
+            }
+        )),
+        Response::Ok
+    );
+    assert!(st.token("boot", 3).is_none(), "bootstrap token is spent");
+    assert!(matches!(
+        st.apply(&req(
+            3,
+            Command::ConsumeBootstrap {
+                bootstrap_hash: "boot".into(),
+                user: rec("u2", TokenScope::User, None)
+            }
+        )),
+        Response::Error(_)
+    ));
+    assert!(st.token("u1", 50).is_some());
+    assert!(st.token("u1", 100).is_none(), "expired");
+    assert_eq!(
+        st.apply(&req(4, Command::RevokeToken { id: "id-u1".into() })),
+        Response::Ok
+    );
+    assert!(st.token("u1", 50).is_none(), "revoked");
+}
+
+#[test]
+fn runners_keep_their_first_registration_time() {
+    let mut st = State::default();
+    let r = Runner {
+        id: "r1".into(),
+        kind: RunnerKind::Cli,
+        labels: Default::default(),
+        registered_ms: 0,
+        last_seen_ms: 0,
+    };
+    st.apply(&req(10, Command::RegisterRunner { runner: r.clone() }));
+    st.apply(&req(
+        20,
+        Command::RegisterRunner {
+            runner: Runner {
+                registered_ms: 20,
+                ..r
+            },
+        },
+    ));
+    assert_eq!(st.runners["r1"].last_seen_ms, 20);
+}
+
+#[test]
+fn config_set_and_delete() {
+    let mut st = State::default();
+    let scope = ConfigScope::Project("hello".into());
+    let var = ConfigVar {
+        scope: scope.clone(),
+        name: "A".into(),
+        value: "1".into(),
+        secret: false,
+    };
+    assert_eq!(st.apply(&req(1, Command::SetConfig { var })), Response::Ok);
+    assert_eq!(st.config.len(), 1);
+    assert_eq!(
+        st.apply(&req(
+            2,
+            Command::DeleteConfig {
+                scope: scope.clone(),
+                name: "A".into()
+            }
+        )),
+        Response::Ok
+    );
+    assert!(matches!(
+        st.apply(&req(
+            3,
+            Command::DeleteConfig {
+                scope,
+                name: "A".into()
+            }
+        )),
+        Response::Error(_)
+    ));
+}
+
+#[test]
+fn state_round_trips_through_bincode() {
+    let mut st = State::default();
+    let j = running_job(&mut st, "web");
+    begin(&mut st, j, OpKind::Deployment);
+    let bytes = bincode::serde::encode_to_vec(&st, bincode::config::standard()).expect("encode");
+    let (back, _): (State, usize) =
+        bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("decode");
+    assert_eq!(back, st);
+}
