@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    Job, JobId, JobSpec, JobState, OpId, OpKind, OpStatus, Operation, ResourceState, Runner,
-    RunnerKind, Stream, TypedValue,
+    ConfigScope, ConfigVar, Job, JobId, JobSpec, JobState, OpId, OpKind, OpStatus, Operation,
+    ResourceState, Runner, RunnerKind, Stream, TypedValue,
 };
 
 /// Requests a CLI (or a runner on the CLI's connection) sends to a node.
@@ -78,6 +78,19 @@ pub enum ClientRequest {
         op_id: OpId,
         state: ResourceState,
     },
+
+    // -- config service --
+    SetConfig {
+        var: ConfigVar,
+    },
+    DeleteConfig {
+        scope: ConfigScope,
+        name: String,
+    },
+    /// Linearizable read of the variables in `scope` (all scopes if `None`).
+    ListConfig {
+        scope: Option<ConfigScope>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +106,7 @@ pub enum ClientResponse {
     Job(Job),
     Registered,
     OperationStarted { id: OpId, sequence: u64 },
+    Config(Vec<ConfigVar>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

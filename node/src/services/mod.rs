@@ -9,6 +9,7 @@ use cairn_protocol::frame;
 use crate::server::{ConnSession, Ctx};
 
 pub mod catalog;
+pub mod config;
 pub mod jobs;
 pub mod runner;
 pub mod server;
@@ -68,6 +69,9 @@ pub async fn dispatch(
         ClientRequest::SetResourceState { op_id, state } => {
             runner::set_resource_state(ctx, op_id, state).await
         }
+        ClientRequest::SetConfig { var } => config::set(ctx, var).await,
+        ClientRequest::DeleteConfig { scope, name } => config::delete(ctx, scope, name).await,
+        ClientRequest::ListConfig { scope } => config::list(ctx, scope).await,
     };
     let _ = frame::write(&mut send, &resp).await;
     let _ = send.finish();

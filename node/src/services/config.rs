@@ -1,0 +1,63 @@
+//! Config service: app configuration variables by scope.
+
+use std::sync::Arc;
+
+use cairn_protocol::api::ClientResponse;
+use cairn_protocol::types::{ConfigScope, ConfigVar};
+
+use crate::server::Ctx;
+use crate::state::Command;
+
+/// Longest variable name and value accepted.
+pub const MAX_NAME: usize = 256;
+pub const MAX_VALUE: usize = 64 * 1024;
+
+pub async fn set(ctx: &Arc<Ctx>, var: ConfigVar) -> ClientResponse {
+    if var.name.is_empty()
+        || var.name.len() > MAX_NAME
+        || var.name.contains('=')
+        || var.name.contains('\0')
+    {
+        return ClientResponse::Error {
+            message: format!("invalid config variable name {:?}", var.name),
+        };
+    }
+    if var.value.len() > MAX_VALUE {
+        return ClientResponse::Error {
+            message: format!(
+                "config value of {} bytes is over the {MAX_VALUE}-byte limit",
+                var.value.len()
+            ),
+        };
+    }
+    match ctx.write(Command::SetConfig { var }).await {
+        Ok(_) => ClientResponse::Ok,
+        Err(message) => ClientResponse::Error { message },
+    }
+}
+
+pub async fn delete(ctx: &Arc<Ctx>, scope: ConfigScope, name: String) -> ClientResponse {
+    match ctx.write(Command::DeleteConfig { scope, name }).await {
+        Ok(_) => ClientResponse::Ok,
+        Err(message) => ClientResponse::Error { message },
+    }
+}
+
+pub async fn list(ctx: &Arc<Ctx>, scope: Option<ConfigScope>) -> ClientResponse {
+    let r = ctx
+        .raft
+        .read(|s| {
+            s.config
+                .values()
+                .filter(|v| scope.as_ref().is_none_or(|sc| &v.scope == sc))
+                .cloned()
+                .collect()
+        })
+        .await;
+    match r {
+        Ok(vars) => ClientResponse::Config(vars),
+        Err(e) => ClientResponse::Error {
+            message: format!("cannot read config: {e}"),
+        },
+    }
+}
