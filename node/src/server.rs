@@ -167,16 +167,10 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
     }
 
     let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(accept_loop(
-        ctx.clone(),
-        endpoint.clone(),
-        shutdown.clone(),
-    )));
-    tasks.push(tokio::spawn(jobs::run_scheduler(
-        ctx.clone(),
-        shutdown.clone(),
-    )));
+    let tasks = vec![
+        tokio::spawn(accept_loop(ctx.clone(), endpoint.clone(), shutdown.clone())),
+        tokio::spawn(jobs::run_scheduler(ctx.clone(), shutdown.clone())),
+    ];
 
     if let Some(path) = &cfg.ready_file {
         let ready = serde_json::json!({

@@ -46,6 +46,16 @@ pub struct JobRun {
     step: u32,
 }
 
+/// What a recorded step is: its kind, plugin, input, and the environment
+/// and directory its plugin runs with.
+pub struct OpSpec {
+    pub kind: OpKind,
+    pub plugin: String,
+    pub input_seq: Option<u64>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub source_dir: std::path::PathBuf,
+}
+
 /// What a recorded step produced.
 pub struct StepOutcome {
     pub op_id: OpId,
@@ -206,12 +216,8 @@ impl JobRun {
     /// `title` gets the sequence: "Deploying v3 with process".
     pub async fn op_step<F>(
         &mut self,
-        kind: OpKind,
-        plugin: &str,
-        input_seq: Option<u64>,
+        op: OpSpec,
         title: impl Fn(u64) -> String,
-        env: std::collections::BTreeMap<String, String>,
-        source_dir: std::path::PathBuf,
         f: F,
     ) -> Result<StepOutcome, JobFailure>
     where
@@ -221,9 +227,9 @@ impl JobRun {
         let (op_id, sequence) = match self
             .call(ClientRequest::BeginOperation {
                 job_id: self.job.id,
-                kind,
-                plugin: plugin.to_string(),
-                input_seq,
+                kind: op.kind,
+                plugin: op.plugin.clone(),
+                input_seq: op.input_seq,
             })
             .await?
         {
@@ -248,6 +254,9 @@ impl JobRun {
         };
         let spec = self.job.spec.clone();
         let opts = self.opts.clone();
+        let OpSpec {
+            env, source_dir, ..
+        } = op;
         let joined = tokio::task::spawn_blocking(move || {
             let mut sink = sink;
             let r = {

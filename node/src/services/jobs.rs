@@ -59,7 +59,7 @@ pub async fn list(ctx: &Arc<Ctx>, limit: u32) -> ClientResponse {
 
 pub async fn inspect(ctx: &Arc<Ctx>, id: JobId) -> ClientResponse {
     match ctx.raft.read(|s| s.jobs.get(&id).cloned()).await {
-        Ok(Some(job)) => ClientResponse::Job(job),
+        Ok(Some(job)) => ClientResponse::Job(Box::new(job)),
         Ok(None) => ClientResponse::Error {
             message: format!("no job {id}"),
         },
@@ -120,7 +120,7 @@ pub async fn attach(ctx: &Arc<Ctx>, id: JobId, mut send: quinn::SendStream) {
             return;
         }
     };
-    if frame::write(&mut send, &ClientResponse::Job(job.clone()))
+    if frame::write(&mut send, &ClientResponse::Job(Box::new(job.clone())))
         .await
         .is_err()
     {

@@ -17,14 +17,14 @@ pub fn info(ctx: &Ctx) -> ClientResponse {
         .nodes()
         .map(|(id, n)| (*id, n.addr.clone()))
         .collect();
-    ClientResponse::ServerInfo(ServerInfo {
+    ClientResponse::ServerInfo(Box::new(ServerInfo {
         node_id: ctx.identity.node_id,
         version: VERSION.to_string(),
         protocol: cairn_protocol::handshake::PROTOCOL_VERSION,
         ca_fingerprint: ctx.identity.ca_fingerprint.clone(),
         leader: m.current_leader,
         members,
-    })
+    }))
 }
 
 pub async fn exchange_bootstrap(ctx: &Arc<Ctx>, s: &ConnSession, name: &str) -> ClientResponse {

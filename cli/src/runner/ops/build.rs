@@ -7,7 +7,7 @@ use super::Loaded;
 use crate::config::HookWhen;
 use crate::plugins::Value;
 use crate::runner::hooks;
-use crate::runner::job::{plugin_err, JobFailure, JobRun};
+use crate::runner::job::{plugin_err, JobFailure, JobRun, OpSpec};
 
 /// Returns (build sequence, value) and, when pushed, (artifact sequence, value).
 pub async fn run(
@@ -22,12 +22,14 @@ pub async fn run(
     let dir = l.source_dir.clone();
     let built = run
         .op_step(
-            OpKind::Build,
-            &name,
-            None,
+            OpSpec {
+                kind: OpKind::Build,
+                plugin: name.clone(),
+                input_seq: None,
+                env: app.config_env.clone(),
+                source_dir: dir.clone(),
+            },
             |s| format!("Building v{s} with {name}"),
-            app.config_env.clone(),
-            dir.clone(),
             move |ctx| {
                 hooks::run(
                     &hook_list,
@@ -61,12 +63,14 @@ pub async fn run(
         .map_err(|e| JobFailure::new(format!("{}: {e}", stage.plugin.location)))?;
     let pushed = run
         .op_step(
-            OpKind::Artifact,
-            &name,
-            Some(build.0),
+            OpSpec {
+                kind: OpKind::Artifact,
+                plugin: name.clone(),
+                input_seq: Some(build.0),
+                env: app.config_env.clone(),
+                source_dir: dir,
+            },
             |s| format!("Pushing artifact v{s} with {name}"),
-            app.config_env.clone(),
-            dir,
             move |ctx| {
                 hooks::run(
                     &hook_list,

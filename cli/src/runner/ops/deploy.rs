@@ -6,7 +6,7 @@ use super::Loaded;
 use crate::config::HookWhen;
 use crate::plugins::{Catalog, Value};
 use crate::runner::hooks;
-use crate::runner::job::{plugin_err, JobFailure, JobRun};
+use crate::runner::job::{plugin_err, JobFailure, JobRun, OpSpec};
 
 /// `values` are what the build (and push) produced. Returns (deployment sequence, value).
 pub async fn run(
@@ -24,12 +24,14 @@ pub async fn run(
     let hook_list = stage.hooks.clone();
     let dep = run
         .op_step(
-            OpKind::Deployment,
-            &name,
-            Some(build_seq),
+            OpSpec {
+                kind: OpKind::Deployment,
+                plugin: name.clone(),
+                input_seq: Some(build_seq),
+                env: l.app.config_env.clone(),
+                source_dir: l.source_dir.clone(),
+            },
             |s| format!("Deploying v{s} with {name}"),
-            l.app.config_env.clone(),
-            l.source_dir.clone(),
             move |ctx| {
                 hooks::run(
                     &hook_list,

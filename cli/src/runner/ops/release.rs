@@ -7,7 +7,7 @@ use super::Loaded;
 use crate::config::HookWhen;
 use crate::plugins::{ReleaseOptions, Value};
 use crate::runner::hooks;
-use crate::runner::job::{plugin_err, value_of, JobFailure, JobRun};
+use crate::runner::job::{plugin_err, value_of, JobFailure, JobRun, OpSpec};
 
 /// How many older deployments `--prune` keeps unless told otherwise.
 pub const DEFAULT_RETAIN: u64 = 2;
@@ -52,12 +52,14 @@ pub async fn run(
     let (seq, value) = target;
     let rel = run
         .op_step(
-            OpKind::Release,
-            &name,
-            Some(seq),
+            OpSpec {
+                kind: OpKind::Release,
+                plugin: name.clone(),
+                input_seq: Some(seq),
+                env: l.app.config_env.clone(),
+                source_dir: l.source_dir.clone(),
+            },
             |s| format!("Releasing deployment v{seq} (release v{s}) with {name}"),
-            l.app.config_env.clone(),
-            l.source_dir.clone(),
             move |ctx| {
                 hooks::run(
                     &hook_list,
