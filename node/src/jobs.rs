@@ -357,6 +357,9 @@ async fn drive_inner(
     ctx.write(Command::StartJob { id })
         .await
         .map_err(|e| format!("recording job start: {e}"))?;
+    frame::write(&mut send, &NodeToRunner::Started)
+        .await
+        .map_err(|e| e.to_string())?;
     ctx.jobs.publish(
         id,
         JobEvent::State {

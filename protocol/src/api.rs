@@ -158,7 +158,11 @@ pub enum JobEvent {
 /// Frames the node writes on a job-offer stream it opened toward a runner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum NodeToRunner {
-    Offer { job: Box<Job> },
+    Offer {
+        job: Box<Job>,
+    },
+    /// The node recorded the job as running: the runner may begin work.
+    Started,
     Cancel,
 }
 

@@ -108,13 +108,18 @@ async fn handle_offer(
 ) {
     let job = match frame::read_required::<_, NodeToRunner>(&mut recv).await {
         Ok(NodeToRunner::Offer { job }) => *job,
-        Ok(NodeToRunner::Cancel) | Err(_) => return,
+        Ok(_) | Err(_) => return,
     };
     if frame::write(&mut send, &RunnerToNode::Accept)
         .await
         .is_err()
     {
         return;
+    }
+    // Work begins only once the node has recorded the job as running.
+    match frame::read_required::<_, NodeToRunner>(&mut recv).await {
+        Ok(NodeToRunner::Started) => {}
+        _ => return,
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<RunnerToNode>();
     let cancelled = Arc::new(AtomicBool::new(false));
