@@ -104,11 +104,7 @@ async fn run_with(
 
     // The small scope the reads list.
     for i in 0..READ_SCOPE_VARS {
-        let r = call(
-            &single[0],
-            &set(READ_SCOPE, &format!("r{i:07}"), &value),
-        )
-        .await?;
+        let r = call(&single[0], &set(READ_SCOPE, &format!("r{i:07}"), &value)).await?;
         expect_ok(&r)?;
     }
     // Warm-up (untimed): connections, allocator, redb file growth.
@@ -207,7 +203,8 @@ impl Work {
     }
 }
 
-type Gen = Arc<dyn Fn(usize) -> (ClientRequest, fn(&ClientResponse) -> anyhow::Result<()>) + Send + Sync>;
+type Gen =
+    Arc<dyn Fn(usize) -> (ClientRequest, fn(&ClientResponse) -> anyhow::Result<()>) + Send + Sync>;
 
 fn writes(scope: &'static str, value: Arc<str>) -> Gen {
     Arc::new(move |i| (set(scope, &format!("k{i:07}"), &value), expect_ok))
@@ -276,11 +273,7 @@ async fn call(s: &Session, req: &ClientRequest) -> anyhow::Result<ClientResponse
 /// Run `total` calls spread over `conns` (call i on connection i mod n), each
 /// connection sequential, all starting together. Returns the wall time and
 /// each call's latency in microseconds.
-async fn drive(
-    conns: &[Session],
-    total: usize,
-    gen: Gen,
-) -> anyhow::Result<(Duration, Vec<u64>)> {
+async fn drive(conns: &[Session], total: usize, gen: Gen) -> anyhow::Result<(Duration, Vec<u64>)> {
     let n = conns.len();
     let barrier = Arc::new(Barrier::new(n + 1));
     let mut tasks = Vec::with_capacity(n);

@@ -189,11 +189,15 @@ pub fn pids_under(root: &Path) -> Vec<u32> {
         }
         let p = e.path();
         let mentions = |bytes: Vec<u8>| bytes.windows(needle.len()).any(|w| w == needle.as_slice());
-        let hit = std::fs::read(p.join("cmdline")).map(mentions).unwrap_or(false)
+        let hit = std::fs::read(p.join("cmdline"))
+            .map(mentions)
+            .unwrap_or(false)
             || std::fs::read_link(p.join("cwd"))
                 .map(|c| c.starts_with(root))
                 .unwrap_or(false)
-            || std::fs::read(p.join("environ")).map(mentions).unwrap_or(false);
+            || std::fs::read(p.join("environ"))
+                .map(mentions)
+                .unwrap_or(false);
         if hit && pid_alive(pid) {
             out.push(pid);
         }
