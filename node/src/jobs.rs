@@ -32,6 +32,8 @@ pub const MAX_HUB_HISTORY: usize = 20_000;
 pub const MAX_FINISHED_HUBS: usize = 256;
 /// How long a runner has to accept or decline an offer.
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a job for a disconnected CLI runner stays queued before it fails.
+pub const CLI_RUNNER_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Default)]
 pub struct Jobs {
@@ -168,6 +170,10 @@ impl Jobs {
         }
     }
 
+    pub fn is_connected(&self, id: &str) -> bool {
+        self.lock().runners.contains_key(id)
+    }
+
     pub fn connected_runners(&self) -> Vec<String> {
         self.lock().runners.keys().cloned().collect()
     }
@@ -263,6 +269,7 @@ async fn schedule_once(ctx: &Arc<Ctx>) {
             continue;
         }
         let Some((runner, conn, cancel)) = ctx.jobs.claim_runner(&job.spec.target, job.id) else {
+            fail_if_runner_gone(ctx, &job).await;
             continue;
         };
         match ctx
@@ -289,6 +296,43 @@ async fn schedule_once(ctx: &Arc<Ctx>) {
                 ctx.jobs.unclaim(&runner, job.id);
             }
         }
+    }
+}
+
+/// A job aimed at one CLI runner can only ever run there: once that CLI has
+/// been gone for [`CLI_RUNNER_GRACE`], fail the job instead of queueing it forever.
+async fn fail_if_runner_gone(ctx: &Arc<Ctx>, job: &Job) {
+    let RunnerTarget::Id(id) = &job.spec.target else {
+        return;
+    };
+    let is_cli = ctx
+        .raft
+        .read_local(|s| s.runners.get(id).map(|r| r.kind == RunnerKind::Cli));
+    let waited = cairn_protocol::now_ms().saturating_sub(job.queued_ms);
+    if is_cli != Some(true)
+        || ctx.jobs.is_connected(id)
+        || waited < CLI_RUNNER_GRACE.as_millis() as u64
+    {
+        return;
+    }
+    let error =
+        format!("its runner ({id}, the CLI that queued it) disconnected before the job started");
+    if ctx
+        .write(Command::FinishJob {
+            id: job.id,
+            state: JobState::Error,
+            error: Some(error.clone()),
+        })
+        .await
+        .is_ok()
+    {
+        ctx.jobs.publish(
+            job.id,
+            JobEvent::Finished {
+                state: JobState::Error,
+                error: Some(error),
+            },
+        );
     }
 }
 

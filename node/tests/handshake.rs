@@ -33,12 +33,22 @@ fn dial(node: &cairn_node::Node, token: &str) -> Dial {
 }
 
 async fn user_token(node: &cairn_node::Node) -> String {
-    let boot = node.bootstrap_token.clone().expect("first start has a bootstrap token");
-    let s = rpc::connect(&dial(node, &boot)).await.expect("bootstrap connects");
+    let boot = node
+        .bootstrap_token
+        .clone()
+        .expect("first start has a bootstrap token");
+    let s = rpc::connect(&dial(node, &boot))
+        .await
+        .expect("bootstrap connects");
     // The bootstrap token can do nothing but be exchanged.
     let denied = rpc::call(&s.conn, &ClientRequest::ListJobs { limit: 1 }).await;
     assert!(matches!(denied, Err(RpcError::Remote(m)) if m.contains("bootstrap token")));
-    match rpc::call(&s.conn, &ClientRequest::ExchangeBootstrap { name: "me".into() }).await {
+    match rpc::call(
+        &s.conn,
+        &ClientRequest::ExchangeBootstrap { name: "me".into() },
+    )
+    .await
+    {
         Ok(ClientResponse::Token { token }) => token,
         other => panic!("unexpected {other:?}"),
     }
@@ -49,9 +59,13 @@ async fn bootstrap_exchange_is_one_time_and_user_token_works() {
     let (node, _dir) = node().await;
     let boot = node.bootstrap_token.clone().expect("bootstrap token");
     let token = user_token(&node).await;
-    let s = rpc::connect(&dial(&node, &token)).await.expect("user connects");
+    let s = rpc::connect(&dial(&node, &token))
+        .await
+        .expect("user connects");
     assert_eq!(s.principal, "user:me");
-    let r = rpc::call(&s.conn, &ClientRequest::ListJobs { limit: 10 }).await.expect("list");
+    let r = rpc::call(&s.conn, &ClientRequest::ListJobs { limit: 10 })
+        .await
+        .expect("list");
     assert_eq!(r, ClientResponse::Jobs(vec![]));
     // The spent bootstrap token no longer authenticates.
     match rpc::connect(&dial(&node, &boot)).await {
@@ -66,7 +80,9 @@ async fn wrong_token_is_refused_with_a_reason() {
     let (node, _dir) = node().await;
     let started = Instant::now();
     match rpc::connect(&dial(&node, "cairn_user_nope")).await {
-        Err(RpcError::Refused(reason)) => assert!(reason.contains("token is not valid"), "{reason}"),
+        Err(RpcError::Refused(reason)) => {
+            assert!(reason.contains("token is not valid"), "{reason}")
+        }
         other => panic!("expected refusal, got {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -82,8 +98,13 @@ async fn version_mismatch_is_refused_not_hung() {
     let endpoint = s.endpoint.clone();
     let conn = endpoint
         .connect_with(
-            cairn_protocol::pki::client_config(&node.ca_fingerprint, None, Role::Client.alpn(), TransportLimits::DEFAULT)
-                .expect("client config"),
+            cairn_protocol::pki::client_config(
+                &node.ca_fingerprint,
+                None,
+                Role::Client.alpn(),
+                TransportLimits::DEFAULT,
+            )
+            .expect("client config"),
             node.addr,
             cairn_protocol::pki::NODE_SERVER_NAME,
         )
@@ -91,13 +112,19 @@ async fn version_mismatch_is_refused_not_hung() {
         .await
         .expect("tls handshake");
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-    let hello = Hello { version: 999, role: Role::Client, token, agent: "future".into() };
+    let hello = Hello {
+        version: 999,
+        role: Role::Client,
+        token,
+        agent: "future".into(),
+    };
     frame::write(&mut send, &hello).await.expect("write");
     send.finish().expect("finish");
-    let reply: HelloReply = tokio::time::timeout(Duration::from_secs(5), frame::read_required(&mut recv))
-        .await
-        .expect("answered in time")
-        .expect("reply");
+    let reply: HelloReply =
+        tokio::time::timeout(Duration::from_secs(5), frame::read_required(&mut recv))
+            .await
+            .expect("answered in time")
+            .expect("reply");
     match reply {
         HelloReply::Refused { reason } => assert!(reason.contains("version mismatch"), "{reason}"),
         other => panic!("expected refusal, got {other:?}"),
@@ -108,12 +135,18 @@ async fn version_mismatch_is_refused_not_hung() {
 #[tokio::test]
 async fn wrong_ca_fingerprint_fails_fast() {
     let (node, _dir) = node().await;
-    let other = Ca::generate("other").expect("ca").fingerprint().expect("fp");
+    let other = Ca::generate("other")
+        .expect("ca")
+        .fingerprint()
+        .expect("fp");
     let mut d = dial(&node, "whatever");
     d.ca_fingerprint = other;
     let started = Instant::now();
     match rpc::connect(&d).await {
-        Err(RpcError::Unreachable { reason, .. }) => assert!(reason.contains("fingerprint") || reason.contains("certificate"), "{reason}"),
+        Err(RpcError::Unreachable { reason, .. }) => assert!(
+            reason.contains("fingerprint") || reason.contains("certificate"),
+            "{reason}"
+        ),
         other => panic!("expected a TLS failure, got {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -127,20 +160,28 @@ async fn oversized_frame_gets_an_error_and_the_node_keeps_serving() {
     let s = rpc::connect(&dial(&node, &token)).await.expect("connects");
     let (mut send, mut recv) = s.conn.open_bi().await.expect("stream");
     let len = (frame::MAX_FRAME_SIZE as u32) + 1;
-    send.write_all(&len.to_be_bytes()).await.expect("write header");
+    send.write_all(&len.to_be_bytes())
+        .await
+        .expect("write header");
     send.write_all(&[0u8; 64]).await.expect("write some body");
     let _ = send.finish();
-    let resp: ClientResponse = tokio::time::timeout(Duration::from_secs(5), frame::read_required(&mut recv))
-        .await
-        .expect("answered in time")
-        .expect("a frame");
+    let resp: ClientResponse =
+        tokio::time::timeout(Duration::from_secs(5), frame::read_required(&mut recv))
+            .await
+            .expect("answered in time")
+            .expect("a frame");
     match resp {
         ClientResponse::Error { message } => assert!(message.contains("limit"), "{message}"),
         other => panic!("expected an error, got {other:?}"),
     }
     // Another connection is served normally.
-    let s2 = rpc::connect(&dial(&node, &token)).await.expect("still serving");
-    assert!(matches!(rpc::call(&s2.conn, &ClientRequest::ServerInfo).await, Ok(ClientResponse::ServerInfo(_))));
+    let s2 = rpc::connect(&dial(&node, &token))
+        .await
+        .expect("still serving");
+    assert!(matches!(
+        rpc::call(&s2.conn, &ClientRequest::ServerInfo).await,
+        Ok(ClientResponse::ServerInfo(_))
+    ));
     node.stop().await;
 }
 
@@ -160,7 +201,12 @@ async fn restart_keeps_tokens_and_does_not_bootstrap_again() {
     let node = cairn_node::start(cfg).await.expect("restart");
     assert!(node.bootstrap_token.is_none(), "bootstrap happens once");
     assert_eq!(node.ca_fingerprint, fp, "same CA after restart");
-    let s = rpc::connect(&dial(&node, &token)).await.expect("token still valid");
-    assert!(matches!(rpc::call(&s.conn, &ClientRequest::ServerInfo).await, Ok(ClientResponse::ServerInfo(_))));
+    let s = rpc::connect(&dial(&node, &token))
+        .await
+        .expect("token still valid");
+    assert!(matches!(
+        rpc::call(&s.conn, &ClientRequest::ServerInfo).await,
+        Ok(ClientResponse::ServerInfo(_))
+    ));
     node.stop().await;
 }
