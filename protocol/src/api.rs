@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    ConfigScope, ConfigVar, Job, JobId, JobSpec, JobState, OpId, OpKind, OpStatus, Operation,
-    ResourceState, Runner, RunnerKind, Stream, TypedValue,
+    ConfigScope, ConfigVar, Job, JobId, JobSpec, JobState, OpCompletion, OpId, OpKind, Operation,
+    ResourceState, Runner, RunnerKind, Stream,
 };
 
 /// Requests a CLI (or a runner on the CLI's connection) sends to a node.
@@ -65,15 +65,7 @@ pub enum ClientRequest {
         plugin: String,
         input_seq: Option<u64>,
     },
-    CompleteOperation {
-        op_id: OpId,
-        status: OpStatus,
-        result: Option<TypedValue>,
-        error: Option<String>,
-        output: Vec<String>,
-        output_dropped: u64,
-        url: Option<String>,
-    },
+    CompleteOperation(OpCompletion),
     SetResourceState {
         op_id: OpId,
         state: ResourceState,

@@ -102,6 +102,20 @@ pub struct Operation {
     pub state: ResourceState,
 }
 
+/// How an operation ended, as its runner reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpCompletion {
+    pub op_id: OpId,
+    pub status: OpStatus,
+    pub result: Option<TypedValue>,
+    pub error: Option<String>,
+    /// Captured output; the node keeps at most [`MAX_OP_OUTPUT_BYTES`].
+    pub output: Vec<String>,
+    /// Lines the runner already dropped.
+    pub output_dropped: u64,
+    pub url: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobKind {
     /// build → push → deploy → release

@@ -393,7 +393,7 @@ impl NodeProc {
     }
 
     fn ready(&self) -> &Ready {
-        self.ready.as_ref().expect("node is running")
+        self.ready.as_ref().expect("node was started")
     }
 
     pub fn addr(&self) -> String {
@@ -415,13 +415,13 @@ impl NodeProc {
             .expect("the node wrote a bootstrap token on first start")
     }
 
-    /// SIGKILL the node and reap it.
+    /// SIGKILL the node and reap it. `addr()` and `pid()` keep naming the
+    /// killed process until the next start.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.ready = None;
     }
 
     /// Kill the node (if running) and start it again on the same data dir;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use cairn_protocol::api::{ClientRequest, ClientResponse, JobEvent, RunnerToNode, StepStatus};
 use cairn_protocol::rpc;
 use cairn_protocol::types::{
-    Job, OpId, OpKind, OpStatus, Operation, ResourceState, Stream, TypedValue, MAX_OP_OUTPUT_BYTES,
+    Job, OpCompletion, OpId, OpKind, OpStatus, Operation, ResourceState, Stream, TypedValue,
+    MAX_OP_OUTPUT_BYTES,
 };
 use tokio::sync::mpsc;
 
@@ -303,7 +304,7 @@ impl JobRun {
             Err(e) => (OpStatus::Error, None, Some(e.clone()), None),
         };
         let completed = self
-            .call(ClientRequest::CompleteOperation {
+            .call(ClientRequest::CompleteOperation(OpCompletion {
                 op_id,
                 status,
                 result,
@@ -311,7 +312,7 @@ impl JobRun {
                 output,
                 output_dropped: sink.dropped,
                 url,
-            })
+            }))
             .await;
         match (r, completed) {
             (Ok((value, _)), Ok(_)) => {

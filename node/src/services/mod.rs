@@ -44,28 +44,7 @@ pub async fn dispatch(
             plugin,
             input_seq,
         } => runner::begin_operation(ctx, s, job_id, kind, plugin, input_seq).await,
-        ClientRequest::CompleteOperation {
-            op_id,
-            status,
-            result,
-            error,
-            output,
-            output_dropped,
-            url,
-        } => {
-            runner::complete_operation(
-                ctx,
-                s,
-                op_id,
-                status,
-                result,
-                error,
-                output,
-                output_dropped,
-                url,
-            )
-            .await
-        }
+        ClientRequest::CompleteOperation(c) => runner::complete_operation(ctx, s, c).await,
         ClientRequest::SetResourceState { op_id, state } => {
             runner::set_resource_state(ctx, op_id, state).await
         }

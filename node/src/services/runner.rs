@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cairn_protocol::api::ClientResponse;
 use cairn_protocol::frame;
-use cairn_protocol::types::{JobId, OpId, OpKind, OpStatus, ResourceState, RunnerKind, TypedValue};
+use cairn_protocol::types::{JobId, OpCompletion, OpId, OpKind, ResourceState, RunnerKind};
 
 use crate::jobs::runner_record;
 use crate::server::{ConnSession, Ctx};
@@ -113,41 +113,23 @@ pub async fn begin_operation(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 pub async fn complete_operation(
     ctx: &Arc<Ctx>,
     s: &ConnSession,
-    op_id: OpId,
-    status: OpStatus,
-    result: Option<TypedValue>,
-    error: Option<String>,
-    output: Vec<String>,
-    output_dropped: u64,
-    url: Option<String>,
+    c: OpCompletion,
 ) -> ClientResponse {
     let job_id = ctx
         .raft
-        .read_local(|st| st.operations.get(&op_id).map(|o| o.job_id));
+        .read_local(|st| st.operations.get(&c.op_id).map(|o| o.job_id));
     let Some(job_id) = job_id else {
         return ClientResponse::Error {
-            message: format!("no operation {op_id}"),
+            message: format!("no operation {}", c.op_id),
         };
     };
     if let Err(message) = check_holder(ctx, s, job_id) {
         return ClientResponse::Error { message };
     }
-    match ctx
-        .write(Command::CompleteOperation {
-            op_id,
-            status,
-            result,
-            error,
-            output,
-            output_dropped,
-            url,
-        })
-        .await
-    {
+    match ctx.write(Command::CompleteOperation(c)).await {
         Ok(_) => ClientResponse::Ok,
         Err(message) => ClientResponse::Error { message },
     }

@@ -12,8 +12,9 @@
 use std::collections::BTreeMap;
 
 use cairn_protocol::types::{
-    App, ConfigScope, ConfigVar, Job, JobId, JobSpec, JobState, OpId, OpKind, OpStatus, Operation,
-    Project, ResourceState, Runner, TokenRecord, TokenScope, TypedValue, MAX_OP_OUTPUT_BYTES,
+    App, ConfigScope, ConfigVar, Job, JobId, JobSpec, JobState, OpCompletion, OpId, OpKind,
+    OpStatus, Operation, Project, ResourceState, Runner, TokenRecord, TokenScope,
+    MAX_OP_OUTPUT_BYTES,
 };
 use serde::{Deserialize, Serialize};
 
@@ -69,15 +70,7 @@ pub enum Command {
         plugin: String,
         input_seq: Option<u64>,
     },
-    CompleteOperation {
-        op_id: OpId,
-        status: OpStatus,
-        result: Option<TypedValue>,
-        error: Option<String>,
-        output: Vec<String>,
-        output_dropped: u64,
-        url: Option<String>,
-    },
+    CompleteOperation(OpCompletion),
     SetResourceState {
         op_id: OpId,
         state: ResourceState,
@@ -242,16 +235,9 @@ impl State {
                 plugin,
                 input_seq,
             } => self.begin_operation(now, *job_id, *kind, plugin, *input_seq),
-            Command::CompleteOperation {
-                op_id,
-                status,
-                result,
-                error,
-                output,
-                output_dropped,
-                url,
-            } => {
-                let Some(op) = self.operations.get_mut(op_id) else {
+            Command::CompleteOperation(c) => {
+                let op_id = c.op_id;
+                let Some(op) = self.operations.get_mut(&op_id) else {
                     return Response::Error(format!("no operation {op_id}"));
                 };
                 if op.status != OpStatus::Running {
@@ -260,16 +246,16 @@ impl State {
                         op.status.word()
                     ));
                 }
-                if *status == OpStatus::Running {
+                if c.status == OpStatus::Running {
                     return Response::Error("an operation cannot complete as running".into());
                 }
-                op.status = *status;
-                op.result = result.clone();
-                op.error = error.clone();
-                let (kept, dropped) = bound_output(output);
+                op.status = c.status;
+                op.result = c.result.clone();
+                op.error = c.error.clone();
+                let (kept, dropped) = bound_output(&c.output);
                 op.output = kept;
-                op.output_dropped = output_dropped + dropped;
-                op.url = url.clone();
+                op.output_dropped = c.output_dropped + dropped;
+                op.url = c.url.clone();
                 op.completed_ms = Some(now);
                 Response::Ok
             }

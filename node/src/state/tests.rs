@@ -1,5 +1,6 @@
 use super::*;
 use cairn_protocol::types::{JobKind, RunnerKind};
+use cairn_protocol::types::{OpCompletion, TypedValue};
 
 fn req(now_ms: u64, command: Command) -> Request {
     Request { now_ms, command }
@@ -196,7 +197,7 @@ fn complete_operation_records_result_and_bounds_output() {
     let output: Vec<String> = (0..200).map(|_| line.clone()).collect();
     let r = st.apply(&req(
         7,
-        Command::CompleteOperation {
+        Command::CompleteOperation(OpCompletion {
             op_id: op,
             status: OpStatus::Success,
             result: Some(TypedValue {
@@ -207,7 +208,7 @@ fn complete_operation_records_result_and_bounds_output() {
             output,
             output_dropped: 5,
             url: Some("http://127.0.0.1:1/".into()),
-        },
+        }),
     ));
     assert_eq!(r, Response::Ok);
     let o = &st.operations[&op];
@@ -220,7 +221,7 @@ fn complete_operation_records_result_and_bounds_output() {
     assert!(matches!(
         st.apply(&req(
             8,
-            Command::CompleteOperation {
+            Command::CompleteOperation(OpCompletion {
                 op_id: op,
                 status: OpStatus::Error,
                 result: None,
@@ -228,7 +229,7 @@ fn complete_operation_records_result_and_bounds_output() {
                 output: vec![],
                 output_dropped: 0,
                 url: None
-            }
+            })
         )),
         Response::Error(_)
     ));
@@ -241,7 +242,7 @@ fn interrupted_jobs_fail_with_reason_and_their_running_ops_too() {
     let (done, _) = begin(&mut st, j1, OpKind::Build);
     st.apply(&req(
         5,
-        Command::CompleteOperation {
+        Command::CompleteOperation(OpCompletion {
             op_id: done,
             status: OpStatus::Success,
             result: None,
@@ -249,7 +250,7 @@ fn interrupted_jobs_fail_with_reason_and_their_running_ops_too() {
             output: vec![],
             output_dropped: 0,
             url: None,
-        },
+        }),
     ));
     let (running, _) = begin(&mut st, j1, OpKind::Deployment);
     let Response::JobCreated(queued) = st.apply(&req(

@@ -88,7 +88,7 @@ fn parse_args() -> anyhow::Result<Args> {
             reps: if quick { 2 } else { 5 },
             cold_reps: if quick { 1 } else { 3 },
         },
-        fsync_probes: if quick { 100 } else { 500 },
+        fsync_probes: if quick { 200 } else { 1000 },
     };
     let mut it = argv.into_iter();
     while let Some(flag) = it.next() {
@@ -239,7 +239,16 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         let node = procs::NodeProc::start(&node_bin, &root.path().join("node-catalog")).await?;
         let series = catalog::run(&node, &args.catalog).await?;
         drop(node);
-        say(json, &catalog_tables(&args.catalog, &series, &fsync));
+        eprintln!("catalog: fsync baseline again");
+        let fsync_after = catalog::fsync_baseline(root.path(), args.fsync_probes).await?;
+        say(
+            json,
+            &catalog_tables(
+                &args.catalog,
+                &series,
+                &[("before", &fsync), ("after", &fsync_after)],
+            ),
+        );
         doc["catalog"] = serde_json::json!({
             "options": {
                 "clients": args.catalog.clients,
@@ -251,7 +260,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 "warmup": args.catalog.warmup,
                 "value_bytes": catalog::VALUE_BYTES,
             },
-            "fsync_baseline": fsync,
+            "fsync_baseline_before": fsync,
+            "fsync_baseline_after": fsync_after,
             "series": series,
         });
     }
@@ -276,7 +286,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
 fn catalog_tables(
     opts: &catalog::Opts,
     series: &[catalog::Series],
-    fsync: &stats::Latency,
+    fsync: &[(&str, &stats::Latency)],
 ) -> String {
     let mut out = String::new();
     out.push_str(&format!(
@@ -346,14 +356,17 @@ reads = ListConfig on an {}-variable scope (linearizable)\n",
         ],
         &rows,
     ));
-    out.push_str(&format!(
-        "\nfsync baseline on the same file system (4 KiB pwrite + fdatasync, {} probes): p50 {} ms, p90 {} ms, p99 {} ms, max {} ms\n",
-        fsync.n,
-        fmt_us(fsync.p50_us),
-        fmt_us(fsync.p90_us),
-        fmt_us(fsync.p99_us),
-        fmt_us(fsync.max_us)
-    ));
+    for (when, f) in fsync {
+        out.push_str(&format!(
+            "{}fsync baseline {when} the rows above, same file system (4 KiB pwrite + fdatasync, {} probes): p50 {} ms, p90 {} ms, p99 {} ms, max {} ms\n",
+            if *when == "before" { "\n" } else { "" },
+            f.n,
+            fmt_us(f.p50_us),
+            fmt_us(f.p90_us),
+            fmt_us(f.p99_us),
+            fmt_us(f.max_us)
+        ));
+    }
     out
 }
 

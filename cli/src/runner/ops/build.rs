@@ -4,7 +4,6 @@
 use cairn_protocol::types::OpKind;
 
 use super::Loaded;
-use crate::config::HookWhen;
 use crate::plugins::Value;
 use crate::runner::hooks;
 use crate::runner::job::{plugin_err, JobFailure, JobRun, OpSpec};
@@ -31,22 +30,12 @@ pub async fn run(
             },
             |s| format!("Building v{s} with {name}"),
             move |ctx| {
-                hooks::run(
+                hooks::around(
                     &hook_list,
-                    HookWhen::Before,
-                    &ctx.source_dir.clone(),
-                    &ctx.env.clone(),
-                    ctx.out,
-                )?;
-                let v = builder.build(ctx).map_err(plugin_err)?;
-                hooks::run(
-                    &hook_list,
-                    HookWhen::After,
-                    &ctx.source_dir.clone(),
-                    &ctx.env.clone(),
-                    ctx.out,
-                )?;
-                Ok((v, None))
+                    ctx,
+                    |ctx| Ok((builder.build(ctx).map_err(plugin_err)?, None)),
+                    |_, _| {},
+                )
             },
         )
         .await?;
@@ -72,22 +61,12 @@ pub async fn run(
             },
             |s| format!("Pushing artifact v{s} with {name}"),
             move |ctx| {
-                hooks::run(
+                hooks::around(
                     &hook_list,
-                    HookWhen::Before,
-                    &ctx.source_dir.clone(),
-                    &ctx.env.clone(),
-                    ctx.out,
-                )?;
-                let v = registry.push(ctx, &input).map_err(plugin_err)?;
-                hooks::run(
-                    &hook_list,
-                    HookWhen::After,
-                    &ctx.source_dir.clone(),
-                    &ctx.env.clone(),
-                    ctx.out,
-                )?;
-                Ok((v, None))
+                    ctx,
+                    |ctx| Ok((registry.push(ctx, &input).map_err(plugin_err)?, None)),
+                    |_, _| {},
+                )
             },
         )
         .await?;

@@ -3,7 +3,6 @@
 use cairn_protocol::types::OpKind;
 
 use super::Loaded;
-use crate::config::HookWhen;
 use crate::plugins::{Catalog, Value};
 use crate::runner::hooks;
 use crate::runner::job::{plugin_err, JobFailure, JobRun, OpSpec};
@@ -33,25 +32,16 @@ pub async fn run(
             },
             |s| format!("Deploying v{s} with {name}"),
             move |ctx| {
-                hooks::run(
+                let undo = platform.clone();
+                let v = hooks::around(
                     &hook_list,
-                    HookWhen::Before,
-                    &ctx.source_dir.clone(),
-                    &ctx.env.clone(),
-                    ctx.out,
+                    ctx,
+                    |ctx| platform.deploy(ctx, &input).map_err(plugin_err),
+                    // Nothing left running when an after hook fails.
+                    move |ctx, v| {
+                        let _ = undo.destroy(ctx, v);
+                    },
                 )?;
-                let v = platform.deploy(ctx, &input).map_err(plugin_err)?;
-                if let Err(e) = hooks::run(
-                    &hook_list,
-                    HookWhen::After,
-                    &ctx.source_dir.clone(),
-                    &ctx.env.clone(),
-                    ctx.out,
-                ) {
-                    // Nothing left running on failure.
-                    let _ = platform.destroy(ctx, &v);
-                    return Err(e);
-                }
                 let url = platform.url(&v);
                 Ok((v, url))
             },

@@ -4,7 +4,6 @@
 use cairn_protocol::types::{OpKind, OpStatus, ResourceState};
 
 use super::Loaded;
-use crate::config::HookWhen;
 use crate::plugins::{ReleaseOptions, Value};
 use crate::runner::hooks;
 use crate::runner::job::{plugin_err, value_of, JobFailure, JobRun, OpSpec};
@@ -61,22 +60,15 @@ pub async fn run(
             },
             |s| format!("Releasing deployment v{seq} (release v{s}) with {name}"),
             move |ctx| {
-                hooks::run(
+                let out = hooks::around(
                     &hook_list,
-                    HookWhen::Before,
-                    &ctx.source_dir.clone(),
-                    &ctx.env.clone(),
-                    ctx.out,
-                )?;
-                let out = releaser
-                    .release(ctx, &value, &others, &opts)
-                    .map_err(plugin_err)?;
-                hooks::run(
-                    &hook_list,
-                    HookWhen::After,
-                    &ctx.source_dir.clone(),
-                    &ctx.env.clone(),
-                    ctx.out,
+                    ctx,
+                    |ctx| {
+                        releaser
+                            .release(ctx, &value, &others, &opts)
+                            .map_err(plugin_err)
+                    },
+                    |_, _| {},
                 )?;
                 let url = out.urls.first().cloned();
                 let pruned = serde_json::json!(out.pruned);

@@ -140,10 +140,13 @@ async fn run_with(
                     continue;
                 }
                 eprintln!(
-                    "  {:?} {}{} clients={} ops={} round {}/{}",
+                    "  {:?}{} clients={} ops={} round {}/{}",
                     w.op,
-                    w.phase,
-                    if w.phase.is_empty() { "" } else { ", " },
+                    if w.phase.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", w.phase)
+                    },
                     w.clients,
                     w.total,
                     round + 1,

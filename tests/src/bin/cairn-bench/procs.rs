@@ -25,7 +25,6 @@ pub struct Ready {
 /// (SIGTERM, then SIGKILL after a grace period).
 pub struct NodeProc {
     child: Child,
-    pub dir: PathBuf,
     pub ready: Ready,
     /// The user token obtained from the one-time bootstrap token.
     pub token: String,
@@ -57,7 +56,6 @@ impl NodeProc {
         // From here on the guard owns the child, so an error below kills it.
         let mut node = NodeProc {
             child,
-            dir: dir.to_path_buf(),
             ready: Ready {
                 addr: String::new(),
                 ca_fingerprint: String::new(),

@@ -110,7 +110,6 @@ struct Home {
     cairn: PathBuf,
     app: PathBuf,
     deployed: bool,
-    leftovers: usize,
 }
 
 impl Home {
@@ -121,7 +120,6 @@ impl Home {
             cairn: cairn.to_path_buf(),
             app: app.to_path_buf(),
             deployed: false,
-            leftovers: 0,
         })
     }
 
@@ -171,7 +169,7 @@ impl Home {
 
 impl Drop for Home {
     fn drop(&mut self) {
-        self.leftovers += self.cleanup();
+        let _ = self.cleanup();
     }
 }
 

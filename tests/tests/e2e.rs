@@ -1,0 +1,11 @@
+//! The end-to-end suite: one test binary, so the tests (each with its own
+//! `CAIRN_HOME` and node) run in parallel threads.
+//!
+//! Run with `cargo test -p cairn-tests`; it builds `cairn` and `cairn-node`
+//! first (see `cairn_tests::bins`).
+
+mod e2e_bad_inputs;
+mod e2e_crash;
+mod e2e_embedded;
+mod e2e_restart;
+mod e2e_rollback;

@@ -1,0 +1,174 @@
+//! Crash safety: `kill -9` of the node in the middle of a job, then a restart
+//! on the same data dir.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cairn_tests::{
+    assert_eventually, hello_app, json, pid_alive, signal, write_app, Cli, NodeProc,
+};
+use serde_json::Value;
+
+/// A build that blocks until the test lets it go; it records its pid so the
+/// test can stop it (the CLI that ran it dies with an error and leaves it).
+const SLOW_APP: &str = r#"
+project = "slow"
+
+app "slow" {
+  build {
+    use "command" {
+      command = ["sh", "-c", "echo $$ > build.pid; exec sleep 30"]
+      output  = "out"
+    }
+  }
+
+  deploy {
+    use "process" {
+      command = ["python3", "-c", "import time; time.sleep(60)"]
+    }
+  }
+}
+"#;
+
+/// Kills the slow build's `sleep` when the test ends, however it ends.
+struct KillPidFile(PathBuf);
+
+impl Drop for KillPidFile {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            if cairn_tests::pid_runs(pid, "sleep") {
+                signal(pid, "KILL");
+            }
+        }
+    }
+}
+
+const LISTS: [&[&str]; 4] = [
+    &["artifact", "list"],
+    &["artifact", "pushed"],
+    &["deployment", "list"],
+    &["release", "list"],
+];
+
+fn all_ops(cli: &Cli) -> Vec<Value> {
+    LISTS
+        .iter()
+        .flat_map(|l| json::items(&cli.json(l)).clone())
+        .collect()
+}
+
+fn job_of_app<'a>(jobs: &'a Value, app: &str) -> Option<&'a Value> {
+    json::items(jobs).iter().find(|j| j["spec"]["app"] == app)
+}
+
+#[test]
+fn kill9_mid_job_fails_it_with_a_reason_and_keeps_history() {
+    let mut node = NodeProc::start_new();
+    let cli = Cli::new();
+    cli.connect_to(&node, "dev");
+
+    // One successful up.
+    let hello = hello_app();
+    cli.run_in(hello.path(), &["up"]).ok();
+    let before: Vec<Vec<Value>> = LISTS
+        .iter()
+        .map(|l| json::items(&cli.json(l)).clone())
+        .collect();
+    for (l, ops) in LISTS.iter().zip(&before) {
+        assert_eq!(ops.len(), 1, "one operation in {l:?}: {ops:?}");
+        assert_eq!(json::s(&ops[0], "status"), "Success");
+    }
+
+    // A second job whose build blocks; follow it in the background.
+    let slow = write_app(SLOW_APP, &[]);
+    let pid_file = slow.path().join("build.pid");
+    let _kill_build = KillPidFile(pid_file.clone());
+    cli.track(slow.path());
+    let follower = cli.spawn(&["-C", &slow.path().to_string_lossy(), "up"]);
+    assert_eventually!(
+        pid_file.exists(),
+        Duration::from_secs(30),
+        "the slow build never started; CLI said:\n{}",
+        follower.stdout_so_far()
+    );
+    assert_eventually!(
+        job_of_app(&cli.json(&["job", "list"]), "slow").is_some_and(|j| j["state"] == "Running"),
+        Duration::from_secs(10)
+    );
+    let slow_job = json::u(
+        job_of_app(&cli.json(&["job", "list"]), "slow").expect("slow job"),
+        "id",
+    );
+    // Its build operation is recorded as running.
+    let builds = cli.json(&["artifact", "list"]);
+    assert!(
+        json::items(&builds)
+            .iter()
+            .any(|b| json::u(b, "job_id") == slow_job && b["status"] == "Running"),
+        "{builds}"
+    );
+
+    // kill -9 the node, start it again on the same data dir and address.
+    let old_pid = node.pid();
+    node.kill9();
+    assert!(!pid_alive(old_pid));
+    let killed_at = Instant::now();
+    node.restart_same_addr();
+
+    // The CLI that was following notices, and says so.
+    let out = follower.wait(Duration::from_secs(60)).fails();
+    let err = out.stderr.to_lowercase();
+    assert!(
+        err.contains("lost the connection") || err.contains("closed the job stream"),
+        "clear message expected: {out}"
+    );
+    assert!(
+        out.stderr.contains(&format!("job {slow_job}")),
+        "names the job: {out}"
+    );
+    eprintln!("follower exited {:?} after the kill", killed_at.elapsed());
+
+    // Everything the first up recorded is still there, unchanged.
+    for (l, ops) in LISTS.iter().zip(&before) {
+        let now = json::items(&cli.json(l)).clone();
+        for op in ops {
+            assert!(now.contains(op), "{l:?} lost or changed {op}: {now:?}");
+        }
+    }
+
+    // The interrupted job failed with a reason; none of its operations succeeded.
+    let jobs = cli.json(&["job", "list"]);
+    let j = job_of_app(&jobs, "slow").expect("slow job still listed");
+    assert_eq!(json::u(j, "id"), slow_job);
+    assert_eq!(json::s(j, "state"), "Error", "{j}");
+    let reason = json::s(j, "error").to_lowercase();
+    assert!(reason.contains("interrupted"), "{j}");
+    let inspect = cli.run(&["job", "inspect", &slow_job.to_string()]).ok();
+    assert!(inspect.stdout.contains("error"), "{inspect}");
+
+    let ops = all_ops(&cli);
+    for op in &ops {
+        assert_ne!(json::s(op, "status"), "Running", "left running: {op}");
+        if json::u(op, "job_id") == slow_job {
+            assert_ne!(json::s(op, "status"), "Success", "{op}");
+        }
+    }
+    assert!(
+        ops.iter()
+            .any(|op| json::u(op, "job_id") == slow_job && op["status"] == "Error"),
+        "the interrupted build is recorded as failed: {ops:?}"
+    );
+    for j in json::items(&jobs) {
+        assert!(
+            ["Success", "Error", "Cancelled"].contains(&json::s(j, "state")),
+            "job left unfinished: {j}"
+        );
+    }
+
+    // The node keeps working: the first app can still be deployed.
+    let again = cli.run_in(hello.path(), &["deploy"]).ok();
+    assert!(again.stdout.contains("Deploying v2"), "{again}");
+}
