@@ -338,6 +338,20 @@ impl State {
             .filter(|t| !t.revoked && t.expires_ms.is_none_or(|e| e > now_ms))
     }
 
+    /// Config variables of one scope (a range scan: cost follows the scope's
+    /// size, not the catalog's), or all of them.
+    pub fn config_in(&self, scope: Option<&ConfigScope>) -> Vec<ConfigVar> {
+        match scope {
+            None => self.config.values().cloned().collect(),
+            Some(sc) => self
+                .config
+                .range((sc.clone(), String::new())..)
+                .take_while(|((s, _), _)| s == sc)
+                .map(|(_, v)| v.clone())
+                .collect(),
+        }
+    }
+
     /// Operations of one kind, optionally filtered, in id order.
     pub fn operations_of(
         &self,

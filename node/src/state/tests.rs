@@ -470,3 +470,34 @@ fn state_round_trips_through_bincode() {
         bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("decode");
     assert_eq!(back, st);
 }
+
+#[test]
+fn config_in_returns_exactly_one_scope() {
+    let mut st = State::default();
+    let scopes = [
+        ConfigScope::Project("a".into()),
+        ConfigScope::Project("b".into()),
+        ConfigScope::App {
+            project: "a".into(),
+            app: "web".into(),
+        },
+    ];
+    for (i, sc) in scopes.iter().enumerate() {
+        for n in 0..3 {
+            let var = ConfigVar {
+                scope: sc.clone(),
+                name: format!("K{n}"),
+                value: format!("{i}"),
+                secret: false,
+            };
+            st.apply(&req(1, Command::SetConfig { var }));
+        }
+    }
+    let b = st.config_in(Some(&scopes[1]));
+    assert_eq!(b.len(), 3);
+    assert!(b.iter().all(|v| v.scope == scopes[1] && v.value == "1"));
+    assert_eq!(st.config_in(None).len(), 9);
+    assert!(st
+        .config_in(Some(&ConfigScope::Project("zz".into())))
+        .is_empty());
+}
