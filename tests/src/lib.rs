@@ -70,7 +70,8 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Build `cairn` and `cairn-node` (once per test process) into the target
-/// dir this test binary lives in, and return their paths.
+/// dir this test binary lives in, and return their paths. Set
+/// `CAIRN_TESTS_NO_BUILD=1` to skip the build and use what is there.
 pub fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
@@ -100,14 +101,40 @@ pub fn bins() -> &'static Bins {
         .arg(workspace_root().join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir);
+        // `cargo test` gives us the variables it sets for this crate
+        // (CARGO_PKG_*, CARGO_MANIFEST_DIR…). Build scripts that track them
+        // (ring's does) would see a changed environment, rebuild half the tree,
+        // and the next plain `cargo build` would rebuild it back. Build with
+        // the environment a shell would have.
+        for (k, _) in std::env::vars_os() {
+            let Some(k) = k.to_str() else { continue };
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || k.starts_with("CARGO_BIN_")
+                || matches!(
+                    k,
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "CARGO_RUSTC_CURRENT_DIR"
+                        | "OUT_DIR"
+                )
+            {
+                cmd.env_remove(k);
+            }
+        }
         if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("running cargo build");
-        assert!(
-            status.success(),
-            "cargo build of cairn and cairn-node failed"
-        );
+        // CAIRN_TESTS_NO_BUILD=1: use the binaries already in the target dir
+        // (CI builds them in an earlier step).
+        if std::env::var_os("CAIRN_TESTS_NO_BUILD").is_none_or(|v| v.is_empty() || v == "0") {
+            let status = cmd.status().expect("running cargo build");
+            assert!(
+                status.success(),
+                "cargo build of cairn and cairn-node failed"
+            );
+        }
         let bins = Bins {
             cairn: profile_dir.join("cairn"),
             node: profile_dir.join("cairn-node"),

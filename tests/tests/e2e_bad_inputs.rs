@@ -295,6 +295,7 @@ fn oversized_frame_is_refused_and_the_node_keeps_serving() {
         )
         .await
         .expect("the node answers or closes within 10 s, never hangs");
+        eprintln!("answer to an oversized frame: {answer:?}");
         match answer {
             Ok(Some(ClientResponse::Error { message })) => {
                 assert!(

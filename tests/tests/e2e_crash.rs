@@ -9,7 +9,7 @@ use cairn_tests::{
 };
 use serde_json::Value;
 
-/// A build that blocks until the test lets it go; it records its pid so the
+/// A build that takes 30 s (far longer than the test needs); it records its pid so the
 /// test can stop it (the CLI that ran it dies with an error and leaves it).
 const SLOW_APP: &str = r#"
 project = "slow"
@@ -102,6 +102,15 @@ fn kill9_mid_job_fails_it_with_a_reason_and_keeps_history() {
         job_of_app(&cli.json(&["job", "list"]), "slow").expect("slow job"),
         "id",
     );
+    // The CLI is following it.
+    assert_eventually!(
+        follower
+            .stdout_so_far()
+            .contains("Building v1 with command"),
+        Duration::from_secs(10),
+        "follower output: {}",
+        follower.stdout_so_far()
+    );
     // Its build operation is recorded as running.
     let builds = cli.json(&["artifact", "list"]);
     assert!(
@@ -129,7 +138,10 @@ fn kill9_mid_job_fails_it_with_a_reason_and_keeps_history() {
         out.stderr.contains(&format!("job {slow_job}")),
         "names the job: {out}"
     );
-    eprintln!("follower exited {:?} after the kill", killed_at.elapsed());
+    eprintln!(
+        "follower exited {:?} after the kill: {out}",
+        killed_at.elapsed()
+    );
 
     // Everything the first up recorded is still there, unchanged.
     for (l, ops) in LISTS.iter().zip(&before) {
