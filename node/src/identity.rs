@@ -1,12 +1,13 @@
-//! A node's identity on disk: the cluster CA (on the bootstrapping node), the
-//! node's certificate and its id. Created on first start, loaded afterwards.
+//! A node's identity on disk: the cluster CA (its key only on the
+//! bootstrapping node), the node's certificate and its id. Created on first
+//! start (or granted on join), loaded afterwards.
 //!
 //! Invariant: files are written to a temporary name and renamed, so a crash
 //! never leaves a half-written identity; private keys are mode 0600.
 
 use std::path::{Path, PathBuf};
 
-use cairn_protocol::pki::{Ca, CertifiedKey, PkiError};
+use cairn_protocol::pki::{self, Ca, CertifiedKey, PkiError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,17 +27,26 @@ pub enum IdentityError {
 struct NodeFile {
     node_id: u64,
     cluster: String,
+    /// Set on a node that joined an existing cluster: the address it joined through.
+    #[serde(default)]
+    joined_via: Option<String>,
 }
 
 /// Everything a node needs to speak TLS as itself.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub node_id: u64,
-    pub ca: Ca,
+    /// The cluster CA certificate (PEM).
+    pub ca_cert_pem: String,
+    /// The CA with its key: only on the node that bootstrapped the cluster
+    /// (the key is also replicated in the state, see `state::ClusterCa`).
+    pub ca: Option<Ca>,
     pub cert: CertifiedKey,
     pub ca_fingerprint: String,
     /// True when this start created the identity (a brand new cluster).
     pub created: bool,
+    /// The address this node joined through; `None` if it bootstrapped the cluster.
+    pub joined_via: Option<String>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
@@ -68,62 +78,122 @@ fn read(path: &Path) -> Result<String, IdentityError> {
     std::fs::read_to_string(path).map_err(io(path))
 }
 
+/// Load the identity in `dir`, if there is a complete one.
+pub fn load(dir: &Path) -> Result<Option<Identity>, IdentityError> {
+    let node_file = dir.join("node.json");
+    if !node_file.exists() {
+        return Ok(None);
+    }
+    let nf: NodeFile =
+        serde_json::from_str(&read(&node_file)?).map_err(|e| IdentityError::Corrupt {
+            path: node_file.clone(),
+            message: e.to_string(),
+        })?;
+    let ca_cert_pem = read(&dir.join("ca.pem"))?;
+    let key_file = dir.join("ca-key.pem");
+    let ca = if key_file.exists() {
+        Some(Ca::load(&ca_cert_pem, &read(&key_file)?)?)
+    } else {
+        None
+    };
+    let cert = CertifiedKey {
+        cert_pem: read(&dir.join("node.pem"))?,
+        key_pem: read(&dir.join("node-key.pem"))?,
+    };
+    let ca_fingerprint = pki::fingerprint(&pki::pem_to_der(&ca_cert_pem)?);
+    Ok(Some(Identity {
+        node_id: nf.node_id,
+        ca_cert_pem,
+        ca,
+        cert,
+        ca_fingerprint,
+        created: false,
+        joined_via: nf.joined_via,
+    }))
+}
+
 /// Load the identity in `dir`, or create a new cluster's identity there.
 pub fn load_or_create(dir: &Path, extra_names: &[String]) -> Result<Identity, IdentityError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let node_file = dir.join("node.json");
-    if node_file.exists() {
-        let nf: NodeFile =
-            serde_json::from_str(&read(&node_file)?).map_err(|e| IdentityError::Corrupt {
-                path: node_file.clone(),
-                message: e.to_string(),
-            })?;
-        let ca = Ca::load(&read(&dir.join("ca.pem"))?, &read(&dir.join("ca-key.pem"))?)?;
-        let cert = CertifiedKey {
-            cert_pem: read(&dir.join("node.pem"))?,
-            key_pem: read(&dir.join("node-key.pem"))?,
-        };
-        let ca_fingerprint = ca.fingerprint()?;
-        return Ok(Identity {
-            node_id: nf.node_id,
-            ca,
-            cert,
-            ca_fingerprint,
-            created: false,
-        });
+    if let Some(id) = load(dir)? {
+        return Ok(id);
     }
-    let node_id = loop {
-        let id: u64 = rand_id();
-        if id != 0 {
-            break id;
-        }
-    };
+    let node_id = new_node_id();
     let ca = Ca::generate("cairn")?;
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     names.extend(extra_names.iter().cloned());
-    let cert = ca.issue_node(&format!("node-{node_id:x}"), &names)?;
+    let cert = ca.issue_node(&pki::node_common_name(node_id), &names)?;
     write_atomic(&dir.join("ca.pem"), ca.cert_pem.as_bytes(), false)?;
     write_atomic(&dir.join("ca-key.pem"), ca.key_pem().as_bytes(), true)?;
     write_atomic(&dir.join("node.pem"), cert.cert_pem.as_bytes(), false)?;
     write_atomic(&dir.join("node-key.pem"), cert.key_pem.as_bytes(), true)?;
     // node.json last: its presence means the identity is complete.
+    write_node_file(dir, node_id, None)?;
+    let ca_fingerprint = ca.fingerprint()?;
+    Ok(Identity {
+        node_id,
+        ca_cert_pem: ca.cert_pem.clone(),
+        ca: Some(ca),
+        cert,
+        ca_fingerprint,
+        created: true,
+        joined_via: None,
+    })
+}
+
+/// Store the identity a joining node was granted: the CA certificate (no
+/// key), its own certificate and key, its id and the address it joined through.
+pub fn store_joined(
+    dir: &Path,
+    node_id: u64,
+    ca_cert_pem: &str,
+    cert: CertifiedKey,
+    joined_via: &str,
+) -> Result<Identity, IdentityError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let ca_fingerprint = pki::fingerprint(&pki::pem_to_der(ca_cert_pem)?);
+    write_atomic(&dir.join("ca.pem"), ca_cert_pem.as_bytes(), false)?;
+    write_atomic(&dir.join("node.pem"), cert.cert_pem.as_bytes(), false)?;
+    write_atomic(&dir.join("node-key.pem"), cert.key_pem.as_bytes(), true)?;
+    // node.json last: its presence means the identity is complete.
+    write_node_file(dir, node_id, Some(joined_via.to_string()))?;
+    Ok(Identity {
+        node_id,
+        ca_cert_pem: ca_cert_pem.to_string(),
+        ca: None,
+        cert,
+        ca_fingerprint,
+        created: true,
+        joined_via: Some(joined_via.to_string()),
+    })
+}
+
+fn write_node_file(
+    dir: &Path,
+    node_id: u64,
+    joined_via: Option<String>,
+) -> Result<(), IdentityError> {
+    let node_file = dir.join("node.json");
     let nf = NodeFile {
         node_id,
         cluster: "cairn".into(),
+        joined_via,
     };
     let json = serde_json::to_vec_pretty(&nf).map_err(|e| IdentityError::Corrupt {
         path: node_file.clone(),
         message: e.to_string(),
     })?;
-    write_atomic(&node_file, &json, false)?;
-    let ca_fingerprint = ca.fingerprint()?;
-    Ok(Identity {
-        node_id,
-        ca,
-        cert,
-        ca_fingerprint,
-        created: true,
-    })
+    write_atomic(&node_file, &json, false)
+}
+
+/// A fresh random node id (never 0).
+pub fn new_node_id() -> u64 {
+    loop {
+        let id: u64 = rand_id();
+        if id != 0 {
+            return id;
+        }
+    }
 }
 
 fn rand_id() -> u64 {

@@ -4,6 +4,7 @@
 
 pub mod identity;
 pub mod jobs;
+pub mod peer;
 pub mod raft;
 pub mod server;
 pub mod services;

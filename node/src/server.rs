@@ -1,8 +1,9 @@
 //! The node process: parse config, open Raft, bind QUIC, serve.
 //!
-//! `start` returns once the node is listening and its one-member (or
-//! joined) cluster has a leader; `Node::stop` cancels every task and waits a
-//! bounded time.
+//! `start` returns once the node is listening and, for a one-member
+//! cluster, has a leader; a node of a larger cluster (or one that just
+//! joined) returns once it is a member, whether or not a quorum is up yet.
+//! `Node::stop` cancels every task and waits a bounded time.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,9 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::identity::{self, Identity};
 use crate::jobs::{self, Jobs};
-use crate::raft::{NoPeers, RaftNode};
+use crate::peer::{self, join, QuicTransport};
+use crate::raft::RaftNode;
 use crate::services;
-use crate::state::{Command, Request, Response};
+use crate::state::{ClusterCa, Command, Request, Response, State};
 
 /// How long `stop` waits for tasks after cancelling them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -53,6 +55,10 @@ pub enum NodeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Join(#[from] join::JoinError),
+    #[error("--join needs --join-token and --join-ca")]
+    JoinArgs,
 }
 
 /// Node settings (from `cairn-node` flags or `cairn server run`).
@@ -67,9 +73,54 @@ pub struct NodeConfig {
     /// Also write the one-time bootstrap token to this file (mode 0600).
     #[arg(long)]
     pub bootstrap_file: Option<PathBuf>,
-    /// Write {"addr", "ca_fingerprint", "node_id", "pid"} here once listening.
+    /// Write {"addr", "advertise", "ca_fingerprint", "node_id", "pid"} here once listening.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// The address other nodes reach this one at (default: the bound address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Join the cluster of the node at this address (instead of creating a
+    /// new cluster). Only used on the first start; a joined node remembers.
+    #[arg(long, requires_all = ["join_token", "join_ca"])]
+    pub join: Option<String>,
+    /// A join token from `cairn server join-token`.
+    #[arg(long, env = "CAIRN_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// The cluster CA fingerprint (`sha256:…`) to pin while joining.
+    #[arg(long)]
+    pub join_ca: Option<String>,
+}
+
+impl NodeConfig {
+    /// A node keeping its data in `data_dir`, listening on `listen`, with
+    /// every other setting at its default (a new cluster).
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> NodeConfig {
+        NodeConfig {
+            data_dir: data_dir.into(),
+            listen,
+            bootstrap_file: None,
+            ready_file: None,
+            advertise: None,
+            join: None,
+            join_token: None,
+            join_ca: None,
+        }
+    }
+
+    /// `Err(())` when `--join` lacks its token or CA fingerprint.
+    fn join_target(&self) -> Result<Option<join::JoinTarget>, ()> {
+        let Some(addr) = &self.join else {
+            return Ok(None);
+        };
+        match (&self.join_token, &self.join_ca) {
+            (Some(token), Some(ca)) => Ok(Some(join::JoinTarget {
+                addr: addr.clone(),
+                token: token.clone(),
+                ca_fingerprint: ca.clone(),
+            })),
+            _ => Err(()),
+        }
+    }
 }
 
 /// Shared by every task of a node.
@@ -78,23 +129,31 @@ pub struct Ctx {
     pub identity: Identity,
     pub jobs: Jobs,
     pub addr: SocketAddr,
+    /// The peer network (Raft and requests to the leader).
+    pub peers: QuicTransport,
 }
 
 impl Ctx {
-    /// Commit a command; an `Error` answer from the state machine becomes `Err`.
+    /// Commit a command (through the leader, wherever this node is); an
+    /// `Error` answer from the state machine becomes `Err`.
     pub async fn write(&self, command: Command) -> Result<Response, String> {
-        match self
-            .raft
-            .write(Request {
-                now_ms: now_ms(),
-                command,
-            })
-            .await
-        {
+        let request = Request {
+            now_ms: now_ms(),
+            command,
+        };
+        match peer::write(self, request).await {
             Ok(Response::Error(e)) => Err(e),
             Ok(r) => Ok(r),
             Err(e) => Err(format!("the cluster could not record it: {e}")),
         }
+    }
+
+    /// A linearizable read, on any node (see [`peer::read`]).
+    pub async fn read<F, T>(&self, f: F) -> Result<T, String>
+    where
+        F: FnOnce(&State) -> T,
+    {
+        peer::read(self, f).await
     }
 }
 
@@ -111,43 +170,184 @@ pub struct Node {
 }
 
 pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
-    let identity = identity::load_or_create(&cfg.data_dir, &[])?;
-    let raft = RaftNode::open(
-        &cfg.data_dir.join("raft"),
-        identity.node_id,
-        cfg.listen.to_string(),
-        NoPeers,
-    )
-    .await?;
-    raft.initialize_single().await?;
-    raft.wait_for_leader(LEADER_WAIT)
-        .await
-        .ok_or(NodeError::NoLeader(LEADER_WAIT))?;
-
-    let server_cfg = pki::server_config(
-        &identity.cert,
-        &identity.ca.cert_pem,
-        TransportLimits::DEFAULT,
-    )?;
-    let endpoint =
-        quinn::Endpoint::server(server_cfg, cfg.listen).map_err(|source| NodeError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-    let addr = endpoint.local_addr().map_err(|source| NodeError::Bind {
+    let bind_err = |source| NodeError::Bind {
         addr: cfg.listen,
         source,
-    })?;
+    };
+    // Bind first: a joining node tells the cluster its address before it has
+    // the certificate its endpoint will present.
+    let socket = std::net::UdpSocket::bind(cfg.listen).map_err(bind_err)?;
+    let addr = socket.local_addr().map_err(bind_err)?;
+    let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let identity = match identity::load(&cfg.data_dir)? {
+        Some(id) => id,
+        None => match cfg.join_target().map_err(|()| NodeError::JoinArgs)? {
+            Some(target) => join::obtain_identity(&cfg.data_dir, &target, &advertise).await?,
+            None => identity::load_or_create(&cfg.data_dir, &[])?,
+        },
+    };
+    let server_cfg = pki::server_config(
+        &identity.cert,
+        &identity.ca_cert_pem,
+        TransportLimits::DEFAULT,
+    )?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_cfg),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_err)?;
+    let peers = QuicTransport::new(
+        identity.node_id,
+        endpoint.clone(),
+        &identity.ca_fingerprint,
+        &identity.cert,
+    )?;
+    let raft = match RaftNode::open(
+        &cfg.data_dir.join("raft"),
+        identity.node_id,
+        advertise.clone(),
+        peers.clone(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            endpoint.close(0u32.into(), b"node failed to start");
+            return Err(e.into());
+        }
+    };
     let ctx = Arc::new(Ctx {
         raft,
         identity: identity.clone(),
         jobs: Jobs::default(),
         addr,
+        peers,
     });
+
+    // Serve peers (and clients) before joining: the leader replicates to
+    // this node while adding it.
+    let shutdown = CancellationToken::new();
+    let mut tasks = vec![tokio::spawn(accept_loop(
+        ctx.clone(),
+        endpoint.clone(),
+        shutdown.clone(),
+    ))];
+    let bootstrap_token = match become_member(&ctx, &cfg, &advertise).await {
+        Ok(t) => t,
+        Err(e) => {
+            let node = Node {
+                ctx,
+                addr,
+                ca_fingerprint: identity.ca_fingerprint.clone(),
+                bootstrap_token: None,
+                shutdown,
+                tasks,
+                endpoint,
+            };
+            node.stop().await;
+            return Err(e);
+        }
+    };
+    if let (Some(tok), Some(path)) = (&bootstrap_token, &cfg.bootstrap_file) {
+        identity::write_atomic(path, tok.as_bytes(), true)?;
+    }
+    tasks.push(tokio::spawn(jobs::run_scheduler(
+        ctx.clone(),
+        shutdown.clone(),
+    )));
+
+    if let Some(path) = &cfg.ready_file {
+        let ready = serde_json::json!({
+            "addr": addr.to_string(),
+            "advertise": advertise,
+            "ca_fingerprint": identity.ca_fingerprint,
+            "node_id": identity.node_id,
+            "pid": std::process::id(),
+        });
+        identity::write_atomic(path, ready.to_string().as_bytes(), false)?;
+    }
+    tracing::info!(%addr, %advertise, node_id = format!("{:x}", identity.node_id), ca = %identity.ca_fingerprint, "node listening");
+    Ok(Node {
+        ctx,
+        addr,
+        ca_fingerprint: identity.ca_fingerprint.clone(),
+        bootstrap_token,
+        shutdown,
+        tasks,
+        endpoint,
+    })
+}
+
+/// Make this node a member (initialize a new cluster, or finish joining),
+/// then do the leader's start-up chores. Returns the bootstrap token of a
+/// brand new cluster.
+async fn become_member(
+    ctx: &Arc<Ctx>,
+    cfg: &NodeConfig,
+    advertise: &str,
+) -> Result<Option<String>, NodeError> {
+    let raft = &ctx.raft;
+    match &ctx.identity.joined_via {
+        None => raft.initialize_single().await?,
+        Some(via) => {
+            let me = ctx.identity.node_id;
+            let voter = raft
+                .metrics()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == me);
+            if !voter {
+                let initialized = raft
+                    .raft()
+                    .is_initialized()
+                    .await
+                    .map_err(|f| NodeError::Raft(f.into()))?;
+                let via = cfg.join.clone().unwrap_or_else(|| via.clone());
+                match join::add_self(&ctx.peers, &via, me, advertise).await {
+                    Ok(()) => {}
+                    // A restarted node that knows its cluster keeps running
+                    // (e.g. it was removed, or the cluster is down right now).
+                    Err(e) if initialized => {
+                        tracing::warn!(error = %e, "this node is not a voter and could not be added")
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    let voters = raft
+        .metrics()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .count();
+    if voters <= 1 {
+        raft.wait_for_leader(LEADER_WAIT)
+            .await
+            .ok_or(NodeError::NoLeader(LEADER_WAIT))?;
+    }
+
+    // The CA key goes into the replicated state so any leader can sign
+    // joining nodes' certificates (see `state::ClusterCa`).
+    if let Some(ca) = &ctx.identity.ca {
+        if raft.read_local(|s| s.cluster_ca.is_none()) && raft.is_leader() {
+            ctx.write(Command::SetClusterCa {
+                ca: ClusterCa {
+                    cert_pem: ca.cert_pem.clone(),
+                    key_pem: ca.key_pem().to_string(),
+                },
+            })
+            .await
+            .map_err(NodeError::Write)?;
+        }
+    }
 
     // Jobs that were assigned or running when this node went down cannot
     // finish: their runner streams died with it.
-    if ctx.raft.is_leader() {
+    if raft.is_leader() {
         let n = ctx
             .write(Command::FailInterrupted {
                 reason: INTERRUPTED_REASON.into(),
@@ -160,37 +360,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
             }
         }
     }
-
-    let bootstrap_token = bootstrap(&ctx).await?;
-    if let (Some(tok), Some(path)) = (&bootstrap_token, &cfg.bootstrap_file) {
-        identity::write_atomic(path, tok.as_bytes(), true)?;
-    }
-
-    let shutdown = CancellationToken::new();
-    let tasks = vec![
-        tokio::spawn(accept_loop(ctx.clone(), endpoint.clone(), shutdown.clone())),
-        tokio::spawn(jobs::run_scheduler(ctx.clone(), shutdown.clone())),
-    ];
-
-    if let Some(path) = &cfg.ready_file {
-        let ready = serde_json::json!({
-            "addr": addr.to_string(),
-            "ca_fingerprint": identity.ca_fingerprint,
-            "node_id": identity.node_id,
-            "pid": std::process::id(),
-        });
-        identity::write_atomic(path, ready.to_string().as_bytes(), false)?;
-    }
-    tracing::info!(%addr, node_id = identity.node_id, ca = %identity.ca_fingerprint, "node listening");
-    Ok(Node {
-        ctx,
-        addr,
-        ca_fingerprint: identity.ca_fingerprint.clone(),
-        bootstrap_token,
-        shutdown,
-        tasks,
-        endpoint,
-    })
+    bootstrap(ctx).await
 }
 
 /// Create the one-time bootstrap token if the cluster has no token at all.
@@ -219,6 +389,7 @@ impl Node {
     /// Cancel every task, close the endpoint, stop Raft; bounded by [`SHUTDOWN_GRACE`].
     pub async fn stop(self) {
         self.shutdown.cancel();
+        self.ctx.peers.close_all();
         self.endpoint.close(0u32.into(), b"node shutting down");
         let wait = futures::future::join_all(self.tasks);
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, wait).await;
@@ -294,10 +465,17 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, shutdown: Canc
             "hello says role {:?} but the connection negotiated {:?}",
             hello.role, role
         )))
+    } else if role == Role::Peer {
+        // Peers authenticate by their node certificate, not a token.
+        peer::serve::admit(&ctx, &conn)
+            .map(Admitted::Peer)
+            .map_err(refuse)
     } else {
-        authenticate(&ctx, &conn, role, &hello.token).map_err(refuse)
+        authenticate(&ctx, &conn, role, &hello.token)
+            .map(Admitted::Token)
+            .map_err(refuse)
     };
-    let principal = match verdict {
+    let admitted = match verdict {
         Ok(p) => p,
         Err(reply) => {
             let _ = frame::write(&mut send, &reply).await;
@@ -308,14 +486,22 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, shutdown: Canc
             return;
         }
     };
+    let name = match &admitted {
+        Admitted::Peer(id) => format!("node:{id:x}"),
+        Admitted::Token(p) => p.name.clone(),
+    };
     let welcome = HelloReply::Welcome {
         node_id: ctx.identity.node_id,
         version: PROTOCOL_VERSION,
-        principal: principal.name.clone(),
+        principal: name,
     };
     if frame::write(&mut send, &welcome).await.is_err() || send.finish().is_err() {
         return;
     }
+    let principal = match admitted {
+        Admitted::Peer(id) => return peer::serve::serve(ctx, conn, id, shutdown).await,
+        Admitted::Token(p) => p,
+    };
     let session = Arc::new(ConnSession {
         conn: conn.clone(),
         principal,
@@ -336,6 +522,14 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, shutdown: Canc
     }
 }
 
+/// Who a connection was admitted as.
+enum Admitted {
+    /// A cluster member, by its node certificate.
+    Peer(u64),
+    /// A client, runner or entrypoint, by its token.
+    Token(Principal),
+}
+
 fn authenticate(
     ctx: &Ctx,
     conn: &quinn::Connection,
@@ -348,7 +542,7 @@ fn authenticate(
         .read_local(|s| s.token(&hash, now_ms()).cloned())
         .ok_or_else(|| "the token is not valid (unknown, expired or revoked)".to_string())?;
     let allowed = match (role, &rec.scope) {
-        (Role::Client, TokenScope::User | TokenScope::Bootstrap) => true,
+        (Role::Client, TokenScope::User | TokenScope::Bootstrap | TokenScope::Join) => true,
         (Role::Runner, TokenScope::Runner | TokenScope::User) => {
             pki::peer_is_cluster_member(conn) || rec.scope == TokenScope::User
         }
@@ -366,6 +560,7 @@ fn authenticate(
         TokenScope::User => format!("user:{}", rec.name),
         TokenScope::Runner => format!("runner:{}", rec.name),
         TokenScope::Entrypoint { app, deployment } => format!("entrypoint:{app}/v{deployment}"),
+        TokenScope::Join => format!("join:{}", rec.name),
     };
     Ok(Principal {
         name,
@@ -406,6 +601,22 @@ async fn serve_stream(
             &mut send,
             &ClientResponse::Error {
                 message: "the bootstrap token can only be exchanged for a user token".into(),
+            },
+        )
+        .await;
+        let _ = send.finish();
+        return;
+    }
+    if session.principal.scope == TokenScope::Join
+        && !matches!(
+            req,
+            ClientRequest::ServerInfo | ClientRequest::JoinCluster { .. }
+        )
+    {
+        let _ = frame::write(
+            &mut send,
+            &ClientResponse::Error {
+                message: "a join token can only be used to join a node to the cluster".into(),
             },
         )
         .await;

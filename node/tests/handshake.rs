@@ -11,12 +11,7 @@ use cairn_protocol::rpc::{self, Dial, RpcError};
 
 async fn node() -> (cairn_node::Node, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = cairn_node::NodeConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        bootstrap_file: None,
-        ready_file: None,
-    };
+    let cfg = cairn_node::NodeConfig::new(dir.path(), "127.0.0.1:0".parse().expect("addr"));
     (cairn_node::start(cfg).await.expect("node starts"), dir)
 }
 
@@ -188,12 +183,7 @@ async fn oversized_frame_gets_an_error_and_the_node_keeps_serving() {
 #[tokio::test]
 async fn restart_keeps_tokens_and_does_not_bootstrap_again() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = cairn_node::NodeConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        bootstrap_file: None,
-        ready_file: None,
-    };
+    let cfg = cairn_node::NodeConfig::new(dir.path(), "127.0.0.1:0".parse().expect("addr"));
     let node = cairn_node::start(cfg.clone()).await.expect("start");
     let token = user_token(&node).await;
     let fp = node.ca_fingerprint.clone();

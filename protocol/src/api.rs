@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::{
     ConfigScope, ConfigVar, Job, JobId, JobSpec, JobState, OpCompletion, OpId, OpKind, Operation,
-    ResourceState, Runner, RunnerKind, Stream,
+    ResourceState, Runner, RunnerKind, Stream, TokenScope,
 };
 
 /// Requests a CLI (or a runner on the CLI's connection) sends to a node.
@@ -83,6 +83,29 @@ pub enum ClientRequest {
     ListConfig {
         scope: Option<ConfigScope>,
     },
+
+    // -- cluster service --
+    /// Mint a token (users only). `ttl_s`: lifetime in seconds; `None` takes
+    /// the scope's default (join tokens expire, user tokens do not).
+    CreateToken {
+        scope: TokenScope,
+        name: String,
+        ttl_s: Option<u64>,
+    },
+    /// Only on a connection authenticated with a join token: the cluster CA
+    /// signs `csr` for node `node_id`, whose peer address is `peer_addr`.
+    /// Answered by `Joined`. The node then adds itself over the peer ALPN.
+    JoinCluster {
+        csr: String,
+        node_id: u64,
+        peer_addr: String,
+    },
+    /// The members as the leader sees them.
+    Members,
+    /// Take a node out of the cluster (voter or learner).
+    RemoveMember {
+        id: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,6 +122,38 @@ pub enum ClientResponse {
     Registered,
     OperationStarted { id: OpId, sequence: u64 },
     Config(Vec<ConfigVar>),
+    Joined(Box<JoinGrant>),
+    Members(Vec<MemberInfo>),
+}
+
+/// What a joining node gets: its certificate and the cluster's CA and members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinGrant {
+    pub cert_pem: String,
+    pub ca_pem: String,
+    /// (node id, peer address) of the current members.
+    pub members: Vec<(u64, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberRole {
+    Voter,
+    Learner,
+}
+
+/// One cluster member, as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub addr: String,
+    pub role: MemberRole,
+    pub leader: bool,
+    /// The highest log index known to be stored on this member (the
+    /// leader's own last log index for itself); `None` if unknown.
+    pub matched_index: Option<u64>,
+    /// Milliseconds since the leader last heard from this member; `None` when
+    /// unknown (openraft 0.9 reports it only for the quorum as a whole).
+    pub last_contact_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -298,6 +298,42 @@ pub fn peer_is_cluster_member(conn: &quinn::Connection) -> bool {
     peer_certificate(conn).is_some()
 }
 
+/// Common names of node certificates start with this; [`node_common_name`]
+/// makes one. Runner and other certificates from the same CA use other
+/// names, so a runner certificate is never taken for a cluster member.
+pub const NODE_CN_PREFIX: &str = "node-";
+
+/// The common name a node with this id gets in its certificate.
+pub fn node_common_name(node_id: u64) -> String {
+    format!("{NODE_CN_PREFIX}{node_id:x}")
+}
+
+/// The subject common name of a DER certificate, if it has one.
+pub fn certificate_common_name(der: &[u8]) -> Option<String> {
+    let params = CertificateParams::from_ca_cert_der(&CertificateDer::from(der)).ok()?;
+    match params.distinguished_name.get(&DnType::CommonName)? {
+        rcgen::DnValue::Utf8String(s) => Some(s.clone()),
+        rcgen::DnValue::PrintableString(s) => Some(s.as_str().to_string()),
+        rcgen::DnValue::Ia5String(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// The node id named by a node certificate's common name (`node-<hex>`).
+pub fn node_id_of_certificate(der: &[u8]) -> Option<u64> {
+    let cn = certificate_common_name(der)?;
+    let hex = cn.strip_prefix(NODE_CN_PREFIX)?;
+    u64::from_str_radix(hex, 16).ok().filter(|id| *id != 0)
+}
+
+/// The node id of a connected peer: it presented a certificate issued by the
+/// cluster CA (verified during the TLS handshake) whose common name is a
+/// node's. `None` for connections without a certificate or with a
+/// non-node certificate (e.g. a runner's).
+pub fn peer_node_id(conn: &quinn::Connection) -> Option<u64> {
+    node_id_of_certificate(&peer_certificate(conn)?)
+}
+
 /// Verifies a server chain against a CA pinned by fingerprint: the CA must
 /// be among the certificates the server sent, and the leaf must chain to it
 /// and name [`NODE_SERVER_NAME`].
@@ -389,6 +425,12 @@ mod tests {
         let (csr, _key) = make_csr("runner-x").expect("csr");
         let signed = ca.sign_csr(&csr, "runner:abc").expect("signed");
         assert!(signed.contains("BEGIN CERTIFICATE"));
+        let node_cert = ca.sign_csr(&csr, &node_common_name(0xabc)).expect("signed");
+        let der = pem_to_der(&node_cert).expect("der");
+        assert_eq!(node_id_of_certificate(&der), Some(0xabc));
+        let der = pem_to_der(&signed).expect("der");
+        assert_eq!(certificate_common_name(&der).as_deref(), Some("runner:abc"));
+        assert_eq!(node_id_of_certificate(&der), None, "not a node certificate");
         // Reloading keeps the same identity.
         let again = Ca::load(&ca.cert_pem, ca.key_pem()).expect("load");
         assert_eq!(again.fingerprint().expect("fp"), fp);

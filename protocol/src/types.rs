@@ -271,6 +271,10 @@ pub enum TokenScope {
         app: String,
         deployment: u64,
     },
+    /// Lets a new node join the cluster (`cairn-node --join`): the
+    /// connection it authenticates can only ask for a node certificate.
+    /// Reusable until it expires or is revoked.
+    Join,
 }
 
 /// A token's stored record. The secret itself is never stored.

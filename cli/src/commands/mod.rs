@@ -1,5 +1,6 @@
 //! One module per CLI command group.
 
+pub mod cluster;
 pub mod context;
 pub mod job;
 pub mod lifecycle;

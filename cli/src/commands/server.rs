@@ -1,4 +1,5 @@
-//! `server run` (a node in this process), `server stop-local`, `server info`.
+//! `server run` (a node in this process), `server stop-local`, `server info`;
+//! the cluster subcommands (`join-token`, `members`, `remove`) are in `cluster`.
 
 use cairn_protocol::api::{ClientRequest, ClientResponse};
 use cairn_protocol::rpc;
@@ -16,6 +17,25 @@ pub enum ServerCmd {
     Info {
         #[arg(long)]
         json: bool,
+    },
+    /// Mint a token that lets a new node join this cluster.
+    JoinToken {
+        /// A name to recognise the token by.
+        #[arg(long, default_value = "join")]
+        name: String,
+        /// Lifetime in seconds (default: 24 hours).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// List the cluster's members (id, address, role, leader, progress).
+    Members {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a node from the cluster (its id as `server members` shows it).
+    Remove {
+        #[arg(value_parser = super::cluster::parse_node_id)]
+        node: u64,
     },
 }
 
@@ -42,6 +62,9 @@ pub async fn run(g: &Global, cmd: &ServerCmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        ServerCmd::JoinToken { name, ttl } => super::cluster::join_token(g, name, *ttl).await,
+        ServerCmd::Members { json } => super::cluster::members(g, *json).await,
+        ServerCmd::Remove { node } => super::cluster::remove(g, *node).await,
         ServerCmd::Info { json } => {
             let ctx = client::resolve(g.context.as_deref(), true).await?;
             let s = client::connect(&ctx).await?;

@@ -14,7 +14,6 @@ pub async fn list_operations(
     app: Option<String>,
 ) -> ClientResponse {
     match ctx
-        .raft
         .read(|s| s.operations_of(kind, project.as_deref(), app.as_deref()))
         .await
     {
@@ -26,11 +25,7 @@ pub async fn list_operations(
 }
 
 pub async fn list_runners(ctx: &Arc<Ctx>) -> ClientResponse {
-    match ctx
-        .raft
-        .read(|s| s.runners.values().cloned().collect())
-        .await
-    {
+    match ctx.read(|s| s.runners.values().cloned().collect()).await {
         Ok(r) => ClientResponse::Runners(r),
         Err(e) => ClientResponse::Error {
             message: format!("cannot read the catalog: {e}"),

@@ -44,7 +44,7 @@ pub async fn delete(ctx: &Arc<Ctx>, scope: ConfigScope, name: String) -> ClientR
 }
 
 pub async fn list(ctx: &Arc<Ctx>, scope: Option<ConfigScope>) -> ClientResponse {
-    let r = ctx.raft.read(|s| s.config_in(scope.as_ref())).await;
+    let r = ctx.read(|s| s.config_in(scope.as_ref())).await;
     match r {
         Ok(vars) => ClientResponse::Config(vars),
         Err(e) => ClientResponse::Error {

@@ -46,7 +46,6 @@ pub async fn list(ctx: &Arc<Ctx>, limit: u32) -> ClientResponse {
         limit as usize
     };
     match ctx
-        .raft
         .read(|s| s.jobs.values().rev().take(limit).cloned().collect())
         .await
     {
@@ -58,7 +57,7 @@ pub async fn list(ctx: &Arc<Ctx>, limit: u32) -> ClientResponse {
 }
 
 pub async fn inspect(ctx: &Arc<Ctx>, id: JobId) -> ClientResponse {
-    match ctx.raft.read(|s| s.jobs.get(&id).cloned()).await {
+    match ctx.read(|s| s.jobs.get(&id).cloned()).await {
         Ok(Some(job)) => ClientResponse::Job(Box::new(job)),
         Ok(None) => ClientResponse::Error {
             message: format!("no job {id}"),
@@ -95,7 +94,7 @@ pub async fn cancel(ctx: &Arc<Ctx>, id: JobId) -> ClientResponse {
 /// Stream a job's events: the history this node holds, then live events,
 /// ending with `Finished`.
 pub async fn attach(ctx: &Arc<Ctx>, id: JobId, mut send: quinn::SendStream) {
-    let job = match ctx.raft.read(|s| s.jobs.get(&id).cloned()).await {
+    let job = match ctx.read(|s| s.jobs.get(&id).cloned()).await {
         Ok(Some(j)) => j,
         Ok(None) => {
             let _ = frame::write(

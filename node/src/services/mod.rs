@@ -9,6 +9,7 @@ use cairn_protocol::frame;
 use crate::server::{ConnSession, Ctx};
 
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod jobs;
 pub mod runner;
@@ -51,6 +52,16 @@ pub async fn dispatch(
         ClientRequest::SetConfig { var } => config::set(ctx, var).await,
         ClientRequest::DeleteConfig { scope, name } => config::delete(ctx, scope, name).await,
         ClientRequest::ListConfig { scope } => config::list(ctx, scope).await,
+        ClientRequest::CreateToken { scope, name, ttl_s } => {
+            cluster::create_token(ctx, s, scope, name, ttl_s).await
+        }
+        ClientRequest::JoinCluster {
+            csr,
+            node_id,
+            peer_addr,
+        } => cluster::join(ctx, s, csr, node_id, peer_addr).await,
+        ClientRequest::Members => cluster::members(ctx).await,
+        ClientRequest::RemoveMember { id } => cluster::remove_member(ctx, s, id).await,
     };
     let _ = frame::write(&mut send, &resp).await;
     let _ = send.finish();

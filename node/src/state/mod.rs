@@ -9,7 +9,7 @@
 //! - A job in a final state never changes again; an operation that finished
 //!   never changes again except its resource state (active → destroyed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_protocol::types::{
     App, ConfigScope, ConfigVar, Job, JobId, JobSpec, JobState, OpCompletion, OpId, OpKind,
@@ -96,6 +96,39 @@ pub enum Command {
         scope: ConfigScope,
         name: String,
     },
+    /// Record the cluster CA (certificate and key) so that whichever node
+    /// leads can sign joining nodes' certificates. Set once; the same CA
+    /// again is a no-op, another CA is refused.
+    SetClusterCa {
+        ca: ClusterCa,
+    },
+    /// A member was removed: its certificate no longer admits it as a peer.
+    MarkNodeRemoved {
+        id: u64,
+    },
+}
+
+/// The cluster CA as replicated in the state.
+///
+/// Trade-off: every member (and every snapshot and log file) holds the CA
+/// key, so any node can sign a joining node's certificate when it leads, and
+/// losing the bootstrap node loses nothing. The cost is that reading any
+/// member's data dir yields the CA key — but such a reader already holds a
+/// node certificate and the whole replicated state, so it already has the
+/// cluster. `Debug` never prints the key.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCa")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -130,6 +163,10 @@ pub struct State {
     pub config: BTreeMap<(ConfigScope, String), ConfigVar>,
     pub next_job: JobId,
     pub next_op: OpId,
+    /// The cluster CA, set by the bootstrapping node (see [`ClusterCa`]).
+    pub cluster_ca: Option<ClusterCa>,
+    /// Ids of nodes removed from the cluster: never admitted as peers again.
+    pub removed_nodes: BTreeSet<u64>,
 }
 
 impl State {
@@ -327,6 +364,18 @@ impl State {
                     Some(_) => Response::Ok,
                     None => Response::Error(format!("no config variable {name}")),
                 }
+            }
+            Command::SetClusterCa { ca } => match &self.cluster_ca {
+                None => {
+                    self.cluster_ca = Some(ca.clone());
+                    Response::Ok
+                }
+                Some(have) if have == ca => Response::Ok,
+                Some(_) => Response::Error("the cluster already has another CA".into()),
+            },
+            Command::MarkNodeRemoved { id } => {
+                self.removed_nodes.insert(*id);
+                Response::Ok
             }
         }
     }

@@ -501,3 +501,43 @@ fn config_in_returns_exactly_one_scope() {
         .config_in(Some(&ConfigScope::Project("zz".into())))
         .is_empty());
 }
+
+#[test]
+fn cluster_ca_is_set_once_and_removed_nodes_accumulate() {
+    use super::ClusterCa;
+    let mut st = State::default();
+    let ca = ClusterCa {
+        cert_pem: "cert".into(),
+        key_pem: "secret-key".into(),
+    };
+    assert_eq!(
+        st.apply(&req(1, Command::SetClusterCa { ca: ca.clone() })),
+        Response::Ok
+    );
+    assert_eq!(
+        st.apply(&req(2, Command::SetClusterCa { ca: ca.clone() })),
+        Response::Ok,
+        "the same CA again is a no-op"
+    );
+    let other = ClusterCa {
+        cert_pem: "other".into(),
+        key_pem: "k".into(),
+    };
+    assert!(matches!(
+        st.apply(&req(3, Command::SetClusterCa { ca: other })),
+        Response::Error(_)
+    ));
+    assert_eq!(st.cluster_ca, Some(ca.clone()));
+    assert!(
+        !format!("{ca:?}").contains("secret-key"),
+        "Debug hides the key"
+    );
+
+    st.apply(&req(4, Command::MarkNodeRemoved { id: 7 }));
+    st.apply(&req(5, Command::MarkNodeRemoved { id: 7 }));
+    st.apply(&req(6, Command::MarkNodeRemoved { id: 9 }));
+    assert_eq!(
+        st.removed_nodes.iter().copied().collect::<Vec<_>>(),
+        vec![7, 9]
+    );
+}

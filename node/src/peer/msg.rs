@@ -1,0 +1,237 @@
+//! Messages on the peer ALPN (`cairn-peer`). One bidirectional stream per
+//! RPC: the caller writes one [`PeerRequest`] frame (for a snapshot, followed
+//! by the raw snapshot bytes until the stream ends) and the callee answers
+//! one [`PeerResponse`] frame.
+//!
+//! They live in the node crate because they carry openraft's types.
+
+use cairn_protocol::api::{JoinGrant, MemberInfo};
+use openraft::error::Fatal;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{SnapshotMeta, Vote};
+use serde::{Deserialize, Serialize};
+
+use crate::raft::{LogId, Node, NodeId, TypeConfig};
+use crate::state::{Request, Response};
+
+/// Largest snapshot a node accepts from a peer.
+pub const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PeerRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    /// A whole snapshot: this header, then the snapshot bytes (at most
+    /// [`MAX_SNAPSHOT_BYTES`]) until the sender finishes the stream.
+    FullSnapshot {
+        vote: Vote<NodeId>,
+        meta: SnapshotMeta<NodeId, Node>,
+    },
+    /// Something only the leader can do. A node that is not the leader
+    /// answers [`LeaderResponse::NotLeader`] and does nothing.
+    Leader(LeaderRequest),
+}
+
+/// Requests served by the leader (forwarded by followers on behalf of their
+/// clients).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LeaderRequest {
+    /// Commit this write and answer what `State::apply` returned.
+    Forward {
+        request: Request,
+    },
+    /// Confirm leadership with a quorum and answer the log id a
+    /// linearizable read must wait for (openraft's read index).
+    ReadIndex,
+    /// Sign a joining node's CSR (the join token was checked by the node
+    /// that received the client request).
+    SignJoin {
+        csr: String,
+        node_id: NodeId,
+        peer_addr: String,
+    },
+    /// Add a node that holds a cluster certificate: learner, catch up, voter.
+    /// Answered when it is a voter.
+    AddMember {
+        node_id: NodeId,
+        addr: String,
+    },
+    RemoveMember {
+        node_id: NodeId,
+    },
+    Members,
+}
+
+impl LeaderRequest {
+    /// Whether sending it twice is harmless (a lost answer may be retried).
+    pub fn is_idempotent(&self) -> bool {
+        !matches!(self, LeaderRequest::Forward { .. })
+    }
+
+    /// How long the leader may take to answer.
+    pub fn timeout(&self) -> std::time::Duration {
+        match self {
+            LeaderRequest::AddMember { .. } => super::ADD_MEMBER_TIMEOUT,
+            _ => super::LEADER_RPC_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    AppendEntries(AppendEntriesResponse<NodeId>),
+    Vote(VoteResponse<NodeId>),
+    Snapshot(SnapshotResponse<NodeId>),
+    /// openraft on the callee stopped (shutdown, storage failure).
+    Fatal(Fatal<NodeId>),
+    Leader(LeaderResponse),
+    /// The request was malformed or not allowed; the callee closes the connection.
+    Refused(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LeaderResponse {
+    Written(Response),
+    ReadIndex(Option<LogId>),
+    JoinGrant(JoinGrant),
+    Members(Vec<MemberInfo>),
+    Done,
+    /// Nothing was done: ask `leader` (id, peer address), or retry shortly
+    /// when no leader is known.
+    NotLeader {
+        leader: Option<(NodeId, String)>,
+    },
+    /// Nothing was done; retry shortly (e.g. no quorum right now).
+    Unavailable(String),
+    /// Refused for good.
+    Error(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use cairn_protocol::frame;
+    use openraft::{EntryPayload, Membership, StoredMembership};
+
+    use super::*;
+    use crate::raft::{Entry, LogId};
+    use crate::state::Command;
+
+    fn lid(term: u64, index: u64) -> LogId {
+        openraft::testing::log_id::<NodeId>(term, 1, index)
+    }
+
+    fn roundtrip<T: Serialize + serde::de::DeserializeOwned + std::fmt::Debug>(v: &T) -> T {
+        let bytes = frame::encode(v).expect("encodes");
+        let (v, used) = frame::decode(&bytes)
+            .expect("decodes")
+            .expect("a whole frame");
+        assert_eq!(used, bytes.len());
+        v
+    }
+
+    #[test]
+    fn raft_messages_survive_the_frame_codec() {
+        let membership = Membership::new(
+            vec![BTreeSet::from([1, 2, 3])],
+            BTreeMap::from([(4, Node::new("127.0.0.1:4"))]),
+        );
+        let entries = vec![
+            Entry {
+                log_id: lid(2, 5),
+                payload: EntryPayload::Blank,
+            },
+            Entry {
+                log_id: lid(2, 6),
+                payload: EntryPayload::Normal(Request {
+                    now_ms: 7,
+                    command: Command::Put {
+                        key: "k".into(),
+                        value: "v".into(),
+                    },
+                }),
+            },
+            Entry {
+                log_id: lid(2, 7),
+                payload: EntryPayload::Membership(membership.clone()),
+            },
+        ];
+        let req = PeerRequest::AppendEntries(AppendEntriesRequest {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: Some(lid(1, 4)),
+            entries,
+            leader_commit: Some(lid(2, 5)),
+        });
+        let back = roundtrip(&req);
+        assert_eq!(format!("{back:?}"), format!("{req:?}"));
+
+        let snap = PeerRequest::FullSnapshot {
+            vote: Vote::new(3, 2),
+            meta: SnapshotMeta {
+                last_log_id: Some(lid(3, 9)),
+                last_membership: StoredMembership::new(Some(lid(2, 7)), membership),
+                snapshot_id: "s-1".into(),
+            },
+        };
+        assert_eq!(format!("{:?}", roundtrip(&snap)), format!("{snap:?}"));
+
+        for resp in [
+            PeerResponse::AppendEntries(AppendEntriesResponse::Success),
+            PeerResponse::AppendEntries(AppendEntriesResponse::PartialSuccess(Some(lid(1, 2)))),
+            PeerResponse::AppendEntries(AppendEntriesResponse::Conflict),
+            PeerResponse::AppendEntries(AppendEntriesResponse::HigherVote(Vote::new(9, 3))),
+            PeerResponse::Vote(VoteResponse::new(Vote::new(4, 2), Some(lid(3, 3)), true)),
+            PeerResponse::Snapshot(SnapshotResponse::new(Vote::new(5, 1))),
+            PeerResponse::Fatal(Fatal::Stopped),
+            PeerResponse::Leader(LeaderResponse::ReadIndex(Some(lid(6, 60)))),
+            PeerResponse::Leader(LeaderResponse::NotLeader {
+                leader: Some((2, "127.0.0.1:2".into())),
+            }),
+            PeerResponse::Refused("no".into()),
+        ] {
+            assert_eq!(format!("{:?}", roundtrip(&resp)), format!("{resp:?}"));
+        }
+        let lr = PeerRequest::Leader(LeaderRequest::AddMember {
+            node_id: 7,
+            addr: "a:1".into(),
+        });
+        assert_eq!(format!("{:?}", roundtrip(&lr)), format!("{lr:?}"));
+    }
+
+    /// Anything a peer sends decodes to a message or an error, never a panic.
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics() {
+        let valid = frame::encode(&PeerRequest::Leader(LeaderRequest::Forward {
+            request: Request {
+                now_ms: 1,
+                command: Command::Put {
+                    key: "k".into(),
+                    value: "v".into(),
+                },
+            },
+        }))
+        .expect("encodes");
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..3000 {
+            let len = (next() % 512) as usize;
+            let mut body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let mut f = (body.len() as u32).to_be_bytes().to_vec();
+            f.append(&mut body);
+            let _ = frame::decode::<PeerRequest>(&f);
+            let _ = frame::decode::<PeerResponse>(&f);
+            let mut g = valid.clone();
+            let i = (next() as usize) % g.len();
+            g[i] = next() as u8;
+            let _ = frame::decode::<PeerRequest>(&g);
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The callee side of the peer ALPN: Raft RPCs into openraft, leader
+//! requests into [`super::leader`].
+//!
+//! Invariants:
+//! - Only a connection whose certificate names a node of this cluster and
+//!   whose id was not removed gets here (checked in `server::serve_connection`
+//!   by [`admit`]); the removal check is repeated on every stream.
+//! - A node that is not yet a member may only ask to be added (itself).
+//! - A malformed request gets a `Refused` answer and its connection is
+//!   closed; nothing a peer sends is unwrapped.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_protocol::frame;
+use openraft::error::RaftError;
+use openraft::Snapshot;
+use tokio_util::sync::CancellationToken;
+
+use super::msg::{LeaderRequest, LeaderResponse, PeerRequest, PeerResponse, MAX_SNAPSHOT_BYTES};
+use crate::raft::NodeId;
+use crate::server::Ctx;
+
+/// Decide whether a peer connection is admitted; `Ok(node id)` or the reason.
+pub fn admit(ctx: &Ctx, conn: &quinn::Connection) -> Result<NodeId, String> {
+    let Some(id) = cairn_protocol::pki::peer_node_id(conn) else {
+        return Err(
+            "a peer connection needs a node certificate issued by this cluster's CA".into(),
+        );
+    };
+    if is_removed(ctx, id) {
+        return Err(format!("node {id:x} was removed from this cluster"));
+    }
+    Ok(id)
+}
+
+fn is_removed(ctx: &Ctx, id: NodeId) -> bool {
+    ctx.raft.read_local(|s| s.removed_nodes.contains(&id))
+}
+
+/// Serve the streams of an admitted peer connection until it closes.
+pub async fn serve(
+    ctx: Arc<Ctx>,
+    conn: quinn::Connection,
+    from: NodeId,
+    shutdown: CancellationToken,
+) {
+    tracing::debug!(peer = format!("{from:x}"), "peer connected");
+    loop {
+        let (send, recv) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = conn.accept_bi() => match s {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(peer = format!("{from:x}"), error = %e, "peer connection ended");
+                    return;
+                }
+            },
+        };
+        let ctx = ctx.clone();
+        let conn = conn.clone();
+        tokio::spawn(async move { serve_stream(ctx, conn, from, send, recv).await });
+    }
+}
+
+async fn serve_stream(
+    ctx: Arc<Ctx>,
+    conn: quinn::Connection,
+    from: NodeId,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let resp = match frame::read_required::<_, PeerRequest>(&mut recv).await {
+        Err(e) => Err(format!("bad request: {e}")),
+        Ok(_) if is_removed(&ctx, from) => {
+            Err(format!("node {from:x} was removed from this cluster"))
+        }
+        Ok(req) => handle(&ctx, from, req, &mut recv).await,
+    };
+    match resp {
+        Ok(resp) => {
+            let _ = frame::write(&mut send, &resp).await;
+            let _ = send.finish();
+        }
+        Err(reason) => {
+            tracing::warn!(peer = format!("{from:x}"), %reason, "refusing peer request; closing its connection");
+            let _ = frame::write(&mut send, &PeerResponse::Refused(reason)).await;
+            let _ = send.finish();
+            // Give the refusal time to arrive before closing.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            conn.close(3u32.into(), b"refused");
+        }
+    }
+}
+
+/// `Err` refuses the request and closes the connection.
+async fn handle(
+    ctx: &Arc<Ctx>,
+    from: NodeId,
+    req: PeerRequest,
+    recv: &mut quinn::RecvStream,
+) -> Result<PeerResponse, String> {
+    let raft = ctx.raft.raft();
+    let fatal = |e: RaftError<NodeId>| match e {
+        RaftError::APIError(never) => match never {},
+        RaftError::Fatal(f) => PeerResponse::Fatal(f),
+    };
+    let member = ctx
+        .raft
+        .metrics()
+        .membership_config
+        .membership()
+        .get_node(&from)
+        .is_some();
+    Ok(match req {
+        PeerRequest::AppendEntries(rpc) => match raft.append_entries(rpc).await {
+            Ok(r) => PeerResponse::AppendEntries(r),
+            Err(e) => fatal(e),
+        },
+        PeerRequest::Vote(rpc) => match raft.vote(rpc).await {
+            Ok(r) => PeerResponse::Vote(r),
+            Err(e) => fatal(e),
+        },
+        PeerRequest::FullSnapshot { vote, meta } => {
+            let data = recv
+                .read_to_end(MAX_SNAPSHOT_BYTES)
+                .await
+                .map_err(|e| format!("reading snapshot: {e}"))?;
+            tracing::info!(peer = format!("{from:x}"), bytes = data.len(), snapshot_id = %meta.snapshot_id, "installing snapshot from peer");
+            let snapshot = Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            };
+            match raft.install_full_snapshot(vote, snapshot).await {
+                Ok(r) => PeerResponse::Snapshot(r),
+                Err(f) => PeerResponse::Fatal(f),
+            }
+        }
+        PeerRequest::Leader(lr) => {
+            let own_add =
+                matches!(&lr, LeaderRequest::AddMember { node_id, .. } if *node_id == from);
+            if !member && !own_add {
+                // Maybe this node has not yet applied the membership that
+                // adds `from`: not a protocol error, but nothing is done.
+                return Ok(PeerResponse::Leader(LeaderResponse::Unavailable(format!(
+                    "node {from:x} is not a member of this cluster (as far as this node knows)"
+                ))));
+            }
+            PeerResponse::Leader(super::leader::handle(ctx, lr).await)
+        }
+    })
+}

@@ -1,0 +1,116 @@
+//! Cluster service: tokens, joining nodes, members.
+
+use std::sync::Arc;
+
+use cairn_protocol::api::ClientResponse;
+use cairn_protocol::types::{TokenRecord, TokenScope};
+use cairn_protocol::{now_ms, token};
+
+use crate::peer::{self, LeaderRequest, LeaderResponse};
+use crate::server::{ConnSession, Ctx};
+use crate::state::Command;
+
+/// Join tokens expire after a day unless asked otherwise.
+pub const JOIN_TOKEN_TTL_S: u64 = 24 * 3600;
+/// Longest token name accepted.
+pub const MAX_TOKEN_NAME: usize = 128;
+
+/// Mint a token. Only users may; bootstrap and entrypoint tokens are not
+/// minted here (the first is made once at bootstrap, the others per deployment).
+pub async fn create_token(
+    ctx: &Arc<Ctx>,
+    s: &ConnSession,
+    scope: TokenScope,
+    name: String,
+    ttl_s: Option<u64>,
+) -> ClientResponse {
+    if s.principal.scope != TokenScope::User {
+        return error("only a user token can create tokens".into());
+    }
+    let (kind, default_ttl) = match &scope {
+        TokenScope::Join => ("join", Some(JOIN_TOKEN_TTL_S)),
+        TokenScope::Runner => ("runner", None),
+        TokenScope::User => ("user", None),
+        TokenScope::Bootstrap | TokenScope::Entrypoint { .. } => {
+            return error(format!("{scope:?} tokens cannot be created this way"))
+        }
+    };
+    if name.len() > MAX_TOKEN_NAME {
+        return error(format!("token name over {MAX_TOKEN_NAME} bytes"));
+    }
+    let now = now_ms();
+    let expires_ms = ttl_s
+        .or(default_ttl)
+        .map(|t| now.saturating_add(t.saturating_mul(1000)));
+    let secret = token::generate(kind);
+    let hash = token::hash(&secret);
+    let record = TokenRecord {
+        id: format!("{kind}-{}", &hash[..12]),
+        hash,
+        scope,
+        name: if name.is_empty() { kind.into() } else { name },
+        created_ms: now,
+        expires_ms,
+        revoked: false,
+    };
+    match ctx.write(Command::CreateToken { record }).await {
+        Ok(_) => ClientResponse::Token { token: secret },
+        Err(message) => error(message),
+    }
+}
+
+/// A joining node asks for its certificate (the connection was made with a
+/// join token). The leader signs it.
+pub async fn join(
+    ctx: &Arc<Ctx>,
+    s: &ConnSession,
+    csr: String,
+    node_id: u64,
+    peer_addr: String,
+) -> ClientResponse {
+    if s.principal.scope != TokenScope::Join {
+        return error("joining needs a join token (`cairn server join-token`)".into());
+    }
+    tracing::info!(node = format!("{node_id:x}"), %peer_addr, principal = %s.principal.name, "node asks to join");
+    let req = LeaderRequest::SignJoin {
+        csr,
+        node_id,
+        peer_addr,
+    };
+    match peer::on_leader(ctx, req).await {
+        Ok(LeaderResponse::JoinGrant(g)) => ClientResponse::Joined(Box::new(g)),
+        Ok(other) => unexpected(other),
+        Err(e) => error(e.to_string()),
+    }
+}
+
+pub async fn members(ctx: &Arc<Ctx>) -> ClientResponse {
+    match peer::on_leader(ctx, LeaderRequest::Members).await {
+        Ok(LeaderResponse::Members(m)) => ClientResponse::Members(m),
+        Ok(other) => unexpected(other),
+        Err(e) => error(e.to_string()),
+    }
+}
+
+pub async fn remove_member(ctx: &Arc<Ctx>, s: &ConnSession, id: u64) -> ClientResponse {
+    if s.principal.scope != TokenScope::User {
+        return error("only a user token can remove members".into());
+    }
+    tracing::info!(node = format!("{id:x}"), principal = %s.principal.name, "removing a member");
+    match peer::on_leader(ctx, LeaderRequest::RemoveMember { node_id: id }).await {
+        Ok(LeaderResponse::Done) => ClientResponse::Ok,
+        Ok(other) => unexpected(other),
+        Err(e) => error(e.to_string()),
+    }
+}
+
+fn error(message: String) -> ClientResponse {
+    ClientResponse::Error { message }
+}
+
+fn unexpected(r: LeaderResponse) -> ClientResponse {
+    match r {
+        LeaderResponse::Error(message) => ClientResponse::Error { message },
+        other => error(format!("unexpected answer from the leader: {other:?}")),
+    }
+}

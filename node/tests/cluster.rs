@@ -1,0 +1,602 @@
+//! Multi-node clusters in one process, over real QUIC on loopback: join,
+//! writes and linearizable reads through any node, leader failover, peer
+//! authentication, removal, and a joined node's restart.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cairn_node::{Node, NodeConfig};
+use cairn_protocol::api::{ClientRequest, ClientResponse, MemberInfo, MemberRole};
+use cairn_protocol::handshake::Role;
+use cairn_protocol::pki::{self, CertifiedKey, TransportLimits};
+use cairn_protocol::rpc::{self, Dial, RpcError, Session};
+use cairn_protocol::types::{ConfigScope, ConfigVar, TokenScope};
+use tempfile::TempDir;
+
+/// Generous bound for anything that should happen "soon" on a loaded box.
+const SOON: Duration = Duration::from_secs(30);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+}
+
+/// Poll `f` until it returns `Some`, at most `SOON`.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {SOON:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One node of the harness: its data dir and config outlive restarts.
+struct Member {
+    dir: TempDir,
+    cfg: NodeConfig,
+    node: Option<Node>,
+}
+
+impl Member {
+    fn node(&self) -> &Node {
+        self.node.as_ref().expect("node is running")
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.cfg.listen
+    }
+
+    fn id(&self) -> u64 {
+        self.node().ctx.identity.node_id
+    }
+
+    async fn stop(&mut self) {
+        if let Some(n) = self.node.take() {
+            n.stop().await;
+        }
+    }
+
+    /// Start again on the same address and data dir (retrying while the old
+    /// socket is still being released).
+    async fn restart(&mut self) {
+        let cfg = self.cfg.clone();
+        let node = eventually("node restarts on its old address", || {
+            let cfg = cfg.clone();
+            async move {
+                match cairn_node::start(cfg).await {
+                    Ok(n) => Some(n),
+                    Err(cairn_node::NodeError::Bind { .. }) => None,
+                    Err(e) => panic!("restart failed: {e}"),
+                }
+            }
+        })
+        .await;
+        self.node = Some(node);
+    }
+}
+
+struct Cluster {
+    members: Vec<Member>,
+    ca_fingerprint: String,
+    user_token: String,
+}
+
+fn config(dir: &TempDir) -> NodeConfig {
+    NodeConfig::new(dir.path(), "127.0.0.1:0".parse().expect("addr"))
+}
+
+impl Cluster {
+    /// Bootstrap one node and join `n - 1` more (each through the previous
+    /// node, so joins through followers are exercised too).
+    async fn start(n: usize) -> Cluster {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = config(&dir);
+        let first = cairn_node::start(cfg.clone()).await.expect("first node");
+        cfg.listen = first.addr;
+        let ca_fingerprint = first.ca_fingerprint.clone();
+        let boot = first.bootstrap_token.clone().expect("bootstrap token");
+        let s = connect(first.addr, &ca_fingerprint, &boot)
+            .await
+            .expect("bootstrap connects");
+        let user_token = match call(
+            &s,
+            ClientRequest::ExchangeBootstrap {
+                name: "admin".into(),
+            },
+        )
+        .await
+        {
+            ClientResponse::Token { token } => token,
+            other => panic!("unexpected {other:?}"),
+        };
+        let mut cluster = Cluster {
+            members: vec![Member {
+                dir,
+                cfg,
+                node: Some(first),
+            }],
+            ca_fingerprint,
+            user_token,
+        };
+        for i in 1..n {
+            let via = cluster.members[i - 1].addr();
+            cluster.join(via).await;
+        }
+        cluster
+    }
+
+    async fn join_token(&self) -> String {
+        let s = self.client(0).await;
+        match call(
+            &s,
+            ClientRequest::CreateToken {
+                scope: TokenScope::Join,
+                name: "test".into(),
+                ttl_s: None,
+            },
+        )
+        .await
+        {
+            ClientResponse::Token { token } => token,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn join(&mut self, via: SocketAddr) {
+        let token = self.join_token().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = config(&dir);
+        cfg.join = Some(via.to_string());
+        cfg.join_token = Some(token);
+        cfg.join_ca = Some(self.ca_fingerprint.clone());
+        let node = cairn_node::start(cfg.clone()).await.expect("node joins");
+        assert_eq!(node.ca_fingerprint, self.ca_fingerprint);
+        cfg.listen = node.addr;
+        self.members.push(Member {
+            dir,
+            cfg,
+            node: Some(node),
+        });
+    }
+
+    /// A user session on member `i`.
+    async fn client(&self, i: usize) -> Session {
+        connect(
+            self.members[i].addr(),
+            &self.ca_fingerprint,
+            &self.user_token,
+        )
+        .await
+        .expect("user connects")
+    }
+
+    fn running(&self) -> impl Iterator<Item = (usize, &Member)> {
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.node.is_some())
+    }
+
+    /// The member index of the leader all running members agree on.
+    async fn leader(&self) -> usize {
+        eventually("running members agree on a leader", || async {
+            let ids: Vec<Option<u64>> = self
+                .running()
+                .map(|(_, m)| m.node().ctx.raft.metrics().current_leader)
+                .collect();
+            let first = ids.first().copied().flatten()?;
+            if ids.iter().any(|l| *l != Some(first)) {
+                return None;
+            }
+            self.running()
+                .find(|(_, m)| m.id() == first)
+                .map(|(i, _)| i)
+        })
+        .await
+    }
+
+    async fn stop_all(mut self) {
+        for m in &mut self.members {
+            m.stop().await;
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr, ca: &str, token: &str) -> Result<Session, RpcError> {
+    rpc::connect(&Dial {
+        addr: addr.to_string(),
+        ca_fingerprint: ca.to_string(),
+        identity: None,
+        role: Role::Client,
+        token: token.to_string(),
+        agent: "cluster-test".into(),
+        limits: TransportLimits::DEFAULT,
+    })
+    .await
+}
+
+async fn call(s: &Session, req: ClientRequest) -> ClientResponse {
+    match rpc::call(&s.conn, &req).await {
+        Ok(r) => r,
+        Err(e) => panic!("{req:?} failed: {e}"),
+    }
+}
+
+fn var(name: &str, value: &str) -> ConfigVar {
+    ConfigVar {
+        scope: ConfigScope::Project("p".into()),
+        name: name.into(),
+        value: value.into(),
+        secret: false,
+    }
+}
+
+async fn set(s: &Session, name: &str, value: &str) {
+    let r = call(
+        s,
+        ClientRequest::SetConfig {
+            var: var(name, value),
+        },
+    )
+    .await;
+    assert_eq!(r, ClientResponse::Ok);
+}
+
+/// A linearizable read of project `p`'s config through `s`.
+async fn get_all(s: &Session) -> Vec<(String, String)> {
+    match call(
+        s,
+        ClientRequest::ListConfig {
+            scope: Some(ConfigScope::Project("p".into())),
+        },
+    )
+    .await
+    {
+        ClientResponse::Config(vars) => vars.into_iter().map(|v| (v.name, v.value)).collect(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn members(s: &Session) -> Vec<MemberInfo> {
+    match call(s, ClientRequest::Members).await {
+        ClientResponse::Members(m) => m,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn local_value(m: &Member, name: &str) -> Option<String> {
+    m.node().ctx.raft.read_local(|s| {
+        s.config
+            .get(&(ConfigScope::Project("p".into()), name.to_string()))
+            .map(|v| v.value.clone())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_serve_writes_and_reads_through_any_node_and_survive_the_leader() {
+    let mut c = Cluster::start(3).await;
+
+    // Every member sees three voters and one leader, whichever it is asked.
+    let ids: Vec<u64> = c.members.iter().map(|m| m.id()).collect();
+    for i in 0..3 {
+        let s = c.client(i).await;
+        let ms = members(&s).await;
+        assert_eq!(ms.len(), 3, "{ms:?}");
+        assert!(ms.iter().all(|m| m.role == MemberRole::Voter), "{ms:?}");
+        assert_eq!(ms.iter().filter(|m| m.leader).count(), 1, "{ms:?}");
+        for id in &ids {
+            assert!(ms.iter().any(|m| m.id == *id), "{id:x} missing in {ms:?}");
+        }
+    }
+
+    // A write through each node is visible through every node, at once
+    // (reads are linearizable, even on followers).
+    for i in 0..3 {
+        let s = c.client(i).await;
+        set(&s, &format!("k{i}"), &format!("v{i}")).await;
+        for j in 0..3 {
+            let all = get_all(&c.client(j).await).await;
+            for w in 0..=i {
+                assert!(
+                    all.contains(&(format!("k{w}"), format!("v{w}"))),
+                    "node {j} misses k{w} after a write through node {i}: {all:?}"
+                );
+            }
+        }
+    }
+
+    // Kill the leader: the survivors elect another and keep taking writes.
+    let old = c.leader().await;
+    let old_id = c.members[old].id();
+    c.members[old].stop().await;
+    let new = c.leader().await;
+    assert_ne!(c.members[new].id(), old_id);
+    let survivors: Vec<usize> = c.running().map(|(i, _)| i).collect();
+    assert_eq!(survivors.len(), 2);
+    for &i in &survivors {
+        set(&c.client(i).await, &format!("after-{i}"), "yes").await;
+    }
+    let want: Vec<(String, String)> = survivors
+        .iter()
+        .map(|i| (format!("after-{i}"), "yes".to_string()))
+        .collect();
+    for &i in &survivors {
+        let all = get_all(&c.client(i).await).await;
+        assert!(want.iter().all(|w| all.contains(w)), "{all:?}");
+    }
+
+    // The old leader comes back with its identity and catches up by itself.
+    c.members[old].restart().await;
+    assert_eq!(c.members[old].id(), old_id, "same identity after restart");
+    let all = get_all(&c.client(old).await).await;
+    assert!(want.iter().all(|w| all.contains(w)), "{all:?}");
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_joined_node_keeps_its_identity_and_rejoins() {
+    let mut c = Cluster::start(3).await;
+    let id = c.members[2].id();
+    c.members[2].stop().await;
+    set(&c.client(0).await, "while-down", "1").await;
+    // With one of three down, removing another would leave no working
+    // quorum: refused (instead of hanging every write). First wait until the
+    // leader no longer counts the stopped node as up.
+    let other = c.members[1].id();
+    eventually("the leader sees the stopped node as silent", || async {
+        let ms = members(&c.client(0).await).await;
+        ms.iter()
+            .find(|m| m.id == id)
+            .and_then(|m| m.last_contact_ms)
+            .filter(|ms| *ms > 1500)
+    })
+    .await;
+    match rpc::call(
+        &c.client(0).await.conn,
+        &ClientRequest::RemoveMember { id: other },
+    )
+    .await
+    {
+        Err(RpcError::Remote(m)) => assert!(m.contains("not a majority"), "{m}"),
+        r => panic!("expected a refusal, got {r:?}"),
+    }
+
+    // No join flags now: the node knows its cluster from its own Raft log.
+    c.members[2].cfg.join = None;
+    c.members[2].cfg.join_token = None;
+    c.members[2].cfg.join_ca = None;
+    c.members[2].restart().await;
+    assert_eq!(c.members[2].id(), id);
+    assert!(
+        !c.members[2].dir.path().join("ca-key.pem").exists(),
+        "a joined node holds no CA key file"
+    );
+    eventually("the restarted node catches up", || async {
+        local_value(&c.members[2], "while-down").filter(|v| v == "1")
+    })
+    .await;
+    // It serves writes again (forwarded to the leader).
+    set(&c.client(2).await, "after-restart", "2").await;
+    assert!(get_all(&c.client(0).await)
+        .await
+        .contains(&("after-restart".into(), "2".into())));
+    let ms = members(&c.client(2).await).await;
+    assert_eq!(ms.len(), 3, "{ms:?}");
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_member_stops_receiving_and_is_refused_as_a_peer() {
+    let c = Cluster::start(3).await;
+    set(&c.client(0).await, "before", "1").await;
+    let victim = if c.leader().await == 2 { 1 } else { 2 };
+    let victim_id = c.members[victim].id();
+    eventually("the victim has the first write", || async {
+        local_value(&c.members[victim], "before")
+    })
+    .await;
+
+    let r = call(
+        &c.client(0).await,
+        ClientRequest::RemoveMember { id: victim_id },
+    )
+    .await;
+    assert_eq!(r, ClientResponse::Ok);
+    let ms = members(&c.client(0).await).await;
+    assert_eq!(ms.len(), 2, "{ms:?}");
+    assert!(ms.iter().all(|m| m.id != victim_id), "{ms:?}");
+
+    // The two remaining nodes are a quorum of the new membership.
+    set(&c.client(0).await, "after", "2").await;
+    for (i, m) in c.running() {
+        if i != victim {
+            eventually("a remaining member has the new write", || async {
+                local_value(m, "after")
+            })
+            .await;
+        }
+    }
+    // Give replication ample time to (wrongly) reach the removed node.
+    set(&c.client(0).await, "after-2", "3").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(local_value(&c.members[victim], "after"), None);
+    assert_eq!(local_value(&c.members[victim], "after-2"), None);
+
+    // Its certificate no longer admits it to the peer ALPN.
+    let victim_cert = c.members[victim].node().ctx.identity.cert.clone();
+    match peer_dial(&c, 0, Some(victim_cert)).await {
+        Err(RpcError::Refused(reason)) => assert!(reason.contains("removed"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    c.stop_all().await;
+}
+
+async fn peer_dial(
+    c: &Cluster,
+    i: usize,
+    identity: Option<CertifiedKey>,
+) -> Result<Session, RpcError> {
+    rpc::connect(&Dial {
+        addr: c.members[i].addr().to_string(),
+        ca_fingerprint: c.ca_fingerprint.clone(),
+        identity,
+        role: Role::Peer,
+        token: String::new(),
+        agent: "intruder".into(),
+        limits: TransportLimits::DEFAULT,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_alpn_refuses_anything_but_a_cluster_node_certificate() {
+    let c = Cluster::start(1).await;
+
+    // No certificate (a user token does not help).
+    match peer_dial(&c, 0, None).await {
+        Err(RpcError::Refused(reason)) => {
+            assert!(reason.contains("node certificate"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // A certificate from another CA fails the TLS handshake.
+    let other = pki::Ca::generate("other").expect("ca");
+    let foreign = other
+        .issue_node(&pki::node_common_name(42), &[])
+        .expect("cert");
+    // (TLS 1.3: the client may learn it only when its hello stream is cut,
+    // so the error takes several forms; what matters is that it is refused.)
+    let r = peer_dial(&c, 0, Some(foreign)).await;
+    assert!(r.is_err(), "a foreign certificate was accepted");
+
+    // A certificate from this CA that names no node (e.g. a runner's).
+    let ca = c.members[0]
+        .node()
+        .ctx
+        .identity
+        .ca
+        .clone()
+        .expect("the bootstrap node has the CA key");
+    let (csr, key_pem) = pki::make_csr("runner").expect("csr");
+    let cert_pem = ca.sign_csr(&csr, "runner:r1").expect("signed");
+    match peer_dial(&c, 0, Some(CertifiedKey { cert_pem, key_pem })).await {
+        Err(RpcError::Refused(reason)) => {
+            assert!(reason.contains("node certificate"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // A real node certificate of this cluster is admitted, but a malformed
+    // request gets a refusal and its connection is closed; the node lives on.
+    let (csr, key_pem) = pki::make_csr("n").expect("csr");
+    let cert_pem = ca
+        .sign_csr(&csr, &pki::node_common_name(0x5eed))
+        .expect("signed");
+    let s = peer_dial(&c, 0, Some(CertifiedKey { cert_pem, key_pem }))
+        .await
+        .expect("a node certificate is admitted");
+    assert_eq!(s.principal, "node:5eed");
+    let (mut send, mut recv) = s.conn.open_bi().await.expect("stream");
+    send.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+        .await
+        .expect("write");
+    let _ = send.finish();
+    let answer = tokio::time::timeout(SOON, cairn_protocol::frame::read_required(&mut recv))
+        .await
+        .expect("answered");
+    let answer: cairn_node::peer::PeerResponse = answer.expect("a frame");
+    assert!(
+        matches!(answer, cairn_node::peer::PeerResponse::Refused(ref r) if r.contains("bad request")),
+        "{answer:?}"
+    );
+    tokio::time::timeout(SOON, s.conn.closed())
+        .await
+        .expect("the node closes the connection");
+    // A non-member node may not use the leader's services.
+    let (csr, key_pem) = pki::make_csr("n").expect("csr");
+    let cert_pem = ca
+        .sign_csr(&csr, &pki::node_common_name(0x5eee))
+        .expect("signed");
+    let s = peer_dial(&c, 0, Some(CertifiedKey { cert_pem, key_pem }))
+        .await
+        .expect("admitted");
+    let (mut send, mut recv) = s.conn.open_bi().await.expect("stream");
+    let req = cairn_node::peer::PeerRequest::Leader(cairn_node::peer::LeaderRequest::Members);
+    cairn_protocol::frame::write(&mut send, &req)
+        .await
+        .expect("write");
+    let _ = send.finish();
+    let answer: cairn_node::peer::PeerResponse = cairn_protocol::frame::read_required(&mut recv)
+        .await
+        .expect("answer");
+    assert!(
+        matches!(
+            answer,
+            cairn_node::peer::PeerResponse::Leader(cairn_node::peer::LeaderResponse::Unavailable(
+                ref r
+            )) if r.contains("not a member")
+        ),
+        "{answer:?}"
+    );
+    assert!(
+        get_all(&c.client(0).await).await.is_empty(),
+        "still serving"
+    );
+
+    // A join token opens a connection that can do nothing but join.
+    let token = c.join_token().await;
+    let s = connect(c.members[0].addr(), &c.ca_fingerprint, &token)
+        .await
+        .expect("join token connects");
+    match rpc::call(&s.conn, &ClientRequest::ListJobs { limit: 1 }).await {
+        Err(RpcError::Remote(m)) => assert!(m.contains("join token"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_with_a_bad_token_or_the_wrong_ca_fails_cleanly() {
+    let c = Cluster::start(1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(&dir);
+    cfg.join = Some(c.members[0].addr().to_string());
+    cfg.join_token = Some("cairn_join_nope".into());
+    cfg.join_ca = Some(c.ca_fingerprint.clone());
+    let err = cairn_node::start(cfg.clone()).await.err().expect("refused");
+    assert!(err.to_string().contains("not valid"), "{err}");
+    assert!(!dir.path().join("node.json").exists(), "no identity stored");
+
+    // A user token is not a join token.
+    cfg.join_token = Some(c.user_token.clone());
+    let err = cairn_node::start(cfg.clone()).await.err().expect("refused");
+    assert!(err.to_string().contains("join token"), "{err}");
+
+    cfg.join_token = Some(c.join_token().await);
+    cfg.join_ca = Some(
+        pki::Ca::generate("x")
+            .expect("ca")
+            .fingerprint()
+            .expect("fp"),
+    );
+    let err = cairn_node::start(cfg).await.err().expect("refused");
+    assert!(
+        err.to_string().contains("fingerprint") || err.to_string().contains("certificate"),
+        "{err}"
+    );
+    c.stop_all().await;
+}
