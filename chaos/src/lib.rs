@@ -1,1 +1,24 @@
-//! Chaos harness (issue 3).
+//! Chaos harness (issue 3): real `cairn-node` processes, each in its own
+//! network namespace, a recorded client workload, faults from a seeded
+//! schedule, and checks after healing (acknowledged writes present,
+//! per-register linearizability).
+//!
+//! Module map:
+//! - `net`: namespaces, veths, the bridge; partitions, loss, delay; cleanup.
+//! - `cluster`: node processes (bootstrap, join, kill -9, restart, SIGSTOP).
+//! - `schedule`: the fault schedule, a pure function of seed and config.
+//! - `workload`: clients and the recorded history.
+//! - `checker`: Wing–Gong/Lowe linearizability for one register.
+//! - `verify`: history → per-key checks and the durability check.
+//! - `run`: one run, end to end.
+
+pub mod checker;
+pub mod cluster;
+pub mod net;
+pub mod run;
+pub mod schedule;
+pub mod verify;
+pub mod workload;
+
+/// Work dirs of runs in progress are `$TMPDIR/cairn-chaos-run-*`.
+pub const WORK_PREFIX: &str = "cairn-chaos-run-";

@@ -1,0 +1,291 @@
+//! `cairn-chaos`: run the chaos harness (`run`) or remove what a crashed
+//! run left behind (`cleanup`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cairn_chaos::run::{self, RunConfig};
+use cairn_chaos::schedule::{self, Kind};
+use cairn_chaos::{net, WORK_PREFIX};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn-chaos",
+    about = "Fault injection against a real Cairn cluster"
+)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start a cluster in network namespaces, run the workload under faults,
+    /// heal, and check the history.
+    Run(RunArgs),
+    /// Print the fault schedule of a seed without running anything.
+    Schedule(ScheduleArgs),
+    /// Remove namespaces, bridge, processes and work dirs of crashed runs.
+    Cleanup,
+}
+
+#[derive(Debug, clap::Args)]
+struct ScheduleArgs {
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, value_enum, default_value = "short")]
+    schedule: Kind,
+    /// e.g. 60s, 5m (default: 60s short, 5m long)
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// One seed (default 1). See also --seeds.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// A range of seeds, A..B (B excluded) or A..=B; prints a summary table.
+    #[arg(long, value_parser = parse_seeds)]
+    seeds: Option<(u64, u64)>,
+    #[arg(long, value_enum, default_value = "short")]
+    schedule: Kind,
+    /// How long faults are injected, e.g. 60s, 5m (default: 60s short, 5m long).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    #[arg(long, default_value_t = 6)]
+    clients: usize,
+    #[arg(long, default_value_t = 5)]
+    keys: usize,
+    /// Client-side timeout of one operation (its outcome is then unknown).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    op_timeout: Duration,
+    /// The node binary (default: `cairn-node` next to this binary, built
+    /// first with `cargo build -p cairn-node` when run through cargo).
+    #[arg(long)]
+    node_bin: Option<PathBuf>,
+    /// Plant a bug in the nodes (sets CAIRN_CHAOS_BUG=NAME for them; the
+    /// node must have the hook), e.g. ack-before-commit, stale-read.
+    #[arg(long)]
+    bug: Option<String>,
+    /// Keep the work dir (logs, history.json) of passing runs too.
+    #[arg(long)]
+    keep: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    Ok(Duration::from_secs_f64(v * mul))
+}
+
+fn parse_seeds(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("bad seed range {s:?} (A..B or A..=B)");
+    if let Some((a, b)) = s.split_once("..=") {
+        let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        return Ok((a, b + 1));
+    }
+    let (a, b) = s.split_once("..").ok_or_else(bad)?;
+    Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.cmd {
+        Cmd::Cleanup => {
+            for r in cleanup() {
+                println!("removed {r}");
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Schedule(a) => {
+            let d = a.duration.unwrap_or(a.schedule.default_duration());
+            for s in schedule::schedule(a.seed, a.nodes, d, a.schedule) {
+                println!("{s}");
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Run(a) => match run_cmd(a) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("cairn-chaos: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn cleanup() -> Vec<String> {
+    let mut out = net::cleanup();
+    if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(WORK_PREFIX)
+                && std::fs::remove_dir_all(e.path()).is_ok()
+            {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+fn node_bin(a: &RunArgs) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &a.node_bin {
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no directory for {}", exe.display()))?;
+    // Under `cargo run`, build the node binary of this same tree first.
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let st = std::process::Command::new(cargo)
+            .args(["build", "-q", "-p", "cairn-node", "--bin", "cairn-node"])
+            .status()?;
+        anyhow::ensure!(st.success(), "cargo build -p cairn-node failed");
+    }
+    let p = dir.join("cairn-node");
+    anyhow::ensure!(
+        p.exists(),
+        "{} not found: run `cargo build -p cairn-node` or pass --node-bin",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// One run at a time per machine: runs share the namespace and bridge names
+/// (and each starts by cleaning up). Held while the file exists and names a
+/// live process.
+struct RunLock(PathBuf);
+
+impl RunLock {
+    fn take() -> anyhow::Result<RunLock> {
+        let path = std::env::temp_dir().join("cairn-chaos.lock");
+        if let Ok(pid) = std::fs::read_to_string(&path) {
+            let pid = pid.trim();
+            if !pid.is_empty() && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                anyhow::bail!(
+                    "another cairn-chaos run (pid {pid}) is in progress ({})",
+                    path.display()
+                );
+            }
+        }
+        std::fs::write(&path, std::process::id().to_string())?;
+        Ok(RunLock(path))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn run_cmd(a: RunArgs) -> anyhow::Result<bool> {
+    net::preflight().map_err(|e| anyhow::anyhow!(e))?;
+    let _lock = RunLock::take()?;
+    anyhow::ensure!(a.nodes >= 1 && a.nodes <= 9, "--nodes must be 1..=9");
+    let node_bin = node_bin(&a)?;
+    let seeds = match (a.seed, a.seeds) {
+        (_, Some((x, y))) => (x..y).collect::<Vec<_>>(),
+        (Some(s), None) => vec![s],
+        (None, None) => vec![1],
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut outcomes = Vec::new();
+    for seed in &seeds {
+        let cfg = RunConfig {
+            nodes: a.nodes,
+            seed: *seed,
+            duration: a.duration.unwrap_or(a.schedule.default_duration()),
+            kind: a.schedule,
+            clients: a.clients,
+            keys: a.keys,
+            op_timeout: a.op_timeout,
+            node_bin: node_bin.clone(),
+            bug: a.bug.clone(),
+            keep_dir: std::env::temp_dir(),
+            keep: a.keep,
+        };
+        let out = rt.block_on(async {
+            tokio::select! {
+                o = run::run(&cfg) => Some(o),
+                _ = tokio::signal::ctrl_c() => None,
+            }
+        });
+        match out {
+            Some(o) => outcomes.push(o),
+            None => {
+                // Dropping the run's future killed its nodes and removed its
+                // network; make sure, then stop.
+                cleanup();
+                anyhow::bail!("interrupted");
+            }
+        }
+    }
+    if outcomes.len() > 1 {
+        println!();
+        println!(
+            "{:>6} {:>7} {:>7} {:>7} {:>5} {:>12} {:>6} {:>6}  result",
+            "seed", "ops", "acked", "unknown", "lost", "linearizable", "faults", "secs"
+        );
+        for o in &outcomes {
+            let (ops, acked, unk, lost, lin) = match &o.report {
+                Some(r) => (
+                    r.ops.to_string(),
+                    r.acked_writes.to_string(),
+                    r.unknown_writes.to_string(),
+                    r.lost.len().to_string(),
+                    if r.gave_up {
+                        "gave-up"
+                    } else if r.linearizable {
+                        "yes"
+                    } else {
+                        "NO"
+                    }
+                    .to_string(),
+                ),
+                None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
+            };
+            println!(
+                "{:>6} {:>7} {:>7} {:>7} {:>5} {:>12} {:>6} {:>6.0}  {}",
+                o.seed,
+                ops,
+                acked,
+                unk,
+                lost,
+                lin,
+                o.faults,
+                o.elapsed.as_secs_f64(),
+                if o.passed() { "pass" } else { "FAIL" }
+            );
+        }
+    }
+    let failed: Vec<u64> = outcomes
+        .iter()
+        .filter(|o| !o.passed())
+        .map(|o| o.seed)
+        .collect();
+    if !failed.is_empty() {
+        println!("FAILED seeds: {failed:?}");
+    }
+    Ok(failed.is_empty())
+}

@@ -1,0 +1,318 @@
+//! One chaos run: cluster up, workload and faults, heal, final read, check.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::checker;
+use crate::cluster::Cluster;
+use crate::schedule::{self, Fault, Kind, Step, Target};
+use crate::verify::{self, FinalRead, Report};
+use crate::workload;
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub nodes: usize,
+    pub seed: u64,
+    pub duration: Duration,
+    pub kind: Kind,
+    pub clients: usize,
+    pub keys: usize,
+    pub op_timeout: Duration,
+    pub node_bin: PathBuf,
+    pub bug: Option<String>,
+    /// Where failed runs keep their logs and history.
+    pub keep_dir: PathBuf,
+    /// Keep the work dir even when the run passes.
+    pub keep: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub seed: u64,
+    pub faults: usize,
+    pub elapsed: Duration,
+    /// `None` when the run could not get as far as checking.
+    pub report: Option<Report>,
+    pub error: Option<String>,
+    pub kept: Option<PathBuf>,
+    /// Nodes that exited without being killed by the harness.
+    pub crashed: Vec<usize>,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.error.is_none()
+            && self.crashed.is_empty()
+            && self.report.as_ref().is_some_and(Report::passed)
+    }
+}
+
+pub fn replay_command(cfg: &RunConfig) -> String {
+    let mut s = format!(
+        "cargo run -p cairn-chaos -- run --nodes {} --seed {} --schedule {} --duration {}s",
+        cfg.nodes,
+        cfg.seed,
+        match cfg.kind {
+            Kind::Short => "short",
+            Kind::Long => "long",
+        },
+        cfg.duration.as_secs()
+    );
+    if let Some(b) = &cfg.bug {
+        s.push_str(&format!(" --bug {b}"));
+    }
+    s
+}
+
+pub async fn run(cfg: &RunConfig) -> Outcome {
+    let begun = Instant::now();
+    let steps = schedule::schedule(cfg.seed, cfg.nodes, cfg.duration, cfg.kind);
+    println!(
+        "== seed {} — {} nodes, {:?} schedule, {}s, {} faults",
+        cfg.seed,
+        cfg.nodes,
+        cfg.kind,
+        cfg.duration.as_secs(),
+        steps.len()
+    );
+    for s in &steps {
+        println!("   {s}");
+    }
+    let work = match tempfile::Builder::new()
+        .prefix(crate::WORK_PREFIX)
+        .tempdir()
+    {
+        Ok(w) => w,
+        Err(e) => {
+            return Outcome {
+                seed: cfg.seed,
+                faults: steps.len(),
+                elapsed: begun.elapsed(),
+                report: None,
+                error: Some(format!("tempdir: {e}")),
+                kept: None,
+                crashed: vec![],
+            }
+        }
+    };
+    let (report, error, crashed) = match inner(cfg, &steps, work.path()).await {
+        Ok((r, crashed)) => (Some(r), None, crashed),
+        Err(e) => (None, Some(format!("{e:#}")), vec![]),
+    };
+    let mut out = Outcome {
+        seed: cfg.seed,
+        faults: steps.len(),
+        elapsed: begun.elapsed(),
+        report,
+        error,
+        kept: None,
+        crashed,
+    };
+    if !out.passed() || cfg.keep {
+        let dest = cfg.keep_dir.join(format!(
+            "cairn-chaos-seed-{}-{}",
+            cfg.seed,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        ));
+        let src = work.keep();
+        if std::fs::rename(&src, &dest).is_ok() {
+            out.kept = Some(dest);
+        } else {
+            out.kept = Some(src);
+        }
+    }
+    print_outcome(cfg, &out);
+    out
+}
+
+fn print_outcome(cfg: &RunConfig, out: &Outcome) {
+    if let Some(r) = &out.report {
+        println!(
+            "   ops {}  acked writes {}  unknown {}  reads {}  lost {}  linearizable {}",
+            r.ops,
+            r.acked_writes,
+            r.unknown_writes,
+            r.ok_reads,
+            r.lost.len(),
+            if r.gave_up {
+                "gave-up"
+            } else if r.linearizable {
+                "yes"
+            } else {
+                "NO"
+            }
+        );
+        for l in r.lost.iter().take(10) {
+            println!("   LOST {l}");
+        }
+        for (k, v) in &r.keys {
+            if !v.starts_with("linearizable") {
+                println!("   {k}: {v}");
+            }
+        }
+    }
+    for c in &out.crashed {
+        println!("   node n{} exited by itself (a crash)", c + 1);
+    }
+    if let Some(e) = &out.error {
+        println!("   error: {e}");
+    }
+    if out.passed() {
+        println!(
+            "   PASS seed {} in {:.0}s",
+            out.seed,
+            out.elapsed.as_secs_f64()
+        );
+    } else {
+        println!(
+            "   FAILED seed {} — replay: {}",
+            out.seed,
+            replay_command(cfg)
+        );
+    }
+    if let Some(k) = &out.kept {
+        println!("   logs and history kept in {}", k.display());
+    }
+}
+
+async fn inner(
+    cfg: &RunConfig,
+    steps: &[Step],
+    work: &Path,
+) -> anyhow::Result<(Report, Vec<usize>)> {
+    let mut cluster = Cluster::start(cfg.nodes, &cfg.node_bin, work, cfg.bug.clone()).await?;
+    println!(
+        "   cluster up: {} (netem {})",
+        cluster
+            .nodes
+            .iter()
+            .map(|n| format!("n{}={}", n.idx + 1, n.addr))
+            .collect::<Vec<_>>()
+            .join(" "),
+        if cluster.net.netem {
+            "yes"
+        } else {
+            "no: delay faults use tbf throttling"
+        }
+    );
+    let wcfg = workload::Config {
+        clients: cfg.clients,
+        keys: cfg.keys,
+        op_timeout: cfg.op_timeout,
+        nodes: cluster.addrs(),
+        ca: cluster.ca_fingerprint.clone(),
+        token: cluster.user_token.clone(),
+        seed: cfg.seed,
+    };
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = tokio::spawn(workload::run(wcfg.clone(), start, stop.clone()));
+
+    let mut fault_log = Vec::new();
+    for step in steps {
+        tokio::time::sleep_until((start + step.at).into()).await;
+        let applied = apply(&mut cluster, &step.fault).await;
+        let line = format!(
+            "t={:.1}s {} → {applied}",
+            start.elapsed().as_secs_f64(),
+            step.fault
+        );
+        println!("   {line}");
+        fault_log.push(line);
+        tokio::time::sleep(step.hold).await;
+        cluster.heal_all().await?;
+    }
+    tokio::time::sleep_until((start + cfg.duration).into()).await;
+    cluster.heal_all().await?;
+    // A few seconds of fault-free load, then stop the clients; the final
+    // read starts after every client operation has completed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let history = clients.await?;
+    let crashed = cluster.crashed();
+    let fin = workload::final_read(&wcfg, start, Instant::now() + Duration::from_secs(60))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the final read did not succeed within 60 s of healing"))?;
+    let fin = FinalRead {
+        invoke_us: fin.0,
+        complete_us: fin.1,
+        registers: fin.2,
+        set: fin.3,
+    };
+    std::fs::write(
+        work.join("history.json"),
+        serde_json::to_vec_pretty(&serde_json::json!({
+            "seed": cfg.seed,
+            "faults": fault_log,
+            "ops": history,
+            "final": fin,
+        }))?,
+    )?;
+    let keys: Vec<String> = (0..cfg.keys).map(workload::key_name).collect();
+    let report = tokio::task::spawn_blocking(move || {
+        verify::verify(&history, &fin, &keys, checker::DEFAULT_BUDGET)
+    })
+    .await?;
+    cluster.stop_all();
+    Ok((report, crashed))
+}
+
+/// Resolve a target to a node index (the leader, or a fixed node).
+async fn resolve(cluster: &Cluster, t: Target) -> Option<usize> {
+    match t {
+        Target::Node(i) => Some(i),
+        Target::Leader => cluster.leader().await,
+    }
+}
+
+/// Apply one fault; returns what was done (with resolved targets).
+async fn apply(cluster: &mut Cluster, fault: &Fault) -> String {
+    match fault {
+        Fault::Kill(t) => match resolve(cluster, *t).await {
+            Some(i) => {
+                cluster.kill(i);
+                format!("killed n{}", i + 1)
+            }
+            None => "no leader to kill".into(),
+        },
+        Fault::Pause(t) => match resolve(cluster, *t).await {
+            Some(i) => {
+                cluster.pause(i);
+                format!("stopped n{}", i + 1)
+            }
+            None => "no leader to stop".into(),
+        },
+        Fault::IsolateLeader => match cluster.leader().await {
+            Some(i) => match cluster.net.partition(&[i]) {
+                Ok(()) => format!("n{} isolated", i + 1),
+                Err(e) => format!("partition failed: {e}"),
+            },
+            None => "no leader to isolate".into(),
+        },
+        Fault::Partition { side } => match cluster.net.partition(side) {
+            Ok(()) => "partitioned".into(),
+            Err(e) => format!("partition failed: {e}"),
+        },
+        Fault::Loss { node, pct } => match resolve(cluster, *node).await {
+            Some(i) => match cluster.net.loss(i, *pct) {
+                Ok(()) => format!("n{} loses {pct}%", i + 1),
+                Err(e) => format!("loss failed: {e}"),
+            },
+            None => "no leader".into(),
+        },
+        Fault::Delay { node, ms } => match resolve(cluster, *node).await {
+            Some(i) => match cluster.net.delay(i, *ms) {
+                Ok(()) => format!("n{} delayed {ms}ms", i + 1),
+                Err(e) => format!("delay failed: {e}"),
+            },
+            None => "no leader".into(),
+        },
+    }
+}
