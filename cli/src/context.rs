@@ -39,6 +39,25 @@ pub struct Context {
     /// The embedded default: a local node the CLI starts when needed.
     #[serde(default)]
     pub local: bool,
+    /// QUIC addresses of the cluster's other members, as last learned from
+    /// a node (`ServerInfo`). The CLI moves to one of them when `address`
+    /// does not answer; refreshed on every successful connect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+}
+
+impl Context {
+    /// Where to dial, in order of preference: `address`, then the other
+    /// members (without duplicates).
+    pub fn addresses(&self) -> Vec<String> {
+        let mut out = vec![self.address.clone()];
+        for m in &self.members {
+            if !out.contains(m) {
+                out.push(m.clone());
+            }
+        }
+        out
+    }
 }
 
 fn dir() -> PathBuf {
@@ -170,6 +189,7 @@ mod tests {
             ca_fingerprint: "sha256:ab".into(),
             token: "t".into(),
             local: false,
+            members: vec!["10.0.0.2:9701".into()],
         };
         save(&c, false).expect("save");
         assert!(matches!(save(&c, false), Err(ContextError::Exists(_))));

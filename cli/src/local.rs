@@ -175,6 +175,7 @@ async fn bootstrap_context(dir: &Path, ready: &Ready) -> Result<Context, LocalEr
         ca_fingerprint: ready.ca_fingerprint.clone(),
         token,
         local: true,
+        members: Vec::new(),
     })
 }
 

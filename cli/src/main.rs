@@ -140,7 +140,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // Plugin work runs on blocking threads; once the command is over (e.g.
+    // the node's connection was lost mid-job, so nothing it does would be
+    // recorded) do not wait for it to finish.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("error: {}", one_line(&e));

@@ -7,7 +7,10 @@
 //! from connections.
 //!
 //! Invariants:
-//! - Only the leader schedules.
+//! - Only the leader schedules; a node that becomes leader first fails the
+//!   assigned/running jobs it does not drive (their runner streams were on
+//!   the previous leader) with [`TAKEOVER_REASON`], then offers queued jobs.
+//!   A job is offered at most once: it runs at most once.
 //! - At most one job per (project, app) is assigned or running at a time.
 //! - A runner holds at most one job at a time.
 //! - Every assigned job ends in a final state: the runner says so, or the
@@ -226,23 +229,109 @@ impl Jobs {
         Some((out.0, out.1, cancel))
     }
 
+    /// Jobs a task on this node is driving (offered to a runner connected here).
+    fn driven(&self) -> BTreeSet<JobId> {
+        self.lock().cancels.keys().copied().collect()
+    }
+
     fn unclaim(&self, runner: &str, job: JobId) {
         self.release_runner(runner, job);
     }
 }
 
 /// The scheduler: runs until `shutdown`, offering queued jobs to runners.
+/// Each time this node becomes the leader it first takes over (see
+/// [`take_over`]); until that succeeded it schedules nothing.
 pub async fn run_scheduler(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let mut metrics = ctx.raft.metrics_watch();
+    let mut taken_over_term: Option<u64> = None;
+    // Outside the loop: metrics change several times a second (heartbeats),
+    // which must not keep restarting the periodic tick.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ctx.jobs.wake.notified() => {},
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+            // A leader change wakes the scheduler at once (metrics also
+            // change on every apply: those are ignored here).
+            r = metrics.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                let m = metrics.borrow_and_update();
+                let leading = m.current_leader == Some(m.id);
+                if leading == taken_over_term.is_some() {
+                    continue;
+                }
+            },
+            _ = tick.tick() => {},
         }
         if !ctx.raft.is_leader() {
+            taken_over_term = None;
             continue;
         }
+        let term = ctx.raft.metrics().current_term;
+        if taken_over_term != Some(term) {
+            if !take_over(&ctx).await {
+                continue;
+            }
+            taken_over_term = Some(term);
+        }
         schedule_once(&ctx).await;
+    }
+}
+
+/// Reason recorded on jobs a new leader finds assigned or running.
+pub const TAKEOVER_REASON: &str = "interrupted by a leader change: the job's runner stream was on the previous leader, so its progress can no longer be recorded; it was not run again (jobs run at most once)";
+
+/// A new leader's first duty: jobs that are assigned or running but not
+/// driven by this node had their runner stream on the previous leader (a
+/// runner's job stream always goes to the leader that offered it). Nothing
+/// can follow them any more: fail them with a reason, so they release their
+/// app and their clients see the end. They are never offered again: a job
+/// runs at most once (a runner still working on one finds its operations
+/// refused, since the job is no longer running). Queued jobs stay queued and
+/// are offered by this leader. Returns `false` if the write failed (retried
+/// on the next tick).
+async fn take_over(ctx: &Arc<Ctx>) -> bool {
+    let orphans: Vec<JobId> = {
+        let driven = ctx.jobs.driven();
+        ctx.raft.read_local(|s| {
+            s.jobs
+                .values()
+                .filter(|j| matches!(j.state, JobState::Assigned | JobState::Running))
+                .filter(|j| !driven.contains(&j.id))
+                .map(|j| j.id)
+                .collect()
+        })
+    };
+    if orphans.is_empty() {
+        return true;
+    }
+    let r = ctx
+        .write(Command::FailJobs {
+            ids: orphans.clone(),
+            reason: TAKEOVER_REASON.into(),
+        })
+        .await;
+    match r {
+        Ok(_) => {
+            tracing::warn!(jobs = ?orphans, "new leader failed jobs whose runner streams were on the previous leader");
+            for id in orphans {
+                let rec = ctx
+                    .raft
+                    .read_local(|s| s.jobs.get(&id).map(|j| (j.state, j.error.clone())));
+                if let Some((state, error)) = rec.filter(|(st, _)| st.is_final()) {
+                    ctx.jobs.publish(id, JobEvent::Finished { state, error });
+                }
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not take over the previous leader's jobs; retrying");
+            false
+        }
     }
 }
 

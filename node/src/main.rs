@@ -37,7 +37,8 @@ fn init_tracing() {
 }
 
 async fn run(cfg: cairn_node::NodeConfig) -> Result<(), cairn_node::NodeError> {
-    let node = cairn_node::start(cfg).await?;
+    let node = cairn_node::start(cfg.clone()).await?;
+    let leave = node.leaves_on_shutdown(&cfg);
     println!("cairn-node listening on {} (QUIC)", node.addr);
     println!("CA fingerprint: {}", node.ca_fingerprint);
     if let Some(tok) = &node.bootstrap_token {
@@ -50,7 +51,7 @@ async fn run(cfg: cairn_node::NodeConfig) -> Result<(), cairn_node::NodeError> {
             _ = tokio::signal::ctrl_c() => {},
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
         }
-    })
+    }, leave)
     .await;
     Ok(())
 }

@@ -27,6 +27,10 @@ use crate::state::{ClusterCa, Command, Request, Response, State};
 
 /// How long `stop` waits for tasks after cancelling them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// File in the data dir of a node that left the membership on shutdown.
+pub const LEFT_MARKER: &str = "left-cluster";
+/// How long a node leaving on shutdown waits for the membership change.
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long start-up waits for the cluster to have a leader.
 pub const LEADER_WAIT: Duration = Duration::from_secs(15);
 /// Reason recorded on jobs that were running when the node went down.
@@ -89,6 +93,12 @@ pub struct NodeConfig {
     /// The cluster CA fingerprint (`sha256:…`) to pin while joining.
     #[arg(long)]
     pub join_ca: Option<String>,
+    /// On SIGTERM/Ctrl-C, leave the membership first (unless this is the
+    /// last voter), so the others' quorum shrinks with it. Default: on for a
+    /// node that joined a cluster, off for the one that bootstrapped it. A
+    /// node that left adds itself back when it starts again.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub leave_on_shutdown: Option<bool>,
 }
 
 impl NodeConfig {
@@ -104,6 +114,7 @@ impl NodeConfig {
             join: None,
             join_token: None,
             join_ca: None,
+            leave_on_shutdown: None,
         }
     }
 
@@ -137,6 +148,15 @@ impl Ctx {
     /// Commit a command (through the leader, wherever this node is); an
     /// `Error` answer from the state machine becomes `Err`.
     pub async fn write(&self, command: Command) -> Result<Response, String> {
+        // Serving a client's idempotent request: tag the command with its id.
+        let command = match services::REQUEST_ID.try_with(|id| *id) {
+            Ok((client, request)) => Command::Idempotent {
+                client,
+                request,
+                command: Box::new(command),
+            },
+            Err(_) => command,
+        };
         let request = Request {
             now_ms: now_ms(),
             command,
@@ -153,8 +173,19 @@ impl Ctx {
     where
         F: FnOnce(&State) -> T,
     {
+        // CHAOS-HARNESS PLANTED BUG (debug builds only; chaos/ proves its
+        // checker catches it): serve reads from possibly stale local state.
+        if cfg!(debug_assertions) && chaos_bug("stale-read") {
+            return Ok(self.raft.read_local(f));
+        }
         peer::read(self, f).await
     }
+}
+
+/// Test-only fault injection for the chaos harness: true when this is a
+/// debug build and `CAIRN_CHAOS_BUG` names `bug`. Release builds never do.
+pub fn chaos_bug(bug: &str) -> bool {
+    cfg!(debug_assertions) && std::env::var("CAIRN_CHAOS_BUG").is_ok_and(|v| v == bug)
 }
 
 /// A running node.
@@ -167,6 +198,7 @@ pub struct Node {
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     endpoint: quinn::Endpoint,
+    data_dir: PathBuf,
 }
 
 pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
@@ -192,7 +224,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         TransportLimits::DEFAULT,
     )?;
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint_config(&identity),
         Some(server_cfg),
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -245,6 +277,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
                 shutdown,
                 tasks,
                 endpoint,
+                data_dir: cfg.data_dir.clone(),
             };
             node.stop().await;
             return Err(e);
@@ -277,7 +310,47 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         shutdown,
         tasks,
         endpoint,
+        data_dir: cfg.data_dir.clone(),
     })
+}
+
+/// The endpoint config, with a stateless-reset key derived from the node's
+/// persistent key: a node restarted on the same address answers packets of
+/// its dead incarnation's connections with a stateless reset, so their peers
+/// (clients, runners, other nodes) notice at once instead of after the idle
+/// timeout.
+///
+/// Both halves must survive the restart: the reset key (so the token matches
+/// what the peer was told) and the connection-id generator's key (quinn's
+/// default generator signs its ids with a random key and silently drops
+/// packets whose id it cannot validate, which would never reach the reset).
+fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
+    let key = &identity.cert.key_pem;
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(reset_key(key)));
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&derive(key, b"cairn connection ids v1")[..8]);
+    let cid_key = u64::from_be_bytes(cid_key);
+    cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    cfg
+}
+
+/// HMAC key for stateless resets, derived from the node's private key (PEM).
+/// Stable across restarts; reveals nothing about the key.
+pub fn reset_key(node_key_pem: &str) -> ring::hmac::Key {
+    let k = derive(node_key_pem, b"cairn stateless reset v1");
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k)
+}
+
+/// SHA-256 of a label and the node's key: a stable per-node secret.
+fn derive(node_key_pem: &str, label: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(label);
+    h.update([0u8]);
+    h.update(node_key_pem.as_bytes());
+    h.finalize().into()
 }
 
 /// Make this node a member (initialize a new cluster, or finish joining),
@@ -299,7 +372,10 @@ async fn become_member(
                 .membership()
                 .voter_ids()
                 .any(|v| v == me);
-            if !voter {
+            // A node that left on shutdown may still find itself a voter in
+            // its own log (the change need not have reached it): it asks again.
+            let left = cfg.data_dir.join(LEFT_MARKER);
+            if !voter || left.exists() {
                 let initialized = raft
                     .raft()
                     .is_initialized()
@@ -307,7 +383,9 @@ async fn become_member(
                     .map_err(|f| NodeError::Raft(f.into()))?;
                 let via = cfg.join.clone().unwrap_or_else(|| via.clone());
                 match join::add_self(&ctx.peers, &via, me, advertise).await {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        let _ = std::fs::remove_file(&left);
+                    }
                     // A restarted node that knows its cluster keeps running
                     // (e.g. it was removed, or the cluster is down right now).
                     Err(e) if initialized => {
@@ -347,16 +425,29 @@ async fn become_member(
 
     // Jobs that were assigned or running when this node went down cannot
     // finish: their runner streams died with it.
-    if raft.is_leader() {
-        let n = ctx
+    // Only a lone voter can know this at start: in a larger cluster a
+    // restarted ex-leader may still believe it leads an old term (its write
+    // would never commit), and the scheduler of whichever node leads fails
+    // such jobs when it takes over.
+    let voters = raft
+        .metrics()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .count();
+    if raft.is_leader() && voters == 1 {
+        match ctx
             .write(Command::FailInterrupted {
                 reason: INTERRUPTED_REASON.into(),
             })
             .await
-            .map_err(NodeError::Write)?;
-        if let Response::Changed(n) = n {
-            if n > 0 {
-                tracing::warn!(jobs = n, "marked interrupted jobs as failed");
+        {
+            Ok(Response::Changed(n)) if n > 0 => {
+                tracing::warn!(jobs = n, "marked interrupted jobs as failed")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not mark interrupted jobs yet; the scheduler will")
             }
         }
     }
@@ -396,10 +487,49 @@ impl Node {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.ctx.raft.shutdown()).await;
     }
 
-    /// Serve until `shutdown` fires, then stop.
-    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) {
+    /// Serve until `shutdown` fires, then (if `leave`) leave the
+    /// membership, then stop.
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>, leave: bool) {
         shutdown.await;
+        if leave {
+            if let Err(e) = self.leave().await {
+                tracing::warn!(error = %e, "could not leave the cluster before stopping");
+            }
+        }
         self.stop().await;
+    }
+
+    /// Whether `cfg` asks this node to leave on shutdown (see
+    /// [`NodeConfig::leave_on_shutdown`]).
+    pub fn leaves_on_shutdown(&self, cfg: &NodeConfig) -> bool {
+        cfg.leave_on_shutdown
+            .unwrap_or(self.ctx.identity.joined_via.is_some())
+    }
+
+    /// Take this node out of the membership (not revoked). Does nothing when
+    /// it is the last voter; bounded by [`LEAVE_TIMEOUT`].
+    pub async fn leave(&self) -> Result<(), String> {
+        let me = self.ctx.identity.node_id;
+        let m = self.ctx.raft.metrics();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        if membership.get_node(&me).is_none() || voters == [me] {
+            return Ok(());
+        }
+        let req = peer::LeaderRequest::Leave { node_id: me };
+        match tokio::time::timeout(LEAVE_TIMEOUT, peer::on_leader(&self.ctx, req)).await {
+            Ok(Ok(peer::LeaderResponse::Done)) => {
+                tracing::info!(node = format!("{me:x}"), "left the cluster");
+                let marker = self.data_dir.join(LEFT_MARKER);
+                if let Err(e) = identity::write_atomic(&marker, b"left\n", false) {
+                    tracing::warn!(error = %e, "could not record that this node left");
+                }
+                Ok(())
+            }
+            Ok(Ok(other)) => Err(format!("{other:?}")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {LEAVE_TIMEOUT:?}")),
+        }
     }
 }
 

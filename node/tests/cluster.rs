@@ -600,3 +600,251 @@ async fn joining_with_a_bad_token_or_the_wrong_ca_fails_cleanly() {
     );
     c.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotent_write_retried_through_another_node_applies_once() {
+    let c = Cluster::start(3).await;
+    let spec = cairn_protocol::types::JobSpec::example();
+    let queue = ClientRequest::QueueJob { spec }.idempotent(0xc1, 1);
+    let first = call(&c.client(0).await, queue.clone()).await;
+    let ClientResponse::JobQueued { id } = first else {
+        panic!("unexpected {first:?}")
+    };
+    // The client lost that answer and retries elsewhere: same answer.
+    assert_eq!(call(&c.client(1).await, queue.clone()).await, first);
+    assert_eq!(call(&c.client(2).await, queue).await, first);
+    let jobs = match call(&c.client(0).await, ClientRequest::ListJobs { limit: 0 }).await {
+        ClientResponse::Jobs(j) => j,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].id, id);
+
+    // Reads cannot be wrapped.
+    let r = rpc::call(
+        &c.client(0).await.conn,
+        &ClientRequest::ListJobs { limit: 0 }.idempotent(0xc1, 2),
+    )
+    .await;
+    assert!(matches!(r, Err(RpcError::Remote(_))), "{r:?}");
+    c.stop_all().await;
+}
+
+/// A fake runner on a client connection to member `i`: registered, and
+/// answering offers through the returned channel of offer streams.
+async fn fake_runner(
+    c: &Cluster,
+    i: usize,
+    id: &str,
+) -> (
+    Session,
+    (quinn::SendStream, quinn::RecvStream),
+    tokio::sync::mpsc::UnboundedReceiver<(quinn::SendStream, quinn::RecvStream)>,
+) {
+    use cairn_protocol::frame;
+    let s = c.client(i).await;
+    let (send, mut recv) = rpc::open(
+        &s.conn,
+        &ClientRequest::RegisterRunner {
+            id: id.into(),
+            kind: cairn_protocol::types::RunnerKind::Agent,
+            labels: Default::default(),
+        },
+    )
+    .await
+    .expect("register");
+    let r: ClientResponse = frame::read_required(&mut recv).await.expect("registered");
+    assert_eq!(r, ClientResponse::Registered);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let conn = s.conn.clone();
+    tokio::spawn(async move {
+        while let Ok(st) = conn.accept_bi().await {
+            if tx.send(st).is_err() {
+                return;
+            }
+        }
+    });
+    (s, (send, recv), rx)
+}
+
+fn spec_for(app: &str, runner: &str) -> cairn_protocol::types::JobSpec {
+    let mut spec = cairn_protocol::types::JobSpec::example();
+    spec.app = app.into();
+    spec.target = cairn_protocol::types::RunnerTarget::Id(runner.into());
+    spec
+}
+
+async fn job_of(s: &Session, id: u64) -> cairn_protocol::types::Job {
+    match call(s, ClientRequest::InspectJob { id }).await {
+        ClientResponse::Job(j) => *j,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_survive_a_leader_change_running_ones_fail_once_queued_ones_run_once() {
+    use cairn_protocol::api::{JobEvent, NodeToRunner, RunnerToNode};
+    use cairn_protocol::frame;
+    use cairn_protocol::types::JobState;
+
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+
+    // Job 1 runs on runner r1, connected to the leader.
+    let (_r1, _reg1, mut offers1) = fake_runner(&c, leader, "r1").await;
+    let s = c.client(follower).await;
+    let ClientResponse::JobQueued { id: running } = call(
+        &s,
+        ClientRequest::QueueJob {
+            spec: spec_for("a", "r1"),
+        },
+    )
+    .await
+    else {
+        panic!("not queued")
+    };
+    let (mut osend, mut orecv) = tokio::time::timeout(SOON, offers1.recv())
+        .await
+        .expect("offered in time")
+        .expect("an offer");
+    let NodeToRunner::Offer { job } = frame::read_required(&mut orecv).await.expect("offer") else {
+        panic!("not an offer")
+    };
+    assert_eq!(job.id, running);
+    frame::write(&mut osend, &RunnerToNode::Accept)
+        .await
+        .expect("accept");
+    let started: NodeToRunner = frame::read_required(&mut orecv).await.expect("started");
+    assert_eq!(started, NodeToRunner::Started);
+    assert_eq!(job_of(&s, running).await.state, JobState::Running);
+
+    // Job 2 waits for runner r2, which is not connected yet.
+    let ClientResponse::JobQueued { id: queued } = call(
+        &s,
+        ClientRequest::QueueJob {
+            spec: spec_for("b", "r2"),
+        },
+    )
+    .await
+    else {
+        panic!("not queued")
+    };
+
+    // A client follows job 1 through the follower.
+    let (_asend, mut arecv) = rpc::open(
+        &c.client(follower).await.conn,
+        &ClientRequest::AttachJob { id: running },
+    )
+    .await
+    .expect("attach");
+    let first: ClientResponse = frame::read_required(&mut arecv).await.expect("job");
+    assert!(matches!(first, ClientResponse::Job(_)), "{first:?}");
+
+    // The leader dies with r1's job stream.
+    c.members[leader].stop().await;
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader);
+
+    // Job 1 fails once, with the reason, and the follower's attach ends.
+    let s = c.client(follower).await;
+    let j = eventually("the running job is failed by the new leader", || async {
+        Some(job_of(&s, running).await).filter(|j| j.state.is_final())
+    })
+    .await;
+    assert_eq!(j.state, JobState::Error);
+    let reason = j.error.clone().unwrap_or_default();
+    assert!(reason.contains("leader change"), "{reason}");
+    let finished = tokio::time::timeout(SOON, async {
+        loop {
+            match frame::read_required::<_, JobEvent>(&mut arecv).await {
+                Ok(JobEvent::Finished { state, error }) => return (state, error),
+                Ok(_) => continue,
+                Err(e) => panic!("attach stream broke: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the attach stream ends");
+    assert_eq!(finished.0, JobState::Error);
+
+    // Job 2 is still queued, and runs once r2 connects to the new leader.
+    assert_eq!(job_of(&s, queued).await.state, JobState::Queued);
+    let (_r2, _reg2, mut offers2) = fake_runner(&c, new_leader, "r2").await;
+    let (mut osend, mut orecv) = tokio::time::timeout(SOON, offers2.recv())
+        .await
+        .expect("offered in time")
+        .expect("an offer");
+    let NodeToRunner::Offer { job } = frame::read_required(&mut orecv).await.expect("offer") else {
+        panic!("not an offer")
+    };
+    assert_eq!(job.id, queued);
+    frame::write(&mut osend, &RunnerToNode::Accept)
+        .await
+        .expect("accept");
+    let started: NodeToRunner = frame::read_required(&mut orecv).await.expect("started");
+    assert_eq!(started, NodeToRunner::Started);
+    frame::write(
+        &mut osend,
+        &RunnerToNode::Done {
+            state: JobState::Success,
+            error: None,
+        },
+    )
+    .await
+    .expect("done");
+    let j = eventually("the queued job ran", || async {
+        Some(job_of(&s, queued).await).filter(|j| j.state.is_final())
+    })
+    .await;
+    assert_eq!(j.state, JobState::Success);
+    // Nothing was offered twice.
+    assert!(offers1.try_recv().is_err());
+    assert!(offers2.try_recv().is_err());
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_serve_writes_with_two_down_and_nodes_leave_gracefully() {
+    let mut c = Cluster::start(5).await;
+    let leader = c.leader().await;
+    let down: Vec<usize> = (0..5).filter(|i| *i != leader).take(2).collect();
+    for &i in &down {
+        c.members[i].stop().await;
+    }
+    // Three of five: still a quorum.
+    for (i, _) in c.running().collect::<Vec<_>>() {
+        set(&c.client(i).await, &format!("two-down-{i}"), "1").await;
+    }
+    for &i in &down {
+        c.members[i].restart().await;
+    }
+    for &i in &down {
+        eventually("a restarted node catches up", || async {
+            local_value(&c.members[i], &format!("two-down-{leader}"))
+        })
+        .await;
+    }
+
+    // Two nodes leave on their own (as on SIGTERM): three voters remain.
+    for &i in &down {
+        let n = c.members[i].node.take().expect("running");
+        n.leave().await.expect("leaves");
+        n.stop().await;
+    }
+    let ms = members(&c.client(leader).await).await;
+    assert_eq!(ms.len(), 3, "{ms:?}");
+    set(&c.client(leader).await, "after-leave", "1").await;
+
+    // A node that left comes back by itself (it was not revoked).
+    let back = down[0];
+    c.members[back].restart().await;
+    let ms = eventually("the node that left is a voter again", || async {
+        let ms = members(&c.client(leader).await).await;
+        (ms.len() == 4 && ms.iter().all(|m| m.role == MemberRole::Voter)).then_some(ms)
+    })
+    .await;
+    assert!(ms.iter().any(|m| m.id == c.members[back].id()), "{ms:?}");
+    set(&c.client(back).await, "back", "1").await;
+    c.stop_all().await;
+}

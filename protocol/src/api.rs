@@ -106,6 +106,46 @@ pub enum ClientRequest {
     RemoveMember {
         id: u64,
     },
+
+    // -- any service --
+    /// A write the client may retry (see [`ClientRequest::is_retryable_write`]),
+    /// tagged with the client's id and a request id unique for that client.
+    /// The cluster applies it at most once: a retry whose first answer was
+    /// lost gets the first answer. Build with [`ClientRequest::idempotent`].
+    Idempotent {
+        client: u64,
+        request: u64,
+        req: Box<ClientRequest>,
+    },
+}
+
+impl ClientRequest {
+    /// Wrap this write so that retrying it (same `client` and `request`) is
+    /// safe. `client`: random per client process; `request`: never reused by
+    /// that client.
+    pub fn idempotent(self, client: u64, request: u64) -> ClientRequest {
+        ClientRequest::Idempotent {
+            client,
+            request,
+            req: Box::new(self),
+        }
+    }
+
+    /// Writes that are one state-machine command each, and so may be sent
+    /// as [`ClientRequest::Idempotent`].
+    pub fn is_retryable_write(&self) -> bool {
+        matches!(
+            self,
+            ClientRequest::QueueJob { .. }
+                | ClientRequest::CancelJob { .. }
+                | ClientRequest::BeginOperation { .. }
+                | ClientRequest::CompleteOperation(_)
+                | ClientRequest::SetResourceState { .. }
+                | ClientRequest::SetConfig { .. }
+                | ClientRequest::DeleteConfig { .. }
+                | ClientRequest::CreateToken { .. }
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -78,6 +78,7 @@ pub async fn run(cmd: &ContextCmd) -> anyhow::Result<i32> {
                 ca_fingerprint: ca_fingerprint.clone(),
                 token,
                 local: false,
+                members: Vec::new(),
             };
             // Check it works before saving it.
             let s = crate::client::connect(&c).await?;
@@ -151,6 +152,9 @@ pub async fn run(cmd: &ContextCmd) -> anyhow::Result<i32> {
                 );
                 println!("CA fingerprint: {}", c.ca_fingerprint);
                 println!("Token:          {}", c.token);
+                if !c.members.is_empty() {
+                    println!("Members:        {}", c.members.join(", "));
+                }
             }
         }
         ContextCmd::Delete { name } => {

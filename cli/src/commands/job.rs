@@ -104,7 +104,7 @@ pub async fn run(g: &Global, cmd: &JobCmd) -> anyhow::Result<i32> {
             println!("Cancellation of job {id} requested.");
             0
         }
-        JobCmd::Attach { id } => super::lifecycle::attach(&s.conn, *id, true).await?,
+        JobCmd::Attach { id } => super::lifecycle::follow(&ctx, &s.conn, *id, true).await?,
     };
     s.conn.close(0u32.into(), b"bye");
     Ok(code)

@@ -71,16 +71,74 @@ pub async fn run(g: &Global, app: Option<&str>, kind: JobKind) -> anyhow::Result
         ClientResponse::JobQueued { id } => id,
         other => anyhow::bail!("unexpected answer from the node: {other:?}"),
     };
-    let code = attach(&session.conn, id, true).await?;
+    let code = follow(&ctx, &session.conn, id, true).await?;
     session.conn.close(0u32.into(), b"bye");
     Ok(code)
 }
 
+/// How many times following a job reconnects after losing its node.
+pub const MAX_REATTACH: u32 = 3;
+
+/// [`attach`], and when the connection to the node is lost, connect again
+/// (to any member, see [`client::connect`]) and attach again, so the job's
+/// end is shown even across a failover.
+pub async fn follow(
+    ctx: &crate::context::Context,
+    conn: &quinn::Connection,
+    id: u64,
+    show_id: bool,
+) -> anyhow::Result<i32> {
+    let mut lost = match attach(conn, id, show_id).await? {
+        Attached::Ended(code) => return Ok(code),
+        Attached::Lost(why) => why,
+    };
+    for _ in 0..MAX_REATTACH {
+        eprintln!("{lost}; attaching to job {id} again …");
+        let session = match client::connect(ctx).await {
+            Ok(s) => s,
+            Err(e) => {
+                lost = format!("cannot reconnect: {e}");
+                continue;
+            }
+        };
+        let r = attach(&session.conn, id, false).await;
+        session.conn.close(0u32.into(), b"bye");
+        match r? {
+            Attached::Ended(code) => return Ok(code),
+            Attached::Lost(why) => lost = why,
+        }
+    }
+    anyhow::bail!("{lost} (see `cairn job inspect {id}`)")
+}
+
+/// How following a job ended.
+pub enum Attached {
+    /// The job ended (or the user left): the exit code.
+    Ended(i32),
+    /// The stream to the node broke before the job ended: why.
+    Lost(String),
+}
+
 /// Stream a job's events to the terminal until it ends. Ctrl-C asks the node
 /// to cancel the job (a second Ctrl-C leaves).
-pub async fn attach(conn: &quinn::Connection, id: u64, show_id: bool) -> anyhow::Result<i32> {
-    let (_send, mut recv) = rpc::open(conn, &ClientRequest::AttachJob { id }).await?;
-    match frame::read_required::<_, ClientResponse>(&mut recv).await? {
+pub async fn attach(conn: &quinn::Connection, id: u64, show_id: bool) -> anyhow::Result<Attached> {
+    let (_send, mut recv) = match rpc::open(conn, &ClientRequest::AttachJob { id }).await {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok(Attached::Lost(format!(
+                "lost the connection to the node while following job {id}: {e}"
+            )))
+        }
+    };
+    let first = match frame::read_required::<_, ClientResponse>(&mut recv).await {
+        Ok(f) => f,
+        Err(e) => {
+            return Ok(Attached::Lost(format!(
+                "lost the connection to the node while following job {id}: {e}"
+            )))
+        }
+    };
+    match first {
         ClientResponse::Job(job) => {
             if show_id {
                 let style = Style::detect();
@@ -109,8 +167,8 @@ pub async fn attach(conn: &quinn::Connection, id: u64, show_id: bool) -> anyhow:
                             break;
                         }
                     }
-                    Ok(None) => anyhow::bail!("the node closed the job stream before the job finished (job {id}; see `cairn job inspect {id}`)"),
-                    Err(e) => anyhow::bail!("lost the connection to the node while following job {id}: {e}"),
+                    Ok(None) => return Ok(Attached::Lost(format!("the node closed the job stream before job {id} finished"))),
+                    Err(e) => return Ok(Attached::Lost(format!("lost the connection to the node while following job {id}: {e}"))),
                 }
             }
             _ = tokio::signal::ctrl_c() => {
@@ -124,8 +182,8 @@ pub async fn attach(conn: &quinn::Connection, id: u64, show_id: bool) -> anyhow:
         }
     }
     r.print_results();
-    match r.finished {
-        Some((JobState::Success, _)) => Ok(0),
+    Ok(Attached::Ended(match r.finished {
+        Some((JobState::Success, _)) => 0,
         Some((state, error)) => {
             eprintln!(
                 "{} job {id} {}: {}",
@@ -133,8 +191,8 @@ pub async fn attach(conn: &quinn::Connection, id: u64, show_id: bool) -> anyhow:
                 state.word(),
                 error.unwrap_or_else(|| "no reason given".into())
             );
-            Ok(1)
+            1
         }
-        None => Ok(1),
-    }
+        None => 1,
+    }))
 }

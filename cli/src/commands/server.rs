@@ -51,7 +51,8 @@ pub async fn run(g: &Global, cmd: &ServerCmd) -> anyhow::Result<i32> {
                     println!("  {tok}");
                 }
             }
-            node.run_until(shutdown_signal()).await;
+            let leave = node.leaves_on_shutdown(cfg);
+            node.run_until(shutdown_signal(), leave).await;
             Ok(0)
         }
         ServerCmd::StopLocal => {

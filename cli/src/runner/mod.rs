@@ -140,10 +140,19 @@ async fn handle_offer(
     });
     // Reader: a Cancel from the node.
     let flag = cancelled.clone();
+    // A lost job stream (the node died, or leadership moved) also stops the
+    // work at the next step: nothing it does could be recorded any more, and
+    // the cluster fails the job rather than run it twice.
     let reader = tokio::spawn(async move {
-        while let Ok(Some(msg)) = frame::read::<_, NodeToRunner>(&mut recv).await {
-            if msg == NodeToRunner::Cancel {
-                flag.store(true, Ordering::SeqCst);
+        loop {
+            match frame::read::<_, NodeToRunner>(&mut recv).await {
+                Ok(Some(NodeToRunner::Cancel)) => flag.store(true, Ordering::SeqCst),
+                Ok(Some(_)) => {}
+                Ok(None) => return,
+                Err(_) => {
+                    flag.store(true, Ordering::SeqCst);
+                    return;
+                }
             }
         }
     });

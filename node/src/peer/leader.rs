@@ -39,7 +39,8 @@ pub async fn handle(ctx: &Ctx, req: LeaderRequest) -> LeaderResponse {
             peer_addr,
         } => sign_join(ctx, &csr, node_id, &peer_addr),
         LeaderRequest::AddMember { node_id, addr } => add_member(ctx, node_id, addr).await,
-        LeaderRequest::RemoveMember { node_id } => remove_member(ctx, node_id).await,
+        LeaderRequest::RemoveMember { node_id } => remove_member(ctx, node_id, true).await,
+        LeaderRequest::Leave { node_id } => remove_member(ctx, node_id, false).await,
         LeaderRequest::Members => LeaderResponse::Members(members(ctx)),
     }
 }
@@ -221,7 +222,10 @@ async fn add_member(ctx: &Ctx, node_id: NodeId, addr: String) -> LeaderResponse 
     }
 }
 
-async fn remove_member(ctx: &Ctx, node_id: NodeId) -> LeaderResponse {
+/// Take `node_id` out of the membership. `revoke`: also refuse its
+/// certificate from now on (`cairn server remove`); a node leaving on its own
+/// (graceful shutdown) keeps it, and adds itself back when it starts again.
+async fn remove_member(ctx: &Ctx, node_id: NodeId, revoke: bool) -> LeaderResponse {
     let m = ctx.raft.metrics();
     let membership = m.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -274,6 +278,9 @@ async fn remove_member(ctx: &Ctx, node_id: NodeId) -> LeaderResponse {
             }
         }
         tracing::info!(node = format!("{node_id:x}"), "removed from the membership");
+    }
+    if !revoke {
+        return LeaderResponse::Done;
     }
     // Revoke its certificate for peer connections. After removing itself a
     // leader steps down: the write goes to the next leader.

@@ -61,13 +61,24 @@ pub enum LeaderRequest {
     RemoveMember {
         node_id: NodeId,
     },
+    /// A node leaving on its own (graceful shutdown): out of the membership,
+    /// but not revoked; it adds itself back when it starts again.
+    Leave {
+        node_id: NodeId,
+    },
     Members,
 }
 
 impl LeaderRequest {
     /// Whether sending it twice is harmless (a lost answer may be retried).
     pub fn is_idempotent(&self) -> bool {
-        !matches!(self, LeaderRequest::Forward { .. })
+        match self {
+            // Applied at most once by the state machine, whatever the retries.
+            LeaderRequest::Forward { request } => {
+                matches!(request.command, crate::state::Command::Idempotent { .. })
+            }
+            _ => true,
+        }
     }
 
     /// How long the leader may take to answer.

@@ -30,6 +30,15 @@ pub async fn set(ctx: &Arc<Ctx>, var: ConfigVar) -> ClientResponse {
             ),
         };
     }
+    // CHAOS-HARNESS PLANTED BUG (debug builds only): acknowledge before the
+    // write commits, so chaos/ can show its checker catches lost writes.
+    if crate::server::chaos_bug("ack-before-commit") {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _ = ctx.write(Command::SetConfig { var }).await;
+        });
+        return ClientResponse::Ok;
+    }
     match ctx.write(Command::SetConfig { var }).await {
         Ok(_) => ClientResponse::Ok,
         Err(message) => ClientResponse::Error { message },

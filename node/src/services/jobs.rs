@@ -91,6 +91,9 @@ pub async fn cancel(ctx: &Arc<Ctx>, id: JobId) -> ClientResponse {
     }
 }
 
+/// How often an attached stream checks the job's replicated record.
+pub const RECORD_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Stream a job's events: the history this node holds, then live events,
 /// ending with `Finished`.
 pub async fn attach(ctx: &Arc<Ctx>, id: JobId, mut send: quinn::SendStream) {
@@ -164,8 +167,33 @@ pub async fn attach(ctx: &Arc<Ctx>, id: JobId, mut send: quinn::SendStream) {
         let _ = send.finish();
         return;
     };
+    // The events come from the node that drives the job; the end may be
+    // recorded elsewhere (a new leader failing the job after a failover):
+    // watch the replicated record too.
+    let mut tick = tokio::time::interval(RECORD_POLL);
     loop {
-        match live.recv().await {
+        let next = tokio::select! {
+            r = live.recv() => r,
+            _ = tick.tick() => {
+                let rec = ctx.raft.read_local(|s| s.jobs.get(&id).map(|j| (j.state, j.error.clone())));
+                let Some((state, error)) = rec.filter(|(st, _)| st.is_final()) else {
+                    continue;
+                };
+                // Everything already relayed goes first.
+                while let Ok(ev) = live.try_recv() {
+                    if matches!(ev, JobEvent::Finished { .. }) {
+                        break;
+                    }
+                    if frame::write(&mut send, &ev).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = frame::write(&mut send, &JobEvent::Finished { state, error }).await;
+                let _ = send.finish();
+                return;
+            }
+        };
+        match next {
             Ok(ev) => {
                 let done = matches!(ev, JobEvent::Finished { .. });
                 if frame::write(&mut send, &ev).await.is_err() {

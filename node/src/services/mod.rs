@@ -15,6 +15,13 @@ pub mod jobs;
 pub mod runner;
 pub mod server;
 
+tokio::task_local! {
+    /// The (client, request) id of the [`ClientRequest::Idempotent`] being
+    /// served: [`Ctx::write`](crate::server::Ctx::write) tags its command
+    /// with it, so the state machine applies it at most once.
+    pub static REQUEST_ID: (u64, u64);
+}
+
 pub async fn dispatch(
     ctx: &Arc<Ctx>,
     s: &Arc<ConnSession>,
@@ -23,6 +30,20 @@ pub async fn dispatch(
     recv: quinn::RecvStream,
 ) {
     let resp = match req {
+        ClientRequest::Idempotent {
+            client,
+            request,
+            req,
+        } => {
+            if !req.is_retryable_write() {
+                ClientResponse::Error {
+                    message: "only single writes (config, jobs, tokens, operations) can be sent as idempotent requests".into(),
+                }
+            } else {
+                let inner = Box::pin(dispatch(ctx, s, *req, send, recv));
+                return REQUEST_ID.scope((client, request), inner).await;
+            }
+        }
         ClientRequest::ServerInfo => server::info(ctx),
         ClientRequest::ExchangeBootstrap { name } => {
             server::exchange_bootstrap(ctx, s, &name).await

@@ -9,7 +9,7 @@
 //! - A job in a final state never changes again; an operation that finished
 //!   never changes again except its resource state (active → destroyed).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use cairn_protocol::types::{
     App, ConfigScope, ConfigVar, Job, JobId, JobSpec, JobState, OpCompletion, OpId, OpKind,
@@ -59,6 +59,12 @@ pub enum Command {
     FailInterrupted {
         reason: String,
     },
+    /// Fail these jobs if they are still assigned or running (a new leader
+    /// takes over jobs whose runner streams were on the old one).
+    FailJobs {
+        ids: Vec<JobId>,
+        reason: String,
+    },
     /// Fail the unfinished jobs held by one runner.
     FailRunnerJobs {
         runner: String,
@@ -106,7 +112,20 @@ pub enum Command {
     MarkNodeRemoved {
         id: u64,
     },
+    /// `command`, applied at most once per (`client`, `request`): a retry
+    /// of a write whose answer was lost gets the first answer and changes
+    /// nothing. The state remembers the last [`MAX_APPLIED_REQUESTS`] ids.
+    Idempotent {
+        client: u64,
+        request: u64,
+        command: Box<Command>,
+    },
 }
+
+/// How many (client, request) ids the state remembers for
+/// [`Command::Idempotent`]; the oldest are forgotten first. A retry must
+/// come before this many other idempotent writes (minutes at any real rate).
+pub const MAX_APPLIED_REQUESTS: usize = 10_000;
 
 /// The cluster CA as replicated in the state.
 ///
@@ -167,13 +186,25 @@ pub struct State {
     pub cluster_ca: Option<ClusterCa>,
     /// Ids of nodes removed from the cluster: never admitted as peers again.
     pub removed_nodes: BTreeSet<u64>,
+    /// Answers of recent [`Command::Idempotent`] writes, by (client, request).
+    pub applied_requests: BTreeMap<(u64, u64), Response>,
+    /// Their ids, oldest first (bounded by [`MAX_APPLIED_REQUESTS`]).
+    pub applied_order: VecDeque<(u64, u64)>,
 }
 
 impl State {
     /// Apply one committed request. Pure: no I/O, no clock.
     pub fn apply(&mut self, req: &Request) -> Response {
-        let now = req.now_ms;
-        match &req.command {
+        self.apply_command(req.now_ms, &req.command)
+    }
+
+    fn apply_command(&mut self, now: u64, command: &Command) -> Response {
+        match command {
+            Command::Idempotent {
+                client,
+                request,
+                command,
+            } => self.apply_once(now, (*client, *request), command),
             Command::Put { key, value } => {
                 Response::Value(self.registers.insert(key.clone(), value.clone()))
             }
@@ -251,6 +282,17 @@ impl State {
                 let n = self.fail_jobs(
                     now,
                     |j| matches!(j.state, JobState::Assigned | JobState::Running),
+                    reason,
+                );
+                Response::Changed(n)
+            }
+            Command::FailJobs { ids, reason } => {
+                let n = self.fail_jobs(
+                    now,
+                    |j| {
+                        matches!(j.state, JobState::Assigned | JobState::Running)
+                            && ids.contains(&j.id)
+                    },
                     reason,
                 );
                 Response::Changed(n)
@@ -378,6 +420,26 @@ impl State {
                 Response::Ok
             }
         }
+    }
+
+    /// Apply `command` unless `key` was applied before: then answer what it
+    /// answered the first time and change nothing.
+    fn apply_once(&mut self, now: u64, key: (u64, u64), command: &Command) -> Response {
+        if let Some(r) = self.applied_requests.get(&key) {
+            return r.clone();
+        }
+        if matches!(command, Command::Idempotent { .. }) {
+            return Response::Error("an idempotent request cannot wrap another".into());
+        }
+        let r = self.apply_command(now, command);
+        self.applied_requests.insert(key, r.clone());
+        self.applied_order.push_back(key);
+        while self.applied_order.len() > MAX_APPLIED_REQUESTS {
+            if let Some(old) = self.applied_order.pop_front() {
+                self.applied_requests.remove(&old);
+            }
+        }
+        r
     }
 
     /// The token record for a secret, if it is valid at `now`.

@@ -541,3 +541,117 @@ fn cluster_ca_is_set_once_and_removed_nodes_accumulate() {
         vec![7, 9]
     );
 }
+
+fn once(client: u64, request: u64, command: Command) -> Command {
+    Command::Idempotent {
+        client,
+        request,
+        command: Box::new(command),
+    }
+}
+
+#[test]
+fn a_retried_idempotent_write_applies_once_and_answers_the_same() {
+    let mut st = State::default();
+    let create = once(
+        7,
+        1,
+        Command::CreateJob {
+            spec: spec("web"),
+            requested_by: "user:a".into(),
+        },
+    );
+    let first = st.apply(&req(1, create.clone()));
+    assert_eq!(first, Response::JobCreated(1));
+    // The answer was lost; the client sends the same request again.
+    let again = st.apply(&req(2, create.clone()));
+    assert_eq!(again, first);
+    assert_eq!(st.jobs.len(), 1, "the retry created nothing");
+    assert_eq!(st.next_job, 1);
+
+    // A new request id from the same client is a new write.
+    let second = st.apply(&req(
+        3,
+        once(
+            7,
+            2,
+            Command::CreateJob {
+                spec: spec("api"),
+                requested_by: "user:a".into(),
+            },
+        ),
+    ));
+    assert_eq!(second, Response::JobCreated(2));
+    // So is the same request id from another client.
+    let other = st.apply(&req(4, once(8, 1, Command::RequestCancel { id: 1 })));
+    assert_eq!(other, Response::Ok);
+    assert!(st.jobs[&1].state.is_final(), "queued job cancelled");
+
+    // A failed write answers its error again and still changes nothing.
+    let bad = once(9, 1, Command::StartJob { id: 99 });
+    let e1 = st.apply(&req(5, bad.clone()));
+    assert!(matches!(e1, Response::Error(_)), "{e1:?}");
+    let before = st.clone();
+    assert_eq!(st.apply(&req(6, bad)), e1);
+    assert_eq!(st, before);
+
+    // Nesting is refused.
+    let nested = once(10, 1, once(10, 2, Command::RequestCancel { id: 2 }));
+    assert!(matches!(st.apply(&req(7, nested)), Response::Error(_)));
+    assert!(!st.jobs[&2].state.is_final());
+}
+
+#[test]
+fn a_retried_put_does_not_overwrite_a_later_write() {
+    let mut st = State::default();
+    let put = |v: &str| Command::Put {
+        key: "k".into(),
+        value: v.into(),
+    };
+    assert_eq!(
+        st.apply(&req(1, once(1, 1, put("a")))),
+        Response::Value(None)
+    );
+    assert_eq!(
+        st.apply(&req(2, once(2, 1, put("b")))),
+        Response::Value(Some("a".into()))
+    );
+    // Client 1's retry of its first write arrives late: it must not undo "b".
+    assert_eq!(
+        st.apply(&req(3, once(1, 1, put("a")))),
+        Response::Value(None)
+    );
+    assert_eq!(st.registers["k"], "b");
+}
+
+#[test]
+fn remembered_request_ids_are_bounded_oldest_first() {
+    let mut st = State::default();
+    let n = MAX_APPLIED_REQUESTS as u64 + 5;
+    for i in 0..n {
+        st.apply(&req(
+            i,
+            once(
+                1,
+                i,
+                Command::Put {
+                    key: format!("k{i}"),
+                    value: "v".into(),
+                },
+            ),
+        ));
+    }
+    assert_eq!(st.applied_requests.len(), MAX_APPLIED_REQUESTS);
+    assert_eq!(st.applied_order.len(), MAX_APPLIED_REQUESTS);
+    assert!(
+        !st.applied_requests.contains_key(&(1, 0)),
+        "oldest forgotten"
+    );
+    assert!(st.applied_requests.contains_key(&(1, n - 1)));
+    // The state (with its memory of ids) survives a snapshot round trip.
+    let bytes = cairn_protocol::frame::encode(&st).expect("encodes");
+    let (back, _): (State, usize) = cairn_protocol::frame::decode(&bytes)
+        .expect("decodes")
+        .expect("whole");
+    assert_eq!(back, st);
+}

@@ -283,7 +283,16 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         ),
     );
     say(json, &setup_notes(args));
-    let r = measure(args, &root, &node_bin, &etcd_bin, machine, command, etcd_version).await;
+    let r = measure(
+        args,
+        &root,
+        &node_bin,
+        &etcd_bin,
+        machine,
+        command,
+        etcd_version,
+    )
+    .await;
     // Every process is stopped by now (the clusters dropped in `measure`).
     if args.keep {
         let p = root.keep();
@@ -490,7 +499,11 @@ async fn throughput(
     for round in 0..args.rounds {
         for (ri, row) in rows.iter().enumerate() {
             // Alternate which system goes first.
-            let order: [usize; 2] = if (round + ri) % 2 == 0 { [0, 1] } else { [1, 0] };
+            let order: [usize; 2] = if (round + ri) % 2 == 0 {
+                [0, 1]
+            } else {
+                [1, 0]
+            };
             for si in order {
                 let c = &clusters[si];
                 let cs = &conns[si];
@@ -575,11 +588,14 @@ ops/s = median over rounds [min–max]; latency over all rounds' samples\n\n",
         let (lo, hi) = min_max(&tput);
         rows.push(vec![
             s.row.label(s.clients),
-            s.system
-                .name()
-                .to_string(),
+            s.system.name().to_string(),
             s.rounds.first().map(|r| r.ops).unwrap_or(0).to_string(),
-            format!("{} [{}–{}]", fmt_rate(s.ops_per_s()), fmt_rate(lo), fmt_rate(hi)),
+            format!(
+                "{} [{}–{}]",
+                fmt_rate(s.ops_per_s()),
+                fmt_rate(lo),
+                fmt_rate(hi)
+            ),
             fmt_us(s.pooled.p50_us),
             fmt_us(s.pooled.p90_us),
             fmt_us(s.pooled.p99_us),
@@ -760,13 +776,17 @@ fn failover_tables(trials: &[load::Trial]) -> String {
         }
     }
     if !fails.is_empty() {
-        out.push_str("\nrestarted members that exited by themselves during start-up (started again):\n");
+        out.push_str(
+            "\nrestarted members that exited by themselves during start-up (started again):\n",
+        );
         for f in fails.iter().take(6) {
             out.push_str(&format!("  {f}\n"));
         }
     }
     if !errs.is_empty() {
-        out.push_str("\nerrors the clients saw between the kill and the first acknowledged write:\n");
+        out.push_str(
+            "\nerrors the clients saw between the kill and the first acknowledged write:\n",
+        );
         for e in errs.iter().take(12) {
             out.push_str(&format!("  {e}\n"));
         }

@@ -108,10 +108,9 @@ impl Cluster {
                 c.ca = r.ca_fingerprint;
                 let boot = std::fs::read_to_string(dir.join("bootstrap.token"))
                     .context("reading the bootstrap token")?;
-                c.token =
-                    cairn_cli::local::exchange_bootstrap(&c.addrs[0], &c.ca, boot.trim())
-                        .await
-                        .context("exchanging the bootstrap token")?;
+                c.token = cairn_cli::local::exchange_bootstrap(&c.addrs[0], &c.ca, boot.trim())
+                    .await
+                    .context("exchanging the bootstrap token")?;
             }
         }
         c.wait_healthy().await?;
@@ -330,11 +329,7 @@ impl Cluster {
                 Kind::Cairn => match self.spawn_cairn(i).await {
                     Ok(_) => return Ok(failed),
                     Err(e) if !self.members[i].running() && failed.len() < 3 => {
-                        let last = format!("{e:#}")
-                            .lines()
-                            .last()
-                            .unwrap_or("")
-                            .to_string();
+                        let last = format!("{e:#}").lines().last().unwrap_or("").to_string();
                         eprintln!(
                             "  warning: {} exited during start-up, starting it again: {last}",
                             self.members[i].name

@@ -106,7 +106,12 @@ impl Member {
     }
 
     pub fn log_tail(&self, n: usize) -> String {
-        format!("{} ({}):\n{}", self.name, self.log.display(), tail(&self.log, n))
+        format!(
+            "{} ({}):\n{}",
+            self.name,
+            self.log.display(),
+            tail(&self.log, n)
+        )
     }
 }
 
