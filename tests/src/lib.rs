@@ -20,6 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod bench;
 pub use tempfile::TempDir;
 
 /// How long one CLI command may take before the fixture kills it.

@@ -23,16 +23,15 @@
 mod catalog;
 #[path = "cairn-bench/procs.rs"]
 mod procs;
-#[path = "cairn-bench/stats.rs"]
-mod stats;
 #[path = "cairn-bench/up.rs"]
 mod up;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
+use cairn_tests::bench::report::{bench_main, command_line, fsync_baseline, host, say, Host};
+use cairn_tests::bench::stats;
 
 use stats::{fmt_ms, fmt_rate, fmt_us, median, min_max, table};
 
@@ -136,49 +135,9 @@ fn parse_args() -> anyhow::Result<Args> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("cairn-bench: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cairn-bench: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let r = rt.block_on(async {
-        tokio::select! {
-            r = run(&args) => r,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("cairn-bench: interrupted; cleaning up");
-                Err(anyhow::anyhow!("interrupted"))
-            }
-        }
-    });
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("cairn-bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Where the tables go: stdout, or stderr when stdout carries JSON.
-fn say(json: bool, text: &str) {
-    if json {
-        eprintln!("{text}");
-    } else {
-        println!("{text}");
-        let _ = std::io::stdout().flush();
-    }
+    bench_main("cairn-bench", parse_args(), None, |args| async move {
+        run(&args).await
+    })
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {
@@ -234,13 +193,13 @@ async fn run(args: &Args) -> anyhow::Result<()> {
 
     if !args.skip_catalog {
         eprintln!("catalog: fsync baseline ({} probes)", args.fsync_probes);
-        let fsync = catalog::fsync_baseline(root.path(), args.fsync_probes).await?;
+        let fsync = fsync_baseline(root.path(), args.fsync_probes).await?;
         eprintln!("catalog: starting cairn-node");
         let node = procs::NodeProc::start(&node_bin, &root.path().join("node-catalog")).await?;
         let series = catalog::run(&node, &args.catalog).await?;
         drop(node);
         eprintln!("catalog: fsync baseline again");
-        let fsync_after = catalog::fsync_baseline(root.path(), args.fsync_probes).await?;
+        let fsync_after = fsync_baseline(root.path(), args.fsync_probes).await?;
         say(
             json,
             &catalog_tables(
@@ -488,18 +447,7 @@ impl Machine {
 }
 
 fn machine() -> Machine {
-    let nproc = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
+    let Host { nproc, cpu, kernel } = host();
     let rustc = std::process::Command::new("rustc")
         .arg("--version")
         .output()
@@ -507,30 +455,10 @@ fn machine() -> Machine {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "rustc unknown".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
     Machine {
         nproc,
         cpu,
         rustc,
         kernel,
     }
-}
-
-/// The command line as typed (arguments quoted when they need it).
-fn command_line() -> String {
-    std::env::args()
-        .map(|a| {
-            if a.is_empty()
-                || a.chars()
-                    .any(|c| c.is_whitespace() || "\"'$`\\".contains(c))
-            {
-                format!("'{}'", a.replace('\'', "'\\''"))
-            } else {
-                a
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }

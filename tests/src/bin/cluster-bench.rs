@@ -43,18 +43,16 @@ mod etcd_grpc;
 mod load;
 #[path = "cluster-bench/procs.rs"]
 mod procs;
-// Percentiles and tables, shared with cairn-bench (a pure module).
-#[allow(dead_code)]
-#[path = "cairn-bench/stats.rs"]
-mod stats;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use cairn_tests::bench::load::value_of;
+use cairn_tests::bench::report::{bench_main, command_line, fsync_baseline, host, say, Host};
+use cairn_tests::bench::stats;
 
 use cluster::{Cluster, Kind};
 use conn::Conn;
@@ -164,51 +162,12 @@ fn parse_args() -> anyhow::Result<Args> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("cluster-bench: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cluster-bench: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let r = rt.block_on(async {
-        tokio::select! {
-            r = run(&args) => r,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("cluster-bench: interrupted; cleaning up");
-                Err(anyhow::anyhow!("interrupted"))
-            }
-        }
-    });
-    // Tasks still holding connections go with the runtime.
-    rt.shutdown_timeout(Duration::from_secs(2));
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("cluster-bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Where the tables go: stdout, or stderr when stdout carries JSON.
-fn say(json: bool, text: &str) {
-    if json {
-        eprintln!("{text}");
-    } else {
-        println!("{text}");
-        let _ = std::io::stdout().flush();
-    }
+    bench_main(
+        "cluster-bench",
+        parse_args(),
+        Some(Duration::from_secs(2)),
+        |args| async move { run(&args).await },
+    )
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -797,80 +756,7 @@ fn failover_tables(trials: &[load::Trial]) -> String {
 // ---------------------------------------------------------------------------
 // Misc
 
-/// Printable pseudo-random bytes (so nothing downstream compresses them away).
-fn value_of(len: usize) -> String {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'a' + (x % 26) as u8)
-        })
-        .collect()
-}
-
-/// How long a small write + fdatasync takes on the file system that holds
-/// both clusters' data.
-async fn fsync_baseline(dir: &Path, n: usize) -> anyhow::Result<Latency> {
-    let path = dir.join("fsync-probe");
-    let mut samples = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u64>> {
-        use std::io::{Seek, SeekFrom};
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)?;
-        let buf = vec![b'x'; 4096];
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let t = Instant::now();
-            f.seek(SeekFrom::Start(((i % 64) * 4096) as u64))?;
-            f.write_all(&buf)?;
-            f.sync_data()?;
-            out.push(t.elapsed().as_micros() as u64);
-        }
-        drop(f);
-        let _ = std::fs::remove_file(&path);
-        Ok(out)
-    })
-    .await??;
-    Ok(Latency::of(&mut samples))
-}
-
 fn machine() -> String {
-    let nproc = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
+    let Host { nproc, cpu, kernel } = host();
     format!("nproc={nproc}, cpu={cpu}, kernel={kernel}")
-}
-
-/// The command line as typed (arguments quoted when they need it).
-fn command_line() -> String {
-    std::env::args()
-        .map(|a| {
-            if a.is_empty()
-                || a.chars()
-                    .any(|c| c.is_whitespace() || "\"'$`\\".contains(c))
-            {
-                format!("'{}'", a.replace('\'', "'\\''"))
-            } else {
-                a
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -10,10 +10,11 @@ use anyhow::{anyhow, bail, Context as _};
 use cairn_protocol::api::{ClientRequest, ClientResponse};
 use cairn_protocol::rpc::{self, Session};
 use cairn_protocol::types::{ConfigScope, ConfigVar};
-use tokio::sync::Barrier;
 
 use crate::procs::{self, NodeProc};
 use crate::stats::Latency;
+use cairn_tests::bench::load::{closed_loop, value_of};
+use cairn_tests::bench::procs::{cpu_ticks, ticks_per_s};
 
 /// Longest any single call may take before the bench gives up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -253,19 +254,6 @@ fn expect_read(r: &ClientResponse) -> anyhow::Result<()> {
     }
 }
 
-/// Printable pseudo-random bytes (so nothing downstream compresses them away).
-fn value_of(len: usize) -> String {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'a' + (x % 26) as u8)
-        })
-        .collect()
-}
-
 async fn call(s: &Session, req: &ClientRequest) -> anyhow::Result<ClientResponse> {
     tokio::time::timeout(CALL_TIMEOUT, rpc::call(&s.conn, req))
         .await
@@ -277,105 +265,18 @@ async fn call(s: &Session, req: &ClientRequest) -> anyhow::Result<ClientResponse
 /// connection sequential, all starting together. Returns the wall time and
 /// each call's latency in microseconds.
 async fn drive(conns: &[Session], total: usize, gen: Gen) -> anyhow::Result<(Duration, Vec<u64>)> {
-    let n = conns.len();
-    let barrier = Arc::new(Barrier::new(n + 1));
-    let mut tasks = Vec::with_capacity(n);
-    for (c, s) in conns.iter().enumerate() {
-        let conn = s.clone();
-        let barrier = barrier.clone();
+    closed_loop(conns, total, move |conn: Session, c, i| {
         let gen = gen.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(total / n + 1);
-            barrier.wait().await;
-            let mut i = c;
-            while i < total {
-                let (req, check) = gen(i);
-                let t = Instant::now();
-                let r = call(&conn, &req)
-                    .await
-                    .with_context(|| format!("client {c}, call {i}"))?;
-                lat.push(t.elapsed().as_micros() as u64);
-                check(&r).with_context(|| format!("client {c}, call {i}"))?;
-                i += n;
-            }
-            Ok::<_, anyhow::Error>(lat)
-        }));
-    }
-    barrier.wait().await;
-    let t0 = Instant::now();
-    let mut all = Vec::with_capacity(total);
-    let mut first_err = None;
-    for t in tasks {
-        match t.await {
-            Ok(Ok(l)) => all.extend(l),
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(e) => {
-                first_err.get_or_insert(anyhow!("client task: {e}"));
-            }
-        }
-    }
-    let wall = t0.elapsed();
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok((wall, all)),
-    }
-}
-
-/// utime + stime of `pid`, in clock ticks (0 if unreadable).
-fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the ")" that ends the command name: state is field 3, so
-    // utime (14) and stime (15) are at indices 11 and 12.
-    let Some(rest) = stat.rsplit(')').next() else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
-}
-
-fn ticks_per_s() -> f64 {
-    // SAFETY: sysconf only reads a system constant.
-    #[allow(unsafe_code)]
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
-
-/// Baseline for the write numbers: how long a small write + fdatasync takes
-/// on the file system that holds the node's data (redb commits with
-/// immediate durability on every Raft append).
-pub async fn fsync_baseline(dir: &std::path::Path, n: usize) -> anyhow::Result<Latency> {
-    let path = dir.join("fsync-probe");
-    let samples = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u64>> {
-        use std::io::{Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)?;
-        let buf = vec![b'x'; 4096];
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
+        async move {
+            let (req, check) = gen(i);
             let t = Instant::now();
-            f.seek(SeekFrom::Start(((i % 64) * 4096) as u64))?;
-            f.write_all(&buf)?;
-            f.sync_data()?;
-            out.push(t.elapsed().as_micros() as u64);
+            let r = call(&conn, &req)
+                .await
+                .with_context(|| format!("client {c}, call {i}"))?;
+            let lat = t.elapsed().as_micros() as u64;
+            check(&r).with_context(|| format!("client {c}, call {i}"))?;
+            Ok(lat)
         }
-        drop(f);
-        let _ = std::fs::remove_file(&path);
-        Ok(out)
     })
-    .await??;
-    let mut s = samples;
-    Ok(Latency::of(&mut s))
+    .await
 }

@@ -6,9 +6,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use cairn_protocol::handshake::Role;
-use cairn_protocol::pki::TransportLimits;
 use cairn_protocol::rpc::{self, Dial, Session};
+use cairn_tests::bench::procs::{client_dial, pid_alive, signal};
+pub use cairn_tests::bench::procs::{tail, terminate};
 
 /// How long a node may take to write its ready file.
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -113,59 +113,13 @@ impl Drop for NodeProc {
 }
 
 pub fn dial(addr: &str, ca_fingerprint: &str, token: &str) -> Dial {
-    Dial {
-        addr: addr.to_string(),
-        ca_fingerprint: ca_fingerprint.to_string(),
-        identity: None,
-        role: Role::Client,
-        token: token.to_string(),
-        agent: "cairn-bench".into(),
-        limits: TransportLimits::DEFAULT,
-    }
+    client_dial("cairn-bench", addr, ca_fingerprint, token)
 }
 
 pub async fn connect(d: &Dial) -> anyhow::Result<Session> {
     rpc::connect(d)
         .await
         .with_context(|| format!("connecting to {}", d.addr))
-}
-
-fn pid_alive(pid: u32) -> bool {
-    // A zombie still "exists" for kill(0); treat it as gone.
-    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        if let Some(rest) = stat.rsplit(')').next() {
-            if rest.trim_start().starts_with('Z') {
-                return false;
-            }
-        }
-    }
-    signal(pid, 0)
-}
-
-fn signal(pid: u32, sig: i32) -> bool {
-    if pid == 0 || pid > i32::MAX as u32 {
-        return false;
-    }
-    // SAFETY: kill(2) on a pid this bench started (directly or through
-    // `cairn`); no memory is touched.
-    #[allow(unsafe_code)]
-    let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
-    r == 0
-}
-
-/// SIGTERM, wait up to 5 s, then SIGKILL.
-pub fn terminate(pid: u32) {
-    if !pid_alive(pid) {
-        return;
-    }
-    signal(pid, libc::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pid_alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if pid_alive(pid) {
-        signal(pid, libc::SIGKILL);
-    }
 }
 
 /// Pids of live processes whose command line, working directory or
@@ -271,10 +225,4 @@ pub fn run_logged(mut cmd: Command, log: &Path, timeout: Duration) -> anyhow::Re
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-}
-
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }

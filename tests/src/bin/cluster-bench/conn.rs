@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use cairn_protocol::api::{ClientRequest, ClientResponse};
-use cairn_protocol::handshake::Role;
-use cairn_protocol::pki::TransportLimits;
 use cairn_protocol::rpc::{self, Dial, RpcError, Session};
 use cairn_protocol::types::{ConfigScope, ConfigVar};
+
+use cairn_tests::bench::procs::client_dial;
 
 use crate::etcd_grpc::EtcdConn;
 
@@ -30,15 +30,7 @@ pub struct CairnConn {
 }
 
 pub fn cairn_dial(addr: &str, ca_fingerprint: &str, token: &str) -> Dial {
-    Dial {
-        addr: addr.to_string(),
-        ca_fingerprint: ca_fingerprint.to_string(),
-        identity: None,
-        role: Role::Client,
-        token: token.to_string(),
-        agent: "cluster-bench".into(),
-        limits: TransportLimits::DEFAULT,
-    }
+    client_dial("cluster-bench", addr, ca_fingerprint, token)
 }
 
 impl CairnConn {

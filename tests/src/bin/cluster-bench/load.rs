@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use tokio::sync::{mpsc, Barrier};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+
+use cairn_tests::bench::load::closed_loop;
 
 use crate::cluster::{Cluster, MEMBERS};
 use crate::conn::{within, Conn};
@@ -38,50 +40,20 @@ pub async fn drive(
     total: usize,
     value: &Arc<str>,
 ) -> anyhow::Result<(Duration, Vec<u64>)> {
-    let n = conns.len();
     let base = next_keys(total);
-    let barrier = Arc::new(Barrier::new(n + 1));
-    let mut tasks = Vec::with_capacity(n);
-    for (c, conn) in conns.iter().enumerate() {
-        let conn = conn.clone();
-        let barrier = barrier.clone();
+    let value = value.clone();
+    closed_loop(conns, total, move |conn: Conn, c, i| {
         let value = value.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(total / n + 1);
-            barrier.wait().await;
-            let mut i = c;
-            while i < total {
-                let k = key('k', base + i as u64);
-                let t = Instant::now();
-                within(CALL_TIMEOUT, conn.put(&k, &value))
-                    .await
-                    .with_context(|| format!("client {c}, write {i}"))?;
-                lat.push(t.elapsed().as_micros() as u64);
-                i += n;
-            }
-            Ok::<_, anyhow::Error>(lat)
-        }));
-    }
-    barrier.wait().await;
-    let t0 = Instant::now();
-    let mut all = Vec::with_capacity(total);
-    let mut first_err = None;
-    for t in tasks {
-        match t.await {
-            Ok(Ok(l)) => all.extend(l),
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(e) => {
-                first_err.get_or_insert(anyhow!("client task: {e}"));
-            }
+        async move {
+            let k = key('k', base + i as u64);
+            let t = Instant::now();
+            within(CALL_TIMEOUT, conn.put(&k, &value))
+                .await
+                .with_context(|| format!("client {c}, write {i}"))?;
+            Ok(t.elapsed().as_micros() as u64)
         }
-    }
-    let wall = t0.elapsed();
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok((wall, all)),
-    }
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------
@@ -315,9 +287,7 @@ async fn watch_leader(views: Vec<Conn>, old: u64, t_kill: Instant) -> Option<Dur
     None
 }
 
-pub fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
+pub use crate::stats::ms;
 
 /// Percentiles of failover times (ms) across trials.
 pub fn summary(values: &[f64]) -> Latency {

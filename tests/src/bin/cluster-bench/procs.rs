@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use cairn_tests::bench::procs::{cpu_ticks, signal, tail, terminate, ticks_per_s};
 
 /// One member process (of either system). Its command line is the same on
 /// every start, except `first_args`, which only the first start gets.
@@ -124,49 +125,6 @@ impl Drop for Member {
     }
 }
 
-fn pid_alive(pid: u32) -> bool {
-    // A zombie still "exists" for kill(0); treat it as gone.
-    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        if let Some(rest) = stat.rsplit(')').next() {
-            if rest.trim_start().starts_with('Z') {
-                return false;
-            }
-        }
-    }
-    signal(pid, 0)
-}
-
-fn signal(pid: u32, sig: i32) -> bool {
-    if pid == 0 || pid > i32::MAX as u32 {
-        return false;
-    }
-    // SAFETY: kill(2) on a pid this bench started; no memory is touched.
-    #[allow(unsafe_code)]
-    let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
-    r == 0
-}
-
-/// SIGTERM, wait up to 5 s, then SIGKILL.
-pub fn terminate(pid: u32) {
-    if !pid_alive(pid) {
-        return;
-    }
-    signal(pid, libc::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pid_alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if pid_alive(pid) {
-        signal(pid, libc::SIGKILL);
-    }
-}
-
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// `n` distinct free loopback ports (TCP for `tcp`, else UDP), all held
 /// open until every one is chosen so none repeats.
 pub fn free_ports(n: usize, tcp: bool) -> anyhow::Result<Vec<u16>> {
@@ -189,28 +147,7 @@ pub fn free_ports(n: usize, tcp: bool) -> anyhow::Result<Vec<u16>> {
 
 /// utime + stime of `pid`, in seconds (0 if unreadable).
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the ")" that ends the command name: state is field 3, so
-    // utime (14) and stime (15) are at indices 11 and 12.
-    let Some(rest) = stat.rsplit(')').next() else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    (get(11) + get(12)) as f64 / ticks_per_s()
-}
-
-fn ticks_per_s() -> f64 {
-    // SAFETY: sysconf only reads a system constant.
-    #[allow(unsafe_code)]
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
+    cpu_ticks(pid) as f64 / ticks_per_s()
 }
 
 /// Poll `f` every `every` until it returns `Ok(Some(_))`, at most `timeout`;

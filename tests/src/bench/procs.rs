@@ -1,0 +1,96 @@
+//! Process helpers for the benches: signal and stop processes by pid, read
+//! their CPU time and the tail of their logs, and build client dials.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cairn_protocol::handshake::Role;
+use cairn_protocol::pki::TransportLimits;
+use cairn_protocol::rpc::Dial;
+
+/// A client dial to `addr` that presents `token` and names itself `agent`.
+pub fn client_dial(agent: &str, addr: &str, ca_fingerprint: &str, token: &str) -> Dial {
+    Dial {
+        addr: addr.to_string(),
+        ca_fingerprint: ca_fingerprint.to_string(),
+        identity: None,
+        role: Role::Client,
+        token: token.to_string(),
+        agent: agent.into(),
+        limits: TransportLimits::DEFAULT,
+    }
+}
+
+/// Whether `pid` is alive (a zombie counts as gone).
+pub fn pid_alive(pid: u32) -> bool {
+    // A zombie still "exists" for kill(0); treat it as gone.
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        if let Some(rest) = stat.rsplit(')').next() {
+            if rest.trim_start().starts_with('Z') {
+                return false;
+            }
+        }
+    }
+    signal(pid, 0)
+}
+
+/// Send `sig` to `pid`; true if it was delivered.
+pub fn signal(pid: u32, sig: i32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    // SAFETY: kill(2) on a pid the bench started (directly or through
+    // `cairn`); no memory is touched.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    r == 0
+}
+
+/// SIGTERM, wait up to 5 s, then SIGKILL.
+pub fn terminate(pid: u32) {
+    if !pid_alive(pid) {
+        return;
+    }
+    signal(pid, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pid_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if pid_alive(pid) {
+        signal(pid, libc::SIGKILL);
+    }
+}
+
+/// The last `n` lines of the file at `path` (empty if unreadable).
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// utime + stime of `pid`, in clock ticks (0 if unreadable).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the ")" that ends the command name: state is field 3, so
+    // utime (14) and stime (15) are at indices 11 and 12.
+    let Some(rest) = stat.rsplit(')').next() else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+/// Clock ticks per second (`_SC_CLK_TCK`, 100 if unknown).
+pub fn ticks_per_s() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    #[allow(unsafe_code)]
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
