@@ -141,6 +141,43 @@ pub fn load_or_create(dir: &Path, extra_names: &[String]) -> Result<Identity, Id
     })
 }
 
+/// Create the identity of the first node of a cluster restored from a
+/// snapshot: the saved cluster CA (so its fingerprint, and the tokens users
+/// pinned it with, stay the same), a new node id and a node certificate
+/// issued by that CA. Returns the existing identity if `dir` has one.
+pub fn create_restored(
+    dir: &Path,
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    extra_names: &[String],
+) -> Result<Identity, IdentityError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    if let Some(id) = load(dir)? {
+        return Ok(id);
+    }
+    let ca = Ca::load(ca_cert_pem, ca_key_pem)?;
+    let node_id = new_node_id();
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    names.extend(extra_names.iter().cloned());
+    let cert = ca.issue_node(&pki::node_common_name(node_id), &names)?;
+    write_atomic(&dir.join("ca.pem"), ca.cert_pem.as_bytes(), false)?;
+    write_atomic(&dir.join("ca-key.pem"), ca.key_pem().as_bytes(), true)?;
+    write_atomic(&dir.join("node.pem"), cert.cert_pem.as_bytes(), false)?;
+    write_atomic(&dir.join("node-key.pem"), cert.key_pem.as_bytes(), true)?;
+    // node.json last: its presence means the identity is complete.
+    write_node_file(dir, node_id, None)?;
+    let ca_fingerprint = ca.fingerprint()?;
+    Ok(Identity {
+        node_id,
+        ca_cert_pem: ca.cert_pem.clone(),
+        ca: Some(ca),
+        cert,
+        ca_fingerprint,
+        created: true,
+        joined_via: None,
+    })
+}
+
 /// Store the identity a joining node was granted: the CA certificate (no
 /// key), its own certificate and key, its id and the address it joined through.
 pub fn store_joined(

@@ -37,12 +37,19 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(15);
 pub const INTERRUPTED_REASON: &str =
     "interrupted: the node stopped while the job was running (its runner stream was lost)";
 
+impl From<crate::raft::RaftError> for NodeError {
+    fn from(e: crate::raft::RaftError) -> Self {
+        // Boxed: openraft's errors are large and would bloat every Result.
+        NodeError::Raft(Box::new(e))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
     #[error("raft: {0}")]
-    Raft(#[from] crate::raft::RaftError),
+    Raft(Box<crate::raft::RaftError>),
     #[error("tls: {0}")]
     Pki(#[from] pki::PkiError),
     #[error("cannot listen on {addr}: {source}")]
@@ -63,6 +70,8 @@ pub enum NodeError {
     Join(#[from] join::JoinError),
     #[error("--join needs --join-token and --join-ca")]
     JoinArgs,
+    #[error("cannot restore from {path}: {message}")]
+    Restore { path: PathBuf, message: String },
 }
 
 /// Node settings (from `cairn-node` flags or `cairn server run`).
@@ -99,6 +108,11 @@ pub struct NodeConfig {
     /// node that left adds itself back when it starts again.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub leave_on_shutdown: Option<bool>,
+    /// Start a new one-member cluster whose state is the one saved by
+    /// `cairn server snapshot save` in this file (same CA, same tokens).
+    /// Only used when the data dir is new.
+    #[arg(long, conflicts_with = "join")]
+    pub restore: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -115,6 +129,7 @@ impl NodeConfig {
             join_token: None,
             join_ca: None,
             leave_on_shutdown: None,
+            restore: None,
         }
     }
 
@@ -211,13 +226,38 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
     let socket = std::net::UdpSocket::bind(cfg.listen).map_err(bind_err)?;
     let addr = socket.local_addr().map_err(bind_err)?;
     let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
+    // A node whose identity exists was restored already (or is being
+    // restarted after a crash mid-restore): the file may be gone by now.
+    let restored = match &cfg.restore {
+        Some(path) if identity::load(&cfg.data_dir)?.is_none() => Some(read_restore(path)?),
+        Some(path) => read_restore(path)
+            .map_err(|e| tracing::warn!(error = %e, "ignoring --restore: this node has its data already"))
+            .ok(),
+        None => None,
+    };
     let identity = match identity::load(&cfg.data_dir)? {
         Some(id) => id,
         None => match cfg.join_target().map_err(|()| NodeError::JoinArgs)? {
             Some(target) => join::obtain_identity(&cfg.data_dir, &target, &advertise).await?,
-            None => identity::load_or_create(&cfg.data_dir, &[])?,
+            None => match &restored {
+                Some((_, ca)) => {
+                    identity::create_restored(&cfg.data_dir, &ca.cert_pem, &ca.key_pem, &[])?
+                }
+                None => identity::load_or_create(&cfg.data_dir, &[])?,
+            },
         },
     };
+    if let (Some((_, ca)), Some(path)) = (&restored, &cfg.restore) {
+        if identity.ca_cert_pem != ca.cert_pem {
+            return Err(NodeError::Restore {
+                path: path.clone(),
+                message: format!(
+                    "{} already holds a node of another cluster",
+                    cfg.data_dir.display()
+                ),
+            });
+        }
+    }
     let server_cfg = pki::server_config(
         &identity.cert,
         &identity.ca_cert_pem,
@@ -266,7 +306,8 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         endpoint.clone(),
         shutdown.clone(),
     ))];
-    let bootstrap_token = match become_member(&ctx, &cfg, &advertise).await {
+    let restored = restored.map(|(state, _)| state);
+    let bootstrap_token = match become_member(&ctx, &cfg, &advertise, restored).await {
         Ok(t) => t,
         Err(e) => {
             let node = Node {
@@ -360,6 +401,7 @@ async fn become_member(
     ctx: &Arc<Ctx>,
     cfg: &NodeConfig,
     advertise: &str,
+    restored: Option<State>,
 ) -> Result<Option<String>, NodeError> {
     let raft = &ctx.raft;
     match &ctx.identity.joined_via {
@@ -380,7 +422,7 @@ async fn become_member(
                     .raft()
                     .is_initialized()
                     .await
-                    .map_err(|f| NodeError::Raft(f.into()))?;
+                    .map_err(|f| NodeError::from(crate::raft::RaftError::from(f)))?;
                 let via = cfg.join.clone().unwrap_or_else(|| via.clone());
                 match join::add_self(&ctx.peers, &via, me, advertise).await {
                     Ok(()) => {
@@ -406,6 +448,20 @@ async fn become_member(
         raft.wait_for_leader(LEADER_WAIT)
             .await
             .ok_or(NodeError::NoLeader(LEADER_WAIT))?;
+    }
+
+    // `--restore`: a new cluster takes the saved state whole (once: a
+    // restarted restored node already has a CA in its state).
+    if let Some(state) = restored {
+        if raft.read_local(|s| s.cluster_ca.is_none() && s.tokens.is_empty()) {
+            ctx.write(Command::Restore {
+                state: Box::new(state),
+            })
+            .await
+            .map_err(NodeError::Write)?;
+            tracing::info!("restored the cluster state from a snapshot");
+            compact_after_restore(raft).await;
+        }
     }
 
     // The CA key goes into the replicated state so any leader can sign
@@ -452,6 +508,50 @@ async fn become_member(
         }
     }
     bootstrap(ctx).await
+}
+
+/// The restore entry holds the whole state: snapshot and purge the log past
+/// it, so nodes that join later catch up by (chunked) snapshot instead of
+/// receiving that one big entry. Best effort: a failure only logs.
+async fn compact_after_restore(raft: &RaftNode) {
+    let Some(applied) = raft.metrics().last_applied else {
+        return;
+    };
+    let r = raft.raft();
+    if let Err(e) = r.trigger().snapshot().await {
+        tracing::warn!(error = %e, "could not snapshot after the restore");
+        return;
+    }
+    let built = r
+        .wait(Some(LEADER_WAIT))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= applied.index),
+            "snapshot after restore",
+        )
+        .await;
+    if let Err(e) = built {
+        tracing::warn!(error = %e, "no snapshot after the restore");
+        return;
+    }
+    if let Err(e) = r.trigger().purge_log(applied.index).await {
+        tracing::warn!(error = %e, "could not purge the log after the restore");
+    }
+}
+
+/// Read a file written by `cairn server snapshot save`: the state and its CA.
+fn read_restore(path: &std::path::Path) -> Result<(State, ClusterCa), NodeError> {
+    let err = |message: String| NodeError::Restore {
+        path: path.to_path_buf(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let state =
+        crate::raft::decode_state(&bytes).map_err(|e| err(format!("not a Cairn snapshot: {e}")))?;
+    let ca = state
+        .cluster_ca
+        .clone()
+        .ok_or_else(|| err("the snapshot has no cluster CA".into()))?;
+    Ok((state, ca))
 }
 
 /// Create the one-time bootstrap token if the cluster has no token at all.

@@ -117,6 +117,14 @@ pub enum ClientRequest {
         request: u64,
         req: Box<ClientRequest>,
     },
+
+    // -- server service --
+    /// A consistent copy of the replicated state (users only), read at the
+    /// leader's read index. Streaming: answered by `SnapshotChunk` frames
+    /// (each under `frame::MAX_FRAME_SIZE`), the last with `last: true`; the
+    /// concatenated bytes are the bincode of the node's state. See
+    /// [`crate::rpc::snapshot_save`].
+    SnapshotSave,
 }
 
 impl ClientRequest {
@@ -151,20 +159,37 @@ impl ClientRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientResponse {
     Ok,
-    Error { message: String },
+    Error {
+        message: String,
+    },
     ServerInfo(Box<ServerInfo>),
-    Token { token: String },
+    Token {
+        token: String,
+    },
     Operations(Vec<Operation>),
     Runners(Vec<Runner>),
-    JobQueued { id: JobId },
+    JobQueued {
+        id: JobId,
+    },
     Jobs(Vec<Job>),
     Job(Box<Job>),
     Registered,
-    OperationStarted { id: OpId, sequence: u64 },
+    OperationStarted {
+        id: OpId,
+        sequence: u64,
+    },
     Config(Vec<ConfigVar>),
     Joined(Box<JoinGrant>),
     Members(Vec<MemberInfo>),
+    /// One piece of a `SnapshotSave` answer.
+    SnapshotChunk {
+        data: Vec<u8>,
+        last: bool,
+    },
 }
+
+/// Largest `SnapshotChunk::data`: well under `frame::MAX_FRAME_SIZE`.
+pub const SNAPSHOT_CHUNK: usize = 4 * 1024 * 1024;
 
 /// What a joining node gets: its certificate and the cluster's CA and members.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -161,6 +161,30 @@ pub async fn open(
     Ok((send, recv))
 }
 
+/// `SnapshotSave`: read every chunk and return the whole snapshot (the
+/// bincode of the cluster's state).
+pub async fn snapshot_save(conn: &quinn::Connection) -> Result<Vec<u8>, RpcError> {
+    let (mut send, mut recv) = open(conn, &ClientRequest::SnapshotSave).await?;
+    send.finish()?;
+    let mut out = Vec::new();
+    loop {
+        match frame::read_required(&mut recv).await? {
+            ClientResponse::SnapshotChunk { data, last } => {
+                out.extend_from_slice(&data);
+                if last {
+                    return Ok(out);
+                }
+            }
+            ClientResponse::Error { message } => return Err(RpcError::Remote(message)),
+            other => {
+                return Err(RpcError::Remote(format!(
+                    "unexpected answer to SnapshotSave: {other:?}"
+                )))
+            }
+        }
+    }
+}
+
 /// Server side: read the hello on the first stream, bounded in time.
 pub async fn accept_hello(
     conn: &quinn::Connection,

@@ -115,3 +115,26 @@ pub async fn remove(g: &Global, id: u64) -> anyhow::Result<i32> {
         other => anyhow::bail!("unexpected answer from the node: {other:?}"),
     }
 }
+
+/// `server snapshot save FILE`: the state as of the leader's read index,
+/// written atomically (temp file, fsync, rename) with mode 0600.
+pub async fn snapshot_save(g: &Global, file: &std::path::Path) -> anyhow::Result<i32> {
+    let ctx = client::resolve(g.context.as_deref(), true).await?;
+    let s = client::connect(&ctx).await?;
+    let bytes = rpc::snapshot_save(&s.conn).await;
+    s.conn.close(0u32.into(), b"bye");
+    let bytes = bytes?;
+    cairn_node::identity::write_atomic(file, &bytes, true)
+        .map_err(|e| anyhow::anyhow!("cannot write the snapshot: {e}"))?;
+    println!(
+        "Saved a snapshot of the cluster state ({} bytes) to {}",
+        bytes.len(),
+        file.display()
+    );
+    println!("Restore it into a new cluster with:");
+    println!(
+        "  cairn-node --restore {} --data-dir NEW_DIR --listen ADDR",
+        file.display()
+    );
+    Ok(0)
+}

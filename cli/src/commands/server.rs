@@ -37,6 +37,17 @@ pub enum ServerCmd {
         #[arg(value_parser = super::cluster::parse_node_id)]
         node: u64,
     },
+    /// Snapshots of the cluster's replicated state.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum SnapshotCmd {
+    /// Save a consistent copy of the cluster's state to FILE (it holds the
+    /// CA key and token hashes: keep it secret). Restore it into a new
+    /// cluster with `cairn-node --restore FILE --data-dir NEW_DIR`.
+    Save { file: std::path::PathBuf },
 }
 
 pub async fn run(g: &Global, cmd: &ServerCmd) -> anyhow::Result<i32> {
@@ -66,6 +77,9 @@ pub async fn run(g: &Global, cmd: &ServerCmd) -> anyhow::Result<i32> {
         ServerCmd::JoinToken { name, ttl } => super::cluster::join_token(g, name, *ttl).await,
         ServerCmd::Members { json } => super::cluster::members(g, *json).await,
         ServerCmd::Remove { node } => super::cluster::remove(g, *node).await,
+        ServerCmd::Snapshot(SnapshotCmd::Save { file }) => {
+            super::cluster::snapshot_save(g, file).await
+        }
         ServerCmd::Info { json } => {
             let ctx = client::resolve(g.context.as_deref(), true).await?;
             let s = client::connect(&ctx).await?;

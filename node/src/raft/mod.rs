@@ -82,3 +82,13 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 150;
 pub const ELECTION_TIMEOUT_MIN_MS: u64 = 600;
 /// Upper bound of the randomized election timeout.
 pub const ELECTION_TIMEOUT_MAX_MS: u64 = 1200;
+
+/// The bincode of a state, as `cairn server snapshot save` writes it.
+pub fn encode_state(state: &crate::state::State) -> Result<Vec<u8>, DbError> {
+    log_store::encode(state)
+}
+
+/// The state in a file written by `cairn server snapshot save`.
+pub fn decode_state(bytes: &[u8]) -> Result<crate::state::State, DbError> {
+    log_store::decode(bytes)
+}

@@ -83,6 +83,7 @@ pub async fn dispatch(
         } => cluster::join(ctx, s, csr, node_id, peer_addr).await,
         ClientRequest::Members => cluster::members(ctx).await,
         ClientRequest::RemoveMember { id } => cluster::remove_member(ctx, s, id).await,
+        ClientRequest::SnapshotSave => return server::snapshot_save(ctx, s, send).await,
     };
     let _ = frame::write(&mut send, &resp).await;
     let _ = send.finish();

@@ -70,3 +70,51 @@ pub async fn exchange_bootstrap(ctx: &Arc<Ctx>, s: &ConnSession, name: &str) -> 
         Err(message) => ClientResponse::Error { message },
     }
 }
+
+/// `SnapshotSave`: the bincode of the state as of the leader's read index
+/// (a consistent point of the replicated state), in `SnapshotChunk` frames.
+/// Users only: the state holds the CA key.
+pub async fn snapshot_save(ctx: &Arc<Ctx>, s: &ConnSession, mut send: quinn::SendStream) {
+    let resp = if s.principal.scope != cairn_protocol::types::TokenScope::User {
+        Err("only a user token can save a snapshot".to_string())
+    } else {
+        match ctx.read(crate::raft::encode_state).await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(e)) => Err(format!("cannot encode the state: {e}")),
+            Err(e) => Err(e),
+        }
+    };
+    match resp {
+        Err(message) => {
+            let _ =
+                cairn_protocol::frame::write(&mut send, &ClientResponse::Error { message }).await;
+        }
+        Ok(bytes) => {
+            let mut chunks = bytes.chunks(cairn_protocol::api::SNAPSHOT_CHUNK).peekable();
+            if chunks.peek().is_none() {
+                let _ = cairn_protocol::frame::write(
+                    &mut send,
+                    &ClientResponse::SnapshotChunk {
+                        data: Vec::new(),
+                        last: true,
+                    },
+                )
+                .await;
+            }
+            while let Some(c) = chunks.next() {
+                let last = chunks.peek().is_none();
+                let frame = ClientResponse::SnapshotChunk {
+                    data: c.to_vec(),
+                    last,
+                };
+                if cairn_protocol::frame::write(&mut send, &frame)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = send.finish();
+}

@@ -120,6 +120,11 @@ pub enum Command {
         request: u64,
         command: Box<Command>,
     },
+    /// Replace the whole state with a saved one (`cairn-node --restore`).
+    /// Only a brand new cluster accepts it: one with no CA and no tokens yet.
+    Restore {
+        state: Box<State>,
+    },
 }
 
 /// How many (client, request) ids the state remembers for
@@ -417,6 +422,15 @@ impl State {
             },
             Command::MarkNodeRemoved { id } => {
                 self.removed_nodes.insert(*id);
+                Response::Ok
+            }
+            Command::Restore { state } => {
+                if self.cluster_ca.is_some() || !self.tokens.is_empty() {
+                    return Response::Error(
+                        "only a new, empty cluster can be restored into".into(),
+                    );
+                }
+                *self = (**state).clone();
                 Response::Ok
             }
         }

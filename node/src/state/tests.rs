@@ -655,3 +655,30 @@ fn remembered_request_ids_are_bounded_oldest_first() {
         .expect("whole");
     assert_eq!(back, st);
 }
+
+#[test]
+fn restore_replaces_only_an_empty_state() {
+    let mut saved = State::default();
+    saved.apply(&req(
+        1,
+        Command::Put {
+            key: "k".into(),
+            value: "v".into(),
+        },
+    ));
+    saved.cluster_ca = Some(ClusterCa {
+        cert_pem: "cert".into(),
+        key_pem: "key".into(),
+    });
+    let mut fresh = State::default();
+    let restore = Command::Restore {
+        state: Box::new(saved.clone()),
+    };
+    assert_eq!(fresh.apply(&req(2, restore.clone())), Response::Ok);
+    assert_eq!(fresh, saved);
+    assert!(
+        matches!(fresh.apply(&req(3, restore)), Response::Error(_)),
+        "a cluster with a CA is not restored over"
+    );
+    assert_eq!(fresh, saved, "a refused restore changes nothing");
+}

@@ -1,0 +1,204 @@
+//! `SnapshotSave` and `--restore`: a saved state restored into a new
+//! one-member cluster keeps its CA (fingerprint), its tokens and its data.
+
+use std::net::SocketAddr;
+
+use cairn_node::NodeConfig;
+use cairn_protocol::api::{ClientRequest, ClientResponse};
+use cairn_protocol::handshake::Role;
+use cairn_protocol::pki::TransportLimits;
+use cairn_protocol::rpc::{self, Dial, RpcError, Session};
+use cairn_protocol::types::{ConfigScope, ConfigVar};
+
+async fn connect(addr: SocketAddr, ca: &str, token: &str) -> Result<Session, RpcError> {
+    rpc::connect(&Dial {
+        addr: addr.to_string(),
+        ca_fingerprint: ca.to_string(),
+        identity: None,
+        role: Role::Client,
+        token: token.to_string(),
+        agent: "snapshot-test".into(),
+        limits: TransportLimits::DEFAULT,
+    })
+    .await
+}
+
+async fn call(s: &Session, req: ClientRequest) -> ClientResponse {
+    match rpc::call(&s.conn, &req).await {
+        Ok(r) => r,
+        Err(e) => panic!("{req:?} failed: {e}"),
+    }
+}
+
+fn var(name: &str, value: &str) -> ConfigVar {
+    ConfigVar {
+        scope: ConfigScope::Project("p".into()),
+        name: name.into(),
+        value: value.into(),
+        secret: false,
+    }
+}
+
+async fn get_all(s: &Session) -> Vec<(String, String)> {
+    match call(
+        s,
+        ClientRequest::ListConfig {
+            scope: Some(ConfigScope::Project("p".into())),
+        },
+    )
+    .await
+    {
+        ClientResponse::Config(vars) => vars.into_iter().map(|v| (v.name, v.value)).collect(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+const BIG_VARS: usize = 80;
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_restores_into_a_new_cluster() {
+    let dir_a = tempfile::tempdir().expect("tempdir");
+    let a = cairn_node::start(NodeConfig::new(dir_a.path(), any_port()))
+        .await
+        .expect("node A");
+    let ca = a.ca_fingerprint.clone();
+    let boot = a.bootstrap_token.clone().expect("bootstrap token");
+    let s = connect(a.addr, &ca, &boot)
+        .await
+        .expect("bootstrap connects");
+    let ClientResponse::Token { token: user } = call(
+        &s,
+        ClientRequest::ExchangeBootstrap {
+            name: "admin".into(),
+        },
+    )
+    .await
+    else {
+        panic!("no user token")
+    };
+    s.conn.close(0u32.into(), b"bye");
+
+    let s = connect(a.addr, &ca, &user).await.expect("user connects");
+    for (k, v) in [("a", "1"), ("b", "2")] {
+        let r = call(&s, ClientRequest::SetConfig { var: var(k, v) }).await;
+        assert_eq!(r, ClientResponse::Ok);
+    }
+    // Over 5 MiB of state: the answer takes more than one chunk.
+    let big = "x".repeat(64 * 1024);
+    for i in 0..BIG_VARS {
+        let var = ConfigVar {
+            scope: ConfigScope::Project("big".into()),
+            name: format!("v{i}"),
+            value: big.clone(),
+            secret: false,
+        };
+        assert_eq!(
+            call(&s, ClientRequest::SetConfig { var }).await,
+            ClientResponse::Ok
+        );
+    }
+    let bytes = rpc::snapshot_save(&s.conn).await.expect("snapshot save");
+    assert!(bytes.len() > cairn_protocol::api::SNAPSHOT_CHUNK);
+    // Only a user may save one (it holds the CA key).
+    let ClientResponse::Token { token: joiner } = call(
+        &s,
+        ClientRequest::CreateToken {
+            scope: cairn_protocol::types::TokenScope::Join,
+            name: "r".into(),
+            ttl_s: None,
+        },
+    )
+    .await
+    else {
+        panic!("no join token")
+    };
+    let r = connect(a.addr, &ca, &joiner)
+        .await
+        .expect("joiner connects");
+    assert!(matches!(
+        rpc::snapshot_save(&r.conn).await,
+        Err(RpcError::Remote(_))
+    ));
+    r.conn.close(0u32.into(), b"bye");
+    s.conn.close(0u32.into(), b"bye");
+    assert!(!bytes.is_empty());
+
+    let dir_x = tempfile::tempdir().expect("tempdir");
+    let file = dir_x.path().join("cluster.snap");
+    cairn_node::identity::write_atomic(&file, &bytes, true).expect("write snapshot");
+    a.stop().await;
+
+    let dir_b = tempfile::tempdir().expect("tempdir");
+    let mut cfg = NodeConfig::new(dir_b.path().join("data"), any_port());
+    cfg.restore = Some(file.clone());
+    let b = cairn_node::start(cfg.clone()).await.expect("restored node");
+    assert_eq!(b.ca_fingerprint, ca, "the CA survives the restore");
+    assert!(
+        b.ctx.raft.metrics().snapshot.is_some(),
+        "the restore entry is compacted into a snapshot"
+    );
+    assert!(
+        b.bootstrap_token.is_none(),
+        "a restored cluster has its tokens already"
+    );
+
+    let s = connect(b.addr, &ca, &user)
+        .await
+        .expect("the old user token authenticates");
+    assert_eq!(
+        get_all(&s).await,
+        vec![("a".to_string(), "1".to_string()), ("b".into(), "2".into())]
+    );
+    match call(
+        &s,
+        ClientRequest::ListConfig {
+            scope: Some(ConfigScope::Project("big".into())),
+        },
+    )
+    .await
+    {
+        ClientResponse::Config(vars) => assert_eq!(vars.len(), BIG_VARS),
+        other => panic!("unexpected {other:?}"),
+    }
+    let r = call(&s, ClientRequest::SetConfig { var: var("c", "3") }).await;
+    assert_eq!(r, ClientResponse::Ok, "a new write works");
+    assert_eq!(get_all(&s).await.len(), 3);
+    s.conn.close(0u32.into(), b"bye");
+
+    // Restarting the restored node (with --restore still given) keeps its
+    // state instead of restoring again.
+    cfg.listen = b.addr;
+    b.stop().await;
+    let b = loop {
+        match cairn_node::start(cfg.clone()).await {
+            Ok(n) => break n,
+            Err(cairn_node::NodeError::Bind { .. }) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("restart failed: {e}"),
+        }
+    };
+    let s = connect(b.addr, &ca, &user).await.expect("user connects");
+    assert_eq!(get_all(&s).await.len(), 3, "the restart kept the new write");
+    s.conn.close(0u32.into(), b"bye");
+    b.stop().await;
+}
+
+#[test]
+fn garbage_is_not_a_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.snap");
+    std::fs::write(&file, b"not a snapshot").expect("write");
+    let mut cfg = NodeConfig::new(dir.path().join("data"), any_port());
+    cfg.restore = Some(file);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    match rt.block_on(cairn_node::start(cfg)) {
+        Err(cairn_node::NodeError::Restore { .. }) => {}
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("started from garbage"),
+    }
+}
