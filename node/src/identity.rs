@@ -114,31 +114,7 @@ pub fn load(dir: &Path) -> Result<Option<Identity>, IdentityError> {
 
 /// Load the identity in `dir`, or create a new cluster's identity there.
 pub fn load_or_create(dir: &Path, extra_names: &[String]) -> Result<Identity, IdentityError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    if let Some(id) = load(dir)? {
-        return Ok(id);
-    }
-    let node_id = new_node_id();
-    let ca = Ca::generate("cairn")?;
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    names.extend(extra_names.iter().cloned());
-    let cert = ca.issue_node(&pki::node_common_name(node_id), &names)?;
-    write_atomic(&dir.join("ca.pem"), ca.cert_pem.as_bytes(), false)?;
-    write_atomic(&dir.join("ca-key.pem"), ca.key_pem().as_bytes(), true)?;
-    write_atomic(&dir.join("node.pem"), cert.cert_pem.as_bytes(), false)?;
-    write_atomic(&dir.join("node-key.pem"), cert.key_pem.as_bytes(), true)?;
-    // node.json last: its presence means the identity is complete.
-    write_node_file(dir, node_id, None)?;
-    let ca_fingerprint = ca.fingerprint()?;
-    Ok(Identity {
-        node_id,
-        ca_cert_pem: ca.cert_pem.clone(),
-        ca: Some(ca),
-        cert,
-        ca_fingerprint,
-        created: true,
-        joined_via: None,
-    })
+    load_or_create_with(dir, extra_names, || Ok(Ca::generate("cairn")?))
 }
 
 /// Create the identity of the first node of a cluster restored from a
@@ -151,11 +127,20 @@ pub fn create_restored(
     ca_key_pem: &str,
     extra_names: &[String],
 ) -> Result<Identity, IdentityError> {
+    load_or_create_with(dir, extra_names, || Ok(Ca::load(ca_cert_pem, ca_key_pem)?))
+}
+
+/// The identity in `dir`, or a new one under the CA `make_ca` gives.
+fn load_or_create_with(
+    dir: &Path,
+    extra_names: &[String],
+    make_ca: impl FnOnce() -> Result<Ca, IdentityError>,
+) -> Result<Identity, IdentityError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     if let Some(id) = load(dir)? {
         return Ok(id);
     }
-    let ca = Ca::load(ca_cert_pem, ca_key_pem)?;
+    let ca = make_ca()?;
     let node_id = new_node_id();
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     names.extend(extra_names.iter().cloned());

@@ -702,6 +702,7 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, shutdown: Canc
             .map_err(refuse)
     } else {
         authenticate(&ctx, &conn, role, &hello.token)
+            .await
             .map(Admitted::Token)
             .map_err(refuse)
     };
@@ -760,17 +761,24 @@ enum Admitted {
     Token(Principal),
 }
 
-fn authenticate(
+async fn authenticate(
     ctx: &Ctx,
     conn: &quinn::Connection,
     role: Role,
     secret: &str,
 ) -> Result<Principal, String> {
     let hash = token::hash(secret);
-    let rec = ctx
-        .raft
-        .read_local(|s| s.token(&hash, now_ms()).cloned())
-        .ok_or_else(|| "the token is not valid (unknown, expired or revoked)".to_string())?;
+    let mut rec = ctx.raft.read_local(|s| s.token(&hash, now_ms()).cloned());
+    if rec.is_none() {
+        // This node may lag behind a token just created through the leader:
+        // ask again at the leader's read point before refusing.
+        rec = ctx
+            .read(|s| s.token(&hash, now_ms()).cloned())
+            .await
+            .unwrap_or(None);
+    }
+    let rec =
+        rec.ok_or_else(|| "the token is not valid (unknown, expired or revoked)".to_string())?;
     let allowed = match (role, &rec.scope) {
         (Role::Client, TokenScope::User | TokenScope::Bootstrap | TokenScope::Join) => true,
         (Role::Runner, TokenScope::Runner | TokenScope::User) => {
