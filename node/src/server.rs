@@ -761,6 +761,29 @@ enum Admitted {
     Token(Principal),
 }
 
+/// Why a limited token may not make `req`; `None` when it may.
+fn refused_for_scope(scope: &TokenScope, req: &ClientRequest) -> Option<&'static str> {
+    match scope {
+        TokenScope::Bootstrap
+            if !matches!(
+                req,
+                ClientRequest::ServerInfo | ClientRequest::ExchangeBootstrap { .. }
+            ) =>
+        {
+            Some("the bootstrap token can only be exchanged for a user token")
+        }
+        TokenScope::Join
+            if !matches!(
+                req,
+                ClientRequest::ServerInfo | ClientRequest::JoinCluster { .. }
+            ) =>
+        {
+            Some("a join token can only be used to join a node to the cluster")
+        }
+        _ => None,
+    }
+}
+
 async fn authenticate(
     ctx: &Ctx,
     conn: &quinn::Connection,
@@ -829,32 +852,11 @@ async fn serve_stream(
             return;
         }
     };
-    if session.principal.scope == TokenScope::Bootstrap
-        && !matches!(
-            req,
-            ClientRequest::ServerInfo | ClientRequest::ExchangeBootstrap { .. }
-        )
-    {
+    if let Some(message) = refused_for_scope(&session.principal.scope, &req) {
         let _ = frame::write(
             &mut send,
             &ClientResponse::Error {
-                message: "the bootstrap token can only be exchanged for a user token".into(),
-            },
-        )
-        .await;
-        let _ = send.finish();
-        return;
-    }
-    if session.principal.scope == TokenScope::Join
-        && !matches!(
-            req,
-            ClientRequest::ServerInfo | ClientRequest::JoinCluster { .. }
-        )
-    {
-        let _ = frame::write(
-            &mut send,
-            &ClientResponse::Error {
-                message: "a join token can only be used to join a node to the cluster".into(),
+                message: message.into(),
             },
         )
         .await;
