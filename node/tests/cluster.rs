@@ -2,6 +2,8 @@
 //! writes and linearizable reads through any node, leader failover, peer
 //! authentication, removal, and a joined node's restart.
 
+mod common;
+use common::{call, connect, var};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use cairn_protocol::api::{ClientRequest, ClientResponse, MemberInfo, MemberRole}
 use cairn_protocol::handshake::Role;
 use cairn_protocol::pki::{self, CertifiedKey, TransportLimits};
 use cairn_protocol::rpc::{self, Dial, RpcError, Session};
-use cairn_protocol::types::{ConfigScope, ConfigVar, TokenScope};
+use cairn_protocol::types::{ConfigScope, TokenScope};
 use tempfile::TempDir;
 
 /// Generous bound for anything that should happen "soon" on a loaded box.
@@ -212,35 +214,6 @@ impl Cluster {
         for m in &mut self.members {
             m.stop().await;
         }
-    }
-}
-
-async fn connect(addr: SocketAddr, ca: &str, token: &str) -> Result<Session, RpcError> {
-    rpc::connect(&Dial {
-        addr: addr.to_string(),
-        ca_fingerprint: ca.to_string(),
-        identity: None,
-        role: Role::Client,
-        token: token.to_string(),
-        agent: "cluster-test".into(),
-        limits: TransportLimits::DEFAULT,
-    })
-    .await
-}
-
-async fn call(s: &Session, req: ClientRequest) -> ClientResponse {
-    match rpc::call(&s.conn, &req).await {
-        Ok(r) => r,
-        Err(e) => panic!("{req:?} failed: {e}"),
-    }
-}
-
-fn var(name: &str, value: &str) -> ConfigVar {
-    ConfigVar {
-        scope: ConfigScope::Project("p".into()),
-        name: name.into(),
-        value: value.into(),
-        secret: false,
     }
 }
 

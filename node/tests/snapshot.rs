@@ -1,43 +1,14 @@
 //! `SnapshotSave` and `--restore`: a saved state restored into a new
 //! one-member cluster keeps its CA (fingerprint), its tokens and its data.
 
+mod common;
+use common::{call, connect, var};
 use std::net::SocketAddr;
 
 use cairn_node::NodeConfig;
 use cairn_protocol::api::{ClientRequest, ClientResponse};
-use cairn_protocol::handshake::Role;
-use cairn_protocol::pki::TransportLimits;
-use cairn_protocol::rpc::{self, Dial, RpcError, Session};
+use cairn_protocol::rpc::{self, RpcError, Session};
 use cairn_protocol::types::{ConfigScope, ConfigVar};
-
-async fn connect(addr: SocketAddr, ca: &str, token: &str) -> Result<Session, RpcError> {
-    rpc::connect(&Dial {
-        addr: addr.to_string(),
-        ca_fingerprint: ca.to_string(),
-        identity: None,
-        role: Role::Client,
-        token: token.to_string(),
-        agent: "snapshot-test".into(),
-        limits: TransportLimits::DEFAULT,
-    })
-    .await
-}
-
-async fn call(s: &Session, req: ClientRequest) -> ClientResponse {
-    match rpc::call(&s.conn, &req).await {
-        Ok(r) => r,
-        Err(e) => panic!("{req:?} failed: {e}"),
-    }
-}
-
-fn var(name: &str, value: &str) -> ConfigVar {
-    ConfigVar {
-        scope: ConfigScope::Project("p".into()),
-        name: name.into(),
-        value: value.into(),
-        secret: false,
-    }
-}
 
 async fn get_all(s: &Session) -> Vec<(String, String)> {
     match call(
