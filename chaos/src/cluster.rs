@@ -83,12 +83,13 @@ pub fn dial(addr: SocketAddr, ca: &str, token: &str) -> Dial {
 impl Cluster {
     /// Network, node 1 bootstrapped, the others joined through node 1.
     pub async fn start(
+        lane: net::Lane,
         n: usize,
         node_bin: &Path,
         work: &Path,
         bug: Option<String>,
     ) -> Result<Cluster, ClusterError> {
-        let net = Net::setup(n)?;
+        let net = Net::setup(lane, n)?;
         let mut c = Cluster {
             nodes: Vec::new(),
             ca_fingerprint: String::new(),
@@ -103,7 +104,7 @@ impl Cluster {
             std::fs::create_dir_all(&dir)?;
             c.nodes.push(NodeProc {
                 idx: i,
-                addr: SocketAddr::new(net::node_ip(i).into(), PORT),
+                addr: SocketAddr::new(lane.node_ip(i).into(), PORT),
                 data_dir: dir.join("data"),
                 log: dir.join("node.log"),
                 node_id: 0,
@@ -149,7 +150,7 @@ impl Cluster {
             .append(true)
             .open(&node.log)?;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &net::ns_name(i)])
+        cmd.args(["netns", "exec", &self.net.lane.ns_name(i)])
             .arg(&self.node_bin)
             .arg("--data-dir")
             .arg(&node.data_dir)

@@ -8,17 +8,24 @@
 //! - `cluster`: node processes (bootstrap, join, kill -9, restart, SIGSTOP).
 //! - `schedule`: the fault schedule, a pure function of seed and config.
 //! - `workload`: clients and the recorded history.
+//! - `jobs`: a headless runner and job queuers; job and sequence checks.
 //! - `checker`: Wing–Gong/Lowe linearizability for one register.
 //! - `verify`: history → per-key checks and the durability check.
 //! - `run`: one run, end to end.
 
 pub mod checker;
 pub mod cluster;
+pub mod jobs;
 pub mod net;
 pub mod run;
 pub mod schedule;
 pub mod verify;
 pub mod workload;
 
-/// Work dirs of runs in progress are `$TMPDIR/cairn-chaos-run-*`.
+/// Work dirs of runs in progress are `$TMPDIR/cairn-chaos-run-<lane>-*`.
 pub const WORK_PREFIX: &str = "cairn-chaos-run-";
+
+/// The work-dir prefix of one lane's runs.
+pub fn work_prefix(lane: net::Lane) -> String {
+    format!("{WORK_PREFIX}{}-", lane.0)
+}

@@ -27,8 +27,13 @@ enum Cmd {
     Run(RunArgs),
     /// Print the fault schedule of a seed without running anything.
     Schedule(ScheduleArgs),
-    /// Remove namespaces, bridge, processes and work dirs of crashed runs.
-    Cleanup,
+    /// Remove namespaces, bridges, processes and work dirs of crashed runs.
+    Cleanup {
+        /// Only this lane (default: every lane — which also stops runs in
+        /// progress on other lanes).
+        #[arg(long)]
+        lane: Option<u8>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,6 +82,11 @@ struct RunArgs {
     /// Keep the work dir (logs, history.json) of passing runs too.
     #[arg(long)]
     keep: bool,
+    /// Slot of this machine to run in, 0–9: runs on different lanes use
+    /// different namespaces, bridges and subnets, so they can go on side by
+    /// side (one run per lane at a time).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..10))]
+    lane: u8,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -109,8 +119,8 @@ fn parse_seeds(s: &str) -> Result<(u64, u64), String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.cmd {
-        Cmd::Cleanup => {
-            for r in cleanup() {
+        Cmd::Cleanup { lane } => {
+            for r in cleanup(lane.map(net::Lane)) {
                 println!("removed {r}");
             }
             ExitCode::SUCCESS
@@ -133,11 +143,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn cleanup() -> Vec<String> {
-    let mut out = net::cleanup();
+fn cleanup(lane: Option<net::Lane>) -> Vec<String> {
+    let mut out = net::cleanup(lane);
+    let prefix = match lane {
+        Some(l) => cairn_chaos::work_prefix(l),
+        None => WORK_PREFIX.to_string(),
+    };
     if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
         for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with(WORK_PREFIX)
+            if e.file_name().to_string_lossy().starts_with(&prefix)
                 && std::fs::remove_dir_all(e.path()).is_ok()
             {
                 out.push(e.path().display().to_string());
@@ -171,19 +185,20 @@ fn node_bin(a: &RunArgs) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-/// One run at a time per machine: runs share the namespace and bridge names
-/// (and each starts by cleaning up). Held while the file exists and names a
-/// live process.
+/// One run at a time per lane: runs of a lane share its namespace and
+/// bridge names (and each starts by cleaning them up). Held while the file
+/// exists and names a live process.
 struct RunLock(PathBuf);
 
 impl RunLock {
-    fn take() -> anyhow::Result<RunLock> {
-        let path = std::env::temp_dir().join("cairn-chaos.lock");
+    fn take(lane: net::Lane) -> anyhow::Result<RunLock> {
+        let path = std::env::temp_dir().join(format!("cairn-chaos-lane{}.lock", lane.0));
         if let Ok(pid) = std::fs::read_to_string(&path) {
             let pid = pid.trim();
             if !pid.is_empty() && std::path::Path::new(&format!("/proc/{pid}")).exists() {
                 anyhow::bail!(
-                    "another cairn-chaos run (pid {pid}) is in progress ({})",
+                    "another cairn-chaos run (pid {pid}) is in progress on lane {} ({}); pick another --lane",
+                    lane.0,
                     path.display()
                 );
             }
@@ -201,7 +216,8 @@ impl Drop for RunLock {
 
 fn run_cmd(a: RunArgs) -> anyhow::Result<bool> {
     net::preflight().map_err(|e| anyhow::anyhow!(e))?;
-    let _lock = RunLock::take()?;
+    let lane = net::Lane(a.lane);
+    let _lock = RunLock::take(lane)?;
     anyhow::ensure!(a.nodes >= 1 && a.nodes <= 9, "--nodes must be 1..=9");
     let node_bin = node_bin(&a)?;
     let seeds = match (a.seed, a.seeds) {
@@ -213,6 +229,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<bool> {
     let mut outcomes = Vec::new();
     for seed in &seeds {
         let cfg = RunConfig {
+            lane,
             nodes: a.nodes,
             seed: *seed,
             duration: a.duration.unwrap_or(a.schedule.default_duration()),
@@ -236,7 +253,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<bool> {
             None => {
                 // Dropping the run's future killed its nodes and removed its
                 // network; make sure, then stop.
-                cleanup();
+                cleanup(Some(lane));
                 anyhow::bail!("interrupted");
             }
         }
@@ -244,8 +261,8 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<bool> {
     if outcomes.len() > 1 {
         println!();
         println!(
-            "{:>6} {:>7} {:>7} {:>7} {:>5} {:>12} {:>6} {:>6}  result",
-            "seed", "ops", "acked", "unknown", "lost", "linearizable", "faults", "secs"
+            "{:>6} {:>7} {:>7} {:>7} {:>5} {:>12} {:>9} {:>6} {:>6}  result",
+            "seed", "ops", "acked", "unknown", "lost", "linearizable", "jobs ok", "faults", "secs"
         );
         for o in &outcomes {
             let (ops, acked, unk, lost, lin) = match &o.report {
@@ -265,14 +282,20 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<bool> {
                 ),
                 None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
             };
+            let jobs = match &o.jobs {
+                Some(j) if j.violations.is_empty() => format!("{}", j.succeeded),
+                Some(j) => format!("{}BAD", j.violations.len()),
+                None => "-".into(),
+            };
             println!(
-                "{:>6} {:>7} {:>7} {:>7} {:>5} {:>12} {:>6} {:>6.0}  {}",
+                "{:>6} {:>7} {:>7} {:>7} {:>5} {:>12} {:>9} {:>6} {:>6.0}  {}",
                 o.seed,
                 ops,
                 acked,
                 unk,
                 lost,
                 lin,
+                jobs,
                 o.faults,
                 o.elapsed.as_secs_f64(),
                 if o.passed() { "pass" } else { "FAIL" }

@@ -6,18 +6,19 @@
 //! lets traffic cross our bridge (Docker hosts drop bridged traffic by
 //! default) and is removed with the bridge.
 //!
-//! Invariant: every name starts with [`PREFIX`] (the bridge is [`BRIDGE`]),
-//! so `cleanup` finds everything a crashed run left behind.
+//! Several runs may go on side by side, each in its own [`Lane`] (0–9): its
+//! own names, subnet and lock. Invariant: every name starts with [`PREFIX`]
+//! followed by the lane digit, so `cleanup` finds everything a crashed run
+//! left behind, of one lane or of all.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-/// Namespaces are `cchaos-1`, `cchaos-2`, …; host-side veths `cchaos-v1`, …
-pub const PREFIX: &str = "cchaos-";
-pub const BRIDGE: &str = "cchaos0";
-/// A private /24 used only inside the namespaces and bridge we create.
-pub const SUBNET: [u8; 3] = [10, 237, 77];
+/// Every name of ours starts with this (then the lane digit).
+pub const PREFIX: &str = "cchaos";
 const FORWARD_COMMENT: &str = "cairn-chaos";
+/// Lanes 0..MAX_LANES.
+pub const MAX_LANES: u8 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -55,21 +56,65 @@ fn sh_quiet(args: &[&str]) {
         .status();
 }
 
-pub fn ns_name(node: usize) -> String {
-    format!("{PREFIX}{}", node + 1)
-}
+/// One run's slot on this machine: namespaces `cchaos<L>-1`, `cchaos<L>-2`,
+/// …, host-side veths `cchaos<L>-v1`, …, bridge `cchaos<L>-br`, and the
+/// private subnet 10.237.(77+L).0/24, used only inside what we create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lane(pub u8);
 
-fn veth_host(node: usize) -> String {
-    format!("{PREFIX}v{}", node + 1)
-}
+impl Lane {
+    fn prefix(self) -> String {
+        format!("{PREFIX}{}-", self.0)
+    }
 
-/// Node `i` (0-based) lives at .11, .12, …; the bridge is .1.
-pub fn node_ip(node: usize) -> Ipv4Addr {
-    Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 11 + node as u8)
-}
+    pub fn ns_name(self, node: usize) -> String {
+        format!("{}{}", self.prefix(), node + 1)
+    }
 
-pub fn bridge_ip() -> Ipv4Addr {
-    Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 1)
+    fn veth_host(self, node: usize) -> String {
+        format!("{}v{}", self.prefix(), node + 1)
+    }
+
+    pub fn bridge(self) -> String {
+        format!("{}br", self.prefix())
+    }
+
+    fn subnet(self) -> [u8; 3] {
+        [10, 237, 77 + self.0]
+    }
+
+    /// Node `i` (0-based) lives at .11, .12, …; the bridge is .1.
+    pub fn node_ip(self, node: usize) -> Ipv4Addr {
+        let s = self.subnet();
+        Ipv4Addr::new(s[0], s[1], s[2], 11 + node as u8)
+    }
+
+    pub fn bridge_ip(self) -> Ipv4Addr {
+        let s = self.subnet();
+        Ipv4Addr::new(s[0], s[1], s[2], 1)
+    }
+
+    fn forward_rule(self, op: &str) -> Vec<String> {
+        let br = self.bridge();
+        [
+            "iptables",
+            op,
+            "FORWARD",
+            "-i",
+            &br,
+            "-o",
+            &br,
+            "-m",
+            "comment",
+            "--comment",
+            &format!("{FORWARD_COMMENT}-{}", self.0),
+            "-j",
+            "ACCEPT",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    }
 }
 
 /// Check the tools we need exist; the message names the Debian package.
@@ -96,6 +141,7 @@ pub fn preflight() -> Result<(), String> {
 
 /// The namespaces and bridge of one run; torn down on drop.
 pub struct Net {
+    pub lane: Lane,
     pub nodes: usize,
     /// Whether this kernel has `sch_netem` (delay faults fall back to `tbf`).
     pub netem: bool,
@@ -103,43 +149,32 @@ pub struct Net {
 }
 
 impl Net {
-    pub fn setup(nodes: usize) -> Result<Net, NetError> {
-        // Whatever a crashed run left behind goes first.
-        cleanup();
+    pub fn setup(lane: Lane, nodes: usize) -> Result<Net, NetError> {
+        // Whatever a crashed run of this lane left behind goes first.
+        cleanup(Some(lane));
         let mut net = Net {
+            lane,
             nodes,
             netem: false,
             torn_down: false,
         };
         let cidr = |ip: Ipv4Addr| format!("{ip}/24");
-        sh(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
-        sh(&["ip", "addr", "add", &cidr(bridge_ip()), "dev", BRIDGE])?;
-        sh(&["ip", "link", "set", BRIDGE, "up"])?;
+        let bridge = lane.bridge();
+        sh(&["ip", "link", "add", &bridge, "type", "bridge"])?;
+        sh(&["ip", "addr", "add", &cidr(lane.bridge_ip()), "dev", &bridge])?;
+        sh(&["ip", "link", "set", &bridge, "up"])?;
         // Bridged frames pass through iptables FORWARD when br_netfilter is
         // loaded; let ours through.
-        sh_quiet(&[
-            "iptables",
-            "-I",
-            "FORWARD",
-            "-i",
-            BRIDGE,
-            "-o",
-            BRIDGE,
-            "-m",
-            "comment",
-            "--comment",
-            FORWARD_COMMENT,
-            "-j",
-            "ACCEPT",
-        ]);
+        let rule = lane.forward_rule("-I");
+        sh_quiet(&rule.iter().map(String::as_str).collect::<Vec<_>>());
         for i in 0..nodes {
-            let ns = ns_name(i);
-            let vh = veth_host(i);
+            let ns = lane.ns_name(i);
+            let vh = lane.veth_host(i);
             sh(&["ip", "netns", "add", &ns])?;
             sh(&[
                 "ip", "link", "add", &vh, "type", "veth", "peer", "name", "eth0", "netns", &ns,
             ])?;
-            sh(&["ip", "link", "set", &vh, "master", BRIDGE])?;
+            sh(&["ip", "link", "set", &vh, "master", &bridge])?;
             sh(&["ip", "link", "set", &vh, "up"])?;
             sh(&[
                 "ip",
@@ -147,7 +182,7 @@ impl Net {
                 &ns,
                 "addr",
                 "add",
-                &cidr(node_ip(i)),
+                &cidr(lane.node_ip(i)),
                 "dev",
                 "eth0",
             ])?;
@@ -155,7 +190,7 @@ impl Net {
             sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
         }
         // Probe netem once (some kernels lack sch_netem).
-        let ns = ns_name(0);
+        let ns = lane.ns_name(0);
         net.netem = sh(&[
             "ip", "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem",
             "delay", "1ms",
@@ -170,7 +205,7 @@ impl Net {
     }
 
     fn in_ns(&self, node: usize, args: &[&str]) -> Result<String, NetError> {
-        let ns = ns_name(node);
+        let ns = self.lane.ns_name(node);
         let mut full = vec!["ip", "netns", "exec", ns.as_str()];
         full.extend_from_slice(args);
         sh(&full)
@@ -180,7 +215,7 @@ impl Net {
     /// rules on `node`'s side only; call it for both sides to be sure).
     pub fn block(&self, node: usize, others: &[usize]) -> Result<(), NetError> {
         for &o in others {
-            let ip = node_ip(o).to_string();
+            let ip = self.lane.node_ip(o).to_string();
             self.in_ns(node, &["iptables", "-A", "INPUT", "-s", &ip, "-j", "DROP"])?;
             self.in_ns(node, &["iptables", "-A", "OUTPUT", "-d", &ip, "-j", "DROP"])?;
         }
@@ -253,7 +288,7 @@ impl Net {
 
     /// Remove every rule and qdisc from `node`'s namespace.
     pub fn heal(&self, node: usize) {
-        let ns = ns_name(node);
+        let ns = self.lane.ns_name(node);
         sh_quiet(&["ip", "netns", "exec", &ns, "iptables", "-F"]);
         sh_quiet(&[
             "ip", "netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root",
@@ -269,7 +304,7 @@ impl Net {
     pub fn teardown(&mut self) {
         if !self.torn_down {
             self.torn_down = true;
-            cleanup();
+            cleanup(Some(self.lane));
         }
     }
 }
@@ -280,16 +315,22 @@ impl Drop for Net {
     }
 }
 
-/// Remove every namespace, veth, bridge and FORWARD rule of ours, killing
-/// any process still inside our namespaces. Safe to run at any time.
-pub fn cleanup() -> Vec<String> {
+/// Remove every namespace, veth, bridge and FORWARD rule of one lane (or,
+/// with `None`, of every lane), killing any process still inside those
+/// namespaces. Safe to run at any time, but `None` also tears down the runs
+/// of other lanes in progress.
+pub fn cleanup(lane: Option<Lane>) -> Vec<String> {
+    let ours = |name: &str| match lane {
+        Some(l) => name.starts_with(&l.prefix()),
+        None => (0..MAX_LANES).any(|l| name.starts_with(&Lane(l).prefix())),
+    };
     let mut removed = Vec::new();
     let list = sh(&["ip", "netns", "list"]).unwrap_or_default();
     for line in list.lines() {
         let Some(ns) = line.split_whitespace().next() else {
             continue;
         };
-        if !ns.starts_with(PREFIX) {
+        if !ours(ns) {
             continue;
         }
         let pids = sh(&["ip", "netns", "pids", ns]).unwrap_or_default();
@@ -303,36 +344,50 @@ pub fn cleanup() -> Vec<String> {
     }
     let links = sh(&["ip", "-o", "link", "show"]).unwrap_or_default();
     for line in links.lines() {
-        // "12: cchaos-v1@if2: <…"
+        // "12: cchaos0-v1@if2: <…"
         let Some(name) = line.split(':').nth(1) else {
             continue;
         };
         let name = name.trim().split('@').next().unwrap_or("");
-        if name.starts_with(PREFIX) || name == BRIDGE {
+        if ours(name) {
             sh_quiet(&["ip", "link", "del", name]);
             removed.push(format!("link {name}"));
         }
     }
-    loop {
-        let rule = [
-            "iptables",
-            "-D",
-            "FORWARD",
-            "-i",
-            BRIDGE,
-            "-o",
-            BRIDGE,
-            "-m",
-            "comment",
-            "--comment",
-            FORWARD_COMMENT,
-            "-j",
-            "ACCEPT",
-        ];
-        if sh(&rule).is_err() {
-            break;
+    let lanes: Vec<Lane> = match lane {
+        Some(l) => vec![l],
+        None => (0..MAX_LANES).map(Lane).collect(),
+    };
+    for l in lanes {
+        let rule = l.forward_rule("-D");
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        while sh(&rule).is_ok() {
+            removed.push(format!("FORWARD rule of lane {}", l.0));
         }
-        removed.push("FORWARD rule".into());
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lane_names_fit_and_stay_apart() {
+        for l in 0..MAX_LANES {
+            let lane = Lane(l);
+            // Linux interface names are at most 15 bytes.
+            assert!(lane.veth_host(8).len() <= 15, "{}", lane.veth_host(8));
+            assert!(lane.bridge().len() <= 15);
+            for m in 0..MAX_LANES {
+                if m != l {
+                    let other = Lane(m);
+                    assert!(!lane.ns_name(0).starts_with(&other.prefix()));
+                    assert_ne!(lane.node_ip(0), other.node_ip(0));
+                }
+            }
+        }
+        assert_eq!(Lane(0).ns_name(0), "cchaos0-1");
+        assert_eq!(Lane(3).node_ip(1), Ipv4Addr::new(10, 237, 80, 12));
+    }
 }

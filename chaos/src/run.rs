@@ -9,12 +9,15 @@ use serde::Serialize;
 
 use crate::checker;
 use crate::cluster::Cluster;
+use crate::jobs::{self, JobsReport};
 use crate::schedule::{self, Fault, Kind, Step, Target};
 use crate::verify::{self, FinalRead, Report};
 use crate::workload;
 
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    /// Which slot of this machine (names, subnet) the run uses.
+    pub lane: crate::net::Lane,
     pub nodes: usize,
     pub seed: u64,
     pub duration: Duration,
@@ -41,6 +44,8 @@ pub struct Outcome {
     pub kept: Option<PathBuf>,
     /// Nodes that exited without being killed by the harness.
     pub crashed: Vec<usize>,
+    /// The jobs checks (`None` when the run did not get that far).
+    pub jobs: Option<JobsReport>,
 }
 
 impl Outcome {
@@ -48,6 +53,7 @@ impl Outcome {
         self.error.is_none()
             && self.crashed.is_empty()
             && self.report.as_ref().is_some_and(Report::passed)
+            && self.jobs.as_ref().is_some_and(|j| j.violations.is_empty())
     }
 }
 
@@ -64,6 +70,9 @@ pub fn replay_command(cfg: &RunConfig) -> String {
     );
     if let Some(b) = &cfg.bug {
         s.push_str(&format!(" --bug {b}"));
+    }
+    if cfg.lane.0 != 0 {
+        s.push_str(&format!(" --lane {}", cfg.lane.0));
     }
     s
 }
@@ -83,7 +92,7 @@ pub async fn run(cfg: &RunConfig) -> Outcome {
         println!("   {s}");
     }
     let work = match tempfile::Builder::new()
-        .prefix(crate::WORK_PREFIX)
+        .prefix(&crate::work_prefix(cfg.lane))
         .tempdir()
     {
         Ok(w) => w,
@@ -96,12 +105,13 @@ pub async fn run(cfg: &RunConfig) -> Outcome {
                 error: Some(format!("tempdir: {e}")),
                 kept: None,
                 crashed: vec![],
+                jobs: None,
             }
         }
     };
-    let (report, error, crashed) = match inner(cfg, &steps, work.path()).await {
-        Ok((r, crashed)) => (Some(r), None, crashed),
-        Err(e) => (None, Some(format!("{e:#}")), vec![]),
+    let (report, error, crashed, jobs) = match inner(cfg, &steps, work.path()).await {
+        Ok((r, crashed, jobs)) => (Some(r), None, crashed, Some(jobs)),
+        Err(e) => (None, Some(format!("{e:#}")), vec![], None),
     };
     let mut out = Outcome {
         seed: cfg.seed,
@@ -111,6 +121,7 @@ pub async fn run(cfg: &RunConfig) -> Outcome {
         error,
         kept: None,
         crashed,
+        jobs,
     };
     if !out.passed() || cfg.keep {
         let dest = cfg.keep_dir.join(format!(
@@ -158,6 +169,18 @@ fn print_outcome(cfg: &RunConfig, out: &Outcome) {
             }
         }
     }
+    if let Some(j) = &out.jobs {
+        println!(
+            "   jobs queued {}  started {}  succeeded {}  violations {}",
+            j.queued,
+            j.started,
+            j.succeeded,
+            j.violations.len()
+        );
+        for v in j.violations.iter().take(10) {
+            println!("   JOBS {v}");
+        }
+    }
     for c in &out.crashed {
         println!("   node n{} exited by itself (a crash)", c + 1);
     }
@@ -186,8 +209,9 @@ async fn inner(
     cfg: &RunConfig,
     steps: &[Step],
     work: &Path,
-) -> anyhow::Result<(Report, Vec<usize>)> {
-    let mut cluster = Cluster::start(cfg.nodes, &cfg.node_bin, work, cfg.bug.clone()).await?;
+) -> anyhow::Result<(Report, Vec<usize>, JobsReport)> {
+    let mut cluster =
+        Cluster::start(cfg.lane, cfg.nodes, &cfg.node_bin, work, cfg.bug.clone()).await?;
     println!(
         "   cluster up: {} (netem {})",
         cluster
@@ -214,6 +238,7 @@ async fn inner(
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let clients = tokio::spawn(workload::run(wcfg.clone(), start, stop.clone()));
+    let job_clients = tokio::spawn(jobs::run(wcfg.clone(), start, stop.clone()));
 
     let mut fault_log = Vec::new();
     for step in steps {
@@ -231,11 +256,14 @@ async fn inner(
     }
     tokio::time::sleep_until((start + cfg.duration).into()).await;
     cluster.heal_all().await?;
-    // A few seconds of fault-free load, then stop the clients; the final
-    // read starts after every client operation has completed.
+    // A few seconds of fault-free load; one more job must then run (the
+    // runner found a node that offers it jobs); then stop the clients. The
+    // final reads start after every client operation has completed.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let liveness = jobs::liveness_job(&wcfg, Duration::from_secs(60)).await;
     stop.store(true, Ordering::Relaxed);
     let history = clients.await?;
+    let job_history = job_clients.await?;
     let crashed = cluster.crashed();
     let fin = workload::final_read(&wcfg, start, Instant::now() + Duration::from_secs(60))
         .await
@@ -246,6 +274,9 @@ async fn inner(
         registers: fin.2,
         set: fin.3,
     };
+    let jobs_fin = jobs::final_read(&wcfg, Instant::now() + Duration::from_secs(60))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the final jobs read did not succeed within 60 s"))?;
     std::fs::write(
         work.join("history.json"),
         serde_json::to_vec_pretty(&serde_json::json!({
@@ -253,15 +284,21 @@ async fn inner(
             "faults": fault_log,
             "ops": history,
             "final": fin,
+            "jobs": job_history,
+            "jobs_final": jobs_fin,
         }))?,
     )?;
+    let mut jobs_report = jobs::check(&job_history, &jobs_fin);
+    if let Err(e) = liveness {
+        jobs_report.violations.push(e);
+    }
     let keys: Vec<String> = (0..cfg.keys).map(workload::key_name).collect();
     let report = tokio::task::spawn_blocking(move || {
         verify::verify(&history, &fin, &keys, checker::DEFAULT_BUDGET)
     })
     .await?;
     cluster.stop_all();
-    Ok((report, crashed))
+    Ok((report, crashed, jobs_report))
 }
 
 /// Resolve a target to a node index (the leader, or a fixed node).
@@ -282,6 +319,13 @@ async fn apply(cluster: &mut Cluster, fault: &Fault) -> String {
             }
             None => "no leader to kill".into(),
         },
+        Fault::KillSeveral { nodes } => {
+            for &i in nodes {
+                cluster.kill(i);
+            }
+            let s: Vec<String> = nodes.iter().map(|i| format!("n{}", i + 1)).collect();
+            format!("killed {}", s.join(","))
+        }
         Fault::Pause(t) => match resolve(cluster, *t).await {
             Some(i) => {
                 cluster.pause(i);

@@ -48,6 +48,10 @@ impl fmt::Display for Target {
 pub enum Fault {
     /// `kill -9`, restarted when the step ends.
     Kill(Target),
+    /// `kill -9` of several nodes at once (a majority of a 3-node
+    /// cluster: writes stop until they come back), restarted one by one
+    /// when the step ends.
+    KillSeveral { nodes: Vec<usize> },
     /// SIGSTOP, SIGCONT when the step ends.
     Pause(Target),
     /// The leader alone on one side (clients still reach it).
@@ -64,6 +68,10 @@ impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Fault::Kill(t) => write!(f, "kill -9 {t}"),
+            Fault::KillSeveral { nodes } => {
+                let s: Vec<String> = nodes.iter().map(|i| format!("n{}", i + 1)).collect();
+                write!(f, "kill -9 {}", s.join(","))
+            }
             Fault::Pause(t) => write!(f, "SIGSTOP {t}"),
             Fault::IsolateLeader => write!(f, "isolate leader"),
             Fault::Partition { side } => {
@@ -127,6 +135,18 @@ fn target(rng: &mut ChaCha8Rng, nodes: usize) -> Target {
     }
 }
 
+/// `size` distinct random nodes, sorted.
+fn pick(rng: &mut ChaCha8Rng, nodes: usize, size: usize) -> Vec<usize> {
+    let mut all: Vec<usize> = (0..nodes).collect();
+    let mut out = Vec::new();
+    for _ in 0..size.min(nodes) {
+        let i = rng.gen_range(0..all.len());
+        out.push(all.swap_remove(i));
+    }
+    out.sort_unstable();
+    out
+}
+
 fn fault(rng: &mut ChaCha8Rng, nodes: usize) -> Fault {
     match rng.gen_range(0..100) {
         0..=24 => Fault::Kill(target(rng, nodes)),
@@ -135,23 +155,27 @@ fn fault(rng: &mut ChaCha8Rng, nodes: usize) -> Fault {
         55..=69 => {
             // A minority of 1..=(n-1)/2 random nodes.
             let size = rng.gen_range(1..=((nodes - 1) / 2).max(1));
-            let mut all: Vec<usize> = (0..nodes).collect();
-            let mut side = Vec::new();
-            for _ in 0..size {
-                let i = rng.gen_range(0..all.len());
-                side.push(all.swap_remove(i));
+            Fault::Partition {
+                side: pick(rng, nodes, size),
             }
-            side.sort_unstable();
-            Fault::Partition { side }
         }
         70..=84 => Fault::Loss {
             node: target(rng, nodes),
             pct: rng.gen_range(10..=50),
         },
-        _ => Fault::Delay {
+        85..=92 => Fault::Delay {
             node: target(rng, nodes),
             ms: rng.gen_range(20..=300),
         },
+        _ if nodes >= 3 => {
+            // 2 ..= ceil(n/2) nodes: the survivors plus the first one
+            // restarted always make a quorum again.
+            let size = rng.gen_range(2..=nodes.div_ceil(2).max(2));
+            Fault::KillSeveral {
+                nodes: pick(rng, nodes, size),
+            }
+        }
+        _ => Fault::Kill(target(rng, nodes)),
     }
 }
 
@@ -182,6 +206,11 @@ mod tests {
                     if let Fault::Partition { side } = &st.fault {
                         assert!(!side.is_empty() && side.len() <= 2);
                     }
+                    if let Fault::KillSeveral { nodes } = &st.fault {
+                        // Survivors + one restarted node are a quorum of 5.
+                        assert!(nodes.len() >= 2 && nodes.len() <= 3, "{nodes:?}");
+                        assert!(nodes.windows(2).all(|w| w[0] < w[1]));
+                    }
                 }
             }
         }
@@ -191,6 +220,7 @@ mod tests {
     fn fixed_seed_is_pinned() {
         // Guards replayability across refactors and dependency updates: if
         // this changes, seeds in old bug reports no longer mean anything.
+        // (Last changed on purpose when `KillSeveral` was added.)
         let s = schedule(1, 3, Duration::from_secs(60), Kind::Short);
         let text: Vec<String> = s.iter().map(|x| x.to_string()).collect();
         assert_eq!(
@@ -198,14 +228,13 @@ mod tests {
             [
                 "t=   3.0s  for  4.2s  SIGSTOP n3",
                 "t=   8.3s  for  2.3s  loss 48% leader",
-                "t=  14.5s  for  1.7s  delay 37ms n1",
-                "t=  17.8s  for  2.2s  SIGSTOP leader",
-                "t=  21.6s  for  3.9s  loss 13% leader",
-                "t=  26.8s  for  4.6s  SIGSTOP leader",
-                "t=  32.7s  for  2.5s  kill -9 n1",
-                "t=  38.1s  for  5.1s  partition {n2} | rest",
-                "t=  47.0s  for  2.8s  kill -9 n3",
-                "t=  52.5s  for  5.6s  loss 44% n2",
+                "t=  14.5s  for  1.7s  kill -9 n1,n2",
+                "t=  17.7s  for  3.9s  loss 13% leader",
+                "t=  22.9s  for  4.6s  SIGSTOP leader",
+                "t=  28.8s  for  2.5s  kill -9 n1",
+                "t=  34.2s  for  5.1s  partition {n2} | rest",
+                "t=  43.1s  for  2.8s  kill -9 n3",
+                "t=  48.7s  for  5.6s  loss 44% n2",
             ]
         );
     }

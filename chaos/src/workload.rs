@@ -116,6 +116,7 @@ async fn client(cfg: Config, c: usize, start: Instant, stop: Arc<AtomicBool>) ->
     let mut session: Option<(usize, Session)> = None;
     let mut seq = 0u64;
     let mut node = rng.gen_range(0..cfg.nodes.len());
+    let client_id: u64 = rng.gen();
     while !stop.load(Ordering::Relaxed) {
         if session.is_none() {
             let d = dial(cfg.nodes[node], &cfg.ca, &cfg.token);
@@ -166,10 +167,36 @@ async fn client(cfg: Config, c: usize, start: Instant, stop: Arc<AtomicBool>) ->
             };
             (OpKind::Add { key, value }, req)
         };
-        let invoke_us = us(start);
-        let r = tokio::time::timeout(cfg.op_timeout, rpc::call(&s.conn, &req)).await;
-        let complete_us = us(start);
         let is_read = matches!(kind, OpKind::Read { .. });
+        // Every write carries an idempotency id; even clients retry a
+        // failed write (same id) through other nodes, as the CLI does, so
+        // a retry applied twice would show as a register going back.
+        let (req, retries) = if is_read {
+            (req, 0)
+        } else {
+            (
+                req.idempotent(client_id, seq),
+                if c.is_multiple_of(2) { 2 } else { 0 },
+            )
+        };
+        let invoke_us = us(start);
+        let mut r = tokio::time::timeout(cfg.op_timeout, rpc::call(&s.conn, &req)).await;
+        for _ in 0..retries {
+            if matches!(r, Ok(Ok(_))) {
+                break;
+            }
+            if let Some((_, s)) = session.take() {
+                s.conn.close(0u32.into(), b"retrying elsewhere");
+            }
+            node = other_node(&mut rng, node, cfg.nodes.len());
+            let d = dial(cfg.nodes[node], &cfg.ca, &cfg.token);
+            let Ok(s2) = rpc::connect(&d).await else {
+                continue;
+            };
+            r = tokio::time::timeout(cfg.op_timeout, rpc::call(&s2.conn, &req)).await;
+            session = Some((node, s2));
+        }
+        let complete_us = us(start);
         let (kind, outcome, error, drop_session) = match r {
             Ok(Ok(ClientResponse::Ok)) if !is_read => (kind, Outcome::Ok, None, false),
             Ok(Ok(ClientResponse::Config(vars))) if is_read => {
