@@ -1,31 +1,61 @@
 //! The job queue's live half: connected runners, the scheduler that offers
-//! queued jobs to them, and the per-job event hubs that relay a runner's
-//! events to every client attached to the job.
+//! queued jobs to them, the relay that carries offers to runners connected
+//! to other nodes, and the per-job event hubs that relay a runner's events
+//! to every client attached to the job.
 //!
 //! The durable half (job records and their states) is in the replicated
 //! [`State`](crate::state::State); everything here is per node and rebuilt
-//! from connections.
+//! from connections and reports.
+//!
+//! Runners (and CLIs, which register as runners on their client
+//! connection) connect to any node. Every node reports its runners (id,
+//! labels, the job it carries) to the leader ([`LeaderRequest::ReportRunners`]):
+//! when one registers or leaves, when a relayed job starts or ends, when the
+//! leader changes, and every [`REPORT_INTERVAL`]. The leader keeps each
+//! node's report for [`REMOTE_RUNNER_TTL`]: a node that stops reporting
+//! loses its runners. For a runner on another node the leader opens a peer
+//! stream to that node ([`PeerRequest::RelayOffer`]); that node opens the
+//! offer stream on the runner's own connection and copies frames both ways
+//! ([`relay_offer`]). The leader drives both kinds the same way (`drive_inner`
+//! on a stream pair).
 //!
 //! Invariants:
-//! - Only the leader schedules; a node that becomes leader first fails the
-//!   assigned/running jobs it does not drive (their runner streams were on
-//!   the previous leader) with [`TAKEOVER_REASON`], then offers queued jobs.
-//!   A job is offered at most once: it runs at most once.
+//! - Only the leader schedules, and it drives every job it offers, local or
+//!   relayed; a node that becomes leader first fails the assigned/running
+//!   jobs it does not drive (their job streams went to the previous leader,
+//!   directly or through a relay) with [`TAKEOVER_REASON`], then offers
+//!   queued jobs. A job is offered at most once: it runs at most once.
 //! - At most one job per (project, app) is assigned or running at a time.
-//! - A runner holds at most one job at a time.
+//! - A runner (by id, wherever it is connected) holds at most one job at a
+//!   time: a runner is free for the leader only if no local entry, no claim
+//!   of the leader and no report names an assigned or running job for it.
 //! - Every assigned job ends in a final state: the runner says so, or the
-//!   driving task records why it could not (runner lost, stream broken).
+//!   driving task records why it could not (runner lost, stream broken,
+//!   runner no longer connected to the node the leader thought it was on).
+//! - A job stream that breaks is reset, not finished, on every hop: a runner
+//!   whose leader (or relay) gave up sees its job stream fail. A relay ends
+//!   its runner stream when the leader's stream breaks, or when the leader
+//!   that asked is no longer the leader.
+//! - Only cluster members (node certificates, checked on the peer ALPN) can
+//!   ask for a relay or report runners, and a node reports only its own.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_protocol::api::{JobEvent, NodeToRunner, RunnerToNode};
 use cairn_protocol::frame;
 use cairn_protocol::types::{Job, JobId, JobState, RunnerKind, RunnerTarget};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::peer::{LeaderRequest, LeaderResponse, PeerRequest, PeerResponse};
+use crate::raft::NodeId;
 use crate::server::Ctx;
 use crate::state::{Command, Response};
 
@@ -37,16 +67,43 @@ pub const MAX_FINISHED_HUBS: usize = 256;
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a job for a disconnected CLI runner stays queued before it fails.
 pub const CLI_RUNNER_GRACE: Duration = Duration::from_secs(30);
+/// How often a node reports its runners to the leader (also on every change).
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the leader keeps a node's last report of its runners.
+pub const REMOTE_RUNNER_TTL: Duration = Duration::from_secs(5);
+/// How long the leader may take to answer a report.
+pub const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long opening a relayed offer may take (dial, and the relay node's
+/// answer that it opened the runner's stream).
+pub const RELAY_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// After the leader ended its side of a relayed job stream, how long the
+/// relay waits for the runner to end its side.
+pub const RELAY_DRAIN: Duration = Duration::from_secs(5);
+/// How often the driving task checks the job record for a cancel request
+/// (a client may ask through any node).
+pub const CANCEL_POLL: Duration = Duration::from_millis(500);
+/// Most runners one node may report.
+pub const MAX_REPORTED_RUNNERS: usize = 10_000;
+/// QUIC error code for a job stream reset because the other side is gone.
+pub const JOB_STREAM_ABORTED: u32 = 1;
 
 #[derive(Clone, Default)]
 pub struct Jobs {
     inner: Arc<Mutex<Inner>>,
     wake: Arc<Notify>,
+    /// Tells the reporter to send this node's runners to the leader now.
+    report: Arc<Notify>,
+    reports_paused: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
 struct Inner {
+    /// Runners connected to this node.
     runners: HashMap<String, RunnerEntry>,
+    /// On the leader: what the other nodes reported.
+    remote: HashMap<NodeId, RemoteNode>,
+    /// On the leader: remote runners it offered a job to (runner → job).
+    remote_claims: HashMap<String, JobId>,
     hubs: HashMap<JobId, Hub>,
     finished_order: Vec<JobId>,
     cancels: HashMap<JobId, Arc<Notify>>,
@@ -55,9 +112,49 @@ struct Inner {
 
 struct RunnerEntry {
     conn: quinn::Connection,
-    labels: std::collections::BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    /// The job this node carries for it: offered by this node (the leader),
+    /// or relayed by it for the leader.
     busy: Option<JobId>,
     session: u64,
+}
+
+struct RemoteNode {
+    addr: String,
+    expires: Instant,
+    runners: Vec<RunnerReport>,
+}
+
+/// One runner in a node's report to the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerReport {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    /// The job the node is relaying for it, if any.
+    pub busy: Option<JobId>,
+}
+
+/// A runner as this node knows it (diagnostics and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownRunner {
+    pub id: String,
+    /// `None`: connected to this node; else the node that reported it.
+    pub node: Option<NodeId>,
+    /// The job this node carries for it (local), or the job the leader
+    /// claimed it for or its node reported (remote).
+    pub busy: Option<JobId>,
+}
+
+/// Where the leader reaches a runner it claimed.
+enum Route {
+    Local(quinn::Connection),
+    Relay { node: NodeId, addr: String },
+}
+
+struct Claim {
+    runner: String,
+    route: Route,
+    cancel: Arc<Notify>,
 }
 
 struct Hub {
@@ -146,7 +243,7 @@ impl Jobs {
         &self,
         id: &str,
         conn: quinn::Connection,
-        labels: std::collections::BTreeMap<String, String>,
+        labels: BTreeMap<String, String>,
     ) -> u64 {
         let mut inner = self.lock();
         inner.next_session += 1;
@@ -163,6 +260,7 @@ impl Jobs {
         );
         drop(inner);
         self.wake();
+        self.report.notify_one();
         session
     }
 
@@ -171,14 +269,100 @@ impl Jobs {
         if inner.runners.get(id).is_some_and(|r| r.session == session) {
             inner.runners.remove(id);
         }
+        drop(inner);
+        self.report.notify_one();
     }
 
+    /// Whether runner `id` is connected to this node or (on the leader)
+    /// reported by another node.
     pub fn is_connected(&self, id: &str) -> bool {
-        self.lock().runners.contains_key(id)
+        let mut inner = self.lock();
+        expire_reports(&mut inner, Instant::now());
+        inner.runners.contains_key(id)
+            || inner
+                .remote
+                .values()
+                .any(|n| n.runners.iter().any(|r| r.id == id))
     }
 
+    /// The runners connected to this node.
     pub fn connected_runners(&self) -> Vec<String> {
         self.lock().runners.keys().cloned().collect()
+    }
+
+    /// Every runner this node knows: its own, then (on the leader) those
+    /// other nodes reported and that have not expired.
+    pub fn known_runners(&self) -> Vec<KnownRunner> {
+        let mut inner = self.lock();
+        expire_reports(&mut inner, Instant::now());
+        let mut out: Vec<KnownRunner> = inner
+            .runners
+            .iter()
+            .map(|(id, r)| KnownRunner {
+                id: id.clone(),
+                node: None,
+                busy: r.busy,
+            })
+            .collect();
+        for (node, n) in &inner.remote {
+            for r in &n.runners {
+                out.push(KnownRunner {
+                    id: r.id.clone(),
+                    node: Some(*node),
+                    busy: inner.remote_claims.get(&r.id).copied().or(r.busy),
+                });
+            }
+        }
+        out
+    }
+
+    /// Stop (or resume) reporting this node's runners to the leader. Only
+    /// for tests that need the leader to hold a stale report.
+    #[doc(hidden)]
+    pub fn pause_reports(&self, paused: bool) {
+        self.reports_paused.store(paused, Ordering::SeqCst);
+        if !paused {
+            self.report.notify_one();
+        }
+    }
+
+    /// This node's report to the leader: its live runners.
+    fn local_report(&self) -> Vec<RunnerReport> {
+        self.lock()
+            .runners
+            .iter()
+            .filter(|(_, r)| r.conn.close_reason().is_none())
+            .map(|(id, r)| RunnerReport {
+                id: id.clone(),
+                labels: r.labels.clone(),
+                busy: r.busy,
+            })
+            .collect()
+    }
+
+    /// On the leader: `node` (at peer address `addr`) reported `runners`;
+    /// they replace its previous report for [`REMOTE_RUNNER_TTL`].
+    pub fn set_remote_runners(&self, node: NodeId, addr: String, runners: Vec<RunnerReport>) {
+        let mut inner = self.lock();
+        inner.remote.insert(
+            node,
+            RemoteNode {
+                addr,
+                expires: Instant::now() + REMOTE_RUNNER_TTL,
+                runners,
+            },
+        );
+        drop(inner);
+        self.wake();
+    }
+
+    /// On the leader: `node` said `runner` is not connected to it; forget
+    /// it until the node reports it again.
+    fn forget_remote_runner(&self, node: NodeId, runner: &str) {
+        let mut inner = self.lock();
+        if let Some(n) = inner.remote.get_mut(&node) {
+            n.runners.retain(|r| r.id != runner);
+        }
     }
 
     /// Signal the task driving `job` to cancel it on its runner.
@@ -199,37 +383,82 @@ impl Jobs {
                 r.busy = None;
             }
         }
+        if inner.remote_claims.get(runner) == Some(&job) {
+            inner.remote_claims.remove(runner);
+        }
         inner.cancels.remove(&job);
         drop(inner);
         self.wake();
     }
 
-    /// Pick a free runner for `target`, mark it busy with `job`.
+    /// Pick a free runner for `target`, local or reported by another node,
+    /// and mark it busy with `job`. `active`: the jobs assigned or running
+    /// (a report naming another job, e.g. one already finished, does not
+    /// make its runner busy).
     fn claim_runner(
         &self,
         target: &RunnerTarget,
         job: JobId,
-    ) -> Option<(String, quinn::Connection, Arc<Notify>)> {
+        active: &BTreeSet<JobId>,
+    ) -> Option<Claim> {
         let mut inner = self.lock();
-        let (id, entry) = inner.runners.iter_mut().find(|(id, r)| {
-            r.busy.is_none()
-                && r.conn.close_reason().is_none()
-                && match target {
-                    RunnerTarget::Any => true,
-                    RunnerTarget::Id(want) => *id == want,
-                    RunnerTarget::Labels(want) => {
-                        want.iter().all(|(k, v)| r.labels.get(k) == Some(v))
-                    }
-                }
-        })?;
-        entry.busy = Some(job);
-        let out = (id.clone(), entry.conn.clone());
+        expire_reports(&mut inner, Instant::now());
+        let fits = |id: &str, labels: &BTreeMap<String, String>| match target {
+            RunnerTarget::Any => true,
+            RunnerTarget::Id(want) => id == want,
+            RunnerTarget::Labels(want) => want.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        };
+        // One job per runner id, wherever its connections are.
+        let mut busy: HashSet<String> = inner.remote_claims.keys().cloned().collect();
+        busy.extend(
+            inner
+                .runners
+                .iter()
+                .filter(|(_, r)| r.busy.is_some())
+                .map(|(id, _)| id.clone()),
+        );
+        for n in inner.remote.values() {
+            busy.extend(
+                n.runners
+                    .iter()
+                    .filter(|r| r.busy.is_some_and(|j| active.contains(&j)))
+                    .map(|r| r.id.clone()),
+            );
+        }
+        let local = inner
+            .runners
+            .iter()
+            .find(|(id, r)| {
+                !busy.contains(*id) && r.conn.close_reason().is_none() && fits(id, &r.labels)
+            })
+            .map(|(id, _)| id.clone());
+        let (runner, route) = if let Some(id) = local {
+            // Invariant: `id` was just found in the map, under the same lock.
+            let entry = inner.runners.get_mut(&id)?;
+            entry.busy = Some(job);
+            let conn = entry.conn.clone();
+            (id, Route::Local(conn))
+        } else {
+            let (node, addr, id) = inner.remote.iter().find_map(|(node, n)| {
+                n.runners
+                    .iter()
+                    .find(|r| !busy.contains(&r.id) && fits(&r.id, &r.labels))
+                    .map(|r| (*node, n.addr.clone(), r.id.clone()))
+            })?;
+            inner.remote_claims.insert(id.clone(), job);
+            (id, Route::Relay { node, addr })
+        };
         let cancel = Arc::new(Notify::new());
         inner.cancels.insert(job, cancel.clone());
-        Some((out.0, out.1, cancel))
+        Some(Claim {
+            runner,
+            route,
+            cancel,
+        })
     }
 
-    /// Jobs a task on this node is driving (offered to a runner connected here).
+    /// Jobs a task on this node is driving (offered to a runner connected
+    /// here, or relayed through another node).
     fn driven(&self) -> BTreeSet<JobId> {
         self.lock().cancels.keys().copied().collect()
     }
@@ -237,12 +466,51 @@ impl Jobs {
     fn unclaim(&self, runner: &str, job: JobId) {
         self.release_runner(runner, job);
     }
+
+    /// On a relay node: the connection of runner `id`, marked as carrying
+    /// `job`; `None` if it is not connected here.
+    fn relay_begin(&self, id: &str, job: JobId) -> Option<quinn::Connection> {
+        let mut inner = self.lock();
+        let r = inner
+            .runners
+            .get_mut(id)
+            .filter(|r| r.conn.close_reason().is_none())?;
+        r.busy = Some(job);
+        let conn = r.conn.clone();
+        drop(inner);
+        self.report.notify_one();
+        Some(conn)
+    }
+
+    fn relay_end(&self, id: &str, job: JobId) {
+        let mut inner = self.lock();
+        if let Some(r) = inner.runners.get_mut(id) {
+            if r.busy == Some(job) {
+                r.busy = None;
+            }
+        }
+        drop(inner);
+        self.report.notify_one();
+    }
 }
 
-/// The scheduler: runs until `shutdown`, offering queued jobs to runners.
-/// Each time this node becomes the leader it first takes over (see
-/// [`take_over`]); until that succeeded it schedules nothing.
+fn expire_reports(inner: &mut Inner, now: Instant) {
+    inner.remote.retain(|_, n| n.expires > now);
+}
+
+/// The scheduler (on the leader) and the reporter (on every node): run
+/// until `shutdown`.
 pub async fn run_scheduler(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    tokio::join!(
+        schedule_loop(ctx.clone(), shutdown.clone()),
+        report_loop(ctx, shutdown)
+    );
+}
+
+/// Offer queued jobs to runners while this node leads. Each time it becomes
+/// the leader it first takes over (see [`take_over`]); until that succeeded
+/// it schedules nothing.
+async fn schedule_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     let mut metrics = ctx.raft.metrics_watch();
     let mut taken_over_term: Option<u64> = None;
     // Outside the loop: metrics change several times a second (heartbeats),
@@ -282,18 +550,80 @@ pub async fn run_scheduler(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     }
 }
 
+/// Tell the leader which runners are connected here: on every change (see
+/// `Jobs::report`), when the leader changes, and every [`REPORT_INTERVAL`].
+/// One report at a time, so they reach the leader in order.
+async fn report_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let me = ctx.raft.id();
+    let mut metrics = ctx.raft.metrics_watch();
+    let mut leader = metrics.borrow_and_update().current_leader;
+    let mut tick = tokio::time::interval(REPORT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // (leader, whether the report was empty) of the last delivered report:
+    // a node without runners tells each leader once, not every second.
+    let mut delivered: Option<(NodeId, bool)> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ctx.jobs.report.notified() => {},
+            r = metrics.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                let now = metrics.borrow_and_update().current_leader;
+                if now == leader {
+                    continue;
+                }
+                leader = now;
+                delivered = None;
+            },
+            _ = tick.tick() => {},
+        }
+        if ctx.jobs.reports_paused.load(Ordering::SeqCst) {
+            continue;
+        }
+        let Some(to) = ctx.raft.leader() else {
+            continue;
+        };
+        if to.id == me {
+            continue;
+        }
+        let runners = ctx.jobs.local_report();
+        let empty = runners.is_empty();
+        if empty && delivered == Some((to.id, true)) {
+            continue;
+        }
+        let req = LeaderRequest::ReportRunners { node: me, runners };
+        match ctx
+            .peers
+            .leader_call(&to.addr, Some(to.id), req, REPORT_TIMEOUT)
+            .await
+        {
+            Ok(LeaderResponse::Done) => delivered = Some((to.id, empty)),
+            Ok(other) => {
+                delivered = None;
+                tracing::debug!(leader = format!("{:x}", to.id), answer = ?other, "runner report not taken");
+            }
+            Err(e) => {
+                delivered = None;
+                tracing::debug!(leader = format!("{:x}", to.id), error = %e, "could not report runners");
+            }
+        }
+    }
+}
+
 /// Reason recorded on jobs a new leader finds assigned or running.
 pub const TAKEOVER_REASON: &str = "interrupted by a leader change: the job's runner stream was on the previous leader, so its progress can no longer be recorded; it was not run again (jobs run at most once)";
 
 /// A new leader's first duty: jobs that are assigned or running but not
 /// driven by this node had their runner stream on the previous leader (a
-/// runner's job stream always goes to the leader that offered it). Nothing
-/// can follow them any more: fail them with a reason, so they release their
-/// app and their clients see the end. They are never offered again: a job
-/// runs at most once (a runner still working on one finds its operations
-/// refused, since the job is no longer running). Queued jobs stay queued and
-/// are offered by this leader. Returns `false` if the write failed (retried
-/// on the next tick).
+/// runner's job stream always goes to the leader that offered it, directly
+/// or through a relay). Nothing can follow them any more: fail them with a
+/// reason, so they release their app and their clients see the end. They
+/// are never offered again: a job runs at most once (a runner still working
+/// on one finds its operations refused, since the job is no longer
+/// running). Queued jobs stay queued and are offered by this leader.
+/// Returns `false` if the write failed (retried on the next tick).
 async fn take_over(ctx: &Arc<Ctx>) -> bool {
     let orphans: Vec<JobId> = {
         let driven = ctx.jobs.driven();
@@ -336,31 +666,36 @@ async fn take_over(ctx: &Arc<Ctx>) -> bool {
 }
 
 async fn schedule_once(ctx: &Arc<Ctx>) {
-    let (queued, mut busy_apps): (Vec<Job>, BTreeSet<(String, String)>) =
-        ctx.raft.read_local(|s| {
-            let queued = s
-                .jobs
-                .values()
-                .filter(|j| j.state == JobState::Queued)
-                .cloned()
-                .collect();
-            let busy = s
-                .jobs
-                .values()
-                .filter(|j| matches!(j.state, JobState::Assigned | JobState::Running))
-                .map(|j| (j.spec.project.clone(), j.spec.app.clone()))
-                .collect();
-            (queued, busy)
-        });
+    type Snapshot = (Vec<Job>, BTreeSet<(String, String)>, BTreeSet<JobId>);
+    let (queued, mut busy_apps, active): Snapshot = ctx.raft.read_local(|s| {
+        let queued = s
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Queued)
+            .cloned()
+            .collect();
+        let active: Vec<&Job> = s
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state, JobState::Assigned | JobState::Running))
+            .collect();
+        let busy = active
+            .iter()
+            .map(|j| (j.spec.project.clone(), j.spec.app.clone()))
+            .collect();
+        let ids = active.iter().map(|j| j.id).collect();
+        (queued, busy, ids)
+    });
     for job in queued {
         let app = (job.spec.project.clone(), job.spec.app.clone());
         if busy_apps.contains(&app) {
             continue;
         }
-        let Some((runner, conn, cancel)) = ctx.jobs.claim_runner(&job.spec.target, job.id) else {
+        let Some(claim) = ctx.jobs.claim_runner(&job.spec.target, job.id, &active) else {
             fail_if_runner_gone(ctx, &job).await;
             continue;
         };
+        let runner = claim.runner.clone();
         match ctx
             .write(Command::AssignJob {
                 id: job.id,
@@ -378,7 +713,7 @@ async fn schedule_once(ctx: &Arc<Ctx>) {
                     },
                 );
                 let ctx2 = ctx.clone();
-                tokio::spawn(async move { drive(ctx2, job, runner, conn, cancel).await });
+                tokio::spawn(async move { drive(ctx2, job, claim).await });
             }
             Err(e) => {
                 tracing::warn!(job = job.id, error = %e, "could not assign job");
@@ -425,16 +760,45 @@ async fn fail_if_runner_gone(ctx: &Arc<Ctx>, job: &Job) {
     }
 }
 
-/// Offer `job` to `runner` and relay its events until it ends.
-async fn drive(
-    ctx: Arc<Ctx>,
-    job: Job,
-    runner: String,
-    conn: quinn::Connection,
-    cancel: Arc<Notify>,
-) {
+/// Offer `job` to the claimed runner (on its own connection, or through the
+/// node it is connected to) and relay its events until it ends; record the end.
+async fn drive(ctx: Arc<Ctx>, job: Job, claim: Claim) {
     let id = job.id;
-    let outcome = drive_inner(&ctx, job, &conn, &cancel).await;
+    let runner = claim.runner;
+    let outcome = match claim.route {
+        Route::Local(conn) => match conn.open_bi().await {
+            Ok((send, recv)) => drive_stream(&ctx, job, send, recv, &claim.cancel).await,
+            Err(e) => Err(e.to_string()),
+        },
+        Route::Relay { node, addr } => {
+            let req = PeerRequest::RelayOffer {
+                runner: runner.clone(),
+                job: id,
+            };
+            match ctx
+                .peers
+                .open_stream(&addr, Some(node), &req, RELAY_OPEN_TIMEOUT)
+                .await
+            {
+                Ok((PeerResponse::RelayOpen, send, recv)) => {
+                    drive_stream(&ctx, job, send, recv, &claim.cancel).await
+                }
+                Ok((PeerResponse::NoRunner(reason), _, _)) => {
+                    ctx.jobs.forget_remote_runner(node, &runner);
+                    Ok((JobState::Error, Some(reason)))
+                }
+                Ok((PeerResponse::Refused(reason), _, _)) => Err(format!(
+                    "node {node:x}, which it is connected to, refused to relay the offer: {reason}"
+                )),
+                Ok((other, _, _)) => Err(format!(
+                    "node {node:x}, which it is connected to, answered the relayed offer with {other:?}"
+                )),
+                Err(e) => Err(format!(
+                    "relaying the offer through node {node:x}, which it is connected to: {e}"
+                )),
+            }
+        }
+    };
     let (state, error) = match outcome {
         Ok(done) => done,
         Err(reason) => (
@@ -462,18 +826,42 @@ async fn drive(
     ctx.jobs.release_runner(&runner, id);
 }
 
-async fn drive_inner(
+/// Drive a job on a QUIC stream pair (the runner's own stream, or the peer
+/// stream to its relay). If the job could not be followed to its end, the
+/// stream is reset, so the runner (through its relay) sees it fail.
+async fn drive_stream(
     ctx: &Arc<Ctx>,
     job: Job,
-    conn: &quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
     cancel: &Notify,
 ) -> Result<(JobState, Option<String>), String> {
+    let r = drive_inner(ctx, job, &mut send, &mut recv, cancel).await;
+    if r.is_err() {
+        let _ = send.reset(JOB_STREAM_ABORTED.into());
+        let _ = recv.stop(JOB_STREAM_ABORTED.into());
+    }
+    r
+}
+
+/// The leader's side of a job stream, whatever carries it: offer, Accept or
+/// Decline, StartJob, Started, events, Cancel, Done.
+async fn drive_inner<W, R>(
+    ctx: &Arc<Ctx>,
+    job: Job,
+    send: &mut W,
+    recv: &mut R,
+    cancel: &Notify,
+) -> Result<(JobState, Option<String>), String>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
     let id = job.id;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    frame::write(&mut send, &NodeToRunner::Offer { job: Box::new(job) })
+    frame::write(send, &NodeToRunner::Offer { job: Box::new(job) })
         .await
         .map_err(|e| e.to_string())?;
-    let first: RunnerToNode = tokio::time::timeout(OFFER_TIMEOUT, frame::read_required(&mut recv))
+    let first: RunnerToNode = tokio::time::timeout(OFFER_TIMEOUT, frame::read_required(recv))
         .await
         .map_err(|_| "it did not answer the job offer in time".to_string())?
         .map_err(|e| e.to_string())?;
@@ -490,7 +878,7 @@ async fn drive_inner(
     ctx.write(Command::StartJob { id })
         .await
         .map_err(|e| format!("recording job start: {e}"))?;
-    frame::write(&mut send, &NodeToRunner::Started)
+    frame::write(send, &NodeToRunner::Started)
         .await
         .map_err(|e| e.to_string())?;
     ctx.jobs.publish(
@@ -500,10 +888,21 @@ async fn drive_inner(
             runner: None,
         },
     );
+    // A stream of frames: the read in progress survives the other branches
+    // of the select below (a bare `frame::read` there would lose bytes).
+    let mut frames = pin!(futures::stream::unfold(recv, |r| async move {
+        let msg = frame::read::<_, RunnerToNode>(&mut *r).await;
+        Some((msg, r))
+    }));
+    let mut poll = tokio::time::interval(CANCEL_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cancel_sent = false;
     loop {
-        tokio::select! {
-            msg = frame::read::<_, RunnerToNode>(&mut recv) => {
+        let want_cancel = tokio::select! {
+            msg = frames.next() => {
+                let Some(msg) = msg else {
+                    return Err("the job stream ended without a result".into());
+                };
                 match msg.map_err(|e| e.to_string())? {
                     None => return Err("the job stream ended without a result".into()),
                     Some(RunnerToNode::Event(ev)) => ctx.jobs.publish(id, ev),
@@ -515,11 +914,209 @@ async fn drive_inner(
                     }
                     Some(other) => return Err(format!("unexpected message {other:?}")),
                 }
+                false
             }
-            _ = cancel.notified(), if !cancel_sent => {
-                cancel_sent = true;
-                frame::write(&mut send, &NodeToRunner::Cancel).await.map_err(|e| e.to_string())?;
+            _ = cancel.notified(), if !cancel_sent => true,
+            // A cancel asked through another node is only in the record.
+            _ = poll.tick(), if !cancel_sent => ctx
+                .raft
+                .read_local(|s| s.jobs.get(&id).is_some_and(|j| j.cancel_requested)),
+        };
+        if want_cancel {
+            cancel_sent = true;
+            frame::write(send, &NodeToRunner::Cancel)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+}
+
+/// The relay node's side of [`PeerRequest::RelayOffer`]: `from` (the
+/// leader) offers `job` to `runner`, connected here. Open the offer stream
+/// on the runner's connection, answer [`PeerResponse::RelayOpen`], then copy
+/// frames both ways until both sides ended, or either broke (then reset
+/// both), or the leader that asked is no longer the leader. Events pass
+/// through this node's hub too, for clients attached here.
+pub async fn relay_offer(
+    ctx: Arc<Ctx>,
+    from: NodeId,
+    runner: String,
+    job: JobId,
+    mut psend: quinn::SendStream,
+    mut precv: quinn::RecvStream,
+) {
+    let me = ctx.raft.id();
+    let gone = || format!("runner {runner} is no longer connected to node {me:x}");
+    let opened = match ctx.jobs.relay_begin(&runner, job) {
+        None => Err(gone()),
+        Some(conn) => conn.open_bi().await.map_err(|e| format!("{}: {e}", gone())),
+    };
+    let (mut rsend, mut rrecv) = match opened {
+        Ok(s) => s,
+        Err(reason) => {
+            tracing::info!(%runner, job, leader = format!("{from:x}"), %reason, "cannot relay a job offer");
+            ctx.jobs.relay_end(&runner, job);
+            let _ = frame::write(&mut psend, &PeerResponse::NoRunner(reason)).await;
+            let _ = psend.finish();
+            return;
+        }
+    };
+    if frame::write(&mut psend, &PeerResponse::RelayOpen)
+        .await
+        .is_err()
+    {
+        ctx.jobs.relay_end(&runner, job);
+        let _ = rsend.reset(JOB_STREAM_ABORTED.into());
+        return;
+    }
+    tracing::debug!(%runner, job, leader = format!("{from:x}"), "relaying a job offer");
+    ctx.jobs.publish(
+        job,
+        JobEvent::State {
+            state: JobState::Assigned,
+            runner: Some(runner.clone()),
+        },
+    );
+    let end = {
+        let down = pin!(relay_down(&ctx, job, &mut precv, &mut rsend));
+        let up = pin!(relay_up(&ctx, job, &mut rrecv, &mut psend));
+        tokio::select! {
+            e = relay_both(down, up) => e,
+            _ = leader_moved(&ctx, from) => Err("the leader that offered the job is no longer the leader".to_string()),
+        }
+    };
+    if let Err(reason) = &end {
+        tracing::info!(%runner, job, leader = format!("{from:x}"), %reason, "relayed job stream broke; ending both sides");
+        let code = JOB_STREAM_ABORTED.into();
+        let _ = rsend.reset(code);
+        let _ = rrecv.stop(code);
+        let _ = psend.reset(code);
+        let _ = precv.stop(code);
+    }
+    ctx.jobs.relay_end(&runner, job);
+    // Clients attached here see the end as recorded by the leader.
+    let deadline = Instant::now() + RELAY_DRAIN;
+    while Instant::now() < deadline {
+        let rec = ctx
+            .raft
+            .read_local(|s| s.jobs.get(&job).map(|j| (j.state, j.error.clone())));
+        if let Some((state, error)) = rec.filter(|(st, _)| st.is_final()) {
+            ctx.jobs.publish(job, JobEvent::Finished { state, error });
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How one direction of a relay ended.
+enum Half {
+    /// Its sender finished cleanly (the finish was passed on).
+    Finished,
+    /// Its reader stopped reading (nothing more can be passed on).
+    Stopped,
+}
+
+/// Both halves of a relay until both ended (`Ok`) or one broke (`Err`).
+/// Once the leader's half ended, the runner's gets [`RELAY_DRAIN`] to end.
+async fn relay_both(
+    mut down: std::pin::Pin<&mut impl std::future::Future<Output = Result<Half, String>>>,
+    mut up: std::pin::Pin<&mut impl std::future::Future<Output = Result<Half, String>>>,
+) -> Result<(), String> {
+    let mut down_done = false;
+    let mut up_done = false;
+    loop {
+        tokio::select! {
+            r = &mut down, if !down_done => {
+                r?;
+                down_done = true;
             }
+            r = &mut up, if !up_done => {
+                r?;
+                up_done = true;
+            }
+            _ = tokio::time::sleep(RELAY_DRAIN), if down_done => {
+                return Err("the runner did not end its side of the job stream".into());
+            }
+        }
+        if down_done && up_done {
+            return Ok(());
+        }
+    }
+}
+
+/// Leader → runner: offer, Started, Cancel.
+async fn relay_down(
+    ctx: &Ctx,
+    job: JobId,
+    precv: &mut quinn::RecvStream,
+    rsend: &mut quinn::SendStream,
+) -> Result<Half, String> {
+    loop {
+        let msg = match frame::read::<_, NodeToRunner>(precv).await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                let _ = rsend.finish();
+                return Ok(Half::Finished);
+            }
+            Err(e) => return Err(format!("the leader's stream broke: {e}")),
+        };
+        if msg == NodeToRunner::Started {
+            ctx.jobs.publish(
+                job,
+                JobEvent::State {
+                    state: JobState::Running,
+                    runner: None,
+                },
+            );
+        }
+        frame::write(rsend, &msg)
+            .await
+            .map_err(|e| format!("the runner's stream broke: {e}"))?;
+    }
+}
+
+/// Runner → leader: Accept/Decline, events, Done.
+async fn relay_up(
+    ctx: &Ctx,
+    job: JobId,
+    rrecv: &mut quinn::RecvStream,
+    psend: &mut quinn::SendStream,
+) -> Result<Half, String> {
+    loop {
+        let msg = match frame::read::<_, RunnerToNode>(rrecv).await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                let _ = psend.finish();
+                return Ok(Half::Finished);
+            }
+            Err(e) => return Err(format!("the runner's stream broke: {e}")),
+        };
+        if let RunnerToNode::Event(ev) = &msg {
+            ctx.jobs.publish(job, ev.clone());
+        }
+        if frame::write(psend, &msg).await.is_err() {
+            // The leader stopped reading: it is done with the job (if it is
+            // gone instead, the other half says so).
+            let _ = rrecv.stop(0u32.into());
+            return Ok(Half::Stopped);
+        }
+    }
+}
+
+/// Resolves once this node, having seen `from` as the leader, sees another.
+async fn leader_moved(ctx: &Ctx, from: NodeId) {
+    let mut w = ctx.raft.metrics_watch();
+    let mut seen = false;
+    loop {
+        let now = w.borrow_and_update().current_leader;
+        match now {
+            Some(l) if l == from => seen = true,
+            Some(_) if seen => return,
+            _ => {}
+        }
+        if w.changed().await.is_err() {
+            // Raft stopped: the node is shutting down, which ends the streams.
+            return std::future::pending().await;
         }
     }
 }
@@ -536,7 +1133,7 @@ pub fn created_job(resp: &Response) -> Option<JobId> {
 pub fn runner_record(
     id: &str,
     kind: RunnerKind,
-    labels: std::collections::BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
 ) -> cairn_protocol::types::Runner {
     cairn_protocol::types::Runner {
         id: id.to_string(),

@@ -821,3 +821,353 @@ async fn five_nodes_serve_writes_with_two_down_and_nodes_leave_gracefully() {
     set(&c.client(back).await, "back", "1").await;
     c.stop_all().await;
 }
+
+// ---- Runners connected to followers: reports to the leader, relayed offers.
+
+type OfferStreams = tokio::sync::mpsc::UnboundedReceiver<(quinn::SendStream, quinn::RecvStream)>;
+
+async fn queue_job(s: &Session, spec: cairn_protocol::types::JobSpec) -> u64 {
+    match call(s, ClientRequest::QueueJob { spec }).await {
+        ClientResponse::JobQueued { id } => id,
+        other => panic!("not queued: {other:?}"),
+    }
+}
+
+/// The next offer must be job `id`: accept it and wait for `Started`.
+async fn accept_offer(
+    offers: &mut OfferStreams,
+    id: u64,
+) -> (quinn::SendStream, quinn::RecvStream) {
+    use cairn_protocol::api::{NodeToRunner, RunnerToNode};
+    use cairn_protocol::frame;
+    let (mut osend, mut orecv) = tokio::time::timeout(SOON, offers.recv())
+        .await
+        .expect("offered in time")
+        .expect("an offer");
+    let NodeToRunner::Offer { job } = frame::read_required(&mut orecv).await.expect("offer") else {
+        panic!("not an offer")
+    };
+    assert_eq!(job.id, id, "offered another job");
+    frame::write(&mut osend, &RunnerToNode::Accept)
+        .await
+        .expect("accept");
+    let started: NodeToRunner = tokio::time::timeout(SOON, frame::read_required(&mut orecv))
+        .await
+        .expect("started in time")
+        .expect("started");
+    assert_eq!(started, NodeToRunner::Started);
+    (osend, orecv)
+}
+
+/// End an accepted job with `state`, as a runner does.
+async fn send_done(osend: &mut quinn::SendStream, state: cairn_protocol::types::JobState) {
+    cairn_protocol::frame::write(
+        osend,
+        &cairn_protocol::api::RunnerToNode::Done { state, error: None },
+    )
+    .await
+    .expect("done");
+    osend.finish().expect("finish");
+}
+
+/// Attach to job `id` through member `i`; the first frame (the record) is read.
+async fn attach(c: &Cluster, i: usize, id: u64) -> (Session, quinn::SendStream, quinn::RecvStream) {
+    let s = c.client(i).await;
+    let (send, mut recv) = rpc::open(&s.conn, &ClientRequest::AttachJob { id })
+        .await
+        .expect("attach");
+    let first: ClientResponse = cairn_protocol::frame::read_required(&mut recv)
+        .await
+        .expect("job record");
+    assert!(matches!(first, ClientResponse::Job(_)), "{first:?}");
+    (s, send, recv)
+}
+
+/// Every event of an attach stream up to `Finished`, and the end it gives.
+async fn events_until_finished(
+    recv: &mut quinn::RecvStream,
+) -> (
+    Vec<cairn_protocol::api::JobEvent>,
+    cairn_protocol::types::JobState,
+    Option<String>,
+) {
+    use cairn_protocol::api::JobEvent;
+    tokio::time::timeout(SOON, async {
+        let mut seen = Vec::new();
+        loop {
+            match cairn_protocol::frame::read_required::<_, JobEvent>(recv).await {
+                Ok(JobEvent::Finished { state, error }) => return (seen, state, error),
+                Ok(ev) => seen.push(ev),
+                Err(e) => panic!("attach stream broke: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the attach stream ends")
+}
+
+async fn final_job(s: &Session, id: u64) -> cairn_protocol::types::Job {
+    eventually("the job ends", || async {
+        Some(job_of(s, id).await).filter(|j| j.state.is_final())
+    })
+    .await
+}
+
+fn knows(c: &Cluster, on: usize, runner: &str, node: u64) -> bool {
+    c.members[on]
+        .node()
+        .ctx
+        .jobs
+        .known_runners()
+        .iter()
+        .any(|r| r.id == runner && r.node == Some(node))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runner_on_a_follower_gets_its_job_relayed_and_clients_see_its_events() {
+    use cairn_protocol::api::{JobEvent, NodeToRunner, RunnerToNode};
+    use cairn_protocol::frame;
+    use cairn_protocol::types::{JobState, Stream};
+
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let relay = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let (runner, _reg, mut offers) = fake_runner(&c, relay, "rf").await;
+
+    // A client on the other follower queues a job for the runner.
+    let s = c.client(other).await;
+    let id = queue_job(&s, spec_for("web", "rf")).await;
+    let (_al, _alsend, mut at_leader) = attach(&c, leader, id).await;
+    let (_ar, _arsend, mut at_relay) = attach(&c, relay, id).await;
+    let (_ao, _aosend, mut at_other) = attach(&c, other, id).await;
+
+    let (mut osend, mut orecv) = accept_offer(&mut offers, id).await;
+    // At once, on its own node (which may not have applied the assignment
+    // yet), the runner records an operation for the job.
+    let op = call(
+        &runner,
+        ClientRequest::BeginOperation {
+            job_id: id,
+            kind: cairn_protocol::types::OpKind::Build,
+            plugin: "files".into(),
+            input_seq: None,
+        },
+    )
+    .await;
+    assert!(
+        matches!(op, ClientResponse::OperationStarted { .. }),
+        "{op:?}"
+    );
+    assert_eq!(job_of(&s, id).await.state, JobState::Running);
+    for line in ["hello from rf", "still here"] {
+        let ev = JobEvent::Output {
+            step: 1,
+            stream: Stream::Stdout,
+            line: line.into(),
+        };
+        frame::write(&mut osend, &RunnerToNode::Event(ev))
+            .await
+            .expect("event");
+    }
+    send_done(&mut osend, JobState::Success).await;
+    // The job stream ends cleanly on the runner's side too.
+    let end = tokio::time::timeout(SOON, frame::read::<_, NodeToRunner>(&mut orecv))
+        .await
+        .expect("the job stream ends");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+
+    let lines = |evs: &[JobEvent]| -> Vec<String> {
+        evs.iter()
+            .filter_map(|e| match e {
+                JobEvent::Output { line, .. } => Some(line.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // The leader drives the job; the relay node passes the events through
+    // its own hub: clients attached to either see them.
+    for (name, recv) in [("leader", &mut at_leader), ("relay", &mut at_relay)] {
+        let (evs, state, error) = events_until_finished(recv).await;
+        assert_eq!(
+            lines(&evs),
+            ["hello from rf", "still here"],
+            "{name}: {evs:?}"
+        );
+        assert!(
+            evs.iter().any(|e| matches!(
+                e,
+                JobEvent::State {
+                    state: JobState::Running,
+                    ..
+                }
+            )),
+            "{name}: {evs:?}"
+        );
+        assert_eq!((state, error), (JobState::Success, None), "{name}");
+    }
+    // A third node knows the end from the record.
+    let (_, state, _) = events_until_finished(&mut at_other).await;
+    assert_eq!(state, JobState::Success);
+
+    let j = final_job(&s, id).await;
+    assert_eq!(j.state, JobState::Success, "{j:?}");
+    assert_eq!(j.runner.as_deref(), Some("rf"));
+    assert!(offers.try_recv().is_err(), "offered once");
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_leader_learns_the_followers_runners_from_their_reports() {
+    use cairn_protocol::types::JobState;
+
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let a = (leader + 1) % 3;
+    let b = (leader + 2) % 3;
+    let (_ra, _rega, mut offers_a) = fake_runner(&c, a, "ra").await;
+    let (_rb, _regb, mut offers_b) = fake_runner(&c, b, "rb").await;
+    let (a_id, b_id) = (c.members[a].id(), c.members[b].id());
+    eventually("the leader knows both runners", || async {
+        (knows(&c, leader, "ra", a_id) && knows(&c, leader, "rb", b_id)).then_some(())
+    })
+    .await;
+
+    // The leader goes away while nothing runs.
+    c.members[leader].stop().await;
+    let new_leader = c.leader().await;
+    assert!(new_leader == a || new_leader == b);
+    // The runner on the node that did not become leader is remote for the
+    // new leader: it knows it only from that node's reports.
+    let (far, far_id, runner, offers, idle) = if new_leader == a {
+        (b, b_id, "rb", &mut offers_b, &mut offers_a)
+    } else {
+        (a, a_id, "ra", &mut offers_a, &mut offers_b)
+    };
+    let s = c.client(far).await;
+    let id = queue_job(&s, spec_for("after-failover", runner)).await;
+    let (mut osend, _orecv) = accept_offer(offers, id).await;
+    assert!(knows(&c, new_leader, runner, far_id));
+    send_done(&mut osend, JobState::Success).await;
+    let j = final_job(&s, id).await;
+    assert_eq!(j.state, JobState::Success, "{j:?}");
+    assert_eq!(j.runner.as_deref(), Some(runner));
+    assert!(idle.try_recv().is_err(), "the other runner got no offer");
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_offer_relayed_to_a_runner_that_just_left_fails_with_the_reason() {
+    use cairn_protocol::api::{NodeToRunner, RunnerToNode};
+    use cairn_protocol::frame;
+    use cairn_protocol::types::JobState;
+
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let relay = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let relay_id = c.members[relay].id();
+    let (gone, gone_reg, _gone_offers) = fake_runner(&c, relay, "r-gone").await;
+    let (_n, _nreg, mut next_offers) = fake_runner(&c, relay, "r-next").await;
+    eventually("the leader knows both runners", || async {
+        (knows(&c, leader, "r-gone", relay_id) && knows(&c, leader, "r-next", relay_id))
+            .then_some(())
+    })
+    .await;
+
+    // The relay node's report goes stale: r-gone leaves right before the
+    // leader offers it a job.
+    c.members[relay].node().ctx.jobs.pause_reports(true);
+    gone.conn.close(0u32.into(), b"bye");
+    drop(gone_reg);
+    eventually("the relay node saw r-gone leave", || async {
+        let here = c.members[relay].node().ctx.jobs.connected_runners();
+        (!here.iter().any(|r| r == "r-gone")).then_some(())
+    })
+    .await;
+    assert!(
+        knows(&c, leader, "r-gone", relay_id),
+        "the leader should still hold the stale report"
+    );
+    let s = c.client(leader).await;
+    let failed = queue_job(&s, spec_for("app", "r-gone")).await;
+    let j = final_job(&s, failed).await;
+    assert_eq!(j.state, JobState::Error, "{j:?}");
+    assert_eq!(
+        j.error.as_deref(),
+        Some(format!("runner r-gone is no longer connected to node {relay_id:x}").as_str())
+    );
+
+    // The app is free again, and the next job (another runner, same relay
+    // node) runs.
+    c.members[relay].node().ctx.jobs.pause_reports(false);
+    let next = queue_job(&s, spec_for("app", "r-next")).await;
+    let (mut osend, _orecv) = accept_offer(&mut next_offers, next).await;
+    send_done(&mut osend, JobState::Success).await;
+    assert_eq!(final_job(&s, next).await.state, JobState::Success);
+
+    // r-gone was freed: once back, it gets jobs again. Cancelled through a
+    // node that neither drives nor relays it, the cancel still reaches it.
+    let (_g, _greg, mut gone_offers) = fake_runner(&c, relay, "r-gone").await;
+    let back = queue_job(&s, spec_for("app", "r-gone")).await;
+    let (mut osend, mut orecv) = accept_offer(&mut gone_offers, back).await;
+    let r = call(
+        &c.client(other).await,
+        ClientRequest::CancelJob { id: back },
+    )
+    .await;
+    assert_eq!(r, ClientResponse::Ok);
+    let cancel: NodeToRunner = tokio::time::timeout(SOON, frame::read_required(&mut orecv))
+        .await
+        .expect("cancel in time")
+        .expect("cancel");
+    assert_eq!(cancel, NodeToRunner::Cancel);
+    frame::write(
+        &mut osend,
+        &RunnerToNode::Done {
+            state: JobState::Cancelled,
+            error: Some("cancelled".into()),
+        },
+    )
+    .await
+    .expect("done");
+    assert_eq!(final_job(&s, back).await.state, JobState::Cancelled);
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relayed_job_stream_breaks_on_the_runner_side_when_the_leader_dies() {
+    use cairn_protocol::api::NodeToRunner;
+    use cairn_protocol::frame;
+    use cairn_protocol::types::JobState;
+
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let relay = (leader + 1) % 3;
+    let (_r, _reg, mut offers) = fake_runner(&c, relay, "rr").await;
+    // Like a CLI: runner, queue and attach on the same (follower) node.
+    let s = c.client(relay).await;
+    let id = queue_job(&s, spec_for("web", "rr")).await;
+    let (_osend, mut orecv) = accept_offer(&mut offers, id).await;
+
+    c.members[leader].stop().await;
+    // The relay resets the runner's job stream: a runner stops its work.
+    let r = tokio::time::timeout(SOON, frame::read::<_, NodeToRunner>(&mut orecv))
+        .await
+        .expect("the runner's job stream ends");
+    assert!(r.is_err(), "expected a broken stream, got {r:?}");
+
+    // The new leader fails the job (it does not drive it), once.
+    let s = c.client(relay).await;
+    let j = final_job(&s, id).await;
+    assert_eq!(j.state, JobState::Error, "{j:?}");
+    assert!(
+        j.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("leader change"),
+        "{j:?}"
+    );
+    assert!(offers.try_recv().is_err(), "not offered again");
+    c.stop_all().await;
+}

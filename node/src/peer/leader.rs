@@ -1,5 +1,6 @@
 //! What the leader does for requests forwarded to it (and for its own
-//! clients, through the same code): writes, read indexes, joins, membership.
+//! clients, through the same code): writes, read indexes, joins, membership,
+//! and the other nodes' reports of their runners.
 //!
 //! Invariant: an answer of `NotLeader` or `Unavailable` means nothing was
 //! done, so the caller may retry elsewhere; `Written` carries exactly what
@@ -15,6 +16,7 @@ use openraft::ChangeMembers;
 
 use super::msg::{LeaderRequest, LeaderResponse};
 use super::ADD_MEMBER_TIMEOUT;
+use crate::jobs::{self, RunnerReport};
 use crate::raft::{Node, NodeId, WriteError};
 use crate::server::Ctx;
 use crate::state::{Command, Request};
@@ -42,7 +44,38 @@ pub async fn handle(ctx: &Ctx, req: LeaderRequest) -> LeaderResponse {
         LeaderRequest::RemoveMember { node_id } => remove_member(ctx, node_id, true).await,
         LeaderRequest::Leave { node_id } => remove_member(ctx, node_id, false).await,
         LeaderRequest::Members => LeaderResponse::Members(members(ctx)),
+        LeaderRequest::ReportRunners { node, runners } => report_runners(ctx, node, runners),
     }
+}
+
+/// Another node's runners: the scheduler may offer them jobs (relayed
+/// through that node) until the report expires.
+fn report_runners(ctx: &Ctx, node: NodeId, runners: Vec<RunnerReport>) -> LeaderResponse {
+    if node == ctx.raft.id() {
+        // This node's own runners are in its local table already.
+        return LeaderResponse::Done;
+    }
+    if runners.len() > jobs::MAX_REPORTED_RUNNERS {
+        return LeaderResponse::Error(format!(
+            "{} runners reported; at most {} per node",
+            runners.len(),
+            jobs::MAX_REPORTED_RUNNERS
+        ));
+    }
+    let addr = ctx
+        .raft
+        .metrics()
+        .membership_config
+        .membership()
+        .get_node(&node)
+        .map(|n| n.addr.clone());
+    let Some(addr) = addr else {
+        return LeaderResponse::Unavailable(format!(
+            "node {node:x} is not a member of this cluster (as far as the leader knows)"
+        ));
+    };
+    ctx.jobs.set_remote_runners(node, addr, runners);
+    LeaderResponse::Done
 }
 
 fn not_leader(ctx: &Ctx) -> LeaderResponse {

@@ -3,8 +3,8 @@
 //! follower asks of the leader.
 //!
 //! Code map:
-//! - [`msg`]: the peer messages (wrappers around openraft's RPC types, and
-//!   [`LeaderRequest`]s).
+//! - [`msg`]: the peer messages (wrappers around openraft's RPC types,
+//!   [`LeaderRequest`]s, and relayed job offers).
 //! - [`transport`]: [`QuicTransport`], the client side: one cached
 //!   connection per peer, one stream per RPC; implements
 //!   [`PeerTransport`](crate::raft::PeerTransport) with openraft's error kinds.

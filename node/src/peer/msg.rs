@@ -6,6 +6,7 @@
 //! They live in the node crate because they carry openraft's types.
 
 use cairn_protocol::api::{JoinGrant, MemberInfo};
+use cairn_protocol::types::JobId;
 use openraft::error::Fatal;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
@@ -13,6 +14,7 @@ use openraft::raft::{
 use openraft::{SnapshotMeta, Vote};
 use serde::{Deserialize, Serialize};
 
+use crate::jobs::RunnerReport;
 use crate::raft::{LogId, Node, NodeId, TypeConfig};
 use crate::state::{Request, Response};
 
@@ -32,6 +34,17 @@ pub enum PeerRequest {
     /// Something only the leader can do. A node that is not the leader
     /// answers [`LeaderResponse::NotLeader`] and does nothing.
     Leader(LeaderRequest),
+    /// The leader offers `job` to `runner`, which is connected to the callee.
+    /// The callee answers [`PeerResponse::RelayOpen`] once it opened the
+    /// offer stream on the runner's connection, then copies
+    /// `NodeToRunner`/`RunnerToNode` frames between this stream and that
+    /// one until either ends; or [`PeerResponse::NoRunner`] (and nothing
+    /// else) when the runner is not connected to it. See
+    /// [`crate::jobs::relay_offer`].
+    RelayOffer {
+        runner: String,
+        job: JobId,
+    },
 }
 
 /// Requests served by the leader (forwarded by followers on behalf of their
@@ -67,6 +80,14 @@ pub enum LeaderRequest {
         node_id: NodeId,
     },
     Members,
+    /// The runners connected to `node` (the sender: checked against its
+    /// certificate), replacing what it reported before. The leader offers
+    /// them jobs through [`PeerRequest::RelayOffer`] until the report expires
+    /// ([`crate::jobs::REMOTE_RUNNER_TTL`]).
+    ReportRunners {
+        node: NodeId,
+        runners: Vec<RunnerReport>,
+    },
 }
 
 impl LeaderRequest {
@@ -100,6 +121,12 @@ pub enum PeerResponse {
     Leader(LeaderResponse),
     /// The request was malformed or not allowed; the callee closes the connection.
     Refused(String),
+    /// Answer to [`PeerRequest::RelayOffer`]: the runner's offer stream is
+    /// open; job frames follow on this stream.
+    RelayOpen,
+    /// Answer to [`PeerRequest::RelayOffer`]: the runner is not connected to
+    /// the callee (any more); the reason says so.
+    NoRunner(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -210,6 +237,26 @@ mod tests {
             addr: "a:1".into(),
         });
         assert_eq!(format!("{:?}", roundtrip(&lr)), format!("{lr:?}"));
+        let report = PeerRequest::Leader(LeaderRequest::ReportRunners {
+            node: 9,
+            runners: vec![RunnerReport {
+                id: "r1".into(),
+                labels: BTreeMap::from([("os".to_string(), "linux".to_string())]),
+                busy: Some(4),
+            }],
+        });
+        assert_eq!(format!("{:?}", roundtrip(&report)), format!("{report:?}"));
+        let relay = PeerRequest::RelayOffer {
+            runner: "r1".into(),
+            job: 4,
+        };
+        assert_eq!(format!("{:?}", roundtrip(&relay)), format!("{relay:?}"));
+        for resp in [
+            PeerResponse::RelayOpen,
+            PeerResponse::NoRunner("gone".into()),
+        ] {
+            assert_eq!(format!("{:?}", roundtrip(&resp)), format!("{resp:?}"));
+        }
     }
 
     /// Anything a peer sends decodes to a message or an error, never a panic.

@@ -1,5 +1,6 @@
 //! The callee side of the peer ALPN: Raft RPCs into openraft, leader
-//! requests into [`super::leader`].
+//! requests into [`super::leader`], relayed job offers into
+//! [`crate::jobs::relay_offer`].
 //!
 //! Invariants:
 //! - Only a connection whose certificate names a node of this cluster and
@@ -8,6 +9,9 @@
 //! - A node that is not yet a member may only ask to be added (itself).
 //! - A malformed request gets a `Refused` answer and its connection is
 //!   closed; nothing a peer sends is unwrapped.
+//! - A node reports only its own runners (`ReportRunners.node` must be the
+//!   sender's certified id), and only members may have job offers relayed
+//!   to the runners connected here ([`crate::jobs::relay_offer`]).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -76,6 +80,13 @@ async fn serve_stream(
         Ok(_) if is_removed(&ctx, from) => {
             Err(format!("node {from:x} was removed from this cluster"))
         }
+        // A relayed job offer keeps the stream: it is the job's stream.
+        Ok(PeerRequest::RelayOffer { runner, job }) if is_member(&ctx, from) => {
+            return crate::jobs::relay_offer(ctx, from, runner, job, send, recv).await;
+        }
+        Ok(PeerRequest::RelayOffer { .. }) => Ok(PeerResponse::NoRunner(format!(
+            "node {from:x} is not a member of this cluster (as far as this node knows)"
+        ))),
         Ok(req) => handle(&ctx, from, req, &mut recv).await,
     };
     match resp {
@@ -106,13 +117,7 @@ async fn handle(
         RaftError::APIError(never) => match never {},
         RaftError::Fatal(f) => PeerResponse::Fatal(f),
     };
-    let member = ctx
-        .raft
-        .metrics()
-        .membership_config
-        .membership()
-        .get_node(&from)
-        .is_some();
+    let member = is_member(ctx, from);
     Ok(match req {
         PeerRequest::AppendEntries(rpc) => match raft.append_entries(rpc).await {
             Ok(r) => PeerResponse::AppendEntries(r),
@@ -137,6 +142,11 @@ async fn handle(
                 Err(f) => PeerResponse::Fatal(f),
             }
         }
+        PeerRequest::Leader(LeaderRequest::ReportRunners { node, .. }) if node != from => {
+            return Err(format!(
+                "node {from:x} reported the runners of node {node:x}; a node reports only its own"
+            ));
+        }
         PeerRequest::Leader(lr) => {
             let own_add =
                 matches!(&lr, LeaderRequest::AddMember { node_id, .. } if *node_id == from);
@@ -149,5 +159,17 @@ async fn handle(
             }
             PeerResponse::Leader(super::leader::handle(ctx, lr).await)
         }
+        PeerRequest::RelayOffer { .. } => {
+            return Err("a relayed job offer is served by its own stream".into())
+        }
     })
+}
+
+fn is_member(ctx: &Ctx, id: NodeId) -> bool {
+    ctx.raft
+        .metrics()
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .is_some()
 }

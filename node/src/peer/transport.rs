@@ -223,6 +223,55 @@ impl QuicTransport {
         }
     }
 
+    /// Open a stream to the node at `addr` that outlives one answer: send
+    /// `req` (the stream stays open) and read the first answer, within
+    /// `timeout`. The caller owns the stream afterwards (a relayed job offer).
+    pub async fn open_stream(
+        &self,
+        addr: &str,
+        expect: Option<NodeId>,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<(PeerResponse, quinn::SendStream, quinn::RecvStream), PeerError> {
+        let started = tokio::time::Instant::now();
+        let pc = self
+            .connection(addr, expect, timeout.min(PEER_CONNECT_TIMEOUT))
+            .await?;
+        let remaining = timeout.saturating_sub(started.elapsed());
+        let opened = tokio::time::timeout(remaining, async {
+            let (mut send, mut recv) = pc.conn.open_bi().await.map_err(|e| e.to_string())?;
+            frame::write(&mut send, req)
+                .await
+                .map_err(|e| e.to_string())?;
+            let resp: PeerResponse = frame::read_required(&mut recv)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((resp, send, recv))
+        })
+        .await;
+        match opened {
+            Ok(Ok(r)) => {
+                if let Ok(mut m) = self.inner.last_contact.lock() {
+                    m.insert(pc.node_id, Instant::now());
+                }
+                Ok(r)
+            }
+            Ok(Err(reason)) => {
+                if pc.conn.close_reason().is_some() {
+                    self.forget(addr, &pc.conn);
+                }
+                Err(PeerError::Network {
+                    addr: addr.to_string(),
+                    reason,
+                })
+            }
+            Err(_) => Err(PeerError::Timeout {
+                addr: addr.to_string(),
+                timeout,
+            }),
+        }
+    }
+
     fn protocol_error(&self, addr: &str, got: &PeerResponse) -> PeerError {
         let reason = format!("answer does not match the request: {}", variant_name(got));
         // A peer that answers nonsense gets its connection closed.
@@ -442,6 +491,8 @@ fn variant_name(r: &PeerResponse) -> &'static str {
         PeerResponse::Fatal(_) => "Fatal",
         PeerResponse::Leader(_) => "Leader",
         PeerResponse::Refused(_) => "Refused",
+        PeerResponse::RelayOpen => "RelayOpen",
+        PeerResponse::NoRunner(_) => "NoRunner",
     }
 }
 

@@ -10,7 +10,7 @@ use cairn_protocol::types::{JobId, OpCompletion, OpId, OpKind, ResourceState, Ru
 
 use crate::jobs::runner_record;
 use crate::server::{ConnSession, Ctx};
-use crate::state::{Command, Response};
+use crate::state::{Command, Response, State};
 
 pub async fn register(
     ctx: &Arc<Ctx>,
@@ -72,11 +72,15 @@ fn runner_of(s: &ConnSession) -> Option<String> {
 }
 
 /// The job must be held by the runner on this connection.
-fn check_holder(ctx: &Ctx, s: &ConnSession, job_id: JobId) -> Result<(), String> {
+async fn check_holder(ctx: &Ctx, s: &ConnSession, job_id: JobId) -> Result<(), String> {
     let runner = runner_of(s).ok_or("this connection is not a registered runner")?;
-    let holder = ctx
-        .raft
-        .read_local(|st| st.jobs.get(&job_id).and_then(|j| j.runner.clone()));
+    let holder_of = move |st: &State| st.jobs.get(&job_id).and_then(|j| j.runner.clone());
+    let mut holder = ctx.raft.read_local(holder_of);
+    if holder.as_deref() != Some(runner.as_str()) {
+        // A runner connected to a follower gets its offer from the leader
+        // (relayed): this node may not have applied the assignment yet.
+        holder = ctx.read(holder_of).await?;
+    }
     if holder.as_deref() != Some(runner.as_str()) {
         return Err(format!("job {job_id} is not held by runner {runner}"));
     }
@@ -91,7 +95,7 @@ pub async fn begin_operation(
     plugin: String,
     input_seq: Option<u64>,
 ) -> ClientResponse {
-    if let Err(message) = check_holder(ctx, s, job_id) {
+    if let Err(message) = check_holder(ctx, s, job_id).await {
         return ClientResponse::Error { message };
     }
     match ctx
@@ -118,15 +122,22 @@ pub async fn complete_operation(
     s: &ConnSession,
     c: OpCompletion,
 ) -> ClientResponse {
-    let job_id = ctx
-        .raft
-        .read_local(|st| st.operations.get(&c.op_id).map(|o| o.job_id));
+    let op = c.op_id;
+    let job_of = move |st: &State| st.operations.get(&op).map(|o| o.job_id);
+    let mut job_id = ctx.raft.read_local(job_of);
+    if job_id.is_none() {
+        // Begun through the leader; this node may not have applied it yet.
+        job_id = match ctx.read(job_of).await {
+            Ok(j) => j,
+            Err(message) => return ClientResponse::Error { message },
+        };
+    }
     let Some(job_id) = job_id else {
         return ClientResponse::Error {
             message: format!("no operation {}", c.op_id),
         };
     };
-    if let Err(message) = check_holder(ctx, s, job_id) {
+    if let Err(message) = check_holder(ctx, s, job_id).await {
         return ClientResponse::Error { message };
     }
     match ctx.write(Command::CompleteOperation(c)).await {
