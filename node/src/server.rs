@@ -113,6 +113,17 @@ pub struct NodeConfig {
     /// Only used when the data dir is new.
     #[arg(long, conflicts_with = "join")]
     pub restore: Option<PathBuf>,
+    /// TEST-ONLY knob, hidden from `--help`: build a Raft snapshot every N
+    /// applied entries, whatever the state's size, instead of the default
+    /// cadence (`raft::cadence`). Lets tests make a follower fall behind the
+    /// leader's purged log with a few writes. Not for production use.
+    #[arg(long, hide = true, value_name = "N")]
+    pub raft_snapshot_every: Option<u64>,
+    /// TEST-ONLY knob, hidden from `--help`: applied entries kept in the log
+    /// after a snapshot (default `raft::LOGS_TO_KEEP_AFTER_SNAPSHOT`). Not
+    /// for production use.
+    #[arg(long, hide = true, value_name = "N")]
+    pub raft_logs_to_keep: Option<u64>,
 }
 
 impl NodeConfig {
@@ -130,7 +141,22 @@ impl NodeConfig {
             join_ca: None,
             leave_on_shutdown: None,
             restore: None,
+            raft_snapshot_every: None,
+            raft_logs_to_keep: None,
         }
+    }
+
+    /// Raft tuning: the defaults unless a test-only knob is set.
+    pub fn raft_tuning(&self) -> crate::raft::Tuning {
+        let mut t = crate::raft::Tuning::default();
+        if let Some(n) = self.raft_snapshot_every {
+            t.snapshot_logs_since_last = n.max(1);
+            t.snapshot_logs_per_record = 0;
+        }
+        if let Some(keep) = self.raft_logs_to_keep {
+            t.logs_to_keep_after_snapshot = keep;
+        }
+        t
     }
 
     /// `Err(())` when `--join` lacks its token or CA fingerprint.
@@ -276,11 +302,12 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         &identity.ca_fingerprint,
         &identity.cert,
     )?;
-    let raft = match RaftNode::open(
+    let raft = match RaftNode::open_with(
         &cfg.data_dir.join("raft"),
         identity.node_id,
         advertise.clone(),
         peers.clone(),
+        cfg.raft_tuning(),
     )
     .await
     {
@@ -424,6 +451,13 @@ async fn become_member(
                     .await
                     .map_err(|f| NodeError::from(crate::raft::RaftError::from(f)))?;
                 let via = cfg.join.clone().unwrap_or_else(|| via.clone());
+                if initialized {
+                    tracing::info!(
+                        %via,
+                        "this node is not a voter (it left the cluster when it last stopped, or its join did not finish): asking {via} to add it back, retrying for up to {:?} while no leader answers there",
+                        join::JOIN_DEADLINE
+                    );
+                }
                 match join::add_self(&ctx.peers, &via, me, advertise).await {
                     Ok(()) => {
                         let _ = std::fs::remove_file(&left);
@@ -545,8 +579,7 @@ fn read_restore(path: &std::path::Path) -> Result<(State, ClusterCa), NodeError>
         message,
     };
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let state =
-        crate::raft::decode_state(&bytes).map_err(|e| err(format!("not a Cairn snapshot: {e}")))?;
+    let state = crate::raft::decode_snapshot_file(&bytes).map_err(|e| err(e.to_string()))?;
     let ca = state
         .cluster_ca
         .clone()

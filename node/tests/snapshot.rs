@@ -74,6 +74,12 @@ async fn snapshot_restores_into_a_new_cluster() {
     }
     let bytes = rpc::snapshot_save(&s.conn).await.expect("snapshot save");
     assert!(bytes.len() > cairn_protocol::api::SNAPSHOT_CHUNK);
+    // A versioned file: magic, format version, then the state.
+    assert_eq!(&bytes[..8], b"CAIRNSNP");
+    assert_eq!(
+        bytes[8..12],
+        cairn_node::raft::SNAPSHOT_FILE_VERSION.to_le_bytes()
+    );
     // Only a user may save one (it holds the CA key).
     let ClientResponse::Token { token: joiner } = call(
         &s,
@@ -159,17 +165,110 @@ async fn snapshot_restores_into_a_new_cluster() {
     b.stop().await;
 }
 
-#[test]
-fn garbage_is_not_a_snapshot() {
+/// Start a node restoring from a file holding `bytes`; the error it fails with.
+fn restore_error(bytes: &[u8]) -> (std::path::PathBuf, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("bad.snap");
-    std::fs::write(&file, b"not a snapshot").expect("write");
+    std::fs::write(&file, bytes).expect("write");
+    let mut cfg = NodeConfig::new(dir.path().join("data"), any_port());
+    cfg.restore = Some(file.clone());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let msg = match rt.block_on(cairn_node::start(cfg)) {
+        Err(e @ cairn_node::NodeError::Restore { .. }) => e.to_string(),
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("started from {bytes:?}"),
+    };
+    assert!(!msg.contains('\n'), "one line: {msg}");
+    assert!(
+        msg.contains(&file.display().to_string()),
+        "names the file: {msg}"
+    );
+    assert!(
+        !dir.path().join("data").join("node.json").exists(),
+        "no identity created for a refused restore"
+    );
+    (file, msg)
+}
+
+/// A state with a cluster CA, as a restorable snapshot holds.
+fn restorable_state() -> cairn_node::state::State {
+    let ca = cairn_protocol::pki::Ca::generate("test").expect("ca");
+    cairn_node::state::State {
+        cluster_ca: Some(cairn_node::state::ClusterCa {
+            cert_pem: ca.cert_pem.clone(),
+            key_pem: ca.key_pem().to_string(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn garbage_is_not_a_snapshot() {
+    let (_, msg) = restore_error(b"not a snapshot");
+    assert!(msg.contains("not a Cairn snapshot file"), "{msg}");
+    // The state without the header (what saves wrote before format versions).
+    let legacy = bincode::serde::encode_to_vec(restorable_state(), bincode::config::standard())
+        .expect("encode");
+    let (_, msg) = restore_error(&legacy);
+    assert!(msg.contains("not a Cairn snapshot file"), "{msg}");
+}
+
+#[test]
+fn a_snapshot_of_another_format_version_is_refused() {
+    let mut bytes = cairn_node::raft::encode_snapshot_file(&restorable_state()).expect("encode");
+    // The same bytes restore (the state is fine) …
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("ok.snap");
+    std::fs::write(&file, &bytes).expect("write");
     let mut cfg = NodeConfig::new(dir.path().join("data"), any_port());
     cfg.restore = Some(file);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    match rt.block_on(cairn_node::start(cfg)) {
-        Err(cairn_node::NodeError::Restore { .. }) => {}
-        Err(e) => panic!("unexpected error: {e}"),
-        Ok(_) => panic!("started from garbage"),
-    }
+    rt.block_on(async {
+        let n = cairn_node::start(cfg).await.expect("restores");
+        n.stop().await;
+    });
+    // … but not when they claim a future format version.
+    let future = cairn_node::raft::SNAPSHOT_FILE_VERSION + 1;
+    bytes[8..12].copy_from_slice(&future.to_le_bytes());
+    let (_, msg) = restore_error(&bytes);
+    assert!(
+        msg.contains(&format!("version {future}"))
+            && msg.contains(&format!(
+                "reads version {}",
+                cairn_node::raft::SNAPSHOT_FILE_VERSION
+            )),
+        "{msg}"
+    );
+}
+
+/// What `cairn-node --restore` prints for a file of another version: one
+/// line on stderr naming the file and both versions, and a failure status.
+#[test]
+fn cairn_node_refuses_another_version_in_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("future.snap");
+    let mut bytes = b"CAIRNSNP".to_vec();
+    bytes.extend_from_slice(&99u32.to_le_bytes());
+    bytes.extend_from_slice(b"whatever a future version holds");
+    std::fs::write(&file, &bytes).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn-node"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--restore"])
+        .arg(&file)
+        .env_remove("CAIRN_DATA_DIR")
+        .output()
+        .expect("cairn-node");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "cairn-node: cannot restore from {}: snapshot file format version 99, but this cairn-node reads version {}",
+            file.display(),
+            cairn_node::raft::SNAPSHOT_FILE_VERSION
+        )
+    );
 }

@@ -122,7 +122,8 @@ pub enum ClientRequest {
     /// A consistent copy of the replicated state (users only), read at the
     /// leader's read index. Streaming: answered by `SnapshotChunk` frames
     /// (each under `frame::MAX_FRAME_SIZE`), the last with `last: true`; the
-    /// concatenated bytes are the bincode of the node's state. See
+    /// concatenated bytes are a snapshot file: the magic `CAIRNSNP`, a format
+    /// version (u32 LE), then the bincode of the node's state. See
     /// [`crate::rpc::snapshot_save`].
     SnapshotSave,
 }
@@ -229,6 +230,23 @@ pub struct ServerInfo {
     pub ca_fingerprint: String,
     pub leader: Option<u64>,
     pub members: Vec<(u64, String)>,
+    /// This node's own Raft log and snapshot positions (no round trip: a
+    /// follower may lag).
+    pub raft: RaftProgress,
+}
+
+/// Where one node's Raft log, state machine and snapshot are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftProgress {
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    /// Last log index included in the node's current snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Last log index purged from the node's log (it is in the snapshot).
+    pub purged_index: Option<u64>,
+    /// Snapshots the node received from a leader and installed since it
+    /// started (a follower that fell behind the leader's purged log).
+    pub snapshots_installed: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -161,8 +161,9 @@ pub async fn open(
     Ok((send, recv))
 }
 
-/// `SnapshotSave`: read every chunk and return the whole snapshot (the
-/// bincode of the cluster's state).
+/// `SnapshotSave`: read every chunk and return the whole snapshot file
+/// (`CAIRNSNP`, a format version, the bincode of the cluster's state; the
+/// node writes the header, see `cairn_node::raft::snapshot_file`).
 pub async fn snapshot_save(conn: &quinn::Connection) -> Result<Vec<u8>, RpcError> {
     let (mut send, mut recv) = open(conn, &ClientRequest::SnapshotSave).await?;
     send.finish()?;

@@ -13,13 +13,19 @@
 //!   [`PeerTransport`] trait; [`NoPeers`] is the transport of a lone node.
 //! - [`node`]: [`RaftNode`], the cloneable handle (openraft's core task owns the
 //!   stores; the handle shares only a read lock on the state).
+//! - [`cadence`]: when each node builds a snapshot (the interval grows with
+//!   the state's size); openraft's own policy is `Never`.
+//! - [`snapshot_file`]: the versioned file of `cairn server snapshot save`
+//!   and `cairn-node --restore` (magic, format version, state).
 //!
 //! A single node is a one-member cluster: the same code path, not a special mode.
 
+pub mod cadence;
 mod error;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod snapshot_file;
 pub mod state_machine;
 
 #[cfg(test)]
@@ -33,7 +39,11 @@ pub use network::{
     InstallSnapshotRpcError, Network, NetworkFactory, NoPeers, NoTransport, Peer, PeerTransport,
     RpcError, SnapshotStreamError,
 };
-pub use node::{RaftNode, Tuning, SHUTDOWN_GRACE};
+pub use node::{Progress, RaftNode, Tuning, SHUTDOWN_GRACE};
+pub use snapshot_file::{
+    decode_snapshot_file, encode_snapshot_file, SnapshotFileError, SNAPSHOT_FILE_MAGIC,
+    SNAPSHOT_FILE_VERSION,
+};
 pub use state_machine::{SnapshotBuilder, SnapshotData, StateMachineStore};
 
 use crate::state::{Request, Response};
@@ -69,11 +79,16 @@ pub const LOG_FILE: &str = "raft-log.redb";
 /// File name of the state machine snapshot database inside the node's data dir.
 pub const SM_FILE: &str = "raft-sm.redb";
 
-/// Build a snapshot once this many entries were applied since the last one.
+/// Build a snapshot once at least this many entries were applied since the
+/// last one (the whole interval while the state is small; see [`cadence`]).
 pub const SNAPSHOT_LOGS_SINCE_LAST: u64 = 1000;
+/// … and at least this many entries per record of the state: a large state
+/// is snapshotted less often (see [`cadence`]).
+pub const SNAPSHOT_LOGS_PER_RECORD: u64 = 1;
 /// Applied entries kept in the log after a snapshot, so a briefly lagging
 /// follower can catch up by log instead of by snapshot. The log therefore holds
-/// at most about `SNAPSHOT_LOGS_SINCE_LAST + LOGS_TO_KEEP_AFTER_SNAPSHOT` entries.
+/// at most about `max(SNAPSHOT_LOGS_SINCE_LAST, records in the state at the
+/// last snapshot) + LOGS_TO_KEEP_AFTER_SNAPSHOT` entries.
 pub const LOGS_TO_KEEP_AFTER_SNAPSHOT: u64 = 200;
 /// Leader heartbeat period.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 150;
@@ -82,13 +97,3 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 150;
 pub const ELECTION_TIMEOUT_MIN_MS: u64 = 600;
 /// Upper bound of the randomized election timeout.
 pub const ELECTION_TIMEOUT_MAX_MS: u64 = 1200;
-
-/// The bincode of a state, as `cairn server snapshot save` writes it.
-pub fn encode_state(state: &crate::state::State) -> Result<Vec<u8>, DbError> {
-    log_store::encode(state)
-}
-
-/// The state in a file written by `cairn server snapshot save`.
-pub fn decode_state(bytes: &[u8]) -> Result<crate::state::State, DbError> {
-    log_store::decode(bytes)
-}

@@ -7,11 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use openraft::error::{Fatal, InitializeError};
-use openraft::{Config, ServerState, SnapshotPolicy};
+use openraft::{Config, LogIdOptionExt, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
 use super::error::{Leader, RaftError, ReadError, WriteError};
@@ -28,8 +29,12 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Raft timing and log-compaction knobs. `Default` uses the module constants.
 #[derive(Debug, Clone)]
 pub struct Tuning {
-    /// Build a snapshot once this many entries were applied since the last one.
+    /// Build a snapshot once at least this many entries were applied since
+    /// the last one (see [`cadence`](super::cadence))…
     pub snapshot_logs_since_last: u64,
+    /// …and at least this many per record of the state, so the interval
+    /// grows with the state. 0: a fixed interval of `snapshot_logs_since_last`.
+    pub snapshot_logs_per_record: u64,
     /// Applied entries kept in the log after a snapshot.
     pub logs_to_keep_after_snapshot: u64,
     pub heartbeat_interval_ms: u64,
@@ -41,6 +46,7 @@ impl Default for Tuning {
     fn default() -> Self {
         Self {
             snapshot_logs_since_last: super::SNAPSHOT_LOGS_SINCE_LAST,
+            snapshot_logs_per_record: super::SNAPSHOT_LOGS_PER_RECORD,
             logs_to_keep_after_snapshot: super::LOGS_TO_KEEP_AFTER_SNAPSHOT,
             heartbeat_interval_ms: super::HEARTBEAT_INTERVAL_MS,
             election_timeout_min_ms: super::ELECTION_TIMEOUT_MIN_MS,
@@ -50,14 +56,28 @@ impl Default for Tuning {
 }
 
 impl Tuning {
-    /// The openraft config (not yet validated).
+    /// A snapshot every `n` applied entries whatever the state's size, and
+    /// `keep` entries kept in the log after it (tests: make followers catch
+    /// up by snapshot after a few writes).
+    pub fn fixed_snapshots(n: u64, keep: u64) -> Tuning {
+        Tuning {
+            snapshot_logs_since_last: n,
+            snapshot_logs_per_record: 0,
+            logs_to_keep_after_snapshot: keep,
+            ..Tuning::default()
+        }
+    }
+
+    /// The openraft config (not yet validated). Snapshots are triggered by
+    /// [`cadence`](super::cadence), not by openraft's fixed policy; purging
+    /// after a snapshot is still openraft's (`max_in_snapshot_log_to_keep`).
     fn config(&self) -> Config {
         Config {
             cluster_name: "cairn".to_string(),
             heartbeat_interval: self.heartbeat_interval_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: self.logs_to_keep_after_snapshot,
             purge_batch_size: 1,
             ..Default::default()
@@ -71,13 +91,39 @@ pub struct RaftNode {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(super) struct Inner {
     id: NodeId,
     addr: String,
-    raft: Raft,
+    pub(super) raft: Raft,
     applied: Arc<RwLock<Applied>>,
+    /// Snapshots received from a leader and installed since this process started.
+    snapshots_installed: Arc<AtomicU64>,
     /// The two redb databases, to wait for their release on shutdown.
     dbs: [Weak<redb::Database>; 2],
+}
+
+impl Inner {
+    /// [`State::record_count`] of the applied state.
+    pub(super) fn state_records(&self) -> u64 {
+        self.applied
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state
+            .record_count()
+    }
+}
+
+/// Where this node's log and state machine are (its own view, no round trip).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    /// Last log index included in this node's current snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Last log index purged from this node's log.
+    pub purged_index: Option<u64>,
+    /// Snapshots this node received from a leader and installed since it started.
+    pub snapshots_installed: u64,
 }
 
 impl RaftNode {
@@ -115,6 +161,7 @@ impl RaftNode {
             source,
         })?;
         let applied = sm.shared();
+        let snapshots_installed = sm.installed_counter();
         let dbs = [log_store.db_weak(), sm.db_weak()];
 
         // `Raft::new` re-applies committed-but-unapplied entries before it returns.
@@ -128,15 +175,24 @@ impl RaftNode {
         .await?;
         tracing::info!(node_id, %addr, "raft node open");
 
-        Ok(RaftNode {
-            inner: Arc::new(Inner {
-                id: node_id,
-                addr,
-                raft,
-                applied,
-                dbs,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            id: node_id,
+            addr,
+            raft,
+            applied,
+            snapshots_installed,
+            dbs,
+        });
+        let cadence = super::cadence::Cadence::new(
+            tuning.snapshot_logs_since_last,
+            tuning.snapshot_logs_per_record,
+        );
+        tokio::spawn(super::cadence::run(
+            Arc::downgrade(&inner),
+            inner.raft.metrics(),
+            cadence,
+        ));
+        Ok(RaftNode { inner })
     }
 
     /// This node's id.
@@ -225,6 +281,19 @@ impl RaftNode {
     /// The latest metrics openraft published.
     pub fn metrics(&self) -> Metrics {
         self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// This node's log, state machine and snapshot positions.
+    pub fn progress(&self) -> Progress {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        Progress {
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.index(),
+            snapshot_index: m.snapshot.index(),
+            purged_index: m.purged.index(),
+            snapshots_installed: self.inner.snapshots_installed.load(Ordering::Relaxed),
+        }
     }
 
     /// A watch on openraft's metrics.

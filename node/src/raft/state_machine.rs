@@ -72,6 +72,8 @@ pub struct StateMachineStore {
     db: Arc<Database>,
     /// Makes snapshot ids unique within this process.
     snapshot_seq: Arc<AtomicU64>,
+    /// Snapshots installed from a leader since open (see [`RaftNode::progress`](super::RaftNode::progress)).
+    installed: Arc<AtomicU64>,
 }
 
 impl StateMachineStore {
@@ -104,12 +106,18 @@ impl StateMachineStore {
             applied: Arc::new(RwLock::new(applied)),
             db,
             snapshot_seq: Arc::new(AtomicU64::new(0)),
+            installed: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// The lock on the applied state, shared with the node handle.
     pub(crate) fn shared(&self) -> Arc<RwLock<Applied>> {
         self.applied.clone()
+    }
+
+    /// The count of snapshots installed from a leader, shared with the node handle.
+    pub(crate) fn installed_counter(&self) -> Arc<AtomicU64> {
+        self.installed.clone()
     }
 
     pub(crate) fn db_weak(&self) -> std::sync::Weak<Database> {
@@ -245,6 +253,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
+        self.installed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -67,11 +67,7 @@ fn expected_state(reqs: &[Request]) -> State {
 }
 
 fn small_snapshots() -> Tuning {
-    Tuning {
-        snapshot_logs_since_last: 50,
-        logs_to_keep_after_snapshot: 10,
-        ..Tuning::default()
-    }
+    Tuning::fixed_snapshots(50, 10)
 }
 
 async fn open_leader(dir: &std::path::Path, tuning: Tuning) -> RaftNode {
@@ -337,4 +333,80 @@ async fn no_peers_is_unreachable() {
         .expect_err("unreachable");
     assert!(matches!(err, RPCError::Unreachable(_)), "{err:?}");
     assert!(err.to_string().contains("10.0.0.2:9701"), "{err}");
+}
+
+/// The size-scaled cadence on a live node: while the state grows by one
+/// record per write the interval doubles, and with a steady state of R
+/// records a snapshot comes once per about R writes, not every
+/// `snapshot_logs_since_last`.
+#[tokio::test]
+async fn the_snapshot_interval_grows_with_the_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tuning = Tuning {
+        snapshot_logs_since_last: 20,
+        snapshot_logs_per_record: 1,
+        logs_to_keep_after_snapshot: 5,
+        ..Tuning::default()
+    };
+    let node = open_leader(dir.path(), tuning).await;
+    // Every snapshot index the node reports, in order.
+    let mut watch = node.metrics_watch();
+    let seen = tokio::spawn(async move {
+        let mut seen: Vec<u64> = Vec::new();
+        loop {
+            if let Some(s) = watch.borrow_and_update().snapshot.map(|s| s.index) {
+                if seen.last() != Some(&s) {
+                    seen.push(s);
+                }
+            }
+            if watch.changed().await.is_err() {
+                return seen;
+            }
+        }
+    });
+    let overwrite = |i: usize| Request {
+        now_ms: 5_000 + i as u64,
+        command: Command::Put {
+            key: "key-0".into(),
+            value: format!("again-{i}"),
+        },
+    };
+    // 300 records; then 400 overwrites (the state stays at 300 records).
+    for i in 0..300 {
+        node.write(put(i)).await.expect("write");
+    }
+    for i in 0..400 {
+        node.write(overwrite(i)).await.expect("write");
+    }
+    let last = node.metrics().last_applied.index().expect("applied");
+    // Let a due snapshot finish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = node.metrics();
+    node.shutdown().await.expect("shutdown");
+    let seen = seen.await.expect("watcher");
+    tracing::info!(?seen, last, "snapshots");
+
+    // A fixed interval of 20 would have built ~35 snapshots.
+    assert!(
+        (4..=8).contains(&seen.len()),
+        "snapshots at {seen:?} over {last} entries"
+    );
+    // Each interval is at least the records at the previous snapshot (one
+    // per entry while growing, 300 once steady), or the minimum of 20.
+    for w in seen.windows(2) {
+        let records_then = w[0].min(300);
+        assert!(
+            w[1] - w[0] + 2 >= records_then.max(20),
+            "interval {} after a snapshot of ~{records_then} records: {seen:?}",
+            w[1] - w[0]
+        );
+    }
+    // The log is still purged behind the last snapshot.
+    let snap = m.snapshot.index().expect("a snapshot");
+    assert!(m.purged.index() >= Some(snap - 5), "{m:?}");
+    assert!(
+        last - snap < 300 + 20,
+        "{} entries since the last snapshot",
+        last - snap
+    );
 }

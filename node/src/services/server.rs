@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use cairn_protocol::api::{ClientResponse, ServerInfo};
+use cairn_protocol::api::{ClientResponse, RaftProgress, ServerInfo};
 use cairn_protocol::types::{TokenRecord, TokenScope};
 use cairn_protocol::{now_ms, token, VERSION};
 
@@ -17,6 +17,7 @@ pub fn info(ctx: &Ctx) -> ClientResponse {
         .nodes()
         .map(|(id, n)| (*id, n.addr.clone()))
         .collect();
+    let p = ctx.raft.progress();
     ClientResponse::ServerInfo(Box::new(ServerInfo {
         node_id: ctx.identity.node_id,
         version: VERSION.to_string(),
@@ -24,6 +25,13 @@ pub fn info(ctx: &Ctx) -> ClientResponse {
         ca_fingerprint: ctx.identity.ca_fingerprint.clone(),
         leader: m.current_leader,
         members,
+        raft: RaftProgress {
+            last_log_index: p.last_log_index,
+            last_applied: p.last_applied,
+            snapshot_index: p.snapshot_index,
+            purged_index: p.purged_index,
+            snapshots_installed: p.snapshots_installed,
+        },
     }))
 }
 
@@ -71,14 +79,15 @@ pub async fn exchange_bootstrap(ctx: &Arc<Ctx>, s: &ConnSession, name: &str) -> 
     }
 }
 
-/// `SnapshotSave`: the bincode of the state as of the leader's read index
+/// `SnapshotSave`: a snapshot file (header and bincode of the state, see
+/// [`crate::raft::snapshot_file`]) of the state as of the leader's read index
 /// (a consistent point of the replicated state), in `SnapshotChunk` frames.
 /// Users only: the state holds the CA key.
 pub async fn snapshot_save(ctx: &Arc<Ctx>, s: &ConnSession, mut send: quinn::SendStream) {
     let resp = if s.principal.scope != cairn_protocol::types::TokenScope::User {
         Err("only a user token can save a snapshot".to_string())
     } else {
-        match ctx.read(crate::raft::encode_state).await {
+        match ctx.read(crate::raft::encode_snapshot_file).await {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(e)) => Err(format!("cannot encode the state: {e}")),
             Err(e) => Err(e),

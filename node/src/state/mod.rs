@@ -456,6 +456,45 @@ impl State {
         r
     }
 
+    /// How many records the state holds (entries of all its maps): a cheap
+    /// measure of its size, O(1). The snapshot cadence scales with it
+    /// (`raft::cadence`), since building a snapshot costs time linear in it.
+    pub fn record_count(&self) -> u64 {
+        let State {
+            registers,
+            projects,
+            apps,
+            operations,
+            sequences,
+            jobs,
+            runners,
+            tokens,
+            config,
+            next_job: _,
+            next_op: _,
+            cluster_ca: _,
+            removed_nodes,
+            applied_requests,
+            applied_order: _,
+        } = self;
+        [
+            registers.len(),
+            projects.len(),
+            apps.len(),
+            operations.len(),
+            sequences.len(),
+            jobs.len(),
+            runners.len(),
+            tokens.len(),
+            config.len(),
+            removed_nodes.len(),
+            applied_requests.len(),
+        ]
+        .iter()
+        .map(|n| *n as u64)
+        .sum()
+    }
+
     /// The token record for a secret, if it is valid at `now`.
     pub fn token(&self, hash: &str, now_ms: u64) -> Option<&TokenRecord> {
         self.tokens

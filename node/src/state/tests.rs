@@ -682,3 +682,31 @@ fn restore_replaces_only_an_empty_state() {
     );
     assert_eq!(fresh, saved, "a refused restore changes nothing");
 }
+
+#[test]
+fn record_count_counts_every_record_and_not_overwrites() {
+    let mut st = State::default();
+    assert_eq!(st.record_count(), 0);
+    for i in 0..5 {
+        st.apply(&req(
+            1,
+            Command::Put {
+                key: format!("k{i}"),
+                value: "v".into(),
+            },
+        ));
+    }
+    assert_eq!(st.record_count(), 5);
+    // Overwriting a key adds no record.
+    st.apply(&req(
+        2,
+        Command::Put {
+            key: "k0".into(),
+            value: "w".into(),
+        },
+    ));
+    assert_eq!(st.record_count(), 5);
+    // A job is one record (plus whatever it creates, e.g. its sequence).
+    running_job(&mut st, "app");
+    assert!(st.record_count() > 5, "{}", st.record_count());
+}

@@ -1,0 +1,174 @@
+//! The file `cairn server snapshot save FILE` writes and `cairn-node
+//! --restore FILE` reads:
+//!
+//! ```text
+//! offset 0   8 bytes   magic "CAIRNSNP"
+//! offset 8   4 bytes   format version, u32 little-endian (SNAPSHOT_FILE_VERSION)
+//! offset 12  …         version 1: the bincode (standard config) of `State`
+//! ```
+//!
+//! A reader refuses a file without the magic (not a snapshot), of another
+//! version (the state's encoding changed), or whose body does not decode
+//! exactly (truncated or trailing bytes), each with a one-line reason.
+//! Bump [`SNAPSHOT_FILE_VERSION`] whenever `State`'s encoding changes.
+
+use crate::state::State;
+
+/// First bytes of every snapshot file.
+pub const SNAPSHOT_FILE_MAGIC: [u8; 8] = *b"CAIRNSNP";
+/// Version of the snapshot file's body this build writes and reads.
+pub const SNAPSHOT_FILE_VERSION: u32 = 1;
+/// Magic plus version.
+pub const SNAPSHOT_FILE_HEADER_LEN: usize = 12;
+
+/// Why bytes are not a snapshot this build can restore.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    #[error("not a Cairn snapshot file (it does not start with \"CAIRNSNP\"; write one with `cairn server snapshot save`)")]
+    NotASnapshot,
+    #[error("snapshot file format version {found}, but this cairn-node reads version {expected}")]
+    Version { found: u32, expected: u32 },
+    #[error("snapshot file format version {version} is damaged: {reason}")]
+    Damaged { version: u32, reason: String },
+}
+
+/// The header for `version`.
+pub fn header(version: u32) -> [u8; SNAPSHOT_FILE_HEADER_LEN] {
+    let mut h = [0u8; SNAPSHOT_FILE_HEADER_LEN];
+    h[..8].copy_from_slice(&SNAPSHOT_FILE_MAGIC);
+    h[8..].copy_from_slice(&version.to_le_bytes());
+    h
+}
+
+/// A snapshot file's bytes for `state`.
+pub fn encode_snapshot_file(state: &State) -> Result<Vec<u8>, bincode::error::EncodeError> {
+    let mut out = header(SNAPSHOT_FILE_VERSION).to_vec();
+    bincode::serde::encode_into_std_write(state, &mut out, bincode::config::standard())?;
+    Ok(out)
+}
+
+/// The state in a snapshot file's bytes.
+pub fn decode_snapshot_file(bytes: &[u8]) -> Result<State, SnapshotFileError> {
+    if bytes.len() < SNAPSHOT_FILE_MAGIC.len() || bytes[..8] != SNAPSHOT_FILE_MAGIC {
+        return Err(SnapshotFileError::NotASnapshot);
+    }
+    let Some(version) = bytes.get(8..SNAPSHOT_FILE_HEADER_LEN) else {
+        return Err(SnapshotFileError::Damaged {
+            version: 0,
+            reason: "the header is cut short".into(),
+        });
+    };
+    let found = u32::from_le_bytes([version[0], version[1], version[2], version[3]]);
+    if found != SNAPSHOT_FILE_VERSION {
+        return Err(SnapshotFileError::Version {
+            found,
+            expected: SNAPSHOT_FILE_VERSION,
+        });
+    }
+    let body = &bytes[SNAPSHOT_FILE_HEADER_LEN..];
+    let damaged = |reason: String| SnapshotFileError::Damaged {
+        version: found,
+        reason,
+    };
+    let (state, used): (State, usize) =
+        bincode::serde::decode_from_slice(body, bincode::config::standard())
+            .map_err(|e| damaged(e.to_string()))?;
+    if used != body.len() {
+        return Err(damaged(format!(
+            "{} bytes after the state",
+            body.len() - used
+        )));
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Command, Request};
+
+    fn some_state() -> State {
+        let mut st = State::default();
+        st.apply(&Request {
+            now_ms: 1,
+            command: Command::Put {
+                key: "k".into(),
+                value: "v".into(),
+            },
+        });
+        st
+    }
+
+    #[test]
+    fn round_trips_with_the_header_first() {
+        let st = some_state();
+        let bytes = encode_snapshot_file(&st).expect("encode");
+        assert_eq!(&bytes[..8], b"CAIRNSNP");
+        assert_eq!(&bytes[8..12], &1u32.to_le_bytes());
+        assert_eq!(decode_snapshot_file(&bytes).expect("decode"), st);
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_snapshot() {
+        for bad in [
+            &b""[..],
+            b"CAIRN",
+            b"not a snapshot at all",
+            b"cairnsnp\x01\0\0\0",
+        ] {
+            assert!(
+                matches!(
+                    decode_snapshot_file(bad),
+                    Err(SnapshotFileError::NotASnapshot)
+                ),
+                "{bad:?}"
+            );
+        }
+        // A headerless state (as saved before the header existed).
+        let legacy =
+            bincode::serde::encode_to_vec(some_state(), bincode::config::standard()).expect("enc");
+        assert!(matches!(
+            decode_snapshot_file(&legacy),
+            Err(SnapshotFileError::NotASnapshot)
+        ));
+    }
+
+    #[test]
+    fn refuses_another_version_naming_both() {
+        let mut bytes = encode_snapshot_file(&some_state()).expect("encode");
+        bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
+        let e = decode_snapshot_file(&bytes).expect_err("version 7");
+        assert!(
+            matches!(
+                e,
+                SnapshotFileError::Version {
+                    found: 7,
+                    expected: 1
+                }
+            ),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("version 7") && msg.contains("version 1"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_damaged_body() {
+        let bytes = encode_snapshot_file(&some_state()).expect("encode");
+        assert!(matches!(
+            decode_snapshot_file(&bytes[..10]),
+            Err(SnapshotFileError::Damaged { .. })
+        ));
+        assert!(matches!(
+            decode_snapshot_file(&bytes[..bytes.len() - 1]),
+            Err(SnapshotFileError::Damaged { .. })
+        ));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let e = decode_snapshot_file(&longer).expect_err("trailing");
+        assert!(e.to_string().contains("1 bytes after"), "{e}");
+    }
+}
