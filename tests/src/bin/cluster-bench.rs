@@ -339,8 +339,8 @@ fn setup_notes(args: &Args) -> String {
 #   Cairn appends each Raft batch to redb with Durability::Immediate (fsync)\n\
 # client paths: cairn = cairn_protocol::rpc over QUIC+TLS (SetConfig on scope project:bench, one QUIC connection per client);\n\
 #   etcd = native gRPC, etcdserverpb.KV/Put over plaintext HTTP/2 (tonic, hand-written prost messages; one channel per client)\n\
-# raft timing (each system's defaults): cairn heartbeat 150 ms, election timeout 600–1200 ms; openraft 0.9 makes a follower that\n\
-#   had a leader wait leader_lease (= election_timeout_max, 1200 ms) + the election timeout, and a candidate that saw a longer log\n\
+# raft timing (each system's defaults): cairn heartbeat 100 ms, election timeout 300–600 ms; openraft 0.9 makes a follower that\n\
+#   had a leader wait leader_lease (= election_timeout_max, 600 ms) + the election timeout, and a candidate that saw a longer log\n\
 #   another 2 × election_timeout_max; etcd heartbeat 100 ms, election timeout 1000 ms (randomized 1000–2000 ms by etcd/raft),\n\
 #   check-quorum on, pre-vote off (3.4 defaults)\n\
 # throughput: {} round(s), rows × systems interleaved; {} warm-up writes per system; failover: {} trials per system, alternating",
