@@ -15,6 +15,7 @@ node="$root/target/release/cairn-node"
 mkdir -p "$out"
 lane_loop() {
   local lane=$1 seed
+  shift
   for ((seed = first + lane; seed <= last; seed += lanes)); do
     "$chaos" run --nodes 3 --seed "$seed" --lane "$lane" --node-bin "$node" "$@" >"$out/seed-$seed.log" 2>&1
     local rc=$?
