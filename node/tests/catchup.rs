@@ -4,7 +4,7 @@
 //! (the join target last).
 
 mod common;
-use common::{call, connect, var};
+use common::{call, connect, eventually, user_token, var};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,25 +18,6 @@ use tempfile::TempDir;
 
 /// Bound for anything that should happen "soon" on a loaded 2-core box.
 const SOON: Duration = Duration::from_secs(60);
-
-/// Poll `f` until it returns `Some`, at most `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {within:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// What `--ready-file` holds.
 #[derive(serde::Deserialize)]
@@ -235,20 +216,7 @@ impl Cluster {
         n1.start().await;
         let ca = n1.ready().ca_fingerprint.clone();
         let boot = std::fs::read_to_string(n1.bootstrap_file()).expect("bootstrap token");
-        let s = connect(n1.addr(), &ca, boot.trim())
-            .await
-            .expect("bootstrap connects");
-        let ClientResponse::Token { token: user } = call(
-            &s,
-            ClientRequest::ExchangeBootstrap {
-                name: "admin".into(),
-            },
-        )
-        .await
-        else {
-            panic!("no user token")
-        };
-        s.conn.close(0u32.into(), b"bye");
+        let user = user_token(n1.addr(), &ca, boot.trim()).await;
         let s = connect(n1.addr(), &ca, &user).await.expect("user connects");
         let ClientResponse::Token { token: join } = call(
             &s,

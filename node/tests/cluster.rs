@@ -26,22 +26,12 @@ fn init_tracing() {
 }
 
 /// Poll `f` until it returns `Some`, at most `SOON`.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + SOON;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {SOON:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(what, SOON, f).await
 }
 
 /// One node of the harness: its data dir and config outlive restarts.
@@ -110,20 +100,7 @@ impl Cluster {
         cfg.listen = first.addr;
         let ca_fingerprint = first.ca_fingerprint.clone();
         let boot = first.bootstrap_token.clone().expect("bootstrap token");
-        let s = connect(first.addr, &ca_fingerprint, &boot)
-            .await
-            .expect("bootstrap connects");
-        let user_token = match call(
-            &s,
-            ClientRequest::ExchangeBootstrap {
-                name: "admin".into(),
-            },
-        )
-        .await
-        {
-            ClientResponse::Token { token } => token,
-            other => panic!("unexpected {other:?}"),
-        };
+        let user_token = common::user_token(first.addr, &ca_fingerprint, &boot).await;
         let mut cluster = Cluster {
             members: vec![Member {
                 dir,

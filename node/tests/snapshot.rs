@@ -38,20 +38,7 @@ async fn snapshot_restores_into_a_new_cluster() {
         .expect("node A");
     let ca = a.ca_fingerprint.clone();
     let boot = a.bootstrap_token.clone().expect("bootstrap token");
-    let s = connect(a.addr, &ca, &boot)
-        .await
-        .expect("bootstrap connects");
-    let ClientResponse::Token { token: user } = call(
-        &s,
-        ClientRequest::ExchangeBootstrap {
-            name: "admin".into(),
-        },
-    )
-    .await
-    else {
-        panic!("no user token")
-    };
-    s.conn.close(0u32.into(), b"bye");
+    let user = common::user_token(a.addr, &ca, &boot).await;
 
     let s = connect(a.addr, &ca, &user).await.expect("user connects");
     for (k, v) in [("a", "1"), ("b", "2")] {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use cairn_protocol::api::{ClientRequest, ClientResponse};
 use cairn_protocol::handshake::Role;
@@ -38,5 +39,43 @@ pub fn var(name: &str, value: &str) -> ConfigVar {
         name: name.into(),
         value: value.into(),
         secret: false,
+    }
+}
+
+/// Exchange a fresh cluster's one-time bootstrap token for a user token.
+pub async fn user_token(addr: SocketAddr, ca: &str, bootstrap: &str) -> String {
+    let s = connect(addr, ca, bootstrap)
+        .await
+        .expect("bootstrap connects");
+    let r = call(
+        &s,
+        ClientRequest::ExchangeBootstrap {
+            name: "admin".into(),
+        },
+    )
+    .await;
+    s.conn.close(0u32.into(), b"bye");
+    match r {
+        ClientResponse::Token { token } => token,
+        other => panic!("no user token: {other:?}"),
+    }
+}
+
+/// Poll `f` until it returns `Some`, at most `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
