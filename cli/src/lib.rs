@@ -1,3 +1,4 @@
+pub mod appconfig;
 pub mod client;
 pub mod commands;
 pub mod config;

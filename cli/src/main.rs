@@ -4,10 +4,12 @@ use std::process::ExitCode;
 
 use cairn_cli::commands::{
     self,
+    config::ConfigCmd,
     context::ContextCmd,
     job::JobCmd,
     lifecycle::{AppArg, PruneArgs},
     list::ListArgs,
+    runner::RunnerCmd,
     server::ServerCmd,
     Global,
 };
@@ -88,6 +90,9 @@ enum Cmd {
     /// Jobs: list, inspect, cancel, attach.
     #[command(subcommand)]
     Job(JobCmd),
+    /// App configuration: env vars for deployments, by project, app and workspace.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// The node and each app's builds, deployments and release.
     Status {
         #[arg(long)]
@@ -99,6 +104,9 @@ enum Cmd {
     /// Run or manage a server node.
     #[command(subcommand)]
     Server(ServerCmd),
+    /// Runners: `cairn runner agent` runs jobs for the cluster on this machine.
+    #[command(subcommand)]
+    Runner(RunnerCmd),
     #[command(name = "__supervise", hide = true)]
     Supervise { spec: std::path::PathBuf },
 }
@@ -203,13 +211,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 prune: prune.prune,
                 retain: prune.prune_retain,
             };
-            commands::lifecycle::run(g, app.app.as_deref(), kind).await
+            commands::lifecycle::run(g, app, kind).await
         }
         Cmd::Build { app, no_push } => {
-            commands::lifecycle::run(g, app.app.as_deref(), JobKind::Build { push: !no_push }).await
+            commands::lifecycle::run(g, app, JobKind::Build { push: !no_push }).await
         }
         Cmd::Deploy { app, build } => {
-            commands::lifecycle::run(g, app.app.as_deref(), JobKind::Deploy { build: *build }).await
+            commands::lifecycle::run(g, app, JobKind::Deploy { build: *build }).await
         }
         Cmd::Release {
             deployment,
@@ -221,12 +229,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 prune: prune.prune,
                 retain: prune.prune_retain,
             };
-            commands::lifecycle::run(g, app.app.as_deref(), kind).await
+            commands::lifecycle::run(g, app, kind).await
         }
         Cmd::Destroy { deployment, app } => {
             commands::lifecycle::run(
                 g,
-                app.app.as_deref(),
+                app,
                 JobKind::Destroy {
                     deployment: *deployment,
                 },
@@ -238,9 +246,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Deployment(ListCmd::List(a)) => commands::list::run(g, OpKind::Deployment, a).await,
         Cmd::Releases(a) => commands::list::run(g, OpKind::Release, a).await,
         Cmd::Job(j) => commands::job::run(g, j).await,
+        Cmd::Config(c) => commands::config::run(g, c).await,
         Cmd::Status { json } => commands::status::run(g, *json).await,
         Cmd::Context(c) => commands::context::run(c).await,
         Cmd::Server(s) => commands::server::run(g, s).await,
+        Cmd::Runner(r) => commands::runner::run(g, r).await,
         Cmd::Supervise { .. } => Ok(2),
     }
 }

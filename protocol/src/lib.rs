@@ -2,6 +2,7 @@
 //! PKI, tokens, catalog types and the QUIC RPC helpers.
 
 pub mod api;
+pub mod config;
 pub mod frame;
 pub mod handshake;
 pub mod pki;

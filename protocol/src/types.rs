@@ -289,11 +289,81 @@ pub struct TokenRecord {
     pub revoked: bool,
 }
 
+/// Where a config variable applies. When an app's environment is resolved
+/// (`crate::config::resolve_env`), the most specific scope wins:
+/// `WorkspaceApp` > `App` > `Workspace` > `Project`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ConfigScope {
+    /// Every app of the project, in every workspace.
     Project(String),
+    /// One app, in every workspace.
     App { project: String, app: String },
+    /// Every app of the project, in one workspace.
     Workspace { project: String, workspace: String },
+    /// One app in one workspace. (Added after the others: variants keep
+    /// their bincode indices.)
+    WorkspaceApp {
+        project: String,
+        app: String,
+        workspace: String,
+    },
+}
+
+impl ConfigScope {
+    /// The project this scope belongs to.
+    pub fn project(&self) -> &str {
+        match self {
+            ConfigScope::Project(p)
+            | ConfigScope::App { project: p, .. }
+            | ConfigScope::Workspace { project: p, .. }
+            | ConfigScope::WorkspaceApp { project: p, .. } => p,
+        }
+    }
+
+    /// The app, for app scopes.
+    pub fn app(&self) -> Option<&str> {
+        match self {
+            ConfigScope::App { app, .. } | ConfigScope::WorkspaceApp { app, .. } => Some(app),
+            _ => None,
+        }
+    }
+
+    /// The workspace, for workspace scopes.
+    pub fn workspace(&self) -> Option<&str> {
+        match self {
+            ConfigScope::Workspace { workspace, .. }
+            | ConfigScope::WorkspaceApp { workspace, .. } => Some(workspace),
+            _ => None,
+        }
+    }
+
+    /// The kind of scope: "project", "app", "workspace" or "workspace-app".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConfigScope::Project(_) => "project",
+            ConfigScope::App { .. } => "app",
+            ConfigScope::Workspace { .. } => "workspace",
+            ConfigScope::WorkspaceApp { .. } => "workspace-app",
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigScope {
+    /// `project "p"`, `app "p/a"`, `project "p" in workspace "w"`, `app "p/a" in workspace "w"`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigScope::Project(p) => write!(f, "project \"{p}\""),
+            ConfigScope::App { project, app } => write!(f, "app \"{project}/{app}\""),
+            ConfigScope::Workspace { project, workspace } => {
+                write!(f, "project \"{project}\" in workspace \"{workspace}\"")
+            }
+            ConfigScope::WorkspaceApp {
+                project,
+                app,
+                workspace,
+            } => write!(f, "app \"{project}/{app}\" in workspace \"{workspace}\""),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -300,6 +300,7 @@ pub struct Ready {
 pub struct NodeBuilder {
     listen: Option<String>,
     env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl NodeBuilder {
@@ -311,6 +312,12 @@ impl NodeBuilder {
 
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// One more command-line argument (e.g. `--join ADDR`).
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.into());
         self
     }
 
@@ -384,6 +391,7 @@ impl NodeProc {
             .arg(self.ready_file())
             .arg("--bootstrap-file")
             .arg(self.dir.path().join("bootstrap.token"))
+            .args(&self.builder.args)
             .env_remove("CAIRN_DATA_DIR")
             .stdin(Stdio::null())
             .stdout(log)

@@ -5,7 +5,9 @@
 //! first (see `cairn_tests::bins`).
 
 mod e2e_bad_inputs;
+mod e2e_config;
 mod e2e_crash;
 mod e2e_embedded;
 mod e2e_restart;
 mod e2e_rollback;
+mod e2e_runner_agent;

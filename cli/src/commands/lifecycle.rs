@@ -1,5 +1,6 @@
 //! `up`, `build`, `deploy`, `release`, `destroy`: check the config locally,
-//! queue a job for this CLI's own runner, render its events.
+//! queue a job for this CLI's own runner (or, with `--runner` /
+//! `--runner-label`, for another one: see `commands::runner`), render its events.
 
 use std::sync::Arc;
 
@@ -13,13 +14,15 @@ use super::{load_config, Global};
 use crate::plugins::Catalog;
 use crate::runner::{self, RunnerOptions};
 use crate::ui::{Renderer, Style};
-use crate::{client, lifecycle};
+use crate::{appconfig, client, lifecycle};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AppArg {
     /// The app to operate on (needed when the config has several).
     #[arg(long)]
     pub app: Option<String>,
+    #[command(flatten)]
+    pub runner: super::runner::RunnerSelect,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -33,10 +36,10 @@ pub struct PruneArgs {
 }
 
 /// Run a lifecycle job end to end. Returns the process exit code.
-pub async fn run(g: &Global, app: Option<&str>, kind: JobKind) -> anyhow::Result<i32> {
+pub async fn run(g: &Global, app: &AppArg, kind: JobKind) -> anyhow::Result<i32> {
     // 1. The config is found and evaluated here, so a bad one fails before anything is queued.
     let cfg = load_config(&g.dir())?;
-    let app_cfg = cfg.app(app)?;
+    let app_cfg = cfg.app(app.app.as_deref())?;
     lifecycle::instantiate(app_cfg, &Catalog::builtin()).map_err(anyhow::Error::msg)?;
     let dir =
         std::fs::canonicalize(cfg.dir()).with_context(|| format!("{}", cfg.dir().display()))?;
@@ -46,16 +49,37 @@ pub async fn run(g: &Global, app: Option<&str>, kind: JobKind) -> anyhow::Result
         .map(|f| f.to_string_lossy().to_string())
         .unwrap_or_default();
 
-    // 2. Connect, and be our own runner on the same connection.
+    // 2. Connect, and be our own runner on the same connection (unless the
+    //    job is for another runner).
     let ctx = client::resolve(g.context.as_deref(), false).await?;
     let session = client::connect(&ctx).await?;
-    let opts = Arc::new(RunnerOptions::for_cli());
-    let _registration = runner::register(&session.conn, &opts)
-        .await
-        .context("registering this CLI as a runner")?;
-    tokio::spawn(runner::serve(session.conn.clone(), opts.clone()));
+    let other_runner = app.runner.target();
+    let mut _registration = None;
+    let target = match &other_runner {
+        Some(t) => t.clone(),
+        None => {
+            let opts = Arc::new(RunnerOptions::for_cli());
+            _registration = Some(
+                runner::register(&session.conn, &opts)
+                    .await
+                    .context("registering this CLI as a runner")?,
+            );
+            tokio::spawn(runner::serve(session.conn.clone(), opts.clone()));
+            RunnerTarget::Id(opts.id.clone())
+        }
+    };
 
-    // 3. Queue the job for our runner id.
+    // 3. `up` and `deploy` make the cluster hold the file's `config { env }`
+    //    first, so the deployment they queue resolves what the file says.
+    if matches!(kind, JobKind::Up { .. } | JobKind::Deploy { .. }) {
+        let synced = appconfig::sync(&session.conn, &cfg, app_cfg)
+            .await
+            .context("syncing config { env } to the cluster")?;
+        print_synced(&synced, &file);
+    }
+
+    // 4. Queue the job for our runner id (or the one asked for).
+    let kind_name = kind.name();
     let spec = JobSpec {
         kind,
         project: cfg.project.clone(),
@@ -65,15 +89,41 @@ pub async fn run(g: &Global, app: Option<&str>, kind: JobKind) -> anyhow::Result
             dir: dir.to_string_lossy().to_string(),
             config: file,
         },
-        target: RunnerTarget::Id(opts.id.clone()),
+        target,
     };
     let id = match rpc::call(&session.conn, &ClientRequest::QueueJob { spec }).await? {
         ClientResponse::JobQueued { id } => id,
         other => anyhow::bail!("unexpected answer from the node: {other:?}"),
     };
-    let code = follow(&ctx, &session.conn, id, true).await?;
+    let code = match &other_runner {
+        None => follow(&ctx, &session.conn, id, true).await?,
+        Some(t) => {
+            super::runner::queued_for(t, id, kind_name, &cfg.project, &app_cfg.name);
+            super::runner::wait_for_runner(&session.conn, id, t).await;
+            follow(&ctx, &session.conn, id, false).await?
+        }
+    };
     session.conn.close(0u32.into(), b"bye");
     Ok(code)
+}
+
+/// One line per scope a config sync changed; nothing when nothing changed.
+fn print_synced(synced: &[(cairn_protocol::types::ConfigScope, appconfig::Synced)], file: &str) {
+    let style = Style::detect();
+    for (scope, s) in synced {
+        let mut parts = Vec::new();
+        if !s.set.is_empty() {
+            parts.push(format!("set {}", s.set.join(", ")));
+        }
+        if !s.deleted.is_empty() {
+            parts.push(format!("deleted {}", s.deleted.join(", ")));
+        }
+        println!(
+            "{} Config of {scope} from {file}: {}",
+            style.ok(),
+            parts.join("; ")
+        );
+    }
 }
 
 /// How many times following a job reconnects after losing its node.

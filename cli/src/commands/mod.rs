@@ -1,16 +1,18 @@
 //! One module per CLI command group.
 
 pub mod cluster;
+pub mod config;
 pub mod context;
 pub mod job;
 pub mod lifecycle;
 pub mod list;
+pub mod runner;
 pub mod server;
 pub mod status;
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{self, Config};
+use crate::config::Config;
 
 /// Options every command takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,8 +33,8 @@ impl Global {
 
 /// Load the config in `dir` (cairn.hcl, cairn.hcl.json, waypoint.hcl…).
 pub fn load_config(dir: &Path) -> anyhow::Result<Config> {
-    let path = config::find(dir)?;
-    Ok(config::load(&path)?)
+    let path = crate::config::find(dir)?;
+    Ok(crate::config::load(&path)?)
 }
 
 /// Parse "v3" or "3".

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use cairn_protocol::config;
 use hcl::eval::Context;
 
 use super::error::{ConfigError, Location};
@@ -205,18 +206,36 @@ fn eval_string_map(attr: &Attr, ctx: &Context) -> Result<BTreeMap<String, String
     Ok(out)
 }
 
+/// `config { env = { … } }` of `body`: names must be environment variable names, values at
+/// most `MAX_VALUE` bytes; an error points at the entry's key.
 fn config_env(
     body: &Body,
     ctx: &Context,
     where_: &str,
 ) -> Result<BTreeMap<String, String>, ConfigError> {
-    match at_most_one(body, "config", where_)? {
-        Some(block) => match block.body.attr("env") {
-            Some(env) => eval_string_map(env, ctx),
-            None => Ok(BTreeMap::new()),
-        },
-        None => Ok(BTreeMap::new()),
+    let Some(env) = at_most_one(body, "config", where_)?.and_then(|b| b.body.attr("env")) else {
+        return Ok(BTreeMap::new());
+    };
+    let map = eval_string_map(env, ctx)?;
+    for (name, value) in &map {
+        if let Err(why) = config::check_env_name(name) {
+            return Err(ConfigError::invalid(
+                env.key_loc(name),
+                format!("invalid config variable name {name:?} in `env`: {why}"),
+            ));
+        }
+        if value.len() > config::MAX_VALUE {
+            return Err(ConfigError::invalid(
+                env.key_loc(name),
+                format!(
+                    "the value of config variable {name} is {} bytes, over the {}-byte limit",
+                    value.len(),
+                    config::MAX_VALUE
+                ),
+            ));
+        }
     }
+    Ok(map)
 }
 
 pub(crate) fn decode(body: &Body, file: &Path, dir: &Path) -> Result<Config, ConfigError> {
@@ -265,6 +284,7 @@ pub(crate) fn decode(body: &Body, file: &Path, dir: &Path) -> Result<Config, Con
         file: file.to_path_buf(),
         project,
         apps,
+        env: top_env,
     })
 }
 
@@ -311,8 +331,9 @@ fn decode_app(
         Some(attr) => eval_string_map(attr, &ctx)?,
         None => BTreeMap::new(),
     };
+    let app_env = self::config_env(body, &ctx, &ctx_name)?;
     let mut config_env = top_env.clone();
-    config_env.extend(self::config_env(body, &ctx, &ctx_name)?);
+    config_env.extend(app_env.clone());
 
     let missing = |stage: &str| {
         ConfigError::invalid(&block.loc, format!("app \"{name}\" has no {stage} stage"))
@@ -361,6 +382,7 @@ fn decode_app(
         deploy,
         release,
         config_env,
+        app_env,
         labels,
         location: block.loc.clone(),
     })

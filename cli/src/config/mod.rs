@@ -5,7 +5,7 @@
 //! app "web" {
 //!   path   = "./web"                      # optional, relative to the config's dir; default "."
 //!   labels = { team = "x" }               # optional
-//!   config { env = { GREETING = "hi" } }  # optional; also allowed at top level (app wins)
+//!   config { env = { GREETING = "hi" } }  # optional; also at top level (project scope; app wins)
 //!   build {
 //!     use "files" { path = "." }
 //!     hook { when = "before" command = ["echo", "hi"] on_failure = "continue" }
@@ -66,6 +66,9 @@ pub struct Config {
     pub project: String,
     /// In the order of the file.
     pub apps: Vec<AppConfig>,
+    /// The top-level `config { env = { … } }`: project-scope variables, synced to the cluster
+    /// by `cairn up` and `cairn deploy`.
+    pub env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,7 +81,12 @@ pub struct AppConfig {
     pub deploy: Stage,
     pub release: Option<Stage>,
     /// From `config { env = { … } }` at top level, overridden key by key by the app's own.
+    /// What build and push steps run with. Deployments get the cluster's resolved config
+    /// instead (which holds these after `cairn up` syncs them, plus `cairn config set`'s).
     pub config_env: BTreeMap<String, String>,
+    /// The app's own `config { env = { … } }`: app-scope variables, synced to the cluster by
+    /// `cairn up` and `cairn deploy`.
+    pub app_env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     /// Of the `app` block.
     pub location: Location,

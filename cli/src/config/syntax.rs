@@ -25,6 +25,20 @@ pub(crate) struct Attr {
     pub name: String,
     pub loc: Location,
     pub expr: Expression,
+    /// For an object written literally (`env = { A = "x" }`): where each key
+    /// is written, for errors about one entry. Empty otherwise.
+    pub key_locs: Vec<(String, Location)>,
+}
+
+impl Attr {
+    /// Where the key `key` of this attribute's object is written, or the
+    /// attribute itself when that is not known.
+    pub fn key_loc(&self, key: &str) -> &Location {
+        self.key_locs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(&self.loc, |(_, l)| l)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -216,7 +230,12 @@ fn open_blocks_to_attrs(
         } else {
             Expression::Array(group.iter().map(|(_, _, e)| e.clone()).collect())
         };
-        attrs.push(Attr { name, loc, expr });
+        attrs.push(Attr {
+            name,
+            loc,
+            expr,
+            key_locs: Vec::new(),
+        });
     }
     Ok(())
 }
@@ -257,6 +276,7 @@ pub(crate) fn from_hcl(
                         name: name.to_string(),
                         loc,
                         expr: Expression::from(attr.value.clone()),
+                        key_locs: hcl_key_locs(&attr.value, lines),
                     });
                 } else if schema.block(name).is_some() || schema.ignored.contains(&name) {
                     return Err(ConfigError::invalid(
@@ -308,6 +328,24 @@ pub(crate) fn from_hcl(
     Ok(out)
 }
 
+/// Where each literal key of an object expression is written.
+fn hcl_key_locs(value: &hcl::edit::expr::Expression, lines: &Lines) -> Vec<(String, Location)> {
+    use hcl::edit::expr::{Expression as E, ObjectKey as K};
+    let E::Object(obj) = value else {
+        return Vec::new();
+    };
+    obj.iter()
+        .filter_map(|(k, _)| {
+            let name = match k {
+                K::Ident(id) => id.as_str().to_string(),
+                K::Expression(E::String(s)) => s.value().clone(),
+                K::Expression(_) => return None,
+            };
+            Some((name, lines.loc(k.span().map_or(0, |s| s.start))))
+        })
+        .collect()
+}
+
 /// The body of a block inside an open body, as an object expression.
 fn hcl_block_to_expr(
     body: &hcl::edit::structure::Body,
@@ -354,10 +392,18 @@ pub(crate) fn from_json(
             continue; // a comment, per the HCL JSON spec
         }
         if schema.open || schema.attrs.contains(&name) {
+            let key_locs = match &m.value.kind {
+                json::Kind::Object(members) => members
+                    .iter()
+                    .map(|m| (m.key.clone(), lines.loc(m.key_at)))
+                    .collect(),
+                _ => Vec::new(),
+            };
             out.attrs.push(Attr {
                 name: name.to_string(),
                 loc,
                 expr: json_to_expr(&m.value),
+                key_locs,
             });
         } else if let Some(spec) = schema.block(name) {
             expand_json_block(

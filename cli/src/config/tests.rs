@@ -414,6 +414,72 @@ app "two" {{
     let two = cfg.app(Some("two")).expect("two");
     assert_eq!(two.config_env["B"], "top");
     assert_eq!(two.config_env.len(), 3);
+    // The scopes are also kept apart, for syncing: top level = project, app block = app.
+    let strings = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        cfg.env,
+        strings(&[("A", "top"), ("B", "top"), ("PORT", "8080")])
+    );
+    assert_eq!(one.app_env, strings(&[("B", "app"), ("C", "app")]));
+    assert!(two.app_env.is_empty());
+}
+
+#[test]
+fn config_env_names_must_be_env_var_names_and_errors_point_at_the_key() {
+    // In an app block: the error points at the bad key, not at `env`.
+    let src = format!(
+        "project = \"p\"\napp \"web\" {{\n  config {{\n    env = {{\n      GOOD = \"1\"\n      \"BAD-NAME\" = \"2\"\n    }}\n  }}\n{BUILD}\n{DEPLOY}\n}}\n"
+    );
+    assert_err(
+        &src,
+        "cairn.hcl:6:7:",
+        "invalid config variable name \"BAD-NAME\" in `env`",
+    );
+    // At top level, a name starting with a digit.
+    let src = format!(
+        "project = \"p\"\nconfig {{\n  env = {{ \"1X\" = \"v\" }}\n}}\napp \"web\" {{\n{BUILD}\n{DEPLOY}\n}}\n"
+    );
+    assert_err(&src, "cairn.hcl:3:11:", "cannot start with a digit");
+    // An empty name.
+    let src = format!(
+        "project = \"p\"\nconfig {{\n  env = {{ \"\" = \"v\" }}\n}}\napp \"web\" {{\n{BUILD}\n{DEPLOY}\n}}\n"
+    );
+    assert_err(&src, "cairn.hcl:3:11:", "the name is empty");
+    // Not a map.
+    let src = format!(
+        "project = \"p\"\nconfig {{\n  env = [\"A\"]\n}}\napp \"web\" {{\n{BUILD}\n{DEPLOY}\n}}\n"
+    );
+    assert_err(&src, "cairn.hcl:3:3:", "must be a map of strings");
+    // A key computed by an expression: located at the attribute.
+    let src = format!(
+        "project = \"p\"\nconfig {{\n  env = {{ (\"A.B\") = \"v\" }}\n}}\napp \"web\" {{\n{BUILD}\n{DEPLOY}\n}}\n"
+    );
+    assert_err(
+        &src,
+        "cairn.hcl:3:3:",
+        "invalid config variable name \"A.B\"",
+    );
+}
+
+#[test]
+fn config_env_names_are_checked_in_the_json_form_too() {
+    let src = r#"{
+  "project": "p",
+  "config": {"env": {"OK": "1", "no good": "2"}},
+  "app": {"web": {
+    "build": {"use": {"files": {}}},
+    "deploy": {"use": {"process": {"command": ["true"]}}}
+  }}
+}"#;
+    let e = err_of(src, "cairn.hcl.json");
+    assert!(
+        e.starts_with("cairn.hcl.json:3:33:") && e.contains("\"no good\""),
+        "{e}"
+    );
 }
 
 #[test]

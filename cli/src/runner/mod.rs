@@ -11,6 +11,7 @@
 //! - Each operation is begun on the node (which assigns its sequence number)
 //!   before any plugin work, and completed with its captured output after.
 
+pub mod agent;
 mod hooks;
 mod job;
 mod ops;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use cairn_protocol::api::{ClientRequest, ClientResponse, NodeToRunner, RunnerToNode};
 use cairn_protocol::frame;
 use cairn_protocol::rpc::{self, RpcError};
-use cairn_protocol::types::{JobState, RunnerKind};
+use cairn_protocol::types::{Job, JobState, RunnerKind};
 use tokio::sync::mpsc;
 
 pub use job::JobRun;
@@ -103,26 +104,48 @@ pub async fn serve(conn: quinn::Connection, opts: Arc<RunnerOptions>) {
 async fn handle_offer(
     conn: quinn::Connection,
     opts: Arc<RunnerOptions>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let _ = run_offer(conn, opts, send, recv, Arc::new(AtomicBool::new(false))).await;
+}
+
+/// How a job this runner ran ended (as the runner saw it; the node records
+/// its own view when the job stream broke).
+#[derive(Debug)]
+pub struct OfferOutcome {
+    pub job: Job,
+    pub state: JobState,
+    pub error: Option<String>,
+}
+
+/// Run one offer on its stream: accept, wait for `Started`, run the job,
+/// send `Done`. Setting `cancelled` stops the job at its next step, as a
+/// `Cancel` from the node does. `None` when the offer never became a
+/// running job here.
+async fn run_offer(
+    conn: quinn::Connection,
+    opts: Arc<RunnerOptions>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-) {
+    cancelled: Arc<AtomicBool>,
+) -> Option<OfferOutcome> {
     let job = match frame::read_required::<_, NodeToRunner>(&mut recv).await {
         Ok(NodeToRunner::Offer { job }) => *job,
-        Ok(_) | Err(_) => return,
+        Ok(_) | Err(_) => return None,
     };
     if frame::write(&mut send, &RunnerToNode::Accept)
         .await
         .is_err()
     {
-        return;
+        return None;
     }
     // Work begins only once the node has recorded the job as running.
     match frame::read_required::<_, NodeToRunner>(&mut recv).await {
         Ok(NodeToRunner::Started) => {}
-        _ => return,
+        _ => return None,
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<RunnerToNode>();
-    let cancelled = Arc::new(AtomicBool::new(false));
     // Writer: every event, in order, then Done.
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
@@ -156,15 +179,19 @@ async fn handle_offer(
             }
         }
     });
-    let mut run = JobRun::new(job, conn, tx.clone(), cancelled, opts);
+    let mut run = JobRun::new(job.clone(), conn, tx.clone(), cancelled, opts);
     let (state, error) = match ops::run(&mut run).await {
         Ok(()) => (JobState::Success, None),
         Err(e) if e.cancelled => (JobState::Cancelled, Some(e.message)),
         Err(e) => (JobState::Error, Some(e.message)),
     };
-    let _ = tx.send(RunnerToNode::Done { state, error });
+    let _ = tx.send(RunnerToNode::Done {
+        state,
+        error: error.clone(),
+    });
     drop(tx);
     drop(run);
     let _ = writer.await;
     reader.abort();
+    Some(OfferOutcome { job, state, error })
 }

@@ -27,7 +27,7 @@ pub async fn run(
                 kind: OpKind::Deployment,
                 plugin: name.clone(),
                 input_seq: Some(build_seq),
-                env: l.app.config_env.clone(),
+                env: l.env.clone(),
                 source_dir: l.source_dir.clone(),
             },
             |s| format!("Deploying v{s} with {name}"),

@@ -5,6 +5,7 @@ mod deploy;
 mod destroy;
 mod release;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use cairn_protocol::types::{JobKind, OpKind, OpStatus, Operation, ResourceState, Source};
@@ -19,6 +20,11 @@ pub struct Loaded {
     pub app: AppConfig,
     pub source_dir: PathBuf,
     pub stages: Stages,
+    /// The app's config as the cluster resolves it (every scope, by
+    /// precedence): what deploy and release steps, and so the deployed
+    /// processes, run with. Read for jobs that deploy or release; empty
+    /// otherwise. (Build and push steps run with the file's `config_env`.)
+    pub env: BTreeMap<String, String>,
 }
 
 fn load(run: &JobRun) -> Result<Loaded, JobFailure> {
@@ -35,11 +41,26 @@ fn load(run: &JobRun) -> Result<Loaded, JobFailure> {
         app,
         source_dir,
         stages,
+        env: BTreeMap::new(),
     })
 }
 
+/// The job's app's environment, from the cluster's config.
+async fn resolved_env(run: &JobRun) -> Result<BTreeMap<String, String>, JobFailure> {
+    let spec = &run.job.spec;
+    crate::appconfig::resolved_env(&run.conn, &spec.project, &spec.app, &spec.workspace)
+        .await
+        .map_err(|e| JobFailure::new(format!("cannot read the app's config: {e}")))
+}
+
 pub async fn run(run: &mut JobRun) -> Result<(), JobFailure> {
-    let loaded = load(run)?;
+    let mut loaded = load(run)?;
+    if matches!(
+        run.job.spec.kind,
+        JobKind::Up { .. } | JobKind::Deploy { .. } | JobKind::Release { .. }
+    ) {
+        loaded.env = resolved_env(run).await?;
+    }
     match run.job.spec.kind.clone() {
         JobKind::Up {
             release,

@@ -55,7 +55,7 @@ pub async fn run(
                 kind: OpKind::Release,
                 plugin: name.clone(),
                 input_seq: Some(seq),
-                env: l.app.config_env.clone(),
+                env: l.env.clone(),
                 source_dir: l.source_dir.clone(),
             },
             |s| format!("Releasing deployment v{seq} (release v{s}) with {name}"),

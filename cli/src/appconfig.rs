@@ -1,0 +1,400 @@
+//! App configuration on the cluster, as the CLI and the runner use it: reading
+//! scopes, syncing a config file's `config { env = … }`, and resolving the
+//! environment an app's deployment gets.
+//!
+//! **Syncing** (`cairn up`, `cairn deploy`, before the job is queued): the
+//! top-level `config` block is the project scope, an app's own block is that
+//! app's scope. In each scope, what the file declares is set (only when the
+//! value differs: a second `up` with no change writes nothing), and what the
+//! file set earlier but no longer declares is deleted. "What the file set" is
+//! recorded in the scope's reserved [`FROM_FILE`] variable (name → fingerprint
+//! of the value written); a variable is deleted only while it is listed there
+//! *and* still holds that value, so a variable set with `cairn config set`
+//! (which takes it off the list) is never deleted by a sync.
+//!
+//! Writes go one by one, variables first and the marker last: a sync cut short
+//! can leave a variable unlisted (then it is kept, as if set by hand), never
+//! list one it did not write.
+
+use std::collections::BTreeMap;
+
+use cairn_protocol::api::{ClientRequest, ClientResponse};
+use cairn_protocol::config::{self as cfgvars, fingerprint, FromFile, FROM_FILE};
+use cairn_protocol::rpc::{self, RpcError};
+use cairn_protocol::types::{ConfigScope, ConfigVar};
+
+use crate::config::{AppConfig, Config};
+
+/// One write of a sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Set(ConfigVar),
+    Delete { scope: ConfigScope, name: String },
+}
+
+/// What a sync changed in one scope (reserved names left out).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Synced {
+    pub set: Vec<String>,
+    pub deleted: Vec<String>,
+}
+
+impl Synced {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.deleted.is_empty()
+    }
+}
+
+/// The writes that make `scope` hold what the file declares, given the
+/// scope's `current` variables (other scopes in `current` are ignored).
+/// Empty when nothing changed. Variables first, the [`FROM_FILE`] marker last.
+pub fn plan(
+    scope: &ConfigScope,
+    current: &[ConfigVar],
+    declared: &BTreeMap<String, String>,
+) -> Vec<Change> {
+    let cur: BTreeMap<&str, &ConfigVar> = current
+        .iter()
+        .filter(|v| &v.scope == scope && !cfgvars::is_reserved(&v.name))
+        .map(|v| (v.name.as_str(), v))
+        .collect();
+    let marker = FromFile::find(current, scope);
+    let mut next = FromFile::default();
+    let mut changes = Vec::new();
+    for (name, value) in declared {
+        match cur.get(name.as_str()) {
+            // Unchanged: leave it, and its origin, alone (a variable set by
+            // hand with the same value stays the user's).
+            Some(v) if v.value == *value => {
+                if marker.0.contains_key(name) {
+                    next.0.insert(name.clone(), fingerprint(value));
+                }
+            }
+            _ => {
+                changes.push(Change::Set(ConfigVar {
+                    scope: scope.clone(),
+                    name: name.clone(),
+                    value: value.clone(),
+                    secret: false,
+                }));
+                next.0.insert(name.clone(), fingerprint(value));
+            }
+        }
+    }
+    for name in marker.0.keys() {
+        if declared.contains_key(name) {
+            continue;
+        }
+        if let Some(v) = cur.get(name.as_str()) {
+            if marker.owns(v) {
+                changes.push(Change::Delete {
+                    scope: scope.clone(),
+                    name: name.clone(),
+                });
+            }
+        }
+    }
+    if next != marker {
+        let had_marker = current
+            .iter()
+            .any(|v| &v.scope == scope && v.name == FROM_FILE);
+        if !next.0.is_empty() {
+            changes.push(Change::Set(next.to_var(scope)));
+        } else if had_marker {
+            changes.push(Change::Delete {
+                scope: scope.clone(),
+                name: FROM_FILE.into(),
+            });
+        }
+    }
+    changes
+}
+
+/// The variables of one scope.
+pub async fn list(
+    conn: &quinn::Connection,
+    scope: &ConfigScope,
+) -> Result<Vec<ConfigVar>, RpcError> {
+    match rpc::call(
+        conn,
+        &ClientRequest::ListConfig {
+            scope: Some(scope.clone()),
+        },
+    )
+    .await?
+    {
+        ClientResponse::Config(vars) => Ok(vars),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// The variables of every scope of the cluster.
+pub async fn list_all(conn: &quinn::Connection) -> Result<Vec<ConfigVar>, RpcError> {
+    match rpc::call(conn, &ClientRequest::ListConfig { scope: None }).await? {
+        ClientResponse::Config(vars) => Ok(vars),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(r: &ClientResponse) -> RpcError {
+    RpcError::Remote(format!("unexpected answer from the node: {r:?}"))
+}
+
+/// Apply `changes` in order.
+pub async fn apply(conn: &quinn::Connection, changes: &[Change]) -> Result<(), RpcError> {
+    for c in changes {
+        let req = match c {
+            Change::Set(var) => ClientRequest::SetConfig { var: var.clone() },
+            Change::Delete { scope, name } => ClientRequest::DeleteConfig {
+                scope: scope.clone(),
+                name: name.clone(),
+            },
+        };
+        rpc::call(conn, &req).await?;
+    }
+    Ok(())
+}
+
+/// Sync the project's and `app`'s `config { env }` of `cfg` to the cluster.
+/// Returns what changed, per scope (scopes with no change left out).
+pub async fn sync(
+    conn: &quinn::Connection,
+    cfg: &Config,
+    app: &AppConfig,
+) -> Result<Vec<(ConfigScope, Synced)>, RpcError> {
+    let scopes = [
+        (ConfigScope::Project(cfg.project.clone()), &cfg.env),
+        (
+            ConfigScope::App {
+                project: cfg.project.clone(),
+                app: app.name.clone(),
+            },
+            &app.app_env,
+        ),
+    ];
+    let mut out = Vec::new();
+    for (scope, declared) in scopes {
+        let current = list(conn, &scope).await?;
+        let changes = plan(&scope, &current, declared);
+        apply(conn, &changes).await?;
+        let synced = summarize(&changes);
+        if !synced.is_empty() {
+            out.push((scope, synced));
+        }
+    }
+    Ok(out)
+}
+
+/// The user-visible names a plan sets and deletes.
+pub fn summarize(changes: &[Change]) -> Synced {
+    let mut s = Synced::default();
+    for c in changes {
+        match c {
+            Change::Set(v) if !cfgvars::is_reserved(&v.name) => s.set.push(v.name.clone()),
+            Change::Delete { name, .. } if !cfgvars::is_reserved(name) => {
+                s.deleted.push(name.clone())
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+/// After `cairn config set` or `delete` wrote `names` in `scope` by hand:
+/// the marker write that takes them off the file's list, if they were on it.
+pub fn disown(scope: &ConfigScope, current: &[ConfigVar], names: &[&str]) -> Option<Change> {
+    let marker = FromFile::find(current, scope);
+    let mut next = marker.clone();
+    for n in names {
+        next.0.remove(*n);
+    }
+    if next == marker {
+        None
+    } else if next.0.is_empty() {
+        Some(Change::Delete {
+            scope: scope.clone(),
+            name: FROM_FILE.into(),
+        })
+    } else {
+        Some(Change::Set(next.to_var(scope)))
+    }
+}
+
+/// Whether `var` was set by a config file (and not changed since).
+pub fn from_file(var: &ConfigVar, all: &[ConfigVar]) -> bool {
+    FromFile::find(all, &var.scope).owns(var)
+}
+
+/// The environment the app `app` of `project` gets in `workspace`, read
+/// from the cluster and resolved by precedence
+/// ([`cairn_protocol::config::resolve_env`]).
+pub async fn resolved_env(
+    conn: &quinn::Connection,
+    project: &str,
+    app: &str,
+    workspace: &str,
+) -> Result<BTreeMap<String, String>, RpcError> {
+    let mut vars = Vec::new();
+    for scope in cfgvars::scopes_for(project, app, workspace) {
+        vars.extend(list(conn, &scope).await?);
+    }
+    Ok(cfgvars::resolve_env(&vars, project, app, workspace))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope() -> ConfigScope {
+        ConfigScope::App {
+            project: "p".into(),
+            app: "web".into(),
+        }
+    }
+
+    fn var(name: &str, value: &str) -> ConfigVar {
+        ConfigVar {
+            scope: scope(),
+            name: name.into(),
+            value: value.into(),
+            secret: false,
+        }
+    }
+
+    fn decl(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// What the scope holds after `changes` (a tiny model of the node).
+    fn applied(mut state: Vec<ConfigVar>, changes: &[Change]) -> Vec<ConfigVar> {
+        for c in changes {
+            match c {
+                Change::Set(v) => {
+                    state.retain(|x| !(x.scope == v.scope && x.name == v.name));
+                    state.push(v.clone());
+                }
+                Change::Delete { scope, name } => {
+                    let before = state.len();
+                    state.retain(|x| !(x.scope == *scope && x.name == *name));
+                    assert_eq!(before, state.len() + 1, "deleting a missing {name}");
+                }
+            }
+        }
+        state
+    }
+
+    fn names(state: &[ConfigVar]) -> Vec<String> {
+        let mut n: Vec<String> = state
+            .iter()
+            .filter(|v| !cfgvars::is_reserved(&v.name))
+            .map(|v| format!("{}={}", v.name, v.value))
+            .collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn first_sync_sets_everything_and_a_second_writes_nothing() {
+        let d = decl(&[("A", "1"), ("B", "2")]);
+        let changes = plan(&scope(), &[], &d);
+        assert_eq!(summarize(&changes).set, vec!["A", "B"]);
+        assert!(matches!(changes.last(), Some(Change::Set(v)) if v.name == FROM_FILE));
+        let state = applied(Vec::new(), &changes);
+        assert_eq!(names(&state), vec!["A=1", "B=2"]);
+        assert_eq!(plan(&scope(), &state, &d), Vec::new(), "idempotent");
+    }
+
+    #[test]
+    fn a_changed_value_is_set_and_a_removed_one_deleted() {
+        let state = applied(
+            Vec::new(),
+            &plan(&scope(), &[], &decl(&[("A", "1"), ("B", "2")])),
+        );
+        let d = decl(&[("A", "10")]);
+        let changes = plan(&scope(), &state, &d);
+        let s = summarize(&changes);
+        assert_eq!((s.set, s.deleted), (vec!["A".into()], vec!["B".into()]));
+        let state = applied(state, &changes);
+        assert_eq!(names(&state), vec!["A=10"]);
+        assert_eq!(plan(&scope(), &state, &d), Vec::new());
+        // Everything removed from the file: the variables and the marker go.
+        let changes = plan(&scope(), &state, &decl(&[]));
+        let state = applied(state, &changes);
+        assert!(state.is_empty(), "{state:?}");
+        assert_eq!(plan(&scope(), &state, &decl(&[])), Vec::new());
+    }
+
+    #[test]
+    fn variables_set_by_hand_are_never_deleted() {
+        // Set by hand before the file ever declared it.
+        let state = vec![var("MANUAL", "m"), var("SAME", "s")];
+        let d = decl(&[("SAME", "s"), ("F", "f")]);
+        let changes = plan(&scope(), &state, &d);
+        assert_eq!(
+            summarize(&changes).set,
+            vec!["F"],
+            "SAME already holds the value"
+        );
+        let state = applied(state, &changes);
+        // The file stops declaring SAME: it was the user's, so it stays.
+        let changes = plan(&scope(), &state, &decl(&[("F", "f")]));
+        assert!(summarize(&changes).is_empty(), "{changes:?}");
+        let state = applied(state, &changes);
+        assert_eq!(names(&state), vec!["F=f", "MANUAL=m", "SAME=s"]);
+
+        // F overwritten by hand (`config set` disowns it), then dropped from the file.
+        let mut state = applied(state, &[Change::Set(var("F", "mine"))]);
+        if let Some(c) = disown(&scope(), &state, &["F"]) {
+            state = applied(state, &[c]);
+        }
+        let changes = plan(&scope(), &state, &decl(&[]));
+        assert!(summarize(&changes).deleted.is_empty(), "{changes:?}");
+        let state = applied(state, &changes);
+        assert_eq!(names(&state), vec!["F=mine", "MANUAL=m", "SAME=s"]);
+    }
+
+    #[test]
+    fn a_value_changed_behind_the_markers_back_is_kept() {
+        // The file set A; then A changed without the marker being updated
+        // (e.g. a `config set` cut short): its value no longer matches.
+        let state = applied(Vec::new(), &plan(&scope(), &[], &decl(&[("A", "1")])));
+        let state = applied(state, &[Change::Set(var("A", "2"))]);
+        let changes = plan(&scope(), &state, &decl(&[]));
+        assert!(summarize(&changes).deleted.is_empty());
+        assert_eq!(names(&applied(state, &changes)), vec!["A=2"]);
+    }
+
+    #[test]
+    fn other_scopes_are_ignored() {
+        let other = ConfigVar {
+            scope: ConfigScope::Project("p".into()),
+            name: "A".into(),
+            value: "1".into(),
+            secret: false,
+        };
+        let changes = plan(&scope(), &[other], &decl(&[("A", "1")]));
+        assert_eq!(summarize(&changes).set, vec!["A"]);
+    }
+
+    #[test]
+    fn disown_only_writes_when_the_name_was_the_files() {
+        let state = applied(
+            Vec::new(),
+            &plan(&scope(), &[], &decl(&[("A", "1"), ("B", "2")])),
+        );
+        assert_eq!(disown(&scope(), &state, &["C"]), None);
+        let Some(Change::Set(m)) = disown(&scope(), &state, &["A"]) else {
+            panic!("marker rewritten");
+        };
+        assert_eq!(
+            FromFile::parse(&m.value).0.keys().collect::<Vec<_>>(),
+            vec!["B"]
+        );
+        assert!(matches!(
+            disown(&scope(), &state, &["A", "B"]),
+            Some(Change::Delete { name, .. }) if name == FROM_FILE
+        ));
+    }
+}
