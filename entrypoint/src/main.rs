@@ -1,7 +1,88 @@
-//! `cairn-entrypoint`: wraps an app process (issue 4). Until it lands, it
-//! says so instead of pretending to work.
+//! `cairn-entrypoint [--] CMD ARGS…`: see `--help` and the library docs.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("cairn-entrypoint: not built yet (tracked in issue 4); run the app directly");
-    std::process::ExitCode::from(2)
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use cairn_entrypoint::args::{self, Invocation, HELP, USAGE};
+use cairn_entrypoint::env::{self, EntrypointEnv};
+use cairn_entrypoint::{run, ChildSpec, LogQueue};
+
+/// Exit status for a command line we cannot use.
+const USAGE_EXIT: u8 = 2;
+
+fn main() -> ExitCode {
+    let (program, args) = match args::parse(std::env::args_os().skip(1)) {
+        Ok(Invocation::Run { program, args }) => (program, args),
+        Ok(Invocation::Help) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Invocation::Version) => {
+            println!("cairn-entrypoint {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("cairn-entrypoint: {e}\n{USAGE}\n(see cairn-entrypoint --help)");
+            return ExitCode::from(USAGE_EXIT);
+        }
+    };
+
+    let cluster = match EntrypointEnv::from_env() {
+        Ok(EntrypointEnv { disable: true, .. }) => {
+            let err = run::exec_direct(&program, &args);
+            eprintln!("cairn-entrypoint: {err}");
+            return exit_code(err.exit_code());
+        }
+        Ok(EntrypointEnv { cluster: None, .. }) => {
+            warn(&format!(
+                "{} are not set: running without the cluster",
+                env::CONNECTION_VARS.join(", ")
+            ));
+            None
+        }
+        Ok(EntrypointEnv { cluster, .. }) => cluster,
+        Err(e) => {
+            warn(&format!("{e}: running without the cluster"));
+            None
+        }
+    };
+    if cluster.is_some() {
+        // The network part (connect within 5 s, fetch config, ship `logs`,
+        // exec, restarts) is not built yet.
+        warn("the cluster connection is not built yet: running without the cluster");
+    }
+    let logs = cluster.as_ref().map(|_| Arc::new(LogQueue::new()));
+
+    let mut spec = ChildSpec::new(program, args);
+    spec.env_remove = env::HIDDEN_FROM_CHILD.iter().map(OsString::from).collect();
+
+    // One thread for signals, reaping and (later) the network; the output
+    // pumps have their own. A small runtime keeps the RSS low.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cairn-entrypoint: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run::supervise(&spec, logs)) {
+        Ok(status) => exit_code(status.exit_code()),
+        Err(e) => {
+            eprintln!("cairn-entrypoint: {e}");
+            exit_code(e.exit_code())
+        }
+    }
+}
+
+fn warn(message: &str) {
+    eprintln!("cairn-entrypoint: warning: {message}");
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    // Exit statuses are 0..=255 and 128 + a signal number stays below 256.
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
