@@ -539,13 +539,15 @@ async fn schedule_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) {
             taken_over_term = None;
             continue;
         }
+        // Before every scheduling pass, not only once per term: the first
+        // pass of a term may run before this node has applied the previous
+        // leader's last assignments (seen in chaos seed 49: a job assigned
+        // by the old leader stayed `assigned` forever and blocked its app).
         let term = ctx.raft.metrics().current_term;
-        if taken_over_term != Some(term) {
-            if !take_over(&ctx).await {
-                continue;
-            }
-            taken_over_term = Some(term);
+        if !take_over(&ctx).await {
+            continue;
         }
+        taken_over_term = Some(term);
         schedule_once(&ctx).await;
     }
 }
@@ -623,19 +625,36 @@ pub const TAKEOVER_REASON: &str = "interrupted by a leader change: the job's run
 /// are never offered again: a job runs at most once (a runner still working
 /// on one finds its operations refused, since the job is no longer
 /// running). Queued jobs stay queued and are offered by this leader.
-/// Returns `false` if the write failed (retried on the next tick).
+///
+/// Runs before every scheduling pass. The read is linearizable (the
+/// leader's read index), so it sees every assignment committed before this
+/// term, even ones this node had not applied yet when it became leader.
+/// Only the scheduler task (the caller) assigns jobs, and it marks a job
+/// driven before its assignment is written, so a job assigned by this
+/// leader is never taken for an orphan.
+/// Returns `false` if the read or the write failed (retried on the next tick).
 async fn take_over(ctx: &Arc<Ctx>) -> bool {
-    let orphans: Vec<JobId> = {
-        let driven = ctx.jobs.driven();
-        ctx.raft.read_local(|s| {
+    let active: Vec<JobId> = match ctx
+        .read(|s| {
             s.jobs
                 .values()
                 .filter(|j| matches!(j.state, JobState::Assigned | JobState::Running))
-                .filter(|j| !driven.contains(&j.id))
                 .map(|j| j.id)
                 .collect()
         })
+        .await
+    {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the jobs before scheduling; retrying");
+            return false;
+        }
     };
+    let driven = ctx.jobs.driven();
+    let orphans: Vec<JobId> = active
+        .into_iter()
+        .filter(|id| !driven.contains(id))
+        .collect();
     if orphans.is_empty() {
         return true;
     }
@@ -647,7 +666,7 @@ async fn take_over(ctx: &Arc<Ctx>) -> bool {
         .await;
     match r {
         Ok(_) => {
-            tracing::warn!(jobs = ?orphans, "new leader failed jobs whose runner streams were on the previous leader");
+            tracing::warn!(jobs = ?orphans, "failed jobs whose runner streams were on a previous leader");
             for id in orphans {
                 let rec = ctx
                     .raft
