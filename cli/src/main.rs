@@ -107,6 +107,9 @@ enum Cmd {
     /// Runners: `cairn runner agent` runs jobs for the cluster on this machine.
     #[command(subcommand)]
     Runner(RunnerCmd),
+    /// App instances: each deployed process's entrypoint and its node.
+    #[command(subcommand)]
+    Instance(commands::instance::InstanceCmd),
     #[command(name = "__supervise", hide = true)]
     Supervise { spec: std::path::PathBuf },
 }
@@ -251,6 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Context(c) => commands::context::run(c).await,
         Cmd::Server(s) => commands::server::run(g, s).await,
         Cmd::Runner(r) => commands::runner::run(g, r).await,
+        Cmd::Instance(i) => commands::instance::run(g, i).await,
         Cmd::Supervise { .. } => Ok(2),
     }
 }

@@ -39,9 +39,16 @@ Environment:
   CAIRN_ADDRS             Cluster node addresses, comma-separated host[:port]
                           (port 9701 when omitted; [v6]:port for IPv6)
   CAIRN_CA_FINGERPRINT    Fingerprint of the cluster CA to pin (sha256:<64 hex>)
-  CAIRN_DEPLOYMENT_ID     The deployment this instance belongs to
+  CAIRN_DEPLOYMENT_ID     The deployment this instance belongs to (its number)
   CAIRN_ENTRYPOINT_TOKEN  This deployment's entrypoint token (not passed on to CMD)
   CAIRN_DISABLE           1/true: exec CMD directly (same PID), nothing else
+
+With the connection settings, it registers this instance with the cluster
+and starts CMD with the deployment's configuration as env vars (waiting at
+most 5 s for it: otherwise CMD starts without it while the connection is
+retried in the background). A configuration change restarts CMD gracefully
+(TERM, then KILL after 10 s). A lost connection leaves CMD alone and is
+retried with backoff over every address.
 
 When the connection settings are not set (or not valid), CMD runs without the
 cluster and one warning line says why.

@@ -1,8 +1,8 @@
 //! `cairn-entrypoint`: the wrapper around every app instance.
 //!
-//! Today this is the local process core; the outbound cluster connection
-//! (config, log shipping, exec, instance tracking) plugs in around
-//! [`run::supervise`].
+//! The local process core, plus the outbound cluster connection
+//! ([`cluster`]: instance registration, configuration and its changes);
+//! log shipping and exec are still to come.
 //!
 //! Code map (each module states its invariant):
 //! - [`args`]: `cairn-entrypoint [--] CMD ARGS…`, `--help`.
@@ -14,10 +14,14 @@
 //! - [`signals`]: which signals are forwarded, to the group or the child.
 //! - [`output`]: pass-through pumps for the child's stdout/stderr.
 //! - [`logqueue`]: the bounded line queue for the future log shipper.
-//! - [`run`]: the supervision loop and the `CAIRN_DISABLE` exec.
+//! - [`cluster`]: the outbound connection: registration, configuration
+//!   pushes, reconnection with backoff; never in the child's way.
+//! - [`run`]: the supervision loop (restarts on configuration changes) and
+//!   the `CAIRN_DISABLE` exec.
 
 pub mod args;
 pub mod child;
+pub mod cluster;
 pub mod env;
 pub mod logqueue;
 pub mod output;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cairn_entrypoint::args::{self, Invocation, HELP, USAGE};
 use cairn_entrypoint::env::{self, EntrypointEnv};
-use cairn_entrypoint::{run, ChildSpec, LogQueue};
+use cairn_entrypoint::{cluster, run, ChildSpec, LogQueue};
 
 /// Exit status for a command line we cannot use.
 const USAGE_EXIT: u8 = 2;
@@ -47,17 +47,24 @@ fn main() -> ExitCode {
             None
         }
     };
-    if cluster.is_some() {
-        // The network part (connect within 5 s, fetch config, ship `logs`,
-        // exec, restarts) is not built yet.
-        warn("the cluster connection is not built yet: running without the cluster");
-    }
+    // The deployment id is the deployment operation's number.
+    let cluster = cluster.and_then(|c| match c.deployment_id.parse::<u64>() {
+        Ok(id) => Some((c, id)),
+        Err(_) => {
+            warn(&format!(
+                "{}={:?} is not a deployment id (a number): running without the cluster",
+                env::DEPLOYMENT_ID,
+                c.deployment_id
+            ));
+            None
+        }
+    });
     let logs = cluster.as_ref().map(|_| Arc::new(LogQueue::new()));
 
     let mut spec = ChildSpec::new(program, args);
     spec.env_remove = env::HIDDEN_FROM_CHILD.iter().map(OsString::from).collect();
 
-    // One thread for signals, reaping and (later) the network; the output
+    // One thread for signals, reaping and the network; the output
     // pumps have their own. A small runtime keeps the RSS low.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -69,7 +76,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run::supervise(&spec, logs)) {
+    let supervised = runtime.block_on(async {
+        match cluster {
+            Some((cfg, deployment)) => {
+                let (config, link) = cluster::spawn(cfg, cluster::hello(deployment));
+                let status = run::supervise_with_config(&spec, logs, config).await;
+                // The watch is gone: the link closes its connection.
+                let _ = tokio::time::timeout(cluster::CLOSE_WAIT * 2, link).await;
+                status
+            }
+            None => run::supervise(&spec, logs).await,
+        }
+    });
+    match supervised {
         Ok(status) => exit_code(status.exit_code()),
         Err(e) => {
             eprintln!("cairn-entrypoint: {e}");

@@ -1,9 +1,11 @@
 //! The entrypoint's supervision loop: start the child, forward signals until
 //! it ends, pass its output through, hand back its status.
 //!
-//! This is the local core. The cluster connection (config as env vars, log
-//! shipping from the [`LogQueue`], exec, restarts through
-//! [`crate::child::ChildHandle::stop_gracefully`]) plugs in around it.
+//! [`supervise`] runs the child once; [`supervise_with_config`] runs it
+//! with the cluster's configuration as env vars and restarts it gracefully
+//! ([`crate::child::ChildHandle::stop_gracefully`]) when that configuration
+//! changes. Either returns only when the child ends on its own (or because
+//! of a signal we forwarded), never because of a restart.
 
 use std::ffi::OsString;
 use std::io;
@@ -12,10 +14,20 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+
 use crate::child::{Child, ChildSpec, SpawnError};
+use crate::cluster::{ConfigWatch, Env};
 use crate::logqueue::LogQueue;
 use crate::reaper::{self, ExitStatus};
 use crate::signals::ForwardedSignals;
+
+/// How long the first start waits for the cluster's configuration before
+/// starting the child without it (fail open).
+pub const START_WAIT: Duration = Duration::from_secs(5);
+/// How long a restart for a configuration change lets the child stop after
+/// SIGTERM before it is killed.
+pub const RESTART_GRACE: Duration = Duration::from_secs(10);
 
 /// After the child ends, how long its output may stand still before we stop
 /// waiting for the pipes to close (a daemonised grandchild can hold them open
@@ -47,6 +59,90 @@ pub async fn supervise(
             }
         }
     }
+}
+
+/// Like [`supervise`], with the cluster's configuration: waits up to
+/// [`START_WAIT`] for it (then starts without it), sets it in the child's
+/// environment, and restarts the child gracefully each time it changes.
+/// After a forwarded stop signal (TERM, INT, QUIT) no restart happens: the
+/// child's end is ours.
+pub async fn supervise_with_config(
+    spec: &ChildSpec,
+    logs: Option<Arc<LogQueue>>,
+    mut config: ConfigWatch,
+) -> Result<ExitStatus, SpawnError> {
+    reaper::start().map_err(SpawnError::Setup)?;
+    let mut signals = ForwardedSignals::install().map_err(SpawnError::Setup)?;
+    let mut env: Env = match tokio::time::timeout(START_WAIT, config.wait_for(Option::is_some))
+        .await
+    {
+        Ok(Ok(got)) => got.clone().unwrap_or_default(),
+        _ => {
+            eprintln!(
+                "cairn-entrypoint: no configuration from the cluster within {} s: starting the app without it",
+                START_WAIT.as_secs()
+            );
+            Env::new()
+        }
+    };
+    config.borrow_and_update();
+    let mut watching = true;
+    let mut stopping = false;
+    loop {
+        let child = Child::spawn(&with_env(spec, &env), logs.clone())?;
+        let handle = child.handle();
+        let ended = child.wait_with_output(OUTPUT_DRAIN_IDLE);
+        tokio::pin!(ended);
+        loop {
+            tokio::select! {
+                status = &mut ended => return Ok(status),
+                sig = signals.recv() => {
+                    stopping |= is_stop(sig);
+                    handle.forward(sig);
+                }
+                changed = config.changed(), if watching && !stopping => {
+                    if changed.is_err() {
+                        watching = false;
+                        continue;
+                    }
+                    let new = config.borrow_and_update().clone().unwrap_or_default();
+                    if new != env {
+                        env = new;
+                        break;
+                    }
+                }
+            }
+        }
+        eprintln!("cairn-entrypoint: the configuration changed: restarting the app");
+        let stop = handle.stop_gracefully(RESTART_GRACE);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                sig = signals.recv() => {
+                    stopping |= is_stop(sig);
+                    handle.forward(sig);
+                }
+            }
+        }
+        let status = ended.await;
+        if stopping {
+            return Ok(status);
+        }
+    }
+}
+
+/// Signals after which the child's end is the entrypoint's end.
+fn is_stop(sig: Signal) -> bool {
+    matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT)
+}
+
+/// `spec` with `env` set on top (the cluster's values win over inherited ones).
+fn with_env(spec: &ChildSpec, env: &Env) -> ChildSpec {
+    let mut spec = spec.clone();
+    spec.env
+        .extend(env.iter().map(|(k, v)| (k.into(), v.into())));
+    spec
 }
 
 /// `CAIRN_DISABLE`: replaces this process with the command (`execvp`: same

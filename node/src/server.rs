@@ -358,6 +358,10 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         ctx.clone(),
         shutdown.clone(),
     )));
+    tasks.push(tokio::spawn(services::entrypoint::run_sweeper(
+        ctx.clone(),
+        shutdown.clone(),
+    )));
 
     if let Some(path) = &cfg.ready_file {
         let ready = serde_json::json!({
@@ -812,6 +816,14 @@ fn refused_for_scope(scope: &TokenScope, req: &ClientRequest) -> Option<&'static
             ) =>
         {
             Some("a join token can only be used to join a node to the cluster")
+        }
+        TokenScope::Entrypoint { .. }
+            if !matches!(
+                req,
+                ClientRequest::ServerInfo | ClientRequest::RegisterInstance(_)
+            ) =>
+        {
+            Some("an entrypoint token can only register an instance of its own deployment and receive that deployment's configuration")
         }
         _ => None,
     }

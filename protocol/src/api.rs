@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    ConfigScope, ConfigVar, Job, JobId, JobSpec, JobState, OpCompletion, OpId, OpKind, Operation,
-    ResourceState, Runner, RunnerKind, Stream, TokenScope,
+    ConfigScope, ConfigVar, Instance, Job, JobId, JobSpec, JobState, OpCompletion, OpId, OpKind,
+    Operation, ResourceState, Runner, RunnerKind, Stream, TokenScope,
 };
 
 /// Requests a CLI (or a runner on the CLI's connection) sends to a node.
@@ -126,7 +126,33 @@ pub enum ClientRequest {
     /// version (u32 LE), then the bincode of the node's state. See
     /// [`crate::rpc::snapshot_save`].
     SnapshotSave,
+
+    // -- entrypoint service (ALPN `cairn-entrypoint`, entrypoint tokens) --
+    /// Streaming: registers one app instance of the token's deployment. The
+    /// node answers `InstanceRegistered { env }` (the deployment's resolved
+    /// configuration), then writes `Env { env }` whenever that configuration
+    /// changes. The instance stays connected while the stream (and its
+    /// connection) lives.
+    RegisterInstance(EntrypointHello),
+
+    // -- catalog service --
+    /// The app instances the cluster knows (connected or recently gone).
+    ListInstances,
 }
+
+/// What an entrypoint says about itself when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntrypointHello {
+    /// The deployment operation's id (must be the token's).
+    pub deployment_id: OpId,
+    /// Random, chosen once per entrypoint process: kept across reconnects.
+    pub instance_id: String,
+    pub pid: u32,
+    pub started_ms: u64,
+}
+
+/// Longest `EntrypointHello::instance_id` accepted.
+pub const MAX_INSTANCE_ID: usize = 128;
 
 impl ClientRequest {
     /// Wrap this write so that retrying it (same `client` and `request`) is
@@ -187,6 +213,15 @@ pub enum ClientResponse {
         data: Vec<u8>,
         last: bool,
     },
+    /// First answer to `RegisterInstance`: the resolved environment.
+    InstanceRegistered {
+        env: BTreeMap<String, String>,
+    },
+    /// Pushed on a `RegisterInstance` stream: the configuration changed.
+    Env {
+        env: BTreeMap<String, String>,
+    },
+    Instances(Vec<Instance>),
 }
 
 /// Largest `SnapshotChunk::data`: well under `frame::MAX_FRAME_SIZE`.

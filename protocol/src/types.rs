@@ -266,10 +266,14 @@ pub enum TokenScope {
     Bootstrap,
     User,
     Runner,
-    /// Bound to one deployment (issue 4).
+    /// Bound to one deployment (issue 4): `deployment` is the id
+    /// ([`OpId`]) of that deployment's operation, unique in the cluster (the
+    /// `CAIRN_DEPLOYMENT_ID` an entrypoint is given); `app` is for display.
+    /// It may only register instances of that deployment and receive its
+    /// configuration.
     Entrypoint {
         app: String,
-        deployment: u64,
+        deployment: OpId,
     },
     /// Lets a new node join the cluster (`cairn-node --join`): the
     /// connection it authenticates can only ask for a node certificate.
@@ -385,4 +389,47 @@ pub struct App {
     pub project: String,
     pub name: String,
     pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceState {
+    /// Its entrypoint holds a connection to `Instance::node`.
+    Connected,
+    /// Its connection dropped (or its node stopped reporting it); the
+    /// leader forgets it after a while (`cairn_node` `INSTANCE_EXPIRY`).
+    Disconnected,
+}
+
+impl InstanceState {
+    pub fn word(self) -> &'static str {
+        match self {
+            InstanceState::Connected => "connected",
+            InstanceState::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// One app instance: a `cairn-entrypoint` and the node it is connected to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Chosen by the entrypoint; unique within its deployment.
+    pub id: String,
+    /// The deployment operation's id.
+    pub deployment: OpId,
+    pub project: String,
+    pub app: String,
+    pub workspace: String,
+    /// The deployment's per-app sequence (vN).
+    pub sequence: u64,
+    /// The node its entrypoint is (or was last) connected to.
+    pub node: u64,
+    pub pid: u32,
+    /// When the entrypoint started, by its own clock.
+    pub started_ms: u64,
+    /// When it (re)connected.
+    pub since_ms: u64,
+    /// Refreshed at most every `cairn_node` `INSTANCE_SEEN_INTERVAL` while
+    /// connected; the time it disconnected once disconnected.
+    pub last_seen_ms: u64,
+    pub state: InstanceState,
 }

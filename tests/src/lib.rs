@@ -60,6 +60,7 @@ macro_rules! assert_eventually {
 pub struct Bins {
     pub cairn: PathBuf,
     pub node: PathBuf,
+    pub entrypoint: PathBuf,
 }
 
 /// The workspace root (for `examples/`).
@@ -70,7 +71,7 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".."))
 }
 
-/// Build `cairn` and `cairn-node` (once per test process) into the target
+/// Build `cairn`, `cairn-node` and `cairn-entrypoint` (once per test process) into the target
 /// dir this test binary lives in, and return their paths. Set
 /// `CAIRN_TESTS_NO_BUILD=1` to skip the build and use what is there.
 pub fn bins() -> &'static Bins {
@@ -96,6 +97,8 @@ pub fn bins() -> &'static Bins {
             "cairn-cli",
             "-p",
             "cairn-node",
+            "-p",
+            "cairn-entrypoint",
             "--bins",
         ])
         .arg("--manifest-path")
@@ -139,9 +142,15 @@ pub fn bins() -> &'static Bins {
         let bins = Bins {
             cairn: profile_dir.join("cairn"),
             node: profile_dir.join("cairn-node"),
+            entrypoint: profile_dir.join("cairn-entrypoint"),
         };
         assert!(bins.cairn.exists(), "{} missing", bins.cairn.display());
         assert!(bins.node.exists(), "{} missing", bins.node.display());
+        assert!(
+            bins.entrypoint.exists(),
+            "{} missing",
+            bins.entrypoint.display()
+        );
         bins
     })
 }

@@ -8,6 +8,7 @@ mod e2e_bad_inputs;
 mod e2e_config;
 mod e2e_crash;
 mod e2e_embedded;
+mod e2e_entrypoint;
 mod e2e_restart;
 mod e2e_rollback;
 mod e2e_runner_agent;

@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod config;
 pub mod context;
+pub mod instance;
 pub mod job;
 pub mod lifecycle;
 pub mod list;

@@ -4,7 +4,8 @@
 //! ```text
 //! offset 0   8 bytes   magic "CAIRNSNP"
 //! offset 8   4 bytes   format version, u32 little-endian (SNAPSHOT_FILE_VERSION)
-//! offset 12  …         version 1: the bincode (standard config) of `State`
+//! offset 12  …         the bincode (standard config) of `State` (version 2
+//!                      added `State::instances`)
 //! ```
 //!
 //! A reader refuses a file without the magic (not a snapshot), of another
@@ -17,7 +18,7 @@ use crate::state::State;
 /// First bytes of every snapshot file.
 pub const SNAPSHOT_FILE_MAGIC: [u8; 8] = *b"CAIRNSNP";
 /// Version of the snapshot file's body this build writes and reads.
-pub const SNAPSHOT_FILE_VERSION: u32 = 1;
+pub const SNAPSHOT_FILE_VERSION: u32 = 2;
 /// Magic plus version.
 pub const SNAPSHOT_FILE_HEADER_LEN: usize = 12;
 
@@ -104,7 +105,7 @@ mod tests {
         let st = some_state();
         let bytes = encode_snapshot_file(&st).expect("encode");
         assert_eq!(&bytes[..8], b"CAIRNSNP");
-        assert_eq!(&bytes[8..12], &1u32.to_le_bytes());
+        assert_eq!(&bytes[8..12], &2u32.to_le_bytes());
         assert_eq!(decode_snapshot_file(&bytes).expect("decode"), st);
     }
 
@@ -143,14 +144,14 @@ mod tests {
                 e,
                 SnapshotFileError::Version {
                     found: 7,
-                    expected: 1
+                    expected: 2
                 }
             ),
             "{e:?}"
         );
         let msg = e.to_string();
         assert!(
-            msg.contains("version 7") && msg.contains("version 1"),
+            msg.contains("version 7") && msg.contains("version 2"),
             "{msg}"
         );
     }

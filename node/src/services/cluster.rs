@@ -15,8 +15,9 @@ pub const JOIN_TOKEN_TTL_S: u64 = 24 * 3600;
 /// Longest token name accepted.
 pub const MAX_TOKEN_NAME: usize = 128;
 
-/// Mint a token. Only users may; bootstrap and entrypoint tokens are not
-/// minted here (the first is made once at bootstrap, the others per deployment).
+/// Mint a token. Only users may, except entrypoint tokens (users and
+/// runners, for an existing deployment); the bootstrap token is made once at
+/// bootstrap.
 pub async fn create_token(
     ctx: &Arc<Ctx>,
     s: &ConnSession,
@@ -24,14 +25,31 @@ pub async fn create_token(
     name: String,
     ttl_s: Option<u64>,
 ) -> ClientResponse {
-    if s.principal.scope != TokenScope::User {
-        return error("only a user token can create tokens".into());
+    // Runners deploy, so they mint their deployments' entrypoint tokens.
+    let may = match &scope {
+        TokenScope::Entrypoint { .. } => {
+            matches!(s.principal.scope, TokenScope::User | TokenScope::Runner)
+        }
+        _ => s.principal.scope == TokenScope::User,
+    };
+    if !may {
+        return error(
+            "only a user token can create tokens (and runner tokens entrypoint tokens)".into(),
+        );
     }
     let (kind, default_ttl) = match &scope {
         TokenScope::Join => ("join", Some(JOIN_TOKEN_TTL_S)),
         TokenScope::Runner => ("runner", None),
         TokenScope::User => ("user", None),
-        TokenScope::Bootstrap | TokenScope::Entrypoint { .. } => {
+        TokenScope::Entrypoint { app, deployment } => {
+            if let Err(e) =
+                crate::services::entrypoint::check_deployment(ctx, app, *deployment).await
+            {
+                return error(e);
+            }
+            ("entrypoint", None)
+        }
+        TokenScope::Bootstrap => {
             return error(format!("{scope:?} tokens cannot be created this way"))
         }
     };

@@ -11,6 +11,7 @@ use crate::server::{ConnSession, Ctx};
 pub mod catalog;
 pub mod cluster;
 pub mod config;
+pub mod entrypoint;
 pub mod jobs;
 pub mod runner;
 pub mod server;
@@ -84,6 +85,10 @@ pub async fn dispatch(
         ClientRequest::Members => cluster::members(ctx).await,
         ClientRequest::RemoveMember { id } => cluster::remove_member(ctx, s, id).await,
         ClientRequest::SnapshotSave => return server::snapshot_save(ctx, s, send).await,
+        ClientRequest::RegisterInstance(hello) => {
+            return entrypoint::register(ctx, s, hello, send, recv).await
+        }
+        ClientRequest::ListInstances => entrypoint::list(ctx, s).await,
     };
     let _ = frame::write(&mut send, &resp).await;
     let _ = send.finish();

@@ -12,9 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use cairn_protocol::types::{
-    App, ConfigScope, ConfigVar, Job, JobId, JobSpec, JobState, OpCompletion, OpId, OpKind,
-    OpStatus, Operation, Project, ResourceState, Runner, TokenRecord, TokenScope,
-    MAX_OP_OUTPUT_BYTES,
+    App, ConfigScope, ConfigVar, Instance, InstanceState, Job, JobId, JobSpec, JobState,
+    OpCompletion, OpId, OpKind, OpStatus, Operation, Project, ResourceState, Runner, TokenRecord,
+    TokenScope, MAX_OP_OUTPUT_BYTES,
 };
 use serde::{Deserialize, Serialize};
 
@@ -125,6 +125,31 @@ pub enum Command {
     Restore {
         state: Box<State>,
     },
+    /// An entrypoint (re)connected to `instance.node`: insert or replace
+    /// the instance, connected since `now`.
+    InstanceConnected {
+        instance: Instance,
+    },
+    /// Refresh `last_seen_ms` of an instance still connected to `node`.
+    InstanceSeen {
+        deployment: OpId,
+        id: String,
+        node: u64,
+    },
+    /// The instance's connection to `node` ended. Ignored when it has
+    /// reconnected to another node since.
+    InstanceDisconnected {
+        deployment: OpId,
+        id: String,
+        node: u64,
+    },
+    /// The leader's sweep: connected instances not seen for `stale_ms`
+    /// (their node died) become disconnected; disconnected instances whose
+    /// last sight is `expire_ms` old are forgotten.
+    SweepInstances {
+        stale_ms: u64,
+        expire_ms: u64,
+    },
 }
 
 /// How many (client, request) ids the state remembers for
@@ -195,6 +220,8 @@ pub struct State {
     pub applied_requests: BTreeMap<(u64, u64), Response>,
     /// Their ids, oldest first (bounded by [`MAX_APPLIED_REQUESTS`]).
     pub applied_order: VecDeque<(u64, u64)>,
+    /// App instances by (deployment op id, instance id).
+    pub instances: BTreeMap<(OpId, String), Instance>,
 }
 
 impl State {
@@ -433,6 +460,66 @@ impl State {
                 *self = (**state).clone();
                 Response::Ok
             }
+            Command::InstanceConnected { instance } => {
+                let Some(op) = self.operations.get(&instance.deployment) else {
+                    return Response::Error(format!("no deployment {}", instance.deployment));
+                };
+                if op.kind != OpKind::Deployment {
+                    return Response::Error(format!(
+                        "operation {} is not a deployment",
+                        instance.deployment
+                    ));
+                }
+                let mut i = instance.clone();
+                i.since_ms = now;
+                i.last_seen_ms = now;
+                i.state = InstanceState::Connected;
+                self.instances.insert((i.deployment, i.id.clone()), i);
+                Response::Ok
+            }
+            Command::InstanceSeen {
+                deployment,
+                id,
+                node,
+            } => match self.instances.get_mut(&(*deployment, id.clone())) {
+                Some(i) if i.node == *node && i.state == InstanceState::Connected => {
+                    i.last_seen_ms = now;
+                    Response::Ok
+                }
+                _ => Response::Changed(0),
+            },
+            Command::InstanceDisconnected {
+                deployment,
+                id,
+                node,
+            } => match self.instances.get_mut(&(*deployment, id.clone())) {
+                Some(i) if i.node == *node && i.state == InstanceState::Connected => {
+                    i.state = InstanceState::Disconnected;
+                    i.last_seen_ms = now;
+                    Response::Changed(1)
+                }
+                _ => Response::Changed(0),
+            },
+            Command::SweepInstances {
+                stale_ms,
+                expire_ms,
+            } => {
+                let mut n = 0;
+                for i in self.instances.values_mut() {
+                    if i.state == InstanceState::Connected
+                        && now.saturating_sub(i.last_seen_ms) >= *stale_ms
+                    {
+                        i.state = InstanceState::Disconnected;
+                        n += 1;
+                    }
+                }
+                let before = self.instances.len();
+                self.instances.retain(|_, i| {
+                    i.state == InstanceState::Connected
+                        || now.saturating_sub(i.last_seen_ms) < *expire_ms
+                });
+                Response::Changed(n + (before - self.instances.len()) as u64)
+            }
         }
     }
 
@@ -476,6 +563,7 @@ impl State {
             removed_nodes,
             applied_requests,
             applied_order: _,
+            instances,
         } = self;
         [
             registers.len(),
@@ -489,6 +577,7 @@ impl State {
             config.len(),
             removed_nodes.len(),
             applied_requests.len(),
+            instances.len(),
         ]
         .iter()
         .map(|n| *n as u64)

@@ -710,3 +710,120 @@ fn record_count_counts_every_record_and_not_overwrites() {
     running_job(&mut st, "app");
     assert!(st.record_count() > 5, "{}", st.record_count());
 }
+
+fn deployment_op(st: &mut State) -> OpId {
+    let job = running_job(st, "web");
+    let Response::OperationStarted { id, .. } = st.apply(&req(
+        4,
+        Command::BeginOperation {
+            job_id: job,
+            kind: OpKind::Deployment,
+            plugin: "process".into(),
+            input_seq: None,
+        },
+    )) else {
+        panic!("no deployment")
+    };
+    id
+}
+
+fn instance(deployment: OpId, id: &str, node: u64) -> Instance {
+    Instance {
+        id: id.into(),
+        deployment,
+        project: "hello".into(),
+        app: "web".into(),
+        workspace: DEFAULT_WORKSPACE_NAME.into(),
+        sequence: 1,
+        node,
+        pid: 7,
+        started_ms: 1,
+        since_ms: 0,
+        last_seen_ms: 0,
+        state: InstanceState::Disconnected,
+    }
+}
+
+const DEFAULT_WORKSPACE_NAME: &str = cairn_protocol::types::DEFAULT_WORKSPACE;
+
+#[test]
+fn instances_connect_refresh_disconnect_and_expire() {
+    let mut st = State::default();
+    let dep = deployment_op(&mut st);
+    let key = (dep, "i1".to_string());
+    let connect = |node| Command::InstanceConnected {
+        instance: instance(dep, "i1", node),
+    };
+    assert_eq!(st.apply(&req(10, connect(1))), Response::Ok);
+    let i = &st.instances[&key];
+    assert_eq!(
+        (i.state, i.since_ms, i.last_seen_ms, i.node),
+        (InstanceState::Connected, 10, 10, 1)
+    );
+    let seen = |node| Command::InstanceSeen {
+        deployment: dep,
+        id: "i1".into(),
+        node,
+    };
+    st.apply(&req(20, seen(1)));
+    assert_eq!(st.instances[&key].last_seen_ms, 20);
+    // Another node's report about it changes nothing.
+    st.apply(&req(30, seen(2)));
+    assert_eq!(st.instances[&key].last_seen_ms, 20);
+    // It moved to node 2; node 1's late disconnect must not win.
+    st.apply(&req(40, connect(2)));
+    let gone = |node| Command::InstanceDisconnected {
+        deployment: dep,
+        id: "i1".into(),
+        node,
+    };
+    assert_eq!(st.apply(&req(41, gone(1))), Response::Changed(0));
+    assert_eq!(st.instances[&key].state, InstanceState::Connected);
+    assert_eq!(st.apply(&req(50, gone(2))), Response::Changed(1));
+    assert_eq!(st.instances[&key].state, InstanceState::Disconnected);
+    assert_eq!(st.instances[&key].last_seen_ms, 50);
+    let sweep = Command::SweepInstances {
+        stale_ms: 100,
+        expire_ms: 1000,
+    };
+    // Not yet expired.
+    assert_eq!(st.apply(&req(1049, sweep.clone())), Response::Changed(0));
+    assert!(st.instances.contains_key(&key));
+    assert_eq!(st.apply(&req(1050, sweep)), Response::Changed(1));
+    assert!(st.instances.is_empty());
+}
+
+#[test]
+fn a_connected_instance_nobody_refreshes_becomes_disconnected() {
+    let mut st = State::default();
+    let dep = deployment_op(&mut st);
+    st.apply(&req(
+        10,
+        Command::InstanceConnected {
+            instance: instance(dep, "i1", 1),
+        },
+    ));
+    let sweep = Command::SweepInstances {
+        stale_ms: 100,
+        expire_ms: 1000,
+    };
+    assert_eq!(st.apply(&req(109, sweep.clone())), Response::Changed(0));
+    assert_eq!(st.apply(&req(110, sweep)), Response::Changed(1));
+    assert_eq!(
+        st.instances[&(dep, "i1".to_string())].state,
+        InstanceState::Disconnected
+    );
+}
+
+#[test]
+fn instances_need_a_deployment() {
+    let mut st = State::default();
+    let r = st.apply(&req(
+        10,
+        Command::InstanceConnected {
+            instance: instance(99, "i1", 1),
+        },
+    ));
+    assert!(matches!(r, Response::Error(_)), "{r:?}");
+    assert!(st.instances.is_empty());
+}
