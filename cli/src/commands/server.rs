@@ -10,7 +10,7 @@ use crate::{client, local};
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ServerCmd {
     /// Run a Cairn node in this process (the same code as `cairn-node`).
-    Run(cairn_node::NodeConfig),
+    Run(Box<cairn_node::NodeConfig>),
     /// Stop the local node the CLI started for the embedded default.
     StopLocal,
     /// Show the node this context talks to.
@@ -53,7 +53,7 @@ pub enum SnapshotCmd {
 pub async fn run(g: &Global, cmd: &ServerCmd) -> anyhow::Result<i32> {
     match cmd {
         ServerCmd::Run(cfg) => {
-            let node = cairn_node::start(cfg.clone()).await?;
+            let node = cairn_node::start((**cfg).clone()).await?;
             println!("cairn node listening on {} (QUIC)", node.addr);
             println!("CA fingerprint: {}", node.ca_fingerprint);
             if let Some(tok) = &node.bootstrap_token {
