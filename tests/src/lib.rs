@@ -90,21 +90,16 @@ pub fn bins() -> &'static Bins {
             .to_path_buf();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "cairn-cli",
-            "-p",
-            "cairn-node",
-            "-p",
-            "cairn-entrypoint",
-            "--bins",
-        ])
-        .arg("--manifest-path")
-        .arg(workspace_root().join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir);
+        // `--workspace`, not `-p cairn-cli -p cairn-node …`: with resolver 2
+        // a subset of packages unifies dependency features differently from
+        // the workspace build the test runner just did (nix turns on libc
+        // features, for one), so a `-p` build would recompile most of the
+        // dependency tree once more — minutes on a 2-core CI machine.
+        cmd.args(["build", "--quiet", "--workspace", "--bins"])
+            .arg("--manifest-path")
+            .arg(workspace_root().join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir);
         // `cargo test` gives us the variables it sets for this crate
         // (CARGO_PKG_*, CARGO_MANIFEST_DIR…). Build scripts that track them
         // (ring's does) would see a changed environment, rebuild half the tree,
@@ -134,10 +129,7 @@ pub fn bins() -> &'static Bins {
         // (CI builds them in an earlier step).
         if std::env::var_os("CAIRN_TESTS_NO_BUILD").is_none_or(|v| v.is_empty() || v == "0") {
             let status = cmd.status().expect("running cargo build");
-            assert!(
-                status.success(),
-                "cargo build of cairn and cairn-node failed"
-            );
+            assert!(status.success(), "cargo build --workspace --bins failed");
         }
         let bins = Bins {
             cairn: profile_dir.join("cairn"),
