@@ -188,13 +188,26 @@ impl QuicTransport {
             .await?;
         let remaining = timeout.saturating_sub(started.elapsed());
         let res = tokio::time::timeout(remaining, exchange(&pc.conn, req, body)).await;
+        self.outcome(addr, &pc, timeout, res)
+    }
+
+    /// Account for one exchange on `pc`: a success refreshes the peer's last
+    /// contact; a broken connection is forgotten (dialled again next time);
+    /// [`TIMEOUTS_BEFORE_REDIAL`] timeouts in a row close it as unresponsive.
+    fn outcome<T>(
+        &self,
+        addr: &str,
+        pc: &PeerConn,
+        timeout: Duration,
+        res: Result<Result<T, String>, tokio::time::error::Elapsed>,
+    ) -> Result<T, PeerError> {
         match res {
-            Ok(Ok(resp)) => {
+            Ok(Ok(v)) => {
                 pc.timeouts.store(0, std::sync::atomic::Ordering::Relaxed);
                 if let Ok(mut m) = self.inner.last_contact.lock() {
                     m.insert(pc.node_id, Instant::now());
                 }
-                Ok(resp)
+                Ok(v)
             }
             Ok(Err(reason)) => {
                 if pc.conn.close_reason().is_some() {
@@ -249,27 +262,7 @@ impl QuicTransport {
             Ok::<_, String>((resp, send, recv))
         })
         .await;
-        match opened {
-            Ok(Ok(r)) => {
-                if let Ok(mut m) = self.inner.last_contact.lock() {
-                    m.insert(pc.node_id, Instant::now());
-                }
-                Ok(r)
-            }
-            Ok(Err(reason)) => {
-                if pc.conn.close_reason().is_some() {
-                    self.forget(addr, &pc.conn);
-                }
-                Err(PeerError::Network {
-                    addr: addr.to_string(),
-                    reason,
-                })
-            }
-            Err(_) => Err(PeerError::Timeout {
-                addr: addr.to_string(),
-                timeout,
-            }),
-        }
+        self.outcome(addr, &pc, timeout, opened)
     }
 
     fn protocol_error(&self, addr: &str, got: &PeerResponse) -> PeerError {
