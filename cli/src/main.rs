@@ -110,8 +110,20 @@ enum Cmd {
     /// App instances: each deployed process's entrypoint and its node.
     #[command(subcommand)]
     Instance(commands::instance::InstanceCmd),
+    /// Show the output of a deployment's instances (all of them, from every node).
+    Logs(commands::logs::LogsArgs),
+    /// Run a command in an instance of a deployment (its env and working dir).
+    #[command(
+        after_help = "Examples:\n  cairn exec -- env\n  cairn exec -it -- sh\n  cairn exec --instance 3f2a -d 2 -- cat /proc/1/status"
+    )]
+    Exec(commands::exec::ExecArgs),
     #[command(name = "__supervise", hide = true)]
     Supervise { spec: std::path::PathBuf },
+    #[command(name = "__entrypoint", hide = true)]
+    Entrypoint {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +148,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         };
         return cairn_cli::plugins::run_supervisor(std::path::Path::new(spec));
+    }
+    // The entrypoint compiled into the CLI (used when no cairn-entrypoint
+    // binary is installed next to it): the same program, same arguments.
+    if args.get(1).map(String::as_str) == Some("__entrypoint") {
+        return cairn_entrypoint::program::main_with_args(std::env::args_os().skip(2));
     }
     // `cairn release list` reads naturally; route it to the listing.
     let args = rewrite_release_list(args);
@@ -255,6 +272,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Server(s) => commands::server::run(g, s).await,
         Cmd::Runner(r) => commands::runner::run(g, r).await,
         Cmd::Instance(i) => commands::instance::run(g, i).await,
-        Cmd::Supervise { .. } => Ok(2),
+        Cmd::Logs(l) => commands::logs::run(g, l).await,
+        Cmd::Exec(e) => commands::exec::run(g, e).await,
+        Cmd::Supervise { .. } | Cmd::Entrypoint { .. } => Ok(2),
     }
 }

@@ -111,6 +111,7 @@ impl Child {
         if stdin_is_our_foreground_terminal() {
             hand_terminal_to_child(&mut cmd);
         }
+        die_with_entrypoint(&mut cmd);
         // std's spawn returns once the child has exec'd (or failed to), so
         // its process group exists from here on.
         let (mut std_child, exit) = reaper::spawn(&mut cmd).map_err(|source| SpawnError::Exec {
@@ -223,6 +224,21 @@ fn group_exists(pgid: i32) -> bool {
 fn stdin_is_our_foreground_terminal() -> bool {
     let stdin = io::stdin();
     matches!(tcgetpgrp(stdin.as_fd()), Ok(pgrp) if pgrp == getpgrp())
+}
+
+/// The child gets SIGKILL if the entrypoint dies (killed with SIGKILL, say):
+/// a supervisor that restarts the entrypoint must not find the old app
+/// still holding its port.
+#[allow(unsafe_code)]
+fn die_with_entrypoint(cmd: &mut Command) {
+    // SAFETY: runs in the forked child before exec; prctl is
+    // async-signal-safe and changes only the child's own attribute.
+    unsafe {
+        cmd.pre_exec(|| {
+            crate::exec::die_with_parent();
+            Ok(())
+        });
+    }
 }
 
 /// Makes the child's new process group the terminal's foreground group, so

@@ -13,19 +13,31 @@
 //!   backoff starts over after a connection that registered.
 //! - Says one line when it cannot reach the cluster, one when it connects,
 //!   one when it loses the connection: not one per attempt.
+//! - Logs are shipped from the bounded [`LogQueue`] on the registration
+//!   stream; nothing here blocks the pumps that fill it (they drop and count
+//!   when it is full, e.g. while disconnected).
+//! - Streams the node opens on the connection (exec sessions) each get
+//!   their own task; a session outlives neither the connection nor the
+//!   entrypoint.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_protocol::api::{ClientRequest, ClientResponse, EntrypointHello};
 use cairn_protocol::frame;
 use cairn_protocol::handshake::Role;
+use cairn_protocol::instance::{
+    EntrypointToNode, LogStream, NodeToEntrypoint, ShippedLine, MAX_SHIPPED_BATCH,
+};
 use cairn_protocol::pki::TransportLimits;
 use cairn_protocol::rpc::{self, Dial};
 use cairn_protocol::types::OpId;
 use tokio::sync::watch;
 
 use crate::env::ClusterConfig;
+use crate::exec::AppContext;
+use crate::logqueue::{LogLine, LogQueue, Stream};
 
 /// First pause between two connection attempts.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -54,6 +66,17 @@ pub fn hello(deployment_id: OpId) -> EntrypointHello {
 /// that the connection is closed.
 pub const CLOSE_WAIT: Duration = Duration::from_millis(500);
 
+/// How long the node may take to read the first frame of a stream it opened.
+const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the connection serves besides the configuration: the app's log
+/// lines to ship, and the app's context for exec sessions.
+#[derive(Clone)]
+pub struct Services {
+    pub logs: Option<Arc<LogQueue>>,
+    pub app: Arc<dyn AppContext>,
+}
+
 /// Start the connection task (call within a runtime); the configuration
 /// arrives on the returned watch. Dropping the watch closes the connection
 /// (the node marks the instance disconnected at once); the task then ends,
@@ -61,9 +84,10 @@ pub const CLOSE_WAIT: Duration = Duration::from_millis(500);
 pub fn spawn(
     cfg: ClusterConfig,
     hello: EntrypointHello,
+    services: Services,
 ) -> (ConfigWatch, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
-    let task = tokio::spawn(run(cfg, hello, tx));
+    let task = tokio::spawn(run(cfg, hello, services, tx));
     (rx, task)
 }
 
@@ -77,20 +101,33 @@ enum Outcome {
     Closed,
 }
 
-async fn run(cfg: ClusterConfig, hello: EntrypointHello, tx: watch::Sender<Option<Env>>) {
+async fn run(
+    cfg: ClusterConfig,
+    hello: EntrypointHello,
+    services: Services,
+    tx: watch::Sender<Option<Env>>,
+) {
     let mut backoff = BACKOFF_MIN;
     let mut next = 0usize;
     let mut complained = false;
+    // The configured addresses first, then members the cluster told us of.
+    let mut addrs: Vec<String> = cfg.addrs.iter().map(ToString::to_string).collect();
     loop {
         if tx.is_closed() {
             return;
         }
-        let addr = cfg.addrs[next % cfg.addrs.len()].to_string();
+        let addr = addrs[next % addrs.len()].clone();
         next = next.wrapping_add(1);
+        let mut members = Vec::new();
         let outcome = tokio::select! {
-            o = session(&cfg, &addr, &hello, &tx) => o,
+            o = session(&cfg, &addr, &hello, &services, &tx, &mut members) => o,
             _ = tx.closed() => Outcome::Closed,
         };
+        for m in members {
+            if !addrs.contains(&m) {
+                addrs.push(m);
+            }
+        }
         match outcome {
             Outcome::Closed => return,
             Outcome::NotRegistered(e) => {
@@ -121,7 +158,9 @@ async fn session(
     cfg: &ClusterConfig,
     addr: &str,
     hello: &EntrypointHello,
+    services: &Services,
     tx: &watch::Sender<Option<Env>>,
+    members: &mut Vec<String>,
 ) -> Outcome {
     let dial = Dial {
         addr: addr.to_string(),
@@ -137,8 +176,8 @@ async fn session(
         Err(e) => return Outcome::NotRegistered(e.to_string()),
     };
     let req = ClientRequest::RegisterInstance(hello.clone());
-    // `_send` stays open: the registration lasts while the stream lives.
-    let (_send, mut recv) = match rpc::open(&s.conn, &req).await {
+    // `send` stays open: the registration lasts while the stream lives.
+    let (send, mut recv) = match rpc::open(&s.conn, &req).await {
         Ok(pair) => pair,
         Err(e) => return Outcome::NotRegistered(e.to_string()),
     };
@@ -148,8 +187,9 @@ async fn session(
     )
     .await;
     match first {
-        Ok(Ok(Some(ClientResponse::InstanceRegistered { env }))) => {
+        Ok(Ok(Some(ClientResponse::InstanceRegistered { env, members: m }))) => {
             tx.send_replace(Some(env));
+            *members = m;
         }
         Ok(Ok(Some(ClientResponse::Error { message }))) => {
             s.conn.close(0u32.into(), b"refused");
@@ -169,6 +209,11 @@ async fn session(
         "connected to the cluster at {addr} as instance {}",
         hello.instance_id
     ));
+    // Both end with the connection (the shipper's writes fail, the
+    // acceptor's accept fails); aborted on the way out regardless.
+    let shipper = services.logs.clone().map(|q| tokio::spawn(ship(q, send)));
+    let acceptor = tokio::spawn(accept_streams(s.conn.clone(), services.app.clone()));
+    let _tasks = AbortOnDrop(vec![shipper, Some(acceptor)]);
     loop {
         let read = tokio::select! {
             r = frame::read::<_, ClientResponse>(&mut recv) => r,
@@ -186,6 +231,74 @@ async fn session(
             Ok(None) => return Outcome::Lost("the node ended the registration".into()),
             Err(e) => return Outcome::Lost(e.to_string()),
         }
+    }
+}
+
+/// Aborts its tasks when dropped (the session ended).
+struct AbortOnDrop(Vec<Option<tokio::task::JoinHandle<()>>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in self.0.iter().flatten() {
+            t.abort();
+        }
+    }
+}
+
+/// Ships queued log lines on the registration stream, in batches of at
+/// most [`MAX_SHIPPED_BATCH`], until the stream fails. Lines taken from the
+/// queue when the write fails are lost (and not counted: the node never
+/// saw them, the queue did not drop them).
+async fn ship(queue: Arc<LogQueue>, mut send: quinn::SendStream) {
+    let mut reported = 0u64;
+    loop {
+        queue.readable().await;
+        let lines = queue.drain(MAX_SHIPPED_BATCH);
+        let dropped = queue.dropped();
+        if lines.is_empty() && dropped == reported {
+            continue;
+        }
+        reported = dropped;
+        let batch = EntrypointToNode::Logs {
+            lines: lines.into_iter().map(shipped).collect(),
+            dropped,
+        };
+        if frame::write(&mut send, &batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn shipped(l: LogLine) -> ShippedLine {
+    ShippedLine {
+        time_ms: l.time_ms,
+        stream: match l.stream {
+            Stream::Stdout => LogStream::Stdout,
+            Stream::Stderr => LogStream::Stderr,
+        },
+        line: String::from_utf8_lossy(&l.bytes).into_owned(),
+        truncated: l.truncated,
+    }
+}
+
+/// Serves the streams the node opens on this connection until it closes.
+async fn accept_streams(conn: quinn::Connection, app: Arc<dyn AppContext>) {
+    while let Ok((send, mut recv)) = conn.accept_bi().await {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let header = tokio::time::timeout(
+                STREAM_HEADER_TIMEOUT,
+                frame::read_required::<_, NodeToEntrypoint>(&mut recv),
+            )
+            .await;
+            match header {
+                Ok(Ok(NodeToEntrypoint::Exec(spec))) => {
+                    crate::exec::serve(app.as_ref(), spec, recv, send).await;
+                }
+                // A malformed or missing header: nothing to serve.
+                Ok(Err(_)) | Err(_) => {}
+            }
+        });
     }
 }
 

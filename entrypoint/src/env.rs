@@ -16,6 +16,9 @@ pub const DEPLOYMENT_ID: &str = "CAIRN_DEPLOYMENT_ID";
 pub const ENTRYPOINT_TOKEN: &str = "CAIRN_ENTRYPOINT_TOKEN";
 /// Exec the command directly, doing nothing else.
 pub const DISABLE: &str = "CAIRN_DISABLE";
+/// Comma-separated variable names that the cluster's configuration does not
+/// override (the platform sets them, e.g. `PORT`).
+pub const ENV_FIXED: &str = "CAIRN_ENV_FIXED";
 
 /// The connection settings, in the order `--help` and warnings list them.
 pub const CONNECTION_VARS: [&str; 4] = [ADDRS, CA_FINGERPRINT, DEPLOYMENT_ID, ENTRYPOINT_TOKEN];
@@ -48,6 +51,8 @@ pub struct ClusterConfig {
     pub deployment_id: String,
     /// Secret: not shown by `Debug`.
     pub token: String,
+    /// Names the configuration may not override ([`ENV_FIXED`]).
+    pub fixed_env: Vec<String>,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -57,6 +62,7 @@ impl fmt::Debug for ClusterConfig {
             .field("ca_fingerprint", &self.ca_fingerprint)
             .field("deployment_id", &self.deployment_id)
             .field("token", &"<redacted>")
+            .field("fixed_env", &self.fixed_env)
             .finish()
     }
 }
@@ -162,6 +168,7 @@ impl EntrypointEnv {
                 ca_fingerprint: parse_fingerprint(&fingerprint)?,
                 deployment_id: parse_deployment_id(&deployment)?,
                 token: parse_token(&token)?,
+                fixed_env: parse_names(value(ENV_FIXED)?.as_deref().unwrap_or(""))?,
             }),
         })
     }
@@ -272,6 +279,21 @@ fn parse_deployment_id(v: &str) -> Result<String, EnvError> {
     Ok(v.to_string())
 }
 
+/// `NAME,NAME…` (empty entries ignored); each a valid variable name.
+fn parse_names(v: &str) -> Result<Vec<String>, EnvError> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            if n.contains('=') || n.contains('\0') {
+                Err(invalid(ENV_FIXED, format!("{n:?} is not a variable name")))
+            } else {
+                Ok(n.to_string())
+            }
+        })
+        .collect()
+}
+
 fn parse_token(v: &str) -> Result<String, EnvError> {
     let v = v.trim();
     if !v.bytes().all(|b| b.is_ascii_graphic()) {
@@ -350,6 +372,7 @@ mod tests {
         assert_eq!(cluster.ca_fingerprint, FP);
         assert_eq!(cluster.deployment_id, "web/v3");
         assert_eq!(cluster.token, "cairn_ep_abc");
+        assert!(cluster.fixed_env.is_empty());
         assert!(
             !format!("{cluster:?}").contains("cairn_ep_abc"),
             "Debug hides the token"
@@ -416,6 +439,13 @@ mod tests {
             err.to_string(),
             "CAIRN_ADDRS: address 2 (\"bad:x\"): bad port \"x\""
         );
+    }
+
+    #[test]
+    fn fixed_names_parse() {
+        let env = parse(&with(ENV_FIXED, "PORT, HOST,,")).expect("valid");
+        assert_eq!(env.cluster.expect("cluster").fixed_env, ["PORT", "HOST"]);
+        assert_eq!(invalid_var(&with(ENV_FIXED, "A=B")), ENV_FIXED);
     }
 
     #[test]

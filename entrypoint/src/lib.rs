@@ -1,8 +1,8 @@
 //! `cairn-entrypoint`: the wrapper around every app instance.
 //!
 //! The local process core, plus the outbound cluster connection
-//! ([`cluster`]: instance registration, configuration and its changes);
-//! log shipping and exec are still to come.
+//! ([`cluster`]: instance registration, configuration and its changes, log
+//! shipping, and the exec sessions the node opens on it).
 //!
 //! Code map (each module states its invariant):
 //! - [`args`]: `cairn-entrypoint [--] CMD ARGS…`, `--help`.
@@ -13,9 +13,12 @@
 //!   [`child::ChildHandle::stop_gracefully`].
 //! - [`signals`]: which signals are forwarded, to the group or the child.
 //! - [`output`]: pass-through pumps for the child's stdout/stderr.
-//! - [`logqueue`]: the bounded line queue for the future log shipper.
+//! - [`logqueue`]: the bounded line queue between the output pumps and the
+//!   log shipper.
 //! - [`cluster`]: the outbound connection: registration, configuration
 //!   pushes, reconnection with backoff; never in the child's way.
+//! - [`exec`]: exec sessions (pipes or a pty) in the app's context.
+//! - [`program`]: the whole program (`cairn-entrypoint`'s `main`).
 //! - [`run`]: the supervision loop (restarts on configuration changes) and
 //!   the `CAIRN_DISABLE` exec.
 
@@ -23,8 +26,10 @@ pub mod args;
 pub mod child;
 pub mod cluster;
 pub mod env;
+pub mod exec;
 pub mod logqueue;
 pub mod output;
+pub mod program;
 pub mod reaper;
 pub mod run;
 pub mod signals;

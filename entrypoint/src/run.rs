@@ -18,6 +18,7 @@ use nix::sys::signal::Signal;
 
 use crate::child::{Child, ChildSpec, SpawnError};
 use crate::cluster::{ConfigWatch, Env};
+use crate::exec::AppContext;
 use crate::logqueue::LogQueue;
 use crate::reaper::{self, ExitStatus};
 use crate::signals::ForwardedSignals;
@@ -61,15 +62,45 @@ pub async fn supervise(
     }
 }
 
+/// The app's spec as it was last started: what exec sessions run with.
+#[derive(Debug, Default)]
+pub struct CurrentApp(std::sync::Mutex<ChildSpec>);
+
+impl CurrentApp {
+    pub fn new(spec: ChildSpec) -> CurrentApp {
+        CurrentApp(std::sync::Mutex::new(spec))
+    }
+
+    fn set(&self, spec: ChildSpec) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = spec;
+    }
+}
+
+impl AppContext for CurrentApp {
+    fn app_spec(&self) -> ChildSpec {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// Like [`supervise`], with the cluster's configuration: waits up to
 /// [`START_WAIT`] for it (then starts without it), sets it in the child's
-/// environment, and restarts the child gracefully each time it changes.
-/// After a forwarded stop signal (TERM, INT, QUIT) no restart happens: the
-/// child's end is ours.
+/// environment (except the `fixed` names, which keep the platform's value),
+/// and restarts the child gracefully each time it changes. `current` always
+/// holds the spec the running child was started with. After a forwarded
+/// stop signal (TERM, INT, QUIT) no restart happens: the child's end is
+/// ours.
 pub async fn supervise_with_config(
     spec: &ChildSpec,
     logs: Option<Arc<LogQueue>>,
     mut config: ConfigWatch,
+    current: &CurrentApp,
+    fixed: &[String],
 ) -> Result<ExitStatus, SpawnError> {
     reaper::start().map_err(SpawnError::Setup)?;
     let mut signals = ForwardedSignals::install().map_err(SpawnError::Setup)?;
@@ -89,7 +120,9 @@ pub async fn supervise_with_config(
     let mut watching = true;
     let mut stopping = false;
     loop {
-        let child = Child::spawn(&with_env(spec, &env), logs.clone())?;
+        let started = with_env(spec, &env, fixed);
+        current.set(started.clone());
+        let child = Child::spawn(&started, logs.clone())?;
         let handle = child.handle();
         let ended = child.wait_with_output(OUTPUT_DRAIN_IDLE);
         tokio::pin!(ended);
@@ -137,11 +170,15 @@ fn is_stop(sig: Signal) -> bool {
     matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT)
 }
 
-/// `spec` with `env` set on top (the cluster's values win over inherited ones).
-fn with_env(spec: &ChildSpec, env: &Env) -> ChildSpec {
+/// `spec` with `env` set on top (the cluster's values win over inherited
+/// ones, except for the `fixed` names).
+fn with_env(spec: &ChildSpec, env: &Env, fixed: &[String]) -> ChildSpec {
     let mut spec = spec.clone();
-    spec.env
-        .extend(env.iter().map(|(k, v)| (k.into(), v.into())));
+    spec.env.extend(
+        env.iter()
+            .filter(|(k, _)| !fixed.contains(k))
+            .map(|(k, v)| (k.into(), v.into())),
+    );
     spec
 }
 

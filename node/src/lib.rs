@@ -2,8 +2,10 @@
 //!
 //! See ARCHITECTURE.md for the code map and invariants.
 
+pub mod exec;
 pub mod identity;
 pub mod jobs;
+pub mod logs;
 pub mod peer;
 pub mod raft;
 pub mod server;

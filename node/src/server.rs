@@ -183,6 +183,10 @@ pub struct Ctx {
     pub addr: SocketAddr,
     /// The peer network (Raft and requests to the leader).
     pub peers: QuicTransport,
+    /// Log windows of the instances connected to this node.
+    pub logs: crate::logs::LogStore,
+    /// Connections of the entrypoints connected to this node.
+    pub attached: crate::exec::Attached,
 }
 
 impl Ctx {
@@ -323,6 +327,8 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         jobs: Jobs::default(),
         addr,
         peers,
+        logs: crate::logs::LogStore::default(),
+        attached: crate::exec::Attached::default(),
     });
 
     // Serve peers (and clients) before joining: the leader replicates to

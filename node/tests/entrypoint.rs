@@ -176,7 +176,8 @@ async fn an_instance_gets_its_config_and_its_changes_and_is_tracked() {
     assert_eq!(
         next_frame(&mut recv).await,
         ClientResponse::InstanceRegistered {
-            env: env(&[("GREETING", "hello"), ("SHARED", "1")])
+            env: env(&[("GREETING", "hello"), ("SHARED", "1")]),
+            members: vec![f.node.addr.to_string()],
         }
     );
     let listed = f.instances().await;

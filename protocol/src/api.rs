@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::instance::{DeploymentRef, ExecSpec, LogEntry, LogsQuery};
 use crate::types::{
     ConfigScope, ConfigVar, Instance, Job, JobId, JobSpec, JobState, OpCompletion, OpId, OpKind,
     Operation, ResourceState, Runner, RunnerKind, Stream, TokenScope,
@@ -138,6 +139,22 @@ pub enum ClientRequest {
     // -- catalog service --
     /// The app instances the cluster knows (connected or recently gone).
     ListInstances,
+
+    // -- instance service (users) --
+    /// Streaming: the log lines of a deployment's instances, gathered from
+    /// every node that holds some. Answered by `LogLines` frames (history
+    /// first, oldest first); without `follow` the last frame is `LogsEnd`.
+    Logs(LogsQuery),
+    /// Streaming: run a command in an instance of a deployment (any
+    /// connected one unless `instance` names one, by id or unique prefix).
+    /// Answered by `ExecOpened` or `Error`; then the stream carries
+    /// `ExecInput` frames from the client and `ExecOutput` frames back (see
+    /// [`crate::instance`]).
+    Exec {
+        target: DeploymentRef,
+        instance: Option<String>,
+        spec: ExecSpec,
+    },
 }
 
 /// What an entrypoint says about itself when it registers.
@@ -213,15 +230,31 @@ pub enum ClientResponse {
         data: Vec<u8>,
         last: bool,
     },
-    /// First answer to `RegisterInstance`: the resolved environment.
+    /// First answer to `RegisterInstance`: the resolved environment, and
+    /// the addresses of the cluster's members (where to reconnect).
     InstanceRegistered {
         env: BTreeMap<String, String>,
+        members: Vec<String>,
     },
     /// Pushed on a `RegisterInstance` stream: the configuration changed.
     Env {
         env: BTreeMap<String, String>,
     },
     Instances(Vec<Instance>),
+    /// Lines of a `Logs` answer.
+    LogLines(Vec<LogEntry>),
+    /// The end of a `Logs` answer without `follow`. `unavailable`: the
+    /// nodes whose lines could not be had (down or unreachable), one reason
+    /// each.
+    LogsEnd {
+        unavailable: Vec<String>,
+    },
+    /// The exec session is open on `instance` (connected to `node`); exec
+    /// frames follow.
+    ExecOpened {
+        instance: String,
+        node: u64,
+    },
 }
 
 /// Largest `SnapshotChunk::data`: well under `frame::MAX_FRAME_SIZE`.

@@ -198,6 +198,10 @@ mod tests {
             let _ = decode::<crate::api::JobEvent>(&bytes);
             let _ = decode::<crate::api::RunnerToNode>(&bytes);
             let _ = decode::<crate::handshake::Hello>(&bytes);
+            let _ = decode::<crate::instance::EntrypointToNode>(&bytes);
+            let _ = decode::<crate::instance::NodeToEntrypoint>(&bytes);
+            let _ = decode::<crate::instance::ExecInput>(&bytes);
+            let _ = decode::<crate::instance::ExecOutput>(&bytes);
         }
 
         #[test]
@@ -207,6 +211,9 @@ mod tests {
             let _ = decode::<ClientRequest>(&f);
             let _ = decode::<ClientResponse>(&f);
             let _ = decode::<crate::api::JobEvent>(&f);
+            let _ = decode::<crate::instance::EntrypointToNode>(&f);
+            let _ = decode::<crate::instance::ExecInput>(&f);
+            let _ = decode::<crate::instance::ExecOutput>(&f);
         }
 
         #[test]

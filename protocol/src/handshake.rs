@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol. Bumped on any incompatible message change.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 pub const ALPN_PEER: &[u8] = b"cairn-peer";
 pub const ALPN_CLIENT: &[u8] = b"cairn-client";

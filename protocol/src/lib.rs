@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod frame;
 pub mod handshake;
+pub mod instance;
 pub mod pki;
 pub mod rpc;
 pub mod token;

@@ -3,10 +3,12 @@
 pub mod cluster;
 pub mod config;
 pub mod context;
+pub mod exec;
 pub mod instance;
 pub mod job;
 pub mod lifecycle;
 pub mod list;
+pub mod logs;
 pub mod runner;
 pub mod server;
 pub mod status;
@@ -29,6 +31,59 @@ pub struct Global {
 impl Global {
     pub fn dir(&self) -> PathBuf {
         self.dir.clone().unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+/// Which deployment a command acts on (`cairn logs`, `cairn exec`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeploymentArgs {
+    /// The project (default: cairn.hcl's).
+    #[arg(long)]
+    pub project: Option<String>,
+    /// The app (default: cairn.hcl's, when it has only one).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// The workspace.
+    #[arg(long, default_value = cairn_protocol::types::DEFAULT_WORKSPACE)]
+    pub workspace: String,
+    /// The deployment, e.g. 2 or v2 (default: the released one, or the
+    /// newest if none was released).
+    #[arg(long, short = 'd', value_parser = parse_seq, value_name = "N")]
+    pub deployment: Option<u64>,
+}
+
+impl DeploymentArgs {
+    /// The flags, completed from cairn.hcl (in -C DIR) where they are not given.
+    pub fn target(&self, g: &Global) -> anyhow::Result<cairn_protocol::instance::DeploymentRef> {
+        for (flag, v) in [("--project", &self.project), ("--app", &self.app)] {
+            if v.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                anyhow::bail!("{flag} must not be empty");
+            }
+        }
+        let (project, app) = match (&self.project, &self.app) {
+            (Some(p), Some(a)) => (p.clone(), a.clone()),
+            _ => {
+                let dir = g.dir();
+                let Ok(path) = crate::config::find(&dir) else {
+                    anyhow::bail!(
+                        "which app? pass --project P --app A, or run where cairn.hcl is (or -C DIR); {} has no cairn.hcl",
+                        dir.display()
+                    );
+                };
+                let cfg = crate::config::load(&path)?;
+                let app = match &self.app {
+                    Some(a) => a.clone(),
+                    None => cfg.app(None)?.name.clone(),
+                };
+                (self.project.clone().unwrap_or(cfg.project), app)
+            }
+        };
+        Ok(cairn_protocol::instance::DeploymentRef {
+            project,
+            app,
+            workspace: self.workspace.clone(),
+            sequence: self.deployment,
+        })
     }
 }
 

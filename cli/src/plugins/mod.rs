@@ -91,9 +91,35 @@ pub struct OpContext<'a> {
     pub data_dir: PathBuf,
     /// The `cairn` binary, spawned as `cairn __supervise SPEC` to supervise processes.
     pub self_exe: PathBuf,
-    /// Config env vars for the app, given to deployed processes.
+    /// Config env vars for the app (hooks get them; processes under the
+    /// entrypoint get the cluster's current ones from it).
     pub env: BTreeMap<String, String>,
+    /// How to run an instance of this deployment under `cairn-entrypoint`
+    /// (deploy only; `None` elsewhere and in plugin tests).
+    pub entrypoint: Option<EntrypointLaunch>,
     pub out: &'a mut dyn OutputSink,
+}
+
+/// How a platform starts a deployment's instances under `cairn-entrypoint`,
+/// which registers them with the cluster (config, logs, exec).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntrypointLaunch {
+    /// The entrypoint program and its arguments before `--` and the app's
+    /// command: `[…/cairn-entrypoint]`, or `[…/cairn, __entrypoint]`.
+    pub argv: Vec<String>,
+    /// `CAIRN_ADDRS`, `CAIRN_CA_FINGERPRINT`, `CAIRN_DEPLOYMENT_ID`,
+    /// `CAIRN_ENTRYPOINT_TOKEN` (a secret: keep files holding it private).
+    pub env: BTreeMap<String, String>,
+}
+
+impl EntrypointLaunch {
+    /// The entrypoint's command line around `command`.
+    pub fn wrap(&self, command: &[String]) -> Vec<String> {
+        let mut argv = self.argv.clone();
+        argv.push("--".into());
+        argv.extend(command.iter().cloned());
+        argv
+    }
 }
 
 impl OpContext<'_> {

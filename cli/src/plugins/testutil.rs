@@ -36,6 +36,7 @@ pub fn ctx<'a>(source: &Path, data: &Path, sequence: u64, out: &'a mut Lines) ->
         data_dir: data.to_path_buf(),
         self_exe: test_exe(),
         env: BTreeMap::new(),
+        entrypoint: None,
         out,
     }
 }

@@ -129,12 +129,14 @@ fn host_name() -> String {
 /// Runner options for an agent: its id and labels; artifacts and
 /// deployments in this machine's runner dir (as for the CLI's runner).
 pub fn options(id: String, labels: BTreeMap<String, String>) -> RunnerOptions {
+    let self_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cairn"));
     RunnerOptions {
         id,
         kind: RunnerKind::Agent,
         labels,
         data_dir: paths::runner_dir(),
-        self_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cairn")),
+        entrypoint_argv: super::entrypoint_argv(&self_exe),
+        self_exe,
     }
 }
 

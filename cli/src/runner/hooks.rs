@@ -141,6 +141,7 @@ mod tests {
             data_dir: dir.to_path_buf(),
             self_exe: "cairn".into(),
             env: [("HOOK_VAR".to_string(), "v1".to_string())].into(),
+            entrypoint: None,
             out,
         }
     }

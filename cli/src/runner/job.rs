@@ -8,13 +8,13 @@ use std::sync::Arc;
 use cairn_protocol::api::{ClientRequest, ClientResponse, JobEvent, RunnerToNode, StepStatus};
 use cairn_protocol::rpc;
 use cairn_protocol::types::{
-    Job, OpCompletion, OpId, OpKind, OpStatus, Operation, ResourceState, Stream, TypedValue,
-    MAX_OP_OUTPUT_BYTES,
+    Job, OpCompletion, OpId, OpKind, OpStatus, Operation, ResourceState, Stream, TokenScope,
+    TypedValue, MAX_OP_OUTPUT_BYTES,
 };
 use tokio::sync::mpsc;
 
 use super::RunnerOptions;
-use crate::plugins::{self, OpContext, OutputSink, PluginError, Value};
+use crate::plugins::{self, EntrypointLaunch, OpContext, OutputSink, PluginError, Value};
 
 /// Why a job stopped early.
 #[derive(Debug)]
@@ -255,11 +255,24 @@ impl JobRun {
         };
         let spec = self.job.spec.clone();
         let opts = self.opts.clone();
+        // A deployment's instances run under the entrypoint, with a token
+        // for this deployment only.
+        let entrypoint = match op.kind {
+            OpKind::Deployment => match self.entrypoint_launch(op_id, sequence).await {
+                Ok(l) => Some(Ok(l)),
+                Err(e) => Some(Err(e)),
+            },
+            _ => None,
+        };
         let OpSpec {
             env, source_dir, ..
         } = op;
         let joined = tokio::task::spawn_blocking(move || {
             let mut sink = sink;
+            let entrypoint = match entrypoint.transpose() {
+                Ok(e) => e,
+                Err(e) => return (Err(e), sink),
+            };
             let r = {
                 let mut ctx = OpContext {
                     project: spec.project.clone(),
@@ -270,6 +283,7 @@ impl JobRun {
                     data_dir: opts.data_dir.clone(),
                     self_exe: opts.self_exe.clone(),
                     env,
+                    entrypoint,
                     out: &mut sink,
                 };
                 f(&mut ctx)
@@ -347,6 +361,56 @@ impl JobRun {
                 Err(e)
             }
         }
+    }
+}
+
+impl JobRun {
+    /// Mints deployment `op_id`'s entrypoint token and gathers what its
+    /// instances need to reach the cluster (members, CA fingerprint).
+    async fn entrypoint_launch(
+        &self,
+        op_id: OpId,
+        sequence: u64,
+    ) -> Result<EntrypointLaunch, String> {
+        let why = |e: JobFailure| {
+            format!(
+                "cannot prepare the entrypoint for v{sequence}: {}",
+                e.message
+            )
+        };
+        let info = match self.call(ClientRequest::ServerInfo).await.map_err(why)? {
+            ClientResponse::ServerInfo(info) => info,
+            other => return Err(format!("unexpected answer to ServerInfo: {other:?}")),
+        };
+        let mint = ClientRequest::CreateToken {
+            scope: TokenScope::Entrypoint {
+                app: self.job.spec.app.clone(),
+                deployment: op_id,
+            },
+            name: format!(
+                "{}/{} v{sequence}",
+                self.job.spec.project, self.job.spec.app
+            ),
+            ttl_s: None,
+        };
+        let token = match self.call(mint).await.map_err(why)? {
+            ClientResponse::Token { token } => token,
+            other => return Err(format!("unexpected answer to CreateToken: {other:?}")),
+        };
+        let addrs: Vec<String> = info.members.iter().map(|(_, a)| a.clone()).collect();
+        let env = [
+            ("CAIRN_ADDRS", addrs.join(",")),
+            ("CAIRN_CA_FINGERPRINT", info.ca_fingerprint.clone()),
+            ("CAIRN_DEPLOYMENT_ID", op_id.to_string()),
+            ("CAIRN_ENTRYPOINT_TOKEN", token),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Ok(EntrypointLaunch {
+            argv: self.opts.entrypoint_argv.clone(),
+            env,
+        })
     }
 }
 

@@ -39,6 +39,35 @@ pub struct RunnerOptions {
     pub data_dir: PathBuf,
     /// The `cairn` binary (for the process supervisor).
     pub self_exe: PathBuf,
+    /// How instances are started under the entrypoint: see [`entrypoint_argv`].
+    pub entrypoint_argv: Vec<String>,
+}
+
+/// Names the `cairn-entrypoint` program to use instead of looking for it.
+pub const ENTRYPOINT_BIN_ENV: &str = "CAIRN_ENTRYPOINT_BIN";
+
+/// The entrypoint program for deployed instances: `$CAIRN_ENTRYPOINT_BIN`,
+/// else `cairn-entrypoint` next to `self_exe` (where cargo and packages put
+/// it), else on `PATH`; without one, the copy compiled into this `cairn`
+/// (`cairn __entrypoint`, the same program).
+pub fn entrypoint_argv(self_exe: &std::path::Path) -> Vec<String> {
+    let text = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    if let Some(p) = std::env::var_os(ENTRYPOINT_BIN_ENV).filter(|p| !p.is_empty()) {
+        return vec![text(std::path::Path::new(&p))];
+    }
+    let sibling = self_exe.with_file_name("cairn-entrypoint");
+    if sibling.is_file() {
+        return vec![text(&sibling)];
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("cairn-entrypoint");
+            if candidate.is_file() {
+                return vec![text(&candidate)];
+            }
+        }
+    }
+    vec![text(self_exe), "__entrypoint".into()]
 }
 
 impl RunnerOptions {
@@ -48,6 +77,7 @@ impl RunnerOptions {
             .map(|h| h.trim().to_string())
             .unwrap_or_default();
         let suffix = &cairn_protocol::token::hash(&cairn_protocol::token::generate("r"))[..8];
+        let self_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cairn"));
         RunnerOptions {
             id: format!(
                 "cli-{}-{suffix}",
@@ -56,7 +86,8 @@ impl RunnerOptions {
             kind: RunnerKind::Cli,
             labels: BTreeMap::new(),
             data_dir: crate::paths::runner_dir(),
-            self_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cairn")),
+            entrypoint_argv: entrypoint_argv(&self_exe),
+            self_exe,
         }
     }
 }

@@ -6,7 +6,8 @@
 //! They live in the node crate because they carry openraft's types.
 
 use cairn_protocol::api::{JoinGrant, MemberInfo};
-use cairn_protocol::types::JobId;
+use cairn_protocol::instance::{ExecSpec, LogEntry};
+use cairn_protocol::types::{JobId, OpId};
 use openraft::error::Fatal;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
@@ -15,6 +16,7 @@ use openraft::{SnapshotMeta, Vote};
 use serde::{Deserialize, Serialize};
 
 use crate::jobs::RunnerReport;
+use crate::logs::{LogCursor, LogFilter};
 use crate::raft::{LogId, Node, NodeId, TypeConfig};
 use crate::state::{Request, Response};
 
@@ -44,6 +46,24 @@ pub enum PeerRequest {
     RelayOffer {
         runner: String,
         job: JobId,
+    },
+    /// The callee's log lines for `filter`: `LogLines` frames (after
+    /// `after`, when it names the callee's incarnation), `LogsHistoryEnd`,
+    /// then (with `follow`) live lines until the caller goes away. See
+    /// [`crate::logs::serve_peer`].
+    Logs {
+        filter: LogFilter,
+        follow: bool,
+        after: Option<LogCursor>,
+    },
+    /// Open an exec session on instance `instance` of `deployment`, whose
+    /// entrypoint is connected to the callee. Answered `RelayOpen` (then
+    /// the stream carries the session's raw bytes both ways) or
+    /// `NoInstance`. See [`crate::exec::relay`].
+    RelayExec {
+        deployment: OpId,
+        instance: String,
+        spec: ExecSpec,
     },
 }
 
@@ -127,6 +147,17 @@ pub enum PeerResponse {
     /// Answer to [`PeerRequest::RelayOffer`]: the runner is not connected to
     /// the callee (any more); the reason says so.
     NoRunner(String),
+    /// Part of the answer to [`PeerRequest::Logs`]; `cursor` is where the
+    /// callee's lines stand after these.
+    LogLines {
+        cursor: LogCursor,
+        lines: Vec<LogEntry>,
+    },
+    /// [`PeerRequest::Logs`]: the history is complete.
+    LogsHistoryEnd,
+    /// Answer to [`PeerRequest::RelayExec`]: the instance is not connected
+    /// to the callee (any more).
+    NoInstance(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

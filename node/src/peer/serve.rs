@@ -87,6 +87,27 @@ async fn serve_stream(
         Ok(PeerRequest::RelayOffer { .. }) => Ok(PeerResponse::NoRunner(format!(
             "node {from:x} is not a member of this cluster (as far as this node knows)"
         ))),
+        // Log streams and exec sessions keep their stream too.
+        Ok(PeerRequest::Logs {
+            filter,
+            follow,
+            after,
+        }) if is_member(&ctx, from) => {
+            return crate::logs::serve_peer(&ctx, filter, follow, after, send).await;
+        }
+        Ok(PeerRequest::RelayExec {
+            deployment,
+            instance,
+            spec,
+        }) if is_member(&ctx, from) => {
+            return crate::exec::relay(&ctx, deployment, instance, spec, send, recv).await;
+        }
+        Ok(PeerRequest::Logs { .. }) => Ok(PeerResponse::Refused(format!(
+            "node {from:x} is not a member of this cluster (as far as this node knows)"
+        ))),
+        Ok(PeerRequest::RelayExec { .. }) => Ok(PeerResponse::NoInstance(format!(
+            "node {from:x} is not a member of this cluster (as far as this node knows)"
+        ))),
         Ok(req) => handle(&ctx, from, req, &mut recv).await,
     };
     match resp {
@@ -159,8 +180,10 @@ async fn handle(
             }
             PeerResponse::Leader(super::leader::handle(ctx, lr).await)
         }
-        PeerRequest::RelayOffer { .. } => {
-            return Err("a relayed job offer is served by its own stream".into())
+        PeerRequest::RelayOffer { .. }
+        | PeerRequest::Logs { .. }
+        | PeerRequest::RelayExec { .. } => {
+            return Err("this request is served on its own stream".into())
         }
     })
 }

@@ -486,6 +486,9 @@ fn variant_name(r: &PeerResponse) -> &'static str {
         PeerResponse::Refused(_) => "Refused",
         PeerResponse::RelayOpen => "RelayOpen",
         PeerResponse::NoRunner(_) => "NoRunner",
+        PeerResponse::LogLines { .. } => "LogLines",
+        PeerResponse::LogsHistoryEnd => "LogsHistoryEnd",
+        PeerResponse::NoInstance(_) => "NoInstance",
     }
 }
 

@@ -309,6 +309,18 @@ impl RaftNode {
         m.state == ServerState::Leader && m.current_leader == Some(self.inner.id)
     }
 
+    /// (id, address) of every member (voters and learners) in this node's
+    /// view of the membership.
+    pub fn members(&self) -> Vec<(NodeId, String)> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
+    }
+
     /// The leader this node knows of, with its address from the membership.
     pub fn leader(&self) -> Option<Leader> {
         let m = self.inner.raft.metrics();

@@ -21,9 +21,11 @@ use cairn_protocol::config::resolve_env;
 use cairn_protocol::config::scopes_for;
 use cairn_protocol::frame;
 use cairn_protocol::handshake::Role;
+use cairn_protocol::instance::EntrypointToNode;
 use cairn_protocol::types::{Instance, InstanceState, OpId, OpKind, ResourceState, TokenScope};
 use tokio_util::sync::CancellationToken;
 
+use crate::logs::{LogStore, Shipper};
 use crate::server::{ConnSession, Ctx};
 use crate::state::{Command, State};
 
@@ -66,7 +68,7 @@ pub async fn register(
     s: &Arc<ConnSession>,
     hello: EntrypointHello,
     mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
 ) {
     let target = match admit(ctx, s, &hello).await {
         Ok(t) => t,
@@ -97,7 +99,14 @@ pub async fn register(
         return;
     }
     tracing::info!(deployment = hello.deployment_id, instance = %hello.instance_id, "instance connected");
-    serve_registered(ctx, s, &target, &hello, &mut send, &mut recv).await;
+    ctx.attached
+        .attach(hello.deployment_id, &hello.instance_id, &s.conn);
+    ctx.logs.connected(hello.deployment_id, &hello.instance_id);
+    serve_registered(ctx, s, &target, &hello, &mut send, recv).await;
+    ctx.logs
+        .disconnected(hello.deployment_id, &hello.instance_id);
+    ctx.attached
+        .detach(hello.deployment_id, &hello.instance_id, &s.conn);
     tracing::info!(deployment = hello.deployment_id, instance = %hello.instance_id, "instance disconnected");
     let gone = Command::InstanceDisconnected {
         deployment: hello.deployment_id,
@@ -110,37 +119,46 @@ pub async fn register(
     }
 }
 
-/// Send the configuration, then push its changes and refresh `last_seen`
-/// until the entrypoint goes away.
+/// Send the configuration, then push its changes, take its log lines and
+/// refresh `last_seen` until the entrypoint goes away.
 async fn serve_registered(
     ctx: &Arc<Ctx>,
     s: &ConnSession,
     target: &Target,
     hello: &EntrypointHello,
     send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
+    recv: quinn::RecvStream,
 ) {
     // The first answer reflects every write acknowledged before it.
     let mut env = match ctx.read(|st| target.env(st)).await {
         Ok(env) => env,
         Err(_) => ctx.raft.read_local(|st| target.env(st)),
     };
-    let first = ClientResponse::InstanceRegistered { env: env.clone() };
+    let members = ctx.raft.members().into_iter().map(|(_, a)| a).collect();
+    let first = ClientResponse::InstanceRegistered {
+        env: env.clone(),
+        members,
+    };
     if frame::write(send, &first).await.is_err() {
         return;
     }
+    // Log lines: their own task, since a frame read must not be cancelled.
+    let shipper = Shipper {
+        node: ctx.identity.node_id,
+        deployment: hello.deployment_id,
+        sequence: target.sequence,
+        instance: hello.instance_id.clone(),
+    };
+    let mut reader = tokio::spawn(take_logs(ctx.logs.clone(), shipper, recv));
+    let _abort = AbortOnDrop(reader.abort_handle());
     let mut metrics = ctx.raft.metrics_watch();
     let mut applied = metrics.borrow_and_update().last_applied;
     let start = tokio::time::Instant::now() + INSTANCE_SEEN_INTERVAL;
     let mut seen = tokio::time::interval_at(start, INSTANCE_SEEN_INTERVAL);
     seen.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf = [0u8; 64];
     loop {
         tokio::select! {
-            r = recv.read(&mut buf) => match r {
-                Ok(Some(_)) => continue,
-                _ => return,
-            },
+            _ = &mut reader => return,
             _ = s.conn.closed() => return,
             _ = seen.tick() => {
                 let cmd = Command::InstanceSeen {
@@ -172,6 +190,32 @@ async fn serve_registered(
                 tokio::time::sleep(CONFIG_CHECK_MIN).await;
             }
         }
+    }
+}
+
+/// Reads the entrypoint's frames (log batches) into `store` until the
+/// stream ends or breaks.
+async fn take_logs(store: LogStore, from: Shipper, mut recv: quinn::RecvStream) {
+    loop {
+        match frame::read::<_, EntrypointToNode>(&mut recv).await {
+            Ok(Some(EntrypointToNode::Logs { lines, dropped })) => {
+                store.append(&from, lines, dropped);
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(instance = %from.instance, error = %e, "entrypoint stream broke");
+                return;
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -260,8 +304,9 @@ pub async fn list(ctx: &Arc<Ctx>, s: &ConnSession) -> ClientResponse {
     }
 }
 
-/// On the leader: mark instances of dead nodes disconnected and forget old
-/// disconnected ones, every [`SWEEP_INTERVAL`].
+/// Every [`SWEEP_INTERVAL`]: on every node, drop the log windows of
+/// instances gone for [`crate::logs::WINDOW_EXPIRY`]; on the leader, mark
+/// instances of dead nodes disconnected and forget old disconnected ones.
 pub async fn run_sweeper(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -269,6 +314,13 @@ pub async fn run_sweeper(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        let expired = ctx.logs.expire(crate::logs::WINDOW_EXPIRY);
+        if expired > 0 {
+            tracing::debug!(
+                windows = expired,
+                "dropped the log windows of departed instances"
+            );
         }
         if !ctx.raft.is_leader() {
             continue;

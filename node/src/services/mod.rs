@@ -89,6 +89,19 @@ pub async fn dispatch(
             return entrypoint::register(ctx, s, hello, send, recv).await
         }
         ClientRequest::ListInstances => entrypoint::list(ctx, s).await,
+        ClientRequest::Logs(_) | ClientRequest::Exec { .. }
+            if s.principal.scope != cairn_protocol::types::TokenScope::User =>
+        {
+            ClientResponse::Error {
+                message: "logs and exec need a user token".into(),
+            }
+        }
+        ClientRequest::Logs(q) => return crate::logs::serve_query(ctx, q, send).await,
+        ClientRequest::Exec {
+            target,
+            instance,
+            spec,
+        } => return crate::exec::open(ctx, s, target, instance, spec, send, recv).await,
     };
     let _ = frame::write(&mut send, &resp).await;
     let _ = send.finish();

@@ -11,12 +11,7 @@ use crate::state::Command;
 
 pub fn info(ctx: &Ctx) -> ClientResponse {
     let m = ctx.raft.metrics();
-    let members = m
-        .membership_config
-        .membership()
-        .nodes()
-        .map(|(id, n)| (*id, n.addr.clone()))
-        .collect();
+    let members = ctx.raft.members();
     let p = ctx.raft.progress();
     ClientResponse::ServerInfo(Box::new(ServerInfo {
         node_id: ctx.identity.node_id,

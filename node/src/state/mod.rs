@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use cairn_protocol::instance::DeploymentRef;
 use cairn_protocol::types::{
     App, ConfigScope, ConfigVar, Instance, InstanceState, Job, JobId, JobSpec, JobState,
     OpCompletion, OpId, OpKind, OpStatus, Operation, Project, ResourceState, Runner, TokenRecord,
@@ -619,6 +620,57 @@ impl State {
             .filter(|o| app.is_none_or(|a| o.app == a))
             .cloned()
             .collect()
+    }
+
+    /// The deployment `r` names: deployment `r.sequence` of the app, or by
+    /// default the one its newest successful release points at (the newest
+    /// successful deployment if none was released). An error says why there
+    /// is none.
+    pub fn deployment_for(&self, r: &DeploymentRef) -> Result<&Operation, String> {
+        let of_app = |kind: OpKind| {
+            self.operations.values().filter(move |o| {
+                o.kind == kind
+                    && o.project == r.project
+                    && o.app == r.app
+                    && o.workspace == r.workspace
+            })
+        };
+        let by_seq = |seq: u64| {
+            of_app(OpKind::Deployment)
+                .find(|o| o.sequence == seq)
+                .ok_or_else(|| format!("app {} has no deployment v{seq}", r.app))
+        };
+        let op = match r.sequence {
+            Some(seq) => by_seq(seq)?,
+            None => {
+                let released = of_app(OpKind::Release)
+                    .filter(|o| o.status == OpStatus::Success)
+                    .max_by_key(|o| o.sequence)
+                    .and_then(|o| o.input_seq);
+                match released {
+                    Some(seq) => by_seq(seq)?,
+                    None => of_app(OpKind::Deployment)
+                        .filter(|o| o.status == OpStatus::Success)
+                        .max_by_key(|o| o.sequence)
+                        .ok_or_else(|| {
+                            format!("app {} (project {}) has no deployment", r.app, r.project)
+                        })?,
+                }
+            }
+        };
+        if op.state != ResourceState::Active || op.status != OpStatus::Success {
+            return Err(format!(
+                "deployment v{} of {} is {}",
+                op.sequence,
+                r.app,
+                if op.state != ResourceState::Active {
+                    "destroyed"
+                } else {
+                    "not a successful deployment"
+                }
+            ));
+        }
+        Ok(op)
     }
 
     fn create_job(&mut self, now: u64, spec: &JobSpec, requested_by: &str) -> Response {

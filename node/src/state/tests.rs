@@ -827,3 +827,77 @@ fn instances_need_a_deployment() {
     assert!(matches!(r, Response::Error(_)), "{r:?}");
     assert!(st.instances.is_empty());
 }
+
+#[test]
+fn deployment_for_follows_the_release_or_the_newest_deployment() {
+    let mut st = State::default();
+    let job = running_job(&mut st, "web");
+    let complete = |st: &mut State, op_id: OpId, status: OpStatus| {
+        st.apply(&req(
+            5,
+            Command::CompleteOperation(OpCompletion {
+                op_id,
+                status,
+                result: None,
+                error: None,
+                output: vec![],
+                output_dropped: 0,
+                url: None,
+            }),
+        ))
+    };
+    let r = |sequence: Option<u64>| DeploymentRef {
+        project: JobSpec::example().project,
+        app: "web".into(),
+        workspace: JobSpec::example().workspace,
+        sequence,
+    };
+    let err = st.deployment_for(&r(None)).expect_err("nothing deployed");
+    assert!(err.contains("has no deployment"), "{err}");
+    let (d1, _) = begin(&mut st, job, OpKind::Deployment);
+    complete(&mut st, d1, OpStatus::Success);
+    let (d2, _) = begin(&mut st, job, OpKind::Deployment);
+    complete(&mut st, d2, OpStatus::Success);
+    let (d3, _) = begin(&mut st, job, OpKind::Deployment);
+    complete(&mut st, d3, OpStatus::Error);
+    // Nothing released: the newest successful deployment.
+    assert_eq!(st.deployment_for(&r(None)).map(|o| o.id), Ok(d2));
+    // A release of v1 makes v1 the default.
+    let Response::OperationStarted { id: rel, .. } = st.apply(&req(
+        6,
+        Command::BeginOperation {
+            job_id: job,
+            kind: OpKind::Release,
+            plugin: "process".into(),
+            input_seq: Some(1),
+        },
+    )) else {
+        panic!("no release")
+    };
+    complete(&mut st, rel, OpStatus::Success);
+    assert_eq!(st.deployment_for(&r(None)).map(|o| o.id), Ok(d1));
+    assert_eq!(st.deployment_for(&r(Some(2))).map(|o| o.id), Ok(d2));
+    let err = st
+        .deployment_for(&r(Some(3)))
+        .expect_err("failed deployment");
+    assert!(err.contains("not a successful deployment"), "{err}");
+    let err = st
+        .deployment_for(&r(Some(9)))
+        .expect_err("no such deployment");
+    assert_eq!(err, "app web has no deployment v9");
+    st.apply(&req(
+        7,
+        Command::SetResourceState {
+            op_id: d1,
+            state: ResourceState::Destroyed,
+        },
+    ));
+    let err = st.deployment_for(&r(None)).expect_err("destroyed");
+    assert_eq!(err, "deployment v1 of web is destroyed");
+    // Another app's deployments are not this app's.
+    let other = DeploymentRef {
+        app: "api".into(),
+        ..r(Some(2))
+    };
+    assert!(st.deployment_for(&other).is_err());
+}

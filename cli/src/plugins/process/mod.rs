@@ -92,6 +92,9 @@ pub(crate) fn stop_instance(instance: &Instance) -> Result<(), PluginError> {
         }
     }
     // The supervisor died without stopping its command (killed just now, or earlier).
+    if killed || !is_supervisor(instance) {
+        sys::kill_marked(&supervisor::marker_for(&instance.state));
+    }
     if let Ok(state) = read_state(&instance.state) {
         if let Some(child) = state.child_pid {
             let ours = || {

@@ -15,6 +15,7 @@ use super::{
     app_dir, destroy_deployment, instance_health, log_tail, stop_instance, sys, Deployment,
     Instance, DEPLOYMENT,
 };
+use crate::plugins::command::resolve_program;
 use crate::plugins::files::{temp_path, Artifact, HashingReader, ARTIFACT};
 use crate::plugins::{
     config_error, parse_config, DeploymentHealth, OpContext, Platform, PluginError, Value,
@@ -243,10 +244,26 @@ impl ProcessPlatform {
         env.insert("CAIRN_WORKSPACE".to_string(), ctx.workspace.clone());
         env.insert("CAIRN_DEPLOYMENT".to_string(), ctx.sequence.to_string());
         env.insert("CAIRN_INSTANCE".to_string(), index.to_string());
-        env.extend(ctx.env.clone());
+        let command = match &ctx.entrypoint {
+            // The entrypoint gets the configuration from the cluster (and
+            // every later change); the port stays the platform's.
+            Some(launch) => {
+                env.extend(launch.env.clone());
+                env.insert("CAIRN_ENV_FIXED".to_string(), self.config.port_env.clone());
+                let mut app = self.config.command.clone();
+                app[0] = resolve_program(&app[0], workdir)
+                    .to_string_lossy()
+                    .into_owned();
+                launch.wrap(&app)
+            }
+            None => {
+                env.extend(ctx.env.clone());
+                self.config.command.clone()
+            }
+        };
         env.insert(self.config.port_env.clone(), port.to_string());
         let spec = SupervisorSpec {
-            command: self.config.command.clone(),
+            command,
             workdir: workdir.to_path_buf(),
             env,
             log: log.clone(),

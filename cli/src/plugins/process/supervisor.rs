@@ -211,6 +211,7 @@ async fn supervise(spec: SupervisorSpec) -> u8 {
                     exit = child.wait() => exit,
                     _ = stop_requested(&mut term, &mut int) => {
                         stop_child(&mut child, pid, timing).await;
+                        sys::kill_marked(&marker(&spec));
                         state.child_pid = None;
                         state.status = Status::Stopped;
                         write_state(&spec.state, &state);
@@ -218,10 +219,13 @@ async fn supervise(spec: SupervisorSpec) -> u8 {
                         return 0;
                     }
                 };
-                // Whatever the leader left behind in its group goes with it.
+                // Whatever the leader left behind goes with it: its group,
+                // and anything else of this instance (an app under the
+                // entrypoint runs in a group of its own).
                 if let Some(pid) = pid {
                     let _ = sys::signal_group(pid, sys::SIGKILL);
                 }
+                sys::kill_marked(&marker(&spec));
                 let text = match &exit {
                     Ok(status) => status.to_string(),
                     Err(e) => format!("wait failed: {e}"),
@@ -266,6 +270,18 @@ async fn supervise(spec: SupervisorSpec) -> u8 {
         }
         backoff = (backoff * 2).min(max);
     }
+}
+
+/// The environment entry every process of this instance inherits.
+pub(crate) fn marker(spec: &SupervisorSpec) -> std::ffi::OsString {
+    marker_for(&spec.state)
+}
+
+/// `CAIRN_INSTANCE_STATE=<state file>`.
+pub(crate) fn marker_for(state: &Path) -> std::ffi::OsString {
+    let mut entry = std::ffi::OsString::from(format!("{STATE_ENV}="));
+    entry.push(state.as_os_str());
+    entry
 }
 
 async fn stop_requested(term: &mut Signal, int: &mut Signal) {

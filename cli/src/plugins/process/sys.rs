@@ -91,6 +91,41 @@ pub fn environ_has(pid: u32, needle: &std::ffi::OsStr) -> Option<bool> {
     proc_list_has(pid, "environ", needle)
 }
 
+/// SIGKILLs every process (but this one) whose initial environment holds the
+/// entry `needle` (`NAME=value`); returns how many were signalled. An app
+/// under `cairn-entrypoint` runs in a process group of its own, so killing
+/// the entrypoint's group does not reach it; the marker its supervisor sets
+/// does, whatever group or session the app's processes moved to.
+#[cfg(target_os = "linux")]
+pub fn kill_marked(needle: &std::ffi::OsStr) -> usize {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != me
+            && environ_has(pid, needle) == Some(true)
+            && signal_process(pid, SIGKILL).is_ok()
+        {
+            killed += 1;
+        }
+    }
+    killed
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn kill_marked(_needle: &std::ffi::OsStr) -> usize {
+    0
+}
+
 #[cfg(target_os = "linux")]
 fn proc_list_has(pid: u32, file: &str, needle: &std::ffi::OsStr) -> Option<bool> {
     use std::os::unix::ffi::OsStrExt;

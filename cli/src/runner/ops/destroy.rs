@@ -42,6 +42,7 @@ pub async fn run(run: &mut JobRun, l: &Loaded, which: Option<u64>) -> Result<(),
                 data_dir: opts.data_dir.clone(),
                 self_exe: opts.self_exe.clone(),
                 env: Default::default(),
+                entrypoint: None,
                 out,
             };
             platform

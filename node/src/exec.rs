@@ -1,0 +1,310 @@
+//! Exec sessions: `cairn exec` reaches an instance through the node its
+//! entrypoint is connected to, on a stream that node opens on the
+//! entrypoint's own (outbound) connection.
+//!
+//! ```text
+//! cairn ──Exec──▶ node A ──RelayExec (peer mesh)──▶ node B ──stream on the entrypoint's connection──▶ cairn-entrypoint
+//! ```
+//!
+//! Invariants:
+//! - Only a user token opens an exec session (`server::refused_for_scope`
+//!   keeps other tokens out; [`open`] checks again).
+//! - After the header, every hop copies raw bytes both ways without decoding
+//!   them; a hop that breaks resets both of its streams, so both ends see
+//!   the session fail instead of hanging.
+//! - [`Attached`] holds the connections of the entrypoints connected to this
+//!   node, keyed by (deployment, instance); an entry is removed only by the
+//!   registration that added it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use cairn_protocol::api::ClientResponse;
+use cairn_protocol::frame;
+use cairn_protocol::instance::{DeploymentRef, ExecSpec, NodeToEntrypoint};
+use cairn_protocol::types::{InstanceState, OpId, TokenScope};
+
+use crate::peer::{PeerRequest, PeerResponse};
+use crate::raft::NodeId;
+use crate::server::{ConnSession, Ctx};
+
+/// How long opening the session may take (the peer hop and the stream on
+/// the entrypoint's connection).
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// QUIC error code for a stream reset because the other side of a relay broke.
+pub const RELAY_BROKEN: u32 = 2;
+
+/// The entrypoint connections attached to this node.
+#[derive(Clone, Default)]
+pub struct Attached {
+    inner: Arc<Mutex<HashMap<(OpId, String), quinn::Connection>>>,
+}
+
+impl Attached {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(OpId, String), quinn::Connection>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The instance's entrypoint is connected here on `conn`.
+    pub fn attach(&self, deployment: OpId, instance: &str, conn: &quinn::Connection) {
+        self.lock()
+            .insert((deployment, instance.to_string()), conn.clone());
+    }
+
+    /// The registration on `conn` ended (a newer one may have replaced it).
+    pub fn detach(&self, deployment: OpId, instance: &str, conn: &quinn::Connection) {
+        let mut map = self.lock();
+        let key = (deployment, instance.to_string());
+        if map
+            .get(&key)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            map.remove(&key);
+        }
+    }
+
+    fn connection(&self, deployment: OpId, instance: &str) -> Option<quinn::Connection> {
+        self.lock()
+            .get(&(deployment, instance.to_string()))
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    /// Opens an exec stream on the instance's entrypoint connection and
+    /// sends the header.
+    async fn open_exec(
+        &self,
+        me: NodeId,
+        deployment: OpId,
+        instance: &str,
+        spec: &ExecSpec,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+        let gone = || {
+            format!(
+                "instance {instance} is not connected to node {me:x} (it may be moving); try again"
+            )
+        };
+        let conn = self.connection(deployment, instance).ok_or_else(gone)?;
+        let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
+            let (mut send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| format!("{}: {e}", gone()))?;
+            frame::write(&mut send, &NodeToEntrypoint::Exec(spec.clone()))
+                .await
+                .map_err(|e| format!("{}: {e}", gone()))?;
+            Ok::<_, String>((send, recv))
+        })
+        .await;
+        opened.unwrap_or_else(|_| {
+            Err(format!(
+                "instance {instance} did not take the session within {OPEN_TIMEOUT:?}"
+            ))
+        })
+    }
+}
+
+/// `ClientRequest::Exec`: find the instance, open the session through its
+/// node, then copy bytes both ways until both sides end.
+pub async fn open(
+    ctx: &Arc<Ctx>,
+    s: &ConnSession,
+    target: DeploymentRef,
+    instance: Option<String>,
+    spec: ExecSpec,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let fail = |message: String| ClientResponse::Error { message };
+    let picked = async {
+        if s.principal.scope != TokenScope::User {
+            return Err("exec needs a user token".to_string());
+        }
+        if let Some(reason) = spec.invalid() {
+            return Err(reason);
+        }
+        let me = ctx.identity.node_id;
+        let (deployment, chosen) = ctx
+            .read(move |st| {
+                let op = st.deployment_for(&target)?;
+                let connected: Vec<_> = st
+                    .instances
+                    .values()
+                    .filter(|i| i.deployment == op.id && i.state == InstanceState::Connected)
+                    .filter(|i| {
+                        instance
+                            .as_ref()
+                            .is_none_or(|p| i.id.starts_with(p.as_str()))
+                    })
+                    .collect();
+                let chosen = match (&instance, connected.as_slice()) {
+                    (Some(p), []) => Err(format!(
+                        "deployment v{} of {} has no connected instance {p:?} (see `cairn instance list`)",
+                        op.sequence, op.app
+                    )),
+                    (None, []) => Err(format!(
+                        "deployment v{} of {} has no connected instance (are its instances running under cairn-entrypoint?)",
+                        op.sequence, op.app
+                    )),
+                    (Some(p), many) if many.len() > 1 => Err(format!(
+                        "{p:?} matches {} instances of v{}; give more of the id",
+                        many.len(),
+                        op.sequence
+                    )),
+                    // Prefer an instance connected to this node: one hop less.
+                    (_, all) => Ok(all
+                        .iter()
+                        .find(|i| i.node == me)
+                        .or_else(|| all.iter().min_by_key(|i| (i.since_ms, &i.id)))
+                        .map(|i| (i.id.clone(), i.node))),
+                }?;
+                Ok::<_, String>((op.id, chosen))
+            })
+            .await
+            .and_then(|r| r)?;
+        let (id, node) = chosen.ok_or("no instance")?;
+        let streams = if node == me {
+            ctx.attached.open_exec(me, deployment, &id, &spec).await?
+        } else {
+            open_remote(ctx, node, deployment, &id, &spec).await?
+        };
+        Ok::<_, String>((id, node, streams))
+    }
+    .await;
+    let (id, node, (esend, erecv)) = match picked {
+        Ok(p) => p,
+        Err(message) => {
+            let _ = frame::write(&mut send, &fail(message)).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    tracing::debug!(instance = %id, node = format!("{node:x}"), "exec session opened");
+    let opened = ClientResponse::ExecOpened { instance: id, node };
+    if frame::write(&mut send, &opened).await.is_err() {
+        let mut esend = esend;
+        let _ = esend.reset(RELAY_BROKEN.into());
+        return;
+    }
+    splice((send, recv), (esend, erecv)).await;
+}
+
+/// Opens the session on another node through the peer mesh.
+async fn open_remote(
+    ctx: &Ctx,
+    node: NodeId,
+    deployment: OpId,
+    instance: &str,
+    spec: &ExecSpec,
+) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+    let addr = ctx
+        .raft
+        .members()
+        .into_iter()
+        .find(|(id, _)| *id == node)
+        .map(|(_, a)| a)
+        .ok_or_else(|| {
+            format!("node {node:x} (where instance {instance} is connected) is not a member")
+        })?;
+    let req = PeerRequest::RelayExec {
+        deployment,
+        instance: instance.to_string(),
+        spec: spec.clone(),
+    };
+    match ctx
+        .peers
+        .open_stream(&addr, Some(node), &req, OPEN_TIMEOUT)
+        .await
+    {
+        Ok((PeerResponse::RelayOpen, send, recv)) => Ok((send, recv)),
+        Ok((PeerResponse::NoInstance(reason), ..)) => Err(reason),
+        Ok((other, ..)) => Err(format!("node {node:x} answered {other:?}")),
+        Err(e) => Err(format!(
+            "cannot reach node {node:x}, where instance {instance} is connected: {e}"
+        )),
+    }
+}
+
+/// `PeerRequest::RelayExec` on the node the instance is connected to.
+pub async fn relay(
+    ctx: &Ctx,
+    deployment: OpId,
+    instance: String,
+    spec: ExecSpec,
+    mut psend: quinn::SendStream,
+    precv: quinn::RecvStream,
+) {
+    let me = ctx.identity.node_id;
+    match ctx
+        .attached
+        .open_exec(me, deployment, &instance, &spec)
+        .await
+    {
+        Ok(ep) => {
+            if frame::write(&mut psend, &PeerResponse::RelayOpen)
+                .await
+                .is_err()
+            {
+                let (mut esend, _) = ep;
+                let _ = esend.reset(RELAY_BROKEN.into());
+                return;
+            }
+            splice((psend, precv), ep).await;
+        }
+        Err(reason) => {
+            let _ = frame::write(&mut psend, &PeerResponse::NoInstance(reason)).await;
+            let _ = psend.finish();
+        }
+    }
+}
+
+/// Copies `a`'s input to `b`'s output and `b`'s input to `a`'s output
+/// until both directions end. A direction that ends cleanly finishes its
+/// output; one that fails resets everything.
+pub async fn splice(
+    a: (quinn::SendStream, quinn::RecvStream),
+    b: (quinn::SendStream, quinn::RecvStream),
+) {
+    let (mut a_send, mut a_recv) = a;
+    let (mut b_send, mut b_recv) = b;
+    let broken = {
+        let forward = async {
+            let r = tokio::io::copy(&mut a_recv, &mut b_send).await;
+            if r.is_ok() {
+                let _ = b_send.finish();
+            }
+            r.is_err()
+        };
+        let backward = async {
+            let r = tokio::io::copy(&mut b_recv, &mut a_send).await;
+            if r.is_ok() {
+                let _ = a_send.finish();
+            }
+            r.is_err()
+        };
+        tokio::pin!(forward, backward);
+        let (mut forward_done, mut backward_done) = (false, false);
+        let mut broken = false;
+        while !(broken || forward_done && backward_done) {
+            tokio::select! {
+                b = &mut forward, if !forward_done => {
+                    forward_done = true;
+                    broken = b;
+                }
+                b = &mut backward, if !backward_done => {
+                    backward_done = true;
+                    broken = b;
+                }
+            }
+        }
+        broken
+    };
+    if broken {
+        let code = RELAY_BROKEN.into();
+        let _ = a_send.reset(code);
+        let _ = b_send.reset(code);
+        let _ = a_recv.stop(code);
+        let _ = b_recv.stop(code);
+    }
+}
