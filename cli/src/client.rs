@@ -53,7 +53,7 @@ fn dial(ctx: &Context, addr: &str) -> Dial {
         role: Role::Client,
         token: ctx.token.clone(),
         agent: format!("cairn {}", cairn_protocol::VERSION),
-        limits: TransportLimits::DEFAULT,
+        limits: TransportLimits::CLIENT,
     }
 }
 

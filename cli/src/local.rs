@@ -101,6 +101,11 @@ async fn start(dir: &Path) -> Result<Ready, LocalError> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(dir)
         .map_err(|e| LocalError::Start(format!("{}: {e}", dir.display())))?;
+    // The same port as last time when it is free: the entrypoints of apps
+    // deployed before reconnect to it by themselves.
+    let listen = previous_addr(dir)
+        .filter(|a| std::net::UdpSocket::bind(a).is_ok())
+        .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
     let _ = std::fs::remove_file(ready_file(dir));
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -113,7 +118,7 @@ async fn start(dir: &Path) -> Result<Ready, LocalError> {
     let exe = std::env::current_exe()
         .map_err(|e| LocalError::Start(format!("cannot find the cairn binary: {e}")))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["server", "run", "--listen", "127.0.0.1:0", "--data-dir"])
+    cmd.args(["server", "run", "--listen", &listen, "--data-dir"])
         .arg(dir)
         .arg("--ready-file")
         .arg(ready_file(dir))
@@ -150,6 +155,17 @@ async fn start(dir: &Path) -> Result<Ready, LocalError> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The loopback address the local node last listened on, from its ready file.
+fn previous_addr(dir: &Path) -> Option<std::net::SocketAddr> {
+    let text = std::fs::read_to_string(ready_file(dir)).ok()?;
+    let ready: Ready = serde_json::from_str(&text).ok()?;
+    ready
+        .addr
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .filter(|a| a.ip().is_loopback())
 }
 
 fn tail(path: &Path) -> String {

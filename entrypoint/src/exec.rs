@@ -233,10 +233,14 @@ impl Session {
                     client_gone = clean != Ok(true);
                 }
             }
-            if status.is_none() && !client_gone && exit.has_changed().is_err() {
-                // The reaper dropped the watch without a status: cannot happen
-                // (see `reaper`), but never spin on it.
-                break;
+            if status.is_none() && exit.has_changed().is_err() {
+                // The reaper sends the status, then drops its side.
+                status = *exit.borrow();
+                if status.is_none() {
+                    // Gone without a status: cannot happen (see `reaper`),
+                    // but never spin on it.
+                    break;
+                }
             }
         }
         if client_gone {
@@ -472,4 +476,198 @@ fn start_writer(fd: OwnedFd, tty: bool) -> io::Result<std::sync::mpsc::Sender<Op
             }
         })?;
     Ok(tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_protocol::instance::TtySpec;
+    use tokio::io::{duplex, DuplexStream};
+
+    fn spec(command: &[&str], stdin: bool) -> ExecSpec {
+        ExecSpec {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            tty: None,
+            stdin,
+        }
+    }
+
+    fn app() -> ChildSpec {
+        let mut app = ChildSpec::new("unused", Vec::<String>::new());
+        app.env
+            .push(("EXEC_TEST_VAR".into(), "from-the-app".into()));
+        app.env_remove.push("HOME".into());
+        app
+    }
+
+    /// Starts a session; returns (client's writer, client's reader, the
+    /// session's task).
+    fn start(
+        spec: ExecSpec,
+    ) -> (
+        tokio::io::WriteHalf<DuplexStream>,
+        tokio::io::ReadHalf<DuplexStream>,
+        tokio::task::JoinHandle<i32>,
+    ) {
+        reaper::start().expect("reaper");
+        let (client, server) = duplex(64 * 1024);
+        let (server_in, server_out) = tokio::io::split(server);
+        let task = tokio::spawn(async move { serve(&app(), spec, server_in, server_out).await });
+        let (client_in, client_out) = tokio::io::split(client);
+        (client_out, client_in, task)
+    }
+
+    /// Every frame until the stream ends.
+    async fn frames(mut r: impl AsyncRead + Unpin) -> Vec<ExecOutput> {
+        let mut out = Vec::new();
+        while let Ok(Some(f)) = frame::read::<_, ExecOutput>(&mut r).await {
+            out.push(f);
+        }
+        out
+    }
+
+    fn stdout_of(frames: &[ExecOutput]) -> String {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                ExecOutput::Stdout(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_command_gets_the_apps_env_and_ends_with_its_exit_code() {
+        let (w, r, task) = start(spec(
+            &[
+                "sh",
+                "-c",
+                "echo $EXEC_TEST_VAR ${HOME:-no-home}; echo e >&2; exit 4",
+            ],
+            false,
+        ));
+        let got = frames(r).await;
+        drop(w);
+        assert!(
+            matches!(got.first(), Some(ExecOutput::Started { .. })),
+            "{got:?}"
+        );
+        assert_eq!(stdout_of(&got), "from-the-app no-home\n");
+        assert!(
+            got.contains(&ExecOutput::Stderr(b"e\n".to_vec())),
+            "{got:?}"
+        );
+        assert_eq!(got.last(), Some(&ExecOutput::Exit { code: 4 }));
+        assert_eq!(task.await.expect("session"), 4);
+    }
+
+    #[tokio::test]
+    async fn stdin_is_streamed_then_closed() {
+        let (mut w, r, task) = start(spec(&["cat"], true));
+        frame::write(&mut w, &ExecInput::Stdin(b"abc".to_vec()))
+            .await
+            .expect("write");
+        frame::write(&mut w, &ExecInput::Stdin(b"def\n".to_vec()))
+            .await
+            .expect("write");
+        frame::write(&mut w, &ExecInput::StdinEof)
+            .await
+            .expect("write");
+        let got = frames(r).await;
+        assert_eq!(stdout_of(&got), "abcdef\n");
+        assert_eq!(got.last(), Some(&ExecOutput::Exit { code: 0 }));
+        assert_eq!(task.await.expect("session"), 0);
+    }
+
+    #[tokio::test]
+    async fn not_found_fails_with_127() {
+        let (_w, r, task) = start(spec(&["/no/such/program"], false));
+        let got = frames(r).await;
+        match got.as_slice() {
+            [ExecOutput::Failed { message, code: 127 }] => {
+                assert!(message.contains("/no/such/program"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(task.await.expect("session"), 127);
+    }
+
+    #[tokio::test]
+    async fn a_pty_reports_its_size_and_takes_resizes() {
+        let mut s = spec(&["sh", "-c", "stty size; read x; stty size"], true);
+        s.tty = Some(TtySpec {
+            rows: 11,
+            cols: 33,
+            term: "dumb".into(),
+        });
+        let (mut w, mut r, task) = start(s);
+        let mut seen = String::new();
+        while !seen.contains("11 33") {
+            match frame::read::<_, ExecOutput>(&mut r).await.expect("frame") {
+                Some(ExecOutput::Stdout(b)) => seen.push_str(&String::from_utf8_lossy(&b)),
+                Some(ExecOutput::Started { .. }) => {}
+                other => panic!("{other:?} after {seen:?}"),
+            }
+        }
+        frame::write(&mut w, &ExecInput::Resize { rows: 44, cols: 55 })
+            .await
+            .expect("resize");
+        frame::write(&mut w, &ExecInput::Stdin(b"go\r".to_vec()))
+            .await
+            .expect("type");
+        let rest = frames(r).await;
+        assert!(stdout_of(&rest).contains("44 55"), "{rest:?}");
+        assert_eq!(rest.last(), Some(&ExecOutput::Exit { code: 0 }));
+        assert_eq!(task.await.expect("session"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_hangs_the_command_up() {
+        // The next output finds the client gone; SIGHUP ends the command.
+        let (w, mut r, task) = start(spec(
+            &["sh", "-c", "while :; do echo x; sleep 0.1; done"],
+            true,
+        ));
+        let pid = match frame::read::<_, ExecOutput>(&mut r).await {
+            Ok(Some(ExecOutput::Started { pid })) => pid,
+            other => panic!("{other:?}"),
+        };
+        drop(w);
+        drop(r);
+        let code = tokio::time::timeout(HANGUP_GRACE * 3, task)
+            .await
+            .expect("the session ends")
+            .expect("no panic");
+        assert_eq!(code, 129);
+        // Reaped: the pid no longer names our child.
+        assert!(reaper::while_alive(pid as i32, || ()).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_command_that_ignores_the_hangup_is_killed() {
+        let (w, mut r, task) = start(spec(
+            &[
+                "sh",
+                "-c",
+                "trap '' HUP; echo ready; while :; do echo x; sleep 0.1; done",
+            ],
+            true,
+        ));
+        loop {
+            match frame::read::<_, ExecOutput>(&mut r).await.expect("frame") {
+                Some(ExecOutput::Stdout(b)) if b.starts_with(b"ready") => break,
+                Some(_) => {}
+                None => panic!("ended early"),
+            }
+        }
+        let t0 = std::time::Instant::now();
+        drop(w);
+        drop(r);
+        let code = tokio::time::timeout(HANGUP_GRACE * 3, task)
+            .await
+            .expect("the session ends")
+            .expect("no panic");
+        assert_eq!(code, 129);
+        assert!(t0.elapsed() >= HANGUP_GRACE, "{:?}", t0.elapsed());
+    }
 }

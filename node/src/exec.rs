@@ -32,6 +32,8 @@ use crate::server::{ConnSession, Ctx};
 /// How long opening the session may take (the peer hop and the stream on
 /// the entrypoint's connection).
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an exec waits for an instance of the deployment to be connected.
+pub const INSTANCE_WAIT: Duration = Duration::from_secs(5);
 /// QUIC error code for a stream reset because the other side of a relay broke.
 pub const RELAY_BROKEN: u32 = 2;
 
@@ -125,44 +127,57 @@ pub async fn open(
             return Err(reason);
         }
         let me = ctx.identity.node_id;
-        let (deployment, chosen) = ctx
-            .read(move |st| {
-                let op = st.deployment_for(&target)?;
-                let connected: Vec<_> = st
-                    .instances
-                    .values()
-                    .filter(|i| i.deployment == op.id && i.state == InstanceState::Connected)
-                    .filter(|i| {
-                        instance
-                            .as_ref()
-                            .is_none_or(|p| i.id.starts_with(p.as_str()))
-                    })
-                    .collect();
-                let chosen = match (&instance, connected.as_slice()) {
-                    (Some(p), []) => Err(format!(
-                        "deployment v{} of {} has no connected instance {p:?} (see `cairn instance list`)",
-                        op.sequence, op.app
-                    )),
-                    (None, []) => Err(format!(
-                        "deployment v{} of {} has no connected instance (are its instances running under cairn-entrypoint?)",
-                        op.sequence, op.app
-                    )),
-                    (Some(p), many) if many.len() > 1 => Err(format!(
-                        "{p:?} matches {} instances of v{}; give more of the id",
-                        many.len(),
-                        op.sequence
-                    )),
-                    // Prefer an instance connected to this node: one hop less.
-                    (_, all) => Ok(all
-                        .iter()
-                        .find(|i| i.node == me)
-                        .or_else(|| all.iter().min_by_key(|i| (i.since_ms, &i.id)))
-                        .map(|i| (i.id.clone(), i.node))),
-                }?;
-                Ok::<_, String>((op.id, chosen))
-            })
-            .await
-            .and_then(|r| r)?;
+        // Right after a deploy its instances may still be connecting: wait
+        // a little for one before saying there is none.
+        let deadline = tokio::time::Instant::now() + INSTANCE_WAIT;
+        let (deployment, chosen) = loop {
+            let target = target.clone();
+            let prefix = instance.clone();
+            let (op, found) = ctx
+                .read(move |st| {
+                    let op = st.deployment_for(&target)?.clone();
+                    let found: Vec<_> = st
+                        .instances
+                        .values()
+                        .filter(|i| i.deployment == op.id && i.state == InstanceState::Connected)
+                        .filter(|i| {
+                            prefix
+                                .as_ref()
+                                .is_none_or(|p| i.id.starts_with(p.as_str()))
+                        })
+                        .cloned()
+                        .collect();
+                    Ok::<_, String>((op, found))
+                })
+                .await
+                .and_then(|r| r)?;
+            if found.is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            let chosen = match (&instance, found.as_slice()) {
+                (Some(p), []) => Err(format!(
+                    "deployment v{} of {} has no connected instance {p:?} (see `cairn instance list`)",
+                    op.sequence, op.app
+                )),
+                (None, []) => Err(format!(
+                    "deployment v{} of {} has no connected instance (are its instances running under cairn-entrypoint?)",
+                    op.sequence, op.app
+                )),
+                (Some(p), many) if many.len() > 1 => Err(format!(
+                    "{p:?} matches {} instances of v{}; give more of the id",
+                    many.len(),
+                    op.sequence
+                )),
+                // Prefer an instance connected to this node: one hop less.
+                (_, all) => Ok(all
+                    .iter()
+                    .find(|i| i.node == me)
+                    .or_else(|| all.iter().min_by_key(|i| (i.since_ms, &i.id)))
+                    .map(|i| (i.id.clone(), i.node))),
+            }?;
+            break (op.id, chosen);
+        };
         let (id, node) = chosen.ok_or("no instance")?;
         let streams = if node == me {
             ctx.attached.open_exec(me, deployment, &id, &spec).await?
@@ -187,7 +202,10 @@ pub async fn open(
         let _ = esend.reset(RELAY_BROKEN.into());
         return;
     }
-    splice((send, recv), (esend, erecv)).await;
+    // A client that dies mid-session (its connection closes) may have
+    // finished its side already: watch its connection too.
+    let client_gone = s.conn.closed();
+    splice((send, recv), (esend, erecv), client_gone).await;
 }
 
 /// Opens the session on another node through the peer mesh.
@@ -250,7 +268,8 @@ pub async fn relay(
                 let _ = esend.reset(RELAY_BROKEN.into());
                 return;
             }
-            splice((psend, precv), ep).await;
+            // The asking node resets this stream when its client goes.
+            splice((psend, precv), ep, std::future::pending::<()>()).await;
         }
         Err(reason) => {
             let _ = frame::write(&mut psend, &PeerResponse::NoInstance(reason)).await;
@@ -261,10 +280,11 @@ pub async fn relay(
 
 /// Copies `a`'s input to `b`'s output and `b`'s input to `a`'s output
 /// until both directions end. A direction that ends cleanly finishes its
-/// output; one that fails resets everything.
-pub async fn splice(
+/// output; one that fails, or `a_gone` completing, resets everything.
+pub async fn splice<T>(
     a: (quinn::SendStream, quinn::RecvStream),
     b: (quinn::SendStream, quinn::RecvStream),
+    a_gone: impl std::future::Future<Output = T>,
 ) {
     let (mut a_send, mut a_recv) = a;
     let (mut b_send, mut b_recv) = b;
@@ -283,7 +303,7 @@ pub async fn splice(
             }
             r.is_err()
         };
-        tokio::pin!(forward, backward);
+        tokio::pin!(forward, backward, a_gone);
         let (mut forward_done, mut backward_done) = (false, false);
         let mut broken = false;
         while !(broken || forward_done && backward_done) {
@@ -296,6 +316,7 @@ pub async fn splice(
                     backward_done = true;
                     broken = b;
                 }
+                _ = &mut a_gone => broken = true,
             }
         }
         broken

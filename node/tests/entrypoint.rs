@@ -11,10 +11,11 @@ use cairn_node::state::{Command, Response};
 use cairn_protocol::api::{ClientRequest, ClientResponse, EntrypointHello};
 use cairn_protocol::frame;
 use cairn_protocol::handshake::Role;
+use cairn_protocol::instance::{DeploymentRef, ExecSpec, LogsQuery};
 use cairn_protocol::pki::TransportLimits;
 use cairn_protocol::rpc::{self, Dial, RpcError, Session};
 use cairn_protocol::types::{
-    ConfigScope, ConfigVar, InstanceState, JobSpec, OpId, OpKind, TokenScope,
+    ConfigScope, ConfigVar, InstanceState, JobSpec, OpId, OpKind, TokenScope, DEFAULT_WORKSPACE,
 };
 
 use common::eventually;
@@ -272,6 +273,35 @@ async fn an_entrypoint_token_does_entrypoint_things_for_its_own_deployment_only(
         ttl_s: None,
     };
     refused(rpc::call(&ep.conn, &mint).await, "mint a token");
+    // No exec session, on another deployment or its own, and no logs.
+    for sequence in [None, Some(1)] {
+        for app in ["api", "web"] {
+            let target = DeploymentRef {
+                project: "p".into(),
+                app: app.into(),
+                workspace: DEFAULT_WORKSPACE.into(),
+                sequence,
+            };
+            let exec = ClientRequest::Exec {
+                target: target.clone(),
+                instance: None,
+                spec: ExecSpec {
+                    command: vec!["id".into()],
+                    tty: None,
+                    stdin: false,
+                },
+            };
+            refused(rpc::call(&ep.conn, &exec).await, "open an exec session");
+            let logs = ClientRequest::Logs(LogsQuery {
+                target,
+                instance: None,
+                since_ms: None,
+                tail: None,
+                follow: false,
+            });
+            refused(rpc::call(&ep.conn, &logs).await, "read logs");
+        }
+    }
 
     // Registering as an instance of another deployment is refused.
     let (_s, mut recv) = rpc::open(&ep.conn, &hello(other, "inst-x"))

@@ -197,10 +197,24 @@ impl TransportLimits {
         connection_window: 8 * 1024 * 1024,
         max_bidi_streams: 1024,
     };
-    /// Entrypoints: thousands per node, so small windows.
+    /// The CLI: like [`TransportLimits::DEFAULT`] with the entrypoint's
+    /// shorter idle timeout, so a node notices a CLI that died (killed in
+    /// the middle of `cairn exec`, say) within about 10 s, and a CLI its
+    /// node.
+    pub const CLIENT: TransportLimits = TransportLimits {
+        keep_alive: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(10),
+        stream_window: 2 * 1024 * 1024,
+        connection_window: 8 * 1024 * 1024,
+        max_bidi_streams: 1024,
+    };
+    /// Entrypoints: thousands per node, so small windows; a shorter idle
+    /// timeout (the smaller side's wins), so an entrypoint whose node died
+    /// moves to another one within about 10 s (its exec sessions, logs and
+    /// URL tunnels come back with it).
     pub const ENTRYPOINT: TransportLimits = TransportLimits {
-        keep_alive: Duration::from_secs(5),
-        idle_timeout: Duration::from_secs(30),
+        keep_alive: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(10),
         stream_window: 256 * 1024,
         connection_window: 1024 * 1024,
         max_bidi_streams: 64,

@@ -285,6 +285,108 @@ pub fn write_app(hcl: &str, extra: &[(&str, &str)]) -> TempDir {
 }
 
 // ---------------------------------------------------------------------------
+// Cluster
+
+/// Nodes of one cluster: the first bootstraps it, the others join through
+/// it; `admin` holds a context on the first with the user token.
+pub struct TestCluster {
+    pub nodes: Vec<NodeProc>,
+    pub admin: Cli,
+    /// The admin's user token.
+    pub token: String,
+    pub ca: String,
+}
+
+impl TestCluster {
+    /// `n` nodes, waited for until all of them are voters.
+    pub fn start(n: usize) -> TestCluster {
+        let first = NodeProc::start_new();
+        let admin = Cli::new();
+        admin.connect_to(&first, "n0");
+        let token = json::s(&admin.context_file("n0"), "token").to_string();
+        let ca = first.ca_fingerprint();
+        let mut nodes = vec![first];
+        for _ in 1..n {
+            let join = join_token(&admin);
+            let via = nodes[0].addr();
+            nodes.push(
+                NodeProc::builder()
+                    .arg("--join")
+                    .arg(&via)
+                    .arg("--join-token")
+                    .arg(&join)
+                    .arg("--join-ca")
+                    .arg(&ca)
+                    .spawn(),
+            );
+        }
+        let c = TestCluster {
+            nodes,
+            admin,
+            token,
+            ca,
+        };
+        assert_eventually!(
+            {
+                let ms = c.members();
+                ms.len() == n && ms.iter().all(|m| m["role"] == "voter")
+            },
+            Duration::from_secs(30),
+            "{n} voters: {:?}",
+            c.members()
+        );
+        c
+    }
+
+    /// `cairn server members --json`, or nothing while the cluster cannot say.
+    pub fn members(&self) -> Vec<serde_json::Value> {
+        let out = self.admin.run(&["server", "members", "--json"]);
+        if !out.success() {
+            return Vec::new();
+        }
+        serde_json::from_str::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// The index in `nodes` of the node whose id (hex) is `id`.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.node_id_hex() == id)
+    }
+
+    /// A new CLI with a context on node `i` (the admin's user token).
+    pub fn cli_on(&self, i: usize) -> Cli {
+        let cli = Cli::new();
+        cli.run(&[
+            "context",
+            "create",
+            "n",
+            "--address",
+            &self.nodes[i].addr(),
+            "--ca-fingerprint",
+            &self.ca,
+            "--token",
+            &self.token,
+            "--use",
+        ])
+        .ok();
+        cli
+    }
+}
+
+/// `cairn server join-token`: the token on the line after the header.
+pub fn join_token(cli: &Cli) -> String {
+    let out = cli.run(&["server", "join-token"]).ok();
+    out.stdout
+        .lines()
+        .nth(1)
+        .map(|l| l.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| panic!("no join token in: {out}"))
+}
+
+// ---------------------------------------------------------------------------
 // Node
 
 /// The node's ready file.
@@ -443,6 +545,11 @@ impl NodeProc {
 
     pub fn pid(&self) -> u32 {
         self.ready().pid
+    }
+
+    /// The node's id in hex, as `cairn instance list` and logs show it.
+    pub fn node_id_hex(&self) -> String {
+        format!("{:x}", self.ready().node_id)
     }
 
     /// The one-time bootstrap token written on first start.
@@ -699,7 +806,9 @@ impl Cli {
             .insert(dir.to_path_buf());
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// `cairn ARGS…` with this CLI's home, stdin from /dev/null (change it
+    /// before spawning if needed).
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&bins().cairn);
         cmd.args(args)
             .env("CAIRN_HOME", self.home.path())
@@ -725,13 +834,30 @@ impl Cli {
     }
 
     pub fn run_timeout(&self, args: &[&str], timeout: Duration) -> Output {
+        self.run_with_input(args, None, timeout)
+    }
+
+    /// Run `cairn ARGS…` with `input` on its stdin (then end of file).
+    pub fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        self.run_with_input(args, Some(input.to_vec()), self.timeout)
+    }
+
+    fn run_with_input(&self, args: &[&str], input: Option<Vec<u8>>, timeout: Duration) -> Output {
         let started = Instant::now();
-        let mut child = self
-            .command(args)
+        let mut cmd = self.command(args);
+        if input.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn cairn");
+        if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&bytes);
+            });
+        }
         let mut out = child.stdout.take().expect("piped stdout");
         let mut err = child.stderr.take().expect("piped stderr");
         let t_out = std::thread::spawn(move || {

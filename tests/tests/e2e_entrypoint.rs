@@ -125,8 +125,13 @@ impl Deployed {
     }
 
     fn entrypoint(&self, addr: &str) -> Entrypoint {
+        self.entrypoint_running(addr, CHILD)
+    }
+
+    /// An entrypoint running `sh -c SCRIPT` for this deployment.
+    fn entrypoint_running(&self, addr: &str, script: &str) -> Entrypoint {
         let mut child = Command::new(&bins().entrypoint)
-            .args(["sh", "-c", CHILD])
+            .args(["sh", "-c", script])
             .env("CAIRN_ADDRS", addr)
             .env("CAIRN_CA_FINGERPRINT", self.node.ca_fingerprint())
             .env("CAIRN_DEPLOYMENT_ID", self.deployment.to_string())
@@ -315,4 +320,67 @@ fn entrypoint_fails_open_then_connects_and_leaves_the_app_alone_when_the_node_go
     );
     assert!(cairn_tests::pid_alive(pid.parse().expect("pid")));
     assert_eq!(ep.terminate(), 0);
+}
+
+#[test]
+fn lines_dropped_while_disconnected_are_counted_and_reported() {
+    let mut d = deployed();
+    // No configuration: connecting later changes nothing, so the app is not
+    // restarted (its second burst would blur the count).
+    d.cli
+        .run_in(d.app.path(), &["config", "delete", "GREETING"])
+        .ok();
+    let addr = d.node.addr();
+    d.node.kill9();
+
+    // Disconnected: a burst of 10,000 lines; the queue keeps the first
+    // LOG_QUEUE_LINES and counts the rest; the pass-through shows them all.
+    let ep = d.entrypoint_running(
+        &addr,
+        "seq 1 10000; echo burst-done; while :; do sleep 0.05; done",
+    );
+    let deadline = Instant::now() + WITHIN;
+    let mut passed = 0;
+    loop {
+        let l = ep.next();
+        passed += 1;
+        if l == "burst-done" {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    assert_eq!(passed, 10_001, "every line passed through");
+
+    // Connected again: the queued lines arrive, and the drop is reported.
+    d.node.restart_same_addr();
+    let queued = cairn_entrypoint::LOG_QUEUE_LINES;
+    let dropped = 10_001 - queued;
+    let notice = format!("cairn: {dropped} lines dropped by the entrypoint");
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    let deadline = Instant::now() + WITHIN;
+    while Instant::now() < deadline {
+        let out = d.cli.run_in(d.app.path(), &["logs", "--json"]);
+        lines = out
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if lines.len() > queued {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let texts: Vec<&str> = lines.iter().filter_map(|l| l["line"].as_str()).collect();
+    let notices: Vec<&&str> = texts.iter().filter(|t| t.starts_with("cairn: ")).collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(notices[0].starts_with(&notice), "{notices:?}");
+    let numbers: Vec<&str> = texts
+        .iter()
+        .copied()
+        .filter(|t| !t.starts_with("cairn: "))
+        .collect();
+    let expected: Vec<String> = (1..=queued).map(|i| i.to_string()).collect();
+    assert_eq!(numbers, expected, "the first {queued} lines, in order");
+    // The script does not trap TERM: the entrypoint exits as the app did.
+    assert_eq!(ep.terminate(), 128 + 15);
 }

@@ -8,32 +8,9 @@ use std::time::Duration;
 
 use cairn_tests::{
     assert_eventually, hello_app, http_get, json, pid_alive, signal, write_app, Background, Cli,
-    NodeProc,
+    NodeProc, TestCluster,
 };
 use serde_json::Value;
-
-/// `cairn server join-token`: the token on the line after the header.
-fn join_token(cli: &Cli) -> String {
-    let out = cli.run(&["server", "join-token"]).ok();
-    out.stdout
-        .lines()
-        .nth(1)
-        .map(|l| l.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| panic!("no join token in: {out}"))
-}
-
-/// `cairn server members --json`, or nothing while the cluster cannot say.
-fn members(cli: &Cli) -> Vec<Value> {
-    let out = cli.run(&["server", "members", "--json"]);
-    if !out.success() {
-        return Vec::new();
-    }
-    serde_json::from_str::<Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-}
 
 /// A context named `name` on `addr` with a user token (the bootstrap token
 /// is one-time: only the first CLI can use it).
@@ -75,36 +52,14 @@ fn job_list(cli: &Cli) -> Vec<Value> {
 #[test]
 fn an_agent_on_a_follower_runs_targeted_jobs_and_moves_when_its_node_dies() {
     // Three nodes: the first bootstraps, two join through it.
-    let first = NodeProc::start_new();
-    let admin = Cli::new();
-    admin.connect_to(&first, "n0");
-    let token = json::s(&admin.context_file("n0"), "token").to_string();
-    let ca = first.ca_fingerprint();
-    let mut nodes = vec![first];
-    for _ in 0..2 {
-        let join = join_token(&admin);
-        let via = nodes[0].addr();
-        nodes.push(
-            NodeProc::builder()
-                .arg("--join")
-                .arg(&via)
-                .arg("--join-token")
-                .arg(&join)
-                .arg("--join-ca")
-                .arg(&ca)
-                .spawn(),
-        );
-    }
-    assert_eventually!(
-        {
-            let ms = members(&admin);
-            ms.len() == 3 && ms.iter().all(|m| m["role"] == "voter")
-        },
-        Duration::from_secs(30),
-        "three voters: {:?}",
-        members(&admin)
-    );
-    let ms = members(&admin);
+    let cluster = TestCluster::start(3);
+    let ms = cluster.members();
+    let TestCluster {
+        mut nodes,
+        admin,
+        token,
+        ca,
+    } = cluster;
     let leader = ms
         .iter()
         .find(|m| m["leader"] == true)

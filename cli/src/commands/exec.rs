@@ -91,18 +91,20 @@ pub async fn run(g: &Global, a: &ExecArgs) -> anyhow::Result<i32> {
         let _ = tx.send(ExecInput::StdinEof).await;
     }
     if a.tty {
-        spawn_resize_watcher(tx.clone());
+        spawn_resize_watcher(tx.clone())?;
     }
     drop(tx);
+    // Our side stays open until the session ends (end of stdin is a frame):
+    // if this process dies, the stream breaks instead of ending cleanly,
+    // and the command is hung up.
     let writer = tokio::spawn(async move {
         while let Some(input) = rx.recv().await {
             if frame::write(&mut send, &input).await.is_err() {
                 return;
             }
         }
-        let _ = send.finish();
-        // Keep the stream until the node has read everything.
-        let _ = send.stopped().await;
+        std::future::pending::<()>().await;
+        drop(send);
     });
 
     // Raw mode only once the session is open; restored on every way out.
@@ -175,14 +177,12 @@ fn spawn_stdin_reader(tx: mpsc::Sender<ExecInput>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends our terminal's new size on every SIGWINCH.
-fn spawn_resize_watcher(tx: mpsc::Sender<ExecInput>) {
+/// Sends our terminal's new size on every SIGWINCH (the handler is in place
+/// when this returns).
+fn spawn_resize_watcher(tx: mpsc::Sender<ExecInput>) -> anyhow::Result<()> {
+    let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+        .context("watching the terminal's size")?;
     tokio::spawn(async move {
-        let Ok(mut winch) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
-        else {
-            return;
-        };
         while winch.recv().await.is_some() {
             if let Some((rows, cols)) = terminal_size() {
                 if tx.send(ExecInput::Resize { rows, cols }).await.is_err() {
@@ -191,6 +191,7 @@ fn spawn_resize_watcher(tx: mpsc::Sender<ExecInput>) {
             }
         }
     });
+    Ok(())
 }
 
 /// Our terminal's (rows, cols), from stdin, stdout or stderr.

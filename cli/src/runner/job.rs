@@ -397,7 +397,15 @@ impl JobRun {
             ClientResponse::Token { token } => token,
             other => return Err(format!("unexpected answer to CreateToken: {other:?}")),
         };
-        let addrs: Vec<String> = info.members.iter().map(|(_, a)| a.clone()).collect();
+        // Where this runner reached the cluster first (a member's recorded
+        // address may be stale, e.g. a local node restarted on another
+        // port), then every member.
+        let mut addrs = vec![self.conn.remote_address().to_string()];
+        for (_, a) in &info.members {
+            if !addrs.contains(a) {
+                addrs.push(a.clone());
+            }
+        }
         let env = [
             ("CAIRN_ADDRS", addrs.join(",")),
             ("CAIRN_CA_FINGERPRINT", info.ca_fingerprint.clone()),
