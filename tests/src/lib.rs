@@ -715,6 +715,11 @@ impl Background {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
+    /// What it printed on stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
     /// Wait for it to exit (killing it after `timeout`).
     pub fn wait(mut self, timeout: Duration) -> Output {
         let mut child = self.child.take().expect("not waited yet");

@@ -46,6 +46,13 @@ fn logs(cli: &Cli, dir: &Path, args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// The complete JSON lines of `out` (a follower's output so far).
+fn json_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 fn lines_of(v: &[Value]) -> Vec<&str> {
     v.iter().filter_map(|l| l["line"].as_str()).collect()
 }
@@ -467,9 +474,23 @@ fn the_apps_node_dies_its_entrypoint_moves_and_exec_and_logs_work_again() {
         WITHIN
     );
 
+    // A follower whose context names the instance's node (it has learnt
+    // the other members on connecting).
+    let near = cluster.cli_on(at);
+    near.run(&["server", "info"]).ok();
+    let d = app.path().to_string_lossy().to_string();
+    let follow = near.spawn(&["-C", &d, "logs", "-f", "--json"]);
+    assert_eventually!(
+        follow.stdout_so_far().contains("tick 0 "),
+        WITHIN,
+        "{}",
+        follow.stdout_so_far()
+    );
+
     // The instance's node dies: the entrypoint moves to a live node and the
     // app is left alone.
     cluster.nodes[at].kill9();
+    let cut = max_tick(&lines_of(&json_lines(&follow.stdout_so_far())), 0);
     let survivor = cluster.cli_on(other);
     assert_eventually!(
         connected(&survivor, 1)
@@ -498,6 +519,15 @@ fn the_apps_node_dies_its_entrypoint_moves_and_exec_and_logs_work_again() {
             "new ticks reach `cairn logs` on node {i}"
         );
     }
+    // The follower got its stream back from another member and goes on.
+    assert_eventually!(
+        max_tick(&lines_of(&json_lines(&follow.stdout_so_far())), 0) > cut + 10,
+        Duration::from_secs(60),
+        "the follower resumes after its node died (stderr: {})",
+        follow.stderr_so_far()
+    );
+    drop(follow);
+
     // The dead node's window is gone with it; the command says so.
     let out = survivor.run_in(app.path(), &["logs", "--tail", "1"]).ok();
     assert!(out.stderr.contains("lines unavailable from node"), "{out}");
