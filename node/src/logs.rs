@@ -8,8 +8,11 @@
 //!
 //! Invariants:
 //! - Memory is bounded: a window holds at most [`LOG_WINDOW_LINES`] lines
-//!   and [`LOG_WINDOW_BYTES`] bytes of text (the oldest go first); a window
-//!   whose instance left is dropped [`WINDOW_EXPIRY`] after it last changed.
+//!   and [`LOG_WINDOW_BYTES`] bytes of text (the oldest go first); all
+//!   windows together hold at most [`LOG_STORE_BYTES`] (counting
+//!   [`LINE_OVERHEAD`] per line): past that, the window that grows is cut to
+//!   its fair share (and, when that is not enough, every window). A window whose instance left is dropped
+//!   [`WINDOW_EXPIRY`] after it last changed.
 //! - Every line gets a sequence number from this node's counter; with the
 //!   node's random [`LogStore::incarnation`] it is a cursor: a follower that
 //!   lost a node's stream resumes after the last line it saw, without gaps
@@ -37,6 +40,13 @@ use crate::server::Ctx;
 pub const LOG_WINDOW_LINES: usize = 10_000;
 /// Bytes of line text one instance's window keeps at most.
 pub const LOG_WINDOW_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes all of this node's windows keep at most, text and
+/// [`LINE_OVERHEAD`] per line: a node with many busy instances keeps less
+/// of each.
+pub const LOG_STORE_BYTES: usize = 256 * 1024 * 1024;
+/// What one kept line costs beyond its text (its entry, ids, queue slot),
+/// counted against [`LOG_STORE_BYTES`].
+pub const LINE_OVERHEAD: usize = 128;
 /// A window whose instance is no longer connected here is dropped this long
 /// after its last change.
 pub const WINDOW_EXPIRY: Duration = crate::services::entrypoint::INSTANCE_EXPIRY;
@@ -44,8 +54,10 @@ pub const WINDOW_EXPIRY: Duration = crate::services::entrypoint::INSTANCE_EXPIRY
 const LIVE_BATCHES: usize = 1024;
 /// Lines per `LogLines` frame sent to a client or a peer.
 pub const LINES_PER_FRAME: usize = 1000;
-/// How long a member may take to open its log stream and send its history.
-pub const SOURCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a member may take to answer a log query (its first frame; a
+/// live member answers from memory at once), and then to finish sending its
+/// history: a member that is down costs a query this long at most.
+pub const SOURCE_TIMEOUT: Duration = Duration::from_secs(3);
 /// A follower waits this long before asking a member again after its
 /// stream broke.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -87,6 +99,8 @@ pub struct LogStore {
 
 struct StoreInner {
     incarnation: u64,
+    /// [`LOG_STORE_BYTES`], but in tests.
+    budget: usize,
     windows: Mutex<Windows>,
     live: broadcast::Sender<Arc<Vec<LogEntry>>>,
 }
@@ -95,6 +109,8 @@ struct StoreInner {
 struct Windows {
     by_instance: HashMap<(OpId, String), Window>,
     next_seq: u64,
+    /// Σ (text + [`LINE_OVERHEAD`]) over every window's lines.
+    cost: usize,
 }
 
 struct Window {
@@ -108,9 +124,17 @@ struct Window {
 
 impl Default for LogStore {
     fn default() -> Self {
+        LogStore::with_budget(LOG_STORE_BYTES)
+    }
+}
+
+impl LogStore {
+    /// A store whose windows together cost at most `budget` bytes.
+    pub fn with_budget(budget: usize) -> LogStore {
         let (live, _) = broadcast::channel(LIVE_BATCHES);
         LogStore {
             inner: Arc::new(StoreInner {
+                budget,
                 incarnation: random_u64(),
                 windows: Mutex::new(Windows::default()),
                 live,
@@ -182,10 +206,12 @@ impl LogStore {
         let Windows {
             by_instance,
             next_seq,
+            cost,
         } = &mut *w;
-        let win = by_instance
-            .entry((from.deployment, from.instance.clone()))
-            .or_insert_with(Window::new);
+        let key = (from.deployment, from.instance.clone());
+        let windows = by_instance.len() + usize::from(!by_instance.contains_key(&key));
+        let budget = self.inner.budget;
+        let win = by_instance.entry(key).or_insert_with(Window::new);
         let mut added = Vec::with_capacity(lines.len() + 1);
         let mut entry = |time_ms, stream, line: String, truncated| {
             *next_seq += 1;
@@ -220,10 +246,25 @@ impl LogStore {
         for l in lines {
             added.push(entry(l.time_ms, l.stream, l.line, l.truncated));
         }
+        // `cost` includes this window's: adjust by its change.
+        let fair = (budget / windows).max(LINE_OVERHEAD);
+        let before = win.cost();
         for e in &added {
             win.push(e.clone());
         }
+        if *cost - before + win.cost() > budget {
+            win.shrink_to(fair);
+        }
+        *cost = *cost - before + win.cost();
         win.touched = Instant::now();
+        if *cost > budget {
+            // Others are above their share (there are more windows than
+            // when they grew): cut them all to it, once.
+            for other in by_instance.values_mut() {
+                other.shrink_to(fair);
+            }
+            *cost = by_instance.values().map(Window::cost).sum();
+        }
         drop(w);
         if !added.is_empty() {
             // No receiver is fine.
@@ -265,17 +306,29 @@ impl LogStore {
     pub fn expire(&self, after: Duration) -> usize {
         let mut w = self.lock();
         let before = w.by_instance.len();
-        w.by_instance
-            .retain(|_, win| win.connected || win.touched.elapsed() < after);
+        let mut freed = 0;
+        w.by_instance.retain(|_, win| {
+            let keep = win.connected || win.touched.elapsed() < after;
+            if !keep {
+                freed += win.cost();
+            }
+            keep
+        });
+        w.cost -= freed;
         before - w.by_instance.len()
     }
 
-    /// (windows, lines, bytes) held now.
+    /// (windows, lines, bytes of text) held now.
     pub fn usage(&self) -> (usize, usize, usize) {
         let w = self.lock();
         let lines = w.by_instance.values().map(|v| v.lines.len()).sum();
         let bytes = w.by_instance.values().map(|v| v.bytes).sum();
         (w.by_instance.len(), lines, bytes)
+    }
+
+    /// What the windows cost against [`LOG_STORE_BYTES`].
+    pub fn cost(&self) -> usize {
+        self.lock().cost
     }
 }
 
@@ -290,10 +343,26 @@ impl Window {
         }
     }
 
+    /// Adds a line, dropping the oldest past the window's bounds.
     fn push(&mut self, e: LogEntry) {
         self.bytes += e.line.len();
         self.lines.push_back(e);
         while self.lines.len() > LOG_WINDOW_LINES || self.bytes > LOG_WINDOW_BYTES {
+            match self.lines.pop_front() {
+                Some(old) => self.bytes -= old.line.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// What this window costs: its text and [`LINE_OVERHEAD`] per line.
+    fn cost(&self) -> usize {
+        self.bytes + self.lines.len() * LINE_OVERHEAD
+    }
+
+    /// Drops the oldest lines until the window costs at most `budget`.
+    fn shrink_to(&mut self, budget: usize) {
+        while self.cost() > budget {
             match self.lines.pop_front() {
                 Some(old) => self.bytes -= old.line.len(),
                 None => break,
@@ -625,8 +694,18 @@ pub async fn serve_query(ctx: &Arc<Ctx>, q: LogsQuery, mut send: quinn::SendStre
         members.iter().map(|(id, _)| *id).collect();
     let mut history = Vec::new();
     let mut unavailable = Vec::new();
+    let deadline = tokio::time::Instant::now() + SOURCE_TIMEOUT * 2;
     while !pending.is_empty() {
-        match rx.recv().await {
+        let Ok(ev) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+            for node in std::mem::take(&mut pending) {
+                unavailable.push(format!(
+                    "node {node:x}: its history did not arrive within {:?}",
+                    SOURCE_TIMEOUT * 2
+                ));
+            }
+            break;
+        };
+        match ev {
             Some(SourceEvent::Lines { lines, .. }) => history.extend(lines),
             Some(SourceEvent::HistoryEnd { node }) => {
                 pending.remove(&node);
@@ -764,6 +843,48 @@ mod tests {
         let (_, n, bytes) = store.usage();
         assert!(bytes <= LOG_WINDOW_BYTES, "{bytes}");
         assert_eq!(n, 2, "only two halves fit");
+    }
+
+    #[test]
+    fn all_windows_together_stay_within_the_store_budget() {
+        let budget = 64 * 1024;
+        let store = LogStore::with_budget(budget);
+        let text = "y".repeat(100);
+        // One busy instance fills the budget alone...
+        for _ in 0..100 {
+            let batch = (0..20).map(|i| line(i, &text)).collect();
+            store.append(&shipper("busy"), batch, 0);
+        }
+        assert!(store.cost() <= budget, "{} > {budget}", store.cost());
+        let (_, lines, bytes) = store.usage();
+        assert_eq!(
+            store.cost(),
+            bytes + lines * LINE_OVERHEAD,
+            "cost is kept exactly"
+        );
+        // ...then three more share it: each new one gets room, the busy one
+        // is cut to a fair share as it grows.
+        for who in ["a", "b", "c"] {
+            for _ in 0..50 {
+                let batch = (0..20).map(|i| line(i, &text)).collect();
+                store.append(&shipper(who), batch, 0);
+                store.append(&shipper("busy"), vec![line(1, &text)], 0);
+            }
+            assert!(store.cost() <= budget, "{} > {budget}", store.cost());
+        }
+        let f = |p: &str| LogFilter {
+            instance: Some(p.into()),
+            ..filter()
+        };
+        for who in ["busy", "a", "b", "c"] {
+            let n = store.history(&f(who), None).len();
+            assert!(n > 20, "{who} keeps some lines: {n}");
+        }
+        // Expiry gives the cost back.
+        store.disconnected(7, "a");
+        store.expire(Duration::ZERO);
+        let (_, lines, bytes) = store.usage();
+        assert_eq!(store.cost(), bytes + lines * LINE_OVERHEAD);
     }
 
     #[test]
