@@ -255,10 +255,12 @@ impl Session {
                 break;
             }
         }
-        self.stop.store(true, Ordering::Relaxed);
-        input_task.abort();
         let code = status.map_or(1, ExitStatus::exit_code);
         let _ = frame::write(output, &ExecOutput::Exit { code }).await;
+        // Only now stop reading the client: the node then refuses the rest
+        // of its input without disturbing the `Exit` on its way.
+        self.stop.store(true, Ordering::Relaxed);
+        input_task.abort();
         code
     }
 

@@ -278,9 +278,56 @@ pub async fn relay(
     }
 }
 
-/// Copies `a`'s input to `b`'s output and `b`'s input to `a`'s output
-/// until both directions end. A direction that ends cleanly finishes its
-/// output; one that fails, or `a_gone` completing, resets everything.
+/// How one direction of a [`splice`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Its source finished; its destination was finished too.
+    Ended,
+    /// Its destination stopped reading (it needs no more); its source was
+    /// told to stop as well.
+    Declined,
+    /// A stream or a connection failed.
+    Broken,
+}
+
+/// Copies `from` to `to` until one of them ends.
+async fn pump(from: &mut quinn::RecvStream, to: &mut quinn::SendStream) -> Flow {
+    loop {
+        match from.read_chunk(COPY_CHUNK, true).await {
+            Ok(Some(chunk)) => match to.write_chunk(chunk.bytes).await {
+                Ok(()) => {}
+                Err(quinn::WriteError::Stopped(code)) => {
+                    let _ = from.stop(code);
+                    return Flow::Declined;
+                }
+                Err(_) => return Flow::Broken,
+            },
+            Ok(None) => {
+                let _ = to.finish();
+                return Flow::Ended;
+            }
+            Err(_) => return Flow::Broken,
+        }
+    }
+}
+
+/// Most bytes moved at once by [`pump`].
+const COPY_CHUNK: usize = 64 * 1024;
+
+/// Relays a session between `a` (toward the client) and `b` (toward the
+/// side that serves it: the entrypoint, or the next node) until it ends:
+///
+/// - the client finishing its side finishes ours toward `b` (a half-close:
+///   the answer still flows back);
+/// - `b` finishing its side ends the session: the rest reaches the client,
+///   and whatever the client still sends is refused (`b` needs no more);
+/// - `b` no longer reading only stops the client's side;
+/// - a stream or connection failing, the client no longer reading, or
+///   `a_gone` completing (the client's connection closed) resets all four
+///   halves, so both ends see the session fail instead of hanging.
+///
+/// Every stream is closed when this returns: nothing holds a stream slot of
+/// the entrypoint's connection after its session.
 pub async fn splice<T>(
     a: (quinn::SendStream, quinn::RecvStream),
     b: (quinn::SendStream, quinn::RecvStream),
@@ -288,44 +335,36 @@ pub async fn splice<T>(
 ) {
     let (mut a_send, mut a_recv) = a;
     let (mut b_send, mut b_recv) = b;
-    let broken = {
-        let forward = async {
-            let r = tokio::io::copy(&mut a_recv, &mut b_send).await;
-            if r.is_ok() {
-                let _ = b_send.finish();
-            }
-            r.is_err()
-        };
-        let backward = async {
-            let r = tokio::io::copy(&mut b_recv, &mut a_send).await;
-            if r.is_ok() {
-                let _ = a_send.finish();
-            }
-            r.is_err()
-        };
-        tokio::pin!(forward, backward, a_gone);
-        let (mut forward_done, mut backward_done) = (false, false);
-        let mut broken = false;
-        while !(broken || forward_done && backward_done) {
+    let (up, down) = {
+        let up = pump(&mut a_recv, &mut b_send);
+        let down = pump(&mut b_recv, &mut a_send);
+        tokio::pin!(up, down, a_gone);
+        let (mut up_flow, mut down_flow) = (None, None);
+        loop {
             tokio::select! {
-                b = &mut forward, if !forward_done => {
-                    forward_done = true;
-                    broken = b;
+                f = &mut up, if up_flow.is_none() => up_flow = Some(f),
+                f = &mut down, if down_flow.is_none() => down_flow = Some(f),
+                _ = &mut a_gone => {
+                    up_flow.get_or_insert(Flow::Broken);
+                    down_flow = Some(Flow::Broken);
                 }
-                b = &mut backward, if !backward_done => {
-                    backward_done = true;
-                    broken = b;
-                }
-                _ = &mut a_gone => broken = true,
+            }
+            // `down` ending, cleanly or not, ends the session.
+            if up_flow == Some(Flow::Broken) || down_flow.is_some() {
+                break (up_flow, down_flow);
             }
         }
-        broken
     };
+    let code = RELAY_BROKEN.into();
+    let broken = up == Some(Flow::Broken) || down.is_some_and(|f| f != Flow::Ended);
     if broken {
-        let code = RELAY_BROKEN.into();
         let _ = a_send.reset(code);
         let _ = b_send.reset(code);
         let _ = a_recv.stop(code);
         let _ = b_recv.stop(code);
+    } else if up.is_none() {
+        // `b` is done: nothing the client still sends is wanted.
+        let _ = a_recv.stop(0u32.into());
+        let _ = b_send.reset(0u32.into());
     }
 }

@@ -228,6 +228,7 @@ fn exec_runs_in_the_app_context_streams_stdin_and_propagates_the_exit_code() {
         .ok();
     cli.run_in(app.path(), &["up"]).ok();
     assert_eventually!(connected(&cli, 1).len() == 1, WITHIN);
+    let app_dir = app.path().to_string_lossy().to_string();
 
     // Environment and working directory are the app's; the exit code is the
     // command's; stdout and stderr stay apart.
@@ -259,33 +260,14 @@ fn exec_runs_in_the_app_context_streams_stdin_and_propagates_the_exit_code() {
 
     // -i streams stdin to the command, end of file included.
     let out = cli.run_with_stdin(
-        &[
-            "-C",
-            &app.path().to_string_lossy(),
-            "exec",
-            "-i",
-            "--",
-            "tr",
-            "a-z",
-            "A-Z",
-        ],
+        &["-C", &app_dir, "exec", "-i", "--", "tr", "a-z", "A-Z"],
         b"abc\ndef\n",
     );
     assert_eq!(out.code, Some(0), "{out}");
     assert_eq!(out.stdout, "ABC\nDEF\n");
     // A larger stream keeps every byte, in order.
     let big: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
-    let out = cli.run_with_stdin(
-        &[
-            "-C",
-            &app.path().to_string_lossy(),
-            "exec",
-            "-i",
-            "--",
-            "cat",
-        ],
-        big.as_bytes(),
-    );
+    let out = cli.run_with_stdin(&["-C", &app_dir, "exec", "-i", "--", "cat"], big.as_bytes());
     assert_eq!(out.code, Some(0));
     assert!(
         out.stdout == big,
@@ -293,6 +275,14 @@ fn exec_runs_in_the_app_context_streams_stdin_and_propagates_the_exit_code() {
         out.stdout.len(),
         big.len()
     );
+
+    // A command that ends while stdin still streams: its exit code arrives
+    // (the rest of the input is refused, not an error).
+    let flood = vec![b'y'; 4 << 20];
+    for _ in 0..3 {
+        let out = cli.run_with_stdin(&["-C", &app_dir, "exec", "-i", "--", "true"], &flood);
+        assert_eq!(out.code, Some(0), "{out}");
+    }
 
     // Not found: 127 and a reason; a bad instance: one line.
     let out = cli.run_in(app.path(), &["exec", "--", "no-such-program-xyz"]);
@@ -310,10 +300,9 @@ fn exec_runs_in_the_app_context_streams_stdin_and_propagates_the_exit_code() {
     );
 
     // A client killed mid-session: the command is hung up, then killed.
-    let d = app.path().to_string_lossy().to_string();
     let session = cli.spawn(&[
         "-C",
-        &d,
+        &app_dir,
         "exec",
         "--",
         "sh",
