@@ -66,6 +66,10 @@ pub fn hello(deployment_id: OpId) -> EntrypointHello {
 /// that the connection is closed.
 pub const CLOSE_WAIT: Duration = Duration::from_millis(500);
 
+/// How long the shipper waits for more lines before sending a batch that is
+/// not full: the most a line is held back.
+pub const SHIP_LINGER: Duration = Duration::from_millis(5);
+
 /// How long the node may take to read the first frame of a stream it opened.
 const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -253,6 +257,11 @@ async fn ship(queue: Arc<LogQueue>, mut send: quinn::SendStream) {
     let mut reported = 0u64;
     loop {
         queue.readable().await;
+        if queue.len() < MAX_SHIPPED_BATCH {
+            // Let a trickle gather into one frame: a line at a time costs
+            // a packet (and a wake-up on the node and every follower) each.
+            tokio::time::sleep(SHIP_LINGER).await;
+        }
         let lines = queue.drain(MAX_SHIPPED_BATCH);
         let dropped = queue.dropped();
         if lines.is_empty() && dropped == reported {

@@ -116,6 +116,8 @@ struct Windows {
 struct Window {
     lines: VecDeque<LogEntry>,
     bytes: usize,
+    /// The `seq` of the newest line dropped from this window (0: none).
+    evicted_upto: u64,
     /// The entrypoint's dropped count we last noted.
     dropped_seen: u64,
     connected: bool,
@@ -298,6 +300,27 @@ impl LogStore {
         out
     }
 
+    /// The instances matching `filter` whose windows dropped lines newer
+    /// than `after` (of this incarnation): a reader resuming there lost some.
+    pub fn evicted_after(&self, filter: &LogFilter, after: u64) -> Vec<String> {
+        let w = self.lock();
+        let mut ids: Vec<String> = w
+            .by_instance
+            .iter()
+            .filter(|((dep, id), win)| {
+                *dep == filter.deployment
+                    && filter
+                        .instance
+                        .as_ref()
+                        .is_none_or(|p| id.starts_with(p.as_str()))
+                    && win.evicted_upto > after
+            })
+            .map(|((_, id), _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Vec<LogEntry>>> {
         self.inner.live.subscribe()
     }
@@ -337,6 +360,7 @@ impl Window {
         Window {
             lines: VecDeque::new(),
             bytes: 0,
+            evicted_upto: 0,
             dropped_seen: 0,
             connected: true,
             touched: Instant::now(),
@@ -348,10 +372,21 @@ impl Window {
         self.bytes += e.line.len();
         self.lines.push_back(e);
         while self.lines.len() > LOG_WINDOW_LINES || self.bytes > LOG_WINDOW_BYTES {
-            match self.lines.pop_front() {
-                Some(old) => self.bytes -= old.line.len(),
-                None => break,
+            if !self.evict_oldest() {
+                break;
             }
+        }
+    }
+
+    /// Drops the oldest line; false when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        match self.lines.pop_front() {
+            Some(old) => {
+                self.bytes -= old.line.len();
+                self.evicted_upto = old.seq;
+                true
+            }
+            None => false,
         }
     }
 
@@ -363,9 +398,8 @@ impl Window {
     /// Drops the oldest lines until the window costs at most `budget`.
     fn shrink_to(&mut self, budget: usize) {
         while self.cost() > budget {
-            match self.lines.pop_front() {
-                Some(old) => self.bytes -= old.line.len(),
-                None => break,
+            if !self.evict_oldest() {
+                break;
             }
         }
     }
@@ -435,11 +469,24 @@ pub async fn local_source(
                 .filter(|e| e.seq > last && live_filter.matches(e))
                 .cloned()
                 .collect(),
-            Err(broadcast::error::RecvError::Lagged(n)) => vec![notice(
-                filter.deployment,
-                node,
-                format!("cairn: this reader fell behind; {n} batches of lines from node {node:x} were skipped"),
-            )],
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                // This reader fell behind the broadcast: take what it missed
+                // from the windows, and say which windows had already let
+                // some of it go.
+                let cursor = Some(LogCursor {
+                    incarnation: store.incarnation(),
+                    seq: last,
+                });
+                let mut lines = store.history(&live_filter, cursor);
+                for id in store.evicted_after(&live_filter, last) {
+                    lines.push(notice(
+                        filter.deployment,
+                        node,
+                        format!("cairn: this reader fell behind; some lines of instance {id} on node {node:x} were lost"),
+                    ));
+                }
+                lines
+            }
             Err(broadcast::error::RecvError::Closed) => return,
         };
         // Notices carry seq 0: they never move the cursor.
@@ -968,6 +1015,65 @@ mod tests {
         assert_eq!(store.expire(Duration::from_secs(3600)), 0);
         assert_eq!(store.expire(Duration::ZERO), 1, "b left; a is connected");
         assert_eq!(texts(&store.history(&filter(), None)), ["x"]);
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_falls_behind_gets_the_missed_lines_from_the_window() {
+        let store = LogStore::default();
+        // A one-slot channel that nobody reads yet: the follower blocks and
+        // its broadcast receiver overflows.
+        let (tx, mut rx) = mpsc::channel(1);
+        let s2 = store.clone();
+        let follower = tokio::spawn(async move {
+            local_source(&s2, 1, &filter(), true, None, &tx).await;
+        });
+        // The (empty) history's end goes first.
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("in time");
+        assert!(
+            matches!(first, Some(SourceEvent::HistoryEnd { .. })),
+            "{first:?}"
+        );
+        let total = LIVE_BATCHES * 3;
+        for i in 0..total {
+            store.append(&shipper("a"), vec![line(i as u64, &format!("l{i}"))], 0);
+        }
+        let mut got = Vec::new();
+        while got.len() < total {
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("lines in time")
+                .expect("open")
+            {
+                SourceEvent::Lines { lines, .. } => got.extend(lines.into_iter().map(|e| e.line)),
+                other => panic!("{other:?}"),
+            }
+        }
+        let expected: Vec<String> = (0..total).map(|i| format!("l{i}")).collect();
+        assert_eq!(got, expected, "every line once, in order, no notice");
+        drop(rx);
+        store.append(&shipper("a"), vec![line(0, "wake")], 0);
+        tokio::time::timeout(Duration::from_secs(10), follower)
+            .await
+            .expect("ends")
+            .expect("no panic");
+    }
+
+    #[test]
+    fn evictions_after_a_cursor_are_known() {
+        let store = LogStore::default();
+        let lines: Vec<ShippedLine> = (0..LOG_WINDOW_LINES + 3)
+            .map(|i| line(i as u64, "x"))
+            .collect();
+        store.append(&shipper("a"), lines, 0);
+        store.append(&shipper("b"), vec![line(1, "y")], 0);
+        assert_eq!(store.evicted_after(&filter(), 0), ["a"]);
+        assert_eq!(
+            store.evicted_after(&filter(), 3),
+            Vec::<String>::new(),
+            "seq 1..=3 went"
+        );
     }
 
     #[tokio::test]
