@@ -2,6 +2,7 @@
 //! process signals and guards, statistics and tables, and the report header.
 
 pub mod load;
+pub mod node;
 pub mod procs;
 pub mod report;
 pub mod stats;

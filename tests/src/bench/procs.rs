@@ -94,3 +94,57 @@ pub fn ticks_per_s() -> f64 {
         100.0
     }
 }
+
+/// Pids of live processes whose command line, working directory or
+/// environment mentions `root` (a unique temp dir of the bench): the
+/// supervisors and app processes that `cairn up` started for it.
+pub fn pids_under(root: &Path) -> Vec<u32> {
+    let needle = root.as_os_str().as_encoded_bytes().to_vec();
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let p = e.path();
+        let mentions = |bytes: Vec<u8>| bytes.windows(needle.len()).any(|w| w == needle.as_slice());
+        let hit = std::fs::read(p.join("cmdline"))
+            .map(mentions)
+            .unwrap_or(false)
+            || std::fs::read_link(p.join("cwd"))
+                .map(|c| c.starts_with(root))
+                .unwrap_or(false)
+            || std::fs::read(p.join("environ"))
+                .map(mentions)
+                .unwrap_or(false);
+        if hit && pid_alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// SIGTERM every process that mentions `root` (see [`pids_under`]), then
+/// SIGKILL what is left after 5 s. Returns how many there were.
+pub fn kill_under(root: &Path) -> usize {
+    let pids = pids_under(root);
+    for &pid in &pids {
+        signal(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| pid_alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for &pid in &pids {
+        if pid_alive(pid) {
+            signal(pid, libc::SIGKILL);
+        }
+    }
+    pids.len()
+}

@@ -144,3 +144,44 @@ where
         }
     }
 }
+
+/// The machine and toolchain a bench ran on, for its header.
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu: String,
+    pub rustc: String,
+    pub kernel: String,
+}
+
+impl Machine {
+    pub fn summary(&self) -> String {
+        format!(
+            "nproc={}, cpu={}, kernel={}, {}",
+            self.nproc, self.cpu, self.kernel, self.rustc
+        )
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "nproc": self.nproc, "cpu": self.cpu, "rustc": self.rustc, "kernel": self.kernel,
+        })
+    }
+}
+
+/// [`host`] and `rustc --version`.
+pub fn machine() -> Machine {
+    let Host { nproc, cpu, kernel } = host();
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "rustc unknown".into());
+    Machine {
+        nproc,
+        cpu,
+        rustc,
+        kernel,
+    }
+}

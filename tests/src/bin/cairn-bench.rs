@@ -16,7 +16,7 @@
 //! on error and on Ctrl-C (guards kill by pid; deployments get `cairn destroy`).
 //!
 //! Build and run:
-//!   cargo build --release -p cairn-tests --bin cairn-bench -p cairn-cli -p cairn-node
+//!   cargo build --release -p cairn-tests -p cairn-cli -p cairn-node --bin cairn-bench --bin cairn --bin cairn-node
 //!   ./target/release/cairn-bench [--quick] [--json]
 
 #[path = "cairn-bench/catalog.rs"]
@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
-use cairn_tests::bench::report::{bench_main, command_line, fsync_baseline, host, say, Host};
+use cairn_tests::bench::report::{bench_main, command_line, fsync_baseline, machine, say};
 use cairn_tests::bench::stats;
 
 use stats::{fmt_ms, fmt_rate, fmt_us, median, min_max, table};
@@ -153,7 +153,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     for b in [&cairn, &node_bin] {
         if !b.is_file() {
             bail!(
-                "{} not found; build it: cargo build --release -p cairn-tests --bin cairn-bench -p cairn-cli -p cairn-node",
+                "{} not found; build it: cargo build --release -p cairn-tests -p cairn-cli -p cairn-node --bin cairn-bench --bin cairn --bin cairn-node",
                 b.display()
             );
         }
@@ -195,7 +195,9 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         eprintln!("catalog: fsync baseline ({} probes)", args.fsync_probes);
         let fsync = fsync_baseline(root.path(), args.fsync_probes).await?;
         eprintln!("catalog: starting cairn-node");
-        let node = procs::NodeProc::start(&node_bin, &root.path().join("node-catalog")).await?;
+        let node =
+            procs::NodeProc::start(&node_bin, &root.path().join("node-catalog"), "cairn-bench")
+                .await?;
         let series = catalog::run(&node, &args.catalog).await?;
         drop(node);
         eprintln!("catalog: fsync baseline again");
@@ -422,43 +424,4 @@ fn up_tables(warm: &up::UpSummary, cold: Option<&up::UpSummary>) -> String {
         ));
     }
     out
-}
-
-struct Machine {
-    nproc: usize,
-    cpu: String,
-    rustc: String,
-    kernel: String,
-}
-
-impl Machine {
-    fn summary(&self) -> String {
-        format!(
-            "nproc={}, cpu={}, kernel={}, {}",
-            self.nproc, self.cpu, self.kernel, self.rustc
-        )
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "nproc": self.nproc, "cpu": self.cpu, "rustc": self.rustc, "kernel": self.kernel,
-        })
-    }
-}
-
-fn machine() -> Machine {
-    let Host { nproc, cpu, kernel } = host();
-    let rustc = std::process::Command::new("rustc")
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "rustc unknown".into());
-    Machine {
-        nproc,
-        cpu,
-        rustc,
-        kernel,
-    }
 }

@@ -30,7 +30,7 @@
 //! on Ctrl-C; the temp dir is removed.
 //!
 //! Build and run:
-//!   cargo build --release -p cairn-tests --bin cluster-bench -p cairn-node -p cairn-cli
+//!   cargo build --release -p cairn-tests -p cairn-cli -p cairn-node --bin cluster-bench --bin cairn --bin cairn-node
 //!   ./target/release/cluster-bench [--quick] [--json]
 
 #[path = "cluster-bench/cluster.rs"]
@@ -205,7 +205,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let node_bin = bin_dir.join("cairn-node");
     if !node_bin.is_file() {
         bail!(
-            "{} not found; build it: cargo build --release -p cairn-tests --bin cluster-bench -p cairn-node -p cairn-cli",
+            "{} not found; build it: cargo build --release -p cairn-tests -p cairn-cli -p cairn-node --bin cluster-bench --bin cairn --bin cairn-node",
             node_bin.display()
         );
     }

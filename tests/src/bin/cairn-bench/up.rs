@@ -202,7 +202,7 @@ pub async fn run(
         cold_left += home.cleanup();
     }
 
-    let node = NodeProc::start(node_bin, &root.join("node-up")).await?;
+    let node = NodeProc::start(node_bin, &root.join("node-up"), "cairn-bench").await?;
     let session = procs::connect(&node.dial()).await?;
     let mut warm = Vec::new();
     let mut warm_left = 0;
