@@ -290,7 +290,8 @@ fn shipped(l: LogLine) -> ShippedLine {
     }
 }
 
-/// Serves the streams the node opens on this connection until it closes.
+/// Serves the streams the node opens on this connection (exec sessions,
+/// URL tunnels) until it closes.
 async fn accept_streams(conn: quinn::Connection, app: Arc<dyn AppContext>) {
     while let Ok((send, mut recv)) = conn.accept_bi().await {
         let app = app.clone();
@@ -303,6 +304,9 @@ async fn accept_streams(conn: quinn::Connection, app: Arc<dyn AppContext>) {
             match header {
                 Ok(Ok(NodeToEntrypoint::Exec(spec))) => {
                     crate::exec::serve(app.as_ref(), spec, recv, send).await;
+                }
+                Ok(Ok(NodeToEntrypoint::Tunnel { port })) => {
+                    crate::tunnel::serve(app.as_ref(), port, recv, send).await;
                 }
                 // A malformed or missing header: nothing to serve.
                 Ok(Err(_)) | Err(_) => {}

@@ -2,7 +2,7 @@
 //!
 //! The local process core, plus the outbound cluster connection
 //! ([`cluster`]: instance registration, configuration and its changes, log
-//! shipping, and the exec sessions the node opens on it).
+//! shipping, and the exec sessions and URL tunnels the node opens on it).
 //!
 //! Code map (each module states its invariant):
 //! - [`args`]: `cairn-entrypoint [--] CMD ARGS…`, `--help`.
@@ -19,6 +19,7 @@
 //!   pushes, reconnection with backoff; never in the child's way.
 //! - [`exec`]: exec sessions (pipes or a pty) in the app's context.
 //! - [`program`]: the whole program (`cairn-entrypoint`'s `main`).
+//! - [`tunnel`]: URL tunnels: a node's stream spliced to the app's port.
 //! - [`run`]: the supervision loop (restarts on configuration changes) and
 //!   the `CAIRN_DISABLE` exec.
 
@@ -33,6 +34,7 @@ pub mod program;
 pub mod reaper;
 pub mod run;
 pub mod signals;
+pub mod tunnel;
 
 pub use child::{Child, ChildHandle, ChildSpec, SpawnError};
 pub use env::{ClusterConfig, EntrypointEnv, EnvError};

@@ -1,111 +1,26 @@
 //! Exec sessions: `cairn exec` reaches an instance through the node its
 //! entrypoint is connected to, on a stream that node opens on the
-//! entrypoint's own (outbound) connection.
-//!
-//! ```text
-//! cairn ──Exec──▶ node A ──RelayExec (peer mesh)──▶ node B ──stream on the entrypoint's connection──▶ cairn-entrypoint
-//! ```
+//! entrypoint's own (outbound) connection (see [`crate::attached`]).
 //!
 //! Invariants:
-//! - Only a user token opens an exec session (`server::refused_for_scope`
-//!   keeps other tokens out; [`open`] checks again).
-//! - After the header, every hop copies raw bytes both ways without decoding
-//!   them; a hop that breaks resets both of its streams, so both ends see
-//!   the session fail instead of hanging.
-//! - [`Attached`] holds the connections of the entrypoints connected to this
-//!   node, keyed by (deployment, instance); an entry is removed only by the
-//!   registration that added it.
+//! - Only a user token opens an exec session (`services::dispatch` keeps
+//!   other tokens out; [`open`] checks again).
+//! - The client's connection closing ends the session (its command is hung
+//!   up by the entrypoint), even when the client had finished its side.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_protocol::api::ClientResponse;
 use cairn_protocol::frame;
 use cairn_protocol::instance::{DeploymentRef, ExecSpec, NodeToEntrypoint};
-use cairn_protocol::types::{InstanceState, OpId, TokenScope};
+use cairn_protocol::types::{InstanceState, TokenScope};
 
-use crate::peer::{PeerRequest, PeerResponse};
-use crate::raft::NodeId;
+use crate::attached::{self, splice, RELAY_BROKEN};
 use crate::server::{ConnSession, Ctx};
 
-/// How long opening the session may take (the peer hop and the stream on
-/// the entrypoint's connection).
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an exec waits for an instance of the deployment to be connected.
 pub const INSTANCE_WAIT: Duration = Duration::from_secs(5);
-/// QUIC error code for a stream reset because the other side of a relay broke.
-pub const RELAY_BROKEN: u32 = 2;
-
-/// The entrypoint connections attached to this node.
-#[derive(Clone, Default)]
-pub struct Attached {
-    inner: Arc<Mutex<HashMap<(OpId, String), quinn::Connection>>>,
-}
-
-impl Attached {
-    fn lock(&self) -> MutexGuard<'_, HashMap<(OpId, String), quinn::Connection>> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The instance's entrypoint is connected here on `conn`.
-    pub fn attach(&self, deployment: OpId, instance: &str, conn: &quinn::Connection) {
-        self.lock()
-            .insert((deployment, instance.to_string()), conn.clone());
-    }
-
-    /// The registration on `conn` ended (a newer one may have replaced it).
-    pub fn detach(&self, deployment: OpId, instance: &str, conn: &quinn::Connection) {
-        let mut map = self.lock();
-        let key = (deployment, instance.to_string());
-        if map
-            .get(&key)
-            .is_some_and(|c| c.stable_id() == conn.stable_id())
-        {
-            map.remove(&key);
-        }
-    }
-
-    fn connection(&self, deployment: OpId, instance: &str) -> Option<quinn::Connection> {
-        self.lock()
-            .get(&(deployment, instance.to_string()))
-            .filter(|c| c.close_reason().is_none())
-            .cloned()
-    }
-
-    /// Opens an exec stream on the instance's entrypoint connection and
-    /// sends the header.
-    async fn open_exec(
-        &self,
-        me: NodeId,
-        deployment: OpId,
-        instance: &str,
-        spec: &ExecSpec,
-    ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
-        let gone = || {
-            format!(
-                "instance {instance} is not connected to node {me:x} (it may be moving); try again"
-            )
-        };
-        let conn = self.connection(deployment, instance).ok_or_else(gone)?;
-        let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
-            let (mut send, recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| format!("{}: {e}", gone()))?;
-            frame::write(&mut send, &NodeToEntrypoint::Exec(spec.clone()))
-                .await
-                .map_err(|e| format!("{}: {e}", gone()))?;
-            Ok::<_, String>((send, recv))
-        })
-        .await;
-        opened.unwrap_or_else(|_| {
-            Err(format!(
-                "instance {instance} did not take the session within {OPEN_TIMEOUT:?}"
-            ))
-        })
-    }
-}
 
 /// `ClientRequest::Exec`: find the instance, open the session through its
 /// node, then copy bytes both ways until both sides end.
@@ -179,11 +94,8 @@ pub async fn open(
             break (op.id, chosen);
         };
         let (id, node) = chosen.ok_or("no instance")?;
-        let streams = if node == me {
-            ctx.attached.open_exec(me, deployment, &id, &spec).await?
-        } else {
-            open_remote(ctx, node, deployment, &id, &spec).await?
-        };
+        let header = NodeToEntrypoint::Exec(spec.clone());
+        let streams = attached::open(ctx, node, deployment, &id, &header).await?;
         Ok::<_, String>((id, node, streams))
     }
     .await;
@@ -206,165 +118,4 @@ pub async fn open(
     // finished its side already: watch its connection too.
     let client_gone = s.conn.closed();
     splice((send, recv), (esend, erecv), client_gone).await;
-}
-
-/// Opens the session on another node through the peer mesh.
-async fn open_remote(
-    ctx: &Ctx,
-    node: NodeId,
-    deployment: OpId,
-    instance: &str,
-    spec: &ExecSpec,
-) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
-    let addr = ctx
-        .raft
-        .members()
-        .into_iter()
-        .find(|(id, _)| *id == node)
-        .map(|(_, a)| a)
-        .ok_or_else(|| {
-            format!("node {node:x} (where instance {instance} is connected) is not a member")
-        })?;
-    let req = PeerRequest::RelayExec {
-        deployment,
-        instance: instance.to_string(),
-        spec: spec.clone(),
-    };
-    match ctx
-        .peers
-        .open_stream(&addr, Some(node), &req, OPEN_TIMEOUT)
-        .await
-    {
-        Ok((PeerResponse::RelayOpen, send, recv)) => Ok((send, recv)),
-        Ok((PeerResponse::NoInstance(reason), ..)) => Err(reason),
-        Ok((other, ..)) => Err(format!("node {node:x} answered {other:?}")),
-        Err(e) => Err(format!(
-            "cannot reach node {node:x}, where instance {instance} is connected: {e}"
-        )),
-    }
-}
-
-/// `PeerRequest::RelayExec` on the node the instance is connected to.
-pub async fn relay(
-    ctx: &Ctx,
-    deployment: OpId,
-    instance: String,
-    spec: ExecSpec,
-    mut psend: quinn::SendStream,
-    precv: quinn::RecvStream,
-) {
-    let me = ctx.identity.node_id;
-    match ctx
-        .attached
-        .open_exec(me, deployment, &instance, &spec)
-        .await
-    {
-        Ok(ep) => {
-            if frame::write(&mut psend, &PeerResponse::RelayOpen)
-                .await
-                .is_err()
-            {
-                let (mut esend, _) = ep;
-                let _ = esend.reset(RELAY_BROKEN.into());
-                return;
-            }
-            // The asking node resets this stream when its client goes.
-            splice((psend, precv), ep, std::future::pending::<()>()).await;
-        }
-        Err(reason) => {
-            let _ = frame::write(&mut psend, &PeerResponse::NoInstance(reason)).await;
-            let _ = psend.finish();
-        }
-    }
-}
-
-/// How one direction of a [`splice`] ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
-    /// Its source finished; its destination was finished too.
-    Ended,
-    /// Its destination stopped reading (it needs no more); its source was
-    /// told to stop as well.
-    Declined,
-    /// A stream or a connection failed.
-    Broken,
-}
-
-/// Copies `from` to `to` until one of them ends.
-async fn pump(from: &mut quinn::RecvStream, to: &mut quinn::SendStream) -> Flow {
-    loop {
-        match from.read_chunk(COPY_CHUNK, true).await {
-            Ok(Some(chunk)) => match to.write_chunk(chunk.bytes).await {
-                Ok(()) => {}
-                Err(quinn::WriteError::Stopped(code)) => {
-                    let _ = from.stop(code);
-                    return Flow::Declined;
-                }
-                Err(_) => return Flow::Broken,
-            },
-            Ok(None) => {
-                let _ = to.finish();
-                return Flow::Ended;
-            }
-            Err(_) => return Flow::Broken,
-        }
-    }
-}
-
-/// Most bytes moved at once by [`pump`].
-const COPY_CHUNK: usize = 64 * 1024;
-
-/// Relays a session between `a` (toward the client) and `b` (toward the
-/// side that serves it: the entrypoint, or the next node) until it ends:
-///
-/// - the client finishing its side finishes ours toward `b` (a half-close:
-///   the answer still flows back);
-/// - `b` finishing its side ends the session: the rest reaches the client,
-///   and whatever the client still sends is refused (`b` needs no more);
-/// - `b` no longer reading only stops the client's side;
-/// - a stream or connection failing, the client no longer reading, or
-///   `a_gone` completing (the client's connection closed) resets all four
-///   halves, so both ends see the session fail instead of hanging.
-///
-/// Every stream is closed when this returns: nothing holds a stream slot of
-/// the entrypoint's connection after its session.
-pub async fn splice<T>(
-    a: (quinn::SendStream, quinn::RecvStream),
-    b: (quinn::SendStream, quinn::RecvStream),
-    a_gone: impl std::future::Future<Output = T>,
-) {
-    let (mut a_send, mut a_recv) = a;
-    let (mut b_send, mut b_recv) = b;
-    let (up, down) = {
-        let up = pump(&mut a_recv, &mut b_send);
-        let down = pump(&mut b_recv, &mut a_send);
-        tokio::pin!(up, down, a_gone);
-        let (mut up_flow, mut down_flow) = (None, None);
-        loop {
-            tokio::select! {
-                f = &mut up, if up_flow.is_none() => up_flow = Some(f),
-                f = &mut down, if down_flow.is_none() => down_flow = Some(f),
-                _ = &mut a_gone => {
-                    up_flow.get_or_insert(Flow::Broken);
-                    down_flow = Some(Flow::Broken);
-                }
-            }
-            // `down` ending, cleanly or not, ends the session.
-            if up_flow == Some(Flow::Broken) || down_flow.is_some() {
-                break (up_flow, down_flow);
-            }
-        }
-    };
-    let code = RELAY_BROKEN.into();
-    let broken = up == Some(Flow::Broken) || down.is_some_and(|f| f != Flow::Ended);
-    if broken {
-        let _ = a_send.reset(code);
-        let _ = b_send.reset(code);
-        let _ = a_recv.stop(code);
-        let _ = b_recv.stop(code);
-    } else if up.is_none() {
-        // `b` is done: nothing the client still sends is wanted.
-        let _ = a_recv.stop(0u32.into());
-        let _ = b_send.reset(0u32.into());
-    }
 }

@@ -186,7 +186,7 @@ pub struct Ctx {
     /// Log windows of the instances connected to this node.
     pub logs: crate::logs::LogStore,
     /// Connections of the entrypoints connected to this node.
-    pub attached: crate::exec::Attached,
+    pub attached: crate::attached::Attached,
 }
 
 impl Ctx {
@@ -328,7 +328,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         addr,
         peers,
         logs: crate::logs::LogStore::default(),
-        attached: crate::exec::Attached::default(),
+        attached: crate::attached::Attached::default(),
     });
 
     // Serve peers (and clients) before joining: the leader replicates to

@@ -202,6 +202,7 @@ mod tests {
             let _ = decode::<crate::instance::NodeToEntrypoint>(&bytes);
             let _ = decode::<crate::instance::ExecInput>(&bytes);
             let _ = decode::<crate::instance::ExecOutput>(&bytes);
+            let _ = decode::<crate::instance::TunnelReply>(&bytes);
         }
 
         #[test]

@@ -150,6 +150,21 @@ impl ExecSpec {
 pub enum NodeToEntrypoint {
     /// Run a command in the app's context; exec frames follow.
     Exec(ExecSpec),
+    /// Connect to the app on the loopback interface, on `port` (by default
+    /// the app's `PORT`). The entrypoint answers one [`TunnelReply`] frame;
+    /// after `Connected` the stream carries the TCP connection's bytes both
+    /// ways, and each side's end of input is the other's.
+    Tunnel { port: Option<u16> },
+}
+
+/// The entrypoint's answer to [`NodeToEntrypoint::Tunnel`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TunnelReply {
+    Connected,
+    /// The app could not be reached (not listening yet, no `PORT`…).
+    Failed {
+        reason: String,
+    },
 }
 
 /// Frames from the client to the command of an exec session.
@@ -214,6 +229,10 @@ mod tests {
                 truncated: true,
             }],
             dropped: 7,
+        });
+        roundtrip(NodeToEntrypoint::Tunnel { port: Some(8080) });
+        roundtrip(TunnelReply::Failed {
+            reason: "refused".into(),
         });
         roundtrip(NodeToEntrypoint::Exec(ExecSpec {
             command: vec!["sh".into(), "-c".into(), "echo hi".into()],

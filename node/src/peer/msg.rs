@@ -6,7 +6,7 @@
 //! They live in the node crate because they carry openraft's types.
 
 use cairn_protocol::api::{JoinGrant, MemberInfo};
-use cairn_protocol::instance::{ExecSpec, LogEntry};
+use cairn_protocol::instance::{LogEntry, NodeToEntrypoint};
 use cairn_protocol::types::{JobId, OpId};
 use openraft::error::Fatal;
 use openraft::raft::{
@@ -56,14 +56,15 @@ pub enum PeerRequest {
         follow: bool,
         after: Option<LogCursor>,
     },
-    /// Open an exec session on instance `instance` of `deployment`, whose
-    /// entrypoint is connected to the callee. Answered `RelayOpen` (then
-    /// the stream carries the session's raw bytes both ways) or
-    /// `NoInstance`. See [`crate::exec::relay`].
-    RelayExec {
+    /// Open a stream with `header` (an exec session, a URL tunnel) to
+    /// instance `instance` of `deployment`, whose entrypoint is connected to
+    /// the callee. Answered `RelayOpen` (then the stream carries what
+    /// follows the header, raw, both ways) or `NoInstance`. See
+    /// [`crate::attached::relay`].
+    RelayStream {
         deployment: OpId,
         instance: String,
-        spec: ExecSpec,
+        header: NodeToEntrypoint,
     },
 }
 
@@ -155,7 +156,7 @@ pub enum PeerResponse {
     },
     /// [`PeerRequest::Logs`]: the history is complete.
     LogsHistoryEnd,
-    /// Answer to [`PeerRequest::RelayExec`]: the instance is not connected
+    /// Answer to [`PeerRequest::RelayStream`]: the instance is not connected
     /// to the callee (any more).
     NoInstance(String),
 }

@@ -95,17 +95,17 @@ async fn serve_stream(
         }) if is_member(&ctx, from) => {
             return crate::logs::serve_peer(&ctx, filter, follow, after, send).await;
         }
-        Ok(PeerRequest::RelayExec {
+        Ok(PeerRequest::RelayStream {
             deployment,
             instance,
-            spec,
+            header,
         }) if is_member(&ctx, from) => {
-            return crate::exec::relay(&ctx, deployment, instance, spec, send, recv).await;
+            return crate::attached::relay(&ctx, deployment, instance, header, send, recv).await;
         }
         Ok(PeerRequest::Logs { .. }) => Ok(PeerResponse::Refused(format!(
             "node {from:x} is not a member of this cluster (as far as this node knows)"
         ))),
-        Ok(PeerRequest::RelayExec { .. }) => Ok(PeerResponse::NoInstance(format!(
+        Ok(PeerRequest::RelayStream { .. }) => Ok(PeerResponse::NoInstance(format!(
             "node {from:x} is not a member of this cluster (as far as this node knows)"
         ))),
         Ok(req) => handle(&ctx, from, req, &mut recv).await,
@@ -182,7 +182,7 @@ async fn handle(
         }
         PeerRequest::RelayOffer { .. }
         | PeerRequest::Logs { .. }
-        | PeerRequest::RelayExec { .. } => {
+        | PeerRequest::RelayStream { .. } => {
             return Err("this request is served on its own stream".into())
         }
     })
