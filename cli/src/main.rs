@@ -69,6 +69,11 @@ enum Cmd {
         app: AppArg,
         #[command(flatten)]
         prune: PruneArgs,
+        /// Send only this percentage (1-99) of the app's traffic to the deployment (a canary);
+        /// the rest stays on the deployment released in full. A later full release, or a
+        /// rollback, moves all of it.
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100), conflicts_with = "prune")]
+        weight: Option<u8>,
     },
     /// Stop one deployment, or every deployment of the app.
     Destroy {
@@ -243,11 +248,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             deployment,
             app,
             prune,
+            weight,
         } => {
             let kind = JobKind::Release {
                 deployment: *deployment,
                 prune: prune.prune,
                 retain: prune.prune_retain,
+                weight: *weight,
             };
             commands::lifecycle::run(g, app, kind).await
         }

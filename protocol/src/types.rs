@@ -131,11 +131,14 @@ pub enum JobKind {
     Deploy {
         build: Option<u64>,
     },
-    /// Release a deployment (the latest if `None`).
+    /// Release a deployment (the latest if `None`). `weight`: the share of
+    /// the app's traffic (1–100 %) it gets; below 100 it is a canary next
+    /// to the deployment released in full before (`None` = 100).
     Release {
         deployment: Option<u64>,
         prune: bool,
         retain: Option<u64>,
+        weight: Option<u8>,
     },
     /// Destroy one deployment, or every active one.
     Destroy {
@@ -407,6 +410,29 @@ impl InstanceState {
             InstanceState::Disconnected => "disconnected",
         }
     }
+}
+
+/// Where an app's release URL sends traffic: the deployment released in
+/// full, and maybe a canary that takes `weight` % of the requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// Deployment sequence (vN).
+    pub primary: u64,
+    /// (deployment sequence, percent of the requests, 1–99).
+    pub canary: Option<(u64, u8)>,
+}
+
+/// What a custom hostname serves: an app's release, or one deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hostname {
+    /// Lowercase, without a trailing dot.
+    pub name: String,
+    pub project: String,
+    pub app: String,
+    pub workspace: String,
+    /// A deployment sequence; `None`: follow the app's release.
+    pub deployment: Option<u64>,
+    pub created_ms: u64,
 }
 
 /// One app instance: a `cairn-entrypoint` and the node it is connected to.

@@ -18,7 +18,7 @@ use crate::state::State;
 /// First bytes of every snapshot file.
 pub const SNAPSHOT_FILE_MAGIC: [u8; 8] = *b"CAIRNSNP";
 /// Version of the snapshot file's body this build writes and reads.
-pub const SNAPSHOT_FILE_VERSION: u32 = 2;
+pub const SNAPSHOT_FILE_VERSION: u32 = 3;
 /// Magic plus version.
 pub const SNAPSHOT_FILE_HEADER_LEN: usize = 12;
 

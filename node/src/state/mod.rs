@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use cairn_protocol::instance::DeploymentRef;
 use cairn_protocol::types::{
-    App, ConfigScope, ConfigVar, Instance, InstanceState, Job, JobId, JobSpec, JobState,
-    OpCompletion, OpId, OpKind, OpStatus, Operation, Project, ResourceState, Runner, TokenRecord,
-    TokenScope, MAX_OP_OUTPUT_BYTES,
+    App, ConfigScope, ConfigVar, Hostname, Instance, InstanceState, Job, JobId, JobKind, JobSpec,
+    JobState, OpCompletion, OpId, OpKind, OpStatus, Operation, Project, ResourceState, Route,
+    Runner, TokenRecord, TokenScope, MAX_OP_OUTPUT_BYTES,
 };
 use serde::{Deserialize, Serialize};
 
@@ -151,6 +151,40 @@ pub enum Command {
         stale_ms: u64,
         expire_ms: u64,
     },
+    /// Register a custom hostname for the URL service (its `created_ms` is
+    /// set to `now`). Refused when the name is not a valid host name or is
+    /// taken.
+    RegisterHostname {
+        hostname: Hostname,
+    },
+    DeleteHostname {
+        name: String,
+    },
+}
+
+/// Why `name` is not a host name the URL service can serve: lowercase
+/// labels of letters, digits and hyphens (not at either end), 1–63 bytes
+/// each, 253 in all.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{name:?} is not a valid host name: {why}"));
+    if name.is_empty() || name.len() > 253 {
+        return bad("1 to 253 characters");
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return bad("each dot-separated part has 1 to 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return bad("use lowercase letters, digits, '-' and '.'");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return bad("a part cannot start or end with '-'");
+        }
+    }
+    Ok(())
 }
 
 /// How many (client, request) ids the state remembers for
@@ -223,6 +257,11 @@ pub struct State {
     pub applied_order: VecDeque<(u64, u64)>,
     /// App instances by (deployment op id, instance id).
     pub instances: BTreeMap<(OpId, String), Instance>,
+    /// Release routes by (project, app, workspace): set when a release
+    /// operation succeeds.
+    pub routes: BTreeMap<(String, String, String), Route>,
+    /// Custom hostnames of the URL service, by name.
+    pub hostnames: BTreeMap<String, Hostname>,
 }
 
 impl State {
@@ -369,6 +408,10 @@ impl State {
                 op.output_dropped = c.output_dropped + dropped;
                 op.url = c.url.clone();
                 op.completed_ms = Some(now);
+                if op.kind == OpKind::Release && op.status == OpStatus::Success {
+                    let op = op.clone();
+                    self.route_release(&op);
+                }
                 Response::Ok
             }
             Command::SetResourceState { op_id, state } => {
@@ -521,6 +564,26 @@ impl State {
                 });
                 Response::Changed(n + (before - self.instances.len()) as u64)
             }
+            Command::RegisterHostname { hostname } => {
+                let name = hostname.name.as_str();
+                if let Err(e) = check_hostname(name) {
+                    return Response::Error(e);
+                }
+                if let Some(old) = self.hostnames.get(name) {
+                    return Response::Error(format!(
+                        "hostname {name} is registered already (for {}/{}); delete it first",
+                        old.project, old.app
+                    ));
+                }
+                let mut h = hostname.clone();
+                h.created_ms = now;
+                self.hostnames.insert(h.name.clone(), h);
+                Response::Ok
+            }
+            Command::DeleteHostname { name } => match self.hostnames.remove(name) {
+                Some(_) => Response::Ok,
+                None => Response::Error(format!("no hostname {name} is registered")),
+            },
         }
     }
 
@@ -565,6 +628,8 @@ impl State {
             applied_requests,
             applied_order: _,
             instances,
+            routes,
+            hostnames,
         } = self;
         [
             registers.len(),
@@ -579,6 +644,8 @@ impl State {
             removed_nodes.len(),
             applied_requests.len(),
             instances.len(),
+            routes.len(),
+            hostnames.len(),
         ]
         .iter()
         .map(|n| *n as u64)
@@ -622,10 +689,36 @@ impl State {
             .collect()
     }
 
+    /// A release `op` succeeded: the app's route follows it, in full or
+    /// (its job asked for a weight below 100) as the canary next to the
+    /// deployment released in full before.
+    fn route_release(&mut self, op: &Operation) {
+        let Some(seq) = op.input_seq else {
+            return;
+        };
+        let weight = match self.jobs.get(&op.job_id).map(|j| &j.spec.kind) {
+            Some(JobKind::Release {
+                weight: Some(w), ..
+            }) => (*w).clamp(1, 100),
+            _ => 100,
+        };
+        let key = (op.project.clone(), op.app.clone(), op.workspace.clone());
+        let route = match self.routes.get(&key) {
+            Some(r) if weight < 100 && r.primary != seq => Route {
+                primary: r.primary,
+                canary: Some((seq, weight)),
+            },
+            _ => Route {
+                primary: seq,
+                canary: None,
+            },
+        };
+        self.routes.insert(key, route);
+    }
+
     /// The deployment `r` names: deployment `r.sequence` of the app, or by
-    /// default the one its newest successful release points at (the newest
-    /// successful deployment if none was released). An error says why there
-    /// is none.
+    /// default the one released in full (the newest successful deployment if
+    /// none was released). An error says why there is none.
     pub fn deployment_for(&self, r: &DeploymentRef) -> Result<&Operation, String> {
         let of_app = |kind: OpKind| {
             self.operations.values().filter(move |o| {
@@ -640,23 +733,18 @@ impl State {
                 .find(|o| o.sequence == seq)
                 .ok_or_else(|| format!("app {} has no deployment v{seq}", r.app))
         };
-        let op = match r.sequence {
-            Some(seq) => by_seq(seq)?,
-            None => {
-                let released = of_app(OpKind::Release)
-                    .filter(|o| o.status == OpStatus::Success)
-                    .max_by_key(|o| o.sequence)
-                    .and_then(|o| o.input_seq);
-                match released {
-                    Some(seq) => by_seq(seq)?,
-                    None => of_app(OpKind::Deployment)
-                        .filter(|o| o.status == OpStatus::Success)
-                        .max_by_key(|o| o.sequence)
-                        .ok_or_else(|| {
-                            format!("app {} (project {}) has no deployment", r.app, r.project)
-                        })?,
-                }
-            }
+        let released = self
+            .routes
+            .get(&(r.project.clone(), r.app.clone(), r.workspace.clone()))
+            .map(|route| route.primary);
+        let op = match (r.sequence, released) {
+            (Some(seq), _) | (None, Some(seq)) => by_seq(seq)?,
+            (None, None) => of_app(OpKind::Deployment)
+                .filter(|o| o.status == OpStatus::Success)
+                .max_by_key(|o| o.sequence)
+                .ok_or_else(|| {
+                    format!("app {} (project {}) has no deployment", r.app, r.project)
+                })?,
         };
         if op.state != ResourceState::Active || op.status != OpStatus::Success {
             return Err(format!(

@@ -901,3 +901,201 @@ fn deployment_for_follows_the_release_or_the_newest_deployment() {
     };
     assert!(st.deployment_for(&other).is_err());
 }
+
+/// A running job of `kind` for app "web"; its id.
+fn job_of_kind(st: &mut State, kind: JobKind) -> JobId {
+    let mut spec = spec("web");
+    spec.kind = kind;
+    let Response::JobCreated(id) = st.apply(&req(
+        1,
+        Command::CreateJob {
+            spec,
+            requested_by: "user:a".into(),
+        },
+    )) else {
+        panic!("job not created")
+    };
+    st.apply(&req(
+        2,
+        Command::AssignJob {
+            id,
+            runner: "r1".into(),
+        },
+    ));
+    st.apply(&req(3, Command::StartJob { id }));
+    id
+}
+
+/// A release of deployment `seq` by a job asking `weight`, completed with `status`.
+fn release(st: &mut State, seq: u64, weight: Option<u8>, status: OpStatus) {
+    let job = job_of_kind(
+        st,
+        JobKind::Release {
+            deployment: Some(seq),
+            prune: false,
+            retain: None,
+            weight,
+        },
+    );
+    let Response::OperationStarted { id, .. } = st.apply(&req(
+        4,
+        Command::BeginOperation {
+            job_id: job,
+            kind: OpKind::Release,
+            plugin: "process".into(),
+            input_seq: Some(seq),
+        },
+    )) else {
+        panic!("no release")
+    };
+    st.apply(&req(
+        5,
+        Command::CompleteOperation(OpCompletion {
+            op_id: id,
+            status,
+            result: None,
+            error: None,
+            output: vec![],
+            output_dropped: 0,
+            url: None,
+        }),
+    ));
+    st.apply(&req(
+        6,
+        Command::FinishJob {
+            id: job,
+            state: JobState::Success,
+            error: None,
+        },
+    ));
+}
+
+#[test]
+fn releases_set_the_route_in_full_or_as_a_canary() {
+    let mut st = State::default();
+    let key = (
+        JobSpec::example().project,
+        "web".to_string(),
+        JobSpec::example().workspace,
+    );
+    let route = |st: &State| st.routes.get(&key).copied();
+    // A canary with nothing released before is the release.
+    release(&mut st, 1, Some(10), OpStatus::Success);
+    assert_eq!(
+        route(&st),
+        Some(Route {
+            primary: 1,
+            canary: None
+        })
+    );
+    release(&mut st, 2, None, OpStatus::Success);
+    assert_eq!(
+        route(&st),
+        Some(Route {
+            primary: 2,
+            canary: None
+        })
+    );
+    release(&mut st, 3, Some(25), OpStatus::Success);
+    assert_eq!(
+        route(&st),
+        Some(Route {
+            primary: 2,
+            canary: Some((3, 25))
+        })
+    );
+    // A failed release changes nothing; a new weight replaces the canary's.
+    release(&mut st, 4, None, OpStatus::Error);
+    release(&mut st, 3, Some(60), OpStatus::Success);
+    assert_eq!(
+        route(&st),
+        Some(Route {
+            primary: 2,
+            canary: Some((3, 60))
+        })
+    );
+    // 100 % moves the rest; a rollback is a full release of an older one.
+    release(&mut st, 3, Some(100), OpStatus::Success);
+    assert_eq!(
+        route(&st),
+        Some(Route {
+            primary: 3,
+            canary: None
+        })
+    );
+    release(&mut st, 1, None, OpStatus::Success);
+    assert_eq!(
+        route(&st),
+        Some(Route {
+            primary: 1,
+            canary: None
+        })
+    );
+}
+
+#[test]
+fn hostnames_are_checked_registered_once_and_deleted() {
+    let mut st = State::default();
+    let host = |name: &str| Hostname {
+        name: name.into(),
+        project: "p".into(),
+        app: "web".into(),
+        workspace: "default".into(),
+        deployment: None,
+        created_ms: 0,
+    };
+    assert_eq!(
+        st.apply(&req(
+            9,
+            Command::RegisterHostname {
+                hostname: host("shop.example.com")
+            }
+        )),
+        Response::Ok
+    );
+    assert_eq!(st.hostnames["shop.example.com"].created_ms, 9);
+    let Response::Error(e) = st.apply(&req(
+        10,
+        Command::RegisterHostname {
+            hostname: host("shop.example.com"),
+        },
+    )) else {
+        panic!("registered twice")
+    };
+    assert!(e.contains("registered already"), "{e}");
+    for bad in [
+        "",
+        "Shop.example.com",
+        "-a.b",
+        "a..b",
+        "a_b.c",
+        &"x".repeat(64),
+    ] {
+        let r = st.apply(&req(
+            11,
+            Command::RegisterHostname {
+                hostname: host(bad),
+            },
+        ));
+        assert!(matches!(r, Response::Error(_)), "{bad:?}: {r:?}");
+    }
+    assert_eq!(
+        st.apply(&req(
+            12,
+            Command::DeleteHostname {
+                name: "shop.example.com".into()
+            }
+        )),
+        Response::Ok
+    );
+    assert!(st.hostnames.is_empty());
+    assert!(matches!(
+        st.apply(&req(
+            13,
+            Command::DeleteHostname {
+                name: "shop.example.com".into()
+            }
+        )),
+        Response::Error(_)
+    ));
+}

@@ -87,6 +87,7 @@ pub async fn run(run: &mut JobRun) -> Result<(), JobFailure> {
             deployment,
             prune,
             retain,
+            weight: _,
         } => {
             let target = find_deployment(run, deployment).await?;
             let value = value_of(&target)?;
