@@ -42,6 +42,9 @@ pub struct Ready {
     pub addr: String,
     pub ca_fingerprint: String,
     pub pid: u32,
+    /// `http://ip:port` of the node's URL-service ingress.
+    #[serde(default)]
+    pub ingress: Option<String>,
 }
 
 fn ready_file(dir: &Path) -> PathBuf {
@@ -106,6 +109,13 @@ async fn start(dir: &Path) -> Result<Ready, LocalError> {
     let listen = previous_addr(dir)
         .filter(|a| std::net::UdpSocket::bind(a).is_ok())
         .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+    // The URL service: its port as last time, else the usual 9703, when free.
+    let default_ingress = std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_INGRESS_PORT));
+    let ingress = previous_ingress(dir)
+        .into_iter()
+        .chain([default_ingress])
+        .find(|a| std::net::TcpListener::bind(a).is_ok())
+        .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
     let _ = std::fs::remove_file(ready_file(dir));
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -118,16 +128,24 @@ async fn start(dir: &Path) -> Result<Ready, LocalError> {
     let exe = std::env::current_exe()
         .map_err(|e| LocalError::Start(format!("cannot find the cairn binary: {e}")))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["server", "run", "--listen", &listen, "--data-dir"])
-        .arg(dir)
-        .arg("--ready-file")
-        .arg(ready_file(dir))
-        .arg("--bootstrap-file")
-        .arg(dir.join("bootstrap.token"))
-        .stdin(std::process::Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .process_group(0);
+    cmd.args([
+        "server",
+        "run",
+        "--listen",
+        &listen,
+        "--ingress",
+        &ingress,
+        "--data-dir",
+    ])
+    .arg(dir)
+    .arg("--ready-file")
+    .arg(ready_file(dir))
+    .arg("--bootstrap-file")
+    .arg(dir.join("bootstrap.token"))
+    .stdin(std::process::Stdio::null())
+    .stdout(log)
+    .stderr(log2)
+    .process_group(0);
     let mut child = cmd.spawn().map_err(|e| LocalError::Start(e.to_string()))?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
@@ -167,6 +185,21 @@ fn previous_addr(dir: &Path) -> Option<std::net::SocketAddr> {
         .ok()
         .filter(|a| a.ip().is_loopback())
 }
+
+/// The loopback address of the local node's last ingress.
+fn previous_ingress(dir: &Path) -> Option<std::net::SocketAddr> {
+    let text = std::fs::read_to_string(ready_file(dir)).ok()?;
+    let ready: Ready = serde_json::from_str(&text).ok()?;
+    ready
+        .ingress?
+        .strip_prefix("http://")?
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .filter(|a| a.ip().is_loopback())
+}
+
+/// The URL service's usual port (`cairn_node::ingress::DEFAULT_PORT`).
+const DEFAULT_INGRESS_PORT: u16 = cairn_node::ingress::DEFAULT_PORT;
 
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

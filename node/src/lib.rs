@@ -5,6 +5,7 @@
 pub mod attached;
 pub mod exec;
 pub mod identity;
+pub mod ingress;
 pub mod jobs;
 pub mod logs;
 pub mod peer;

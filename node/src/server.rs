@@ -25,6 +25,8 @@ use crate::raft::RaftNode;
 use crate::services;
 use crate::state::{ClusterCa, Command, Request, Response, State};
 
+/// The node's default QUIC port (see `NodeConfig::listen`).
+pub const DEFAULT_QUIC_PORT: u16 = 9701;
 /// How long `stop` waits for tasks after cancelling them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// File in the data dir of a node that left the membership on shutdown.
@@ -72,6 +74,13 @@ pub enum NodeError {
     JoinArgs,
     #[error("cannot restore from {path}: {message}")]
     Restore { path: PathBuf, message: String },
+    #[error("ingress: {0}")]
+    IngressTls(#[from] crate::ingress::tls::TlsError),
+    #[error("cannot listen for the ingress on {addr}: {source}")]
+    IngressBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Node settings (from `cairn-node` flags or `cairn server run`).
@@ -113,6 +122,30 @@ pub struct NodeConfig {
     /// Only used when the data dir is new.
     #[arg(long, conflicts_with = "join")]
     pub restore: Option<PathBuf>,
+    /// TCP address of the URL-service ingress (HTTP, or HTTPS with TLS
+    /// options). Default: the --listen IP with the --listen port + 2 (9703
+    /// next to the default 9701; any free port when --listen has port 0).
+    #[arg(long, value_name = "ADDR")]
+    pub ingress: Option<SocketAddr>,
+    /// Serve no URL-service ingress on this node.
+    #[arg(long, conflicts_with = "ingress")]
+    pub no_ingress: bool,
+    /// The URL service's domain: apps answer at APP.DOMAIN, deployments at
+    /// APP--vN.DOMAIN.
+    #[arg(long, default_value = crate::ingress::DEFAULT_DOMAIN)]
+    pub domain: String,
+    /// Serve the ingress over TLS with this certificate chain (PEM, leaf
+    /// first); needs --ingress-tls-key.
+    #[arg(long, value_name = "FILE", requires = "ingress_tls_key")]
+    pub ingress_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --ingress-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "ingress_tls_cert")]
+    pub ingress_tls_key: Option<PathBuf>,
+    /// Serve the ingress over TLS with a self-signed certificate for DOMAIN
+    /// and *.DOMAIN (written to DATA_DIR/ingress-cert.pem for clients to
+    /// trust).
+    #[arg(long, conflicts_with = "ingress_tls_cert")]
+    pub ingress_tls_self_signed: bool,
     /// TEST-ONLY knob, hidden from `--help`: build a Raft snapshot every N
     /// applied entries, whatever the state's size, instead of the default
     /// cadence (`raft::cadence`). Lets tests make a follower fall behind the
@@ -143,7 +176,29 @@ impl NodeConfig {
             restore: None,
             raft_snapshot_every: None,
             raft_logs_to_keep: None,
+            // Any free port: embedded and test nodes share one machine.
+            ingress: Some(SocketAddr::new(listen.ip(), 0)),
+            no_ingress: false,
+            domain: crate::ingress::DEFAULT_DOMAIN.to_string(),
+            ingress_tls_cert: None,
+            ingress_tls_key: None,
+            ingress_tls_self_signed: false,
         }
+    }
+
+    /// Where the ingress listens, or `None` without one (see
+    /// [`NodeConfig::ingress`]).
+    pub fn ingress_addr(&self) -> Option<SocketAddr> {
+        if self.no_ingress {
+            return None;
+        }
+        Some(self.ingress.unwrap_or_else(|| {
+            let port = match self.listen.port() {
+                0 => 0,
+                p => p.saturating_add(crate::ingress::DEFAULT_PORT - DEFAULT_QUIC_PORT),
+            };
+            SocketAddr::new(self.listen.ip(), port)
+        }))
     }
 
     /// Raft tuning: the defaults unless a test-only knob is set.
@@ -187,6 +242,8 @@ pub struct Ctx {
     pub logs: crate::logs::LogStore,
     /// Connections of the entrypoints connected to this node.
     pub attached: crate::attached::Attached,
+    /// This node's URL-service ingress, if it serves one.
+    pub ingress: Option<cairn_protocol::api::IngressInfo>,
 }
 
 impl Ctx {
@@ -300,6 +357,20 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(bind_err)?;
+    let ingress = match bind_ingress(&cfg).await {
+        Ok(i) => i,
+        Err(e) => {
+            endpoint.close(0u32.into(), b"node failed to start");
+            return Err(e);
+        }
+    };
+    let ingress_info = match &ingress {
+        Some(i) => Some(i.info().map_err(|source| NodeError::IngressBind {
+            addr: cfg.ingress_addr().unwrap_or(cfg.listen),
+            source,
+        })?),
+        None => None,
+    };
     let peers = QuicTransport::new(
         identity.node_id,
         endpoint.clone(),
@@ -329,6 +400,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         peers,
         logs: crate::logs::LogStore::default(),
         attached: crate::attached::Attached::default(),
+        ingress: ingress_info.clone(),
     });
 
     // Serve peers (and clients) before joining: the leader replicates to
@@ -368,10 +440,14 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         ctx.clone(),
         shutdown.clone(),
     )));
+    if let Some(ingress) = ingress {
+        tasks.push(tokio::spawn(ingress.run(ctx.clone(), shutdown.clone())));
+    }
 
     if let Some(path) = &cfg.ready_file {
         let ready = serde_json::json!({
             "addr": addr.to_string(),
+            "ingress": ingress_info.as_ref().map(|i| format!("{}://{}", i.scheme, i.addr)),
             "advertise": advertise,
             "ca_fingerprint": identity.ca_fingerprint,
             "node_id": identity.node_id,
@@ -390,6 +466,32 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         endpoint,
         data_dir: cfg.data_dir.clone(),
     })
+}
+
+/// Binds the ingress as configured (TLS set up first, so a bad certificate
+/// is reported before anything listens).
+async fn bind_ingress(cfg: &NodeConfig) -> Result<Option<crate::ingress::Ingress>, NodeError> {
+    let Some(addr) = cfg.ingress_addr() else {
+        return Ok(None);
+    };
+    let tls = match (&cfg.ingress_tls_cert, &cfg.ingress_tls_key) {
+        (Some(cert), Some(key)) => Some(crate::ingress::tls::from_files(cert, key)?),
+        _ if cfg.ingress_tls_self_signed => {
+            let (config, pem) = crate::ingress::tls::self_signed(&cfg.domain)?;
+            let path = cfg.data_dir.join("ingress-cert.pem");
+            std::fs::create_dir_all(&cfg.data_dir).map_err(|source| NodeError::Io {
+                path: cfg.data_dir.clone(),
+                source,
+            })?;
+            identity::write_atomic(&path, pem.as_bytes(), false)?;
+            Some(config)
+        }
+        _ => None,
+    };
+    crate::ingress::Ingress::bind(addr, &cfg.domain, tls)
+        .await
+        .map(Some)
+        .map_err(|source| NodeError::IngressBind { addr, source })
 }
 
 /// The endpoint config, with a stateless-reset key derived from the node's

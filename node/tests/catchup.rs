@@ -85,6 +85,8 @@ impl Proc {
             .arg(self.dir.join("data"))
             .arg("--listen")
             .arg(&self.listen)
+            // Several nodes share loopback: any free port for each ingress.
+            .args(["--ingress", "127.0.0.1:0"])
             .arg("--ready-file")
             .arg(self.ready_file())
             .arg("--bootstrap-file")

@@ -301,6 +301,51 @@ pub struct ServerInfo {
     /// This node's own Raft log and snapshot positions (no round trip: a
     /// follower may lag).
     pub raft: RaftProgress,
+    /// This node's URL-service ingress, if it serves one.
+    pub ingress: Option<IngressInfo>,
+}
+
+/// Where a node's URL-service ingress answers, and for which domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressInfo {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// The address it listens on (`ip:port`).
+    pub addr: String,
+    /// Apps answer at `APP.DOMAIN`, deployments at `APP--vN.DOMAIN`.
+    pub domain: String,
+}
+
+impl IngressInfo {
+    /// `SCHEME://HOST[:PORT]/`, without the port when it is the scheme's
+    /// default.
+    pub fn url(&self, host: &str) -> String {
+        let port = self
+            .addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok());
+        match (self.scheme.as_str(), port) {
+            ("http", Some(80)) | ("https", Some(443)) | (_, None) => {
+                format!("{}://{host}/", self.scheme)
+            }
+            (_, Some(p)) => format!("{}://{host}:{p}/", self.scheme),
+        }
+    }
+
+    /// The URL of an app's release.
+    pub fn release_url(&self, app: &str) -> String {
+        self.url(&format!("{}.{}", app.to_ascii_lowercase(), self.domain))
+    }
+
+    /// The URL of deployment `sequence` of an app.
+    pub fn deployment_url(&self, app: &str, sequence: u64) -> String {
+        self.url(&format!(
+            "{}--v{sequence}.{}",
+            app.to_ascii_lowercase(),
+            self.domain
+        ))
+    }
 }
 
 /// Where one node's Raft log, state machine and snapshot are.

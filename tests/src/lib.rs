@@ -221,6 +221,19 @@ pub struct HttpResponse {
 }
 
 /// `GET url` with plain std (http:// only, HTTP/1.0, no redirects).
+/// `host:port` of a URL as a socket address; names under `localhost`
+/// (`web.localhost`, the URL service's dev domain) are the loopback
+/// address, as curl and browsers take them.
+pub fn resolve_http_host(host: &str) -> Option<SocketAddr> {
+    let (name, port) = host.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
+        return Some(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(host).ok()?.next()
+}
+
 pub fn http_get(url: &str) -> std::io::Result<HttpResponse> {
     let bad =
         |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{m}: {url}"));
@@ -231,9 +244,7 @@ pub fn http_get(url: &str) -> std::io::Result<HttpResponse> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(host)?
-        .next()
-        .ok_or_else(|| bad("host resolves to nothing"))?;
+    let addr = resolve_http_host(host).ok_or_else(|| bad("host resolves to nothing"))?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
@@ -396,6 +407,9 @@ pub struct Ready {
     pub ca_fingerprint: String,
     pub node_id: u64,
     pub pid: u32,
+    /// `http://ip:port` of the URL-service ingress, when it serves one.
+    #[serde(default)]
+    pub ingress: Option<String>,
 }
 
 /// Options for a [`NodeProc`].
@@ -490,6 +504,18 @@ impl NodeProc {
             .arg(self.data_dir())
             .arg("--listen")
             .arg(self.builder.listen.as_deref().unwrap_or("127.0.0.1:0"))
+            // Any free port for the ingress (several nodes share loopback),
+            // unless the test chose.
+            .args(
+                (!self
+                    .builder
+                    .args
+                    .iter()
+                    .any(|a| a == "--ingress" || a == "--no-ingress"))
+                .then_some(["--ingress", "127.0.0.1:0"])
+                .into_iter()
+                .flatten(),
+            )
             .arg("--ready-file")
             .arg(self.ready_file())
             .arg("--bootstrap-file")
@@ -545,6 +571,18 @@ impl NodeProc {
 
     pub fn pid(&self) -> u32 {
         self.ready().pid
+    }
+
+    /// `http://HOST:PORT/` on this node's ingress (HOST as given:
+    /// `web.localhost`, `web--v2.localhost`…).
+    pub fn url(&self, host: &str) -> String {
+        let ingress = self
+            .ready()
+            .ingress
+            .clone()
+            .expect("this node serves an ingress");
+        let port = ingress.rsplit(':').next().unwrap_or_default().to_string();
+        format!("http://{host}:{port}/")
     }
 
     /// The node's id in hex, as `cairn instance list` and logs show it.

@@ -593,6 +593,7 @@ mod tests {
                 (3, "10.0.0.3:9701".into()),
             ],
             raft: Default::default(),
+            ingress: None,
         }
     }
 

@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use cairn_protocol::api::{ClientRequest, ClientResponse, JobEvent, RunnerToNode, StepStatus};
+use cairn_protocol::api::{
+    ClientRequest, ClientResponse, IngressInfo, JobEvent, RunnerToNode, ServerInfo, StepStatus,
+};
 use cairn_protocol::rpc;
 use cairn_protocol::types::{
     Job, OpCompletion, OpId, OpKind, OpStatus, Operation, ResourceState, Stream, TokenScope,
@@ -45,6 +47,8 @@ pub struct JobRun {
     tx: mpsc::UnboundedSender<RunnerToNode>,
     cancelled: Arc<AtomicBool>,
     step: u32,
+    /// The node's `ServerInfo`, once asked for.
+    info: Option<Box<ServerInfo>>,
 }
 
 /// What a recorded step is: its kind, plugin, input, and the environment
@@ -115,7 +119,35 @@ impl JobRun {
             tx,
             cancelled,
             step: 0,
+            info: None,
         }
+    }
+
+    /// The node's `ServerInfo` (asked once per job).
+    pub async fn server_info(&mut self) -> Result<&ServerInfo, JobFailure> {
+        if self.info.is_none() {
+            match self.call(ClientRequest::ServerInfo).await? {
+                ClientResponse::ServerInfo(info) => self.info = Some(info),
+                other => {
+                    return Err(JobFailure::new(format!(
+                        "unexpected answer to ServerInfo: {other:?}"
+                    )))
+                }
+            }
+        }
+        // Invariant: set just above when it was not.
+        self.info
+            .as_deref()
+            .ok_or_else(|| JobFailure::new("no server info"))
+    }
+
+    /// The cluster's URL service, when the node serves one: the app's
+    /// deployment and release URLs come from it.
+    pub async fn ingress(&mut self) -> Option<IngressInfo> {
+        self.server_info()
+            .await
+            .ok()
+            .and_then(|i| i.ingress.clone())
     }
 
     pub fn event(&self, ev: JobEvent) {

@@ -105,7 +105,7 @@ mod tests {
         let st = some_state();
         let bytes = encode_snapshot_file(&st).expect("encode");
         assert_eq!(&bytes[..8], b"CAIRNSNP");
-        assert_eq!(&bytes[8..12], &2u32.to_le_bytes());
+        assert_eq!(&bytes[8..12], &SNAPSHOT_FILE_VERSION.to_le_bytes());
         assert_eq!(decode_snapshot_file(&bytes).expect("decode"), st);
     }
 
@@ -144,14 +144,14 @@ mod tests {
                 e,
                 SnapshotFileError::Version {
                     found: 7,
-                    expected: 2
+                    expected: SNAPSHOT_FILE_VERSION
                 }
             ),
             "{e:?}"
         );
         let msg = e.to_string();
         assert!(
-            msg.contains("version 7") && msg.contains("version 2"),
+            msg.contains("version 7") && msg.contains(&format!("version {SNAPSHOT_FILE_VERSION}")),
             "{msg}"
         );
     }

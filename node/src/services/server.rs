@@ -27,6 +27,7 @@ pub fn info(ctx: &Ctx) -> ClientResponse {
             purged_index: p.purged_index,
             snapshots_installed: p.snapshots_installed,
         },
+        ingress: ctx.ingress.clone(),
     }))
 }
 

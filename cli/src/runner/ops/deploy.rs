@@ -21,6 +21,7 @@ pub async fn run(
         .convert(&values, platform.input_types())
         .map_err(|e| JobFailure::new(format!("{}: {e}", stage.plugin.location)))?;
     let hook_list = stage.hooks.clone();
+    let ingress = run.ingress().await;
     let dep = run
         .op_step(
             OpSpec {
@@ -42,12 +43,20 @@ pub async fn run(
                         let _ = undo.destroy(ctx, v);
                     },
                 )?;
-                let url = platform.url(&v);
+                // The URL service's address for it, else the platform's own.
+                let url = match &ingress {
+                    Some(i) => Some(i.deployment_url(&ctx.app, ctx.sequence)),
+                    None => platform.url(&v),
+                };
                 Ok((v, url))
             },
         )
         .await?;
-    if let Some(url) = l.stages.platform.url(&dep.value) {
+    let url = match run.ingress().await {
+        Some(i) => Some(i.deployment_url(&run.job.spec.app, dep.sequence)),
+        None => l.stages.platform.url(&dep.value),
+    };
+    if let Some(url) = url {
         run.result("Deployment URL", &url);
     }
     Ok((dep.sequence, dep.value))

@@ -49,6 +49,8 @@ pub async fn run(
         retain: retain.unwrap_or(DEFAULT_RETAIN) as usize,
     };
     let (seq, value) = target;
+    let ingress = run.ingress().await;
+    let app = run.job.spec.app.clone();
     let rel = run
         .op_step(
             OpSpec {
@@ -70,7 +72,10 @@ pub async fn run(
                     },
                     |_, _| {},
                 )?;
-                let url = out.urls.first().cloned();
+                let url = match &ingress {
+                    Some(i) => Some(i.release_url(&app)),
+                    None => out.urls.first().cloned(),
+                };
                 let pruned = serde_json::json!(out.pruned);
                 let mut v = out.value;
                 if let serde_json::Value::Object(m) = &mut v.data {
@@ -87,7 +92,10 @@ pub async fn run(
             }
         }
     }
-    let url = deployments_url(&rel.value);
+    let url = match run.ingress().await {
+        Some(i) => Some(i.release_url(&run.job.spec.app)),
+        None => deployments_url(&rel.value),
+    };
     if let Some(url) = url {
         run.result("Release URL", &url);
     }

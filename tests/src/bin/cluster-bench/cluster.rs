@@ -77,6 +77,8 @@ impl Cluster {
                 c.addrs[i].clone(),
                 "--ready-file".into(),
                 ready.display().to_string(),
+                // Raft is what is measured here.
+                "--no-ingress".into(),
             ];
             let first = if i == 0 {
                 vec![

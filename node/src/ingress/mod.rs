@@ -1,0 +1,250 @@
+//! The URL service's HTTP ingress: every node answers `APP.DOMAIN` (the
+//! app's release), `APP--vN.DOMAIN` (deployment N) and registered custom
+//! hostnames, and tunnels each request to an instance through that
+//! instance's entrypoint connection (see [`proxy`]).
+//!
+//! ```text
+//! client ─HTTP/1.1 or h2, TLS optional─▶ ingress (any node) ─tunnel─▶ entrypoint ─TCP─▶ app:PORT
+//! ```
+//!
+//! Invariants:
+//! - Routing reads this node's applied state ([`route`]): a release switch
+//!   is atomic (each request sees the old route or the new one), and a
+//!   canary takes its weight's share of requests.
+//! - Requests spread over the deployment's connected instances round-robin;
+//!   an instance that cannot take a request is skipped for it ([`proxy`]).
+//! - Unknown host: 404; known but nothing can answer: a readable 502.
+
+pub mod pages;
+pub mod proxy;
+pub mod route;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_protocol::api::IngressInfo;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::Ctx;
+use proxy::{Body, Pool};
+
+/// The ingress's default port.
+pub const DEFAULT_PORT: u16 = 9703;
+/// The default domain: `http://web.localhost:9703/` works on a dev node.
+pub const DEFAULT_DOMAIN: &str = "localhost";
+/// How long a request that no instance could take (none connected, or
+/// none reachable where the state says it is) waits for one before the 502.
+pub const MOVE_WAIT: Duration = Duration::from_secs(5);
+/// How often it looks again meanwhile.
+const MOVE_POLL: Duration = Duration::from_millis(200);
+
+/// A bound ingress, ready to serve.
+pub struct Ingress {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    domain: String,
+    scheme: &'static str,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    pool: Pool,
+    /// Round-robin position, shared by every deployment.
+    next: AtomicUsize,
+}
+
+impl Ingress {
+    /// Binds `addr` (parse, then bind: errors name the address). `tls`
+    /// serves HTTPS (with HTTP/2 by ALPN) instead of plain HTTP.
+    pub async fn bind(
+        addr: SocketAddr,
+        domain: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Ingress> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Ingress {
+            listener,
+            shared: Arc::new(Shared {
+                domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+                scheme: if tls.is_some() { "https" } else { "http" },
+                tls: tls.map(tokio_rustls::TlsAcceptor::from),
+                pool: Pool::default(),
+                next: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// What `ServerInfo` says about this ingress.
+    pub fn info(&self) -> std::io::Result<IngressInfo> {
+        Ok(IngressInfo {
+            scheme: self.shared.scheme.to_string(),
+            addr: self.listener.local_addr()?.to_string(),
+            domain: self.shared.domain.clone(),
+        })
+    }
+
+    /// Accepts connections until `shutdown`.
+    pub async fn run(self, ctx: Arc<Ctx>, shutdown: CancellationToken) {
+        loop {
+            let (tcp, client) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                a = self.listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "ingress accept failed");
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let ctx = ctx.clone();
+            let shared = self.shared.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = serve_connection(ctx, shared, tcp, client) => {}
+                }
+            });
+        }
+    }
+}
+
+async fn serve_connection(
+    ctx: Arc<Ctx>,
+    shared: Arc<Shared>,
+    tcp: tokio::net::TcpStream,
+    client: SocketAddr,
+) {
+    let service = {
+        let shared = shared.clone();
+        service_fn(move |req| {
+            let ctx = ctx.clone();
+            let shared = shared.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(&ctx, &shared, client, req).await) }
+        })
+    };
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let served = match &shared.tls {
+        Some(acceptor) => match acceptor.accept(tcp).await {
+            Ok(tls) => {
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .await
+            }
+            Err(e) => {
+                tracing::debug!(%client, error = %e, "TLS handshake failed");
+                return;
+            }
+        },
+        None => {
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(%client, error = %e, "ingress connection ended");
+    }
+}
+
+/// One request: route it, then forward it (or answer 404/502).
+async fn handle(
+    ctx: &Ctx,
+    shared: &Shared,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let host = route::normalize(&host);
+    let roll = (rand_u32() % 100) as u8;
+    // Instances that are moving (their node died, they reconnect to
+    // another) cannot take a request for a moment: as long as it was not
+    // sent, look again for a little while before answering 502.
+    let deadline = tokio::time::Instant::now() + MOVE_WAIT;
+    let mut req = req;
+    let mut from_client = proxy::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    loop {
+        let target = ctx
+            .raft
+            .read_local(|st| route::resolve(st, &shared.domain, &host, roll));
+        let target = match target {
+            Ok(t) => t,
+            Err(route::Miss::Unknown(why)) => return pages::not_found(&host, &why),
+            Err(route::Miss::Unavailable(why)) => return pages::bad_gateway(&host, &why),
+        };
+        let what = format!("v{} of {}", target.sequence, target.app);
+        let why = if target.instances.is_empty() {
+            format!("{what} has no instance up (none is connected to the cluster)")
+        } else {
+            let start = shared.next.fetch_add(1, Ordering::Relaxed);
+            let origin = proxy::Origin {
+                addr: client,
+                scheme: shared.scheme,
+            };
+            let sent = proxy::forward(
+                ctx,
+                &shared.pool,
+                &target,
+                start,
+                &origin,
+                req,
+                &mut from_client,
+            );
+            match sent.await {
+                Ok(resp) => return resp,
+                Err(proxy::Failure {
+                    why,
+                    unsent: Some(back),
+                }) => {
+                    req = back;
+                    format!("{what}: {why}")
+                }
+                Err(proxy::Failure { why, unsent: None }) => {
+                    return pages::bad_gateway(&host, &format!("{what}: {why}"))
+                }
+            }
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return pages::bad_gateway(&host, &why);
+        }
+        tokio::time::sleep(MOVE_POLL).await;
+    }
+}
+
+/// A cheap, non-cryptographic random number (canary rolls).
+fn rand_u32() -> u32 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+                | 1,
+        );
+    }
+    STATE.with(|s| {
+        // xorshift64*
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
+    })
+}

@@ -1,0 +1,385 @@
+//! Forwarding one request to an instance through a URL tunnel.
+//!
+//! Each tunnel is one TCP connection to the app (through the entrypoint's
+//! outbound connection, and the peer mesh when the entrypoint is on
+//! another node), spoken to in HTTP/1.1. Idle tunnels are kept per
+//! instance and reused (keep-alive).
+//!
+//! Invariants:
+//! - A request is sent at most once: it is retried on another tunnel (or
+//!   instance) only when hyper hands it back unsent (a pooled connection
+//!   the app had just closed, a tunnel that could not be opened).
+//! - A tunnel goes back to the pool only once its previous exchange is
+//!   over (hyper says it is ready), and never after an upgrade.
+//! - Hop-by-hop headers are not forwarded; `X-Forwarded-For`, `-Proto` and
+//!   `-Host` are set for the app.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn_protocol::frame;
+use cairn_protocol::instance::{NodeToEntrypoint, TunnelReply};
+use cairn_protocol::types::OpId;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::route::Target;
+use crate::attached;
+use crate::raft::NodeId;
+use crate::server::Ctx;
+
+/// A response body: the app's, or one of ours.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// An idle tunnel is dropped after this long unused.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle tunnels kept per instance at most.
+pub const MAX_IDLE_PER_INSTANCE: usize = 64;
+/// How long opening a tunnel may take (the app connecting included).
+pub const TUNNEL_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Sender = http1::SendRequest<Incoming>;
+type Key = (OpId, String);
+type IdleMap = HashMap<Key, Vec<(Sender, Instant)>>;
+
+/// Idle tunnels by (deployment, instance).
+#[derive(Default, Clone)]
+pub struct Pool {
+    idle: Arc<Mutex<IdleMap>>,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, IdleMap> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An idle tunnel to the instance that is still open, if any.
+    fn take(&self, key: &Key) -> Option<Sender> {
+        let mut map = self.lock();
+        let list = map.get_mut(key)?;
+        while let Some((sender, since)) = list.pop() {
+            if !sender.is_closed() && sender.is_ready() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps `sender` for reuse once its exchange is over.
+    fn put_when_ready(&self, key: Key, mut sender: Sender) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let mut map = pool.lock();
+            let list = map.entry(key).or_default();
+            list.retain(|(s, since)| !s.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+            if list.len() < MAX_IDLE_PER_INSTANCE {
+                list.push((sender, Instant::now()));
+            }
+        });
+    }
+
+    /// Idle tunnels kept now (all instances).
+    pub fn idle(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+}
+
+/// A tunnel stream pair as one byte stream.
+struct TunnelIo {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl AsyncRead for TunnelIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TunnelIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.send)
+            .poll_write(cx, buf)
+            .map_err(std::io::Error::from)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.send).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.send).poll_shutdown(cx)
+    }
+}
+
+/// Opens a tunnel to an instance and starts an HTTP/1.1 client on it.
+async fn open_tunnel(
+    ctx: &Ctx,
+    deployment: OpId,
+    instance: &str,
+    node: NodeId,
+) -> Result<Sender, String> {
+    let opened = tokio::time::timeout(TUNNEL_TIMEOUT, async {
+        let header = NodeToEntrypoint::Tunnel { port: None };
+        let (send, mut recv) = attached::open(ctx, node, deployment, instance, &header).await?;
+        match frame::read_required::<_, TunnelReply>(&mut recv).await {
+            Ok(TunnelReply::Connected) => Ok(TunnelIo { send, recv }),
+            Ok(TunnelReply::Failed { reason }) => Err(format!("instance {instance}: {reason}")),
+            Err(e) => Err(format!("instance {instance}: the tunnel broke: {e}")),
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(format!(
+            "instance {instance}: no tunnel within {TUNNEL_TIMEOUT:?}"
+        ))
+    })?;
+    let (sender, conn) = http1::handshake(TokioIo::new(opened))
+        .await
+        .map_err(|e| format!("instance {instance}: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "tunnel connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// Where a request came from: the client's address and the scheme it used
+/// (for the `X-Forwarded-*` headers).
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub scheme: &'static str,
+}
+
+/// Why forwarding failed: the text of a 502 page, and the request when it
+/// was never sent (it may be tried again).
+pub struct Failure {
+    pub why: String,
+    pub unsent: Option<Request<Incoming>>,
+}
+
+/// Sends `req` to one of `target`'s instances (starting at `start`, the
+/// round-robin position): a pooled tunnel, else a new one; the next
+/// instance when an instance cannot take it. Returns the app's response.
+/// `from_client`: the client's side of an upgrade (a websocket), joined to
+/// the app's when it answers 101.
+pub async fn forward(
+    ctx: &Ctx,
+    pool: &Pool,
+    target: &Target,
+    start: usize,
+    client: &Origin,
+    mut req: Request<Incoming>,
+    from_client: &mut Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response<Body>, Failure> {
+    let upgrade = wants_upgrade(req.headers());
+    prepare(&mut req, client.addr, client.scheme, upgrade);
+    let n = target.instances.len();
+    let mut last = String::from("no instance is connected");
+    for i in 0..n {
+        let (instance, node) = &target.instances[(start + i) % n];
+        let key = (target.deployment, instance.clone());
+        // Pooled tunnels first, then a new one; a pooled tunnel the app has
+        // closed meanwhile hands the request back unsent.
+        loop {
+            let (mut sender, pooled) = match pool.take(&key) {
+                Some(s) => (s, true),
+                None => match open_tunnel(ctx, target.deployment, instance, *node).await {
+                    Ok(s) => (s, false),
+                    Err(e) => {
+                        last = e;
+                        break;
+                    }
+                },
+            };
+            match sender.try_send_request(req).await {
+                Ok(mut resp) => {
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some(from_client) = from_client.take() {
+                            let to_app = hyper::upgrade::on(&mut resp);
+                            tokio::spawn(join_upgraded(from_client, to_app));
+                        }
+                    } else {
+                        pool.put_when_ready(key, sender);
+                    }
+                    let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    strip_hop_by_hop(resp.headers_mut(), upgraded);
+                    return Ok(resp.map(BodyExt::boxed));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) => {
+                        req = back;
+                        last = format!("instance {instance}: {}", e.into_error());
+                        if !pooled {
+                            break;
+                        }
+                    }
+                    None => {
+                        return Err(Failure {
+                            why: format!(
+                                "instance {instance} failed while answering: {}",
+                                e.into_error()
+                            ),
+                            unsent: None,
+                        })
+                    }
+                },
+            }
+        }
+    }
+    Err(Failure {
+        why: last,
+        unsent: Some(req),
+    })
+}
+
+/// Copies bytes between the client's and the app's upgraded connections
+/// (a websocket) until both ends close.
+async fn join_upgraded(client: hyper::upgrade::OnUpgrade, app: hyper::upgrade::OnUpgrade) {
+    let (client, app) = match tokio::try_join!(client, app) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut app = TokioIo::new(app);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut app).await;
+}
+
+/// Whether the request asks to switch protocols (a websocket).
+pub fn wants_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The request as the app gets it: HTTP/1.1 in origin form, `Host` set,
+/// hop-by-hop headers gone, `X-Forwarded-*` added.
+fn prepare(req: &mut Request<Incoming>, client: SocketAddr, scheme: &str, upgrade: bool) {
+    let host = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    if let Ok(uri) = path.parse() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    if let Some(host) = host {
+        headers.insert(header::HOST, host.clone());
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    let ip = client.ip().to_string();
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(before) => format!("{before}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
+    );
+}
+
+/// Removes the headers that concern one connection only (RFC 9110 7.6.1),
+/// and those the `Connection` header names. With `upgrade`, `Connection:
+/// upgrade` and `Upgrade` stay.
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+    ] {
+        h.remove(n);
+    }
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_upgrades_keep_theirs() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+}
