@@ -115,6 +115,9 @@ enum Cmd {
     /// App instances: each deployed process's entrypoint and its node.
     #[command(subcommand)]
     Instance(commands::instance::InstanceCmd),
+    /// Custom host names of the URL service.
+    #[command(subcommand)]
+    Hostname(commands::hostname::HostnameCmd),
     /// Show the output of a deployment's instances (all of them, from every node).
     Logs(commands::logs::LogsArgs),
     /// Run a command in an instance of a deployment (its env and working dir).
@@ -280,6 +283,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Runner(r) => commands::runner::run(g, r).await,
         Cmd::Instance(i) => commands::instance::run(g, i).await,
         Cmd::Logs(l) => commands::logs::run(g, l).await,
+        Cmd::Hostname(h) => commands::hostname::run(g, h).await,
         Cmd::Exec(e) => commands::exec::run(g, e).await,
         Cmd::Supervise { .. } | Cmd::Entrypoint { .. } => Ok(2),
     }

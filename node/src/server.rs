@@ -141,9 +141,9 @@ pub struct NodeConfig {
     /// The private key (PEM) of --ingress-tls-cert.
     #[arg(long, value_name = "FILE", requires = "ingress_tls_cert")]
     pub ingress_tls_key: Option<PathBuf>,
-    /// Serve the ingress over TLS with a self-signed certificate for DOMAIN
-    /// and *.DOMAIN (written to DATA_DIR/ingress-cert.pem for clients to
-    /// trust).
+    /// Serve the ingress over TLS with certificates issued on the fly by a
+    /// CA of this node's own (DATA_DIR/ingress-ca.pem: the file clients
+    /// trust; kept across restarts).
     #[arg(long, conflicts_with = "ingress_tls_cert")]
     pub ingress_tls_self_signed: bool,
     /// TEST-ONLY knob, hidden from `--help`: build a Raft snapshot every N
@@ -476,16 +476,10 @@ async fn bind_ingress(cfg: &NodeConfig) -> Result<Option<crate::ingress::Ingress
     };
     let tls = match (&cfg.ingress_tls_cert, &cfg.ingress_tls_key) {
         (Some(cert), Some(key)) => Some(crate::ingress::tls::from_files(cert, key)?),
-        _ if cfg.ingress_tls_self_signed => {
-            let (config, pem) = crate::ingress::tls::self_signed(&cfg.domain)?;
-            let path = cfg.data_dir.join("ingress-cert.pem");
-            std::fs::create_dir_all(&cfg.data_dir).map_err(|source| NodeError::Io {
-                path: cfg.data_dir.clone(),
-                source,
-            })?;
-            identity::write_atomic(&path, pem.as_bytes(), false)?;
-            Some(config)
-        }
+        _ if cfg.ingress_tls_self_signed => Some(crate::ingress::tls::self_signed(
+            &cfg.domain,
+            &cfg.data_dir,
+        )?),
         _ => None,
     };
     crate::ingress::Ingress::bind(addr, &cfg.domain, tls)

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::instance::{DeploymentRef, ExecSpec, LogEntry, LogsQuery};
 use crate::types::{
-    ConfigScope, ConfigVar, Instance, Job, JobId, JobSpec, JobState, OpCompletion, OpId, OpKind,
-    Operation, ResourceState, Runner, RunnerKind, Stream, TokenScope,
+    ConfigScope, ConfigVar, Hostname, Instance, Job, JobId, JobSpec, JobState, OpCompletion, OpId,
+    OpKind, Operation, ResourceState, Runner, RunnerKind, Stream, TokenScope,
 };
 
 /// Requests a CLI (or a runner on the CLI's connection) sends to a node.
@@ -155,6 +155,19 @@ pub enum ClientRequest {
         instance: Option<String>,
         spec: ExecSpec,
     },
+
+    // -- hostname service (users) --
+    /// Serve `target` (its release, or deployment `target.sequence`) at the
+    /// custom host name `name` too. Answered `Ok`.
+    RegisterHostname {
+        name: String,
+        target: DeploymentRef,
+    },
+    DeleteHostname {
+        name: String,
+    },
+    /// Answered `Hostnames`.
+    ListHostnames,
 }
 
 /// What an entrypoint says about itself when it registers.
@@ -196,6 +209,8 @@ impl ClientRequest {
                 | ClientRequest::SetConfig { .. }
                 | ClientRequest::DeleteConfig { .. }
                 | ClientRequest::CreateToken { .. }
+                | ClientRequest::RegisterHostname { .. }
+                | ClientRequest::DeleteHostname { .. }
         )
     }
 }
@@ -249,6 +264,7 @@ pub enum ClientResponse {
     LogsEnd {
         unavailable: Vec<String>,
     },
+    Hostnames(Vec<Hostname>),
     /// The exec session is open on `instance` (connected to `node`); exec
     /// frames follow.
     ExecOpened {

@@ -285,6 +285,35 @@ pub fn hello_app() -> TempDir {
     dir
 }
 
+/// `tests/src/webapp.py`: the URL-service tests' app (Python standard
+/// library; `/`, `/headers`, `/upload`, `/stream`, `/ws`).
+pub const WEBAPP: &str = include_str!("webapp.py");
+
+/// App `web` of project `shop`: `count` instances of [`WEBAPP`] on the
+/// process platform.
+pub fn webapp(count: u32) -> TempDir {
+    let hcl = format!(
+        r#"project = "shop"
+
+app "web" {{
+  build {{
+    use "files" {{}}
+  }}
+  deploy {{
+    use "process" {{
+      command = ["python3", "web.py"]
+      count   = {count}
+    }}
+  }}
+  release {{
+    use "process" {{}}
+  }}
+}}
+"#
+    );
+    write_app(&hcl, &[("web.py", WEBAPP)])
+}
+
 /// A temp dir holding `cairn.hcl` with `hcl` (plus any `extra` files).
 pub fn write_app(hcl: &str, extra: &[(&str, &str)]) -> TempDir {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod exec;
+pub mod hostname;
 pub mod instance;
 pub mod job;
 pub mod lifecycle;

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod entrypoint;
+pub mod hostname;
 pub mod jobs;
 pub mod runner;
 pub mod server;
@@ -102,6 +103,11 @@ pub async fn dispatch(
             instance,
             spec,
         } => return crate::exec::open(ctx, s, target, instance, spec, send, recv).await,
+        ClientRequest::RegisterHostname { name, target } => {
+            hostname::register(ctx, s, name, target).await
+        }
+        ClientRequest::DeleteHostname { name } => hostname::delete(ctx, s, name).await,
+        ClientRequest::ListHostnames => hostname::list(ctx).await,
     };
     let _ = frame::write(&mut send, &resp).await;
     let _ = send.finish();
