@@ -637,3 +637,64 @@ fn the_ingress_serves_tls_with_a_self_signed_certificate_and_http2() {
     };
     assert_eventually!(again().starts_with("instance 0 v1"), WITHIN, "{}", again());
 }
+
+#[test]
+fn an_instance_that_goes_away_leaves_the_rotation_without_failing_the_others() {
+    let node = NodeProc::start_new();
+    let cli = Cli::new();
+    cli.connect_to(&node, "dev");
+    let app = webapp(2);
+    let up = cli.run_in(app.path(), &["up"]).ok();
+    let release = up.field("Release URL").expect("Release URL");
+    let connected = || -> Vec<u64> {
+        let v = cli.run(&["instance", "list", "--json"]).ok().json();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["state"] == "connected")
+            .filter_map(|i| i["pid"].as_u64())
+            .collect()
+    };
+    assert_eventually!(connected().len() == 2, WITHIN);
+    let (addr, host) = split_url(&release);
+    let rt = runtime();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = Arc::new(Load::default());
+    const WORKERS: usize = 4;
+    for _ in 0..WORKERS {
+        rt.spawn(hammer(
+            addr,
+            host.clone(),
+            stop.clone(),
+            load.clone(),
+            false,
+        ));
+    }
+    let wait_for = |n: u64| {
+        let start = load.total.load(Ordering::Relaxed);
+        assert_eventually!(load.total.load(Ordering::Relaxed) >= start + n, WITHIN);
+    };
+    wait_for(200);
+    assert!(load.failures().is_empty(), "{:?}", load.failures());
+
+    // One instance's entrypoint (and with it its app) is killed outright.
+    let victim = connected()[0];
+    cairn_tests::signal(victim as u32, "KILL");
+    // The node notices (the connection times out); the requests the victim
+    // was serving (one per worker at most) fail, none of the others.
+    assert_eventually!(!connected().contains(&victim), WITHIN);
+    wait_for(300);
+    let failed = load.failures();
+    assert!(
+        failed.len() <= WORKERS,
+        "{} failed: {failed:?}",
+        failed.len()
+    );
+    wait_for(300);
+    assert_eq!(
+        load.failures(),
+        failed,
+        "no failure once it left the rotation"
+    );
+    stop.store(true, Ordering::Relaxed);
+}

@@ -46,17 +46,24 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle tunnels kept per instance at most.
 pub const MAX_IDLE_PER_INSTANCE: usize = 64;
-/// How long opening a tunnel may take (the app connecting included).
+/// How long opening a tunnel may take (the app connecting included) when
+/// it is the last instance to try.
 pub const TUNNEL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long, when other instances are left to try.
+pub const TUNNEL_TIMEOUT_WITH_ALTERNATIVES: Duration = Duration::from_secs(1);
+/// An instance that failed a request is tried last for this long.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
 type Sender = http1::SendRequest<Incoming>;
 type Key = (OpId, String);
 type IdleMap = HashMap<Key, Vec<(Sender, Instant)>>;
 
-/// Idle tunnels by (deployment, instance).
+/// Idle tunnels by (deployment, instance), and the instances that failed
+/// lately.
 #[derive(Default, Clone)]
 pub struct Pool {
     idle: Arc<Mutex<IdleMap>>,
+    suspects: Arc<Mutex<HashMap<Key, Instant>>>,
 }
 
 impl Pool {
@@ -90,6 +97,23 @@ impl Pool {
                 list.push((sender, Instant::now()));
             }
         });
+    }
+
+    /// `key` failed a request: try it last (and drop its idle tunnels) for
+    /// [`SUSPECT_FOR`].
+    fn suspect(&self, key: &Key) {
+        self.lock().remove(key);
+        let mut s = self.suspects.lock().unwrap_or_else(PoisonError::into_inner);
+        s.retain(|_, since| since.elapsed() < SUSPECT_FOR);
+        s.insert(key.clone(), Instant::now());
+    }
+
+    fn is_suspect(&self, key: &Key) -> bool {
+        self.suspects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .is_some_and(|since| since.elapsed() < SUSPECT_FOR)
     }
 
     /// Idle tunnels kept now (all instances).
@@ -140,8 +164,9 @@ async fn open_tunnel(
     deployment: OpId,
     instance: &str,
     node: NodeId,
+    patience: Duration,
 ) -> Result<Sender, String> {
-    let opened = tokio::time::timeout(TUNNEL_TIMEOUT, async {
+    let opened = tokio::time::timeout(patience, async {
         let header = NodeToEntrypoint::Tunnel { port: None };
         let (send, mut recv) = attached::open(ctx, node, deployment, instance, &header).await?;
         match frame::read_required::<_, TunnelReply>(&mut recv).await {
@@ -153,7 +178,7 @@ async fn open_tunnel(
     .await
     .unwrap_or_else(|_| {
         Err(format!(
-            "instance {instance}: no tunnel within {TUNNEL_TIMEOUT:?}"
+            "instance {instance}: no tunnel within {patience:?}"
         ))
     })?;
     let (sender, conn) = http1::handshake(TokioIo::new(opened))
@@ -197,23 +222,37 @@ pub async fn forward(
 ) -> Result<Response<Body>, Failure> {
     let upgrade = wants_upgrade(req.headers());
     prepare(&mut req, client.addr, client.scheme, upgrade);
+    // Instances that failed lately go last: an instance that went away
+    // (its node has not noticed yet) costs one request a short wait, not
+    // every request.
     let n = target.instances.len();
+    let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+    order.sort_by_key(|i| pool.is_suspect(&(target.deployment, target.instances[*i].0.clone())));
     let mut last = String::from("no instance is connected");
-    for i in 0..n {
-        let (instance, node) = &target.instances[(start + i) % n];
+    for (tried, i) in order.into_iter().enumerate() {
+        let (instance, node) = &target.instances[i];
         let key = (target.deployment, instance.clone());
+        // Waiting long only makes sense when no other instance is left.
+        let patience = if tried + 1 < n {
+            TUNNEL_TIMEOUT_WITH_ALTERNATIVES
+        } else {
+            TUNNEL_TIMEOUT
+        };
         // Pooled tunnels first, then a new one; a pooled tunnel the app has
         // closed meanwhile hands the request back unsent.
         loop {
             let (mut sender, pooled) = match pool.take(&key) {
                 Some(s) => (s, true),
-                None => match open_tunnel(ctx, target.deployment, instance, *node).await {
-                    Ok(s) => (s, false),
-                    Err(e) => {
-                        last = e;
-                        break;
+                None => {
+                    match open_tunnel(ctx, target.deployment, instance, *node, patience).await {
+                        Ok(s) => (s, false),
+                        Err(e) => {
+                            pool.suspect(&key);
+                            last = e;
+                            break;
+                        }
                     }
-                },
+                }
             };
             match sender.try_send_request(req).await {
                 Ok(mut resp) => {
@@ -238,13 +277,14 @@ pub async fn forward(
                         }
                     }
                     None => {
+                        pool.suspect(&key);
                         return Err(Failure {
                             why: format!(
                                 "instance {instance} failed while answering: {}",
                                 e.into_error()
                             ),
                             unsent: None,
-                        })
+                        });
                     }
                 },
             }
