@@ -217,7 +217,7 @@ impl TransportLimits {
         idle_timeout: Duration::from_secs(10),
         stream_window: 256 * 1024,
         connection_window: 1024 * 1024,
-        max_bidi_streams: 64,
+        max_bidi_streams: 256,
     };
 
     pub fn transport_config(&self) -> quinn::TransportConfig {

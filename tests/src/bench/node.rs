@@ -21,6 +21,9 @@ pub struct Ready {
     pub addr: String,
     pub ca_fingerprint: String,
     pub pid: u32,
+    /// `http://ip:port` of the node's URL-service ingress, if it serves one.
+    #[serde(default)]
+    pub ingress: Option<String>,
 }
 
 /// A `cairn-node` process this bench started, in a process group of its
@@ -68,6 +71,7 @@ impl BenchNode {
                 addr: String::new(),
                 ca_fingerprint: String::new(),
                 pid: 0,
+                ingress: None,
             },
             token: String::new(),
             log: log_path,
