@@ -9,8 +9,8 @@
 //! - A request is sent at most once: it is retried on another tunnel (or
 //!   instance) only when hyper hands it back unsent (a pooled connection
 //!   the app had just closed, a tunnel that could not be opened).
-//! - A tunnel goes back to the pool only once its previous exchange is
-//!   over (hyper says it is ready), and never after an upgrade.
+//! - A tunnel takes a pooled request only once its previous exchange is
+//!   over (hyper says it is ready); it is never pooled after an upgrade.
 //! - Hop-by-hop headers are not forwarded; `X-Forwarded-For`, `-Proto` and
 //!   `-Host` are set for the app.
 
@@ -58,51 +58,98 @@ type Sender = http1::SendRequest<Incoming>;
 type Key = (OpId, String);
 type IdleMap = HashMap<Key, Vec<(Sender, Instant)>>;
 
-/// Idle tunnels by (deployment, instance), and the instances that failed
-/// lately.
-#[derive(Default, Clone)]
+/// Pooled tunnels by (deployment, instance), and the instances that
+/// failed lately.
+#[derive(Clone)]
 pub struct Pool {
-    idle: Arc<Mutex<IdleMap>>,
+    idle: Arc<Mutex<Idle>>,
     suspects: Arc<Mutex<HashMap<Key, Instant>>>,
 }
 
+/// The pooled tunnels: each with when it was last handed back. A tunnel is
+/// pooled as soon as its response has begun; it can take a request once
+/// hyper says it is ready (its previous exchange is over).
+struct Idle {
+    map: IdleMap,
+    swept: Instant,
+}
+
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool {
+            idle: Arc::new(Mutex::new(Idle {
+                map: HashMap::new(),
+                swept: Instant::now(),
+            })),
+            suspects: Arc::default(),
+        }
+    }
+}
+
+/// How often the pool drops closed and long-idle tunnels at most.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+impl Idle {
+    /// Drops closed tunnels, and ready ones unused for [`IDLE_TIMEOUT`],
+    /// at most every [`SWEEP_EVERY`].
+    fn sweep(&mut self, now: Instant) {
+        if now.duration_since(self.swept) < SWEEP_EVERY {
+            return;
+        }
+        self.swept = now;
+        self.map.retain(|_, list| {
+            list.retain(|(s, since)| {
+                !s.is_closed() && !(s.is_ready() && now.duration_since(*since) >= IDLE_TIMEOUT)
+            });
+            !list.is_empty()
+        });
+    }
+}
+
 impl Pool {
-    fn lock(&self) -> MutexGuard<'_, IdleMap> {
+    fn lock(&self) -> MutexGuard<'_, Idle> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// An idle tunnel to the instance that is still open, if any.
+    /// A pooled tunnel to the instance that is open and ready, if any (the
+    /// most recently used first).
     fn take(&self, key: &Key) -> Option<Sender> {
-        let mut map = self.lock();
-        let list = map.get_mut(key)?;
-        while let Some((sender, since)) = list.pop() {
-            if !sender.is_closed() && sender.is_ready() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(sender);
+        let now = Instant::now();
+        let mut idle = self.lock();
+        idle.sweep(now);
+        let list = idle.map.get_mut(key)?;
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            let (sender, since) = &list[i];
+            if sender.is_closed() || now.duration_since(*since) >= IDLE_TIMEOUT {
+                list.remove(i);
+            } else if sender.is_ready() {
+                return Some(list.remove(i).0);
             }
         }
         None
     }
 
-    /// Keeps `sender` for reuse once its exchange is over.
-    fn put_when_ready(&self, key: Key, mut sender: Sender) {
-        let pool = self.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_err() {
-                return;
-            }
-            let mut map = pool.lock();
-            let list = map.entry(key).or_default();
-            list.retain(|(s, since)| !s.is_closed() && since.elapsed() < IDLE_TIMEOUT);
-            if list.len() < MAX_IDLE_PER_INSTANCE {
-                list.push((sender, Instant::now()));
-            }
-        });
+    /// Pools `sender`, whose response has begun: it takes requests again
+    /// once that exchange is over.
+    fn put(&self, key: Key, sender: Sender) {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        idle.sweep(now);
+        let list = idle.map.entry(key).or_default();
+        if list.len() >= MAX_IDLE_PER_INSTANCE {
+            list.retain(|(s, _)| !s.is_closed());
+        }
+        if list.len() < MAX_IDLE_PER_INSTANCE {
+            list.push((sender, now));
+        }
     }
 
-    /// `key` failed a request: try it last (and drop its idle tunnels) for
-    /// [`SUSPECT_FOR`].
+    /// `key` failed a request: try it last (and drop its pooled tunnels)
+    /// for [`SUSPECT_FOR`].
     fn suspect(&self, key: &Key) {
-        self.lock().remove(key);
+        self.lock().map.remove(key);
         let mut s = self.suspects.lock().unwrap_or_else(PoisonError::into_inner);
         s.retain(|_, since| since.elapsed() < SUSPECT_FOR);
         s.insert(key.clone(), Instant::now());
@@ -116,9 +163,24 @@ impl Pool {
             .is_some_and(|since| since.elapsed() < SUSPECT_FOR)
     }
 
-    /// Idle tunnels kept now (all instances).
+    /// Whether any instance failed within [`SUSPECT_FOR`].
+    fn has_suspects(&self) -> bool {
+        let mut s = self.suspects.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.is_empty() {
+            return false;
+        }
+        s.retain(|_, since| since.elapsed() < SUSPECT_FOR);
+        !s.is_empty()
+    }
+
+    /// Pooled tunnels that can take a request now (all instances).
     pub fn idle(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        self.lock()
+            .map
+            .values()
+            .flatten()
+            .filter(|(s, _)| !s.is_closed() && s.is_ready())
+            .count()
     }
 }
 
@@ -227,7 +289,10 @@ pub async fn forward(
     // every request.
     let n = target.instances.len();
     let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
-    order.sort_by_key(|i| pool.is_suspect(&(target.deployment, target.instances[*i].0.clone())));
+    if pool.has_suspects() {
+        order
+            .sort_by_key(|i| pool.is_suspect(&(target.deployment, target.instances[*i].0.clone())));
+    }
     let mut last = String::from("no instance is connected");
     for (tried, i) in order.into_iter().enumerate() {
         let (instance, node) = &target.instances[i];
@@ -262,7 +327,7 @@ pub async fn forward(
                             tokio::spawn(join_upgraded(from_client, to_app));
                         }
                     } else {
-                        pool.put_when_ready(key, sender);
+                        pool.put(key, sender);
                     }
                     let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                     strip_hop_by_hop(resp.headers_mut(), upgraded);

@@ -45,6 +45,16 @@ impl BenchNode {
     /// Start `cairn-node` with its data in `dir`, wait until it is ready and
     /// exchange its bootstrap token for a user token.
     pub async fn start(node_bin: &Path, dir: &Path, agent: &str) -> anyhow::Result<BenchNode> {
+        Self::start_with_env(node_bin, dir, agent, &[]).await
+    }
+
+    /// [`BenchNode::start`] with extra environment variables for the node.
+    pub async fn start_with_env(
+        node_bin: &Path,
+        dir: &Path,
+        agent: &str,
+        env: &[(String, String)],
+    ) -> anyhow::Result<BenchNode> {
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
         let ready_file = dir.join("ready.json");
         let boot_file = dir.join("bootstrap.token");
@@ -58,6 +68,7 @@ impl BenchNode {
             .arg(&ready_file)
             .arg("--bootstrap-file")
             .arg(&boot_file)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

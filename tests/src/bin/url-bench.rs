@@ -64,6 +64,7 @@ usage: url-bench [--quick] [--json] [--rounds N] [--secs S] [--conns C]
                  [--rate R] [--latency-conns C] [--skip-bore] [--skip-rathole]
                  [--oha PATH] [--bore PATH] [--rathole PATH]
                  [--bin-dir DIR] [--static-entrypoint PATH] [--tmp DIR]
+                 [--node-env K=V]... [--only LIST]
 
   --quick          a smoke run: 1 round of 3 s runs
   --json           print one JSON document on stdout (tables go to stderr)
@@ -82,7 +83,10 @@ usage: url-bench [--quick] [--json] [--rounds N] [--secs S] [--conns C]
   --static-entrypoint PATH
                    the entrypoint deployed (default: target/static/x86_64-unknown-linux-gnu/
                    release/cairn-entrypoint, from entrypoint/build-static.sh)
-  --tmp DIR        parent of the bench's temp dir (default: the system temp dir)";
+  --tmp DIR        parent of the bench's temp dir (default: the system temp dir)
+  --node-env K=V   an environment variable for the node (e.g. TOKIO_WORKER_THREADS=1)
+  --only LIST      only these measurements, comma-separated: keepalive, new-conn,
+                   serial, latency (default: all)";
 
 const PROJECT: &str = "urlbench";
 const APP: &str = "web";
@@ -107,6 +111,8 @@ struct Args {
     bin_dir: Option<PathBuf>,
     static_ep: Option<PathBuf>,
     tmp: Option<PathBuf>,
+    node_env: Vec<(String, String)>,
+    only: Vec<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -127,6 +133,8 @@ fn parse_args() -> anyhow::Result<Args> {
         bin_dir: None,
         static_ep: None,
         tmp: None,
+        node_env: Vec::new(),
+        only: Vec::new(),
     };
     let mut it = argv.into_iter();
     while let Some(flag) = it.next() {
@@ -157,6 +165,25 @@ fn parse_args() -> anyhow::Result<Args> {
             "--bin-dir" => a.bin_dir = Some(value("--bin-dir")?.into()),
             "--static-entrypoint" => a.static_ep = Some(value("--static-entrypoint")?.into()),
             "--tmp" => a.tmp = Some(value("--tmp")?.into()),
+            "--only" => {
+                a.only = value("--only")?
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                for o in &a.only {
+                    if !["keepalive", "new-conn", "serial", "latency"].contains(&o.as_str()) {
+                        bail!("--only: unknown measurement {o:?}\n{USAGE}");
+                    }
+                }
+            }
+            "--node-env" => {
+                let kv = value("--node-env")?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--node-env {kv:?}: expected K=V"))?;
+                a.node_env.push((k.to_string(), v.to_string()));
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -391,7 +418,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     tunnels::wait_http(&direct_addr, None, Duration::from_secs(10)).await?;
 
     // Cairn: a node, and the app deployed on it.
-    let node = NodeProc::start(&node_bin, &root.join("node"), "url-bench").await?;
+    let node = NodeProc::start_with_env(&node_bin, &root.join("node"), "url-bench", &args.node_env)
+        .await?;
     let ingress = node
         .ready
         .ingress
@@ -518,6 +546,19 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             },
         },
         Scenario {
+            key: "serial",
+            title: format!(
+                "Round trip: one connection, one request at a time, keep-alive, {} s",
+                args.secs
+            ),
+            load: Load {
+                conns: 1,
+                secs: args.secs,
+                rate: None,
+                no_keepalive: false,
+            },
+        },
+        Scenario {
             key: "latency",
             title: format!(
                 "Latency at {} requests/s ({} connections, keep-alive, latency from when each request was due), {} s",
@@ -532,6 +573,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         },
     ];
 
+    let scenarios: Vec<Scenario> = scenarios
+        .into_iter()
+        .filter(|sc| args.only.is_empty() || args.only.iter().any(|o| o == sc.key))
+        .collect();
     let tick_ms = 1000.0 / cairn_tests::bench::procs::ticks_per_s();
     let mut samples: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
     for round in 0..args.rounds {
@@ -541,8 +586,9 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 let t = &targets[(k + round) % n];
                 let pids: Vec<u32> = t.procs.iter().map(|(_, p)| *p).collect();
                 let watch = Watch::start(pids);
-                let r = tokio::task::block_in_place(|| oha.run(&t.url, t.host.as_deref(), &sc.load))
-                    .with_context(|| format!("{} against {}", sc.key, t.name))?;
+                let r =
+                    tokio::task::block_in_place(|| oha.run(&t.url, t.host.as_deref(), &sc.load))
+                        .with_context(|| format!("{} against {}", sc.key, t.name))?;
                 let used = watch.finish();
                 let procs = t
                     .procs
@@ -579,9 +625,12 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             .map(|v| v.iter().filter(|s| s.target == target).cloned().collect())
             .unwrap_or_default()
     };
-    let med = |v: &[Sample], f: fn(&Run) -> f64| median(&v.iter().map(|s| f(&s.run)).collect::<Vec<_>>());
+    let med =
+        |v: &[Sample], f: fn(&Run) -> f64| median(&v.iter().map(|s| f(&s.run)).collect::<Vec<_>>());
     let mut summary = serde_json::Map::new();
     for sc in &scenarios {
+        // Latency rows: the fixed-rate run, and the one-at-a-time one.
+        let latency_table = sc.load.rate.is_some() || sc.load.conns == 1;
         let direct = of(sc.key, "direct");
         let direct_rps = med(&direct, |r| r.rps);
         let direct_p99 = med(&direct, |r| r.p99_ms);
@@ -608,20 +657,28 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                         .map(|(_, (_, ms))| ms)
                         .sum();
                     let reqs = s.run.ok + s.run.failed;
-                    if reqs == 0 { f64::NAN } else { ms * 1000.0 / reqs as f64 }
+                    if reqs == 0 {
+                        f64::NAN
+                    } else {
+                        ms * 1000.0 / reqs as f64
+                    }
                 })
                 .collect();
             let cpu_us = median(&cpu_us);
             let ratio = rps_m / direct_rps;
             let added = p99 - direct_p99;
             let mut row = vec![name.clone()];
-            if sc.load.rate.is_some() {
+            if latency_table {
                 row.extend([
                     fmt_rate(rps_m),
                     fmt_ms(p50),
                     fmt_ms(p99),
                     fmt_ms(p999),
-                    if name == "direct" { "-".into() } else { format!("{added:+.2}") },
+                    if name == "direct" {
+                        "-".into()
+                    } else {
+                        format!("{added:+.2}")
+                    },
                 ]);
             } else {
                 row.extend([
@@ -643,18 +700,32 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 }),
             );
         }
-        let headers: Vec<&str> = if sc.load.rate.is_some() {
+        let headers: Vec<&str> = if latency_table {
             vec![
-                "target", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "added p99 ms",
-                "tunnel CPU µs/req", "failed",
+                "target",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "added p99 ms",
+                "tunnel CPU µs/req",
+                "failed",
             ]
         } else {
             vec![
-                "target", "req/s median (min–max)", "× direct", "p50 ms", "p99 ms",
-                "tunnel CPU µs/req", "failed",
+                "target",
+                "req/s median (min–max)",
+                "× direct",
+                "p50 ms",
+                "p99 ms",
+                "tunnel CPU µs/req",
+                "failed",
             ]
         };
-        say(json, &format!("\n## {}\n{}", sc.title, table(&headers, &rows)));
+        say(
+            json,
+            &format!("\n## {}\n{}", sc.title, table(&headers, &rows)),
+        );
         summary.insert(sc.key.to_string(), serde_json::Value::Object(js));
     }
     say(
@@ -684,7 +755,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 format!("{:.1}", idle_kb as f64 / 1024.0),
                 format!("{:.1}", peak as f64 / 1024.0),
             ]);
-            mem.insert(key, serde_json::json!({"idle_kb": idle_kb, "peak_kb": peak}));
+            mem.insert(
+                key,
+                serde_json::json!({"idle_kb": idle_kb, "peak_kb": peak}),
+            );
         }
     }
     say(
@@ -705,13 +779,18 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             .unwrap_or(f64::NAN)
     };
     let mut aims = vec![];
-    let frac = get("keepalive", "cairn", "ratio_to_direct");
-    aims.push(format!(
-        "throughput ≥ {AIM_FRACTION_OF_DIRECT} × direct (keep-alive): {frac:.2} × → {}",
-        met(frac >= AIM_FRACTION_OF_DIRECT)
-    ));
+    if summary.contains_key("keepalive") {
+        let frac = get("keepalive", "cairn", "ratio_to_direct");
+        aims.push(format!(
+            "throughput ≥ {AIM_FRACTION_OF_DIRECT} × direct (keep-alive): {frac:.2} × → {}",
+            met(frac >= AIM_FRACTION_OF_DIRECT)
+        ));
+    }
     for t in &tunnels_up {
         for key in ["keepalive", "new-conn"] {
+            if !summary.contains_key(key) {
+                continue;
+            }
             let r = get(key, "cairn", "rps_median") / get(key, t.name, "rps_median");
             aims.push(format!(
                 "ahead of {} ({key}): cairn/{} = {r:.2} × → {}",
@@ -721,19 +800,17 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             ));
         }
     }
-    let added = get("latency", "cairn", "added_p99_ms");
-    aims.push(format!(
-        "added p99 at {} req/s < {AIM_ADDED_P99_MS} ms: {added:+.2} ms → {}",
-        args.rate,
-        met(added < AIM_ADDED_P99_MS)
-    ));
+    if summary.contains_key("latency") {
+        let added = get("latency", "cairn", "added_p99_ms");
+        aims.push(format!(
+            "added p99 at {} req/s < {AIM_ADDED_P99_MS} ms: {added:+.2} ms → {}",
+            args.rate,
+            met(added < AIM_ADDED_P99_MS)
+        ));
+    }
     say(json, &format!("\n## Aims\n{}", aims.join("\n")));
 
-    let failed_anywhere: u64 = samples
-        .values()
-        .flatten()
-        .map(|s| s.run.failed)
-        .sum();
+    let failed_anywhere: u64 = samples.values().flatten().map(|s| s.run.failed).sum();
     if failed_anywhere > 0 {
         let what: Vec<String> = samples
             .values()

@@ -97,11 +97,8 @@ pub async fn wait_http(addr: &str, host: Option<&str>, within: Duration) -> anyh
 /// One `GET /` on a connection of its own: the status.
 pub async fn get(addr: &str, host: Option<&str>) -> anyhow::Result<u16> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await??;
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await??;
     let req = format!(
         "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         host.unwrap_or(addr)
@@ -129,7 +126,10 @@ pub async fn bore(bin: &Path, dir: &Path, app_port: u16) -> anyhow::Result<Tunne
     let t0 = Instant::now();
     while !crate::port_in_use(7835) {
         if t0.elapsed() > UP_TIMEOUT {
-            bail!("bore server did not listen on 7835:\n{}", tail(&server_log, 20));
+            bail!(
+                "bore server did not listen on 7835:\n{}",
+                tail(&server_log, 20)
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
