@@ -354,7 +354,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         endpoint_config(&identity),
         Some(server_cfg),
         socket,
-        Arc::new(quinn::TokioRuntime),
+        Arc::new(cairn_protocol::socket::QuietRuntime),
     )
     .map_err(bind_err)?;
     let ingress = match bind_ingress(&cfg).await {

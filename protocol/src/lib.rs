@@ -8,6 +8,7 @@ pub mod handshake;
 pub mod instance;
 pub mod pki;
 pub mod rpc;
+pub mod socket;
 pub mod token;
 pub mod types;
 

@@ -2,6 +2,7 @@
 //! one-stream-per-call RPC.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{ClientRequest, ClientResponse};
@@ -97,8 +98,15 @@ async fn connect_inner(dial: &Dial) -> Result<Session, RpcError> {
     }
     .parse()
     .map_err(|e| unreachable(format!("{e}")))?;
-    let mut endpoint = quinn::Endpoint::client(bind)
+    let socket = std::net::UdpSocket::bind(bind)
         .map_err(|e| unreachable(format!("cannot open a UDP socket: {e}")))?;
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(crate::socket::QuietRuntime),
+    )
+    .map_err(|e| unreachable(format!("cannot open a UDP socket: {e}")))?;
     endpoint.set_default_client_config(pki::client_config(
         &dial.ca_fingerprint,
         dial.identity.as_ref(),

@@ -99,7 +99,8 @@ impl Idle {
         self.swept = now;
         self.map.retain(|_, list| {
             list.retain(|(s, since)| {
-                !s.is_closed() && !(s.is_ready() && now.duration_since(*since) >= IDLE_TIMEOUT)
+                let stale = s.is_ready() && now.duration_since(*since) >= IDLE_TIMEOUT;
+                !(s.is_closed() || stale)
             });
             !list.is_empty()
         });

@@ -474,8 +474,16 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         tunnels_up.push(t);
     }
     if let Some(b) = &rathole_bin {
-        let t = tunnels::rathole(b, &root, app_port).await?;
+        let t = tunnels::rathole(b, &root, app_port, false).await?;
         tunnels_up.push(t);
+        match tunnels::rathole(b, &root, app_port, true).await {
+            Ok(t) => tunnels_up.push(t),
+            Err(e) => {
+                let msg = format!("!! rathole-noise left out: {e:#}");
+                eprintln!("{msg}");
+                say(json, &msg);
+            }
+        }
     }
     for t in &tunnels_up {
         versions.insert(t.name.to_string(), t.version.clone());
@@ -597,7 +605,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                     .map(|((label, _), (kb, ticks))| (label.clone(), (kb, ticks as f64 * tick_ms)))
                     .collect();
                 eprintln!(
-                    "url-bench: round {}/{} {:<9} {:<8} {:>8} req/s  p50 {} ms  p99 {} ms  failed {}",
+                    "url-bench: round {}/{} {:<9} {:<13} {:>8} req/s  p50 {} ms  p99 {} ms  failed {}",
                     round + 1,
                     args.rounds,
                     sc.key,

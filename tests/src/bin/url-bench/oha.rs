@@ -166,7 +166,7 @@ mod tests {
                 "statusCodeDistribution":{"200":100,"502":2},
                 "errorDistribution":{"aborted due to deadline":7,"connection closed":1}}"#,
         )
-        .unwrap();
+        .expect("a valid report");
         assert_eq!(r.rps, 1234.5);
         assert!((r.p99_ms - 2.5).abs() < 1e-9);
         assert_eq!((r.ok, r.failed), (100, 3));

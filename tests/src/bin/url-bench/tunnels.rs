@@ -9,7 +9,9 @@
 //!   --to 127.0.0.1 --port P`). Every visitor connection becomes a new TCP connection from
 //!   the client to the server.
 //! - rathole: `rathole --server s.toml` / `rathole --client c.toml` with
-//!   one service; its default transport is TCP, data channels pooled.
+//!   one service; its default transport is TCP, data channels pooled. The
+//!   `rathole-noise` row uses its encrypted transport (Noise), when the
+//!   binary has that feature: the closest to Cairn's encrypted tunnel.
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -167,45 +169,87 @@ pub async fn bore(bin: &Path, dir: &Path, app_port: u16) -> anyhow::Result<Tunne
     })
 }
 
-/// rathole: server and client on loopback, in front of `app_port`.
-pub async fn rathole(bin: &Path, dir: &Path, app_port: u16) -> anyhow::Result<Tunnel> {
+/// A Noise key pair from `rathole --genkey` (base64 private, public).
+fn noise_keys(bin: &Path) -> anyhow::Result<(String, String)> {
+    let out = Command::new(bin)
+        .arg("--genkey")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} --genkey", bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "this rathole cannot encrypt (build it with the `noise` feature): {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .find(|l| l.contains("feature"))
+                .unwrap_or("`rathole --genkey` failed")
+        );
+    }
+    // "Private Key:\n<key>\n\nPublic Key:\n<key>"
+    let after = |label: &str| {
+        text.split(label)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+    };
+    match (after("Private Key:"), after("Public Key:")) {
+        (Some(private), Some(public)) => Ok((private, public)),
+        _ => bail!("unexpected `rathole --genkey` output: {text}"),
+    }
+}
+
+/// rathole: server and client on loopback, in front of `app_port`; with
+/// `noise`, its encrypted transport (Noise_NK_25519_ChaChaPoly_BLAKE2s,
+/// its default pattern) instead of plain TCP.
+pub async fn rathole(bin: &Path, dir: &Path, app_port: u16, noise: bool) -> anyhow::Result<Tunnel> {
+    let (server_transport, client_transport) = if noise {
+        let (private, public) = noise_keys(bin)?;
+        (
+            format!("\n[server.transport]\ntype = \"noise\"\n\n[server.transport.noise]\nlocal_private_key = \"{private}\"\n"),
+            format!("\n[client.transport]\ntype = \"noise\"\n\n[client.transport.noise]\nremote_public_key = \"{public}\"\n"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    let name = if noise { "rathole-noise" } else { "rathole" };
     let control = free_port()?;
     let public_port = free_port()?;
     let public = format!("127.0.0.1:{public_port}");
-    let server_toml = dir.join("rathole-server.toml");
-    let client_toml = dir.join("rathole-client.toml");
+    let server_toml = dir.join(format!("{name}-server.toml"));
+    let client_toml = dir.join(format!("{name}-client.toml"));
     std::fs::write(
         &server_toml,
         format!(
-            "[server]\nbind_addr = \"127.0.0.1:{control}\"\n\n[server.services.app]\ntoken = \"url-bench\"\nbind_addr = \"{public}\"\n"
+            "[server]\nbind_addr = \"127.0.0.1:{control}\"\n{server_transport}\n[server.services.app]\ntoken = \"url-bench\"\nbind_addr = \"{public}\"\n"
         ),
     )?;
     std::fs::write(
         &client_toml,
         format!(
-            "[client]\nremote_addr = \"127.0.0.1:{control}\"\n\n[client.services.app]\ntoken = \"url-bench\"\nlocal_addr = \"127.0.0.1:{app_port}\"\n"
+            "[client]\nremote_addr = \"127.0.0.1:{control}\"\n{client_transport}\n[client.services.app]\ntoken = \"url-bench\"\nlocal_addr = \"127.0.0.1:{app_port}\"\n"
         ),
     )?;
     let path = |p: &PathBuf| p.to_string_lossy().into_owned();
     let server = spawn_logged(
         bin,
         &["--server", &path(&server_toml)],
-        &dir.join("rathole-server.log"),
+        &dir.join(format!("{name}-server.log")),
     )?;
     let client = spawn_logged(
         bin,
         &["--client", &path(&client_toml)],
-        &dir.join("rathole-client.log"),
+        &dir.join(format!("{name}-client.log")),
     )?;
     if let Err(e) = wait_http(&public, None, UP_TIMEOUT).await {
         bail!(
             "{e:#}\nrathole server:\n{}\nrathole client:\n{}",
-            tail(&dir.join("rathole-server.log"), 20),
-            tail(&dir.join("rathole-client.log"), 20)
+            tail(&dir.join(format!("{name}-server.log")), 20),
+            tail(&dir.join(format!("{name}-client.log")), 20)
         );
     }
     Ok(Tunnel {
-        name: "rathole",
+        name,
         version: version(bin),
         public,
         server,
