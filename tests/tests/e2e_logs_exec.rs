@@ -168,11 +168,11 @@ fn logs_gather_every_instance_filter_follow_and_pass_through() {
     // The plain format names the instance on every line.
     let plain = cli.run_in(app.path(), &["logs", "--tail", "5"]).ok();
     assert_eq!(plain.stdout.lines().count(), 5, "{plain}");
-    assert!(plain
-        .stdout
-        .lines()
-        .all(|l| l.contains(" | tick ")
-            && l.split(" | ").next().is_some_and(|w| w.trim().len() == 8)));
+    assert!(
+        plain.stdout.lines().all(|l| l.contains(" | tick ")
+            && l.split(" | ").next().is_some_and(|w| w.trim().len() == 8)),
+        "every plain line is `INSTANCE | tick …`: {plain}"
+    );
 
     // -f: history, then new lines as they come.
     let seen = max_tick(&lines_of(&logs(&cli, app.path(), &[])), 0);

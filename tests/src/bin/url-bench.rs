@@ -27,7 +27,10 @@
 //! Everything started is stopped on exit, on error and on Ctrl-C.
 //!
 //! Build and run:
-//!   cargo install --locked oha bore-cli rathole
+//!   cargo install --locked oha bore-cli
+//!   cargo install rathole --no-default-features --features server,client,noise
+//!   (rathole 0.5's lock file pins a `time` that today's compiler rejects,
+//!   hence no --locked; `noise` adds the encrypted row)
 //!   cargo build --release -p cairn-tests -p cairn-cli -p cairn-node -p cairn-entrypoint \
 //!     --bin url-bench --bin cairn --bin cairn-node --bin cairn-entrypoint
 //!   entrypoint/build-static.sh
@@ -78,7 +81,7 @@ usage: url-bench [--quick] [--json] [--rounds N] [--secs S] [--conns C]
                    leave that tunnel out
   --oha, --bore, --rathole PATH
                    the tools (default: on PATH, else in ~/.cargo/bin;
-                   install them with `cargo install --locked oha bore-cli rathole`)
+                   install them as this file's header says)
   --bin-dir DIR    where cairn and cairn-node are (default: next to this binary)
   --static-entrypoint PATH
                    the entrypoint deployed (default: target/static/x86_64-unknown-linux-gnu/
@@ -361,7 +364,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         let b = find_tool(args.rathole.as_ref(), "rathole");
         if b.is_none() {
-            missing.push("rathole (cargo install --locked rathole)");
+            missing.push("rathole (cargo install rathole --no-default-features --features server,client,noise)");
         }
         b
     };
