@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
+use cairn_tests::bench::args::{parse_num, Argv};
 use cairn_tests::bench::report::{bench_main, command_line, fsync_baseline, machine, say};
 use cairn_tests::bench::stats;
 
@@ -65,8 +66,8 @@ struct Args {
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let quick = argv.iter().any(|a| a == "--quick");
+    let mut args = Argv::from_env(USAGE);
+    let quick = args.contains("--quick");
     let mut a = Args {
         json: false,
         quick,
@@ -89,38 +90,30 @@ fn parse_args() -> anyhow::Result<Args> {
         },
         fsync_probes: if quick { 200 } else { 1000 },
     };
-    let mut it = argv.into_iter();
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .with_context(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        let num = |s: String| -> anyhow::Result<usize> {
-            s.replace('_', "")
-                .parse()
-                .with_context(|| format!("{s:?} is not a number"))
-        };
+    while let Some(flag) = args.next_flag() {
         let pair = |s: String| -> anyhow::Result<(usize, usize)> {
             let (x, y) = s
                 .split_once(',')
                 .with_context(|| format!("{s:?}: expected N1,NM"))?;
-            Ok((num(x.into())?, num(y.into())?))
+            Ok((parse_num::<usize>(x)?, parse_num::<usize>(y)?))
         };
         match flag.as_str() {
             "--quick" => {}
             "--json" => a.json = true,
             "--skip-catalog" => a.skip_catalog = true,
             "--skip-up" => a.skip_up = true,
-            "--rounds" => a.catalog.rounds = num(value("--rounds")?)?.max(1),
-            "--reps" => a.up.reps = num(value("--reps")?)?.max(1),
-            "--cold-reps" => a.up.cold_reps = num(value("--cold-reps")?)?,
-            "--clients" => a.catalog.clients = num(value("--clients")?)?.max(1),
+            "--rounds" => a.catalog.rounds = args.num::<usize>("--rounds")?.max(1),
+            "--reps" => a.up.reps = args.num::<usize>("--reps")?.max(1),
+            "--cold-reps" => a.up.cold_reps = args.num::<usize>("--cold-reps")?,
+            "--clients" => a.catalog.clients = args.num::<usize>("--clients")?.max(1),
             "--writes" => {
-                (a.catalog.writes_single, a.catalog.writes_multi) = pair(value("--writes")?)?
+                (a.catalog.writes_single, a.catalog.writes_multi) = pair(args.value("--writes")?)?
             }
-            "--reads" => (a.catalog.reads_single, a.catalog.reads_multi) = pair(value("--reads")?)?,
-            "--bin-dir" => a.bin_dir = Some(value("--bin-dir")?.into()),
-            "--tmp" => a.tmp = Some(value("--tmp")?.into()),
+            "--reads" => {
+                (a.catalog.reads_single, a.catalog.reads_multi) = pair(args.value("--reads")?)?
+            }
+            "--bin-dir" => a.bin_dir = Some(args.value("--bin-dir")?.into()),
+            "--tmp" => a.tmp = Some(args.value("--tmp")?.into()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);

@@ -50,6 +50,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use cairn_tests::bench::args::{parse_num, Argv};
 use cairn_tests::bench::load::value_of;
 use cairn_tests::bench::report::{bench_main, command_line, fsync_baseline, host, say, Host};
 use cairn_tests::bench::stats;
@@ -99,8 +100,8 @@ struct Args {
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let quick = argv.iter().any(|a| a == "--quick");
+    let mut args = Argv::from_env(USAGE);
+    let quick = args.contains("--quick");
     let mut a = Args {
         json: false,
         quick,
@@ -119,38 +120,30 @@ fn parse_args() -> anyhow::Result<Args> {
         keep: false,
         fsync_probes: if quick { 200 } else { 1000 },
     };
-    let mut it = argv.into_iter();
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .with_context(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        let num = |s: String| -> anyhow::Result<usize> {
-            s.replace('_', "")
-                .parse()
-                .with_context(|| format!("{s:?} is not a number"))
-        };
+    while let Some(flag) = args.next_flag() {
         match flag.as_str() {
             "--quick" => {}
             "--json" => a.json = true,
             "--skip-throughput" => a.skip_throughput = true,
             "--skip-failover" => a.skip_failover = true,
             "--keep" => a.keep = true,
-            "--rounds" => a.rounds = num(value("--rounds")?)?.max(1),
-            "--clients" => a.clients = num(value("--clients")?)?.max(1),
-            "--trials" => a.trials = num(value("--trials")?)?.max(1),
-            "--settle-ms" => a.settle = Duration::from_millis(num(value("--settle-ms")?)? as u64),
+            "--rounds" => a.rounds = args.num::<usize>("--rounds")?.max(1),
+            "--clients" => a.clients = args.num::<usize>("--clients")?.max(1),
+            "--trials" => a.trials = args.num::<usize>("--trials")?.max(1),
+            "--settle-ms" => {
+                a.settle = Duration::from_millis(args.num::<usize>("--settle-ms")? as u64)
+            }
             "--writes" => {
-                let v = value("--writes")?;
+                let v = args.value("--writes")?;
                 let (x, y) = v
                     .split_once(',')
                     .with_context(|| format!("{v:?}: expected N1,NM"))?;
-                a.writes_single = num(x.into())?.max(1);
-                a.writes_multi = num(y.into())?.max(1);
+                a.writes_single = parse_num::<usize>(x)?.max(1);
+                a.writes_multi = parse_num::<usize>(y)?.max(1);
             }
-            "--bin-dir" => a.bin_dir = Some(value("--bin-dir")?.into()),
-            "--etcd" => a.etcd = Some(value("--etcd")?.into()),
-            "--tmp" => a.tmp = Some(value("--tmp")?.into()),
+            "--bin-dir" => a.bin_dir = Some(args.value("--bin-dir")?.into()),
+            "--etcd" => a.etcd = Some(args.value("--etcd")?.into()),
+            "--tmp" => a.tmp = Some(args.value("--tmp")?.into()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);

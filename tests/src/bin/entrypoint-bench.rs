@@ -52,6 +52,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use cairn_protocol::instance::DeploymentRef;
+use cairn_tests::bench::args::{parse_num, Argv};
 use cairn_tests::bench::report::{bench_main, command_line, machine, say};
 use cairn_tests::bench::stats::{self, fmt_ms, fmt_rate, fmt_us, table};
 
@@ -114,8 +115,8 @@ struct Args {
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let quick = argv.iter().any(|a| a == "--quick");
+    let mut args = Argv::from_env(USAGE);
+    let quick = args.contains("--quick");
     let lines = if quick { 20_000 } else { 200_000 };
     let mut a = Args {
         json: false,
@@ -151,17 +152,7 @@ fn parse_args() -> anyhow::Result<Args> {
             only: Vec::new(),
         },
     };
-    let mut it = argv.into_iter();
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .with_context(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        let num = |s: String| -> anyhow::Result<u64> {
-            s.replace('_', "")
-                .parse()
-                .with_context(|| format!("{s:?} is not a number"))
-        };
+    while let Some(flag) = args.next_flag() {
         match flag.as_str() {
             "--quick" => {}
             "--json" => a.json = true,
@@ -171,41 +162,43 @@ fn parse_args() -> anyhow::Result<Args> {
             "--skip-exec" => a.skip_exec = true,
             "--skip-docker" => a.skip_docker = true,
             "--exec-variants" => {
-                a.exec.only = value("--exec-variants")?
+                a.exec.only = args
+                    .value("--exec-variants")?
                     .split(',')
                     .filter(|s| !s.is_empty())
                     .map(str::to_string)
                     .collect();
             }
-            "--idle-secs" => a.idle.idle_secs = num(value("--idle-secs")?)?.max(1),
+            "--idle-secs" => a.idle.idle_secs = args.num::<u64>("--idle-secs")?.max(1),
             "--lines" => {
-                let n = num(value("--lines")?)?.max(1);
+                let n = args.num::<u64>("--lines")?.max(1);
                 a.logs.lines = n;
                 a.slow.lines = n;
             }
-            "--log-reps" => a.logs.reps = num(value("--log-reps")?)?.max(1) as usize,
+            "--log-reps" => a.logs.reps = args.num::<u64>("--log-reps")?.max(1) as usize,
             "--rates" => {
-                a.logs.rates = value("--rates")?
+                a.logs.rates = args
+                    .value("--rates")?
                     .split(',')
                     .filter(|s| !s.is_empty())
-                    .map(|s| num(s.to_string()))
+                    .map(|s| parse_num::<u64>(s))
                     .collect::<anyhow::Result<Vec<u64>>>()?;
                 if a.logs.rates.contains(&0) {
                     bail!("--rates: a rate must be above 0");
                 }
             }
-            "--paced-secs" => a.logs.paced_secs = num(value("--paced-secs")?)?.max(1),
+            "--paced-secs" => a.logs.paced_secs = args.num::<u64>("--paced-secs")?.max(1),
             "--batch" => {
-                let b = num(value("--batch")?)?.max(1);
+                let b = args.num::<u64>("--batch")?.max(1);
                 a.logs.batch = b;
                 a.slow.batch = b;
             }
-            "--reps" => a.slow.reps = num(value("--reps")?)?.max(1) as usize,
-            "--exec-runs" => a.exec.runs = num(value("--exec-runs")?)?.max(1) as usize,
-            "--bin-dir" => a.bin_dir = Some(value("--bin-dir")?.into()),
-            "--static-entrypoint" => a.static_ep = Some(value("--static-entrypoint")?.into()),
-            "--busybox" => a.busybox = Some(value("--busybox")?.into()),
-            "--tmp" => a.tmp = Some(value("--tmp")?.into()),
+            "--reps" => a.slow.reps = args.num::<u64>("--reps")?.max(1) as usize,
+            "--exec-runs" => a.exec.runs = args.num::<u64>("--exec-runs")?.max(1) as usize,
+            "--bin-dir" => a.bin_dir = Some(args.value("--bin-dir")?.into()),
+            "--static-entrypoint" => a.static_ep = Some(args.value("--static-entrypoint")?.into()),
+            "--busybox" => a.busybox = Some(args.value("--busybox")?.into()),
+            "--tmp" => a.tmp = Some(args.value("--tmp")?.into()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);

@@ -56,6 +56,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use cairn_tests::bench::args::Argv;
 use cairn_tests::bench::report::{bench_main, command_line, machine, say};
 use cairn_tests::bench::stats::{fmt_ms, fmt_rate, median, min_max, table};
 
@@ -119,8 +120,8 @@ struct Args {
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let quick = argv.iter().any(|a| a == "--quick");
+    let mut args = Argv::from_env(USAGE);
+    let quick = args.contains("--quick");
     let mut a = Args {
         json: false,
         rounds: if quick { 1 } else { 3 },
@@ -139,37 +140,28 @@ fn parse_args() -> anyhow::Result<Args> {
         node_env: Vec::new(),
         only: Vec::new(),
     };
-    let mut it = argv.into_iter();
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .with_context(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        let num = |s: String| -> anyhow::Result<u64> {
-            s.replace('_', "")
-                .parse()
-                .with_context(|| format!("{s:?} is not a number"))
-        };
+    while let Some(flag) = args.next_flag() {
         match flag.as_str() {
             "--quick" => {}
             "--json" => a.json = true,
-            "--rounds" => a.rounds = num(value("--rounds")?)?.max(1) as usize,
-            "--secs" => a.secs = num(value("--secs")?)?.max(1),
-            "--conns" => a.conns = num(value("--conns")?)?.clamp(1, 10_000) as u32,
-            "--rate" => a.rate = num(value("--rate")?)?.clamp(1, 1_000_000) as u32,
+            "--rounds" => a.rounds = args.num::<u64>("--rounds")?.max(1) as usize,
+            "--secs" => a.secs = args.num::<u64>("--secs")?.max(1),
+            "--conns" => a.conns = args.num::<u64>("--conns")?.clamp(1, 10_000) as u32,
+            "--rate" => a.rate = args.num::<u64>("--rate")?.clamp(1, 1_000_000) as u32,
             "--latency-conns" => {
-                a.latency_conns = num(value("--latency-conns")?)?.clamp(1, 10_000) as u32;
+                a.latency_conns = args.num::<u64>("--latency-conns")?.clamp(1, 10_000) as u32;
             }
             "--skip-bore" => a.skip_bore = true,
             "--skip-rathole" => a.skip_rathole = true,
-            "--oha" => a.oha = Some(value("--oha")?.into()),
-            "--bore" => a.bore = Some(value("--bore")?.into()),
-            "--rathole" => a.rathole = Some(value("--rathole")?.into()),
-            "--bin-dir" => a.bin_dir = Some(value("--bin-dir")?.into()),
-            "--static-entrypoint" => a.static_ep = Some(value("--static-entrypoint")?.into()),
-            "--tmp" => a.tmp = Some(value("--tmp")?.into()),
+            "--oha" => a.oha = Some(args.value("--oha")?.into()),
+            "--bore" => a.bore = Some(args.value("--bore")?.into()),
+            "--rathole" => a.rathole = Some(args.value("--rathole")?.into()),
+            "--bin-dir" => a.bin_dir = Some(args.value("--bin-dir")?.into()),
+            "--static-entrypoint" => a.static_ep = Some(args.value("--static-entrypoint")?.into()),
+            "--tmp" => a.tmp = Some(args.value("--tmp")?.into()),
             "--only" => {
-                a.only = value("--only")?
+                a.only = args
+                    .value("--only")?
                     .split(',')
                     .filter(|s| !s.is_empty())
                     .map(str::to_string)
@@ -181,7 +173,7 @@ fn parse_args() -> anyhow::Result<Args> {
                 }
             }
             "--node-env" => {
-                let kv = value("--node-env")?;
+                let kv = args.value("--node-env")?;
                 let (k, v) = kv
                     .split_once('=')
                     .with_context(|| format!("--node-env {kv:?}: expected K=V"))?;
