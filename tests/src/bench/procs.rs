@@ -1,7 +1,7 @@
 //! Process helpers for the benches: signal and stop processes by pid, read
 //! their CPU time and the tail of their logs, and build client dials.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cairn_protocol::handshake::Role;
@@ -147,4 +147,45 @@ pub fn kill_under(root: &Path) -> usize {
         }
     }
     pids.len()
+}
+
+/// Where `entrypoint/build-static.sh` puts the static entrypoint, under a
+/// target dir.
+pub const STATIC_ENTRYPOINT_REL: &str = "static/x86_64-unknown-linux-gnu/release/cairn-entrypoint";
+
+/// The directory of the release binaries a bench starts: `given`, else the
+/// bench's own.
+pub fn bin_dir(given: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(d) => Ok(d.clone()),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("this binary has no parent directory"))?
+            .to_path_buf()),
+    }
+}
+
+/// The static entrypoint: `given`, else the one next to `bin_dir`'s target
+/// dir, else the workspace's (which may not exist: the caller checks).
+pub fn static_entrypoint(bin_dir: &Path, given: Option<&PathBuf>) -> PathBuf {
+    if let Some(p) = given {
+        return p.clone();
+    }
+    let near = bin_dir.parent().map(|t| t.join(STATIC_ENTRYPOINT_REL));
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .join(STATIC_ENTRYPOINT_REL);
+    near.filter(|p| p.is_file()).unwrap_or(ws)
+}
+
+/// A bench's temp dir, in `parent` or the system's: `PREFIX-XXXX`. Keep the
+/// prefix short: nodes put their control socket in it, and its path must
+/// fit in `sun_path`.
+pub fn temp_dir(prefix: &str, parent: Option<&PathBuf>) -> anyhow::Result<tempfile::TempDir> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix);
+    Ok(match parent {
+        Some(d) => b.tempdir_in(d)?,
+        None => b.tempdir()?,
+    })
 }

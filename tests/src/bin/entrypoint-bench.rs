@@ -90,7 +90,6 @@ usage: entrypoint-bench [--quick] [--json] [--idle-secs S] [--lines N] [--log-re
   --tmp DIR        parent of the bench's temp dir (default: the system temp dir)";
 
 const PROJECT: &str = "epbench";
-const STATIC_REL: &str = "static/x86_64-unknown-linux-gnu/release/cairn-entrypoint";
 /// The project's stated aims.
 const AIM_RSS_MIB: f64 = 4.0;
 const AIM_EXEC_MS: f64 = 20.0;
@@ -301,13 +300,7 @@ impl Bins {
 
 fn find_bins(args: &Args) -> anyhow::Result<Bins> {
     let bench = std::env::current_exe()?;
-    let bin_dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => bench
-            .parent()
-            .context("this binary has no parent directory")?
-            .to_path_buf(),
-    };
+    let bin_dir = cairn_tests::bench::procs::bin_dir(args.bin_dir.as_ref())?;
     let b = |name: &str| bin_dir.join(name);
     let (cairn, node, release_ep) = (b("cairn"), b("cairn-node"), b("cairn-entrypoint"));
     for p in [&cairn, &node, &release_ep] {
@@ -318,17 +311,7 @@ fn find_bins(args: &Args) -> anyhow::Result<Bins> {
             );
         }
     }
-    let static_ep = match &args.static_ep {
-        Some(p) => p.clone(),
-        None => {
-            // target/release/.. is the target dir; else the workspace's.
-            let near = bin_dir.parent().map(|t| t.join(STATIC_REL));
-            let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../target")
-                .join(STATIC_REL);
-            near.filter(|p| p.is_file()).unwrap_or(ws)
-        }
-    };
+    let static_ep = cairn_tests::bench::procs::static_entrypoint(&bin_dir, args.static_ep.as_ref());
     let static_found = static_ep.is_file();
     Ok(Bins {
         cairn,
@@ -372,14 +355,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         say(json, &msg);
     }
     // Declared first so it is dropped last: every guard below stops its
-    // processes before the directory goes away. Short prefix: the control
-    // socket's path must fit in sun_path.
-    let mut tmp = tempfile::Builder::new();
-    tmp.prefix("epb-");
-    let tmpdir = match &args.tmp {
-        Some(d) => tmp.tempdir_in(d)?,
-        None => tmp.tempdir()?,
-    };
+    // processes before the directory goes away.
+    let tmpdir = cairn_tests::bench::procs::temp_dir("epb-", args.tmp.as_ref())?;
     let root = tmpdir.path().to_path_buf();
 
     let machine = machine();

@@ -94,7 +94,6 @@ usage: url-bench [--quick] [--json] [--rounds N] [--secs S] [--conns C]
 
 const PROJECT: &str = "urlbench";
 const APP: &str = "web";
-const STATIC_REL: &str = "static/x86_64-unknown-linux-gnu/release/cairn-entrypoint";
 /// The aims.
 const AIM_FRACTION_OF_DIRECT: f64 = 0.5;
 const AIM_ADDED_P99_MS: f64 = 1.0;
@@ -306,13 +305,7 @@ struct Sample {
 async fn run(args: &Args) -> anyhow::Result<()> {
     let json = args.json;
     let bench = std::env::current_exe()?;
-    let bin_dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => bench
-            .parent()
-            .context("this binary has no parent directory")?
-            .to_path_buf(),
-    };
+    let bin_dir = cairn_tests::bench::procs::bin_dir(args.bin_dir.as_ref())?;
     let (cairn, node_bin) = (bin_dir.join("cairn"), bin_dir.join("cairn-node"));
     for p in [&cairn, &node_bin] {
         if !p.is_file() {
@@ -322,16 +315,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             );
         }
     }
-    let static_ep = match &args.static_ep {
-        Some(p) => p.clone(),
-        None => {
-            let near = bin_dir.parent().map(|t| t.join(STATIC_REL));
-            let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../target")
-                .join(STATIC_REL);
-            near.filter(|p| p.is_file()).unwrap_or(ws)
-        }
-    };
+    let static_ep = cairn_tests::bench::procs::static_entrypoint(&bin_dir, args.static_ep.as_ref());
     if !static_ep.is_file() {
         bail!(
             "the static entrypoint {} is missing: build it with entrypoint/build-static.sh, or pass --static-entrypoint",
@@ -366,14 +350,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         say(json, &msg);
     }
 
-    // Declared first so it is dropped last. Short prefix: the control
-    // socket's path must fit in sun_path.
-    let mut tmp = tempfile::Builder::new();
-    tmp.prefix("urlb-");
-    let tmpdir = match &args.tmp {
-        Some(d) => tmp.tempdir_in(d)?,
-        None => tmp.tempdir()?,
-    };
+    // Declared first so it is dropped last.
+    let tmpdir = cairn_tests::bench::procs::temp_dir("urlb-", args.tmp.as_ref())?;
     let root = tmpdir.path().to_path_buf();
     let machine = machine();
     let command = command_line();
