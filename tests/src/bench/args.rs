@@ -53,7 +53,7 @@ impl Argv {
         T::Err: Display,
     {
         let v = self.value(flag)?;
-        parse_num(&v).with_context(|| format!("{flag}"))
+        parse_num(&v).with_context(|| flag.to_string())
     }
 }
 

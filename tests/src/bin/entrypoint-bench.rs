@@ -180,7 +180,7 @@ fn parse_args() -> anyhow::Result<Args> {
                     .value("--rates")?
                     .split(',')
                     .filter(|s| !s.is_empty())
-                    .map(|s| parse_num::<u64>(s))
+                    .map(parse_num::<u64>)
                     .collect::<anyhow::Result<Vec<u64>>>()?;
                 if a.logs.rates.contains(&0) {
                     bail!("--rates: a rate must be above 0");
