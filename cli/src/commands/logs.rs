@@ -282,8 +282,10 @@ mod tests {
 
     #[test]
     fn since_takes_durations_and_times() {
-        let now = cairn_protocol::now_ms();
+        // `now` after the parse: the parse reads the clock itself, and a
+        // millisecond may tick between the two readings.
         let t = parse_since("5m").expect("5m");
+        let now = cairn_protocol::now_ms();
         assert!(now - t >= 300_000 && now - t < 310_000, "{}", now - t);
         let t = parse_since("1.5h").expect("1.5h");
         assert!((now - t).abs_diff(5_400_000) < 10_000);
