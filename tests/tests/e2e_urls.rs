@@ -464,19 +464,18 @@ fn release_switches_and_canaries_under_load_fail_no_request() {
         "{before:?}"
     );
 
+    // `cairn release SEQ`, then only SEQ answers (not OTHER).
+    let release_only = |seq: u64, other: u64, what: &str| {
+        cli.run_in(app.path(), &["release", &seq.to_string()]).ok();
+        let d = window(200);
+        assert!(
+            of_deployment(&d, seq) > 0 && of_deployment(&d, other) == 0,
+            "{what}: {d:?}"
+        );
+    };
     // Full release of v2, then a rollback to v1: every request answered.
-    cli.run_in(app.path(), &["release", "2"]).ok();
-    let d = window(200);
-    assert!(
-        of_deployment(&d, 2) > 0 && of_deployment(&d, 1) == 0,
-        "after release 2: {d:?}"
-    );
-    cli.run_in(app.path(), &["release", "1"]).ok();
-    let d = window(200);
-    assert!(
-        of_deployment(&d, 1) > 0 && of_deployment(&d, 2) == 0,
-        "after rollback: {d:?}"
-    );
+    release_only(2, 1, "after release 2");
+    release_only(1, 2, "after rollback");
 
     // A canary: v2 at 30 %, v1 the rest.
     let out = cli
@@ -490,12 +489,7 @@ fn release_switches_and_canaries_under_load_fail_no_request() {
         "canary share {share:.2} ({d:?}); {out}"
     );
     // A full release moves the rest.
-    cli.run_in(app.path(), &["release", "2"]).ok();
-    let d = window(200);
-    assert!(
-        of_deployment(&d, 2) > 0 && of_deployment(&d, 1) == 0,
-        "after full release: {d:?}"
-    );
+    release_only(2, 1, "after full release");
 
     stop.store(true, Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(300));
