@@ -2,6 +2,8 @@
 #
 #   GET  /            "instance I vN\n"  (CAIRN_INSTANCE, CAIRN_DEPLOYMENT)
 #   GET  /headers     the request's headers as JSON
+#   GET  /conn        "instance I port P\n": P is the client's port, so
+#                     requests on one connection say the same
 #   POST /upload      reads the body (Content-Length or chunked):
 #                     "BYTES SHA256\n"
 #   GET  /stream?n=N&ms=M   N chunks "chunk K\n", M ms apart (chunked)
@@ -42,6 +44,8 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         if url.path == "/":
             self.reply("instance %s v%s\n" % (INSTANCE, DEPLOYMENT))
+        elif url.path == "/conn":
+            self.reply("instance %s port %d\n" % (INSTANCE, self.client_address[1]))
         elif url.path == "/headers":
             self.reply(json.dumps({k.lower(): v for k, v in self.headers.items()}), "application/json")
         elif url.path == "/stream":

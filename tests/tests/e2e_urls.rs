@@ -3,7 +3,7 @@
 //! reached through each node's ingress and the tunnels on its instances'
 //! entrypoint connections.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -206,6 +206,11 @@ fn up_prints_urls_that_answer_and_instances_share_the_load() {
     }
     assert_eq!(seen.len(), 2, "both instances answer: {seen:?}");
     assert!(seen.values().all(|n| *n >= 10), "{seen:?}");
+
+    // Tunnels are kept and reused: one request at a time, each instance
+    // sees one connection.
+    let conns: BTreeSet<String> = (0..20).map(|_| get(&release, "/conn").1).collect();
+    assert_eq!(conns.len(), 2, "one kept connection per instance: {conns:?}");
 
     // What the app sees of the request.
     let (_, headers) = get(&release, "/headers");

@@ -15,6 +15,7 @@
 //!   an instance that cannot take a request is skipped for it ([`proxy`]).
 //! - Unknown host: 404; known but nothing can answer: a readable 502.
 
+pub mod h1;
 pub mod pages;
 pub mod proxy;
 pub mod route;
@@ -178,7 +179,13 @@ async fn handle(
     // sent, look again for a little while before answering 502.
     let deadline = tokio::time::Instant::now() + MOVE_WAIT;
     let mut req = req;
-    let mut from_client = proxy::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let upgrade = proxy::wants_upgrade(req.headers());
+    let mut from_client = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let origin = proxy::Origin {
+        addr: client,
+        scheme: shared.scheme,
+    };
+    proxy::prepare(&mut req, &origin, upgrade);
     loop {
         let target = ctx
             .raft
@@ -188,21 +195,16 @@ async fn handle(
             Err(route::Miss::Unknown(why)) => return pages::not_found(&host, &why),
             Err(route::Miss::Unavailable(why)) => return pages::bad_gateway(&host, &why),
         };
-        let what = format!("v{} of {}", target.sequence, target.app);
+        let what = || format!("v{} of {}", target.sequence, target.app);
         let why = if target.instances.is_empty() {
-            format!("{what} has no instance up (none is connected to the cluster)")
+            format!("{} has no instance up (none is connected to the cluster)", what())
         } else {
             let start = shared.next.fetch_add(1, Ordering::Relaxed);
-            let origin = proxy::Origin {
-                addr: client,
-                scheme: shared.scheme,
-            };
             let sent = proxy::forward(
                 ctx,
                 &shared.pool,
                 &target,
                 start,
-                &origin,
                 req,
                 &mut from_client,
             );
@@ -213,10 +215,10 @@ async fn handle(
                     unsent: Some(back),
                 }) => {
                     req = back;
-                    format!("{what}: {why}")
+                    format!("{}: {why}", what())
                 }
                 Err(proxy::Failure { why, unsent: None }) => {
-                    return pages::bad_gateway(&host, &format!("{what}: {why}"))
+                    return pages::bad_gateway(&host, &format!("{}: {why}", what()))
                 }
             }
         };

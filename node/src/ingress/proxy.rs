@@ -2,17 +2,23 @@
 //!
 //! Each tunnel is one TCP connection to the app (through the entrypoint's
 //! outbound connection, and the peer mesh when the entrypoint is on
-//! another node), spoken to in HTTP/1.1. Idle tunnels are kept per
-//! instance and reused (keep-alive).
+//! another node), spoken to in HTTP/1.1 by the request's own task
+//! ([`h1`]). Idle tunnels are kept per instance and reused (keep-alive).
+//! Upgrades (websockets) go through hyper's client on a tunnel of their
+//! own, which is never reused.
 //!
 //! Invariants:
-//! - A request is sent at most once: it is retried on another tunnel (or
-//!   instance) only when hyper hands it back unsent (a pooled connection
-//!   the app had just closed, a tunnel that could not be opened).
-//! - A tunnel takes a pooled request only once its previous exchange is
-//!   over (hyper says it is ready); it is never pooled after an upgrade.
+//! - A request is sent at most once, with one exception: an idempotent
+//!   request without a body that a reused tunnel closed on without a byte
+//!   of answer (the app had just closed that idle connection) is sent
+//!   again, as RFC 9110 9.2.2 allows. Otherwise it goes to another tunnel
+//!   or instance only when it could not be sent (a tunnel that could not
+//!   be opened, or would not take the head).
+//! - A tunnel is pooled only once its exchange is over (request and
+//!   response bodies in full, keep-alive allowed); never after an upgrade.
 //! - Hop-by-hop headers are not forwarded; `X-Forwarded-For`, `-Proto` and
-//!   `-Host` are set for the app.
+//!   `-Host` are set for the app (once per request, however often it is
+//!   tried).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,7 +32,7 @@ use cairn_protocol::frame;
 use cairn_protocol::instance::{NodeToEntrypoint, TunnelReply};
 use cairn_protocol::types::OpId;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -34,13 +40,14 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::h1::{self, BoxError, HeadError, RequestBody, Sending};
 use super::route::Target;
 use crate::attached;
 use crate::raft::NodeId;
 use crate::server::Ctx;
 
 /// A response body: the app's, or one of ours.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
 
 /// An idle tunnel is dropped after this long unused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,9 +61,10 @@ pub const TUNNEL_TIMEOUT_WITH_ALTERNATIVES: Duration = Duration::from_secs(1);
 /// An instance that failed a request is tried last for this long.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
-type Sender = http1::SendRequest<Incoming>;
+/// A tunnel's two directions, spoken to in HTTP/1.1.
+type Tunnel = h1::Tunnel<quinn::RecvStream, quinn::SendStream>;
 type Key = (OpId, String);
-type IdleMap = HashMap<Key, Vec<(Sender, Instant)>>;
+type IdleMap = HashMap<Key, Vec<(Tunnel, Instant)>>;
 
 /// Pooled tunnels by (deployment, instance), and the instances that
 /// failed lately.
@@ -66,9 +74,7 @@ pub struct Pool {
     suspects: Arc<Mutex<HashMap<Key, Instant>>>,
 }
 
-/// The pooled tunnels: each with when it was last handed back. A tunnel is
-/// pooled as soon as its response has begun; it can take a request once
-/// hyper says it is ready (its previous exchange is over).
+/// The idle tunnels, each with when it was handed back.
 struct Idle {
     map: IdleMap,
     swept: Instant,
@@ -90,17 +96,16 @@ impl Default for Pool {
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Idle {
-    /// Drops closed tunnels, and ready ones unused for [`IDLE_TIMEOUT`],
-    /// at most every [`SWEEP_EVERY`].
+    /// Drops closed tunnels, and those unused for [`IDLE_TIMEOUT`], at most
+    /// every [`SWEEP_EVERY`].
     fn sweep(&mut self, now: Instant) {
         if now.duration_since(self.swept) < SWEEP_EVERY {
             return;
         }
         self.swept = now;
         self.map.retain(|_, list| {
-            list.retain(|(s, since)| {
-                let stale = s.is_ready() && now.duration_since(*since) >= IDLE_TIMEOUT;
-                !(s.is_closed() || stale)
+            list.retain_mut(|(t, since)| {
+                now.duration_since(*since) < IDLE_TIMEOUT && t.is_usable()
             });
             !list.is_empty()
         });
@@ -112,38 +117,29 @@ impl Pool {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A pooled tunnel to the instance that is open and ready, if any (the
-    /// most recently used first).
-    fn take(&self, key: &Key) -> Option<Sender> {
+    /// An idle tunnel to the instance that is still open, if any (the most
+    /// recently used first).
+    fn take(&self, key: &Key) -> Option<Tunnel> {
         let now = Instant::now();
         let mut idle = self.lock();
         idle.sweep(now);
         let list = idle.map.get_mut(key)?;
-        let mut i = list.len();
-        while i > 0 {
-            i -= 1;
-            let (sender, since) = &list[i];
-            if sender.is_closed() || now.duration_since(*since) >= IDLE_TIMEOUT {
-                list.remove(i);
-            } else if sender.is_ready() {
-                return Some(list.remove(i).0);
+        while let Some((mut tunnel, since)) = list.pop() {
+            if now.duration_since(since) < IDLE_TIMEOUT && tunnel.is_usable() {
+                return Some(tunnel);
             }
         }
         None
     }
 
-    /// Pools `sender`, whose response has begun: it takes requests again
-    /// once that exchange is over.
-    fn put(&self, key: Key, sender: Sender) {
+    /// Pools `tunnel`, whose exchange is over.
+    fn put(&self, key: Key, tunnel: Tunnel) {
         let now = Instant::now();
         let mut idle = self.lock();
         idle.sweep(now);
         let list = idle.map.entry(key).or_default();
-        if list.len() >= MAX_IDLE_PER_INSTANCE {
-            list.retain(|(s, _)| !s.is_closed());
-        }
         if list.len() < MAX_IDLE_PER_INSTANCE {
-            list.push((sender, now));
+            list.push((tunnel, now));
         }
     }
 
@@ -173,19 +169,9 @@ impl Pool {
         s.retain(|_, since| since.elapsed() < SUSPECT_FOR);
         !s.is_empty()
     }
-
-    /// Pooled tunnels that can take a request now (all instances).
-    pub fn idle(&self) -> usize {
-        self.lock()
-            .map
-            .values()
-            .flatten()
-            .filter(|(s, _)| !s.is_closed() && s.is_ready())
-            .count()
-    }
 }
 
-/// A tunnel stream pair as one byte stream.
+/// A tunnel stream pair as one byte stream (for hyper, on upgrades).
 struct TunnelIo {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -221,19 +207,19 @@ impl AsyncWrite for TunnelIo {
     }
 }
 
-/// Opens a tunnel to an instance and starts an HTTP/1.1 client on it.
+/// Opens a tunnel to an instance (the app has accepted the connection).
 async fn open_tunnel(
     ctx: &Ctx,
     deployment: OpId,
     instance: &str,
     node: NodeId,
     patience: Duration,
-) -> Result<Sender, String> {
-    let opened = tokio::time::timeout(patience, async {
+) -> Result<Tunnel, String> {
+    tokio::time::timeout(patience, async {
         let header = NodeToEntrypoint::Tunnel { port: None };
         let (send, mut recv) = attached::open(ctx, node, deployment, instance, &header).await?;
         match frame::read_required::<_, TunnelReply>(&mut recv).await {
-            Ok(TunnelReply::Connected) => Ok(TunnelIo { send, recv }),
+            Ok(TunnelReply::Connected) => Ok(Tunnel::new(recv, send)),
             Ok(TunnelReply::Failed { reason }) => Err(format!("instance {instance}: {reason}")),
             Err(e) => Err(format!("instance {instance}: the tunnel broke: {e}")),
         }
@@ -243,16 +229,7 @@ async fn open_tunnel(
         Err(format!(
             "instance {instance}: no tunnel within {patience:?}"
         ))
-    })?;
-    let (sender, conn) = http1::handshake(TokioIo::new(opened))
-        .await
-        .map_err(|e| format!("instance {instance}: {e}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "tunnel connection ended");
-        }
-    });
-    Ok(sender)
+    })
 }
 
 /// Where a request came from: the client's address and the scheme it used
@@ -269,22 +246,28 @@ pub struct Failure {
     pub unsent: Option<Request<Incoming>>,
 }
 
-/// Sends `req` to one of `target`'s instances (starting at `start`, the
-/// round-robin position): a pooled tunnel, else a new one; the next
-/// instance when an instance cannot take it. Returns the app's response.
-/// `from_client`: the client's side of an upgrade (a websocket), joined to
-/// the app's when it answers 101.
+/// What one try on one tunnel came to.
+enum Tried {
+    Answered(Response<Body>),
+    /// Not sent (or safely sent again): the request, and why.
+    Unsent(Request<Incoming>, String),
+    /// Sent, and the instance failed it.
+    Failed(String),
+}
+
+/// Sends `req` (made ready by [`prepare`]) to one of `target`'s instances,
+/// starting at `start` (the round-robin position): a pooled tunnel, else a
+/// new one; the next instance when an instance cannot take it. Returns the
+/// app's response. `from_client`: the client's side of an upgrade (a
+/// websocket), joined to the app's when it answers 101.
 pub async fn forward(
     ctx: &Ctx,
     pool: &Pool,
     target: &Target,
     start: usize,
-    client: &Origin,
     mut req: Request<Incoming>,
     from_client: &mut Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response<Body>, Failure> {
-    let upgrade = wants_upgrade(req.headers());
-    prepare(&mut req, client.addr, client.scheme, upgrade);
     // Instances that failed lately go last: an instance that went away
     // (its node has not noticed yet) costs one request a short wait, not
     // every request.
@@ -304,14 +287,13 @@ pub async fn forward(
         } else {
             TUNNEL_TIMEOUT
         };
-        // Pooled tunnels first, then a new one; a pooled tunnel the app has
-        // closed meanwhile hands the request back unsent.
+        // Pooled tunnels first, then a new one.
         loop {
-            let (mut sender, pooled) = match pool.take(&key) {
-                Some(s) => (s, true),
+            let (tunnel, pooled) = match from_client.is_none().then(|| pool.take(&key)).flatten() {
+                Some(t) => (t, true),
                 None => {
                     match open_tunnel(ctx, target.deployment, instance, *node, patience).await {
-                        Ok(s) => (s, false),
+                        Ok(t) => (t, false),
                         Err(e) => {
                             pool.suspect(&key);
                             last = e;
@@ -320,39 +302,27 @@ pub async fn forward(
                     }
                 }
             };
-            match sender.try_send_request(req).await {
-                Ok(mut resp) => {
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        if let Some(from_client) = from_client.take() {
-                            let to_app = hyper::upgrade::on(&mut resp);
-                            tokio::spawn(join_upgraded(from_client, to_app));
-                        }
-                    } else {
-                        pool.put(key, sender);
+            let outcome = if from_client.is_some() {
+                upgrade(tunnel, req, from_client).await
+            } else {
+                exchange(pool, &key, tunnel, pooled, req).await
+            };
+            match outcome {
+                Tried::Answered(resp) => return Ok(resp),
+                Tried::Unsent(back, why) => {
+                    req = back;
+                    last = format!("instance {instance}: {why}");
+                    if !pooled {
+                        break;
                     }
-                    let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-                    strip_hop_by_hop(resp.headers_mut(), upgraded);
-                    return Ok(resp.map(BodyExt::boxed));
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(back) => {
-                        req = back;
-                        last = format!("instance {instance}: {}", e.into_error());
-                        if !pooled {
-                            break;
-                        }
-                    }
-                    None => {
-                        pool.suspect(&key);
-                        return Err(Failure {
-                            why: format!(
-                                "instance {instance} failed while answering: {}",
-                                e.into_error()
-                            ),
-                            unsent: None,
-                        });
-                    }
-                },
+                Tried::Failed(why) => {
+                    pool.suspect(&key);
+                    return Err(Failure {
+                        why: format!("instance {instance} failed while answering: {why}"),
+                        unsent: None,
+                    });
+                }
             }
         }
     }
@@ -360,6 +330,98 @@ pub async fn forward(
         why: last,
         unsent: Some(req),
     })
+}
+
+/// One request and its response on `tunnel` (HTTP/1.1, in this task).
+async fn exchange(
+    pool: &Pool,
+    key: &Key,
+    mut tunnel: Tunnel,
+    pooled: bool,
+    req: Request<Incoming>,
+) -> Tried {
+    let (parts, body) = req.into_parts();
+    let framing = RequestBody::of(&parts.headers, &body);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let head = h1::encode_head(&parts.method, path, &parts.headers, framing);
+    if let Err(e) = tunnel.send.write_all(&head).await {
+        let why = format!("the tunnel would not take the request: {e}");
+        return Tried::Unsent(Request::from_parts(parts, body), why);
+    }
+    let method = parts.method.clone();
+    let (mut body, sending) = match framing {
+        RequestBody::None => (Some(body), Sending::Idle(tunnel.send)),
+        _ => {
+            let task = tokio::spawn(h1::send_body(tunnel.send, body, framing));
+            (None, Sending::Busy(h1::AbortOnDrop(task)))
+        }
+    };
+    let mut head = match h1::read_head(&mut tunnel.recv, &mut tunnel.buf, &method).await {
+        Ok(head) => head,
+        Err(HeadError::Nothing(why)) if pooled && is_idempotent(&method) && body.is_some() => {
+            let body = body.take().unwrap_or_else(|| unreachable!("checked above"));
+            return Tried::Unsent(Request::from_parts(parts, body), why);
+        }
+        Err(HeadError::Nothing(why) | HeadError::Broken(why)) => return Tried::Failed(why),
+    };
+    let give_back: h1::GiveBack<_, _> = {
+        let pool = pool.clone();
+        let key = key.clone();
+        Box::new(move |t| pool.put(key, t))
+    };
+    let mut resp = Response::new(());
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = std::mem::take(&mut head.headers);
+    strip_hop_by_hop(resp.headers_mut(), false);
+    let body = h1::ResponseBody::new(tunnel.recv, tunnel.buf, sending, &head, give_back);
+    Tried::Answered(resp.map(|()| body.boxed()))
+}
+
+/// Methods a client may send again unasked (RFC 9110 9.2.2).
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// An upgrade (a websocket) on a tunnel of its own, through hyper's
+/// client; the two upgraded connections are joined on 101.
+async fn upgrade(
+    tunnel: Tunnel,
+    req: Request<Incoming>,
+    from_client: &mut Option<hyper::upgrade::OnUpgrade>,
+) -> Tried {
+    let io = TunnelIo {
+        send: tunnel.send,
+        recv: tunnel.recv,
+    };
+    let (mut sender, conn) = match http1::handshake(TokioIo::new(io)).await {
+        Ok(pair) => pair,
+        Err(e) => return Tried::Unsent(req, e.to_string()),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "tunnel connection ended");
+        }
+    });
+    match sender.try_send_request(req).await {
+        Ok(mut resp) => {
+            let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if upgraded {
+                if let Some(from_client) = from_client.take() {
+                    let to_app = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(join_upgraded(from_client, to_app));
+                }
+            }
+            strip_hop_by_hop(resp.headers_mut(), upgraded);
+            Tried::Answered(resp.map(|b| b.map_err(BoxError::from).boxed()))
+        }
+        Err(mut e) => match e.take_message() {
+            Some(back) => Tried::Unsent(back, e.into_error().to_string()),
+            None => Tried::Failed(e.into_error().to_string()),
+        },
+    }
 }
 
 /// Copies bytes between the client's and the app's upgraded connections
@@ -389,19 +451,23 @@ pub fn wants_upgrade(h: &HeaderMap) -> bool {
 
 /// The request as the app gets it: HTTP/1.1 in origin form, `Host` set,
 /// hop-by-hop headers gone, `X-Forwarded-*` added.
-fn prepare(req: &mut Request<Incoming>, client: SocketAddr, scheme: &str, upgrade: bool) {
+pub fn prepare(req: &mut Request<Incoming>, client: &Origin, upgrade: bool) {
+    let scheme = client.scheme;
+    let client = client.addr;
     let host = req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    if let Ok(uri) = path.parse() {
-        *req.uri_mut() = uri;
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        if let Ok(uri) = path.parse() {
+            *req.uri_mut() = uri;
+        }
     }
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();

@@ -153,11 +153,11 @@ pub fn kill_under(root: &Path) -> usize {
 /// target dir.
 pub const STATIC_ENTRYPOINT_REL: &str = "static/x86_64-unknown-linux-gnu/release/cairn-entrypoint";
 
-/// The directory of the release binaries a bench starts: `given`, else the
-/// bench's own.
+/// The directory of the release binaries a bench starts: `given` (made
+/// absolute: the programs it starts run elsewhere), else the bench's own.
 pub fn bin_dir(given: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     match given {
-        Some(d) => Ok(d.clone()),
+        Some(d) => Ok(std::path::absolute(d)?),
         None => Ok(std::env::current_exe()?
             .parent()
             .ok_or_else(|| anyhow::anyhow!("this binary has no parent directory"))?
@@ -169,7 +169,7 @@ pub fn bin_dir(given: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
 /// dir, else the workspace's (which may not exist: the caller checks).
 pub fn static_entrypoint(bin_dir: &Path, given: Option<&PathBuf>) -> PathBuf {
     if let Some(p) = given {
-        return p.clone();
+        return std::path::absolute(p).unwrap_or_else(|_| p.clone());
     }
     let near = bin_dir.parent().map(|t| t.join(STATIC_ENTRYPOINT_REL));
     let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
