@@ -2,6 +2,9 @@
 #
 #   GET  /            "instance I vN\n"  (CAIRN_INSTANCE, CAIRN_DEPLOYMENT)
 #   GET  /headers     the request's headers as JSON
+#   HEAD /            the headers of GET /, no body
+#   GET  /empty       204, no body
+#   GET  /close       "closing\n" with no length, then closes the connection
 #   GET  /conn        "instance I port P\n": P is the client's port, so
 #                     requests on one connection say the same
 #   POST /upload      reads the body (Content-Length or chunked):
@@ -44,6 +47,17 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         if url.path == "/":
             self.reply("instance %s v%s\n" % (INSTANCE, DEPLOYMENT))
+        elif url.path == "/empty":
+            self.send_response(204)
+            self.end_headers()
+        elif url.path == "/close":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"closing\n")
+            self.wfile.flush()
+            self.close_connection = True
         elif url.path == "/conn":
             self.reply("instance %s port %d\n" % (INSTANCE, self.client_address[1]))
         elif url.path == "/headers":
@@ -66,6 +80,13 @@ class Handler(BaseHTTPRequestHandler):
             self.websocket()
         else:
             self.send_error(404)
+
+    def do_HEAD(self):
+        body = ("instance %s v%s\n" % (INSTANCE, DEPLOYMENT)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
 
     def do_POST(self):
         h = hashlib.sha256()

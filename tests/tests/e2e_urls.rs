@@ -210,7 +210,11 @@ fn up_prints_urls_that_answer_and_instances_share_the_load() {
     // Tunnels are kept and reused: one request at a time, each instance
     // sees one connection.
     let conns: BTreeSet<String> = (0..20).map(|_| get(&release, "/conn").1).collect();
-    assert_eq!(conns.len(), 2, "one kept connection per instance: {conns:?}");
+    assert_eq!(
+        conns.len(),
+        2,
+        "one kept connection per instance: {conns:?}"
+    );
 
     // What the app sees of the request.
     let (_, headers) = get(&release, "/headers");
@@ -418,6 +422,79 @@ fn websockets_large_uploads_and_streamed_responses_pass_through() {
     assert!(
         last - first > Duration::from_millis(1200),
         "first chunk after {first:?}, the end after {last:?}: streamed, not buffered"
+    );
+
+    // Every way a response can end, one after another on one client
+    // connection: HEAD (a length but no body), 204, a body delimited by the
+    // app closing (that tunnel is not reused), then a plain GET; and a
+    // chunked upload (no length).
+    let answers = rt.block_on(async {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let mut answers = Vec::new();
+        for (method, path) in [
+            ("HEAD", "/"),
+            ("GET", "/empty"),
+            ("GET", "/close"),
+            ("GET", "/"),
+        ] {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", &host)
+                .body(
+                    Full::new(Bytes::new())
+                        .map_err(|never| match never {})
+                        .boxed(),
+                )
+                .expect("request");
+            sender.ready().await.expect(path);
+            let resp = sender.send_request(req).await.expect(path);
+            let status = resp.status();
+            let length = resp.headers().get("content-length").cloned();
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            answers.push((status, length, String::from_utf8_lossy(&body).into_owned()));
+        }
+        let chunks = futures::stream::iter(
+            (0..3u8).map(|i| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![i; 1000])))),
+        );
+        let req = Request::post("/upload")
+            .header("host", &host)
+            .body(StreamBody::new(chunks).boxed())
+            .expect("request");
+        sender.ready().await.expect("ready for the upload");
+        let resp = sender.send_request(req).await.expect("chunked upload");
+        let body = resp.into_body().collect().await.expect("answer").to_bytes();
+        answers.push((
+            StatusCode::OK,
+            None,
+            String::from_utf8_lossy(&body).into_owned(),
+        ));
+        answers
+    });
+    let (status, length, body) = &answers[0];
+    assert_eq!(*status, StatusCode::OK, "HEAD");
+    assert!(
+        length.is_some() && body.is_empty(),
+        "HEAD: {length:?} {body:?}"
+    );
+    assert_eq!(answers[1].0, StatusCode::NO_CONTENT);
+    assert_eq!(answers[1].2, "");
+    assert_eq!(
+        (answers[2].0, answers[2].2.as_str()),
+        (StatusCode::OK, "closing\n")
+    );
+    assert!(answers[3].2.starts_with("instance 0 "), "{:?}", answers[3]);
+    let mut sum = Sha256::new();
+    for i in 0..3u8 {
+        sum.update(vec![i; 1000]);
+    }
+    assert_eq!(
+        answers[4].2.trim(),
+        format!("3000 {}", hex::encode(sum.finalize()))
     );
 }
 

@@ -100,12 +100,7 @@ impl RequestBody {
 
 /// The request head as sent on the tunnel. `headers` are already prepared
 /// (hop-by-hop headers gone); the body's framing header is added.
-pub fn encode_head(
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-    body: RequestBody,
-) -> Vec<u8> {
+pub fn encode_head(method: &Method, path: &str, headers: &HeaderMap, body: RequestBody) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -284,8 +279,8 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, S
         Err(e) => return Err(format!("the app sent a malformed response: {e}")),
     };
     let code = resp.code.unwrap_or(0);
-    let status = StatusCode::from_u16(code)
-        .map_err(|_| format!("the app answered with status {code}"))?;
+    let status =
+        StatusCode::from_u16(code).map_err(|_| format!("the app answered with status {code}"))?;
     let http10 = resp.version == Some(0);
     let mut headers = HeaderMap::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
@@ -554,9 +549,10 @@ impl<R: AsyncRead + Unpin, W: Unpin> Body for ResponseBody<R, W> {
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => {
                     this.state = None;
-                    return Poll::Ready(Some(Err(
-                        format!("the tunnel broke during the response body: {e}").into(),
-                    )));
+                    return Poll::Ready(Some(Err(format!(
+                        "the tunnel broke during the response body: {e}"
+                    )
+                    .into())));
                 }
             }
         }
@@ -587,7 +583,11 @@ mod tests {
 
     /// Feeds `wire` to a fresh decoder in pieces of `piece` bytes; returns
     /// the body and what is left over.
-    fn decode(mut framing: Framing, wire: &[u8], piece: usize) -> Result<(Vec<u8>, Vec<u8>), String> {
+    fn decode(
+        mut framing: Framing,
+        wire: &[u8],
+        piece: usize,
+    ) -> Result<(Vec<u8>, Vec<u8>), String> {
         let mut b = BytesMut::new();
         let mut out = Vec::new();
         let mut rest = wire;
@@ -609,10 +609,10 @@ mod tests {
 
     #[test]
     fn chunked_bodies_decode_in_any_split() {
-        let wire = b"5\r\nhello\r\n1;ext=1\r\n \r\nB\r\nchunked web\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        let wire =
+            b"5\r\nhello\r\n1;ext=1\r\n \r\nB\r\nchunked web\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
         for piece in [1, 2, 3, 7, 100] {
-            let (body, rest) =
-                decode(Framing::Chunked(Chunk::Size), wire, piece).expect("decodes");
+            let (body, rest) = decode(Framing::Chunked(Chunk::Size), wire, piece).expect("decodes");
             assert_eq!(body, b"hello chunked web", "piece {piece}");
             // Bytes after the body stay (only whole pieces were fed).
             assert!(b"NEXT".starts_with(&rest), "piece {piece}: {rest:?}");
@@ -657,9 +657,15 @@ mod tests {
         let head = parse_head(&mut b, &get).expect("parses").expect("complete");
         assert!(!head.keep_alive, "HTTP/1.0 without keep-alive");
 
-        for (method, status) in [(Method::HEAD, "200"), (Method::GET, "204"), (Method::GET, "304")] {
+        for (method, status) in [
+            (Method::HEAD, "200"),
+            (Method::GET, "204"),
+            (Method::GET, "304"),
+        ] {
             let mut b = buf(format!("HTTP/1.1 {status} X\r\nContent-Length: 9\r\n\r\n").as_bytes());
-            let head = parse_head(&mut b, &method).expect("parses").expect("complete");
+            let head = parse_head(&mut b, &method)
+                .expect("parses")
+                .expect("complete");
             assert_eq!(head.framing, Framing::Done, "{method} {status}");
         }
 
@@ -671,7 +677,10 @@ mod tests {
         assert!(parse_head(&mut b, &get).is_err());
         let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
         b.extend(std::iter::repeat_n(b'x', MAX_HEAD + 10));
-        assert!(parse_head(&mut b, &get).is_err(), "an endless head is refused");
+        assert!(
+            parse_head(&mut b, &get).is_err(),
+            "an endless head is refused"
+        );
     }
 
     #[test]
@@ -688,7 +697,9 @@ mod tests {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
         let head = encode_head(&Method::PUT, "/", &h, RequestBody::Length(7));
         assert_eq!(
-            String::from_utf8_lossy(&head).matches("content-length").count(),
+            String::from_utf8_lossy(&head)
+                .matches("content-length")
+                .count(),
             1
         );
     }
@@ -720,7 +731,10 @@ mod tests {
             &head,
             Box::new(move |t| *keep.lock().expect("lock") = Some(t)),
         );
-        assert!(back.lock().expect("lock").is_none(), "not before the body is read");
+        assert!(
+            back.lock().expect("lock").is_none(),
+            "not before the body is read"
+        );
         let got = body.collect().await.expect("body").to_bytes();
         assert_eq!(&got[..], b"abc");
         let mut tunnel = back.lock().expect("lock").take().expect("handed back");
@@ -777,7 +791,10 @@ mod tests {
         let last = body.frame().await.expect("a frame").expect("data");
         assert_eq!(last.into_data().expect("data"), "lo");
         assert!(body.is_end_stream());
-        assert!(back.lock().expect("lock").is_some(), "back without another poll");
+        assert!(
+            back.lock().expect("lock").is_some(),
+            "back without another poll"
+        );
     }
 
     #[tokio::test]

@@ -197,17 +197,13 @@ async fn handle(
         };
         let what = || format!("v{} of {}", target.sequence, target.app);
         let why = if target.instances.is_empty() {
-            format!("{} has no instance up (none is connected to the cluster)", what())
+            format!(
+                "{} has no instance up (none is connected to the cluster)",
+                what()
+            )
         } else {
             let start = shared.next.fetch_add(1, Ordering::Relaxed);
-            let sent = proxy::forward(
-                ctx,
-                &shared.pool,
-                &target,
-                start,
-                req,
-                &mut from_client,
-            );
+            let sent = proxy::forward(ctx, &shared.pool, &target, start, req, &mut from_client);
             match sent.await {
                 Ok(resp) => return resp,
                 Err(proxy::Failure {
