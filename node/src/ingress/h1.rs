@@ -704,25 +704,17 @@ mod tests {
         );
     }
 
-    /// A whole exchange on an in-memory tunnel: interim response skipped,
-    /// chunked body read as polled, tunnel handed back, then a second one
-    /// on the same tunnel.
-    #[tokio::test]
-    async fn exchanges_reuse_the_tunnel_only_when_complete() {
-        use std::sync::{Arc, Mutex};
-        let (ours, mut app) = tokio::io::duplex(64 * 1024);
-        let (recv, _send) = tokio::io::split(ours);
-        let back: Arc<Mutex<Option<Tunnel<_, ()>>>> = Arc::default();
-        app.write_all(
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-        )
-        .await
-        .expect("write");
-        let mut tunnel = Tunnel::new(recv, ());
+    type Handed<R> = std::sync::Arc<std::sync::Mutex<Option<Tunnel<R, ()>>>>;
+
+    /// Reads a response head off `tunnel` and returns it with its body,
+    /// which hands the tunnel to `back` when it can be reused.
+    async fn respond<R: AsyncRead + Unpin + Send + Sync + 'static>(
+        mut tunnel: Tunnel<R, ()>,
+        back: &Handed<R>,
+    ) -> (Head, ResponseBody<R, ()>) {
         let head = read_head(&mut tunnel.recv, &mut tunnel.buf, &Method::GET)
             .await
             .expect("head");
-        assert_eq!(head.status, StatusCode::OK);
         let keep = back.clone();
         let body = ResponseBody::new(
             tunnel.recv,
@@ -731,6 +723,24 @@ mod tests {
             &head,
             Box::new(move |t| *keep.lock().expect("lock") = Some(t)),
         );
+        (head, body)
+    }
+
+    /// A whole exchange on an in-memory tunnel: interim response skipped,
+    /// chunked body read as polled, tunnel handed back, then a second one
+    /// on the same tunnel.
+    #[tokio::test]
+    async fn exchanges_reuse_the_tunnel_only_when_complete() {
+        let (ours, mut app) = tokio::io::duplex(64 * 1024);
+        let (recv, _send) = tokio::io::split(ours);
+        let back: Handed<_> = Handed::default();
+        app.write_all(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let (head, body) = respond(Tunnel::new(recv, ()), &back).await;
+        assert_eq!(head.status, StatusCode::OK);
         assert!(
             back.lock().expect("lock").is_none(),
             "not before the body is read"
@@ -745,17 +755,7 @@ mod tests {
             .await
             .expect("write");
         drop(app);
-        let head = read_head(&mut tunnel.recv, &mut tunnel.buf, &Method::GET)
-            .await
-            .expect("head");
-        let keep = back.clone();
-        let body = ResponseBody::new(
-            tunnel.recv,
-            tunnel.buf,
-            Sending::Idle(()),
-            &head,
-            Box::new(move |t| *keep.lock().expect("lock") = Some(t)),
-        );
+        let (_, body) = respond(tunnel, &back).await;
         assert_eq!(&body.collect().await.expect("body").to_bytes()[..], b"bye");
         assert!(back.lock().expect("lock").is_none());
     }
@@ -764,25 +764,13 @@ mod tests {
     /// tunnel must be back by then.
     #[tokio::test]
     async fn a_sized_body_hands_the_tunnel_back_with_its_last_bytes() {
-        use std::sync::{Arc, Mutex};
         let (ours, mut app) = tokio::io::duplex(1024);
         let (recv, _send) = tokio::io::split(ours);
         app.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel")
             .await
             .expect("write");
-        let mut tunnel = Tunnel::new(recv, ());
-        let head = read_head(&mut tunnel.recv, &mut tunnel.buf, &Method::GET)
-            .await
-            .expect("head");
-        let back: Arc<Mutex<Option<Tunnel<_, ()>>>> = Arc::default();
-        let keep = back.clone();
-        let mut body = ResponseBody::new(
-            tunnel.recv,
-            tunnel.buf,
-            Sending::Idle(()),
-            &head,
-            Box::new(move |t| *keep.lock().expect("lock") = Some(t)),
-        );
+        let back: Handed<_> = Handed::default();
+        let (_, mut body) = respond(Tunnel::new(recv, ()), &back).await;
         assert_eq!(body.size_hint().exact(), Some(5));
         let first = body.frame().await.expect("a frame").expect("data");
         assert_eq!(first.into_data().expect("data"), "hel");
