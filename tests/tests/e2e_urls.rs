@@ -67,6 +67,21 @@ async fn request(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// An HTTP/1.1 client connection to `addr` (its connection task spawned).
+async fn http1_client<B>(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
 fn get(url: &str, path: &str) -> (StatusCode, String) {
     let (addr, host) = split_url(url);
     runtime()
@@ -373,11 +388,7 @@ fn websockets_large_uploads_and_streamed_responses_pass_through() {
     }
     let expected = hex::encode(expected.finalize());
     let answer = rt.block_on(async {
-        let tcp = TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
+        let mut sender = http1_client(addr).await;
         let chunks = futures::stream::iter(
             (0..100u8).map(|i| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![i; MB])))),
         );
@@ -396,11 +407,7 @@ fn websockets_large_uploads_and_streamed_responses_pass_through() {
     // A streamed response arrives as it is written: the first chunk long
     // before the last.
     let (first, last, text) = rt.block_on(async {
-        let tcp = TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
+        let mut sender = http1_client(addr).await;
         let req = Request::get("/stream?n=10&ms=200")
             .header("host", &host)
             .body(Full::new(Bytes::new()))
@@ -429,11 +436,7 @@ fn websockets_large_uploads_and_streamed_responses_pass_through() {
     // app closing (that tunnel is not reused), then a plain GET; and a
     // chunked upload (no length).
     let answers = rt.block_on(async {
-        let tcp = TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
+        let mut sender = http1_client(addr).await;
         let mut answers = Vec::new();
         for (method, path) in [
             ("HEAD", "/"),

@@ -29,7 +29,7 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 /// Errors of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -408,16 +408,7 @@ pub async fn read_head<R: AsyncRead + Unpin>(
 /// still sending the body on it.
 pub enum Sending<W> {
     Idle(W),
-    Busy(AbortOnDrop<Result<W, String>>),
-}
-
-/// A task that is aborted when its handle is dropped.
-pub struct AbortOnDrop<T>(pub JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    Busy(AbortOnDropHandle<Result<W, String>>),
 }
 
 /// What is done with a tunnel whose exchange is over.
@@ -446,10 +437,10 @@ impl<R, W> Reading<R, W> {
         let send = match self.sending {
             Sending::Idle(send) => send,
             Sending::Busy(mut task) => {
-                if !task.0.is_finished() {
+                if !task.is_finished() {
                     return; // the app answered before it had the whole body
                 }
-                match (&mut task.0).now_or_never() {
+                match (&mut task).now_or_never() {
                     Some(Ok(Ok(send))) => send,
                     _ => return,
                 }

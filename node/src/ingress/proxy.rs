@@ -39,6 +39,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::h1::{self, BoxError, HeadError, RequestBody, Sending};
 use super::route::Target;
@@ -348,21 +349,23 @@ async fn exchange(
         let why = format!("the tunnel would not take the request: {e}");
         return Tried::Unsent(Request::from_parts(parts, body), why);
     }
-    let method = parts.method.clone();
-    let (mut body, sending) = match framing {
+    // Without a body the request can still be sent again; with one, the
+    // body goes out in a task of its own (the app may answer before it has
+    // all of it).
+    let (body, sending) = match framing {
         RequestBody::None => (Some(body), Sending::Idle(tunnel.send)),
         _ => {
             let task = tokio::spawn(h1::send_body(tunnel.send, body, framing));
-            (None, Sending::Busy(h1::AbortOnDrop(task)))
+            (None, Sending::Busy(AbortOnDropHandle::new(task)))
         }
     };
-    let mut head = match h1::read_head(&mut tunnel.recv, &mut tunnel.buf, &method).await {
-        Ok(head) => head,
-        Err(HeadError::Nothing(why)) if pooled && is_idempotent(&method) && body.is_some() => {
-            let body = body.take().unwrap_or_else(|| unreachable!("checked above"));
+    let read = h1::read_head(&mut tunnel.recv, &mut tunnel.buf, &parts.method).await;
+    let mut head = match (read, body) {
+        (Ok(head), _) => head,
+        (Err(HeadError::Nothing(why)), Some(body)) if pooled && is_idempotent(&parts.method) => {
             return Tried::Unsent(Request::from_parts(parts, body), why);
         }
-        Err(HeadError::Nothing(why) | HeadError::Broken(why)) => return Tried::Failed(why),
+        (Err(HeadError::Nothing(why) | HeadError::Broken(why)), _) => return Tried::Failed(why),
     };
     let give_back: h1::GiveBack<_, _> = {
         let pool = pool.clone();
@@ -451,9 +454,7 @@ pub fn wants_upgrade(h: &HeaderMap) -> bool {
 
 /// The request as the app gets it: HTTP/1.1 in origin form, `Host` set,
 /// hop-by-hop headers gone, `X-Forwarded-*` added.
-pub fn prepare(req: &mut Request<Incoming>, client: &Origin, upgrade: bool) {
-    let scheme = client.scheme;
-    let client = client.addr;
+pub fn prepare(req: &mut Request<Incoming>, origin: &Origin, upgrade: bool) {
     let host = req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()
             .authority()
@@ -476,7 +477,7 @@ pub fn prepare(req: &mut Request<Incoming>, client: &Origin, upgrade: bool) {
         headers.insert(header::HOST, host.clone());
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
-    let ip = client.ip().to_string();
+    let ip = origin.addr.ip().to_string();
     let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(before) => format!("{before}, {ip}"),
         None => ip,
@@ -486,7 +487,11 @@ pub fn prepare(req: &mut Request<Incoming>, client: &Origin, upgrade: bool) {
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
+        HeaderValue::from_static(if origin.scheme == "https" {
+            "https"
+        } else {
+            "http"
+        }),
     );
 }
 

@@ -150,7 +150,7 @@ async fn serve_registered(
         instance: hello.instance_id.clone(),
     };
     let mut reader = tokio::spawn(take_logs(ctx.logs.clone(), shipper, recv));
-    let _abort = AbortOnDrop(reader.abort_handle());
+    let _abort = tokio_util::task::AbortOnDrop::new(reader.abort_handle());
     let mut metrics = ctx.raft.metrics_watch();
     let mut applied = metrics.borrow_and_update().last_applied;
     let start = tokio::time::Instant::now() + INSTANCE_SEEN_INTERVAL;
@@ -207,15 +207,6 @@ async fn take_logs(store: LogStore, from: Shipper, mut recv: quinn::RecvStream) 
                 return;
             }
         }
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
