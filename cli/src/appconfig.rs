@@ -20,9 +20,10 @@ use std::collections::BTreeMap;
 
 use cairn_protocol::api::{ClientRequest, ClientResponse};
 use cairn_protocol::config::{self as cfgvars, fingerprint, FromFile, FROM_FILE};
-use cairn_protocol::rpc::{self, RpcError};
+use cairn_protocol::rpc::RpcError;
 use cairn_protocol::types::{ConfigScope, ConfigVar};
 
+use crate::client::Call;
 use crate::config::{AppConfig, Config};
 
 /// One write of a sync.
@@ -111,17 +112,12 @@ pub fn plan(
 }
 
 /// The variables of one scope.
-pub async fn list(
-    conn: &quinn::Connection,
-    scope: &ConfigScope,
-) -> Result<Vec<ConfigVar>, RpcError> {
-    match rpc::call(
-        conn,
-        &ClientRequest::ListConfig {
+pub async fn list(conn: &mut impl Call, scope: &ConfigScope) -> Result<Vec<ConfigVar>, RpcError> {
+    match conn
+        .call(&ClientRequest::ListConfig {
             scope: Some(scope.clone()),
-        },
-    )
-    .await?
+        })
+        .await?
     {
         ClientResponse::Config(vars) => Ok(vars),
         other => Err(unexpected(&other)),
@@ -129,8 +125,11 @@ pub async fn list(
 }
 
 /// The variables of every scope of the cluster.
-pub async fn list_all(conn: &quinn::Connection) -> Result<Vec<ConfigVar>, RpcError> {
-    match rpc::call(conn, &ClientRequest::ListConfig { scope: None }).await? {
+pub async fn list_all(conn: &mut impl Call) -> Result<Vec<ConfigVar>, RpcError> {
+    match conn
+        .call(&ClientRequest::ListConfig { scope: None })
+        .await?
+    {
         ClientResponse::Config(vars) => Ok(vars),
         other => Err(unexpected(&other)),
     }
@@ -141,7 +140,7 @@ fn unexpected(r: &ClientResponse) -> RpcError {
 }
 
 /// Apply `changes` in order.
-pub async fn apply(conn: &quinn::Connection, changes: &[Change]) -> Result<(), RpcError> {
+pub async fn apply(conn: &mut impl Call, changes: &[Change]) -> Result<(), RpcError> {
     for c in changes {
         let req = match c {
             Change::Set(var) => ClientRequest::SetConfig { var: var.clone() },
@@ -150,7 +149,7 @@ pub async fn apply(conn: &quinn::Connection, changes: &[Change]) -> Result<(), R
                 name: name.clone(),
             },
         };
-        rpc::call(conn, &req).await?;
+        conn.call(&req).await?;
     }
     Ok(())
 }
@@ -158,7 +157,7 @@ pub async fn apply(conn: &quinn::Connection, changes: &[Change]) -> Result<(), R
 /// Sync the project's and `app`'s `config { env }` of `cfg` to the cluster.
 /// Returns what changed, per scope (scopes with no change left out).
 pub async fn sync(
-    conn: &quinn::Connection,
+    conn: &mut impl Call,
     cfg: &Config,
     app: &AppConfig,
 ) -> Result<Vec<(ConfigScope, Synced)>, RpcError> {
@@ -229,7 +228,7 @@ pub fn from_file(var: &ConfigVar, all: &[ConfigVar]) -> bool {
 /// from the cluster and resolved by precedence
 /// ([`cairn_protocol::config::resolve_env`]).
 pub async fn resolved_env(
-    conn: &quinn::Connection,
+    conn: &mut impl Call,
     project: &str,
     app: &str,
     workspace: &str,

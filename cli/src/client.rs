@@ -2,13 +2,23 @@
 //! the current one, or the embedded default), dial with the pinned CA, say
 //! hello with the user token.
 //!
-//! A context remembers the cluster's members. [`connect`] dials the
-//! context's address first and, when it does not answer, the other members
-//! (staggered, first to answer wins, bounded by [`FAILOVER_DEADLINE`]), so a
-//! CLI keeps working when its node dies. Every successful connect refreshes
+//! A context remembers the cluster's members. [`connect`] dials them in the
+//! order [`Reach`] gives (the member that answered last, the context's
+//! address, the other members, those that did not answer lately last):
+//! staggered, first to answer wins, bounded by [`FAILOVER_DEADLINE`]. So a
+//! CLI keeps working when its node dies, and with a member down a command
+//! does not pay for dialling it first. Every successful connect refreshes
 //! the member list from the node it reached.
+//!
+//! [`Client::call`] sends one request; when the node answers `Unavailable`
+//! (it cannot reach a leader: nothing was done) or the connection is lost
+//! under a read or an idempotent write, it sends the same request to
+//! another member, within [`CALL_DEADLINE`]. Single writes go out as
+//! [`ClientRequest::Idempotent`], so sending one again never applies it twice.
 
 use std::time::Duration;
+
+use cairn_protocol::now_ms;
 
 use cairn_protocol::api::{ClientRequest, ClientResponse};
 use cairn_protocol::handshake::Role;
@@ -18,11 +28,18 @@ use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::context::{self, Context};
 use crate::local;
+use crate::reach::Reach;
 
 /// How long the preferred address has alone before the others are tried too.
 pub const FAILOVER_STAGGER: Duration = Duration::from_millis(750);
 /// Longest a connect may take over all addresses.
 pub const FAILOVER_DEADLINE: Duration = Duration::from_secs(10);
+/// Longest [`Client::call`] keeps trying members for one request.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(30);
+/// Longest one attempt of a retry-safe request waits for its answer before
+/// another member is asked (a node gives up on a request after its
+/// `ROUTE_DEADLINE`, 10 s, so this only catches a node that stopped).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(12);
 
 pub async fn resolve(explicit: Option<&str>, quiet: bool) -> anyhow::Result<Context> {
     let name = match explicit {
@@ -59,22 +76,168 @@ fn dial(ctx: &Context, addr: &str) -> Dial {
 
 /// Connect to the context's node, or to another member when it does not
 /// answer; then refresh the context's member list (saved when it changed).
-pub async fn connect(ctx: &Context) -> Result<Session, RpcError> {
-    let session = connect_any(ctx).await?;
+pub async fn connect(ctx: &Context) -> Result<Client, RpcError> {
+    let (session, addr) = connect_any(ctx, &[]).await?;
     if !ctx.local {
         refresh_members(ctx, &session).await;
     }
-    Ok(session)
+    Ok(Client {
+        session,
+        addr,
+        ctx: ctx.clone(),
+        client_id: rand::random(),
+        next_request: 0,
+    })
 }
 
-/// Dial `ctx.addresses()`: the first at once, each next one
-/// [`FAILOVER_STAGGER`] later (or as soon as an earlier one failed); the
-/// first to answer wins. A refusal (bad token, wrong version) is final: the
-/// other members would say the same. Errors report the preferred address.
-async fn connect_any(ctx: &Context) -> Result<Session, RpcError> {
-    let addrs = ctx.addresses();
+/// A connection to a member of the context's cluster that moves to another
+/// member when its node cannot serve a request (see the module's doc).
+/// Derefs to the current [`Session`] (streaming calls use its connection).
+pub struct Client {
+    session: Session,
+    /// The address `session` was dialled at.
+    addr: String,
+    ctx: Context,
+    /// Random per CLI process: with `next_request`, the id of an idempotent write.
+    client_id: u64,
+    next_request: u64,
+}
+
+impl std::ops::Deref for Client {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
+impl Client {
+    /// The address of the member this client is connected to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Send `req` and read its answer, moving to another member when that is
+    /// safe and needed (see the module's doc). `Err` is the last error.
+    pub async fn call(&mut self, req: &ClientRequest) -> Result<ClientResponse, RpcError> {
+        let req = if req.is_retryable_write() {
+            self.next_request += 1;
+            req.clone().idempotent(self.client_id, self.next_request)
+        } else {
+            req.clone()
+        };
+        let retry_safe = matches!(req, ClientRequest::Idempotent { .. }) || req.is_read();
+        let deadline = tokio::time::Instant::now() + CALL_DEADLINE;
+        let mut avoid: Vec<String> = Vec::new();
+        loop {
+            let r = if retry_safe {
+                match tokio::time::timeout(ATTEMPT_TIMEOUT, rpc::call(&self.session.conn, &req))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(RpcError::Unavailable(format!(
+                        "node at {} did not answer within {ATTEMPT_TIMEOUT:?}",
+                        self.addr
+                    ))),
+                }
+            } else {
+                rpc::call(&self.session.conn, &req).await
+            };
+            let e = match r {
+                Err(e @ RpcError::Unavailable(_)) => e,
+                Err(e) if retry_safe && self.session.conn.close_reason().is_some() => e,
+                r => return r,
+            };
+            if self.ctx.addresses().len() < 2 || tokio::time::Instant::now() >= deadline {
+                return Err(e);
+            }
+            tracing::info!(node = %self.addr, error = %e, "the node could not serve the request; asking another member");
+            if !self.ctx.local {
+                let mut reach = Reach::load(&self.ctx.name);
+                reach.down(&self.addr, now_ms());
+                reach.save(&self.ctx.name);
+            }
+            avoid.push(self.addr.clone());
+            if avoid.len() >= self.ctx.addresses().len() {
+                // Every member was tried once: start over (an election may
+                // have ended meanwhile), after a short pause.
+                avoid.clear();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            self.session
+                .conn
+                .close(0u32.into(), b"moving to another member");
+            match connect_any(&self.ctx, &avoid).await {
+                Ok((session, addr)) => {
+                    self.session = session;
+                    self.addr = addr;
+                }
+                Err(_) => return Err(e),
+            }
+        }
+    }
+
+    /// Close the connection (the node sees a clean close).
+    pub fn close(&self) {
+        self.session.conn.close(0u32.into(), b"bye");
+    }
+
+    /// The current session, for a caller that keeps it (a runner agent).
+    pub fn into_session(self) -> Session {
+        self.session
+    }
+}
+
+/// What a request can be sent on: a [`Client`], which moves between
+/// members, or a bare connection (a runner's job, on the connection its
+/// job arrived by), which does not.
+pub trait Call {
+    fn call(
+        &mut self,
+        req: &ClientRequest,
+    ) -> impl std::future::Future<Output = Result<ClientResponse, RpcError>> + Send;
+}
+
+impl Call for Client {
+    fn call(
+        &mut self,
+        req: &ClientRequest,
+    ) -> impl std::future::Future<Output = Result<ClientResponse, RpcError>> + Send {
+        Client::call(self, req)
+    }
+}
+
+impl Call for quinn::Connection {
+    fn call(
+        &mut self,
+        req: &ClientRequest,
+    ) -> impl std::future::Future<Output = Result<ClientResponse, RpcError>> + Send {
+        let conn = self.clone();
+        let req = req.clone();
+        async move { rpc::call(&conn, &req).await }
+    }
+}
+
+/// Dial the context's members in [`Reach`] order (those in `avoid` last):
+/// the first at once, each next one [`FAILOVER_STAGGER`] later (or as soon
+/// as an earlier one failed); the first to answer wins. A refusal (bad
+/// token, wrong version) is final: the other members would say the same.
+/// Errors report the first address dialled. Members dialled before the
+/// winner that had not answered are remembered as down.
+async fn connect_any(ctx: &Context, avoid: &[String]) -> Result<(Session, String), RpcError> {
+    let mut reach = if ctx.local {
+        Reach::default()
+    } else {
+        Reach::load(&ctx.name)
+    };
+    let ordered = reach.order(&ctx.addresses(), now_ms());
+    let (first, last): (Vec<String>, Vec<String>) =
+        ordered.into_iter().partition(|a| !avoid.contains(a));
+    let addrs: Vec<String> = first.into_iter().chain(last).collect();
     if addrs.len() == 1 {
-        return rpc::connect(&dial(ctx, &addrs[0])).await;
+        return rpc::connect(&dial(ctx, &addrs[0]))
+            .await
+            .map(|s| (s, addrs[0].clone()));
     }
     let deadline = tokio::time::Instant::now() + FAILOVER_DEADLINE;
     let mut pending = FuturesUnordered::new();
@@ -95,10 +258,21 @@ async fn connect_any(ctx: &Context) -> Result<Session, RpcError> {
             }
             Some((i, r)) = pending.next(), if !pending.is_empty() => match r {
                 Ok(s) => {
+                    let mut changed = reach.answered(&addrs[i]);
                     if i > 0 {
-                        tracing::info!(from = %addrs[0], to = %addrs[i], "the context's node did not answer; using another member");
+                        tracing::info!(from = %addrs[0], to = %addrs[i], "the first member dialled did not answer; using another");
+                        // Dialled earlier and still silent (or failed): down.
+                        for a in &addrs[..i] {
+                            if !avoid.contains(a) {
+                                reach.down(a, now_ms());
+                                changed = true;
+                            }
+                        }
                     }
-                    return Ok(s);
+                    if changed && !ctx.local {
+                        reach.save(&ctx.name);
+                    }
+                    return Ok((s, addrs[i].clone()));
                 }
                 Err(e @ RpcError::Refused(_)) => return Err(e),
                 Err(e) => {

@@ -7,5 +7,6 @@ pub mod lifecycle;
 pub mod local;
 pub mod paths;
 pub mod plugins;
+pub mod reach;
 pub mod runner;
 pub mod ui;

@@ -266,7 +266,10 @@ impl Ctx {
         match peer::write(self, request).await {
             Ok(Response::Error(e)) => Err(e),
             Ok(r) => Ok(r),
-            Err(e) => Err(format!("the cluster could not record it: {e}")),
+            Err(e) => {
+                services::note_retry_elsewhere(&e);
+                Err(format!("the cluster could not record it: {e}"))
+            }
         }
     }
 
@@ -280,7 +283,10 @@ impl Ctx {
         if cfg!(debug_assertions) && chaos_bug("stale-read") {
             return Ok(self.raft.read_local(f));
         }
-        peer::read(self, f).await
+        peer::read(self, f).await.map_err(|e| {
+            services::note_retry_elsewhere(&e);
+            e.message
+        })
     }
 }
 

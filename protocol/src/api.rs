@@ -196,6 +196,22 @@ impl ClientRequest {
         }
     }
 
+    /// Requests that change nothing, so sending one again is harmless.
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            ClientRequest::ServerInfo
+                | ClientRequest::ListOperations { .. }
+                | ClientRequest::ListRunners
+                | ClientRequest::ListJobs { .. }
+                | ClientRequest::InspectJob { .. }
+                | ClientRequest::ListConfig { .. }
+                | ClientRequest::Members
+                | ClientRequest::ListInstances
+                | ClientRequest::ListHostnames
+        )
+    }
+
     /// Writes that are one state-machine command each, and so may be sent
     /// as [`ClientRequest::Idempotent`].
     pub fn is_retryable_write(&self) -> bool {
@@ -270,6 +286,14 @@ pub enum ClientResponse {
     ExecOpened {
         instance: String,
         node: u64,
+    },
+    /// This node could not serve the request for want of a reachable leader
+    /// (it is cut off from the majority, or no leader answered in time), and
+    /// nothing was done that asking another member could repeat: the
+    /// request was a read or an idempotent write, or it never reached a
+    /// leader. The client may send the same request to another member.
+    Unavailable {
+        message: String,
     },
 }
 

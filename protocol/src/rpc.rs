@@ -21,6 +21,10 @@ pub enum RpcError {
     Refused(String),
     #[error("{0}")]
     Remote(String),
+    /// The node could not reach a leader; nothing was done, and another
+    /// member may serve the same request ([`ClientResponse::Unavailable`]).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("connection lost: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("connection lost while sending: {0}")]
@@ -155,6 +159,7 @@ pub async fn call(
     send.finish()?;
     match frame::read_required(&mut recv).await? {
         ClientResponse::Error { message } => Err(RpcError::Remote(message)),
+        ClientResponse::Unavailable { message } => Err(RpcError::Unavailable(message)),
         other => Ok(other),
     }
 }

@@ -11,16 +11,14 @@ use crate::client;
 /// Mint a join token and print the `cairn-node` command that uses it.
 pub async fn join_token(g: &Global, name: &str, ttl_s: Option<u64>) -> anyhow::Result<i32> {
     let ctx = client::resolve(g.context.as_deref(), true).await?;
-    let s = client::connect(&ctx).await?;
-    let r = rpc::call(
-        &s.conn,
-        &ClientRequest::CreateToken {
+    let mut s = client::connect(&ctx).await?;
+    let r = s
+        .call(&ClientRequest::CreateToken {
             scope: TokenScope::Join,
             name: name.to_string(),
             ttl_s,
-        },
-    )
-    .await?;
+        })
+        .await?;
     s.conn.close(0u32.into(), b"bye");
     let ClientResponse::Token { token } = r else {
         anyhow::bail!("unexpected answer from the node: {r:?}")
@@ -46,8 +44,8 @@ fn ttl_text(ttl_s: Option<u64>) -> String {
 
 pub async fn members(g: &Global, json: bool) -> anyhow::Result<i32> {
     let ctx = client::resolve(g.context.as_deref(), true).await?;
-    let s = client::connect(&ctx).await?;
-    let r = rpc::call(&s.conn, &ClientRequest::Members).await?;
+    let mut s = client::connect(&ctx).await?;
+    let r = s.call(&ClientRequest::Members).await?;
     s.conn.close(0u32.into(), b"bye");
     let ClientResponse::Members(ms) = r else {
         anyhow::bail!("unexpected answer from the node: {r:?}")
@@ -104,8 +102,8 @@ pub fn parse_node_id(s: &str) -> Result<u64, String> {
 
 pub async fn remove(g: &Global, id: u64) -> anyhow::Result<i32> {
     let ctx = client::resolve(g.context.as_deref(), true).await?;
-    let s = client::connect(&ctx).await?;
-    let r = rpc::call(&s.conn, &ClientRequest::RemoveMember { id }).await?;
+    let mut s = client::connect(&ctx).await?;
+    let r = s.call(&ClientRequest::RemoveMember { id }).await?;
     s.conn.close(0u32.into(), b"bye");
     match r {
         ClientResponse::Ok => {

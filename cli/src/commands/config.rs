@@ -236,7 +236,7 @@ pub async fn run(g: &Global, cmd: &ConfigCmd) -> anyhow::Result<i32> {
     }
 }
 
-async fn connect(g: &Global) -> anyhow::Result<cairn_protocol::rpc::Session> {
+async fn connect(g: &Global) -> anyhow::Result<client::Client> {
     let ctx = client::resolve(g.context.as_deref(), true).await?;
     Ok(client::connect(&ctx).await?)
 }
@@ -248,8 +248,8 @@ async fn set(
     secret: bool,
 ) -> anyhow::Result<i32> {
     let scope = t.scope();
-    let s = connect(g).await?;
-    let current = appconfig::list(&s.conn, &scope).await?;
+    let mut s = connect(g).await?;
+    let current = appconfig::list(&mut s, &scope).await?;
     let mut changes: Vec<Change> = assignments
         .iter()
         .map(|(name, value)| {
@@ -264,8 +264,8 @@ async fn set(
     let names: Vec<&str> = assignments.iter().map(|(n, _)| n.as_str()).collect();
     // Set by hand now: a later sync of cairn.hcl must not delete them.
     changes.extend(appconfig::disown(&scope, &current, &names));
-    appconfig::apply(&s.conn, &changes).await?;
-    s.conn.close(0u32.into(), b"bye");
+    appconfig::apply(&mut s, &changes).await?;
+    s.close();
     if !secret {
         for v in current
             .iter()
@@ -320,12 +320,12 @@ fn resolve_one<'a>(t: &Target, vars: &'a [ConfigVar], name: &str) -> Option<&'a 
 }
 
 async fn get(g: &Global, t: &Target, name: &str) -> anyhow::Result<i32> {
-    let s = connect(g).await?;
+    let mut s = connect(g).await?;
     let mut vars = Vec::new();
     for scope in get_scopes(t) {
-        vars.extend(appconfig::list(&s.conn, &scope).await?);
+        vars.extend(appconfig::list(&mut s, &scope).await?);
     }
-    s.conn.close(0u32.into(), b"bye");
+    s.close();
     match resolve_one(t, &vars, name) {
         Some(v) => {
             println!("{}", v.value);
@@ -350,8 +350,8 @@ async fn get(g: &Global, t: &Target, name: &str) -> anyhow::Result<i32> {
 
 async fn delete(g: &Global, t: &Target, names: &[String]) -> anyhow::Result<i32> {
     let scope = t.scope();
-    let s = connect(g).await?;
-    let current = appconfig::list(&s.conn, &scope).await?;
+    let mut s = connect(g).await?;
+    let current = appconfig::list(&mut s, &scope).await?;
     // Every name must be there before anything is deleted.
     for n in names {
         if !current.iter().any(|v| v.name == *n) {
@@ -369,8 +369,8 @@ async fn delete(g: &Global, t: &Target, names: &[String]) -> anyhow::Result<i32>
         })
         .collect();
     changes.extend(appconfig::disown(&scope, &current, &unique));
-    appconfig::apply(&s.conn, &changes).await?;
-    s.conn.close(0u32.into(), b"bye");
+    appconfig::apply(&mut s, &changes).await?;
+    s.close();
     println!(
         "{} Deleted {} from {scope}",
         Style::detect().ok(),
@@ -418,9 +418,9 @@ fn scope_label(s: &ConfigScope) -> String {
 }
 
 async fn list(g: &Global, t: &Target, json: bool) -> anyhow::Result<i32> {
-    let s = connect(g).await?;
-    let all = appconfig::list_all(&s.conn).await?;
-    s.conn.close(0u32.into(), b"bye");
+    let mut s = connect(g).await?;
+    let all = appconfig::list_all(&mut s).await?;
+    s.close();
     let vars = listed(t, &all);
     let source = |v: &ConfigVar| {
         if appconfig::from_file(v, &all) {

@@ -2,7 +2,6 @@
 //! service (point the name's DNS at the nodes' ingress).
 
 use cairn_protocol::api::{ClientRequest, ClientResponse};
-use cairn_protocol::rpc;
 use cairn_protocol::types::Hostname;
 
 use super::{table, when, DeploymentArgs, Global};
@@ -81,8 +80,8 @@ pub async fn run(g: &Global, cmd: &HostnameCmd) -> anyhow::Result<i32> {
 
 async fn call(g: &Global, req: ClientRequest) -> anyhow::Result<ClientResponse> {
     let ctx = client::resolve(g.context.as_deref(), true).await?;
-    let s = client::connect(&ctx).await?;
-    let r = rpc::call(&s.conn, &req).await;
+    let mut s = client::connect(&ctx).await?;
+    let r = s.call(&req).await;
     s.conn.close(0u32.into(), b"bye");
     Ok(r?)
 }

@@ -1,7 +1,6 @@
 //! `instance list`: the app instances (entrypoints) the cluster knows.
 
 use cairn_protocol::api::{ClientRequest, ClientResponse};
-use cairn_protocol::rpc;
 use cairn_protocol::types::Instance;
 
 use super::{table, when, Global};
@@ -20,8 +19,8 @@ pub enum InstanceCmd {
 pub async fn run(g: &Global, cmd: &InstanceCmd) -> anyhow::Result<i32> {
     let InstanceCmd::List { json } = cmd;
     let ctx = client::resolve(g.context.as_deref(), true).await?;
-    let s = client::connect(&ctx).await?;
-    let r = rpc::call(&s.conn, &ClientRequest::ListInstances).await?;
+    let mut s = client::connect(&ctx).await?;
+    let r = s.call(&ClientRequest::ListInstances).await?;
     s.conn.close(0u32.into(), b"bye");
     let instances = match r {
         ClientResponse::Instances(v) => v,

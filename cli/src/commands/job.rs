@@ -1,7 +1,6 @@
 //! `job list|inspect|cancel|attach`.
 
 use cairn_protocol::api::{ClientRequest, ClientResponse};
-use cairn_protocol::rpc;
 
 use super::{table, when, Global};
 use crate::client;
@@ -30,10 +29,10 @@ pub enum JobCmd {
 
 pub async fn run(g: &Global, cmd: &JobCmd) -> anyhow::Result<i32> {
     let ctx = client::resolve(g.context.as_deref(), true).await?;
-    let s = client::connect(&ctx).await?;
+    let mut s = client::connect(&ctx).await?;
     let code = match cmd {
         JobCmd::List { limit, json } => {
-            match rpc::call(&s.conn, &ClientRequest::ListJobs { limit: *limit }).await? {
+            match s.call(&ClientRequest::ListJobs { limit: *limit }).await? {
                 ClientResponse::Jobs(jobs) if *json => {
                     println!("{}", serde_json::to_string_pretty(&jobs)?);
                     0
@@ -71,7 +70,7 @@ pub async fn run(g: &Global, cmd: &JobCmd) -> anyhow::Result<i32> {
             }
         }
         JobCmd::Inspect { id, json } => {
-            match rpc::call(&s.conn, &ClientRequest::InspectJob { id: *id }).await? {
+            match s.call(&ClientRequest::InspectJob { id: *id }).await? {
                 ClientResponse::Job(j) if *json => {
                     println!("{}", serde_json::to_string_pretty(&j)?);
                     0
@@ -100,7 +99,7 @@ pub async fn run(g: &Global, cmd: &JobCmd) -> anyhow::Result<i32> {
             }
         }
         JobCmd::Cancel { id } => {
-            rpc::call(&s.conn, &ClientRequest::CancelJob { id: *id }).await?;
+            s.call(&ClientRequest::CancelJob { id: *id }).await?;
             println!("Cancellation of job {id} requested.");
             0
         }

@@ -72,7 +72,7 @@ pub async fn run(g: &Global, app: &AppArg, kind: JobKind) -> anyhow::Result<i32>
     // 3. `up` and `deploy` make the cluster hold the file's `config { env }`
     //    first, so the deployment they queue resolves what the file says.
     if matches!(kind, JobKind::Up { .. } | JobKind::Deploy { .. }) {
-        let synced = appconfig::sync(&session.conn, &cfg, app_cfg)
+        let synced = appconfig::sync(&mut session.conn.clone(), &cfg, app_cfg)
             .await
             .context("syncing config { env } to the cluster")?;
         print_synced(&synced, &file);

@@ -1,7 +1,6 @@
 //! `artifact list`, `deployment list`, `release list`.
 
 use cairn_protocol::api::{ClientRequest, ClientResponse};
-use cairn_protocol::rpc;
 use cairn_protocol::types::{OpKind, OpStatus, Operation, ResourceState};
 
 use super::{load_config, table, when, Global};
@@ -24,12 +23,10 @@ pub async fn operations(
 ) -> anyhow::Result<Vec<Operation>> {
     let project = load_config(&g.dir()).ok().map(|c| c.project);
     let ctx = client::resolve(g.context.as_deref(), true).await?;
-    let s = client::connect(&ctx).await?;
-    let r = rpc::call(
-        &s.conn,
-        &ClientRequest::ListOperations { kind, project, app },
-    )
-    .await?;
+    let mut s = client::connect(&ctx).await?;
+    let r = s
+        .call(&ClientRequest::ListOperations { kind, project, app })
+        .await?;
     s.conn.close(0u32.into(), b"bye");
     match r {
         ClientResponse::Operations(ops) => Ok(ops),

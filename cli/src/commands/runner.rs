@@ -151,8 +151,8 @@ async fn watch_signals(stop: CancellationToken, force: CancellationToken) {
 
 async fn list(g: &Global, json: bool) -> anyhow::Result<i32> {
     let ctx = client::resolve(g.context.as_deref(), true).await?;
-    let s = client::connect(&ctx).await?;
-    let r = rpc::call(&s.conn, &ClientRequest::ListRunners).await?;
+    let mut s = client::connect(&ctx).await?;
+    let r = s.call(&ClientRequest::ListRunners).await?;
     s.conn.close(0u32.into(), b"bye");
     let ClientResponse::Runners(runners) = r else {
         anyhow::bail!("unexpected answer from the node: {r:?}")

@@ -358,7 +358,7 @@ impl Agent {
         let reason =
             match tokio::time::timeout(REGISTER_TIMEOUT, register(&session.conn, &self.opts)).await
             {
-                Ok(Ok(registration)) => return Ok((session, registration, here)),
+                Ok(Ok(registration)) => return Ok((session.into_session(), registration, here)),
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("no answer within {} s", REGISTER_TIMEOUT.as_secs()),
             };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use cairn_protocol::api::{ClientRequest, ClientResponse};
 use cairn_protocol::frame;
 
+use crate::peer::ClusterError;
 use crate::server::{ConnSession, Ctx};
 
 pub mod catalog;
@@ -22,9 +23,38 @@ tokio::task_local! {
     /// served: [`Ctx::write`](crate::server::Ctx::write) tags its command
     /// with it, so the state machine applies it at most once.
     pub static REQUEST_ID: (u64, u64);
+
+    /// Set by [`Ctx::write`](crate::server::Ctx::write) and
+    /// [`Ctx::read`](crate::server::Ctx::read) while serving a request when
+    /// the cluster could not be reached from this node in a way that makes
+    /// asking another member safe ([`ClusterError::retry_elsewhere`]). An
+    /// `Error` answer then goes out as `Unavailable`, so the client tries
+    /// another member. (A bridge until the services return typed errors.)
+    pub static RETRY_ELSEWHERE: std::cell::Cell<bool>;
 }
 
+/// Serve one request of a client connection.
 pub async fn dispatch(
+    ctx: &Arc<Ctx>,
+    s: &Arc<ConnSession>,
+    req: ClientRequest,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    RETRY_ELSEWHERE
+        .scope(std::cell::Cell::new(false), route(ctx, s, req, send, recv))
+        .await
+}
+
+/// Note that the request being served failed for want of a reachable
+/// leader, and another member may serve it (see [`RETRY_ELSEWHERE`]).
+pub fn note_retry_elsewhere(e: &ClusterError) {
+    if e.retry_elsewhere {
+        let _ = RETRY_ELSEWHERE.try_with(|c| c.set(true));
+    }
+}
+
+async fn route(
     ctx: &Arc<Ctx>,
     s: &Arc<ConnSession>,
     req: ClientRequest,
@@ -42,7 +72,7 @@ pub async fn dispatch(
                     message: "only single writes (config, jobs, tokens, operations) can be sent as idempotent requests".into(),
                 }
             } else {
-                let inner = Box::pin(dispatch(ctx, s, *req, send, recv));
+                let inner = Box::pin(route(ctx, s, *req, send, recv));
                 return REQUEST_ID.scope((client, request), inner).await;
             }
         }
@@ -108,6 +138,12 @@ pub async fn dispatch(
         }
         ClientRequest::DeleteHostname { name } => hostname::delete(ctx, s, name).await,
         ClientRequest::ListHostnames => hostname::list(ctx).await,
+    };
+    let resp = match resp {
+        ClientResponse::Error { message } if RETRY_ELSEWHERE.try_with(|c| c.get()) == Ok(true) => {
+            ClientResponse::Unavailable { message }
+        }
+        other => other,
     };
     let _ = frame::write(&mut send, &resp).await;
     let _ = send.finish();

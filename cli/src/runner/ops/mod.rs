@@ -48,9 +48,14 @@ fn load(run: &JobRun) -> Result<Loaded, JobFailure> {
 /// The job's app's environment, from the cluster's config.
 async fn resolved_env(run: &JobRun) -> Result<BTreeMap<String, String>, JobFailure> {
     let spec = &run.job.spec;
-    crate::appconfig::resolved_env(&run.conn, &spec.project, &spec.app, &spec.workspace)
-        .await
-        .map_err(|e| JobFailure::new(format!("cannot read the app's config: {e}")))
+    crate::appconfig::resolved_env(
+        &mut run.conn.clone(),
+        &spec.project,
+        &spec.app,
+        &spec.workspace,
+    )
+    .await
+    .map_err(|e| JobFailure::new(format!("cannot read the app's config: {e}")))
 }
 
 pub async fn run(run: &mut JobRun) -> Result<(), JobFailure> {

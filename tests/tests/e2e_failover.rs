@@ -1,0 +1,267 @@
+//! Failover as a user sees it (issue 12): a 3-node cluster of real
+//! `cairn-node` processes, the real `cairn` binary, `cairn config set` one
+//! command at a time with no retries. Then the leader fails (`kill -9`, or cut
+//! off from everything by a partition) and the very next commands must just
+//! work: every one succeeds, the first within [`FIRST_OK_WITHIN`] of the
+//! fault, and with a node gone a command is about as fast as with all up.
+//!
+//! Each test runs [`TRIALS`] faults on one cluster (`CAIRN_FAILOVER_TRIALS`
+//! overrides it; the figures in issue 12's note come from 20) and prints each
+//! trial's figures and a summary.
+//!
+//! The partition is real packet loss: iptables drops every UDP packet to and
+//! from the leader's QUIC port (peers, and this test's CLI, lose it alike).
+//! It needs root and iptables; CI has both (`.ci/run`). Elsewhere that test
+//! says it is skipped, unless `CI` is set, where it fails.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cairn_tests::{assert_eventually, Cli, TestCluster};
+
+/// Faults per test.
+const TRIALS: usize = 10;
+/// Commands before and after each fault.
+const COMMANDS: usize = 30;
+/// The first command after the fault must have succeeded this soon after it.
+const FIRST_OK_WITHIN: Duration = Duration::from_secs(3);
+/// With one node down, the median command may take at most this many times
+/// the median with all nodes up (same trial, side by side).
+const DOWN_SLOWDOWN_MAX: f64 = 1.5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Kill,
+    Partition,
+}
+
+struct Trial {
+    /// From the fault to the end of the first successful command.
+    first_ok: Duration,
+    /// Latencies of the commands with every node up.
+    up: Vec<Duration>,
+    /// Latencies of the commands after the first, with the leader gone.
+    down: Vec<Duration>,
+}
+
+fn trials() -> usize {
+    std::env::var("CAIRN_FAILOVER_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(TRIALS)
+}
+
+fn percentile(v: &[Duration], p: f64) -> Duration {
+    let mut s = v.to_vec();
+    s.sort();
+    let i = ((s.len() as f64 - 1.0) * p).round() as usize;
+    s[i.min(s.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The index of the node that leads, as the cluster says.
+fn leader(c: &TestCluster) -> usize {
+    let mut found: Option<usize>;
+    assert_eventually!(
+        {
+            found = c
+                .members()
+                .iter()
+                .find(|m| m["leader"] == true)
+                .and_then(|m| m["id"].as_str().and_then(|id| c.index_of(id)));
+            found.is_some()
+        },
+        Duration::from_secs(30),
+        "no leader: {:?}",
+        c.members()
+    );
+    found.expect("a leader")
+}
+
+/// `cairn config set` of one new variable; its latency. Panics (with the
+/// command's output) unless it succeeded: no retries.
+#[track_caller]
+fn set(cli: &Cli, project: &str, name: &str) -> Duration {
+    let started = Instant::now();
+    let out = cli.run(&["config", "set", "--project", project, &format!("{name}=v")]);
+    let took = started.elapsed();
+    assert!(
+        out.success(),
+        "a command failed ({} ms after it began): {out}",
+        took.as_millis()
+    );
+    took
+}
+
+/// How many variables `cli` (pinned to one node) reads in `project`.
+fn count(cli: &Cli, project: &str) -> Option<usize> {
+    let out = cli.run(&["config", "list", "--project", project, "--json"]);
+    if !out.success() {
+        return None;
+    }
+    serde_json::from_str::<serde_json::Value>(&out.stdout)
+        .ok()?
+        .as_array()
+        .map(Vec::len)
+}
+
+/// Drops every UDP packet to and from `port` on this host while it lives.
+struct Partition {
+    port: u16,
+}
+
+impl Partition {
+    fn rules(port: u16) -> [Vec<String>; 2] {
+        let p = port.to_string();
+        [
+            ["INPUT", "-p", "udp", "--dport", &p, "-j", "DROP"]
+                .map(String::from)
+                .to_vec(),
+            ["OUTPUT", "-p", "udp", "--sport", &p, "-j", "DROP"]
+                .map(String::from)
+                .to_vec(),
+        ]
+    }
+
+    fn iptables(op: &str, rule: &[String]) -> bool {
+        Command::new("iptables")
+            .arg("-w")
+            .arg(op)
+            .args(rule)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn cut(port: u16) -> Partition {
+        for r in Partition::rules(port) {
+            assert!(Partition::iptables("-I", &r), "iptables -I {r:?} failed");
+        }
+        Partition { port }
+    }
+
+    /// Whether this machine lets the test cut a port off.
+    fn available() -> bool {
+        let probe = ["OUTPUT", "-p", "udp", "--sport", "9", "-j", "DROP"].map(String::from);
+        Partition::iptables("-I", &probe) && Partition::iptables("-D", &probe)
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for r in Partition::rules(self.port) {
+            while Partition::iptables("-D", &r) {}
+        }
+    }
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("host:port")
+}
+
+/// One trial: commands with all nodes up, the fault, commands right after
+/// it, heal, and wait until the healed node serves (and has every write).
+fn trial(c: &mut TestCluster, cli: &Cli, pinned: &[Cli], t: usize, fault: Fault) -> Trial {
+    let project = format!("failover-{t}");
+    let up: Vec<Duration> = (0..COMMANDS)
+        .map(|i| set(cli, &project, &format!("UP_{i}")))
+        .collect();
+    let l = leader(c);
+    let addr = c.nodes[l].addr();
+    let at = Instant::now();
+    let cut = match fault {
+        Fault::Kill => {
+            c.nodes[l].kill9();
+            None
+        }
+        Fault::Partition => Some(Partition::cut(port_of(&addr))),
+    };
+    let first = set(cli, &project, "DOWN_0");
+    let first_ok = at.elapsed();
+    let down: Vec<Duration> = (1..COMMANDS)
+        .map(|i| set(cli, &project, &format!("DOWN_{i}")))
+        .collect();
+    assert!(
+        first_ok <= FIRST_OK_WITHIN,
+        "trial {t} ({fault:?} of n{l} at {addr}): the first command after the fault succeeded {} ms after it (took {} ms); at most {} ms allowed",
+        first_ok.as_millis(),
+        first.as_millis(),
+        FIRST_OK_WITHIN.as_millis()
+    );
+    // Heal, and wait until the node that failed serves every write again.
+    match fault {
+        Fault::Kill => c.nodes[l].restart_same_addr(),
+        Fault::Partition => drop(cut),
+    }
+    assert_eventually!(
+        count(&pinned[l], &project) == Some(2 * COMMANDS),
+        Duration::from_secs(30),
+        "trial {t}: n{l} does not serve all {} writes after healing (reads {:?})",
+        2 * COMMANDS,
+        count(&pinned[l], &project)
+    );
+    let r = Trial { first_ok, up, down };
+    println!(
+        "trial {t:>2} {fault:?} n{l}: first command ok {:>6.0} ms after the fault; p50 all up {:>5.1} ms, one down {:>5.1} ms",
+        ms(r.first_ok),
+        ms(percentile(&r.up, 0.5)),
+        ms(percentile(&r.down, 0.5))
+    );
+    r
+}
+
+fn run(fault: Fault) {
+    let mut c = TestCluster::start(3);
+    // The user's CLI: its context names the first node (which leads at
+    // first) and learns the others on its first command.
+    let cli = c.cli_on(0);
+    let pinned: Vec<Cli> = (0..c.nodes.len()).map(|i| c.cli_on(i)).collect();
+    let n = trials();
+    let results: Vec<Trial> = (0..n)
+        .map(|t| trial(&mut c, &cli, &pinned, t, fault))
+        .collect();
+
+    let firsts: Vec<Duration> = results.iter().map(|r| r.first_ok).collect();
+    let up: Vec<Duration> = results.iter().flat_map(|r| r.up.clone()).collect();
+    let down: Vec<Duration> = results.iter().flat_map(|r| r.down.clone()).collect();
+    let (up50, down50) = (percentile(&up, 0.5), percentile(&down, 0.5));
+    println!(
+        "{fault:?} x{n}: fault -> first successful command p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; command p50 all up {:.1} ms, one down {:.1} ms ({:.2}x)",
+        ms(percentile(&firsts, 0.5)),
+        ms(percentile(&firsts, 0.99)),
+        ms(percentile(&firsts, 1.0)),
+        ms(up50),
+        ms(down50),
+        down50.as_secs_f64() / up50.as_secs_f64()
+    );
+    assert!(
+        down50.as_secs_f64() <= DOWN_SLOWDOWN_MAX * up50.as_secs_f64(),
+        "{fault:?}: with one node down the median command took {:.1} ms, against {:.1} ms with all up (at most {DOWN_SLOWDOWN_MAX}x)",
+        ms(down50),
+        ms(up50)
+    );
+}
+
+#[test]
+fn leader_killed_next_command_just_works() {
+    run(Fault::Kill);
+}
+
+#[test]
+fn leader_partitioned_next_command_just_works() {
+    if !Partition::available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the partition test: it needs root and iptables"
+        );
+        eprintln!("SKIPPED: cutting a port off needs root and iptables");
+        return;
+    }
+    run(Fault::Partition);
+}
