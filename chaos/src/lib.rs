@@ -9,11 +9,14 @@
 //! - `schedule`: the fault schedule, a pure function of seed and config.
 //! - `workload`: clients and the recorded history.
 //! - `jobs`: a headless runner and job queuers; job and sequence checks.
+//! - `cli_client`: the real `cairn` binary, one command at a time, no
+//!   retries: failed commands and gaps per fault.
 //! - `checker`: Wing–Gong/Lowe linearizability for one register.
 //! - `verify`: history → per-key checks and the durability check.
 //! - `run`: one run, end to end.
 
 pub mod checker;
+pub mod cli_client;
 pub mod cluster;
 pub mod jobs;
 pub mod net;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::checker;
+use crate::cli_client::{self, CliReport};
 use crate::cluster::Cluster;
 use crate::jobs::{self, JobsReport};
 use crate::schedule::{self, Fault, Kind, Step, Target};
@@ -46,6 +47,8 @@ pub struct Outcome {
     pub crashed: Vec<usize>,
     /// The jobs checks (`None` when the run did not get that far).
     pub jobs: Option<JobsReport>,
+    /// The CLI-like client's figures and checks (`None` likewise).
+    pub cli: Option<CliReport>,
 }
 
 impl Outcome {
@@ -54,6 +57,7 @@ impl Outcome {
             && self.crashed.is_empty()
             && self.report.as_ref().is_some_and(Report::passed)
             && self.jobs.as_ref().is_some_and(|j| j.violations.is_empty())
+            && self.cli.as_ref().is_some_and(|c| c.violations.is_empty())
     }
 }
 
@@ -106,12 +110,13 @@ pub async fn run(cfg: &RunConfig) -> Outcome {
                 kept: None,
                 crashed: vec![],
                 jobs: None,
+                cli: None,
             }
         }
     };
-    let (report, error, crashed, jobs) = match inner(cfg, &steps, work.path()).await {
-        Ok((r, crashed, jobs)) => (Some(r), None, crashed, Some(jobs)),
-        Err(e) => (None, Some(format!("{e:#}")), vec![], None),
+    let (report, error, crashed, jobs, cli) = match inner(cfg, &steps, work.path()).await {
+        Ok((r, crashed, jobs, cli)) => (Some(r), None, crashed, Some(jobs), Some(cli)),
+        Err(e) => (None, Some(format!("{e:#}")), vec![], None, None),
     };
     let mut out = Outcome {
         seed: cfg.seed,
@@ -122,6 +127,7 @@ pub async fn run(cfg: &RunConfig) -> Outcome {
         kept: None,
         crashed,
         jobs,
+        cli,
     };
     if !out.passed() || cfg.keep {
         let dest = cfg.keep_dir.join(format!(
@@ -181,6 +187,28 @@ fn print_outcome(cfg: &RunConfig, out: &Outcome) {
             println!("   JOBS {v}");
         }
     }
+    if let Some(c) = &out.cli {
+        println!(
+            "   cli commands {}  failed {} ({} while no majority was up)  longest gap without success {:.1}s  violations {}",
+            c.commands,
+            c.failed,
+            c.excused,
+            c.longest_gap_ms as f64 / 1000.0,
+            c.violations.len()
+        );
+        for f in &c.per_fault {
+            println!(
+                "   cli   {:<28} commands {:>3}  failed {:>2}  longest gap {:>5.1}s",
+                f.fault,
+                f.commands,
+                f.failed,
+                f.longest_gap_ms as f64 / 1000.0
+            );
+        }
+        for v in c.violations.iter().take(10) {
+            println!("   CLI {v}");
+        }
+    }
     for c in &out.crashed {
         println!("   node n{} exited by itself (a crash)", c + 1);
     }
@@ -209,7 +237,7 @@ async fn inner(
     cfg: &RunConfig,
     steps: &[Step],
     work: &Path,
-) -> anyhow::Result<(Report, Vec<usize>, JobsReport)> {
+) -> anyhow::Result<(Report, Vec<usize>, JobsReport, CliReport)> {
     let mut cluster =
         Cluster::start(cfg.lane, cfg.nodes, &cfg.node_bin, work, cfg.bug.clone()).await?;
     println!(
@@ -235,14 +263,31 @@ async fn inner(
         token: cluster.user_token.clone(),
         seed: cfg.seed,
     };
+    let ccfg = cli_client::Config {
+        cairn: cli_client::cairn_bin(&cfg.node_bin).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no `cairn` next to {} (build it: cargo build --workspace --bins)",
+                cfg.node_bin.display()
+            )
+        })?,
+        home: work.join("cli-home"),
+        nodes: cluster.addrs(),
+        ca: cluster.ca_fingerprint.clone(),
+        token: cluster.user_token.clone(),
+    };
+    cli_client::prepare(&ccfg)?;
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let clients = tokio::spawn(workload::run(wcfg.clone(), start, stop.clone()));
     let job_clients = tokio::spawn(jobs::run(wcfg.clone(), start, stop.clone()));
+    let cli_commands = tokio::spawn(cli_client::run(ccfg.clone(), start, stop.clone()));
+    let us = || start.elapsed().as_micros() as u64;
 
     let mut fault_log = Vec::new();
+    let mut windows = Vec::new();
     for step in steps {
         tokio::time::sleep_until((start + step.at).into()).await;
+        let from_us = us();
         let applied = apply(&mut cluster, &step.fault).await;
         let line = format!(
             "t={:.1}s {} → {applied}",
@@ -253,6 +298,12 @@ async fn inner(
         fault_log.push(line);
         tokio::time::sleep(step.hold).await;
         cluster.heal_all().await?;
+        windows.push(cli_client::Window {
+            fault: format!("t={:.1}s {}", from_us as f64 / 1e6, step.fault),
+            from_us,
+            healed_us: us(),
+            no_majority: leaves_no_majority(&step.fault, cfg.nodes),
+        });
     }
     tokio::time::sleep_until((start + cfg.duration).into()).await;
     cluster.heal_all().await?;
@@ -264,6 +315,8 @@ async fn inner(
     stop.store(true, Ordering::Relaxed);
     let history = clients.await?;
     let job_history = job_clients.await?;
+    let cli_history = cli_commands.await?;
+    let end_us = us();
     let crashed = cluster.crashed();
     let fin = workload::final_read(&wcfg, start, Instant::now() + Duration::from_secs(60))
         .await
@@ -277,6 +330,10 @@ async fn inner(
     let jobs_fin = jobs::final_read(&wcfg, Instant::now() + Duration::from_secs(60))
         .await
         .ok_or_else(|| anyhow::anyhow!("the final jobs read did not succeed within 60 s"))?;
+    let cli_fin = cli_client::final_read(&ccfg, Instant::now() + Duration::from_secs(60))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the CLI's final read did not succeed within 60 s"))?;
+    let cli_report = cli_client::check(&cli_history, &windows, &cli_fin, end_us);
     std::fs::write(
         work.join("history.json"),
         serde_json::to_vec_pretty(&serde_json::json!({
@@ -286,6 +343,8 @@ async fn inner(
             "final": fin,
             "jobs": job_history,
             "jobs_final": jobs_fin,
+            "cli": cli_history,
+            "cli_report": cli_report,
         }))?,
     )?;
     let mut jobs_report = jobs::check(&job_history, &jobs_fin);
@@ -298,7 +357,20 @@ async fn inner(
     })
     .await?;
     cluster.stop_all();
-    Ok((report, crashed, jobs_report))
+    Ok((report, crashed, jobs_report, cli_report))
+}
+
+/// Whether `fault` leaves fewer than a majority of the `n` nodes up (so
+/// nothing can be written until it heals).
+fn leaves_no_majority(fault: &Fault, n: usize) -> bool {
+    let down = match fault {
+        Fault::Kill(_) | Fault::Pause(_) => 1,
+        Fault::KillSeveral { nodes } => nodes.len(),
+        // A minority is cut off: the rest is a majority.
+        Fault::IsolateLeader | Fault::Partition { .. } => 0,
+        Fault::Loss { .. } | Fault::Delay { .. } => 0,
+    };
+    down * 2 >= n
 }
 
 /// Resolve a target to a node index (the leader, or a fixed node).

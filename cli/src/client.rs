@@ -36,6 +36,9 @@ pub const FAILOVER_STAGGER: Duration = Duration::from_millis(750);
 pub const FAILOVER_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest [`Client::call`] keeps trying members for one request.
 pub const CALL_DEADLINE: Duration = Duration::from_secs(30);
+/// A retry-safe request whose node sends nothing at all for this long is
+/// sent to another member (see [`silent`]).
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(4);
 /// Longest one attempt of a retry-safe request waits for its answer before
 /// another member is asked (a node gives up on a request after its
 /// `ROUTE_DEADLINE`, 10 s, so this only catches a node that stopped).
@@ -77,7 +80,13 @@ fn dial(ctx: &Context, addr: &str) -> Dial {
 /// Connect to the context's node, or to another member when it does not
 /// answer; then refresh the context's member list (saved when it changed).
 pub async fn connect(ctx: &Context) -> Result<Client, RpcError> {
-    let (session, addr) = connect_any(ctx, &[]).await?;
+    connect_avoiding(ctx, &[]).await
+}
+
+/// [`connect`], dialling the members in `avoid` (whose connection was just
+/// lost, say) only after every other.
+pub async fn connect_avoiding(ctx: &Context, avoid: &[String]) -> Result<Client, RpcError> {
+    let (session, addr) = connect_any(ctx, avoid).await?;
     if !ctx.local {
         refresh_members(ctx, &session).await;
     }
@@ -131,12 +140,18 @@ impl Client {
         let mut avoid: Vec<String> = Vec::new();
         loop {
             let r = if retry_safe {
-                match tokio::time::timeout(ATTEMPT_TIMEOUT, rpc::call(&self.session.conn, &req))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(RpcError::Unavailable(format!(
-                        "node at {} did not answer within {ATTEMPT_TIMEOUT:?}",
+                let attempt =
+                    tokio::time::timeout(ATTEMPT_TIMEOUT, rpc::call(&self.session.conn, &req));
+                tokio::select! {
+                    r = attempt => match r {
+                        Ok(r) => r,
+                        Err(_) => Err(RpcError::Unavailable(format!(
+                            "node at {} did not answer within {ATTEMPT_TIMEOUT:?}",
+                            self.addr
+                        ))),
+                    },
+                    () = silent(&self.session.conn, SILENCE_LIMIT) => Err(RpcError::Unavailable(format!(
+                        "node at {} sent nothing for {SILENCE_LIMIT:?} (not even an acknowledgement of a keep-alive)",
                         self.addr
                     ))),
                 }
@@ -215,6 +230,25 @@ impl Call for quinn::Connection {
         let conn = self.clone();
         let req = req.clone();
         async move { rpc::call(&conn, &req).await }
+    }
+}
+
+/// Resolves once nothing at all has come from the node for `limit`. A live
+/// node acknowledges the CLI's keep-alives (every 2 s, `TransportLimits::CLIENT`)
+/// at once, so this tells a node that died or stopped mid-request long
+/// before the connection's idle timeout (10 s).
+async fn silent(conn: &quinn::Connection, limit: Duration) {
+    let mut last = conn.stats().udp_rx.datagrams;
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = conn.stats().udp_rx.datagrams;
+        if now != last {
+            last = now;
+            since = tokio::time::Instant::now();
+        } else if since.elapsed() >= limit {
+            return;
+        }
     }
 }
 

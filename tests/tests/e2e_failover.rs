@@ -9,8 +9,10 @@
 //! overrides it; the figures in issue 12's note come from 20) and prints each
 //! trial's figures and a summary.
 //!
-//! The partition is real packet loss: iptables drops every UDP packet to and
-//! from the leader's QUIC port (peers, and this test's CLI, lose it alike).
+//! The partitions are real packet loss: iptables drops every UDP packet to
+//! and from the leader's QUIC port (peers, and this test's CLI, lose it
+//! alike), or only those between the leader's port and its peers' (the CLI
+//! still reaches the old leader, which must tell it to go elsewhere).
 //! It needs root and iptables; CI has both (`.ci/run`). Elsewhere that test
 //! says it is skipped, unless `CI` is set, where it fails.
 
@@ -31,8 +33,13 @@ const DOWN_SLOWDOWN_MAX: f64 = 1.5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
+    /// `kill -9` of the leader.
     Kill,
+    /// The leader cut off from everything (peers and clients).
     Partition,
+    /// The leader cut off from its peers only: clients still reach it,
+    /// and the CLI's next command goes to it first (it answered last).
+    IsolateFromPeers,
 }
 
 struct Trial {
@@ -108,24 +115,12 @@ fn count(cli: &Cli, project: &str) -> Option<usize> {
         .map(Vec::len)
 }
 
-/// Drops every UDP packet to and from `port` on this host while it lives.
+/// iptables rules that drop UDP packets while this lives.
 struct Partition {
-    port: u16,
+    rules: Vec<Vec<String>>,
 }
 
 impl Partition {
-    fn rules(port: u16) -> [Vec<String>; 2] {
-        let p = port.to_string();
-        [
-            ["INPUT", "-p", "udp", "--dport", &p, "-j", "DROP"]
-                .map(String::from)
-                .to_vec(),
-            ["OUTPUT", "-p", "udp", "--sport", &p, "-j", "DROP"]
-                .map(String::from)
-                .to_vec(),
-        ]
-    }
-
     fn iptables(op: &str, rule: &[String]) -> bool {
         Command::new("iptables")
             .arg("-w")
@@ -136,14 +131,50 @@ impl Partition {
             .is_ok_and(|s| s.success())
     }
 
-    fn cut(port: u16) -> Partition {
-        for r in Partition::rules(port) {
+    fn install(rules: Vec<Vec<String>>) -> Partition {
+        let mut p = Partition { rules: Vec::new() };
+        for r in rules {
             assert!(Partition::iptables("-I", &r), "iptables -I {r:?} failed");
+            p.rules.push(r);
         }
-        Partition { port }
+        p
     }
 
-    /// Whether this machine lets the test cut a port off.
+    /// Everything to and from `port`: the node there is cut off from its
+    /// peers and from every client.
+    fn whole(port: u16) -> Partition {
+        let p = port.to_string();
+        Partition::install(vec![
+            ["INPUT", "-p", "udp", "--dport", &p, "-j", "DROP"]
+                .map(String::from)
+                .to_vec(),
+            ["OUTPUT", "-p", "udp", "--sport", &p, "-j", "DROP"]
+                .map(String::from)
+                .to_vec(),
+        ])
+    }
+
+    /// Only what goes between `port` and the `peers` (nodes talk from their
+    /// own port): the node there is cut off from the cluster while clients
+    /// still reach it.
+    fn from_peers(port: u16, peers: &[u16]) -> Partition {
+        let p = port.to_string();
+        let mut rules = Vec::new();
+        for q in peers.iter().map(u16::to_string) {
+            for (from, to) in [(&p, &q), (&q, &p)] {
+                rules.push(
+                    [
+                        "INPUT", "-p", "udp", "--sport", from, "--dport", to, "-j", "DROP",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                );
+            }
+        }
+        Partition::install(rules)
+    }
+
+    /// Whether this machine lets the test drop packets.
     fn available() -> bool {
         let probe = ["OUTPUT", "-p", "udp", "--sport", "9", "-j", "DROP"].map(String::from);
         Partition::iptables("-I", &probe) && Partition::iptables("-D", &probe)
@@ -152,8 +183,8 @@ impl Partition {
 
 impl Drop for Partition {
     fn drop(&mut self) {
-        for r in Partition::rules(self.port) {
-            while Partition::iptables("-D", &r) {}
+        for r in &self.rules {
+            while Partition::iptables("-D", r) {}
         }
     }
 }
@@ -180,7 +211,14 @@ fn trial(c: &mut TestCluster, cli: &Cli, pinned: &[Cli], t: usize, fault: Fault)
             c.nodes[l].kill9();
             None
         }
-        Fault::Partition => Some(Partition::cut(port_of(&addr))),
+        Fault::Partition => Some(Partition::whole(port_of(&addr))),
+        Fault::IsolateFromPeers => {
+            let peers: Vec<u16> = (0..c.nodes.len())
+                .filter(|i| *i != l)
+                .map(|i| port_of(&c.nodes[i].addr()))
+                .collect();
+            Some(Partition::from_peers(port_of(&addr), &peers))
+        }
     };
     let first = set(cli, &project, "DOWN_0");
     let first_ok = at.elapsed();
@@ -197,7 +235,7 @@ fn trial(c: &mut TestCluster, cli: &Cli, pinned: &[Cli], t: usize, fault: Fault)
     // Heal, and wait until the node that failed serves every write again.
     match fault {
         Fault::Kill => c.nodes[l].restart_same_addr(),
-        Fault::Partition => drop(cut),
+        Fault::Partition | Fault::IsolateFromPeers => drop(cut),
     }
     assert_eventually!(
         count(&pinned[l], &project) == Some(2 * COMMANDS),
@@ -255,13 +293,28 @@ fn leader_killed_next_command_just_works() {
 
 #[test]
 fn leader_partitioned_next_command_just_works() {
+    if partitions_unavailable() {
+        return;
+    }
+    run(Fault::Partition);
+}
+
+#[test]
+fn leader_cut_off_from_its_peers_but_not_from_clients_next_command_just_works() {
+    if partitions_unavailable() {
+        return;
+    }
+    run(Fault::IsolateFromPeers);
+}
+
+fn partitions_unavailable() -> bool {
     if !Partition::available() {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must run the partition test: it needs root and iptables"
         );
         eprintln!("SKIPPED: cutting a port off needs root and iptables");
-        return;
+        return true;
     }
-    run(Fault::Partition);
+    false
 }

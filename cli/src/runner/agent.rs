@@ -340,7 +340,7 @@ impl Agent {
     /// Connect to a member, learn the cluster from it, register.
     async fn attach(&self, avoid: &[String]) -> Result<(Session, Registration, Here), AttachError> {
         let target = self.dial_context(avoid)?;
-        let session = client::connect(&target)
+        let session = client::connect_avoiding(&target, avoid)
             .await
             .map_err(AttachError::Connect)?;
         let here = Here {
