@@ -24,14 +24,13 @@ use cairn_protocol::api::{ClientRequest, ClientResponse};
 use cairn_protocol::handshake::Role;
 use cairn_protocol::pki::TransportLimits;
 use cairn_protocol::rpc::{self, Dial, RpcError, Session};
-use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::context::{self, Context};
 use crate::local;
 use crate::reach::Reach;
 
 /// How long the preferred address has alone before the others are tried too.
-pub const FAILOVER_STAGGER: Duration = Duration::from_millis(750);
+pub const FAILOVER_STAGGER: Duration = rpc::DIAL_STAGGER;
 /// Longest a connect may take over all addresses.
 pub const FAILOVER_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest [`Client::call`] keeps trying members for one request.
@@ -252,12 +251,10 @@ async fn silent(conn: &quinn::Connection, limit: Duration) {
     }
 }
 
-/// Dial the context's members in [`Reach`] order (those in `avoid` last):
-/// the first at once, each next one [`FAILOVER_STAGGER`] later (or as soon
-/// as an earlier one failed); the first to answer wins. A refusal (bad
-/// token, wrong version) is final: the other members would say the same.
-/// Errors report the first address dialled. Members dialled before the
-/// winner that had not answered are remembered as down.
+/// Dial the context's members in [`Reach`] order (those in `avoid` last)
+/// with [`rpc::connect_first`]: staggered by [`FAILOVER_STAGGER`], first to
+/// answer wins, a refusal is final. Members dialled before the winner (that
+/// had not answered) are remembered as down.
 async fn connect_any(ctx: &Context, avoid: &[String]) -> Result<(Session, String), RpcError> {
     let mut reach = if ctx.local {
         Reach::default()
@@ -268,63 +265,23 @@ async fn connect_any(ctx: &Context, avoid: &[String]) -> Result<(Session, String
     let (first, last): (Vec<String>, Vec<String>) =
         ordered.into_iter().partition(|a| !avoid.contains(a));
     let addrs: Vec<String> = first.into_iter().chain(last).collect();
-    if addrs.len() == 1 {
-        return rpc::connect(&dial(ctx, &addrs[0]))
-            .await
-            .map(|s| (s, addrs[0].clone()));
-    }
-    let deadline = tokio::time::Instant::now() + FAILOVER_DEADLINE;
-    let mut pending = FuturesUnordered::new();
-    let mut next = 0usize;
-    let mut first_err: Option<RpcError> = None;
-    let mut stagger = Box::pin(tokio::time::sleep(Duration::ZERO));
-    loop {
-        if next >= addrs.len() && pending.is_empty() {
-            break;
-        }
-        tokio::select! {
-            _ = &mut stagger, if next < addrs.len() => {
-                let d = dial(ctx, &addrs[next]);
-                let i = next;
-                pending.push(async move { (i, rpc::connect(&d).await) });
-                next += 1;
-                stagger.as_mut().reset(tokio::time::Instant::now() + FAILOVER_STAGGER);
+    let dials: Vec<Dial> = addrs.iter().map(|a| dial(ctx, a)).collect();
+    let (session, i) = rpc::connect_first(&dials, FAILOVER_STAGGER, FAILOVER_DEADLINE).await?;
+    let mut changed = reach.answered(&addrs[i]);
+    if i > 0 {
+        tracing::info!(from = %addrs[0], to = %addrs[i], "the first member dialled did not answer; using another");
+        // Dialled earlier and silent (or failed): down for a while.
+        for a in &addrs[..i] {
+            if !avoid.contains(a) {
+                reach.down(a, now_ms());
+                changed = true;
             }
-            Some((i, r)) = pending.next(), if !pending.is_empty() => match r {
-                Ok(s) => {
-                    let mut changed = reach.answered(&addrs[i]);
-                    if i > 0 {
-                        tracing::info!(from = %addrs[0], to = %addrs[i], "the first member dialled did not answer; using another");
-                        // Dialled earlier and still silent (or failed): down.
-                        for a in &addrs[..i] {
-                            if !avoid.contains(a) {
-                                reach.down(a, now_ms());
-                                changed = true;
-                            }
-                        }
-                    }
-                    if changed && !ctx.local {
-                        reach.save(&ctx.name);
-                    }
-                    return Ok((s, addrs[i].clone()));
-                }
-                Err(e @ RpcError::Refused(_)) => return Err(e),
-                Err(e) => {
-                    tracing::debug!(addr = %addrs[i], error = %e, "member did not answer");
-                    if i == 0 || first_err.is_none() {
-                        first_err = Some(e);
-                    }
-                    // Try the next one now rather than after the stagger.
-                    stagger.as_mut().reset(tokio::time::Instant::now());
-                }
-            },
-            _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-    Err(first_err.unwrap_or_else(|| RpcError::Unreachable {
-        addr: addrs.join(", "),
-        reason: format!("no member answered within {FAILOVER_DEADLINE:?}"),
-    }))
+    if changed && !ctx.local {
+        reach.save(&ctx.name);
+    }
+    Ok((session, addrs[i].clone()))
 }
 
 /// Ask the node for the members and store their addresses in the context

@@ -8,7 +8,9 @@
 //!   nothing here waits on the child.
 //! - Only outbound connections: the node pushes changes on the stream this
 //!   side opened (it works behind NAT).
-//! - Retries forever, over every address of `CAIRN_ADDRS` in turn, with
+//! - Dials every address of `CAIRN_ADDRS` (and the members the cluster
+//!   named), staggered, first to answer wins; each attempt starts with the
+//!   next address in turn. Retries forever, with
 //!   exponential backoff from [`BACKOFF_MIN`] to [`BACKOFF_MAX`]; the
 //!   backoff starts over after a connection that registered.
 //! - Says one line when it cannot reach the cluster, one when it connects,
@@ -120,11 +122,18 @@ async fn run(
         if tx.is_closed() {
             return;
         }
-        let addr = addrs[next % addrs.len()].clone();
+        // Every address, starting with the next in turn (so after a loss
+        // the first one dialled is another member).
+        let start = next % addrs.len();
+        let order: Vec<String> = addrs[start..]
+            .iter()
+            .chain(&addrs[..start])
+            .cloned()
+            .collect();
         next = next.wrapping_add(1);
         let mut members = Vec::new();
         let outcome = tokio::select! {
-            o = session(&cfg, &addr, &hello, &services, &tx, &mut members) => o,
+            o = session(&cfg, &order, &hello, &services, &tx, &mut members) => o,
             _ = tx.closed() => Outcome::Closed,
         };
         for m in members {
@@ -158,27 +167,34 @@ async fn run(
     }
 }
 
+/// Connect to the first of `addrs` that answers ([`rpc::connect_first`]:
+/// staggered, so a dead member costs [`rpc::DIAL_STAGGER`], not a whole
+/// connect timeout), register, and serve the connection until it ends.
 async fn session(
     cfg: &ClusterConfig,
-    addr: &str,
+    addrs: &[String],
     hello: &EntrypointHello,
     services: &Services,
     tx: &watch::Sender<Option<Env>>,
     members: &mut Vec<String>,
 ) -> Outcome {
-    let dial = Dial {
-        addr: addr.to_string(),
-        ca_fingerprint: cfg.ca_fingerprint.clone(),
-        identity: None,
-        role: Role::Entrypoint,
-        token: cfg.token.clone(),
-        agent: format!("cairn-entrypoint {}", env!("CARGO_PKG_VERSION")),
-        limits: TransportLimits::ENTRYPOINT,
-    };
-    let s = match rpc::connect(&dial).await {
-        Ok(s) => s,
-        Err(e) => return Outcome::NotRegistered(e.to_string()),
-    };
+    let dials: Vec<Dial> = addrs
+        .iter()
+        .map(|addr| Dial {
+            addr: addr.clone(),
+            ca_fingerprint: cfg.ca_fingerprint.clone(),
+            identity: None,
+            role: Role::Entrypoint,
+            token: cfg.token.clone(),
+            agent: format!("cairn-entrypoint {}", env!("CARGO_PKG_VERSION")),
+            limits: TransportLimits::ENTRYPOINT,
+        })
+        .collect();
+    let (s, addr) =
+        match rpc::connect_first(&dials, rpc::DIAL_STAGGER, rpc::CONNECT_TIMEOUT * 2).await {
+            Ok((s, i)) => (s, &addrs[i]),
+            Err(e) => return Outcome::NotRegistered(e.to_string()),
+        };
     let req = ClientRequest::RegisterInstance(hello.clone());
     // `send` stays open: the registration lasts while the stream lives.
     let (send, mut recv) = match rpc::open(&s.conn, &req).await {

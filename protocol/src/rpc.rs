@@ -89,6 +89,71 @@ pub async fn connect(dial: &Dial) -> Result<Session, RpcError> {
     }
 }
 
+/// How long [`connect_first`] gives an address alone before it dials the
+/// next one too.
+pub const DIAL_STAGGER: Duration = Duration::from_millis(750);
+
+/// Dial several members, in order: the first at once, each next one
+/// `stagger` later, or as soon as every earlier one has failed; the first to
+/// complete the handshake wins and the others are dropped. A refusal (bad
+/// token, wrong version) is final: the other members would say the same.
+/// `deadline` bounds the whole. Returns the session and the index of its
+/// dial: every dial before it was started earlier and did not answer first.
+/// An error reports the first dial's failure when it has one.
+pub async fn connect_first(
+    dials: &[Dial],
+    stagger: Duration,
+    deadline: Duration,
+) -> Result<(Session, usize), RpcError> {
+    if dials.len() == 1 {
+        return connect(&dials[0]).await.map(|s| (s, 0));
+    }
+    let until = tokio::time::Instant::now() + deadline;
+    let mut pending = tokio::task::JoinSet::new();
+    let mut next = 0usize;
+    let mut first_err: Option<RpcError> = None;
+    let stagger_sleep = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(stagger_sleep);
+    loop {
+        if next >= dials.len() && pending.is_empty() {
+            break;
+        }
+        tokio::select! {
+            () = &mut stagger_sleep, if next < dials.len() => {
+                let d = dials[next].clone();
+                let i = next;
+                pending.spawn(async move { (i, connect(&d).await) });
+                next += 1;
+                stagger_sleep.as_mut().reset(tokio::time::Instant::now() + stagger);
+            }
+            Some(joined) = pending.join_next(), if !pending.is_empty() => match joined {
+                Ok((i, Ok(s))) => return Ok((s, i)),
+                Ok((_, Err(e @ RpcError::Refused(_)))) => return Err(e),
+                Ok((i, Err(e))) => {
+                    if i == 0 || first_err.is_none() {
+                        first_err = Some(e);
+                    }
+                    // Dial the next one now rather than after the stagger.
+                    stagger_sleep.as_mut().reset(tokio::time::Instant::now());
+                }
+                // A dial task cannot panic short of a bug; count it failed.
+                Err(e) => {
+                    first_err.get_or_insert(RpcError::Unexpected(format!("dial task: {e}")));
+                }
+            },
+            () = tokio::time::sleep_until(until) => break,
+        }
+    }
+    Err(first_err.unwrap_or_else(|| RpcError::Unreachable {
+        addr: dials
+            .iter()
+            .map(|d| d.addr.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        reason: format!("no member answered within {deadline:?}"),
+    }))
+}
+
 async fn connect_inner(dial: &Dial) -> Result<Session, RpcError> {
     let unreachable = |reason: String| RpcError::Unreachable {
         addr: dial.addr.clone(),

@@ -323,6 +323,32 @@ fn entrypoint_fails_open_then_connects_and_leaves_the_app_alone_when_the_node_go
 }
 
 #[test]
+fn an_entrypoint_whose_first_address_is_silent_gets_its_config_from_the_next() {
+    let d = deployed();
+    // A member that takes packets and never answers (a dead or cut-off
+    // host): dialled alone, it would hold the entrypoint for its whole
+    // connect timeout (5 s), past the 5 s wait, and the app would start
+    // without its configuration.
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let silent = hole.local_addr().expect("addr").to_string();
+    let t0 = Instant::now();
+    let ep = d.entrypoint(&format!("{silent},{}", d.node.addr()));
+    let (_, greeting) = ep.started();
+    assert_eq!(
+        greeting,
+        "hello",
+        "the app started after {:?} without its config",
+        t0.elapsed()
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "started after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(ep.terminate(), 0);
+}
+
+#[test]
 fn lines_dropped_while_disconnected_are_counted_and_reported() {
     let mut d = deployed();
     // No configuration: connecting later changes nothing, so the app is not
