@@ -4,14 +4,15 @@
 # e.g. chaos/scripts/many.sh 1 50 4 /tmp/chaos-long --schedule long
 # Lane L runs seeds FIRST+L, FIRST+L+LANES, …; each seed's output goes to
 # OUTDIR/seed-N.log; OUTDIR/summary.txt gets one line per seed. Uses the
-# release binaries (cargo build --release -p cairn-node -p cairn-chaos).
+# release binaries (cargo build --release -p cairn-node -p cairn-cli -p cairn-chaos).
 set -uo pipefail
 first=$1 last=$2 lanes=$3 out=$4
 shift 4
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 chaos="$root/target/release/cairn-chaos"
 node="$root/target/release/cairn-node"
-[ -x "$chaos" ] && [ -x "$node" ] || { echo "build first: cargo build --release -p cairn-node -p cairn-chaos" >&2; exit 2; }
+cairn="$root/target/release/cairn"
+[ -x "$chaos" ] && [ -x "$node" ] && [ -x "$cairn" ] || { echo "build first: cargo build --release -p cairn-node -p cairn-cli -p cairn-chaos" >&2; exit 2; }
 mkdir -p "$out"
 lane_loop() {
   local lane=$1 seed
@@ -23,7 +24,9 @@ lane_loop() {
     line=$(grep -E "^   ops " "$out/seed-$seed.log" | tail -1)
     local jobs
     jobs=$(grep -E "^   jobs " "$out/seed-$seed.log" | tail -1)
-    echo "seed $seed lane $lane exit $rc |$line |$jobs" >>"$out/summary.txt"
+    local cli
+    cli=$(grep -E "^   cli commands " "$out/seed-$seed.log" | tail -1)
+    echo "seed $seed lane $lane exit $rc |$line |$jobs |$cli" >>"$out/summary.txt"
   done
 }
 for ((l = 0; l < lanes; l++)); do

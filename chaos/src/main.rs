@@ -169,17 +169,21 @@ fn node_bin(a: &RunArgs) -> anyhow::Result<PathBuf> {
     let dir = exe
         .parent()
         .ok_or_else(|| anyhow::anyhow!("no directory for {}", exe.display()))?;
-    // Under `cargo run`, build the node binary of this same tree first.
+    // Under `cargo run`, build the node and the CLI (the CLI-like client
+    // runs `cairn`) of this same tree first, in this binary's profile.
     if let Ok(cargo) = std::env::var("CARGO") {
-        let st = std::process::Command::new(cargo)
-            .args(["build", "-q", "-p", "cairn-node", "--bin", "cairn-node"])
-            .status()?;
-        anyhow::ensure!(st.success(), "cargo build -p cairn-node failed");
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "-q", "--workspace", "--bins"]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let st = cmd.status()?;
+        anyhow::ensure!(st.success(), "cargo build --workspace --bins failed");
     }
     let p = dir.join("cairn-node");
     anyhow::ensure!(
         p.exists(),
-        "{} not found: run `cargo build -p cairn-node` or pass --node-bin",
+        "{} not found: run `cargo build --workspace --bins` or pass --node-bin",
         p.display()
     );
     Ok(p)
@@ -261,8 +265,18 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<bool> {
     if outcomes.len() > 1 {
         println!();
         println!(
-            "{:>6} {:>7} {:>7} {:>7} {:>5} {:>12} {:>9} {:>6} {:>6}  result",
-            "seed", "ops", "acked", "unknown", "lost", "linearizable", "jobs ok", "faults", "secs"
+            "{:>6} {:>7} {:>7} {:>7} {:>5} {:>12} {:>9} {:>14} {:>8} {:>6} {:>6}  result",
+            "seed",
+            "ops",
+            "acked",
+            "unknown",
+            "lost",
+            "linearizable",
+            "jobs ok",
+            "cli ok/failed",
+            "cli gap",
+            "faults",
+            "secs"
         );
         for o in &outcomes {
             let (ops, acked, unk, lost, lin) = match &o.report {
@@ -287,8 +301,20 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<bool> {
                 Some(j) => format!("{}BAD", j.violations.len()),
                 None => "-".into(),
             };
+            let (cli, gap) = match &o.cli {
+                Some(c) => (
+                    format!(
+                        "{}/{}{}",
+                        c.commands - c.failed,
+                        c.failed,
+                        if c.violations.is_empty() { "" } else { "BAD" }
+                    ),
+                    format!("{:.1}s", c.longest_gap_ms as f64 / 1000.0),
+                ),
+                None => ("-".into(), "-".into()),
+            };
             println!(
-                "{:>6} {:>7} {:>7} {:>7} {:>5} {:>12} {:>9} {:>6} {:>6.0}  {}",
+                "{:>6} {:>7} {:>7} {:>7} {:>5} {:>12} {:>9} {:>14} {:>8} {:>6} {:>6.0}  {}",
                 o.seed,
                 ops,
                 acked,
@@ -296,6 +322,8 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<bool> {
                 lost,
                 lin,
                 jobs,
+                cli,
+                gap,
                 o.faults,
                 o.elapsed.as_secs_f64(),
                 if o.passed() { "pass" } else { "FAIL" }
