@@ -318,3 +318,81 @@ fn partitions_unavailable() -> bool {
     }
     false
 }
+
+/// Under the CLI: a follower that forwarded writes to a leader killed a
+/// moment ago gives them up at the election instead of waiting out a fixed
+/// timeout. The idempotent one is sent again to the new leader and
+/// succeeds; the plain one says its outcome is unknown (the dead leader may
+/// have committed it), within about the election plus `MOVED_GRACE`.
+#[test]
+fn writes_forwarded_to_a_killed_leader_are_given_up_at_the_election() {
+    use cairn_protocol::api::{ClientRequest, ClientResponse};
+    use cairn_protocol::rpc::{self, RpcError};
+    use cairn_protocol::types::{ConfigScope, ConfigVar};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut c = TestCluster::start(3);
+    let l = leader(&c);
+    let f = (l + 1) % c.nodes.len();
+    let set = |name: &str| ClientRequest::SetConfig {
+        var: ConfigVar {
+            scope: ConfigScope::Project("forwarded".into()),
+            name: name.into(),
+            value: "v".into(),
+            secret: false,
+        },
+    };
+    let s = rt.block_on(async {
+        let s = rpc::connect(&c.nodes[f].dial(&c.token))
+            .await
+            .expect("connect to a follower");
+        // The follower's connection to the leader is up and used.
+        rpc::call(&s.conn, &set("WARM"))
+            .await
+            .expect("a write through the follower");
+        s
+    });
+    c.nodes[l].kill9();
+    let at = Instant::now();
+    let (plain, idempotent) = rt.block_on(async {
+        let plain = async {
+            let r = rpc::call(&s.conn, &set("PLAIN")).await;
+            (r, at.elapsed())
+        };
+        let idempotent = async {
+            let r = rpc::call(&s.conn, &set("IDEMPOTENT").idempotent(0x1d, 1)).await;
+            (r, at.elapsed())
+        };
+        tokio::join!(plain, idempotent)
+    });
+    assert!(
+        matches!(idempotent.0, Ok(ClientResponse::Ok)),
+        "the idempotent write: {:?}",
+        idempotent.0
+    );
+    assert!(
+        idempotent.1 < FIRST_OK_WITHIN,
+        "the idempotent write took {:?}",
+        idempotent.1
+    );
+    match &plain.0 {
+        Err(RpcError::Remote(m)) => assert!(m.contains("outcome is unknown"), "{m}"),
+        // It may have reached a leader that had not yet been told: fine.
+        Ok(ClientResponse::Ok) => {}
+        other => panic!("the plain write: {other:?}"),
+    }
+    assert!(
+        plain.1 < Duration::from_secs(4),
+        "the plain write was given up only after {:?}",
+        plain.1
+    );
+    println!(
+        "forwarded to a killed leader: idempotent write ok after {} ms; plain write {:?} after {} ms",
+        idempotent.1.as_millis(),
+        plain.0.as_ref().map(|_| "ok"),
+        plain.1.as_millis()
+    );
+}

@@ -44,6 +44,10 @@ pub const ROUTE_DEADLINE: Duration = Duration::from_secs(10);
 /// retried, when that is safe, within [`ROUTE_DEADLINE`]). An attempt also
 /// ends at once when Raft reports that the leadership moved.
 pub const LEADER_RPC_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a request that is not idempotent still waits for the answer of
+/// a leader that stopped leading while it was in flight (a deposed leader
+/// that is alive says at once whether it committed; a dead one never does).
+pub const MOVED_GRACE: Duration = Duration::from_secs(1);
 /// How long adding a member may take (the learner catches up first).
 pub const ADD_MEMBER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a follower waits to apply up to a read index.
@@ -137,16 +141,29 @@ pub async fn on_leader(ctx: &Ctx, req: LeaderRequest) -> Result<LeaderResponse, 
                 let call = ctx
                     .peers
                     .leader_call(&addr, Some(id), req.clone(), req.timeout());
-                tokio::select! {
-                    r = call => match r {
-                        Ok(r) => r,
-                        Err(e) if !e.maybe_delivered() || req.is_idempotent() => {
-                            tracing::debug!(leader = format!("{id:x}"), error = %e, "leader request failed; retrying");
-                            LeaderResponse::Unavailable(e.to_string())
-                        }
-                        Err(e) => return Err(RouteError::OutcomeUnknown(e.to_string())),
-                    },
-                    now = leader_moved(ctx, seen, id) => {
+                tokio::pin!(call);
+                let answered = tokio::select! {
+                    r = &mut call => Ok(r),
+                    now = leader_moved(ctx, seen, id) => Err(now),
+                };
+                let answered = match answered {
+                    Ok(r) => Ok(r),
+                    // Sending it again cannot apply it twice: go at once.
+                    Err(now) if req.is_idempotent() => Err(now),
+                    // Else its answer is the only way to know what happened:
+                    // a leader that is alive but deposed answers at once.
+                    Err(now) => tokio::time::timeout(MOVED_GRACE, &mut call)
+                        .await
+                        .map_err(|_| now),
+                };
+                match answered {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) if !e.maybe_delivered() || req.is_idempotent() => {
+                        tracing::debug!(leader = format!("{id:x}"), error = %e, "leader request failed; retrying");
+                        LeaderResponse::Unavailable(e.to_string())
+                    }
+                    Ok(Err(e)) => return Err(RouteError::OutcomeUnknown(e.to_string())),
+                    Err(now) => {
                         let reason = format!(
                             "node {id:x} stopped leading while the request was in flight (Raft now reports {})",
                             now.map_or("no leader".to_string(), |n| format!("node {n:x}"))
@@ -154,7 +171,10 @@ pub async fn on_leader(ctx: &Ctx, req: LeaderRequest) -> Result<LeaderResponse, 
                         if !req.is_idempotent() {
                             return Err(RouteError::OutcomeUnknown(reason));
                         }
-                        tracing::debug!(leader = format!("{id:x}"), "leader moved; retrying at the new one");
+                        tracing::debug!(
+                            leader = format!("{id:x}"),
+                            "leader moved; retrying at the new one"
+                        );
                         LeaderResponse::Unavailable(reason)
                     }
                 }
