@@ -9,10 +9,11 @@
 //! [`check`] reports, per fault, how many commands ran and failed and the
 //! longest gap without a successful command; a failed command is a
 //! violation unless it overlapped a window in which no majority of the
-//! nodes was up ([`Window::no_majority`], plus [`RECOVERY`]). Every variable
-//! a command acknowledged must be in the final read.
+//! nodes was up ([`Window::no_majority`], plus [`RECOVERY`]). In the final
+//! read each name must hold the value of its last acknowledged command, or
+//! of a later one that failed (a failed command may still have been applied).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,8 @@ use serde::Serialize;
 
 /// The project the commands write to.
 pub const PROJECT: &str = "chaos-cli";
+/// How many variable names the commands cycle through.
+pub const KEYS: u64 = 50;
 /// A command still running after this long is killed and counted failed
 /// (the CLI gives up on its own well before: its connect and call deadlines).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -146,7 +149,7 @@ pub async fn run(cfg: Config, start: Instant, stop: Arc<AtomicBool>) -> Vec<Cmd>
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let invoke_us = us(start);
-        let var = format!("C{n}=v{n}");
+        let var = format!("C{}=v{n}", n % KEYS);
         let r = cairn(&cfg, &["config", "set", "--project", PROJECT, &var]).await;
         out.push(Cmd {
             n,
@@ -159,16 +162,21 @@ pub async fn run(cfg: Config, start: Instant, stop: Arc<AtomicBool>) -> Vec<Cmd>
     out
 }
 
-/// The variables of [`PROJECT`] as one `cairn config list` reads them,
-/// trying until `deadline` (after healing).
-pub async fn final_read(cfg: &Config, deadline: Instant) -> Option<BTreeSet<String>> {
+/// The variables of [`PROJECT`] (name → value) as one `cairn config list`
+/// reads them, trying until `deadline` (after healing).
+pub async fn final_read(cfg: &Config, deadline: Instant) -> Option<BTreeMap<String, String>> {
     loop {
         let r = cairn(cfg, &["config", "list", "--project", PROJECT, "--json"]).await;
         if let Ok(text) = r {
             if let Ok(serde_json::Value::Array(vars)) = serde_json::from_str(&text) {
                 return Some(
                     vars.iter()
-                        .filter_map(|v| v["name"].as_str().map(String::from))
+                        .filter_map(|v| {
+                            Some((
+                                v["name"].as_str()?.to_string(),
+                                v["value"].as_str()?.to_string(),
+                            ))
+                        })
                         .collect(),
                 );
             }
@@ -181,7 +189,12 @@ pub async fn final_read(cfg: &Config, deadline: Instant) -> Option<BTreeSet<Stri
 }
 
 /// The report: figures per fault and the violations.
-pub fn check(cmds: &[Cmd], windows: &[Window], fin: &BTreeSet<String>, end_us: u64) -> CliReport {
+pub fn check(
+    cmds: &[Cmd],
+    windows: &[Window],
+    fin: &BTreeMap<String, String>,
+    end_us: u64,
+) -> CliReport {
     let recovery = RECOVERY.as_micros() as u64;
     let excused = |c: &Cmd| {
         windows.iter().any(|w| {
@@ -239,12 +252,22 @@ pub fn check(cmds: &[Cmd], windows: &[Window], fin: &BTreeSet<String>, end_us: u
         });
     }
     r.longest_gap_ms = gap(0, end_us);
+    // Per name: the last acknowledged command, and the values it may hold.
+    let mut last_ok: BTreeMap<u64, u64> = BTreeMap::new();
     for c in cmds.iter().filter(|c| c.ok) {
-        let name = format!("C{}", c.n);
-        if !fin.contains(&name) {
+        last_ok.insert(c.n % KEYS, c.n);
+    }
+    for (key, ok_n) in last_ok {
+        let name = format!("C{key}");
+        let allowed: Vec<String> = cmds
+            .iter()
+            .filter(|c| c.n % KEYS == key && (c.n == ok_n || (c.n > ok_n && !c.ok)))
+            .map(|c| format!("v{}", c.n))
+            .collect();
+        let found = fin.get(&name);
+        if !found.is_some_and(|v| allowed.contains(v)) {
             r.violations.push(format!(
-                "{name}: acknowledged by command {} but missing in the final read",
-                c.n
+                "{name}: holds {found:?} in the final read, but command {ok_n} set it to v{ok_n} and was acknowledged (allowed: {allowed:?})"
             ));
         }
     }
@@ -282,6 +305,34 @@ mod tests {
     }
 
     #[test]
+    fn a_name_holds_its_last_acknowledged_value_or_a_later_failed_one() {
+        let k = KEYS;
+        let cmds = vec![
+            cmd(1, 0.0, 1.0, true),
+            cmd(1 + k, 1.0, 2.0, true),
+            cmd(1 + 2 * k, 2.0, 3.0, false),
+        ];
+        // The failed one ran while no majority was up: excused.
+        let windows = [window("kill -9 n1,n2", 1.5, 3.0, true)];
+        let fin = |v: &str| BTreeMap::from([("C1".to_string(), v.to_string())]);
+        let ok = |v: &str| {
+            check(&cmds, &windows, &fin(v), 4_000_000)
+                .violations
+                .is_empty()
+        };
+        assert!(ok(&format!("v{}", 1 + k)), "the last acknowledged value");
+        assert!(
+            ok(&format!("v{}", 1 + 2 * k)),
+            "a later failed write that applied"
+        );
+        assert!(
+            !ok("v1"),
+            "an older acknowledged value: the last write was lost"
+        );
+        assert!(!ok("x"));
+    }
+
+    #[test]
     fn failures_are_excused_only_without_a_majority_and_gaps_are_measured() {
         let cmds = vec![
             cmd(1, 0.0, 1.0, true),
@@ -302,7 +353,12 @@ mod tests {
             window("kill -9 n1", 2.5, 3.5, false),
             window("kill -9 n1,n2", 10.0, 12.0, true),
         ];
-        let fin: BTreeSet<String> = ["C1", "C2", "C3", "C8"].map(String::from).into();
+        // Names are C(n mod KEYS): each command its own name here. C4 was
+        // acknowledged but is missing; C5's failed write may have applied.
+        let fin: BTreeMap<String, String> =
+            [("C1", "v1"), ("C2", "v2"), ("C3", "v3"), ("C8", "v8")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into();
         let r = check(&cmds, &windows, &fin, 21_000_000);
         assert_eq!((r.commands, r.failed, r.excused), (9, 4, 3));
         // Command 9 failed with a majority up; C4 was acknowledged and lost.
