@@ -223,7 +223,9 @@ pub async fn on_leader(ctx: &Ctx, req: LeaderRequest) -> Result<LeaderResponse, 
 /// [`CUT_OFF_AFTER`]. `None` when it has (or does not lead).
 pub fn cut_off(ctx: &Ctx) -> Option<String> {
     // Not `current_leader` alone: a restarted node reads its own old
-    // leadership from its stored vote until it hears otherwise.
+    // leadership from its stored vote until it hears otherwise (openraft
+    // may even restore it as Leader at startup: hence `heard_within`
+    // counts peers as heard at this node's start).
     if !ctx.raft.is_leader() {
         return None;
     }
@@ -231,13 +233,7 @@ pub fn cut_off(ctx: &Ctx) -> Option<String> {
     let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
     let heard = voters
         .iter()
-        .filter(|v| {
-            **v == ctx.raft.id()
-                || ctx
-                    .peers
-                    .last_contact(**v)
-                    .is_some_and(|d| d < CUT_OFF_AFTER)
-        })
+        .filter(|v| **v == ctx.raft.id() || ctx.peers.heard_within(**v, CUT_OFF_AFTER))
         .count();
     (heard * 2 <= voters.len()).then(|| {
         format!(

@@ -86,6 +86,8 @@ struct Inner {
     dialing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// When each peer last answered an RPC.
     last_contact: Mutex<HashMap<NodeId, Instant>>,
+    /// When this transport (this node's process) started.
+    started: Instant,
 }
 
 #[derive(Clone)]
@@ -127,6 +129,7 @@ impl QuicTransport {
                 conns: Mutex::new(HashMap::new()),
                 dialing: Mutex::new(HashMap::new()),
                 last_contact: Mutex::new(HashMap::new()),
+                started: Instant::now(),
             }),
         })
     }
@@ -140,6 +143,16 @@ impl QuicTransport {
     pub fn last_contact(&self, id: NodeId) -> Option<Duration> {
         let map = self.inner.last_contact.lock().ok()?;
         map.get(&id).map(|t| t.elapsed())
+    }
+
+    /// Whether `id` answered an RPC from this node within `d`. A peer not
+    /// heard from yet counts as heard at this node's start: a node restarted
+    /// a moment ago has not had the time to hear from anyone.
+    pub fn heard_within(&self, id: NodeId, d: Duration) -> bool {
+        match self.last_contact(id) {
+            Some(ago) => ago < d,
+            None => self.inner.started.elapsed() < d,
+        }
     }
 
     /// Close every cached connection (on shutdown).
