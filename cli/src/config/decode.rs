@@ -115,6 +115,15 @@ const TOP_CTX: &str = "at the top level";
 
 pub(crate) fn parse_hcl(src: &str, file: &Path) -> Result<Body, ConfigError> {
     let lines = Lines::new(file, src);
+    super::nesting::check(src).map_err(|at| {
+        ConfigError::syntax(
+            lines.loc(at),
+            format!(
+                "nested more than {} levels deep (blocks, brackets, strings and templates)",
+                super::nesting::MAX_NESTING
+            ),
+        )
+    })?;
     let body = hcl::edit::parser::parse_body(src).map_err(|e| {
         let l = e.location();
         ConfigError::syntax(Location::new(file, l.line(), l.column()), e.message())

@@ -39,6 +39,7 @@ mod decode;
 mod error;
 mod eval;
 mod json;
+mod nesting;
 mod syntax;
 #[cfg(test)]
 mod tests;

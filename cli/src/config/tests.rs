@@ -944,3 +944,40 @@ fn json_strings_and_truncated_inputs() {
         }
     }
 }
+
+#[test]
+fn deep_nesting_is_a_clear_error_not_a_crash() {
+    // 2,000 levels of blocks, brackets or parentheses used to overflow the
+    // stack (SIGABRT) in the parser.
+    let blocks = format!(
+        "project = \"p\"\n{}{}",
+        "b {\n".repeat(2_000),
+        "}\n".repeat(2_000)
+    );
+    let limit = super::nesting::MAX_NESTING;
+    // The 129th `b {` is on line 130 (after the project line).
+    assert_err(
+        &blocks,
+        &format!("cairn.hcl:{}:", limit + 2),
+        "nested more than 128 levels",
+    );
+    for (open, close) in [("[", "]"), ("(", ")")] {
+        let src = format!(
+            "project = \"p\"\nx = {}1{}\n",
+            open.repeat(2_000),
+            close.repeat(2_000)
+        );
+        assert_err(&src, "cairn.hcl:2:", "nested more than 128 levels");
+    }
+    // At the limit, the parser has stack enough (a test thread has 2 MiB;
+    // the CLI's main thread 8).
+    let at_limit = format!(
+        "project = \"p\"\nx = {}1{}\napp \"web\" {{\n  build {{\n    use \"files\" {{}}\n  }}\n  deploy {{\n    use \"process\" {{ command = [\"true\"] }}\n  }}\n}}\n",
+        "[".repeat(limit - 1),
+        "]".repeat(limit - 1)
+    );
+    match parse(&at_limit) {
+        Ok(_) => {}
+        Err(e) => assert!(!e.to_string().contains("nested more than"), "{e}"),
+    }
+}
