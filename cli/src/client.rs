@@ -226,9 +226,7 @@ impl Call for quinn::Connection {
         &mut self,
         req: &ClientRequest,
     ) -> impl std::future::Future<Output = Result<ClientResponse, RpcError>> + Send {
-        let conn = self.clone();
-        let req = req.clone();
-        async move { rpc::call(&conn, &req).await }
+        rpc::call(self, req)
     }
 }
 

@@ -462,3 +462,50 @@ pub enum RunnerToNode {
         error: Option<String>,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame;
+
+    /// Wire compatibility with the previous release: `Unavailable` was
+    /// appended, so every answer that release knows keeps its encoding (a
+    /// bincode variant index is its position), and the new answer takes the
+    /// next index. Golden bytes of the frame bodies as that release wrote
+    /// them.
+    #[test]
+    fn answers_keep_their_encoding_and_unavailable_comes_last() {
+        let hex = |r: &ClientResponse| {
+            frame::encode_body(r)
+                .expect("encode")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        assert_eq!(hex(&ClientResponse::Ok), "00");
+        assert_eq!(
+            hex(&ClientResponse::Error {
+                message: "no".into()
+            }),
+            "01026e6f"
+        );
+        let opened = hex(&ClientResponse::ExecOpened {
+            instance: "i".into(),
+            node: 7,
+        });
+        let unavailable = hex(&ClientResponse::Unavailable {
+            message: "no".into(),
+        });
+        // ExecOpened was the last of the previous release's 22 answers.
+        assert_eq!(opened, "15016907");
+        assert_eq!(unavailable, "16026e6f");
+        // And both ways: the new node's old answers decode as before.
+        let back: ClientResponse = frame::decode_body(&[1, 2, b'n', b'o']).expect("decode");
+        assert_eq!(
+            back,
+            ClientResponse::Error {
+                message: "no".into()
+            }
+        );
+    }
+}

@@ -102,7 +102,7 @@ pub async fn on_leader(ctx: &Ctx, req: LeaderRequest) -> Result<LeaderResponse, 
     // Since when this request has known no leader at all.
     let mut leaderless_since: Option<tokio::time::Instant> = None;
     loop {
-        let seen = ctx.raft.metrics().current_leader;
+        let seen = ctx.raft.leader_id();
         let target = hint
             .take()
             .or_else(|| ctx.raft.leader().map(|l| (l.id, l.addr)));
@@ -195,7 +195,7 @@ pub async fn on_leader(ctx: &Ctx, req: LeaderRequest) -> Result<LeaderResponse, 
             other => return Ok(other),
         };
         let now = tokio::time::Instant::now();
-        if ctx.raft.leader().is_some() {
+        if ctx.raft.leader_id().is_some() {
             leaderless_since = None;
         } else {
             let since = *leaderless_since.get_or_insert(now);
@@ -229,8 +229,7 @@ pub fn cut_off(ctx: &Ctx) -> Option<String> {
     if !ctx.raft.is_leader() {
         return None;
     }
-    let m = ctx.raft.metrics();
-    let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+    let voters = ctx.raft.voter_ids();
     let heard = voters
         .iter()
         .filter(|v| **v == ctx.raft.id() || ctx.peers.heard_within(**v, CUT_OFF_AFTER))

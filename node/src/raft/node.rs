@@ -321,6 +321,18 @@ impl RaftNode {
             .collect()
     }
 
+    /// The id of the leader this node knows of (cheap: no copy of the metrics).
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// The voters in this node's view of the membership.
+    pub fn voter_ids(&self) -> Vec<NodeId> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().voter_ids().collect()
+    }
+
     /// The leader this node knows of, with its address from the membership.
     pub fn leader(&self) -> Option<Leader> {
         let m = self.inner.raft.metrics();
