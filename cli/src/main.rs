@@ -118,6 +118,12 @@ enum Cmd {
     /// Custom host names of the URL service.
     #[command(subcommand)]
     Hostname(commands::hostname::HostnameCmd),
+    /// Apps: `cairn app destroy` removes one from the cluster.
+    #[command(subcommand)]
+    App(commands::remove::AppCmd),
+    /// Projects: `cairn project destroy` removes one with all its apps.
+    #[command(subcommand)]
+    Project(commands::remove::ProjectCmd),
     /// Show the output of a deployment's instances (all of them, from every node).
     Logs(commands::logs::LogsArgs),
     /// Run a command in an instance of a deployment (its env and working dir).
@@ -284,6 +290,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Instance(i) => commands::instance::run(g, i).await,
         Cmd::Logs(l) => commands::logs::run(g, l).await,
         Cmd::Hostname(h) => commands::hostname::run(g, h).await,
+        Cmd::App(c) => commands::remove::run_app(g, c).await,
+        Cmd::Project(c) => commands::remove::run_project(g, c).await,
         Cmd::Exec(e) => commands::exec::run(g, e).await,
         Cmd::Supervise { .. } | Cmd::Entrypoint { .. } => Ok(2),
     }

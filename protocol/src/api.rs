@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::instance::{DeploymentRef, ExecSpec, LogEntry, LogsQuery};
 use crate::types::{
     ConfigScope, ConfigVar, Hostname, Instance, Job, JobId, JobSpec, JobState, OpCompletion, OpId,
-    OpKind, Operation, ResourceState, Runner, RunnerKind, Stream, TokenScope,
+    OpKind, Operation, Removed, ResourceState, Runner, RunnerKind, Stream, TokenScope,
 };
 
 /// Requests a CLI (or a runner on the CLI's connection) sends to a node.
@@ -168,6 +168,15 @@ pub enum ClientRequest {
     },
     /// Answered `Hostnames`.
     ListHostnames,
+    /// Remove an app (`app: Some`) or a whole project (`None`) from the
+    /// cluster's records: operations, jobs, instances, routes, hostnames and
+    /// config scoped to it. Refused while any of its deployments is still
+    /// active or any of its jobs unfinished. Answered `Removed`. (Appended
+    /// last: the other requests keep their bincode indices.)
+    RemoveApps {
+        project: String,
+        app: Option<String>,
+    },
 }
 
 /// What an entrypoint says about itself when it registers.
@@ -227,6 +236,7 @@ impl ClientRequest {
                 | ClientRequest::CreateToken { .. }
                 | ClientRequest::RegisterHostname { .. }
                 | ClientRequest::DeleteHostname { .. }
+                | ClientRequest::RemoveApps { .. }
         )
     }
 }
@@ -295,6 +305,8 @@ pub enum ClientResponse {
     Unavailable {
         message: String,
     },
+    /// What `RemoveApps` removed.
+    Removed(Removed),
 }
 
 /// Largest `SnapshotChunk::data`: well under `frame::MAX_FRAME_SIZE`.

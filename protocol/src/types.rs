@@ -435,6 +435,23 @@ pub struct Hostname {
     pub created_ms: u64,
 }
 
+/// What removing apps (`cairn app destroy`, `cairn project destroy`) took
+/// out of the cluster's records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    /// The apps removed, by name.
+    pub apps: Vec<String>,
+    /// Whether the project's own record (and its project-wide config) went too.
+    pub project: bool,
+    /// Builds, artifacts, deployments and releases.
+    pub operations: u64,
+    pub jobs: u64,
+    /// Custom hostnames that served the removed apps.
+    pub hostnames: Vec<String>,
+    /// Config variables scoped to what was removed.
+    pub config: u64,
+}
+
 /// One app instance: a `cairn-entrypoint` and the node it is connected to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {

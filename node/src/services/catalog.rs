@@ -6,6 +6,7 @@ use cairn_protocol::api::ClientResponse;
 use cairn_protocol::types::OpKind;
 
 use crate::server::Ctx;
+use crate::state::{Command, Response};
 
 pub async fn list_operations(
     ctx: &Arc<Ctx>,
@@ -30,5 +31,28 @@ pub async fn list_runners(ctx: &Arc<Ctx>) -> ClientResponse {
         Err(e) => ClientResponse::Error {
             message: format!("cannot read the catalog: {e}"),
         },
+    }
+}
+
+/// Remove an app, or a project with all its apps, from the records (users
+/// only; the state machine refuses while deployments are active or jobs
+/// unfinished).
+pub async fn remove_apps(
+    ctx: &Arc<Ctx>,
+    s: &crate::server::ConnSession,
+    project: String,
+    app: Option<String>,
+) -> ClientResponse {
+    if s.principal.scope != cairn_protocol::types::TokenScope::User {
+        return ClientResponse::Error {
+            message: "apps and projects are removed with a user token".into(),
+        };
+    }
+    match ctx.write(Command::RemoveApps { project, app }).await {
+        Ok(Response::Removed(r)) => ClientResponse::Removed(r),
+        Ok(other) => ClientResponse::Error {
+            message: format!("unexpected answer from the state machine: {other:?}"),
+        },
+        Err(message) => ClientResponse::Error { message },
     }
 }

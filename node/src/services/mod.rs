@@ -138,6 +138,9 @@ async fn route(
         }
         ClientRequest::DeleteHostname { name } => hostname::delete(ctx, s, name).await,
         ClientRequest::ListHostnames => hostname::list(ctx).await,
+        ClientRequest::RemoveApps { project, app } => {
+            catalog::remove_apps(ctx, s, project, app).await
+        }
     };
     let resp = match resp {
         ClientResponse::Error { message } if RETRY_ELSEWHERE.try_with(|c| c.get()) == Ok(true) => {

@@ -5,7 +5,11 @@
 //!   stamped by the proposer, so every member computes the same state.
 //! - A command that is not allowed in the current state changes nothing and
 //!   answers `Response::Error`.
-//! - Sequence numbers (v1, v2…) are per (project, app, kind) and never go back.
+//! - Sequence numbers (v1, v2…) are per (project, app, kind) and never go
+//!   back while the app exists (a removed app's records all go).
+//! - App names are unique in the cluster ignoring case, whatever the project:
+//!   each answers at `APP.DOMAIN`, so a second project's app of the same
+//!   name is refused rather than shadowing the first (`remove.rs`).
 //! - A job in a final state never changes again; an operation that finished
 //!   never changes again except its resource state (active → destroyed).
 
@@ -14,13 +18,16 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use cairn_protocol::instance::DeploymentRef;
 use cairn_protocol::types::{
     App, ConfigScope, ConfigVar, Hostname, Instance, InstanceState, Job, JobId, JobKind, JobSpec,
-    JobState, OpCompletion, OpId, OpKind, OpStatus, Operation, Project, ResourceState, Route,
-    Runner, TokenRecord, TokenScope, MAX_OP_OUTPUT_BYTES,
+    JobState, OpCompletion, OpId, OpKind, OpStatus, Operation, Project, Removed, ResourceState,
+    Route, Runner, TokenRecord, TokenScope, MAX_OP_OUTPUT_BYTES,
 };
 use serde::{Deserialize, Serialize};
 
+mod remove;
 #[cfg(test)]
 mod tests;
+
+pub use remove::check_name;
 
 /// A write proposed through Raft.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -160,6 +167,13 @@ pub enum Command {
     DeleteHostname {
         name: String,
     },
+    /// Remove an app (`app: Some`) or every app of a project and the
+    /// project itself (`None`) with everything recorded about them; refused
+    /// while a deployment is active or a job unfinished (see `remove.rs`).
+    RemoveApps {
+        project: String,
+        app: Option<String>,
+    },
 }
 
 /// Why `name` is not a host name the URL service can serve: lowercase
@@ -228,6 +242,8 @@ pub enum Response {
     },
     /// How many records a bulk command changed.
     Changed(u64),
+    /// What [`Command::RemoveApps`] removed.
+    Removed(Removed),
 }
 
 /// The whole replicated state. Serialized whole into snapshots.
@@ -584,6 +600,7 @@ impl State {
                 Some(_) => Response::Ok,
                 None => Response::Error(format!("no hostname {name} is registered")),
             },
+            Command::RemoveApps { project, app } => self.remove_apps(project, app.as_deref()),
         }
     }
 
@@ -762,8 +779,11 @@ impl State {
     }
 
     fn create_job(&mut self, now: u64, spec: &JobSpec, requested_by: &str) -> Response {
-        if spec.project.is_empty() || spec.app.is_empty() {
-            return Response::Error("a job needs a project and an app".into());
+        if let Err(e) = check_name("project", &spec.project)
+            .and_then(|()| check_name("app", &spec.app))
+            .and_then(|()| self.check_app_name_free(&spec.project, &spec.app))
+        {
+            return Response::Error(e);
         }
         self.projects
             .entry(spec.project.clone())

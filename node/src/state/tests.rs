@@ -1099,3 +1099,215 @@ fn hostnames_are_checked_registered_once_and_deleted() {
         Response::Error(_)
     ));
 }
+
+fn create_job_in(st: &mut State, project: &str, app: &str) -> Response {
+    let mut spec = spec(app);
+    spec.project = project.into();
+    st.apply(&req(
+        1,
+        Command::CreateJob {
+            spec,
+            requested_by: "user:a".into(),
+        },
+    ))
+}
+
+fn finish(st: &mut State, id: JobId) {
+    st.apply(&req(
+        9,
+        Command::FinishJob {
+            id,
+            state: JobState::Success,
+            error: None,
+        },
+    ));
+}
+
+#[test]
+fn an_app_name_another_project_uses_is_refused_and_changes_nothing() {
+    let mut st = State::default();
+    let dep = deployment_op(&mut st);
+    release(&mut st, 1, None, OpStatus::Success);
+    let before = st.clone();
+    for name in ["web", "WEB", "Web"] {
+        let Response::Error(e) = create_job_in(&mut st, "other", name) else {
+            panic!("{name} in another project was accepted")
+        };
+        assert!(e.contains("already exists in project \"hello\""), "{e}");
+        assert!(e.contains("cairn app destroy"), "{e}");
+    }
+    // Another spelling in the same project is refused too.
+    let Response::Error(e) = create_job_in(&mut st, "hello", "WEB") else {
+        panic!("WEB next to web was accepted")
+    };
+    assert!(e.contains("differ by more than case"), "{e}");
+    assert_eq!(st, before, "a refused job changed the state");
+    assert!(st.operations.contains_key(&dep));
+    // The same app again, and other names, are fine.
+    assert!(matches!(
+        create_job_in(&mut st, "hello", "web"),
+        Response::JobCreated(_)
+    ));
+    assert!(matches!(
+        create_job_in(&mut st, "other", "api"),
+        Response::JobCreated(_)
+    ));
+}
+
+#[test]
+fn project_and_app_names_with_control_characters_are_refused() {
+    let mut st = State::default();
+    for (project, app) in [
+        ("hello", "we\u{1b}[31mb"),
+        ("hel\nlo", "web"),
+        ("hello", ""),
+        ("", "web"),
+        ("hello", "a b"),
+        ("hello", "a/b"),
+        ("hello", &"x".repeat(49)),
+    ] {
+        let r = create_job_in(&mut st, project, app);
+        assert!(
+            matches!(r, Response::Error(_)),
+            "{project:?}/{app:?}: {r:?}"
+        );
+    }
+    assert!(st.apps.is_empty() && st.projects.is_empty() && st.jobs.is_empty());
+}
+
+#[test]
+fn removing_an_app_waits_for_its_deployments_and_jobs_then_takes_every_record() {
+    let mut st = State::default();
+    // hello/web: a deployment (its job still running), a release, a
+    // hostname, an instance, app config; hello/api and other/x stay.
+    let dep = deployment_op(&mut st);
+    let web_job = st.operations[&dep].job_id;
+    let remove = |app: Option<&str>| Command::RemoveApps {
+        project: "hello".into(),
+        app: app.map(str::to_string),
+    };
+    let Response::Error(e) = st.apply(&req(5, remove(Some("web")))) else {
+        panic!("removed with a job running")
+    };
+    assert!(e.contains("unfinished jobs"), "{e}");
+    st.apply(&req(
+        5,
+        Command::CompleteOperation(OpCompletion {
+            op_id: dep,
+            status: OpStatus::Success,
+            result: None,
+            error: None,
+            output: vec![],
+            output_dropped: 0,
+            url: None,
+        }),
+    ));
+    finish(&mut st, web_job);
+    release(&mut st, 1, None, OpStatus::Success);
+    st.apply(&req(
+        6,
+        Command::InstanceConnected {
+            instance: instance(dep, "i1", 1),
+        },
+    ));
+    let hostname = |name: &str, project: &str, app: &str| Hostname {
+        name: name.into(),
+        project: project.into(),
+        app: app.into(),
+        workspace: DEFAULT_WORKSPACE_NAME.into(),
+        deployment: None,
+        created_ms: 0,
+    };
+    st.apply(&req(
+        6,
+        Command::RegisterHostname {
+            hostname: hostname("shop.example.com", "hello", "web"),
+        },
+    ));
+    let var = |scope: ConfigScope, name: &str| Command::SetConfig {
+        var: ConfigVar {
+            scope,
+            name: name.into(),
+            value: "v".into(),
+            secret: false,
+        },
+    };
+    st.apply(&req(
+        6,
+        var(
+            ConfigScope::App {
+                project: "hello".into(),
+                app: "web".into(),
+            },
+            "A",
+        ),
+    ));
+    st.apply(&req(6, var(ConfigScope::Project("hello".into()), "P")));
+    let web_deploy = job_of_kind(&mut st, JobKind::Deploy { build: None });
+    finish(&mut st, web_deploy);
+    assert!(matches!(
+        create_job_in(&mut st, "hello", "api"),
+        Response::JobCreated(_)
+    ));
+    let Response::JobCreated(x) = create_job_in(&mut st, "other", "x") else {
+        panic!()
+    };
+    finish(&mut st, x);
+    // The api job is still queued: only web can go.
+    let Response::Error(e) = st.apply(&req(7, remove(Some("web")))) else {
+        panic!("removed with an active deployment")
+    };
+    assert!(e.contains("active deployments (v1)"), "{e}");
+    st.apply(&req(
+        7,
+        Command::SetResourceState {
+            op_id: dep,
+            state: ResourceState::Destroyed,
+        },
+    ));
+    let Response::Removed(r) = st.apply(&req(8, remove(Some("web")))) else {
+        panic!("not removed")
+    };
+    assert_eq!(r.apps, vec!["web".to_string()]);
+    assert!(!r.project);
+    assert_eq!(r.operations, 2, "{r:?}"); // the deployment and the release
+    assert_eq!(r.jobs, 3, "{r:?}"); // the deployment's, the release's, the api's job of app web
+    assert_eq!(r.hostnames, vec!["shop.example.com".to_string()]);
+    assert_eq!(r.config, 1);
+    assert!(!st.apps.contains_key(&("hello".into(), "web".into())));
+    assert!(st.operations.values().all(|o| o.app != "web"));
+    assert!(st.instances.is_empty() && st.routes.is_empty() && st.hostnames.is_empty());
+    assert!(st.sequences.keys().all(|(_, a, _)| a != "web"));
+    assert!(st.projects.contains_key("hello"));
+    assert_eq!(st.config.len(), 1, "the project's config stays");
+    // The name is free for another project now, and sequences start over.
+    assert!(matches!(
+        create_job_in(&mut st, "other", "web"),
+        Response::JobCreated(_)
+    ));
+    // The whole project: refused while api's job is queued, then all goes.
+    let Response::Error(e) = st.apply(&req(9, remove(None))) else {
+        panic!("removed with a queued job")
+    };
+    assert!(e.contains("app api has unfinished jobs"), "{e}");
+    let queued: Vec<JobId> = st
+        .jobs
+        .values()
+        .filter(|j| j.spec.project == "hello")
+        .map(|j| j.id)
+        .collect();
+    for id in queued {
+        st.apply(&req(9, Command::RequestCancel { id }));
+    }
+    let Response::Removed(r) = st.apply(&req(10, remove(None))) else {
+        panic!("project not removed")
+    };
+    assert!(r.project && r.apps == vec!["api".to_string()], "{r:?}");
+    assert_eq!(r.config, 1);
+    assert!(!st.projects.contains_key("hello") && st.config.is_empty());
+    assert!(st.apps.keys().all(|(p, _)| p == "other"));
+    assert!(matches!(
+        st.apply(&req(11, remove(None))),
+        Response::Error(e) if e.contains("no project")
+    ));
+}
