@@ -119,10 +119,26 @@ pub async fn supervise_with_config(
     config.borrow_and_update();
     let mut watching = true;
     let mut stopping = false;
+    // The configuration the app ran with before the last change: what it is
+    // started with again when it cannot start with the new one.
+    let mut previous: Option<Env> = None;
     loop {
         let started = with_env(spec, &env, fixed);
-        current.set(started.clone());
-        let child = Child::spawn(&started, logs.clone())?;
+        let child = match Child::spawn(&started, logs.clone()) {
+            Ok(child) => child,
+            Err(e) => match previous.take() {
+                Some(old) => {
+                    report(
+                        logs.as_deref(),
+                        &format!("cannot start the app with the new configuration ({e}); it runs with the previous configuration until the configuration changes again"),
+                    );
+                    env = old;
+                    continue;
+                }
+                None => return Err(e),
+            },
+        };
+        current.set(started);
         let handle = child.handle();
         let ended = child.wait_with_output(OUTPUT_DRAIN_IDLE);
         tokio::pin!(ended);
@@ -139,10 +155,20 @@ pub async fn supervise_with_config(
                         continue;
                     }
                     let new = config.borrow_and_update().clone().unwrap_or_default();
-                    if new != env {
-                        env = new;
-                        break;
+                    if new == env {
+                        continue;
                     }
+                    // Checked before the running app is stopped: a
+                    // configuration it cannot start with leaves it running.
+                    if let Err(why) = fits(&with_env(spec, &new, fixed)) {
+                        report(
+                            logs.as_deref(),
+                            &format!("the configuration changed, but the app cannot start with it: {why}; it keeps running with the previous configuration"),
+                        );
+                        continue;
+                    }
+                    previous = Some(std::mem::replace(&mut env, new));
+                    break;
                 }
             }
         }
@@ -163,6 +189,71 @@ pub async fn supervise_with_config(
             return Ok(status);
         }
     }
+}
+
+/// Says `what` on the entrypoint's stderr and in the instance's logs (so
+/// `cairn logs` shows it), prefixed `cairn-entrypoint:`.
+fn report(logs: Option<&LogQueue>, what: &str) {
+    let line = format!("cairn-entrypoint: {what}");
+    eprintln!("{line}");
+    if let Some(q) = logs {
+        q.push(crate::logqueue::LogLine {
+            stream: crate::logqueue::Stream::Stderr,
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            bytes: line.into_bytes(),
+            truncated: false,
+        });
+    }
+}
+
+/// The kernel's limit on one argument or environment string
+/// (`MAX_ARG_STRLEN`: 32 pages of 4 KiB).
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// Why the kernel would refuse to start `spec` (E2BIG): a string longer
+/// than [`MAX_ARG_STRLEN`], or arguments and environment together past
+/// `ARG_MAX` (as `sysconf` reports it, with a page of slack).
+fn fits(spec: &ChildSpec) -> Result<(), String> {
+    let env = child_env(spec);
+    let strings = std::iter::once(spec.program.len())
+        .chain(spec.args.iter().map(|a| a.len()))
+        .chain(env.iter().map(|(k, v)| k.len() + 1 + v.len()));
+    let mut total = 0usize;
+    for len in strings {
+        if len + 1 > MAX_ARG_STRLEN {
+            return Err(format!(
+                "one of its variables or arguments is {len} bytes, over the kernel's limit of {MAX_ARG_STRLEN} bytes for one string"
+            ));
+        }
+        total += len + 1 + std::mem::size_of::<usize>();
+    }
+    let arg_max = nix::unistd::sysconf(nix::unistd::SysconfVar::ARG_MAX)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(2 * 1024 * 1024);
+    let room = arg_max.saturating_sub(4096);
+    if total > room {
+        return Err(format!(
+            "its arguments and environment would take {total} bytes, over the {room} bytes the kernel allows (ARG_MAX {arg_max})"
+        ));
+    }
+    Ok(())
+}
+
+/// The environment `spec`'s process gets: ours, with `spec.env` set on top
+/// and `spec.env_remove` taken out.
+fn child_env(spec: &ChildSpec) -> std::collections::BTreeMap<OsString, OsString> {
+    let mut env: std::collections::BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    for (k, v) in &spec.env {
+        env.insert(k.clone(), v.clone());
+    }
+    for k in &spec.env_remove {
+        env.remove(k);
+    }
+    env
 }
 
 /// Signals after which the child's end is the entrypoint's end.

@@ -33,6 +33,23 @@ pub const MAX_NAME: usize = 256;
 /// Longest variable value in bytes (the node enforces the same limit).
 pub const MAX_VALUE: usize = 64 * 1024;
 
+/// Largest environment an app's configuration may resolve to, in bytes
+/// ([`env_size`]: each `NAME=value` and its terminating NUL). The kernel
+/// refuses to start a process whose arguments and environment together pass
+/// `ARG_MAX` (2 MiB with the usual 8 MiB stack) with E2BIG; a quarter of that
+/// leaves room for the platform's own variables, the inherited environment
+/// and the command line. The node refuses a config change past it.
+pub const MAX_ENV_BYTES: usize = 512 * 1024;
+
+/// The bytes `env` takes in a process's environment block: each
+/// `NAME=value` plus its terminating NUL (plus the pointer to it, as the
+/// kernel counts them against `ARG_MAX`).
+pub fn env_size<'a>(env: impl IntoIterator<Item = (&'a String, &'a String)>) -> usize {
+    env.into_iter()
+        .map(|(k, v)| k.len() + 1 + v.len() + 1 + std::mem::size_of::<usize>())
+        .sum()
+}
+
 /// Whether `name` is one of Cairn's reserved names.
 pub fn is_reserved(name: &str) -> bool {
     name.starts_with(RESERVED_PREFIX)

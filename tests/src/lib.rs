@@ -881,7 +881,20 @@ impl Cli {
     /// `cairn ARGS…` with this CLI's home, stdin from /dev/null (change it
     /// before spawning if needed).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&bins().cairn);
+        self.command_under(&[], args)
+    }
+
+    /// [`Cli::command`] run by `wrapper` (e.g. `["prlimit", "--stack=1048576", "--"]`):
+    /// `WRAPPER… cairn ARGS…`.
+    pub fn command_under(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(&bins().cairn),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&bins().cairn);
+                c
+            }
+        };
         cmd.args(args)
             .env("CAIRN_HOME", self.home.path())
             .env("NO_COLOR", "1")
@@ -914,9 +927,28 @@ impl Cli {
         self.run_with_input(args, Some(input.to_vec()), self.timeout)
     }
 
+    /// `cairn -C DIR ARGS…` run by `wrapper` (see [`Cli::command_under`]),
+    /// remembering DIR for cleanup.
+    pub fn run_in_under(&self, wrapper: &[&str], dir: &Path, args: &[&str]) -> Output {
+        self.track(dir);
+        let d = dir.to_string_lossy().to_string();
+        let mut all = vec!["-C", d.as_str()];
+        all.extend_from_slice(args);
+        self.run_command(self.command_under(wrapper, &all), &all, None, self.timeout)
+    }
+
     fn run_with_input(&self, args: &[&str], input: Option<Vec<u8>>, timeout: Duration) -> Output {
+        self.run_command(self.command(args), args, input, timeout)
+    }
+
+    fn run_command(
+        &self,
+        mut cmd: Command,
+        args: &[&str],
+        input: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Output {
         let started = Instant::now();
-        let mut cmd = self.command(args);
         if input.is_some() {
             cmd.stdin(Stdio::piped());
         }

@@ -11,6 +11,7 @@
 #                     "BYTES SHA256\n"
 #   GET  /stream?n=N&ms=M   N chunks "chunk K\n", M ms apart (chunked)
 #   GET  /ws          a websocket that echoes every message
+#   GET  /env         {"pid": its pid, "env": its environment} as JSON
 #
 # HTTP/1.1 with keep-alive, one thread per connection, on $PORT.
 import base64
@@ -47,6 +48,8 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         if url.path == "/":
             self.reply("instance %s v%s\n" % (INSTANCE, DEPLOYMENT))
+        elif url.path == "/env":
+            self.reply(json.dumps({"pid": os.getpid(), "env": dict(os.environ)}), "application/json")
         elif url.path == "/empty":
             self.send_response(204)
             self.end_headers()

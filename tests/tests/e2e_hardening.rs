@@ -125,3 +125,86 @@ fn an_app_name_taken_by_another_project_is_refused_and_apps_and_projects_can_be_
         .fails();
     assert!(again.stderr.contains("no project"), "{again}");
 }
+
+fn app_env(url: &str) -> Option<(u64, serde_json::Map<String, serde_json::Value>)> {
+    let r = http_get(&format!(
+        "{}env",
+        url.trim_end_matches('/').to_string() + "/"
+    ))
+    .ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+    Some((v["pid"].as_u64()?, v["env"].as_object()?.clone()))
+}
+
+/// Item 2: 60 KB values accepted one by one used to make every instance
+/// fail to start (E2BIG) and crash-loop. Now the node refuses a change past
+/// `MAX_ENV_BYTES` (512 KiB), naming the size and the limit; and an instance
+/// that cannot start with a change its node accepted (here: deployed with a
+/// 1 MiB stack, so the kernel allows it only 256 KiB of arguments and
+/// environment) keeps running with the previous configuration and says why
+/// in its logs.
+#[test]
+fn config_an_instance_cannot_start_with_leaves_it_running_and_too_much_is_refused() {
+    let node = NodeProc::start_new();
+    let cli = Cli::new();
+    cli.connect_to(&node, "dev");
+    let app = webapp(1);
+    let dir = app.path();
+    let up = cli
+        .run_in_under(&["prlimit", "--stack=1048576", "--"], dir, &["up"])
+        .ok();
+    let release = up.field("Release URL").expect("Release URL");
+    assert_eventually!(app_env(&release).is_some(), WITHIN);
+
+    let big = "x".repeat(60 * 1024);
+    let set = |name: &str| cli.run_in(dir, &["config", "set", &format!("{name}={big}")]);
+    // Values the node accepts until the instance's kernel limit is passed:
+    // up to BIG3 the app restarts with them, BIG4 does not fit in 256 KiB.
+    for i in 0..5 {
+        set(&format!("BIG{i}")).ok();
+        if i < 4 {
+            let name = format!("BIG{i}");
+            assert_eventually!(
+                app_env(&release).is_some_and(|(_, env)| env.contains_key(&name)),
+                WITHIN
+            );
+        }
+    }
+    let (pid, _) = app_env(&release).expect("answers");
+    assert_eventually!(
+        cli.run_in(dir, &["logs"])
+            .stdout
+            .contains("keeps running with the previous configuration"),
+        WITHIN
+    );
+    let logs = cli.run_in(dir, &["logs"]).ok();
+    assert!(
+        logs.stdout.contains("the app cannot start with it") && logs.stdout.contains("over the"),
+        "{logs}"
+    );
+    // Still the same process, still answering, with the configuration it had.
+    let (pid_now, env) = app_env(&release).expect("the app stopped answering");
+    assert_eq!(pid_now, pid, "the app was restarted");
+    assert!(env.contains_key("BIG3") && !env.contains_key("BIG4"));
+
+    // The node takes values while the app's environment stays within
+    // 512 KiB (8 of these), and refuses the next one.
+    for i in 5..8 {
+        set(&format!("BIG{i}")).ok();
+    }
+    let refused = set("BIG8").fails();
+    assert!(
+        refused.stderr.contains("environment of app web")
+            && refused.stderr.contains("over the limit of 524288 bytes"),
+        "{refused}"
+    );
+    let listed = cli.run_in(dir, &["config", "list", "--json"]).ok();
+    assert!(
+        listed.stdout.contains("BIG7") && !listed.stdout.contains("BIG8"),
+        "{listed}"
+    );
+    assert_eq!(app_env(&release).map(|(p, _)| p), Some(pid));
+}

@@ -23,6 +23,7 @@ use cairn_protocol::types::{
 };
 use serde::{Deserialize, Serialize};
 
+mod env_limit;
 mod remove;
 #[cfg(test)]
 mod tests;
@@ -489,6 +490,9 @@ impl State {
                 }
             }
             Command::SetConfig { var } => {
+                if let Err(e) = self.check_env_size(var) {
+                    return Response::Error(e);
+                }
                 self.config
                     .insert((var.scope.clone(), var.name.clone()), var.clone());
                 Response::Ok

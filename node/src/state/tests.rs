@@ -1311,3 +1311,64 @@ fn removing_an_app_waits_for_its_deployments_and_jobs_then_takes_every_record() 
         Response::Error(e) if e.contains("no project")
     ));
 }
+
+#[test]
+fn a_config_change_that_would_make_an_apps_environment_too_large_is_refused() {
+    use cairn_protocol::config::MAX_ENV_BYTES;
+    let mut st = State::default();
+    running_job(&mut st, "web"); // hello/web exists
+    let app = ConfigScope::App {
+        project: "hello".into(),
+        app: "web".into(),
+    };
+    let set = |st: &mut State, scope: &ConfigScope, name: &str, len: usize| {
+        st.apply(&req(
+            1,
+            Command::SetConfig {
+                var: ConfigVar {
+                    scope: scope.clone(),
+                    name: name.into(),
+                    value: "x".repeat(len),
+                    secret: false,
+                },
+            },
+        ))
+    };
+    // 60 KB values, one by one: accepted while the total fits.
+    let value = 60 * 1024;
+    let fit = MAX_ENV_BYTES / (value + 16);
+    for i in 0..fit {
+        assert_eq!(set(&mut st, &app, &format!("BIG{i}"), value), Response::Ok);
+    }
+    let before = st.clone();
+    let Response::Error(e) = set(&mut st, &app, "ONE_MORE", value) else {
+        panic!("an environment past the limit was accepted")
+    };
+    assert!(
+        e.contains("app web") && e.contains(&format!("limit of {MAX_ENV_BYTES} bytes")),
+        "{e}"
+    );
+    assert_eq!(st, before, "a refused change changed the state");
+    // Replacing a value with one of the same size is fine (it is not counted
+    // twice), and so is a small one.
+    assert_eq!(set(&mut st, &app, "BIG0", value), Response::Ok);
+    assert_eq!(set(&mut st, &app, "SMALL", 10), Response::Ok);
+    // A project-wide value counts for every app of the project…
+    let project = ConfigScope::Project("hello".into());
+    assert!(matches!(
+        set(&mut st, &project, "SHARED", value),
+        Response::Error(e) if e.contains("app web")
+    ));
+    // …unless the app overrides the same name (its value is the one used).
+    assert_eq!(set(&mut st, &project, "BIG1", value), Response::Ok);
+    // Other projects are not affected.
+    assert_eq!(
+        set(
+            &mut st,
+            &ConfigScope::Project("other".into()),
+            "SHARED",
+            value
+        ),
+        Response::Ok
+    );
+}
