@@ -126,9 +126,20 @@ impl Cluster {
             let token = c.join_token().await?;
             let via = c.nodes[0].addr.to_string();
             let ca = c.ca_fingerprint.clone();
+            // The token goes in through a 0600 file, never argv.
+            let token_file = c.nodes[i].data_dir.with_extension("join-token");
+            cairn_protocol::private::write(&token_file, token.as_bytes())?;
+            let token_file = token_file.display().to_string();
             c.spawn(
                 i,
-                &["--join", &via, "--join-token", &token, "--join-ca", &ca],
+                &[
+                    "--join",
+                    &via,
+                    "--join-token-file",
+                    &token_file,
+                    "--join-ca",
+                    &ca,
+                ],
             )?;
             c.wait_ready(i).await?;
         }

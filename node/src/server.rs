@@ -6,7 +6,7 @@
 //! `Node::stop` cancels every task and waits a bounded time.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,8 +70,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Join(#[from] join::JoinError),
-    #[error("--join needs --join-token and --join-ca")]
-    JoinArgs,
+    #[error("{0}")]
+    JoinArgs(String),
     #[error("cannot restore from {path}: {message}")]
     Restore { path: PathBuf, message: String },
     #[error("ingress: {0}")]
@@ -103,10 +103,17 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     /// Join the cluster of the node at this address (instead of creating a
     /// new cluster). Only used on the first start; a joined node remembers.
-    #[arg(long, requires_all = ["join_token", "join_ca"])]
+    #[arg(long, requires = "join_ca")]
     pub join: Option<String>,
-    /// A join token from `cairn server join-token`.
-    #[arg(long, env = "CAIRN_JOIN_TOKEN", hide_env_values = true)]
+    /// A file holding the join token from `cairn server join-token` (keep it
+    /// mode 0600). Or put the token in the environment as CAIRN_JOIN_TOKEN.
+    /// It is never taken on the command line, which every local user can
+    /// read in /proc while the node runs.
+    #[arg(long, value_name = "FILE", requires = "join")]
+    pub join_token_file: Option<PathBuf>,
+    /// The join token itself, when the node is started in-process (tests);
+    /// `cairn-node` reads it from `--join-token-file` or CAIRN_JOIN_TOKEN.
+    #[arg(skip)]
     pub join_token: Option<String>,
     /// The cluster CA fingerprint (`sha256:…`) to pin while joining.
     #[arg(long)]
@@ -171,6 +178,7 @@ impl NodeConfig {
             advertise: None,
             join: None,
             join_token: None,
+            join_token_file: None,
             join_ca: None,
             leave_on_shutdown: None,
             restore: None,
@@ -214,20 +222,54 @@ impl NodeConfig {
         t
     }
 
-    /// `Err(())` when `--join` lacks its token or CA fingerprint.
-    fn join_target(&self) -> Result<Option<join::JoinTarget>, ()> {
+    /// Where to join, with the token from `join_token`, `--join-token-file`
+    /// or `CAIRN_JOIN_TOKEN` (in that order); an error when `--join` lacks
+    /// its token or CA fingerprint.
+    fn join_target(&self) -> Result<Option<join::JoinTarget>, String> {
         let Some(addr) = &self.join else {
             return Ok(None);
         };
-        match (&self.join_token, &self.join_ca) {
-            (Some(token), Some(ca)) => Ok(Some(join::JoinTarget {
-                addr: addr.clone(),
-                token: token.clone(),
-                ca_fingerprint: ca.clone(),
-            })),
-            _ => Err(()),
-        }
+        let token = match (&self.join_token, &self.join_token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(path)) => read_token_file(path)?,
+            (None, None) => std::env::var("CAIRN_JOIN_TOKEN")
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    "--join needs a join token: --join-token-file FILE, or CAIRN_JOIN_TOKEN in the environment (`cairn server join-token` prints the command)".to_string()
+                })?,
+        };
+        let Some(ca) = &self.join_ca else {
+            return Err("--join needs --join-ca sha256:…".into());
+        };
+        Ok(Some(join::JoinTarget {
+            addr: addr.clone(),
+            token,
+            ca_fingerprint: ca.clone(),
+        }))
     }
+}
+
+/// The token in a `--join-token-file`; refused when other users may read
+/// the file (the token admits a node that receives every secret).
+fn read_token_file(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by other users (mode {mode:o}): the join token must be kept private (chmod 600 {})",
+            path.display(),
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(format!("{} holds no join token", path.display()));
+    }
+    Ok(token)
 }
 
 /// Shared by every task of a node.
@@ -330,7 +372,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
     };
     let identity = match identity::load(&cfg.data_dir)? {
         Some(id) => id,
-        None => match cfg.join_target().map_err(|()| NodeError::JoinArgs)? {
+        None => match cfg.join_target().map_err(NodeError::JoinArgs)? {
             Some(target) => join::obtain_identity(&cfg.data_dir, &target, &advertise).await?,
             None => match &restored {
                 Some((_, ca)) => {
@@ -800,6 +842,9 @@ async fn accept_loop(ctx: Arc<Ctx>, endpoint: quinn::Endpoint, shutdown: Cancell
 pub struct Principal {
     pub name: String,
     pub scope: TokenScope,
+    /// The hash of the token the connection was admitted with (empty for
+    /// peers): what a single-use token is consumed by.
+    pub token_hash: String,
 }
 
 /// Per-connection state shared by its streams.
@@ -979,6 +1024,7 @@ async fn authenticate(
     Ok(Principal {
         name,
         scope: rec.scope,
+        token_hash: hash,
     })
 }
 

@@ -220,27 +220,29 @@ impl Cluster {
         let boot = std::fs::read_to_string(n1.bootstrap_file()).expect("bootstrap token");
         let user = user_token(n1.addr(), &ca, boot.trim()).await;
         let s = connect(n1.addr(), &ca, &user).await.expect("user connects");
-        let ClientResponse::Token { token: join } = call(
-            &s,
-            ClientRequest::CreateToken {
-                scope: TokenScope::Join,
-                name: "test".into(),
-                ttl_s: None,
-            },
-        )
-        .await
-        else {
-            panic!("no join token")
-        };
-        s.conn.close(0u32.into(), b"bye");
         let mut procs = vec![n1];
         for name in ["n2", "n3"] {
+            // A join token admits one node: one each.
+            let ClientResponse::Token { token: join } = call(
+                &s,
+                ClientRequest::CreateToken {
+                    scope: TokenScope::Join,
+                    name: "test".into(),
+                    ttl_s: None,
+                },
+            )
+            .await
+            else {
+                panic!("no join token")
+            };
+            let token_file = root.path().join(format!("{name}.join-token"));
+            cairn_protocol::private::write(&token_file, join.as_bytes()).expect("token file");
             let mut args = extra.clone();
             args.extend([
                 "--join".to_string(),
                 procs[0].addr().to_string(),
-                "--join-token".into(),
-                join.clone(),
+                "--join-token-file".into(),
+                token_file.display().to_string(),
                 "--join-ca".into(),
                 ca.clone(),
             ]);
@@ -249,6 +251,7 @@ impl Cluster {
             assert_eq!(p.ready().ca_fingerprint, ca);
             procs.push(p);
         }
+        s.conn.close(0u32.into(), b"bye");
         let c = Cluster {
             procs,
             ca,

@@ -551,6 +551,82 @@ async fn joining_with_a_bad_token_or_the_wrong_ca_fails_cleanly() {
     c.stop_all().await;
 }
 
+/// Issue 13, item 3: a join token used to admit any number of nodes for
+/// 24 h. Now it admits one (two nodes racing with one token: one joins, the
+/// other is refused and stores no identity) and expires after minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_token_admits_one_node_and_expires() {
+    let c = Cluster::start(1).await;
+    let token = c.join_token().await;
+    let via = c.members[0].addr().to_string();
+    let joiner = |token: String| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = config(&dir);
+        cfg.join = Some(via.clone());
+        cfg.join_token = Some(token);
+        cfg.join_ca = Some(c.ca_fingerprint.clone());
+        (dir, cfg)
+    };
+    let (dir_a, cfg_a) = joiner(token.clone());
+    let (dir_b, cfg_b) = joiner(token);
+    let (a, b) = tokio::join!(cairn_node::start(cfg_a), cairn_node::start(cfg_b));
+    let (joined, refused, refused_dir) = match (a, b) {
+        (Ok(n), Err(e)) => (n, e, dir_b),
+        (Err(e), Ok(n)) => (n, e, dir_a),
+        (Ok(_), Ok(_)) => panic!("one join token admitted two nodes"),
+        (Err(a), Err(b)) => panic!("neither joined: {a}; {b}"),
+    };
+    assert!(
+        refused.to_string().contains("used already") || refused.to_string().contains("not valid"),
+        "{refused}"
+    );
+    assert!(
+        !refused_dir.path().join("node.json").exists(),
+        "the refused node stored an identity"
+    );
+    assert_eq!(joined.ca_fingerprint, c.ca_fingerprint);
+
+    // A token whose lifetime ended admits nobody.
+    let s = c.client(0).await;
+    let ClientResponse::Token { token: short } = call(
+        &s,
+        ClientRequest::CreateToken {
+            scope: TokenScope::Join,
+            name: "short".into(),
+            ttl_s: Some(1),
+        },
+    )
+    .await
+    else {
+        panic!("no token")
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (dir_c, cfg_c) = joiner(short);
+    let err = cairn_node::start(cfg_c)
+        .await
+        .err()
+        .expect("expired token refused");
+    assert!(err.to_string().contains("not valid"), "{err}");
+    assert!(!dir_c.path().join("node.json").exists());
+    // The default lifetime is minutes, not a day.
+    let tokens = c.members[0]
+        .node
+        .as_ref()
+        .expect("running")
+        .ctx
+        .raft
+        .read_local(|st| st.tokens.values().cloned().collect::<Vec<_>>());
+    let default = tokens
+        .iter()
+        .find(|t| t.scope == TokenScope::Join && t.name == "test")
+        .expect("the first join token");
+    let ttl = default.expires_ms.expect("expires") - default.created_ms;
+    assert_eq!(ttl, cairn_node::services::cluster::JOIN_TOKEN_TTL_S * 1000);
+    assert!(ttl <= 15 * 60 * 1000, "{ttl}");
+    joined.stop().await;
+    c.stop_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idempotent_write_retried_through_another_node_applies_once() {
     let c = Cluster::start(3).await;

@@ -7,6 +7,7 @@ pub mod frame;
 pub mod handshake;
 pub mod instance;
 pub mod pki;
+pub mod private;
 pub mod rpc;
 pub mod socket;
 pub mod token;

@@ -353,8 +353,7 @@ impl TestCluster {
                 NodeProc::builder()
                     .arg("--join")
                     .arg(&via)
-                    .arg("--join-token")
-                    .arg(&join)
+                    .env("CAIRN_JOIN_TOKEN", &join)
                     .arg("--join-ca")
                     .arg(&ca)
                     .spawn(),

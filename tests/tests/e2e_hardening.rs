@@ -208,3 +208,115 @@ fn config_an_instance_cannot_start_with_leaves_it_running_and_too_much_is_refuse
     );
     assert_eq!(app_env(&release).map(|(p, _)| p), Some(pid));
 }
+
+/// Item 3: `cairn server join-token` used to print a command passing the
+/// token as `--join-token`, readable by every local user in
+/// `/proc/PID/cmdline`, and the token joined any number of nodes for 24 h.
+/// Now the printed command passes it in the environment (or a 0600 file),
+/// `cairn-node` takes it no other way, and it admits one node.
+#[test]
+fn a_join_token_stays_out_of_argv_and_admits_one_node() {
+    let first = NodeProc::start_new();
+    let admin = Cli::new();
+    admin.connect_to(&first, "n0");
+    let out = admin.run(&["server", "join-token"]).ok();
+    assert!(
+        out.stdout.contains("admits one node, valid for 10 min"),
+        "{out}"
+    );
+    let token = out
+        .stdout
+        .lines()
+        .nth(1)
+        .expect("the token line")
+        .trim()
+        .to_string();
+    let command = out
+        .stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| l.contains("cairn-node"))
+        .expect("the command");
+    assert!(
+        command.starts_with(&format!("CAIRN_JOIN_TOKEN={token} cairn-node ")),
+        "{command}"
+    );
+    assert_eq!(command.matches(&token).count(), 1, "{command}");
+    assert!(!command.contains("--join-token "), "{command}");
+
+    // The printed command, as printed (the token in the environment).
+    let mut args: Vec<&str> = command.split_whitespace().skip(2).collect::<Vec<_>>();
+    // DIR and ADDR are the builder's own.
+    for flag in ["--data-dir", "--listen"] {
+        let i = args.iter().position(|a| *a == flag).expect("flag");
+        args.drain(i..i + 2);
+    }
+    let mut b = NodeProc::builder().env("CAIRN_JOIN_TOKEN", &token);
+    for a in &args {
+        b = b.arg(a);
+    }
+    let second = b.spawn();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", second.pid())).expect("cmdline");
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains(&token),
+        "the token is in the node's argv"
+    );
+    assert_eventually!(
+        admin.json(&["server", "members"]).as_array().map(Vec::len) == Some(2),
+        WITHIN
+    );
+
+    // The same token again: refused, and the node says why and exits.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let again = std::process::Command::new(&cairn_tests::bins().node)
+        .args(["--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--no-ingress"])
+        .args(&args)
+        .env("CAIRN_JOIN_TOKEN", &token)
+        .output()
+        .expect("run cairn-node");
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("not valid") || err.contains("used already"),
+        "{err}"
+    );
+    assert!(!dir.path().join("data/node.json").exists());
+
+    // `--out FILE` writes a 0600 file for `--join-token-file`; a file
+    // others can read is refused.
+    let file = dir.path().join("join.token");
+    let out = admin
+        .run(&[
+            "server",
+            "join-token",
+            "--out",
+            file.to_str().expect("utf-8"),
+        ])
+        .ok();
+    assert!(out.stdout.contains("--join-token-file"), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).expect("file").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let loose = std::process::Command::new(&cairn_tests::bins().node)
+        .arg("--data-dir")
+        .arg(dir.path().join("data2"))
+        .args(["--listen", "127.0.0.1:0", "--no-ingress"])
+        .args(&args)
+        .arg("--join-token-file")
+        .arg(&file)
+        .env_remove("CAIRN_JOIN_TOKEN")
+        .output()
+        .expect("run cairn-node");
+    assert!(!loose.status.success());
+    let err = String::from_utf8_lossy(&loose.stderr);
+    assert!(err.contains("readable by other users"), "{err}");
+    // And the flag that put it in argv is gone.
+    let argv = std::process::Command::new(&cairn_tests::bins().node)
+        .args(["--join-token", "x"])
+        .output()
+        .expect("run cairn-node");
+    assert!(!argv.status.success());
+}

@@ -8,8 +8,16 @@ use cairn_protocol::types::TokenScope;
 use super::Global;
 use crate::client;
 
-/// Mint a join token and print the `cairn-node` command that uses it.
-pub async fn join_token(g: &Global, name: &str, ttl_s: Option<u64>) -> anyhow::Result<i32> {
+/// Mint a join token and print the `cairn-node` command that uses it. The
+/// command passes the token through the environment (or a 0600 file with
+/// `out`), never as an argument: any local user can read a process's
+/// arguments in /proc while it runs.
+pub async fn join_token(
+    g: &Global,
+    name: &str,
+    ttl_s: Option<u64>,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<i32> {
     let ctx = client::resolve(g.context.as_deref(), true).await?;
     let mut s = client::connect(&ctx).await?;
     let r = s
@@ -23,20 +31,39 @@ pub async fn join_token(g: &Global, name: &str, ttl_s: Option<u64>) -> anyhow::R
     let ClientResponse::Token { token } = r else {
         anyhow::bail!("unexpected answer from the node: {r:?}")
     };
-    println!("Join token (valid for {}):", ttl_text(ttl_s));
-    println!("  {token}");
-    println!("Start a new node with:");
     println!(
-        "  cairn-node --data-dir DIR --listen ADDR --join {} --join-token {token} --join-ca {}",
+        "Join token (admits one node, valid for {}):",
+        ttl_text(ttl_s)
+    );
+    println!("  {token}");
+    let node = format!(
+        "cairn-node --data-dir DIR --listen ADDR --join {} --join-ca {}",
         ctx.address, ctx.ca_fingerprint
     );
+    match out {
+        Some(path) => {
+            cairn_protocol::private::write(path, format!("{token}\n").as_bytes())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            println!(
+                "Written to {} (mode 0600). Start the new node with:",
+                path.display()
+            );
+            println!("  {node} --join-token-file {}", path.display());
+        }
+        None => {
+            println!("Start the new node with (the token goes in through the environment, not the command line):");
+            println!("  CAIRN_JOIN_TOKEN={token} {node}");
+        }
+    }
     Ok(0)
 }
 
 fn ttl_text(ttl_s: Option<u64>) -> String {
-    let s = ttl_s.unwrap_or(24 * 3600);
-    if s.checked_rem(3600) == Some(0) {
+    let s = ttl_s.unwrap_or(10 * 60);
+    if s >= 3600 && s.is_multiple_of(3600) {
         format!("{} h", s / 3600)
+    } else if s >= 60 && s.is_multiple_of(60) {
+        format!("{} min", s / 60)
     } else {
         format!("{s} s")
     }

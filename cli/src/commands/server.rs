@@ -18,14 +18,18 @@ pub enum ServerCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Mint a token that lets a new node join this cluster.
+    /// Mint a token that lets one new node join this cluster (it is used up
+    /// when that node gets its certificate) and print the command to start it.
     JoinToken {
         /// A name to recognise the token by.
         #[arg(long, default_value = "join")]
         name: String,
-        /// Lifetime in seconds (default: 24 hours).
+        /// Lifetime in seconds (default: 10 minutes).
         #[arg(long)]
         ttl: Option<u64>,
+        /// Also write the token to FILE (mode 0600), for `cairn-node --join-token-file FILE`.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
     },
     /// List the cluster's members (id, address, role, leader, progress).
     Members {
@@ -74,7 +78,9 @@ pub async fn run(g: &Global, cmd: &ServerCmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        ServerCmd::JoinToken { name, ttl } => super::cluster::join_token(g, name, *ttl).await,
+        ServerCmd::JoinToken { name, ttl, out } => {
+            super::cluster::join_token(g, name, *ttl, out.as_deref()).await
+        }
         ServerCmd::Members { json } => super::cluster::members(g, *json).await,
         ServerCmd::Remove { node } => super::cluster::remove(g, *node).await,
         ServerCmd::Snapshot(SnapshotCmd::Save { file }) => {

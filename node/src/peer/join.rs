@@ -1,4 +1,4 @@
-//! The joining node's side of `cairn-node --join ADDR --join-token T
+//! The joining node's side of `CAIRN_JOIN_TOKEN=T cairn-node --join ADDR
 //! --join-ca FINGERPRINT`:
 //!
 //! 1. [`obtain_identity`]: make a key and a CSR, connect to ADDR as a client

@@ -10,8 +10,9 @@ use crate::peer::{self, LeaderRequest, LeaderResponse};
 use crate::server::{ConnSession, Ctx};
 use crate::state::Command;
 
-/// Join tokens expire after a day unless asked otherwise.
-pub const JOIN_TOKEN_TTL_S: u64 = 24 * 3600;
+/// Join tokens expire after 10 minutes unless asked otherwise (and each
+/// admits one node).
+pub const JOIN_TOKEN_TTL_S: u64 = 10 * 60;
 /// Longest token name accepted.
 pub const MAX_TOKEN_NAME: usize = 128;
 
@@ -78,7 +79,10 @@ pub async fn create_token(
 }
 
 /// A joining node asks for its certificate (the connection was made with a
-/// join token). The leader signs it.
+/// join token). The leader signs it; then the token is consumed through
+/// Raft, and only if that commits does the joiner get the certificate. So
+/// of several nodes presenting one token, one joins; and a request that
+/// cannot be signed does not use the token up.
 pub async fn join(
     ctx: &Arc<Ctx>,
     s: &ConnSession,
@@ -95,10 +99,23 @@ pub async fn join(
         node_id,
         peer_addr,
     };
-    match peer::on_leader(ctx, req).await {
-        Ok(LeaderResponse::JoinGrant(g)) => ClientResponse::Joined(Box::new(g)),
-        Ok(other) => unexpected(other),
-        Err(e) => error(e.to_string()),
+    let grant = match peer::on_leader(ctx, req).await {
+        Ok(LeaderResponse::JoinGrant(g)) => g,
+        Ok(other) => return unexpected(other),
+        Err(e) => return error(e.to_string()),
+    };
+    let consume = Command::ConsumeJoinToken {
+        hash: s.principal.token_hash.clone(),
+    };
+    match ctx.write(consume).await {
+        Ok(_) => {
+            tracing::info!(node = format!("{node_id:x}"), principal = %s.principal.name, "join token used");
+            ClientResponse::Joined(Box::new(grant))
+        }
+        Err(message) => {
+            tracing::warn!(node = format!("{node_id:x}"), principal = %s.principal.name, %message, "join refused");
+            error(message)
+        }
     }
 }
 

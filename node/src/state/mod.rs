@@ -175,6 +175,12 @@ pub enum Command {
         project: String,
         app: Option<String>,
     },
+    /// Use up a join token: refused when it is not a valid (unexpired,
+    /// unrevoked) join token, so of the nodes that present one only the first
+    /// gets its certificate.
+    ConsumeJoinToken {
+        hash: String,
+    },
 }
 
 /// Why `name` is not a host name the URL service can serve: lowercase
@@ -605,6 +611,19 @@ impl State {
                 None => Response::Error(format!("no hostname {name} is registered")),
             },
             Command::RemoveApps { project, app } => self.remove_apps(project, app.as_deref()),
+            Command::ConsumeJoinToken { hash } => match self.tokens.get_mut(hash) {
+                Some(t)
+                    if t.scope == TokenScope::Join
+                        && !t.revoked
+                        && t.expires_ms.is_none_or(|e| e > now) =>
+                {
+                    t.revoked = true;
+                    Response::Ok
+                }
+                _ => Response::Error(
+                    "the join token was used already or has expired (a join token admits one node): make a new one with `cairn server join-token`".into(),
+                ),
+            },
         }
     }
 

@@ -87,11 +87,13 @@ impl Cluster {
                 ]
             } else {
                 let token = c.join_token().await?;
+                let token_file = dir.join("join.token");
+                cairn_protocol::private::write(&token_file, token.as_bytes())?;
                 vec![
                     "--join".into(),
                     c.addrs[0].clone(),
-                    "--join-token".into(),
-                    token,
+                    "--join-token-file".into(),
+                    token_file.display().to_string(),
                     "--join-ca".into(),
                     c.ca.clone(),
                 ]
