@@ -153,6 +153,12 @@ pub struct NodeConfig {
     /// trust; kept across restarts).
     #[arg(long, conflicts_with = "ingress_tls_cert")]
     pub ingress_tls_self_signed: bool,
+    /// The most connections the ingress holds open. At the limit the
+    /// longest-idle ones are closed to make room for new ones. Lowered to
+    /// fit the process's open-files limit (less a reserve) when that is
+    /// smaller.
+    #[arg(long, value_name = "N", default_value_t = crate::ingress::limits::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ingress_max_connections: u64,
     /// TEST-ONLY knob, hidden from `--help`: build a Raft snapshot every N
     /// applied entries, whatever the state's size, instead of the default
     /// cadence (`raft::cadence`). Lets tests make a follower fall behind the
@@ -191,6 +197,7 @@ impl NodeConfig {
             ingress_tls_cert: None,
             ingress_tls_key: None,
             ingress_tls_self_signed: false,
+            ingress_max_connections: crate::ingress::limits::DEFAULT_MAX_CONNECTIONS as u64,
         }
     }
 
@@ -530,7 +537,22 @@ async fn bind_ingress(cfg: &NodeConfig) -> Result<Option<crate::ingress::Ingress
         )?),
         _ => None,
     };
-    crate::ingress::Ingress::bind(addr, &cfg.domain, tls)
+    let fds = crate::ingress::limits::raise_fd_limit();
+    let wanted = usize::try_from(cfg.ingress_max_connections).unwrap_or(usize::MAX);
+    let max_connections = crate::ingress::limits::clamp_to_fds(wanted, fds);
+    if max_connections < wanted {
+        tracing::warn!(
+            wanted,
+            max_connections,
+            open_files_limit = fds,
+            "the ingress connection limit is lowered to fit the open-files limit"
+        );
+    }
+    let limits = crate::ingress::limits::Limits {
+        max_connections,
+        ..Default::default()
+    };
+    crate::ingress::Ingress::bind(addr, &cfg.domain, tls, limits)
         .await
         .map(Some)
         .map_err(|source| NodeError::IngressBind { addr, source })

@@ -61,6 +61,8 @@ pub struct Bins {
     pub cairn: PathBuf,
     pub node: PathBuf,
     pub entrypoint: PathBuf,
+    /// `tests/src/bin/conn-flood.rs`: holds idle connections (the ingress soak).
+    pub conn_flood: PathBuf,
 }
 
 /// The workspace root (for `examples/`).
@@ -135,6 +137,7 @@ pub fn bins() -> &'static Bins {
             cairn: profile_dir.join("cairn"),
             node: profile_dir.join("cairn-node"),
             entrypoint: profile_dir.join("cairn-entrypoint"),
+            conn_flood: profile_dir.join("conn-flood"),
         };
         assert!(bins.cairn.exists(), "{} missing", bins.cairn.display());
         assert!(bins.node.exists(), "{} missing", bins.node.display());

@@ -320,3 +320,91 @@ fn a_join_token_stays_out_of_argv_and_admits_one_node() {
         .expect("run cairn-node");
     assert!(!argv.status.success());
 }
+
+/// How long until the node closes `s` (reads until EOF or an error),
+/// writing `trickle` one byte a second meanwhile (if any).
+fn closed_after(mut s: std::net::TcpStream, trickle: &[u8]) -> Duration {
+    use std::io::{Read, Write};
+    let started = std::time::Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let mut i = 0;
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return started.elapsed(),
+        }
+        if started.elapsed() > Duration::from_secs(40) {
+            panic!("still open after 40 s");
+        }
+        if i < trickle.len() && s.write_all(&trickle[i..i + 1]).is_err() {
+            return started.elapsed();
+        }
+        i += 1;
+    }
+}
+
+fn ingress_addr(node: &NodeProc) -> std::net::SocketAddr {
+    let url = node.url("x.localhost");
+    let port: u16 = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Item 4 (each phase's timeout): a connection that sends nothing, one that
+/// trickles a request head a byte a second, and a TLS connection that sends
+/// half a ClientHello were never closed. Now the first two go at the header
+/// timeout (15 s) and the third at the handshake timeout (10 s).
+#[test]
+fn silent_slow_header_and_half_handshake_connections_are_closed() {
+    let plain = NodeProc::start_new();
+    let tls = NodeProc::builder().arg("--ingress-tls-self-signed").spawn();
+    let connect = |n: &NodeProc| std::net::TcpStream::connect(ingress_addr(n)).expect("connect");
+    let silent = std::thread::spawn({
+        let s = connect(&plain);
+        move || closed_after(s, b"")
+    });
+    let slow = std::thread::spawn({
+        let s = connect(&plain);
+        move || {
+            closed_after(s, b"GET / HTTP/1.1\r\nHost: web.localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+        }
+    });
+    // The first bytes of a TLS 1.2/1.3 ClientHello record, then nothing.
+    let half_hello = std::thread::spawn({
+        let mut s = connect(&tls);
+        std::io::Write::write_all(&mut s, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+            .expect("write");
+        move || closed_after(s, b"")
+    });
+    let silent = silent.join().expect("silent");
+    let slow = slow.join().expect("slow");
+    let half_hello = half_hello.join().expect("half hello");
+    let window =
+        |d: Duration, t: u64| d >= Duration::from_secs(t - 1) && d <= Duration::from_secs(t + 3);
+    assert!(
+        window(silent, 15),
+        "silent connection closed after {silent:?}"
+    );
+    assert!(
+        window(slow, 15),
+        "slow-header connection closed after {slow:?}"
+    );
+    assert!(
+        window(half_hello, 10),
+        "half handshake closed after {half_hello:?}"
+    );
+    // And the node still answers.
+    assert_eq!(status(&plain.url("nothing.localhost")), 404);
+}

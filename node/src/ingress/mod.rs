@@ -16,6 +16,7 @@
 //! - Unknown host: 404; known but nothing can answer: a readable 502.
 
 pub mod h1;
+pub mod limits;
 pub mod pages;
 pub mod proxy;
 pub mod route;
@@ -30,12 +31,13 @@ use cairn_protocol::api::IngressInfo;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::Ctx;
+use limits::{Limits, Registry};
 use proxy::{Body, Pool};
 
 /// The ingress's default port.
@@ -61,6 +63,8 @@ struct Shared {
     pool: Pool,
     /// Round-robin position, shared by every deployment.
     next: AtomicUsize,
+    limits: Limits,
+    conns: Arc<Registry>,
 }
 
 impl Ingress {
@@ -70,8 +74,20 @@ impl Ingress {
         addr: SocketAddr,
         domain: &str,
         tls: Option<Arc<rustls::ServerConfig>>,
+        limits: Limits,
     ) -> std::io::Result<Ingress> {
-        let listener = TcpListener::bind(addr).await?;
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // A deeper backlog than tokio's 1024: a burst of connections waits
+        // to be accepted instead of having its handshakes dropped (which
+        // costs a client a 1 s SYN retransmission). The kernel caps it at
+        // net.core.somaxconn.
+        let listener = socket.listen(LISTEN_BACKLOG)?;
         Ok(Ingress {
             listener,
             shared: Arc::new(Shared {
@@ -80,6 +96,8 @@ impl Ingress {
                 tls: tls.map(tokio_rustls::TlsAcceptor::from),
                 pool: Pool::default(),
                 next: AtomicUsize::new(0),
+                conns: Registry::new(limits.max_connections),
+                limits,
             }),
         })
     }
@@ -93,60 +111,120 @@ impl Ingress {
         })
     }
 
-    /// Accepts connections until `shutdown`.
+    /// Accepts connections until `shutdown`. At the connection limit the
+    /// longest-idle connections make room (see [`limits`]); an accept error
+    /// (out of descriptors, say) backs off instead of spinning.
     pub async fn run(self, ctx: Arc<Ctx>, shutdown: CancellationToken) {
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        let mut last_warned: Option<tokio::time::Instant> = None;
         loop {
             let (tcp, client) = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 a = self.listener.accept() => match a {
-                    Ok(a) => a,
+                    Ok(a) => {
+                        backoff = ACCEPT_BACKOFF_MIN;
+                        a
+                    }
                     Err(e) => {
-                        tracing::debug!(error = %e, "ingress accept failed");
+                        if last_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                            tracing::warn!(error = %e, open = self.shared.conns.len(), "ingress cannot accept connections; backing off");
+                            last_warned = Some(tokio::time::Instant::now());
+                        }
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                         continue;
                     }
                 },
+            };
+            let Some(admitted) = self.shared.conns.admit() else {
+                // Every connection has a request in flight: this one waits
+                // for nothing, it is closed (dropped) at once.
+                if last_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    tracing::warn!(limit = self.shared.limits.max_connections, "ingress at its connection limit with every connection busy; refusing new ones");
+                    last_warned = Some(tokio::time::Instant::now());
+                }
+                continue;
             };
             let _ = tcp.set_nodelay(true);
             let ctx = ctx.clone();
             let shared = self.shared.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
+                let conn = admitted.conn.clone();
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
-                    _ = serve_connection(ctx, shared, tcp, client) => {}
+                    _ = conn.close.cancelled() => {}
+                    _ = conn.watchdog(&shared.limits) => {}
+                    _ = serve_connection(ctx, shared.clone(), tcp, client, conn.clone()) => {}
                 }
+                drop(admitted);
             });
         }
     }
 }
+
+/// Connections waiting to be accepted, at most (see [`Ingress::bind`]).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// The first wait after a failed accept, doubled up to the last.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Repeated warnings about the same condition at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 async fn serve_connection(
     ctx: Arc<Ctx>,
     shared: Arc<Shared>,
     tcp: tokio::net::TcpStream,
     client: SocketAddr,
+    conn: Arc<limits::Conn>,
 ) {
     let service = {
         let shared = shared.clone();
         service_fn(move |req| {
             let ctx = ctx.clone();
             let shared = shared.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(&ctx, &shared, client, req).await) }
+            let in_flight = conn.begin();
+            async move {
+                let resp = handle(&ctx, &shared, client, req).await;
+                // The request is in flight until its response body is done.
+                Ok::<_, std::convert::Infallible>(resp.map(|b| {
+                    http_body_util::BodyExt::boxed(Tracked {
+                        body: b,
+                        _in_flight: in_flight,
+                    })
+                }))
+            }
         })
     };
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.limits.header_timeout);
+    builder.http2().timer(TokioTimer::new());
     let served = match &shared.tls {
-        Some(acceptor) => match acceptor.accept(tcp).await {
-            Ok(tls) => {
-                builder
-                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                    .await
+        Some(acceptor) => {
+            match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(tls)) => {
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                        .await
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%client, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%client, "TLS handshake timed out");
+                    return;
+                }
             }
-            Err(e) => {
-                tracing::debug!(%client, error = %e, "TLS handshake failed");
-                return;
-            }
-        },
+        }
         None => {
             builder
                 .serve_connection_with_upgrades(TokioIo::new(tcp), service)
@@ -155,6 +233,33 @@ async fn serve_connection(
     };
     if let Err(e) = served {
         tracing::debug!(%client, error = %e, "ingress connection ended");
+    }
+}
+
+/// A response body that holds its request's [`limits::InFlight`] until it
+/// is done (or dropped).
+struct Tracked {
+    body: Body,
+    _in_flight: limits::InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = h1::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
