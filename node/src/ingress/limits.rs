@@ -80,6 +80,8 @@ pub struct Conn {
     served: AtomicU64,
     /// Cancelled to close it (evicted, or timed out).
     pub close: CancellationToken,
+    /// It was told to close to make room (and so counts as closing).
+    evicted: std::sync::atomic::AtomicBool,
 }
 
 impl Conn {
@@ -90,6 +92,7 @@ impl Conn {
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             close: CancellationToken::new(),
+            evicted: std::sync::atomic::AtomicBool::new(false),
         };
         c.idle_since.store(c.now_ms(), Ordering::SeqCst);
         c
@@ -159,6 +162,8 @@ pub struct Registry {
     max: usize,
     epoch: Instant,
     inner: Mutex<Inner>,
+    /// Signalled when a connection closed to make room is gone.
+    released: tokio::sync::Notify,
     /// Connections closed to make room, and newcomers refused (all busy).
     pub evicted: AtomicU64,
     pub refused: AtomicU64,
@@ -168,6 +173,9 @@ pub struct Registry {
 struct Inner {
     next: u64,
     conns: HashMap<u64, Arc<Conn>>,
+    /// Connections told to close (to make room) whose tasks have not let
+    /// go of their sockets yet: they still count against the limit.
+    closing: usize,
 }
 
 impl Registry {
@@ -176,6 +184,7 @@ impl Registry {
             max: max.max(1),
             epoch: Instant::now(),
             inner: Mutex::new(Inner::default()),
+            released: tokio::sync::Notify::new(),
             evicted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         })
@@ -187,41 +196,73 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// How many connections are open.
+    /// How many connections hold a socket (those closing included).
     pub fn len(&self) -> usize {
-        self.lock().conns.len()
+        let inner = self.lock();
+        inner.conns.len() + inner.closing
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Room for a new connection: at the limit, the longest-idle ones are
-    /// closed first (a batch of 1/64 of the limit, so a flood costs one scan
-    /// per batch, not one per connection). `None` when every connection is
-    /// busy: the caller closes the newcomer.
-    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
-        let mut inner = self.lock();
-        if inner.conns.len() >= self.max {
-            let mut idle: Vec<(u64, u64)> = inner
-                .conns
-                .iter()
-                .filter_map(|(id, c)| c.idle_since().map(|since| (since, *id)))
-                .collect();
-            if idle.is_empty() {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-            let batch = (self.max / 64).clamp(1, idle.len());
-            if batch < idle.len() {
-                idle.select_nth_unstable(batch - 1);
-            }
-            for (_, id) in &idle[..batch] {
-                if let Some(c) = inner.conns.remove(id) {
-                    c.close.cancel();
+    /// Waits, before the next accept, until there is room for one more
+    /// connection: at the limit, the longest-idle connections are told to
+    /// close (a batch of 1/64 of the limit, so a flood costs one scan per
+    /// batch, not one per connection), and this waits until they let go of
+    /// their sockets. Meanwhile new connections wait in the listen backlog,
+    /// holding no descriptor of ours. Returns at once when every connection
+    /// is busy (the newcomer is then refused by [`Registry::admit`]).
+    pub async fn wait_for_room(&self) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            {
+                let mut inner = self.lock();
+                if inner.conns.len() + inner.closing < self.max {
+                    return;
+                }
+                if inner.closing == 0 && !self.evict_batch(&mut inner) {
+                    return;
                 }
             }
-            self.evicted.fetch_add(batch as u64, Ordering::Relaxed);
+            released.await;
+        }
+    }
+
+    /// Tells the longest-idle connections to close; false when none is idle.
+    fn evict_batch(&self, inner: &mut Inner) -> bool {
+        let mut idle: Vec<(u64, u64)> = inner
+            .conns
+            .iter()
+            .filter_map(|(id, c)| c.idle_since().map(|since| (since, *id)))
+            .collect();
+        if idle.is_empty() {
+            return false;
+        }
+        let batch = (self.max / 64).clamp(1, idle.len());
+        if batch < idle.len() {
+            idle.select_nth_unstable(batch - 1);
+        }
+        for (_, id) in &idle[..batch] {
+            if let Some(c) = inner.conns.remove(id) {
+                c.evicted.store(true, Ordering::SeqCst);
+                c.close.cancel();
+                inner.closing += 1;
+            }
+        }
+        self.evicted.fetch_add(batch as u64, Ordering::Relaxed);
+        true
+    }
+
+    /// A place for a connection just accepted; `None` when there is no room
+    /// (every connection busy): the caller closes it at once.
+    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        let mut inner = self.lock();
+        if inner.conns.len() + inner.closing >= self.max {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
         inner.next += 1;
         let id = inner.next;
@@ -235,7 +276,8 @@ impl Registry {
     }
 }
 
-/// A connection's place in the [`Registry`], given back when dropped.
+/// A connection's place in the [`Registry`], given back when dropped (with
+/// its socket: drop it after the connection's task is done with it).
 #[derive(Debug)]
 pub struct Admitted {
     registry: Arc<Registry>,
@@ -245,7 +287,14 @@ pub struct Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.registry.lock().conns.remove(&self.id);
+        let mut inner = self.registry.lock();
+        if self.conn.evicted.load(Ordering::SeqCst) {
+            inner.closing = inner.closing.saturating_sub(1);
+            drop(inner);
+            self.registry.released.notify_waiters();
+        } else {
+            inner.conns.remove(&self.id);
+        }
     }
 }
 
@@ -279,28 +328,52 @@ pub fn clamp_to_fds(wanted: usize, fds: Option<usize>) -> usize {
 mod tests {
     use super::*;
 
-    #[test]
-    fn at_the_limit_the_longest_idle_go_first_and_busy_ones_stay() {
+    #[tokio::test]
+    async fn at_the_limit_the_longest_idle_go_first_and_busy_ones_stay() {
         let r = Registry::new(4);
         let a = r.admit().expect("room");
-        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
         let b = r.admit().expect("room");
         let c = r.admit().expect("room");
         let d = r.admit().expect("room");
         assert_eq!(r.len(), 4);
-        // a is the oldest idle, but busy: b goes instead.
+        assert!(r.admit().is_none(), "no room without making some");
+        // a is the oldest idle, but busy: b is told to close instead, and
+        // room is there only once b's task lets go of it.
         let _busy = a.conn.begin();
-        let e = r.admit().expect("room made");
+        let wait = tokio::spawn({
+            let r = r.clone();
+            async move { r.wait_for_room().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(b.conn.close.is_cancelled() && !a.conn.close.is_cancelled());
+        assert!(!wait.is_finished(), "room before b let go");
         assert_eq!(r.len(), 4);
-        drop(b); // its task ends: nothing left to remove
-        assert_eq!(r.len(), 4);
-        // Every connection busy: the newcomer is refused.
+        drop(b);
+        wait.await.expect("room");
+        assert_eq!(r.len(), 3);
+        let e = r.admit().expect("room made");
+        // Every connection busy: no room is made, the newcomer is refused.
         let _g = [c.conn.begin(), d.conn.begin(), e.conn.begin()];
+        r.wait_for_room().await;
         assert!(r.admit().is_none());
-        assert_eq!(r.refused.load(Ordering::Relaxed), 1);
         drop(_g);
-        assert!(r.admit().is_some(), "idle again: room");
+        // Idle again: one is told to close, and its task lets go.
+        let waiting = tokio::spawn({
+            let r = r.clone();
+            async move { r.wait_for_room().await }
+        });
+        let conns = [c, d, e];
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !conns.iter().any(|x| x.conn.close.is_cancelled()) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("one told to close");
+        drop(conns);
+        waiting.await.expect("room");
+        assert!(r.admit().is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -118,6 +118,13 @@ impl Ingress {
         let mut backoff = ACCEPT_BACKOFF_MIN;
         let mut last_warned: Option<tokio::time::Instant> = None;
         loop {
+            // At the connection limit, room is made (idle connections
+            // closed) before the next accept; meanwhile newcomers wait in
+            // the listen backlog.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.shared.conns.wait_for_room() => {}
+            }
             let (tcp, client) = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 a = self.listener.accept() => match a {
