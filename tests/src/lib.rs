@@ -1069,6 +1069,19 @@ impl Cli {
             .expect("context JSON")
     }
 
+    /// Where this CLI's runner extracted deployment `seq` of `app` (the
+    /// process platform): under the instance root when the tests run as root
+    /// (instances then run as another user), else in the runner's data dir.
+    pub fn deployment_dir(&self, app: &str, seq: u64) -> PathBuf {
+        let runner = self.data_dir().join("runner");
+        let base = if nix::unistd::geteuid().is_root() {
+            cairn_cli::plugins::process::isolation::instance_root(&runner).join(app)
+        } else {
+            runner.join("deployments").join(app)
+        };
+        base.join(format!("v{seq}"))
+    }
+
     /// Supervisor pids recorded in this CLI's runner dir (any state).
     pub fn supervisor_pids(&self) -> Vec<u32> {
         let mut pids = Vec::new();

@@ -12,6 +12,8 @@
 #   GET  /stream?n=N&ms=M   N chunks "chunk K\n", M ms apart (chunked)
 #   GET  /ws          a websocket that echoes every message
 #   GET  /env         {"pid": its pid, "env": its environment} as JSON
+#   GET  /read?path=P "read N bytes" (200) or "cannot read: …" (403): whether
+#                     the app can read file P
 #
 # HTTP/1.1 with keep-alive, one thread per connection, on $PORT.
 import base64
@@ -51,6 +53,18 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         if url.path == "/":
             self.reply("instance %s v%s\n" % (INSTANCE, DEPLOYMENT))
+        elif url.path == "/read":
+            path = parse_qs(url.query).get("path", [""])[0]
+            try:
+                with open(path, "rb") as f:
+                    n = len(f.read())
+                self.reply("read %d bytes\n" % n)
+            except OSError as e:
+                data = ("cannot read: %s\n" % e).encode()
+                self.send_response(403)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
         elif url.path == "/env":
             self.reply(json.dumps({"pid": os.getpid(), "env": dict(os.environ)}), "application/json")
         elif url.path == "/empty":

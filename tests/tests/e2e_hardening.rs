@@ -408,3 +408,110 @@ fn silent_slow_header_and_half_handshake_connections_are_closed() {
     // And the node still answers.
     assert_eq!(status(&plain.url("nothing.localhost")), 404);
 }
+
+/// Items 5 and 6: instances used to inherit the environment of the shell
+/// that ran `cairn up` (cloud keys, tokens) and to run as the CLI's user
+/// with its `HOME`, so an app could read the admin token of the CLI's
+/// context, the node's CA key and its own entrypoint token in the
+/// supervisor's spec. Now an instance starts from a clean environment (plus
+/// what `pass_env` allows) with a `HOME` of its own; and when the runner is
+/// root (as here and in CI), it runs as the unprivileged `cairn-app`, which
+/// cannot read any of those files.
+#[test]
+fn instances_start_clean_with_their_own_home_and_as_root_run_unprivileged() {
+    let node = NodeProc::start_new();
+    let cli = Cli::new();
+    cli.connect_to(&node, "dev");
+    let app = write_app(
+        r#"project = "iso"
+
+app "web" {
+  build {
+    use "files" {}
+  }
+  deploy {
+    use "process" {
+      command  = ["python3", "web.py"]
+      pass_env = ["KEEP_ME"]
+    }
+  }
+  release {
+    use "process" {}
+  }
+}
+"#,
+        &[("web.py", WEBAPP)],
+    );
+    let up = cli
+        .run_in_under(
+            &["env", "LEAKED_SECRET=aws-key", "KEEP_ME=kept"],
+            app.path(),
+            &["up"],
+        )
+        .ok();
+    let release = up.field("Release URL").expect("Release URL");
+    assert_eventually!(app_env(&release).is_some(), WITHIN);
+    let (pid, env) = app_env(&release).expect("env");
+    let get = |k: &str| env.get(k).and_then(|v| v.as_str()).map(str::to_string);
+
+    // Item 5: nothing of the shell but what is allowed.
+    assert_eq!(get("LEAKED_SECRET"), None, "the shell's environment leaked");
+    assert_eq!(get("KEEP_ME").as_deref(), Some("kept"));
+    let allowed = [
+        "PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "PORT",
+        "KEEP_ME",
+    ];
+    for k in env.keys() {
+        assert!(
+            allowed.contains(&k.as_str()) || k.starts_with("CAIRN_"),
+            "the instance got {k}={:?}",
+            env[k]
+        );
+    }
+    assert_eq!(get("CAIRN_ENTRYPOINT_TOKEN"), None);
+
+    // Item 6: a home of its own, nowhere near the CLI's.
+    let home = get("HOME").expect("HOME");
+    assert!(home.ends_with("v1.home/instance-0"), "{home}");
+    assert!(
+        !home.starts_with(&cli.home().display().to_string()) || !nix::unistd::geteuid().is_root()
+    );
+    assert_eq!(get("TMPDIR"), Some(format!("{home}/tmp")));
+    let read = |path: &str| {
+        http_get(&format!("{}read?path={path}", release))
+            .map(|r| (r.status, r.body))
+            .expect("answers")
+    };
+    // It can read its own files.
+    assert_eq!(read("web.py").0, 200);
+
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root: instances run as this user (the README says what that means)");
+        return;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .expect("Uid");
+    let cairn_app = nix::unistd::User::from_name("cairn-app")
+        .expect("lookup")
+        .expect("the cairn-app user was created");
+    assert_eq!(uid, cairn_app.uid.as_raw(), "the app runs as uid {uid}");
+    assert_eq!(get("USER").as_deref(), Some("cairn-app"));
+    let secrets = [
+        cli.home().join("config/contexts/dev.json"),
+        node.data_dir().join("ca-key.pem"),
+        node.data_dir().join("node-key.pem"),
+        cli.data_dir()
+            .join("runner/deployments/web/v1.run/instance-0.spec.json"),
+    ];
+    for f in &secrets {
+        assert!(f.exists(), "{} is not there", f.display());
+        let (status, body) = read(&f.display().to_string());
+        assert_eq!(status, 403, "the app read {}: {body}", f.display());
+        assert!(body.contains("Permission denied"), "{body}");
+    }
+}

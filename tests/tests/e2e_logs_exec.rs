@@ -80,8 +80,7 @@ fn connected(cli: &Cli, seq: u64) -> Vec<(String, String, u64)> {
 
 /// Where the process platform put deployment vN of web (its working dir).
 fn deployment_dir(cli: &Cli, seq: u64) -> PathBuf {
-    cli.data_dir()
-        .join(format!("runner/deployments/web/v{seq}"))
+    cli.deployment_dir("web", seq)
 }
 
 /// The highest tick number of `instance` (0 or 1) in `lines`.
@@ -205,9 +204,8 @@ fn logs_gather_every_instance_filter_follow_and_pass_through() {
     // The entrypoint passes the output through as well: the process
     // platform's instance log has it.
     let log = std::fs::read_to_string(
-        deployment_dir(&cli, 1)
-            .with_file_name("v1.run")
-            .join("instance-0.log"),
+        cli.data_dir()
+            .join("runner/deployments/web/v1.run/instance-0.log"),
     )
     .expect("instance log");
     assert!(log.contains("hello from 0 hi"), "{log}");

@@ -7,11 +7,18 @@
 //! - `v<N>.run/instance-<i>.{spec.json,state.json,log}`: the supervisor's spec
 //!   (mode 0600, it holds the config env; removed by `destroy`), its state file and
 //!   the instance log (both kept);
+//! - `v<N>.home/instance-<i>/`: each instance's `HOME` (with `tmp/`);
 //! - `released`: the sequence of the released deployment.
+//!
+//! When the runner is root, instances run as another user (see
+//! [`isolation`]) and `v<N>/`, `v<N>.home/` and `v<N>.entrypoint` (a copy of
+//! the entrypoint) are under [`isolation::instance_root`] instead, owned by
+//! that user; `v<N>.run/` stays here.
 //!
 //! Invariant: `deploy` either returns with every instance running or leaves nothing
 //! running.
 
+pub mod isolation;
 mod platform;
 mod release;
 mod supervisor;
@@ -128,6 +135,10 @@ pub(crate) fn destroy_deployment(deployment: &Deployment) -> Result<(), PluginEr
     if !failures.is_empty() {
         return Err(PluginError::Failed(failures.join("; ")));
     }
+    // The instances' homes and the entrypoint copy (see `platform`).
+    let sibling = |suffix: &str| PathBuf::from(format!("{}{suffix}", deployment.dir.display()));
+    let _ = std::fs::remove_dir_all(sibling(".home"));
+    let _ = std::fs::remove_file(sibling(".entrypoint"));
     match std::fs::remove_dir_all(&deployment.dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

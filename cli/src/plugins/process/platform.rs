@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use super::isolation::{self, RunAs};
 use super::supervisor::{read_state, Status, SupervisorSpec, Timing};
 use super::{
     app_dir, destroy_deployment, instance_health, log_tail, stop_instance, sys, Deployment,
@@ -40,6 +41,14 @@ struct Config {
     /// Seconds `deploy` waits for the instances to be up.
     #[serde(default = "ten")]
     ready_timeout: u64,
+    /// The user instances run as when the runner is root (default: the
+    /// system user `cairn-app`, created if missing; "root" keeps root).
+    #[serde(default)]
+    user: Option<String>,
+    /// Variables of the runner's environment instances also get (they start
+    /// from a clean one: see `isolation`).
+    #[serde(default)]
+    pass_env: Vec<String>,
 }
 
 fn one() -> u32 {
@@ -83,6 +92,15 @@ impl ProcessPlatform {
                 "must be a variable name",
             ));
         }
+        for name in &config.pass_env {
+            if let Err(why) = cairn_protocol::config::check_env_name(name) {
+                return Err(config_error(
+                    "process",
+                    "pass_env",
+                    &format!("{name:?}: {why}"),
+                ));
+            }
+        }
         if let Some(workdir) = &config.workdir {
             if workdir.is_absolute()
                 || workdir
@@ -98,6 +116,17 @@ impl ProcessPlatform {
         }
         Ok(Box::new(ProcessPlatform { config }))
     }
+}
+
+/// Where a deployment's instances run, and as whom.
+struct Placement {
+    /// The extracted artifact (the working directory).
+    dir: PathBuf,
+    /// The instances' homes, `instance-<i>/` each.
+    homes: PathBuf,
+    /// The supervisors' specs, states and logs (private to the runner).
+    run_dir: PathBuf,
+    who: Option<RunAs>,
 }
 
 /// An instance whose supervisor this `deploy` spawned.
@@ -118,8 +147,24 @@ impl Platform for ProcessPlatform {
     fn deploy(&self, ctx: &mut OpContext, input: &Value) -> Result<Value, PluginError> {
         let artifact: Artifact = input.decode(ARTIFACT)?;
         let app_dir = app_dir(ctx)?;
-        let dir = app_dir.join(format!("v{}", ctx.sequence));
-        let run_dir = app_dir.join(format!("v{}.run", ctx.sequence));
+        let who = isolation::run_as(self.config.user.as_deref())?;
+        // Code and homes of instances running as another user live where
+        // that user can reach them; the runner's own files stay private.
+        let code_root = match &who {
+            Some(_) => {
+                let root = isolation::instance_root(&ctx.data_dir).join(&ctx.app);
+                isolation::create_traversable(&root)?;
+                root
+            }
+            None => app_dir.clone(),
+        };
+        let place = Placement {
+            dir: code_root.join(format!("v{}", ctx.sequence)),
+            homes: code_root.join(format!("v{}.home", ctx.sequence)),
+            run_dir: app_dir.join(format!("v{}.run", ctx.sequence)),
+            who,
+        };
+        let dir = place.dir.clone();
         if dir.exists() {
             return Err(PluginError::Failed(format!(
                 "{} already exists: v{} was deployed before",
@@ -128,13 +173,21 @@ impl Platform for ProcessPlatform {
             )));
         }
         extract(&artifact, &dir)?;
+        if let Some(who) = &place.who {
+            isolation::chown_tree(&dir, who)?;
+        }
         ctx.info(&format!(
-            "extracted {} to {}",
+            "extracted {} to {}{}",
             artifact.path.display(),
-            dir.display()
+            dir.display(),
+            place
+                .who
+                .as_ref()
+                .map(|w| format!(" (instances run as user {})", w.name))
+                .unwrap_or_default()
         ));
         let mut started = Vec::new();
-        let result = self.start_all(ctx, &dir, &run_dir, &mut started);
+        let result = self.start_all(ctx, &place, &mut started);
         match result {
             Ok(()) => {
                 let instances: Vec<Instance> = started
@@ -169,6 +222,7 @@ impl Platform for ProcessPlatform {
                     let _ = fs::remove_file(&s.instance.spec);
                 }
                 let _ = fs::remove_dir_all(&dir);
+                let _ = fs::remove_dir_all(&place.homes);
                 Err(e)
             }
         }
@@ -198,19 +252,43 @@ impl ProcessPlatform {
     fn start_all(
         &self,
         ctx: &mut OpContext,
-        dir: &Path,
-        run_dir: &Path,
+        place: &Placement,
         started: &mut Vec<Started>,
     ) -> Result<(), PluginError> {
+        let run_dir = place.run_dir.as_path();
         fs::create_dir_all(run_dir)
             .map_err(|e| PluginError::io(format!("creating {}", run_dir.display()), e))?;
+        match &place.who {
+            Some(_) => isolation::create_traversable(&place.homes)?,
+            None => fs::create_dir_all(&place.homes)
+                .map_err(|e| PluginError::io(format!("creating {}", place.homes.display()), e))?,
+        }
         let workdir = match &self.config.workdir {
-            Some(w) => dir.join(w),
-            None => dir.to_path_buf(),
+            Some(w) => place.dir.join(w),
+            None => place.dir.clone(),
+        };
+        // The entrypoint must be runnable by the instances' user: a copy of
+        // it goes where that user can reach it.
+        let entrypoint = match (&place.who, &ctx.entrypoint) {
+            (Some(_), Some(launch)) => Some(copy_entrypoint(&place.dir, &launch.argv[0])?),
+            _ => None,
         };
         let ports = free_ports(self.config.count as usize)?;
         for (index, port) in ports.into_iter().enumerate() {
-            let s = self.start_one(ctx, &workdir, run_dir, index, port)?;
+            let home = place.homes.join(format!("instance-{index}"));
+            isolation::create_home(&home, place.who.as_ref())?;
+            let s = self.start_one(
+                ctx,
+                &workdir,
+                run_dir,
+                Instance0 {
+                    index,
+                    port,
+                    home: &home,
+                    who: place.who.as_ref(),
+                    entrypoint: entrypoint.as_deref(),
+                },
+            )?;
             started.push(s);
         }
         let deadline = Instant::now() + Duration::from_secs(self.config.ready_timeout);
@@ -232,13 +310,21 @@ impl ProcessPlatform {
         ctx: &OpContext,
         workdir: &Path,
         run_dir: &Path,
-        index: usize,
-        port: u16,
+        one: Instance0<'_>,
     ) -> Result<Started, PluginError> {
+        let Instance0 {
+            index,
+            port,
+            home,
+            who,
+            entrypoint,
+        } = one;
         let spec_path = run_dir.join(format!("instance-{index}.spec.json"));
         let state = run_dir.join(format!("instance-{index}.state.json"));
         let log = run_dir.join(format!("instance-{index}.log"));
-        let mut env = BTreeMap::new();
+        // A clean environment: nothing of the shell that ran the runner.
+        let mut env: BTreeMap<String, String> =
+            isolation::base_env(home, who, &self.config.pass_env, |k| std::env::var(k).ok());
         env.insert("CAIRN_PROJECT".to_string(), ctx.project.clone());
         env.insert("CAIRN_APP".to_string(), ctx.app.clone());
         env.insert("CAIRN_WORKSPACE".to_string(), ctx.workspace.clone());
@@ -254,7 +340,11 @@ impl ProcessPlatform {
                 app[0] = resolve_program(&app[0], workdir)
                     .to_string_lossy()
                     .into_owned();
-                launch.wrap(&app)
+                let mut argv = launch.wrap(&app);
+                if let Some(copy) = entrypoint {
+                    argv[0] = copy.to_string_lossy().into_owned();
+                }
+                argv
             }
             None => {
                 env.extend(ctx.env.clone());
@@ -271,6 +361,7 @@ impl ProcessPlatform {
             port: Some(port),
             restart: self.config.restart,
             timing: Timing::default(),
+            run_as: who.map(|w| (w.uid, w.gid)),
         };
         write_private_json(&spec_path, &spec)?;
         let _ = fs::remove_file(&state);
@@ -283,6 +374,14 @@ impl ProcessPlatform {
             .try_clone()
             .map_err(|e| PluginError::io(format!("opening {}", log.display()), e))?;
         let mut cmd = Command::new(&ctx.self_exe);
+        // The supervisor needs nothing of the runner's environment either
+        // (an instance could read its parent's).
+        cmd.env_clear();
+        for name in isolation::INHERITED {
+            if let Some(v) = std::env::var_os(name) {
+                cmd.env(name, v);
+            }
+        }
         cmd.arg("__supervise")
             .arg(&spec_path)
             .current_dir(run_dir)
@@ -306,6 +405,29 @@ impl ProcessPlatform {
             supervisor,
         })
     }
+}
+
+/// What differs between the instances of one deployment.
+struct Instance0<'a> {
+    index: usize,
+    port: u16,
+    home: &'a Path,
+    who: Option<&'a RunAs>,
+    /// The entrypoint copy instances run (when they run as another user).
+    entrypoint: Option<&'a Path>,
+}
+
+/// Copies the entrypoint program next to the deployment (`<dir>.entrypoint`,
+/// mode 0755), for instances that run as a user who may not reach the
+/// runner's copy.
+fn copy_entrypoint(dir: &Path, program: &str) -> Result<PathBuf, PluginError> {
+    use std::os::unix::fs::PermissionsExt;
+    let copy = PathBuf::from(format!("{}.entrypoint", dir.display()));
+    fs::copy(program, &copy)
+        .map_err(|e| PluginError::io(format!("copying the entrypoint {program}"), e))?;
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755))
+        .map_err(|e| PluginError::io(format!("setting the mode of {}", copy.display()), e))?;
+    Ok(copy)
 }
 
 /// Waits until the supervisor reports a running command and, if asked, until the

@@ -44,6 +44,9 @@ pub struct SupervisorSpec {
     pub restart: bool,
     #[serde(default)]
     pub timing: Timing,
+    /// Run the command as this (uid, gid) instead of the supervisor's user.
+    #[serde(default)]
+    pub run_as: Option<(u32, u32)>,
 }
 
 fn yes() -> bool {
@@ -189,12 +192,17 @@ async fn supervise(spec: SupervisorSpec) -> u8 {
         let mut cmd = tokio::process::Command::new(resolve_program(program, &spec.workdir));
         cmd.args(args)
             .current_dir(&spec.workdir)
+            .env_clear()
             .envs(&spec.env)
             .env(STATE_ENV, &spec.state)
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .process_group(0);
+        if let Some((uid, gid)) = spec.run_as {
+            // std drops the supplementary groups too when leaving root.
+            cmd.uid(uid).gid(gid);
+        }
         sys::terminate_with_parent(&mut cmd);
         match cmd.spawn() {
             Ok(mut child) => {

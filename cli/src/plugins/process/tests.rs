@@ -107,6 +107,16 @@ fn http_get(port: u16) -> Result<String> {
     Ok(response)
 }
 
+/// Where deployment `v` of app web is extracted: under the instance root
+/// when the tests run as root (instances then run as another user).
+fn code_dir(data: &Path, v: &str) -> std::path::PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        super::isolation::instance_root(data).join("web").join(v)
+    } else {
+        data.join("deployments/web").join(v)
+    }
+}
+
 fn serve_command() -> serde_json::Value {
     json!(["python3", "server.py"])
 }
@@ -127,7 +137,7 @@ fn deploy_restart_status_destroy() -> Result<()> {
     assert_eq!(d.instances.len(), 2);
     assert_ne!(d.instances[0].port, d.instances[1].port);
     assert_eq!(d.url, format!("http://127.0.0.1:{}/", d.instances[0].port));
-    assert_eq!(d.dir, f.data.join("deployments/web/v1"));
+    assert_eq!(d.dir, code_dir(&f.data, "v1"));
     assert!(d.dir.join("server.py").is_file());
     for i in &d.instances {
         let body = http_get(i.port)?;
@@ -198,7 +208,13 @@ fn deploy_restart_status_destroy() -> Result<()> {
 fn a_failed_deploy_leaves_nothing_running() -> Result<()> {
     let f = Fixture::new("x")?;
     let mut cleanup = Cleanup::default();
-    let pidfile = f.data.join("child.pid");
+    // Writable by whoever the instance runs as (another user under root).
+    let shared = tempfile::tempdir()?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777))?;
+    }
+    let pidfile = shared.path().join("child.pid");
     std::fs::create_dir_all(&f.data)?;
 
     // Never listens: times out, and the process it started is stopped.
@@ -224,7 +240,7 @@ fn a_failed_deploy_leaves_nothing_running() -> Result<()> {
         !sys::process_exists(child),
         "child {child} survived a failed deploy"
     );
-    assert!(!f.data.join("deployments/web/v1").exists());
+    assert!(!code_dir(&f.data, "v1").exists());
     assert_eq!(
         supervisors_of(&f.data.join("deployments/web/v1.run")),
         Vec::<u32>::new()
@@ -244,7 +260,7 @@ fn a_failed_deploy_leaves_nothing_running() -> Result<()> {
         text.contains("supervisor exited") && text.contains("boom"),
         "{text}"
     );
-    assert!(!f.data.join("deployments/web/v2").exists());
+    assert!(!code_dir(&f.data, "v2").exists());
 
     // An artifact whose hash does not match is refused before anything starts.
     let mut artifact = f.artifact()?;
@@ -257,7 +273,7 @@ fn a_failed_deploy_leaves_nothing_running() -> Result<()> {
         .deploy(&mut c, &artifact)
         .expect_err("bad hash");
     assert!(err.to_string().contains("expected 0000"), "{err}");
-    assert!(!f.data.join("deployments/web/v3").exists());
+    assert!(!code_dir(&f.data, "v3").exists());
     Ok(())
 }
 
@@ -358,6 +374,7 @@ fn spawn_supervisor(
         port: None,
         restart: true,
         timing,
+        run_as: None,
     };
     let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
