@@ -44,6 +44,7 @@ pub const SILENCE_LIMIT: Duration = Duration::from_secs(4);
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(12);
 
 pub async fn resolve(explicit: Option<&str>, quiet: bool) -> anyhow::Result<Context> {
+    warn_loose_modes();
     let name = match explicit {
         Some(n) => Some(n.to_string()),
         None => match std::env::var("CAIRN_CONTEXT") {
@@ -62,6 +63,26 @@ pub async fn resolve(explicit: Option<&str>, quiet: bool) -> anyhow::Result<Cont
         }
         None => Ok(local::ensure(quiet).await?),
     }
+}
+
+/// Says on stderr (once per process) when the config dir (contexts hold
+/// tokens), a context file or the data dir lets other users in.
+fn warn_loose_modes() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut warnings = cairn_protocol::private::loose_entries(&crate::paths::config_dir());
+        warnings.extend(cairn_protocol::private::loose_entries(
+            &crate::paths::config_dir().join("contexts"),
+        ));
+        warnings.extend(cairn_protocol::private::looser_than_private(
+            &crate::paths::data_dir(),
+        ));
+        warnings.sort();
+        warnings.dedup();
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+    });
 }
 
 fn dial(ctx: &Context, addr: &str) -> Dial {

@@ -158,6 +158,8 @@ fn main() -> ExitCode {
     // The supervisor must not start a tokio runtime or print anything.
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("__supervise") {
+        // The app's processes create files with the usual umask.
+        cairn_protocol::private::usual_umask();
         let Some(spec) = args.get(2) else {
             return ExitCode::from(2);
         };
@@ -168,6 +170,8 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some("__entrypoint") {
         return cairn_entrypoint::program::main_with_args(std::env::args_os().skip(2));
     }
+    // Contexts, the local node's data, runner files, logs: private.
+    cairn_protocol::private::restrict_umask();
     // `cairn release list` reads naturally; route it to the listing.
     let args = rewrite_release_list(args);
     let cli = Cli::parse_from(args);

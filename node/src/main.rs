@@ -15,6 +15,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // Everything the node writes (Raft log and state, keys, logs) is its
+    // owner's alone.
+    cairn_protocol::private::restrict_umask();
     init_tracing();
     let args = Args::parse();
     match run(args.node).await {

@@ -359,6 +359,14 @@ pub struct Node {
 }
 
 pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+    // The data dir holds the CA key and every secret: the owner's alone.
+    cairn_protocol::private::create_dir(&cfg.data_dir).map_err(|source| NodeError::Io {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    for warning in cairn_protocol::private::loose_entries(&cfg.data_dir) {
+        tracing::warn!("{warning}");
+    }
     let bind_err = |source| NodeError::Bind {
         addr: cfg.listen,
         source,

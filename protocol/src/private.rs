@@ -10,6 +10,31 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+/// Makes every file and directory this process creates private to its
+/// owner unless it sets a mode of its own (umask 077). Called first thing by
+/// `cairn` and `cairn-node`.
+pub fn restrict_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}
+
+/// The usual umask (022), for processes started on an app's behalf (they
+/// create files for the app, not for Cairn).
+pub fn usual_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+}
+
+/// Warnings for `dir` and the entries directly in it whose modes let other
+/// users in (see [`looser_than_private`]).
+pub fn loose_entries(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = looser_than_private(dir).into_iter().collect();
+    if let Ok(entries) = fs::read_dir(dir) {
+        let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        out.extend(paths.iter().filter_map(|p| looser_than_private(p)));
+    }
+    out
+}
+
 /// Mode of the directories Cairn creates.
 pub const DIR_MODE: u32 = 0o700;
 /// Mode of the files Cairn writes.

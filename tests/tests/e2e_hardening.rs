@@ -515,3 +515,100 @@ app "web" {
         assert!(body.contains("Permission denied"), "{body}");
     }
 }
+
+/// Every path under `root` whose mode lets group or others in, except
+/// those `skip` accepts; with their modes.
+fn loose_paths(root: &std::path::Path, skip: &dyn Fn(&std::path::Path) -> bool) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if skip(&p) {
+            continue;
+        }
+        let root_itself = p == root;
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue; // gone meanwhile
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 && !root_itself {
+            out.push(format!("{} {mode:03o}", p.display()));
+        }
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&p) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Item 7: `raft-log.redb` and `raft-sm.redb` (config secrets), node and
+/// instance logs, artifacts and the config directory were 0644 in 0755
+/// directories. Now everything the CLI and its local node write is 0600 in
+/// 0700 directories, and a node whose data dir a user opened up says so at
+/// start.
+#[test]
+fn what_the_cli_and_its_local_node_write_is_private() {
+    let cli = Cli::new();
+    let app = webapp(1);
+    // No context: `up` starts the embedded local node.
+    let up = cli.run_in(app.path(), &["up"]).ok();
+    let release = up.field("Release URL").expect("Release URL");
+    assert_eventually!(status(&release) == 200, WITHIN);
+    cli.run_in(app.path(), &["config", "set", "--secret", "TOKEN=s3cret"])
+        .ok();
+    let node_dir = cli.data_dir().join("local-node");
+    for f in ["raft-log.redb", "raft-sm.redb", "ca-key.pem"] {
+        assert!(
+            walk_has(&node_dir, f),
+            "{f} not found under {}",
+            node_dir.display()
+        );
+    }
+    // The extracted app (its own files, its modes) is not Cairn's to close.
+    let extracted = |p: &std::path::Path| {
+        let s = p.to_string_lossy();
+        s.contains("/runner/deployments/")
+            && s.split('/')
+                .any(|c| c.starts_with('v') && c[1..].parse::<u64>().is_ok())
+    };
+    // (CAIRN_HOME itself is the test's temp dir: what is in it is Cairn's.)
+    let home = cli.home().to_path_buf();
+    let loose = loose_paths(cli.home(), &|p| p != home && extracted(p));
+    assert!(loose.is_empty(), "not private:\n{}", loose.join("\n"));
+
+    // A standalone node's data dir too; and a mode a user opened up is
+    // reported at the node's next start.
+    use std::os::unix::fs::PermissionsExt;
+    let mut node = NodeProc::start_new();
+    let loose = loose_paths(&node.data_dir(), &|_| false);
+    let data_mode = std::fs::metadata(node.data_dir())
+        .expect("data dir")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(data_mode, 0o700);
+    assert!(loose.is_empty(), "not private:\n{}", loose.join("\n"));
+    std::fs::set_permissions(node.data_dir(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    node.restart();
+    assert_eventually!(node.log().contains("is mode 755"), WITHIN);
+}
+
+fn walk_has(root: &std::path::Path, name: &str) -> bool {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if p.file_name().is_some_and(|n| n == name) {
+            return true;
+        }
+        if let Ok(entries) = std::fs::read_dir(&p) {
+            stack.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    false
+}
