@@ -1046,8 +1046,9 @@ impl Cli {
     /// Write a context file directly (for addresses or tokens the CLI would
     /// refuse to create), and make it current.
     pub fn write_context(&self, name: &str, address: &str, ca_fingerprint: &str, token: &str) {
+        // Private, as the CLI makes them (it warns about anything looser).
         let dir = self.home.path().join("config/contexts");
-        std::fs::create_dir_all(&dir).expect("contexts dir");
+        cairn_protocol::private::create_dir(&dir).expect("contexts dir");
         let ctx = serde_json::json!({
             "name": name,
             "address": address,
@@ -1055,8 +1056,13 @@ impl Cli {
             "token": token,
             "local": false,
         });
-        std::fs::write(dir.join(format!("{name}.json")), ctx.to_string()).expect("context");
-        std::fs::write(self.home.path().join("config/current"), name).expect("current");
+        cairn_protocol::private::write(
+            &dir.join(format!("{name}.json")),
+            ctx.to_string().as_bytes(),
+        )
+        .expect("context");
+        cairn_protocol::private::write(&self.home.path().join("config/current"), name.as_bytes())
+            .expect("current");
     }
 
     /// The current context's fields, read from its file.
