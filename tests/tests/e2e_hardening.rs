@@ -612,3 +612,60 @@ fn walk_has(root: &std::path::Path, name: &str) -> bool {
     }
     false
 }
+
+/// Item 8: a custom hostname could take over another app's built-in names
+/// (`web--v1.localhost` registered from another project served that
+/// project) and the bare domain could be registered. Now names one label
+/// under the domain, and the domain itself, are refused; the app keeps its
+/// names.
+#[test]
+fn custom_hostnames_cannot_take_an_apps_own_names() {
+    let node = NodeProc::start_new();
+    let cli = Cli::new();
+    cli.connect_to(&node, "dev");
+    let shop = webapp(1);
+    let up = cli.run_in(shop.path(), &["up"]).ok();
+    let deployment = up.field("Deployment URL").expect("Deployment URL");
+    assert_eventually!(status(&deployment) == 200, WITHIN);
+    let other = write_app(
+        r#"project = "other"
+
+app "api" {
+  build {
+    use "files" {}
+  }
+  deploy {
+    use "process" {
+      command = ["python3", "web.py"]
+    }
+  }
+  release {
+    use "process" {}
+  }
+}
+"#,
+        &[("web.py", WEBAPP)],
+    );
+    cli.run_in(other.path(), &["up"]).ok();
+    for name in [
+        "web--v1.localhost",
+        "web.localhost",
+        "localhost",
+        "not-yet-an-app.localhost",
+    ] {
+        let out = cli
+            .run_in(other.path(), &["hostname", "register", name])
+            .fails();
+        assert!(
+            out.stderr.contains("reserved") || out.stderr.contains("cluster's domain"),
+            "{out}"
+        );
+    }
+    let body = http_get(&deployment).expect("answers").body;
+    assert!(body.ends_with(" v1\n"), "{body}");
+    // Names elsewhere, or deeper under the domain, are fine.
+    cli.run_in(other.path(), &["hostname", "register", "api.example.test"])
+        .ok();
+    cli.run_in(other.path(), &["hostname", "register", "www.api.localhost"])
+        .ok();
+}

@@ -76,6 +76,25 @@ pub fn resolve(st: &State, domain: &str, host: &str, roll: u8) -> Result<Target,
     }
 }
 
+/// Why `name` (normalized) cannot be a custom hostname under `domain`: it
+/// is the domain itself, or one label under it, which is (or could become)
+/// an app's own name (`APP.DOMAIN`, `APP--vN.DOMAIN`). Registering it would
+/// take that name from the app.
+pub fn reserved(domain: &str, name: &str) -> Option<String> {
+    if name == domain {
+        return Some(format!(
+            "{name} is the cluster's domain: apps answer under it, it cannot be registered"
+        ));
+    }
+    let label = name.strip_suffix(domain)?.strip_suffix('.')?;
+    if label.contains('.') {
+        return None;
+    }
+    Some(format!(
+        "{name} is reserved: names of the form NAME.{domain} are apps' own (APP.{domain}, APP--vN.{domain}); register a name outside {domain}, or one more level down (e.g. www.{name})"
+    ))
+}
+
 /// `web--v3` → ("web", Some(3)); anything else is all app name.
 fn split_version(label: &str) -> (&str, Option<u64>) {
     match label.rsplit_once("--v") {
@@ -386,6 +405,28 @@ mod tests {
             Err(Miss::Unknown(m)) => assert!(m.contains("2 projects"), "{m}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_apps_names_and_the_domain_are_reserved() {
+        for name in [
+            "localhost",
+            "web.localhost",
+            "web--v1.localhost",
+            "future.localhost",
+        ] {
+            assert!(reserved("localhost", name).is_some(), "{name}");
+        }
+        for name in [
+            "shop.example.com",
+            "www.web.localhost",
+            "localhost.example.com",
+            "xlocalhost",
+        ] {
+            assert_eq!(reserved("localhost", name), None, "{name}");
+        }
+        assert!(reserved("apps.example.com", "web.apps.example.com").is_some());
+        assert_eq!(reserved("apps.example.com", "example.com"), None);
     }
 
     #[test]

@@ -24,6 +24,14 @@ pub async fn register(
     if let Err(message) = check_hostname(&name) {
         return ClientResponse::Error { message };
     }
+    // Names under the cluster domain one label deep are apps' own.
+    let domain = ctx
+        .ingress
+        .as_ref()
+        .map_or(crate::ingress::DEFAULT_DOMAIN, |i| i.domain.as_str());
+    if let Some(message) = crate::ingress::route::reserved(domain, &name) {
+        return ClientResponse::Error { message };
+    }
     let t = target.clone();
     let known = ctx
         .read(move |st| {
