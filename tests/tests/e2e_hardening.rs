@@ -669,3 +669,118 @@ app "api" {
     cli.run_in(other.path(), &["hostname", "register", "www.api.localhost"])
         .ok();
 }
+
+/// `raw` on a new connection to `addr`; the answer's status and text.
+fn raw_request(addr: std::net::SocketAddr, raw: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(raw.as_bytes()).expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Until the node closes, or a whole answer sits in the buffer.
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse::<usize>().ok());
+            if len.is_some_and(|n| body.len() >= n) {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// The low findings of the ingress: two `Host` headers were accepted,
+/// absolute-form targets routed by `Host`, `CONNECT` forwarded, any
+/// `Upgrade` token passed on, a client's `Forwarded` header passed through,
+/// `APP--vN` with N past u64 served the release, and a malformed chunked
+/// body from the client answered 502 blaming the app.
+#[test]
+fn the_ingress_refuses_ambiguous_and_foreign_requests() {
+    let node = NodeProc::start_new();
+    let cli = Cli::new();
+    cli.connect_to(&node, "dev");
+    let shop = webapp(1);
+    let up = cli.run_in(shop.path(), &["up"]).ok();
+    let release = up.field("Release URL").expect("Release URL");
+    assert_eventually!(status(&release) == 200, WITHIN);
+    let addr = ingress_addr(&node);
+    let port = addr.port();
+    let host = format!("web.localhost:{port}");
+
+    let (code, text) = raw_request(
+        addr,
+        &format!("GET / HTTP/1.1\r\nHost: {host}\r\nHost: other.localhost\r\n\r\n"),
+    );
+    assert_eq!(code, 400, "two Host headers: {text}");
+
+    let (code, text) = raw_request(
+        addr,
+        &format!("CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+    );
+    assert_eq!(code, 405, "CONNECT: {text}");
+
+    // Absolute form: the target's authority routes, not Host.
+    let (code, text) = raw_request(
+        addr,
+        &format!("GET http://nothing.localhost:{port}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(code, 404, "absolute form routed by Host: {text}");
+    let (code, text) = raw_request(
+        addr,
+        &format!(
+            "GET http://{host}/ HTTP/1.1\r\nHost: nothing.localhost\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(code, 200, "absolute form: {text}");
+
+    let huge = format!("http://web--v99999999999999999999999.localhost:{port}/");
+    assert_eq!(status(&huge), 404);
+
+    // Only websocket upgrades pass; the app never sees another Upgrade, nor
+    // the client's Forwarded.
+    let (code, text) = raw_request(
+        addr,
+        &format!("GET /headers HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade, close\r\nUpgrade: h2c\r\nForwarded: for=6.6.6.6;host=evil\r\n\r\n"),
+    );
+    assert_eq!(code, 200, "{text}");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let seen: serde_json::Value = serde_json::from_str(body).expect("headers JSON");
+    assert!(seen.get("upgrade").is_none(), "{seen}");
+    let forwarded = seen["forwarded"].as_str().expect("a Forwarded header");
+    assert!(
+        forwarded.starts_with("for=\"127.0.0.1\";proto=http") && !forwarded.contains("6.6.6.6"),
+        "{forwarded}"
+    );
+
+    // A malformed chunked body is the client's fault.
+    let (code, text) = raw_request(
+        addr,
+        &format!("POST /upload HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+    );
+    assert_eq!(code, 400, "malformed chunks: {text}");
+    // And the app still answers.
+    assert_eq!(status(&release), 200);
+}

@@ -125,13 +125,17 @@ pub fn encode_head(method: &Method, path: &str, headers: &HeaderMap, body: Reque
 
 /// Sends a request body on `send` as `framing` says; gives `send` back
 /// when all of it went.
+/// How [`send_body`]'s error starts when the client's body was at fault
+/// (malformed chunks, a connection cut mid-body), not the tunnel.
+pub const CLIENT_BODY_BROKE: &str = "the client's request body broke";
+
 pub async fn send_body<W: AsyncWrite + Unpin>(
     mut send: W,
     mut body: Incoming,
     framing: RequestBody,
 ) -> Result<W, String> {
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("the client's request body broke: {e}"))?;
+        let frame = frame.map_err(|e| format!("{CLIENT_BODY_BROKE}: {e}"))?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers are not forwarded
         };
@@ -409,6 +413,8 @@ pub async fn read_head<R: AsyncRead + Unpin>(
 pub enum Sending<W> {
     Idle(W),
     Busy(AbortOnDropHandle<Result<W, String>>),
+    /// Sending failed: the send half is gone, the tunnel cannot be reused.
+    Gone,
 }
 
 /// What is done with a tunnel whose exchange is over.
@@ -436,6 +442,7 @@ impl<R, W> Reading<R, W> {
         }
         let send = match self.sending {
             Sending::Idle(send) => send,
+            Sending::Gone => return,
             Sending::Busy(mut task) => {
                 if !task.is_finished() {
                     return; // the app answered before it had the whole body

@@ -277,14 +277,31 @@ async fn handle(
     client: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    // RFC 9112 3.2.2: a request in absolute form is routed by its target's
+    // authority, not by `Host`; HTTP/2's :authority is the same. More than
+    // one `Host` is a bad request (RFC 9112 3.2).
+    let hosts = req.headers().get_all(http::header::HOST).iter().count();
     let host = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
         .unwrap_or_default();
     let host = route::normalize(&host);
+    if hosts > 1 {
+        return pages::bad_request(&host, "the request has more than one Host header");
+    }
+    if req.method() == http::Method::CONNECT {
+        return pages::method_not_allowed(
+            &host,
+            "CONNECT is not served: the URL service is not a forward proxy",
+        );
+    }
     let roll = (rand_u32() % 100) as u8;
     // Instances that are moving (their node died, they reconnect to
     // another) cannot take a request for a moment: as long as it was not

@@ -11,6 +11,19 @@ pub fn not_found(host: &str, why: &str) -> Response<Body> {
     page(StatusCode::NOT_FOUND, "No app here", host, why)
 }
 
+pub fn bad_request(host: &str, why: &str) -> Response<Body> {
+    page(StatusCode::BAD_REQUEST, "Bad request", host, why)
+}
+
+pub fn method_not_allowed(host: &str, why: &str) -> Response<Body> {
+    page(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed",
+        host,
+        why,
+    )
+}
+
 pub fn bad_gateway(host: &str, why: &str) -> Response<Body> {
     page(
         StatusCode::BAD_GATEWAY,

@@ -359,7 +359,37 @@ async fn exchange(
             (None, Sending::Busy(AbortOnDropHandle::new(task)))
         }
     };
-    let read = h1::read_head(&mut tunnel.recv, &mut tunnel.buf, &parts.method).await;
+    // While the body goes out, watch it: a body the client got wrong
+    // (malformed chunks) is the client's error, 400, not the app's 502.
+    let mut sending = sending;
+    let read = loop {
+        let Sending::Busy(task) = &mut sending else {
+            break h1::read_head(&mut tunnel.recv, &mut tunnel.buf, &parts.method).await;
+        };
+        let sent = tokio::select! {
+            read = h1::read_head(&mut tunnel.recv, &mut tunnel.buf, &parts.method) => Err(read),
+            sent = task => Ok(sent),
+        };
+        match sent {
+            Err(read) => break read,
+            Ok(Ok(Ok(send))) => sending = Sending::Idle(send),
+            Ok(Ok(Err(why))) if why.starts_with(h1::CLIENT_BODY_BROKE) => {
+                let host = parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                return Tried::Answered(super::pages::bad_request(&host, &why));
+            }
+            // The tunnel broke (or the task failed): what the app says, if
+            // anything, decides; the tunnel is not reused.
+            Ok(_) => {
+                sending = Sending::Gone;
+                break h1::read_head(&mut tunnel.recv, &mut tunnel.buf, &parts.method).await;
+            }
+        }
+    };
     let mut head = match (read, body) {
         (Ok(head), _) => head,
         (Err(HeadError::Nothing(why)), Some(body)) if pooled && is_idempotent(&parts.method) => {
@@ -444,7 +474,14 @@ async fn join_upgraded(client: hyper::upgrade::OnUpgrade, app: hyper::upgrade::O
 
 /// Whether the request asks to switch protocols (a websocket).
 pub fn wants_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
+    // Only websockets are passed through; any other protocol's upgrade
+    // (h2c, or whatever else a client names) is dropped and the request
+    // served as a plain one.
+    h.get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
         && h.get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -455,11 +492,13 @@ pub fn wants_upgrade(h: &HeaderMap) -> bool {
 /// The request as the app gets it: HTTP/1.1 in origin form, `Host` set,
 /// hop-by-hop headers gone, `X-Forwarded-*` added.
 pub fn prepare(req: &mut Request<Incoming>, origin: &Origin, upgrade: bool) {
-    let host = req.headers().get(header::HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The target's authority wins over `Host` (RFC 9112 3.2.2), as routing
+    // had it.
+    let host = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| req.headers().get(header::HOST).cloned());
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         let path = req
             .uri()
@@ -473,11 +512,26 @@ pub fn prepare(req: &mut Request<Incoming>, origin: &Origin, upgrade: bool) {
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
+    let ip = origin.addr.ip().to_string();
+    let proto = if origin.scheme == "https" {
+        "https"
+    } else {
+        "http"
+    };
+    // `Forwarded` (RFC 7239) is ours to say, like `X-Forwarded-*`: what a
+    // client sent is replaced, not passed on as if we vouched for it.
+    let mut forwarded = format!("for=\"{}\";proto={proto}", forwarded_node(&origin.addr));
+    if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
+        forwarded.push_str(&format!(";host=\"{h}\""));
+    }
+    headers.remove(header::FORWARDED);
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
     if let Some(host) = host {
         headers.insert(header::HOST, host.clone());
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
-    let ip = origin.addr.ip().to_string();
     let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(before) => format!("{before}, {ip}"),
         None => ip,
@@ -493,6 +547,14 @@ pub fn prepare(req: &mut Request<Incoming>, origin: &Origin, upgrade: bool) {
             "http"
         }),
     );
+}
+
+/// A client address as RFC 7239 writes a node (IPv6 in brackets).
+fn forwarded_node(addr: &std::net::SocketAddr) -> String {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    }
 }
 
 /// Removes the headers that concern one connection only (RFC 9110 7.6.1),

@@ -69,6 +69,15 @@ pub fn resolve(st: &State, domain: &str, host: &str, roll: u8) -> Result<Target,
         )));
     }
     let (app_label, seq) = split_version(label);
+    let seq = match seq {
+        Some(Version::Number(n)) => Some(n),
+        Some(Version::TooLarge) => {
+            return Err(Miss::Unknown(format!(
+                "{host}: there is no deployment with that number"
+            )))
+        }
+        None => None,
+    };
     let (project, app) = app_named(st, app_label)?;
     match seq {
         Some(seq) => deployment(st, &project, &app, DEFAULT_WORKSPACE, seq),
@@ -95,13 +104,22 @@ pub fn reserved(domain: &str, name: &str) -> Option<String> {
     ))
 }
 
+/// The `N` of `APP--vN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    Number(u64),
+    /// Digits past u64: no deployment has that number (not the release).
+    TooLarge,
+}
+
 /// `web--v3` → ("web", Some(3)); anything else is all app name.
-fn split_version(label: &str) -> (&str, Option<u64>) {
+fn split_version(label: &str) -> (&str, Option<Version>) {
     match label.rsplit_once("--v") {
         Some((app, n))
             if !app.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) =>
         {
-            (app, n.parse().ok())
+            let v = n.parse().map_or(Version::TooLarge, Version::Number);
+            (app, Some(v))
         }
         _ => (label, None),
     }
@@ -431,8 +449,18 @@ mod tests {
 
     #[test]
     fn versions_split_from_the_right() {
-        assert_eq!(split_version("web--v12"), ("web", Some(12)));
-        assert_eq!(split_version("my--app--v3"), ("my--app", Some(3)));
+        assert_eq!(
+            split_version("web--v12"),
+            ("web", Some(Version::Number(12)))
+        );
+        assert_eq!(
+            split_version("my--app--v3"),
+            ("my--app", Some(Version::Number(3)))
+        );
+        assert_eq!(
+            split_version("web--v99999999999999999999999"),
+            ("web", Some(Version::TooLarge))
+        );
         assert_eq!(split_version("web--vx"), ("web--vx", None));
         assert_eq!(split_version("--v3"), ("--v3", None));
         assert_eq!(split_version("web"), ("web", None));
