@@ -784,3 +784,20 @@ fn the_ingress_refuses_ambiguous_and_foreign_requests() {
     // And the app still answers.
     assert_eq!(status(&release), 200);
 }
+
+/// Low finding: `cairn status` ignored an invalid `cairn.hcl` and showed
+/// the whole cluster with exit 0. Now the file's error (file:line) is the
+/// answer.
+#[test]
+fn status_reports_an_invalid_config_instead_of_ignoring_it() {
+    let node = NodeProc::start_new();
+    let cli = Cli::new();
+    cli.connect_to(&node, "dev");
+    let bad = write_app("project = \"p\"\napp \"web\" {\n  build {\n", &[]);
+    let out = cli.run_in(bad.path(), &["status"]).fails();
+    assert!(out.stderr.contains("cairn.hcl:"), "{out}");
+    assert_eq!(out.stderr_lines().len(), 1, "{out}");
+    // Without a config: the whole cluster, fine.
+    let empty = tempfile::tempdir().expect("tempdir");
+    cli.run_in(empty.path(), &["status"]).ok();
+}

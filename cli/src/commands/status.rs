@@ -8,7 +8,12 @@ use super::Global;
 use crate::plugins::Catalog;
 
 pub async fn run(g: &Global, json: bool) -> anyhow::Result<i32> {
-    let cfg = super::load_config(&g.dir()).ok();
+    // No config here: the whole cluster. A config that does not load is an
+    // error (file:line), not something to skip silently.
+    let cfg = match crate::config::find(&g.dir()) {
+        Ok(path) => Some(crate::config::load(&path)?),
+        Err(_) => None,
+    };
     let builds = operations(g, OpKind::Build, None).await?;
     let deps = operations(g, OpKind::Deployment, None).await?;
     let rels = operations(g, OpKind::Release, None).await?;

@@ -264,6 +264,26 @@ pub(crate) fn decode(body: &Body, file: &Path, dir: &Path) -> Result<Config, Con
         let attr = body.attr("project").map_or(&start, |a| &a.loc);
         return Err(ConfigError::invalid(attr, "`project` must not be empty"));
     }
+    if let Some(c) = project
+        .chars()
+        .find(|c| c.is_control() || c.is_whitespace() || *c == '/')
+    {
+        let attr = body.attr("project").map_or(&start, |a| &a.loc);
+        return Err(ConfigError::invalid(
+            attr,
+            format!("`project` {project:?} holds {c:?}: a project name cannot hold control characters, spaces or '/'"),
+        ));
+    }
+    if project.len() > MAX_PROJECT_NAME {
+        let attr = body.attr("project").map_or(&start, |a| &a.loc);
+        return Err(ConfigError::invalid(
+            attr,
+            format!(
+                "`project` is {} bytes long; at most {MAX_PROJECT_NAME}",
+                project.len()
+            ),
+        ));
+    }
 
     let top_env = config_env(body, &base, TOP_CTX)?;
 
@@ -297,9 +317,15 @@ pub(crate) fn decode(body: &Body, file: &Path, dir: &Path) -> Result<Config, Con
     })
 }
 
+/// Longest project name (the node's limit too).
+const MAX_PROJECT_NAME: usize = 128;
+/// Longest app name (the node's limit too): `APP--vN` stays one DNS label.
+const MAX_APP_NAME: usize = 48;
+
 fn valid_app_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+    name.len() <= MAX_APP_NAME
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
@@ -314,7 +340,7 @@ fn decode_app(
         return Err(ConfigError::invalid(
             &block.loc,
             format!(
-                "invalid app name \"{name}\": use letters, digits, '-' and '_', starting with a letter or digit"
+                "invalid app name {name:?}: use letters, digits, '-' and '_', starting with a letter or digit, at most {MAX_APP_NAME} of them"
             ),
         ));
     }

@@ -707,6 +707,26 @@ fn unknown_and_misplaced_names_are_rejected() {
         "cairn.hcl:2:1: ",
         "invalid app name \"my app\"",
     );
+    // Control characters are named escaped, never printed raw (a terminal
+    // would act on them).
+    assert_err(
+        &format!("project = \"p\"\napp \"we\u{1b}[31mb\" {{\n{BUILD}\n{DEPLOY}\n}}\n"),
+        "cairn.hcl:2:1: ",
+        "invalid app name \"we\\u{1b}[31mb\"",
+    );
+    assert_err(
+        &format!("project = \"p\\u001b[2J\"\napp \"web\" {{\n{BUILD}\n{DEPLOY}\n}}\n"),
+        "cairn.hcl:1:1: ",
+        "`project` \"p\\u{1b}[2J\" holds '\\u{1b}'",
+    );
+    assert_err(
+        &format!(
+            "project = \"p\"\napp \"{}\" {{\n{BUILD}\n{DEPLOY}\n}}\n",
+            "a".repeat(49)
+        ),
+        "cairn.hcl:2:1: ",
+        "at most 48",
+    );
     assert_err(
         &app(&format!("  path = 3\n{BUILD}\n{DEPLOY}")),
         "cairn.hcl:3:3: ",
@@ -924,10 +944,13 @@ fn git_functions_outside_a_repo_are_located_errors() {
 
 #[test]
 fn json_strings_and_truncated_inputs() {
-    let src = r#"{"project": "p\u00e9\ud83d\ude00\n\"q\"", "app": {"w": {"build": {"use": {"x": {"s": "tab\there"}}}, "deploy": {"use": {"y": {"n": -1.5e2}}}}}}"#;
+    let src = r#"{"project": "p\u00e9\ud83d\ude00\"q\"", "app": {"w": {"build": {"use": {"x": {"s": "tab\there\nline"}}}, "deploy": {"use": {"y": {"n": -1.5e2}}}}}}"#;
     let cfg = parse_str(src, Path::new("c.json")).expect("parses");
-    assert_eq!(cfg.project, "pé😀\n\"q\"");
-    assert_eq!(cfg.apps[0].build.builder.config["s"], json!("tab\there"));
+    assert_eq!(cfg.project, "pé😀\"q\"");
+    assert_eq!(
+        cfg.apps[0].build.builder.config["s"],
+        json!("tab\there\nline")
+    );
     assert_eq!(cfg.apps[0].deploy.plugin.config["n"], json!(-150)); // HCL numbers: a whole float is an integer
                                                                     // Every truncation of valid documents is a one-line, located error (and never a panic).
     for (doc, file) in [
