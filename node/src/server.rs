@@ -929,6 +929,15 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, shutdown: Canc
     let admitted = match verdict {
         Ok(p) => p,
         Err(reply) => {
+            if let HelloReply::Refused { reason } = &reply {
+                tracing::warn!(
+                    remote = %conn.remote_address(),
+                    role = role_word(role),
+                    agent = %hello.agent,
+                    %reason,
+                    "refused a connection"
+                );
+            }
             let _ = frame::write(&mut send, &reply).await;
             let _ = send.finish();
             // Give the refusal time to arrive before closing.
@@ -1040,8 +1049,9 @@ async fn authenticate(
     };
     if !allowed {
         return Err(format!(
-            "a {:?} token cannot be used for a {:?} connection",
-            rec.scope, role
+            "a {} token cannot be used for a {} connection",
+            scope_word(&rec.scope),
+            role_word(role)
         ));
     }
     let name = match &rec.scope {
@@ -1056,6 +1066,27 @@ async fn authenticate(
         scope: rec.scope,
         token_hash: hash,
     })
+}
+
+/// A token scope as people say it.
+fn scope_word(scope: &TokenScope) -> &'static str {
+    match scope {
+        TokenScope::Bootstrap => "bootstrap",
+        TokenScope::User => "user",
+        TokenScope::Runner => "runner",
+        TokenScope::Join => "join",
+        TokenScope::Entrypoint { .. } => "entrypoint",
+    }
+}
+
+/// A connection's role as people say it.
+fn role_word(role: Role) -> &'static str {
+    match role {
+        Role::Peer => "peer (node)",
+        Role::Client => "client",
+        Role::Runner => "runner",
+        Role::Entrypoint => "entrypoint",
+    }
 }
 
 async fn serve_stream(

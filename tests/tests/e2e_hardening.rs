@@ -801,3 +801,42 @@ fn status_reports_an_invalid_config_instead_of_ignoring_it() {
     let empty = tempfile::tempdir().expect("tempdir");
     cli.run_in(empty.path(), &["status"]).ok();
 }
+
+/// Low finding: refused authentications left no trace in the node's log,
+/// and a token of the wrong kind was refused in Rust debug notation
+/// (`a Entrypoint { app: …, deployment: 3 } token …`). Now each refusal is
+/// logged with the peer's address, and the reason is plain words.
+#[test]
+fn refused_connections_are_logged_and_explained_in_words() {
+    let node = NodeProc::start_new();
+    let admin = Cli::new();
+    admin.connect_to(&node, "n0");
+    let join = cairn_tests::join_token(&admin);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut dial = node.dial(&join);
+    dial.role = cairn_protocol::handshake::Role::Runner;
+    let err = match rt.block_on(cairn_protocol::rpc::connect(&dial)) {
+        Ok(_) => panic!("a join token was admitted as a runner"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("a join token cannot be used for a runner connection"),
+        "{err}"
+    );
+    assert!(!err.contains('{') && !err.contains("Join"), "{err}");
+    let wrong = rt.block_on(cairn_protocol::rpc::connect(&node.dial("cairn_user_nope")));
+    assert!(wrong.is_err());
+    assert_eventually!(
+        node.log().matches("refused a connection").count() >= 2,
+        WITHIN
+    );
+    let log = node.log();
+    assert!(log.contains("token is not valid"), "{log}");
+    assert!(
+        !log.contains("cairn_user_nope"),
+        "the node logged the secret"
+    );
+}
