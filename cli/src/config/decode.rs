@@ -115,14 +115,21 @@ const TOP_CTX: &str = "at the top level";
 
 pub(crate) fn parse_hcl(src: &str, file: &Path) -> Result<Body, ConfigError> {
     let lines = Lines::new(file, src);
-    super::nesting::check(src).map_err(|at| {
-        ConfigError::syntax(
+    super::nesting::check(src).map_err(|limit| match limit {
+        super::nesting::Limit::Nesting(at) => ConfigError::syntax(
             lines.loc(at),
             format!(
                 "nested more than {} levels deep (blocks, brackets, strings and templates)",
                 super::nesting::MAX_NESTING
             ),
-        )
+        ),
+        super::nesting::Limit::Entries(at) => ConfigError::syntax(
+            lines.loc(at),
+            format!(
+                "this {{ … }} holds more than {} lines or entries; split it (a config this large takes the parser minutes)",
+                super::nesting::MAX_ENTRIES
+            ),
+        ),
     })?;
     let body = hcl::edit::parser::parse_body(src).map_err(|e| {
         let l = e.location();

@@ -137,6 +137,7 @@ impl Parser<'_> {
     }
 
     fn object(&mut self, depth: usize) -> Result<Kind, Error> {
+        let open = self.pos;
         self.pos += 1; // '{'
         let mut members = Vec::new();
         self.skip_ws();
@@ -154,6 +155,14 @@ impl Parser<'_> {
             self.expect(b':', "':' after an object key")?;
             let value = self.value(depth + 1)?;
             members.push(Member { key, key_at, value });
+            if members.len() > super::nesting::MAX_ENTRIES {
+                // The evaluator's objects cost n² to build (see `nesting`).
+                self.pos = open;
+                return Err(self.err(format!(
+                    "this object holds more than {} members; split it (a config this large takes the parser minutes)",
+                    super::nesting::MAX_ENTRIES
+                )));
+            }
             self.skip_ws();
             match self.peek() {
                 Some(b',') => self.pos += 1,

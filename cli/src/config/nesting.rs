@@ -13,10 +13,28 @@
 /// Deepest nesting accepted, as for the JSON form.
 pub const MAX_NESTING: usize = 128;
 
+/// Most lines (or comma-separated entries) one `{ … }` may hold. The
+/// parser's objects are vector maps whose inserts compare every key before,
+/// so an object of n keys costs n² (100,000 keys: 80 s of CPU); this keeps a
+/// file well under a second. Counted generously: every line and comma
+/// between the braces, comments and blank lines included.
+pub const MAX_ENTRIES: usize = 10_000;
+
+/// What [`check`] refused, and at which byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Nested deeper than [`MAX_NESTING`].
+    Nesting(usize),
+    /// A `{ … }` with more than [`MAX_ENTRIES`] lines or entries; the
+    /// offset of its `{`.
+    Entries(usize),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Open {
-    /// `{`, `[` or `(`: closed by this byte.
-    Bracket(u8),
+    /// `{`, `[` or `(`: closed by this byte; where it opened and, for `{`,
+    /// how many lines and commas it holds so far.
+    Bracket(u8, usize, usize),
     /// `${` or `%{` in a string or heredoc: closed by `}`.
     Template,
     /// A quoted string.
@@ -25,8 +43,8 @@ enum Open {
     Heredoc(String),
 }
 
-/// `Err(offset)`: the byte where the nesting first goes past [`MAX_NESTING`].
-pub fn check(src: &str) -> Result<(), usize> {
+/// The first limit `src` goes past, if any (see [`Limit`]).
+pub fn check(src: &str) -> Result<(), Limit> {
     let b = src.as_bytes();
     let at = |i: usize| b.get(i).copied();
     let mut stack: Vec<Open> = Vec::new();
@@ -94,25 +112,33 @@ pub fn check(src: &str) -> Result<(), usize> {
                         i = id_end + 1;
                         line_start = true;
                         if stack.len() > MAX_NESTING {
-                            return Err(i);
+                            return Err(Limit::Nesting(i));
                         }
                         continue;
                     }
                 }
-                b'{' => stack.push(Open::Bracket(b'}')),
-                b'[' => stack.push(Open::Bracket(b']')),
-                b'(' => stack.push(Open::Bracket(b')')),
+                b'{' => stack.push(Open::Bracket(b'}', i, 0)),
+                b'[' => stack.push(Open::Bracket(b']', i, 0)),
+                b'(' => stack.push(Open::Bracket(b')', i, 0)),
                 b'}' | b']' | b')'
-                    if matches!(stack.last(), Some(Open::Bracket(close)) if *close == c)
+                    if matches!(stack.last(), Some(Open::Bracket(close, _, _)) if *close == c)
                         || (c == b'}' && stack.last() == Some(&Open::Template)) =>
                 {
                     stack.pop();
+                }
+                b'\n' | b',' => {
+                    if let Some(Open::Bracket(b'}', at, n)) = stack.last_mut() {
+                        *n += 1;
+                        if *n > MAX_ENTRIES {
+                            return Err(Limit::Entries(*at));
+                        }
+                    }
                 }
                 _ => {}
             },
         }
         if stack.len() > MAX_NESTING {
-            return Err(i);
+            return Err(Limit::Nesting(i));
         }
         line_start = c == b'\n';
         i += 1;
@@ -129,12 +155,39 @@ mod tests {
     }
 
     #[test]
+    fn an_object_or_block_with_too_many_entries_is_refused_at_its_brace() {
+        let object = |n: usize, sep: &str| {
+            let entries: Vec<String> = (0..n).map(|i| format!("K{i} = \"v\"")).collect();
+            format!("x = 1\nenv = {{{}}}\n", entries.join(sep))
+        };
+        // Every line break and comma between the braces counts: n entries
+        // separated by either are n - 1 of them.
+        assert_eq!(check(&object(MAX_ENTRIES + 1, "\n")), Ok(()));
+        assert_eq!(
+            check(&object(MAX_ENTRIES + 2, "\n")),
+            Err(Limit::Entries(12))
+        );
+        assert_eq!(
+            check(&object(MAX_ENTRIES + 2, ", ")),
+            Err(Limit::Entries(12))
+        );
+        // Lists and strings are not objects; lines inside a heredoc are text.
+        let list = format!("l = [{}]", "1,\n".repeat(MAX_ENTRIES * 2));
+        assert_eq!(check(&list), Ok(()));
+        let heredoc = format!(
+            "b {{\n  t = <<EOT\n{}EOT\n}}\n",
+            "line\n".repeat(MAX_ENTRIES * 2)
+        );
+        assert_eq!(check(&heredoc), Ok(()));
+    }
+
+    #[test]
     fn deep_nesting_of_any_kind_is_refused_where_it_goes_past_the_limit() {
         for (open, close) in [("[", "]"), ("(", ")"), ("{a = ", "}")] {
             assert_eq!(check(&nested(open, close, MAX_NESTING)), Ok(()), "{open}");
             let deep = nested(open, close, MAX_NESTING + 1);
             let at = check(&deep).expect_err(open);
-            assert_eq!(at, 4 + MAX_NESTING * open.len(), "{open}");
+            assert_eq!(at, Limit::Nesting(4 + MAX_NESTING * open.len()), "{open}");
         }
         let blocks = format!("{}{}", "b {\n".repeat(2_000), "}\n".repeat(2_000));
         assert!(check(&blocks).is_err());

@@ -1004,3 +1004,29 @@ fn deep_nesting_is_a_clear_error_not_a_crash() {
         Err(e) => assert!(!e.to_string().contains("nested more than"), "{e}"),
     }
 }
+
+/// 100,000 keys in one map used to take the parser ~80 s of CPU (its maps
+/// cost n² to build); now such a map is refused at once, naming where it
+/// starts, in both forms.
+#[test]
+fn a_map_past_the_entry_limit_is_refused_where_it_opens() {
+    use super::nesting::MAX_ENTRIES;
+    let n = MAX_ENTRIES * 10;
+    let keys: Vec<String> = (0..n).map(|i| format!("      K{i} = \"v\"")).collect();
+    let hcl = format!(
+        "project = \"p\"\napp \"web\" {{\n  config {{\n    env = {{\n{}\n    }}\n  }}\n{BUILD}\n{DEPLOY}\n}}\n",
+        keys.join("\n")
+    );
+    let started = std::time::Instant::now();
+    let e = parse_str(&hcl, Path::new("cairn.hcl")).expect_err("refused");
+    assert!(e.to_string().starts_with("cairn.hcl:4:11: "), "{e}");
+    assert!(e.to_string().contains("more than 10000"), "{e}");
+    let members: Vec<String> = (0..n).map(|i| format!("\"K{i}\": \"v\"")).collect();
+    let json = format!(
+        "{{\"project\": \"p\", \"app\": {{\"web\": {{\"config\": {{\"env\": {{{}}}}}}}}}}}",
+        members.join(", ")
+    );
+    let e = parse_str(&json, Path::new("c.json")).expect_err("refused");
+    assert!(e.to_string().contains("more than 10000 members"), "{e}");
+    eprintln!("both refused in {:?}", started.elapsed());
+}
