@@ -1048,9 +1048,14 @@ async fn authenticate(
         _ => false,
     };
     if !allowed {
+        let scope = scope_word(&rec.scope);
+        let article = if scope.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
         return Err(format!(
-            "a {} token cannot be used for a {} connection",
-            scope_word(&rec.scope),
+            "{article} {scope} token cannot be used for a {} connection",
             role_word(role)
         ));
     }

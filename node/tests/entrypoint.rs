@@ -331,7 +331,10 @@ async fn an_entrypoint_token_does_entrypoint_things_for_its_own_deployment_only(
 
     // The entrypoint token does not open a client connection.
     match f.connect(Role::Client, &token).await {
-        Err(RpcError::Refused(r)) => assert!(r.contains("Entrypoint"), "{r}"),
+        Err(RpcError::Refused(r)) => assert!(
+            r.contains("an entrypoint token cannot be used for a client connection"),
+            "{r}"
+        ),
         other => panic!("entrypoint token opened a client connection: {other:?}"),
     }
     f.node.stop().await;
