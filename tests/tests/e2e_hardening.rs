@@ -12,27 +12,36 @@ fn status(url: &str) -> u16 {
     http_get(url).map(|r| r.status).unwrap_or(0)
 }
 
-/// App `web` of project `other` (same name as [`webapp`]'s `shop/web`).
-fn other_web() -> tempfile::TempDir {
+/// App `app` of `project`: [`WEBAPP`] on the process platform, with
+/// `extra` lines in its `use "process"` block.
+fn python_app(project: &str, app: &str, extra: &str) -> tempfile::TempDir {
     write_app(
-        r#"project = "other"
+        &format!(
+            r#"project = "{project}"
 
-app "web" {
-  build {
-    use "files" {}
-  }
-  deploy {
-    use "process" {
+app "{app}" {{
+  build {{
+    use "files" {{}}
+  }}
+  deploy {{
+    use "process" {{
       command = ["python3", "web.py"]
-    }
-  }
-  release {
-    use "process" {}
-  }
-}
-"#,
+      {extra}
+    }}
+  }}
+  release {{
+    use "process" {{}}
+  }}
+}}
+"#
+        ),
         &[("web.py", WEBAPP)],
     )
+}
+
+/// App `web` of project `other` (same name as [`webapp`]'s `shop/web`).
+fn other_web() -> tempfile::TempDir {
+    python_app("other", "web", "")
 }
 
 /// Item 1: a second project's `web` used to take `shop/web`'s URLs down
@@ -422,26 +431,7 @@ fn instances_start_clean_with_their_own_home_and_as_root_run_unprivileged() {
     let node = NodeProc::start_new();
     let cli = Cli::new();
     cli.connect_to(&node, "dev");
-    let app = write_app(
-        r#"project = "iso"
-
-app "web" {
-  build {
-    use "files" {}
-  }
-  deploy {
-    use "process" {
-      command  = ["python3", "web.py"]
-      pass_env = ["KEEP_ME"]
-    }
-  }
-  release {
-    use "process" {}
-  }
-}
-"#,
-        &[("web.py", WEBAPP)],
-    );
+    let app = python_app("iso", "web", r#"pass_env = ["KEEP_ME"]"#);
     let up = cli
         .run_in_under(
             &["env", "LEAKED_SECRET=aws-key", "KEEP_ME=kept"],
@@ -627,25 +617,7 @@ fn custom_hostnames_cannot_take_an_apps_own_names() {
     let up = cli.run_in(shop.path(), &["up"]).ok();
     let deployment = up.field("Deployment URL").expect("Deployment URL");
     assert_eventually!(status(&deployment) == 200, WITHIN);
-    let other = write_app(
-        r#"project = "other"
-
-app "api" {
-  build {
-    use "files" {}
-  }
-  deploy {
-    use "process" {
-      command = ["python3", "web.py"]
-    }
-  }
-  release {
-    use "process" {}
-  }
-}
-"#,
-        &[("web.py", WEBAPP)],
-    );
+    let other = python_app("other", "api", "");
     cli.run_in(other.path(), &["up"]).ok();
     for name in [
         "web--v1.localhost",

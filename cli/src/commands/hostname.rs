@@ -4,8 +4,7 @@
 use cairn_protocol::api::{ClientRequest, ClientResponse};
 use cairn_protocol::types::Hostname;
 
-use super::{table, when, DeploymentArgs, Global};
-use crate::client;
+use super::{call, table, when, DeploymentArgs, Global};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum HostnameCmd {
@@ -76,14 +75,6 @@ pub async fn run(g: &Global, cmd: &HostnameCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
-}
-
-async fn call(g: &Global, req: ClientRequest) -> anyhow::Result<ClientResponse> {
-    let ctx = client::resolve(g.context.as_deref(), true).await?;
-    let mut s = client::connect(&ctx).await?;
-    let r = s.call(&req).await;
-    s.conn.close(0u32.into(), b"bye");
-    Ok(r?)
 }
 
 fn to_json(h: &Hostname) -> serde_json::Value {

@@ -89,6 +89,19 @@ impl DeploymentArgs {
     }
 }
 
+/// One request to the context's cluster on a connection of its own (a
+/// retry-safe write or a read moves to another member if its node fails).
+pub async fn call(
+    g: &Global,
+    req: cairn_protocol::api::ClientRequest,
+) -> anyhow::Result<cairn_protocol::api::ClientResponse> {
+    let ctx = crate::client::resolve(g.context.as_deref(), true).await?;
+    let mut s = crate::client::connect(&ctx).await?;
+    let r = s.call(&req).await;
+    s.conn.close(0u32.into(), b"bye");
+    Ok(r?)
+}
+
 /// Load the config in `dir` (cairn.hcl, cairn.hcl.json, waypoint.hcl…).
 pub fn load_config(dir: &Path) -> anyhow::Result<Config> {
     let path = crate::config::find(dir)?;

@@ -12,8 +12,7 @@ use cairn_protocol::types::{JobKind, OpKind, OpStatus, Removed, ResourceState};
 
 use super::lifecycle::AppArg;
 use super::runner::RunnerSelect;
-use super::Global;
-use crate::client;
+use super::{call, Global};
 use crate::config::Config;
 use crate::ui::Style;
 
@@ -240,12 +239,4 @@ fn confirm(yes: bool, question: &str) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("not confirmed; nothing was changed")
     }
-}
-
-async fn call(g: &Global, req: ClientRequest) -> anyhow::Result<ClientResponse> {
-    let ctx = client::resolve(g.context.as_deref(), true).await?;
-    let mut s = client::connect(&ctx).await?;
-    let r = s.call(&req).await;
-    s.conn.close(0u32.into(), b"bye");
-    Ok(r?)
 }
