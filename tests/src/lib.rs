@@ -449,6 +449,7 @@ pub struct NodeBuilder {
     listen: Option<String>,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    data_from: Option<PathBuf>,
 }
 
 impl NodeBuilder {
@@ -460,6 +461,13 @@ impl NodeBuilder {
 
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Start from the data dir in this `.tar.gz` (holding one folder,
+    /// `data/`), as an earlier release left it.
+    pub fn data_from(mut self, tar_gz: &Path) -> Self {
+        self.data_from = Some(tar_gz.to_path_buf());
         self
     }
 
@@ -478,6 +486,16 @@ impl NodeBuilder {
             dir,
             builder: self,
         };
+        if let Some(tar_gz) = &n.builder.data_from {
+            let status = Command::new("tar")
+                .arg("-xzf")
+                .arg(tar_gz)
+                .arg("-C")
+                .arg(n.dir.path())
+                .status()
+                .expect("tar");
+            assert!(status.success(), "extracting {}", tar_gz.display());
+        }
         n.start();
         n.bootstrap = std::fs::read_to_string(n.dir.path().join("bootstrap.token"))
             .ok()

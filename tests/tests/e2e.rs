@@ -10,6 +10,7 @@ mod e2e_crash;
 mod e2e_embedded;
 mod e2e_entrypoint;
 mod e2e_failover;
+mod e2e_formats;
 mod e2e_hardening;
 mod e2e_ingress_soak;
 mod e2e_logs_exec;
