@@ -87,3 +87,40 @@ fn data_dirs_of_earlier_releases_load() {
         assert_records(&cli, release);
     }
 }
+
+/// The CLI's own files of each release (its contexts, current context and
+/// reach memory) keep working: the release's data dir is started on the
+/// address those files name, and the CLI uses them as they are.
+#[test]
+fn cli_files_of_earlier_releases_keep_working() {
+    for release in RELEASES {
+        let cli = Cli::new();
+        let status = std::process::Command::new("tar")
+            .arg("-xzf")
+            .arg(fixture(release, "cli-home.tar.gz"))
+            .arg("-C")
+            .arg(cli.home())
+            .status()
+            .expect("tar");
+        assert!(status.success());
+        let ctx = cli.run(&["context", "inspect", "--json"]).ok().json();
+        let addr = ctx["address"].as_str().expect("address").to_string();
+        assert_eq!(ctx["name"], "fx", "{release}: {ctx}");
+        // The address those files name: free, almost surely (it was an
+        // ephemeral port on the machine that wrote them).
+        if std::net::UdpSocket::bind(&addr).is_err() {
+            eprintln!("{release}: {addr} is taken here; only the files' parsing was checked");
+            continue;
+        }
+        let node = NodeProc::builder()
+            .listen(&addr)
+            .data_from(&fixture(release, "data-dir.tar.gz"))
+            .spawn();
+        assert_eq!(
+            ctx["ca_fingerprint"].as_str(),
+            Some(node.ca_fingerprint().as_str()),
+            "{release}"
+        );
+        assert_records(&cli, release);
+    }
+}
