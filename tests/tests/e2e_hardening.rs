@@ -610,11 +610,7 @@ fn walk_has(root: &std::path::Path, name: &str) -> bool {
 /// names.
 #[test]
 fn custom_hostnames_cannot_take_an_apps_own_names() {
-    let node = NodeProc::start_new();
-    let cli = Cli::new();
-    cli.connect_to(&node, "dev");
-    let shop = webapp(1);
-    let up = cli.run_in(shop.path(), &["up"]).ok();
+    let (_node, cli, _shop, up) = deployed_shop();
     let deployment = up.field("Deployment URL").expect("Deployment URL");
     assert_eventually!(status(&deployment) == 200, WITHIN);
     let other = python_app("other", "api", "");
@@ -640,6 +636,19 @@ fn custom_hostnames_cannot_take_an_apps_own_names() {
         .ok();
     cli.run_in(other.path(), &["hostname", "register", "www.api.localhost"])
         .ok();
+}
+
+/// A node, a CLI connected to it, and [`webapp`]'s `shop/web` up and
+/// answering; the directory and `up`'s output.
+fn deployed_shop() -> (NodeProc, Cli, tempfile::TempDir, cairn_tests::Output) {
+    let node = NodeProc::start_new();
+    let cli = Cli::new();
+    cli.connect_to(&node, "dev");
+    let shop = webapp(1);
+    let up = cli.run_in(shop.path(), &["up"]).ok();
+    let release = up.field("Release URL").expect("Release URL");
+    assert_eventually!(status(&release) == 200, WITHIN);
+    (node, cli, shop, up)
 }
 
 /// `raw` on a new connection to `addr`; the answer's status and text.
@@ -688,13 +697,8 @@ fn raw_request(addr: std::net::SocketAddr, raw: &str) -> (u16, String) {
 /// body from the client answered 502 blaming the app.
 #[test]
 fn the_ingress_refuses_ambiguous_and_foreign_requests() {
-    let node = NodeProc::start_new();
-    let cli = Cli::new();
-    cli.connect_to(&node, "dev");
-    let shop = webapp(1);
-    let up = cli.run_in(shop.path(), &["up"]).ok();
+    let (node, _cli, _shop, up) = deployed_shop();
     let release = up.field("Release URL").expect("Release URL");
-    assert_eventually!(status(&release) == 200, WITHIN);
     let addr = ingress_addr(&node);
     let port = addr.port();
     let host = format!("web.localhost:{port}");

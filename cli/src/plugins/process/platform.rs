@@ -525,18 +525,8 @@ fn extract(artifact: &Artifact, dir: &Path) -> Result<(), PluginError> {
 
 /// Writes JSON readable by the owner only (the spec holds the app's config env).
 fn write_private_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), PluginError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| PluginError::Failed(e.to_string()))?;
-    let _ = fs::remove_file(path);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(&bytes).map(|()| f))
-        .map_err(|e| PluginError::io(format!("writing {}", path.display()), e))?;
-    file.flush()
+    cairn_protocol::private::write(path, &bytes)
         .map_err(|e| PluginError::io(format!("writing {}", path.display()), e))
 }
 

@@ -19,7 +19,6 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::sys;
 use crate::plugins::command::resolve_program;
-use crate::plugins::files::temp_path;
 
 /// Set on the supervised command: the path of its supervisor's state file. It tells
 /// the command's processes apart from unrelated ones that reuse a recorded pid.
@@ -325,25 +324,11 @@ fn write_state(path: &Path, state: &SupervisorState) {
     }
 }
 
-/// Writes JSON to a temporary file next to `path`, then renames it into place.
+/// Writes JSON to a temporary file next to `path` (mode 0600), then renames
+/// it into place.
 pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = temp_path(dir);
     let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&bytes)?;
-    }
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    cairn_protocol::private::write(path, &bytes)
 }
 
 /// Reads a supervisor's state file.
