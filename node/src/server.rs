@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cairn_protocol::api::{ClientRequest, ClientResponse};
 use cairn_protocol::frame;
-use cairn_protocol::handshake::{check_version, HelloReply, Role, PROTOCOL_VERSION};
+use cairn_protocol::handshake::{negotiate, release_in_agent, HelloReply, Role, Speaks, Versions};
 use cairn_protocol::pki::{self, TransportLimits};
 use cairn_protocol::types::{TokenRecord, TokenScope};
 use cairn_protocol::{now_ms, token};
@@ -882,6 +882,8 @@ pub struct ConnSession {
     pub conn: quinn::Connection,
     pub principal: Principal,
     pub role: Role,
+    /// The protocol version the connection speaks and what the other side runs.
+    pub speaks: Speaks,
     /// Set once the connection registered as a runner.
     pub runner: std::sync::Mutex<Option<String>>,
 }
@@ -908,8 +910,11 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, shutdown: Canc
         }
     };
     let refuse = |reason: String| HelloReply::Refused { reason };
-    let verdict = if let Err(e) = check_version(hello.version) {
-        Err(refuse(e))
+    let theirs = hello.versions();
+    let me = format!("this node (cairn-node {})", cairn_protocol::VERSION);
+    let negotiated = negotiate(Versions::OURS, &me, theirs, hello.who());
+    let verdict = if let Err(e) = &negotiated {
+        Err(refuse(e.clone()))
     } else if hello.role != role {
         Err(refuse(format!(
             "hello says role {:?} but the connection negotiated {:?}",
@@ -950,22 +955,49 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, shutdown: Canc
         Admitted::Peer(id) => format!("node:{id:x}"),
         Admitted::Token(p) => p.name.clone(),
     };
-    let welcome = HelloReply::Welcome {
-        node_id: ctx.identity.node_id,
-        version: PROTOCOL_VERSION,
-        principal: name,
+    // Checked above: the verdict is an error when negotiation failed.
+    let version = negotiated.unwrap_or(theirs.min);
+    let speaks = Speaks {
+        version,
+        versions: theirs,
+        release: release_in_agent(hello.who())
+            .unwrap_or(match theirs.min == theirs.max {
+                true => cairn_protocol::handshake::release_of_legacy(version),
+                false => "unknown",
+            })
+            .to_string(),
+    };
+    // A sender that speaks only version 4 decodes nothing but `Welcome`.
+    let welcome = if theirs.max <= cairn_protocol::handshake::V0_1_PROTOCOL_VERSION {
+        HelloReply::Welcome {
+            node_id: ctx.identity.node_id,
+            version,
+            principal: name,
+        }
+    } else {
+        HelloReply::Agreed {
+            node_id: ctx.identity.node_id,
+            version,
+            principal: name,
+            release: cairn_protocol::VERSION.to_string(),
+            versions: Versions::OURS,
+        }
     };
     if frame::write(&mut send, &welcome).await.is_err() || send.finish().is_err() {
         return;
     }
     let principal = match admitted {
-        Admitted::Peer(id) => return peer::serve::serve(ctx, conn, id, shutdown).await,
+        Admitted::Peer(id) => {
+            ctx.peers.record_speaks(id, speaks.clone());
+            return peer::serve::serve(ctx, conn, id, shutdown).await;
+        }
         Admitted::Token(p) => p,
     };
     let session = Arc::new(ConnSession {
         conn: conn.clone(),
         principal,
         role,
+        speaks,
         runner: std::sync::Mutex::new(None),
     });
     loop {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use cairn_protocol::api::{ClientRequest, ClientResponse};
 use cairn_protocol::frame;
-use cairn_protocol::handshake::{Hello, HelloReply, Role};
+use cairn_protocol::handshake::{Hello, HelloReply, Role, Versions, PROTOCOL_VERSION};
 use cairn_protocol::pki::{Ca, TransportLimits};
 use cairn_protocol::rpc::{self, Dial, RpcError};
 
@@ -84,13 +84,13 @@ async fn wrong_token_is_refused_with_a_reason() {
     node.stop().await;
 }
 
-#[tokio::test]
-async fn version_mismatch_is_refused_not_hung() {
-    let (node, _dir) = node().await;
-    let token = user_token(&node).await;
-    // Speak the handshake by hand with a future version.
-    let s = rpc::connect(&dial(&node, &token)).await.expect("connects");
-    let endpoint = s.endpoint.clone();
+/// Speak the handshake by hand: send `hello` on a fresh connection and read
+/// the node's answer (bounded in time: a refusal must never hang).
+async fn raw_hello(
+    node: &cairn_node::Node,
+    endpoint: &quinn::Endpoint,
+    hello: &Hello,
+) -> HelloReply {
     let conn = endpoint
         .connect_with(
             cairn_protocol::pki::client_config(
@@ -107,21 +107,88 @@ async fn version_mismatch_is_refused_not_hung() {
         .await
         .expect("tls handshake");
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-    let hello = Hello {
-        version: 999,
+    frame::write(&mut send, hello).await.expect("write");
+    send.finish().expect("finish");
+    tokio::time::timeout(Duration::from_secs(5), frame::read_required(&mut recv))
+        .await
+        .expect("answered in time")
+        .expect("reply")
+}
+
+#[tokio::test]
+async fn versions_are_negotiated_and_a_range_without_overlap_is_refused_naming_both() {
+    let (node, _dir) = node().await;
+    let token = user_token(&node).await;
+    let s = rpc::connect(&dial(&node, &token)).await.expect("connects");
+    // This build against itself: the newest version, and the node's release.
+    assert_eq!(s.node.version, PROTOCOL_VERSION);
+    assert_eq!(s.node.versions, Versions::OURS);
+    assert_eq!(s.node.release, cairn_protocol::VERSION);
+    let endpoint = s.endpoint.clone();
+
+    // Exactly what release 0.1.0's CLI sends: it gets the legacy answer
+    // (the only one it decodes) and version 4, and its requests work.
+    let legacy = Hello {
+        version: 4,
+        role: Role::Client,
+        token: token.clone(),
+        agent: "cairn 0.1.0".into(),
+    };
+    match raw_hello(&node, &endpoint, &legacy).await {
+        HelloReply::Welcome { version, .. } => assert_eq!(version, 4),
+        other => panic!("expected the legacy welcome, got {other:?}"),
+    }
+
+    // A future program that speaks 6 to 7 only: refused, naming both ranges
+    // and which side to upgrade.
+    let future = Hello {
+        version: 6,
+        role: Role::Client,
+        token: token.clone(),
+        agent: "cairn 0.9.0; protocol 6-7".into(),
+    };
+    match raw_hello(&node, &endpoint, &future).await {
+        HelloReply::Refused { reason } => assert!(
+            reason.contains("this node (cairn-node ")
+                && reason.contains("speaks protocol versions 4 to 5")
+                && reason.contains("cairn 0.9.0 speaks protocol versions 6 to 7")
+                && reason.ends_with(&format!(
+                    "upgrade this node (cairn-node {}) to a release that speaks version 6",
+                    cairn_protocol::VERSION
+                )),
+            "{reason}"
+        ),
+        other => panic!("expected refusal, got {other:?}"),
+    }
+    // One that overlaps at 5: agreed on 5.
+    let newer = Hello {
+        version: 5,
+        role: Role::Client,
+        token: token.clone(),
+        agent: "cairn 0.3.0; protocol 5-6".into(),
+    };
+    match raw_hello(&node, &endpoint, &newer).await {
+        HelloReply::Agreed {
+            version, versions, ..
+        } => {
+            assert_eq!(version, 5);
+            assert_eq!(versions, Versions::OURS);
+        }
+        other => panic!("expected agreement on 5, got {other:?}"),
+    }
+    // An old one below the range.
+    let ancient = Hello {
+        version: 3,
         role: Role::Client,
         token,
-        agent: "future".into(),
+        agent: "cairn 0.0.9".into(),
     };
-    frame::write(&mut send, &hello).await.expect("write");
-    send.finish().expect("finish");
-    let reply: HelloReply =
-        tokio::time::timeout(Duration::from_secs(5), frame::read_required(&mut recv))
-            .await
-            .expect("answered in time")
-            .expect("reply");
-    match reply {
-        HelloReply::Refused { reason } => assert!(reason.contains("version mismatch"), "{reason}"),
+    match raw_hello(&node, &endpoint, &ancient).await {
+        HelloReply::Refused { reason } => assert!(
+            reason.contains("cairn 0.0.9 speaks protocol version 3")
+                && reason.ends_with("upgrade cairn 0.0.9 to a release that speaks version 4"),
+            "{reason}"
+        ),
         other => panic!("expected refusal, got {other:?}"),
     }
     node.stop().await;

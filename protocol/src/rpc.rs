@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::api::{ClientRequest, ClientResponse};
 use crate::frame::{self, FrameError};
-use crate::handshake::{Hello, HelloReply, Role, PROTOCOL_VERSION};
+use crate::handshake::{Hello, HelloReply, Role, Speaks};
 use crate::pki::{self, CertifiedKey, TransportLimits, NODE_SERVER_NAME};
 
 /// How long dialling (QUIC + TLS + hello) may take before we give up.
@@ -58,6 +58,8 @@ pub struct Session {
     pub endpoint: quinn::Endpoint,
     pub node_id: u64,
     pub principal: String,
+    /// The version this connection speaks and what the node runs.
+    pub node: Speaks,
 }
 
 async fn resolve(addr: &str) -> Result<SocketAddr, RpcError> {
@@ -187,23 +189,39 @@ async fn connect_inner(dial: &Dial) -> Result<Session, RpcError> {
         .map_err(|e| unreachable(e.to_string()))?
         .await
         .map_err(|e| unreachable(e.to_string()))?;
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        role: dial.role,
-        token: dial.token.clone(),
-        agent: dial.agent.clone(),
-    };
+    let hello = Hello::new(dial.role, dial.token.clone(), &dial.agent);
     let (mut send, mut recv) = conn.open_bi().await?;
     frame::write(&mut send, &hello).await?;
     send.finish()?;
     match frame::read(&mut recv).await {
-        Ok(Some(HelloReply::Welcome {
-            node_id, principal, ..
+        Ok(Some(HelloReply::Agreed {
+            node_id,
+            version,
+            principal,
+            release,
+            versions,
         })) => Ok(Session {
             conn,
             endpoint,
             node_id,
             principal,
+            node: Speaks {
+                version,
+                versions,
+                release,
+            },
+        }),
+        // Only a node that speaks version 4 alone answers so.
+        Ok(Some(HelloReply::Welcome {
+            node_id,
+            principal,
+            version,
+        })) => Ok(Session {
+            conn,
+            endpoint,
+            node_id,
+            principal,
+            node: Speaks::legacy(version),
         }),
         Ok(Some(HelloReply::Refused { reason })) => Err(RpcError::Refused(reason)),
         Ok(None) => Err(RpcError::Refused(

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_protocol::frame;
-use cairn_protocol::handshake::{Hello, HelloReply, Role, PROTOCOL_VERSION};
+use cairn_protocol::handshake::{Hello, HelloReply, Role, Speaks};
 use cairn_protocol::pki::{self, CertifiedKey, TransportLimits, NODE_SERVER_NAME};
 use openraft::error::{
     NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Timeout,
@@ -88,12 +88,17 @@ struct Inner {
     last_contact: Mutex<HashMap<NodeId, Instant>>,
     /// When this transport (this node's process) started.
     started: Instant,
+    /// What each peer runs, as learnt from the last handshake with it
+    /// (either direction), and when that was.
+    speaks: Mutex<HashMap<NodeId, (Speaks, Instant)>>,
 }
 
 #[derive(Clone)]
 struct PeerConn {
     conn: quinn::Connection,
     node_id: NodeId,
+    /// The protocol version this connection speaks.
+    version: u32,
     /// RPCs on this connection that timed out in a row.
     timeouts: Arc<std::sync::atomic::AtomicU32>,
 }
@@ -130,6 +135,7 @@ impl QuicTransport {
                 dialing: Mutex::new(HashMap::new()),
                 last_contact: Mutex::new(HashMap::new()),
                 started: Instant::now(),
+                speaks: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -137,6 +143,41 @@ impl QuicTransport {
     /// This node's id.
     pub fn self_id(&self) -> NodeId {
         self.inner.self_id
+    }
+
+    /// Remember what peer `id` runs (from a handshake in either direction).
+    pub fn record_speaks(&self, id: NodeId, speaks: Speaks) {
+        if let Ok(mut m) = self.inner.speaks.lock() {
+            let changed = m.get(&id).is_none_or(|(s, _)| *s != speaks);
+            if changed {
+                tracing::info!(
+                    peer = format!("{id:x}"),
+                    release = %speaks.release,
+                    versions = %speaks.versions,
+                    version = speaks.version,
+                    "peer release"
+                );
+            }
+            m.insert(id, (speaks, Instant::now()));
+        }
+    }
+
+    /// What peer `id` runs, as of the last handshake with it, and how long ago
+    /// that handshake was.
+    pub fn speaks(&self, id: NodeId) -> Option<(Speaks, Duration)> {
+        let m = self.inner.speaks.lock().ok()?;
+        m.get(&id).map(|(s, t)| (s.clone(), t.elapsed()))
+    }
+
+    /// The protocol version the connection to `addr` speaks (dialling it if
+    /// needed): what a message whose form depends on it must be written in.
+    pub async fn version_to(
+        &self,
+        addr: &str,
+        expect: Option<NodeId>,
+        timeout: Duration,
+    ) -> Result<u32, PeerError> {
+        Ok(self.connection(addr, expect, timeout).await?.version)
     }
 
     /// How long ago `id` last answered an RPC from this node, if ever.
@@ -368,16 +409,15 @@ impl QuicTransport {
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| e.to_string())?;
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Peer,
-            token: String::new(),
-            agent: format!(
+        let hello = Hello::new(
+            Role::Peer,
+            String::new(),
+            &format!(
                 "cairn-node {} (node {:x})",
                 cairn_protocol::VERSION,
                 self.inner.self_id
             ),
-        };
+        );
         let reply: Result<HelloReply, String> = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             frame::write(&mut send, &hello)
@@ -390,11 +430,39 @@ impl QuicTransport {
         }
         .await;
         match reply {
-            Ok(HelloReply::Welcome { node_id, .. }) => {
-                tracing::debug!(%addr, peer = format!("{node_id:x}"), "peer connection up");
+            Ok(HelloReply::Agreed {
+                node_id,
+                version,
+                release,
+                versions,
+                ..
+            }) => {
+                tracing::debug!(%addr, peer = format!("{node_id:x}"), version, "peer connection up");
+                self.record_speaks(
+                    node_id,
+                    Speaks {
+                        version,
+                        versions,
+                        release,
+                    },
+                );
                 Ok(PeerConn {
                     conn,
                     node_id,
+                    version,
+                    timeouts: Arc::default(),
+                })
+            }
+            // A peer that speaks version 4 alone (release 0.1.0).
+            Ok(HelloReply::Welcome {
+                node_id, version, ..
+            }) => {
+                tracing::debug!(%addr, peer = format!("{node_id:x}"), version, "peer connection up (legacy)");
+                self.record_speaks(node_id, Speaks::legacy(version));
+                Ok(PeerConn {
+                    conn,
+                    node_id,
+                    version,
                     timeouts: Arc::default(),
                 })
             }
