@@ -159,7 +159,14 @@ impl Client {
         let deadline = tokio::time::Instant::now() + CALL_DEADLINE;
         let mut avoid: Vec<String> = Vec::new();
         loop {
-            let r = if retry_safe {
+            let needs = req.since_version();
+            let r = if needs > self.session.node.version {
+                // The node could not decode it: say so instead of sending it.
+                Err(RpcError::Remote(format!(
+                    "the node at {} runs cairn-node {} ({}), and this needs protocol version {needs}: upgrade that node (docs/upgrading.md)",
+                    self.addr, self.session.node.release, self.session.node.versions
+                )))
+            } else if retry_safe {
                 let attempt =
                     tokio::time::timeout(ATTEMPT_TIMEOUT, rpc::call(&self.session.conn, &req));
                 tokio::select! {

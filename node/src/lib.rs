@@ -13,5 +13,6 @@ pub mod raft;
 pub mod server;
 pub mod services;
 pub mod state;
+pub mod upgrade;
 
 pub use server::{start, Node, NodeConfig, NodeError};

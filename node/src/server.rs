@@ -293,6 +293,8 @@ pub struct Ctx {
     pub attached: crate::attached::Attached,
     /// This node's URL-service ingress, if it serves one.
     pub ingress: Option<cairn_protocol::api::IngressInfo>,
+    /// The leader's view of an upgrade in progress (see [`crate::upgrade`]).
+    pub upgrade: crate::upgrade::Tracker,
 }
 
 impl Ctx {
@@ -464,6 +466,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         logs: crate::logs::LogStore::default(),
         attached: crate::attached::Attached::default(),
         ingress: ingress_info.clone(),
+        upgrade: crate::upgrade::Tracker::default(),
     });
 
     // Serve peers (and clients) before joining: the leader replicates to
@@ -500,6 +503,10 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(services::entrypoint::run_sweeper(
+        ctx.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::upgrade::run(
         ctx.clone(),
         shutdown.clone(),
     )));
@@ -673,7 +680,7 @@ async fn become_member(
     if let Some(state) = restored {
         if raft.read_local(|s| s.cluster_ca.is_none() && s.tokens.is_empty()) {
             ctx.write(Command::Restore {
-                state: Box::new(state),
+                state: Box::new(crate::state::v0::State::from(&state)),
             })
             .await
             .map_err(NodeError::Write)?;
@@ -686,6 +693,13 @@ async fn become_member(
     // joining nodes' certificates (see `state::ClusterCa`).
     if let Some(ca) = &ctx.identity.ca {
         if raft.read_local(|s| s.cluster_ca.is_none()) && raft.is_leader() {
+            // A new cluster has no older member: it starts at this build's
+            // newest protocol version (see `crate::upgrade`).
+            ctx.write(Command::SetClusterVersion {
+                version: cairn_protocol::handshake::PROTOCOL_VERSION,
+            })
+            .await
+            .map_err(NodeError::Write)?;
             ctx.write(Command::SetClusterCa {
                 ca: ClusterCa {
                     cert_pem: ca.cert_pem.clone(),
@@ -919,6 +933,13 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, shutdown: Canc
         Err(refuse(format!(
             "hello says role {:?} but the connection negotiated {:?}",
             hello.role, role
+        )))
+    } else if role == Role::Peer && theirs.max < ctx.raft.read_local(|s| s.cluster_version()) {
+        let floor = ctx.raft.read_local(|s| s.cluster_version());
+        Err(refuse(format!(
+            "the cluster finished an upgrade to protocol version {floor}; {} speaks {theirs} and could not read its log: upgrade it to this cluster's release ({})",
+            hello.who(),
+            cairn_protocol::VERSION
         )))
     } else if role == Role::Peer {
         // Peers authenticate by their node certificate, not a token.

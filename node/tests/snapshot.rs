@@ -221,7 +221,8 @@ fn a_snapshot_of_another_format_version_is_refused() {
     assert!(
         msg.contains(&format!("version {future}"))
             && msg.contains(&format!(
-                "reads version {}",
+                "reads versions {} to {}",
+                cairn_node::raft::OLDEST_SNAPSHOT_FILE_VERSION,
                 cairn_node::raft::SNAPSHOT_FILE_VERSION
             )),
         "{msg}"
@@ -253,8 +254,9 @@ fn cairn_node_refuses_another_version_in_one_line() {
     assert_eq!(
         lines[0],
         format!(
-            "cairn-node: cannot restore from {}: snapshot file format version 99, but this cairn-node reads version {}",
+            "cairn-node: cannot restore from {}: snapshot file format version 99, but this cairn-node reads versions {} to {} (a newer release wrote it: restore it with that release or newer)",
             file.display(),
+            cairn_node::raft::OLDEST_SNAPSHOT_FILE_VERSION,
             cairn_node::raft::SNAPSHOT_FILE_VERSION
         )
     );

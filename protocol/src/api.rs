@@ -177,6 +177,25 @@ pub enum ClientRequest {
         project: String,
         app: Option<String>,
     },
+    /// Protocol 5: the members' releases and the cluster version (answered
+    /// `Upgrade`). With `finish`, end the rollback window of an upgrade now:
+    /// the cluster moves to the highest version every voter speaks (users
+    /// only; refused, naming them, while a voter runs an older release).
+    Upgrade {
+        finish: bool,
+    },
+}
+
+impl ClientRequest {
+    /// The protocol version that brought this request: a connection that
+    /// speaks an older one must not send it (the node could not decode it).
+    pub fn since_version(&self) -> u32 {
+        match self {
+            ClientRequest::Upgrade { .. } => 5,
+            ClientRequest::Idempotent { req, .. } => req.since_version(),
+            _ => 4,
+        }
+    }
 }
 
 /// What an entrypoint says about itself when it registers.
@@ -307,6 +326,44 @@ pub enum ClientResponse {
     },
     /// What `RemoveApps` removed.
     Removed(Removed),
+    /// Answer to `Upgrade` (protocol 5).
+    Upgrade(UpgradeStatus),
+}
+
+/// What one member runs, as the answering node learnt it from its last
+/// handshake with that member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRelease {
+    pub id: u64,
+    /// e.g. "0.2.0"; `None` when the answering node has not spoken with it.
+    pub release: Option<String>,
+    pub versions: Option<crate::handshake::Versions>,
+    /// How long ago that handshake was.
+    pub learnt_ms_ago: Option<u64>,
+}
+
+/// The state of an upgrade, as the leader sees it (`cairn server upgrade`,
+/// `cairn server members`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeStatus {
+    pub members: Vec<MemberInfo>,
+    pub releases: Vec<MemberRelease>,
+    /// The protocol version the cluster uses (what every voter speaks, as
+    /// recorded in the replicated state).
+    pub cluster_version: u32,
+    /// The highest version every voter speaks now: what the cluster moves
+    /// to when the upgrade finishes.
+    pub next_version: Option<u32>,
+    /// When the cluster moves there by itself (the rollback window), if
+    /// every voter is up and speaks it.
+    pub finishes_in_ms: Option<u64>,
+    /// For how long the voters have run different releases, if they do.
+    pub mixed_for_ms: Option<u64>,
+    /// From how long of mixed releases on members warns.
+    pub mixed_warn_after_ms: u64,
+    /// Which node answered (the leader, or the node asked when the leader
+    /// runs a release without this request).
+    pub answered_by: u64,
 }
 
 /// Largest `SnapshotChunk::data`: well under `frame::MAX_FRAME_SIZE`.

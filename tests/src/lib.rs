@@ -12,7 +12,7 @@
 //! Invariant: every process a fixture starts (directly, or through the CLI:
 //! local nodes, deployment supervisors) is stopped when the fixture drops.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -63,6 +63,35 @@ pub struct Bins {
     pub entrypoint: PathBuf,
     /// `tests/src/bin/conn-flood.rs`: holds idle connections (the ingress soak).
     pub conn_flood: PathBuf,
+}
+
+/// The folder holding `cairn`, `cairn-node` and `cairn-entrypoint` of an
+/// earlier release (`v0.1.0`, as listed in `tests/fixtures/RELEASES`),
+/// built once into a cache outside the checkout by
+/// `tests/upgrade/build-release.sh` (several minutes the first time; CI
+/// builds it before the tests). `CAIRN_PREVIOUS_RELEASE_BIN` names a folder
+/// to use instead.
+pub fn previous_release(release: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    if let Some(dir) = std::env::var_os("CAIRN_PREVIOUS_RELEASE_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(dir) = built.get(release) {
+        return dir.clone();
+    }
+    let out = Command::new(workspace_root().join("tests/upgrade/build-release.sh"))
+        .arg(release)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("tests/upgrade/build-release.sh");
+    assert!(
+        out.status.success(),
+        "building release {release} failed (see above)"
+    );
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    built.insert(release.to_string(), dir.clone());
+    dir
 }
 
 /// The workspace root (for `examples/`).
@@ -446,6 +475,8 @@ pub struct Ready {
 /// Options for a [`NodeProc`].
 #[derive(Debug, Clone, Default)]
 pub struct NodeBuilder {
+    /// The `cairn-node` to run (default: this build's).
+    program: Option<PathBuf>,
     listen: Option<String>,
     env: Vec<(String, String)>,
     args: Vec<String>,
@@ -468,6 +499,13 @@ impl NodeBuilder {
     /// `data/`), as an earlier release left it.
     pub fn data_from(mut self, tar_gz: &Path) -> Self {
         self.data_from = Some(tar_gz.to_path_buf());
+        self
+    }
+
+    /// Run this `cairn-node` (e.g. an earlier release's, see
+    /// [`previous_release`]) instead of this build's.
+    pub fn program(mut self, path: &Path) -> Self {
+        self.program = Some(path.to_path_buf());
         self
     }
 
@@ -548,7 +586,12 @@ impl NodeProc {
             .open(self.log_file())
             .expect("node log");
         let log2 = log.try_clone().expect("clone log");
-        let mut cmd = Command::new(&bins().node);
+        let program = self
+            .builder
+            .program
+            .clone()
+            .unwrap_or_else(|| bins().node.clone());
+        let mut cmd = Command::new(program);
         cmd.arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen")
@@ -671,24 +714,21 @@ impl NodeProc {
         self.builder.listen = prev;
     }
 
-    /// A dial to this node as a client with `token`.
-    pub fn dial(&self, token: &str) -> cairn_protocol::rpc::Dial {
-        cairn_protocol::rpc::Dial {
-            addr: self.addr(),
-            ca_fingerprint: self.ca_fingerprint(),
-            identity: None,
-            role: cairn_protocol::handshake::Role::Client,
-            token: token.to_string(),
-            agent: "cairn-tests".into(),
-            limits: cairn_protocol::pki::TransportLimits::DEFAULT,
-        }
+    /// Stop the node as a user does (SIGTERM, then SIGKILL after 10 s) and
+    /// start `program` (`None`: this build's `cairn-node`) on the same data
+    /// dir and address: one step of a rolling upgrade or a rollback.
+    pub fn replace_binary(&mut self, program: Option<&Path>) {
+        let addr = self.addr();
+        self.stop();
+        self.builder.program = program.map(Path::to_path_buf);
+        let prev = self.builder.listen.replace(addr);
+        self.start();
+        self.builder.listen = prev;
     }
-}
 
-impl Drop for NodeProc {
-    fn drop(&mut self) {
+    /// Stop the node as a user does: SIGTERM, then SIGKILL after 10 s.
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // A graceful stop first: it is what a user does.
             signal(c.id(), "TERM");
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
@@ -705,6 +745,26 @@ impl Drop for NodeProc {
                 }
             }
         }
+    }
+
+    /// A dial to this node as a client with `token`.
+    pub fn dial(&self, token: &str) -> cairn_protocol::rpc::Dial {
+        cairn_protocol::rpc::Dial {
+            addr: self.addr(),
+            ca_fingerprint: self.ca_fingerprint(),
+            identity: None,
+            role: cairn_protocol::handshake::Role::Client,
+            token: token.to_string(),
+            agent: "cairn-tests".into(),
+            limits: cairn_protocol::pki::TransportLimits::DEFAULT,
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        // A graceful stop first: it is what a user does.
+        self.stop();
     }
 }
 
@@ -854,6 +914,8 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<Option<i32>
 
 /// The `cairn` CLI with its own `CAIRN_HOME`.
 pub struct Cli {
+    /// The `cairn` to run (default: this build's).
+    program: Option<PathBuf>,
     home: TempDir,
     timeout: Duration,
     /// App dirs to `cairn destroy` on drop.
@@ -869,6 +931,7 @@ impl Default for Cli {
 impl Cli {
     pub fn new() -> Cli {
         Cli {
+            program: None,
             home: tempfile::tempdir().expect("tempdir"),
             timeout: CLI_TIMEOUT,
             apps: Mutex::new(BTreeSet::new()),
@@ -877,6 +940,12 @@ impl Cli {
 
     pub fn home(&self) -> &Path {
         self.home.path()
+    }
+
+    /// Run this `cairn` (e.g. an earlier release's, see [`previous_release`])
+    /// from now on, `None` for this build's; the home (contexts) stays.
+    pub fn set_program(&mut self, program: Option<&Path>) {
+        self.program = program.map(Path::to_path_buf);
     }
 
     /// `CAIRN_HOME/data`.
@@ -907,11 +976,12 @@ impl Cli {
     /// [`Cli::command`] run by `wrapper` (e.g. `["prlimit", "--stack=1048576", "--"]`):
     /// `WRAPPER… cairn ARGS…`.
     pub fn command_under(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let cairn = self.program.clone().unwrap_or_else(|| bins().cairn.clone());
         let mut cmd = match wrapper.split_first() {
-            None => Command::new(&bins().cairn),
+            None => Command::new(&cairn),
             Some((program, rest)) => {
                 let mut c = Command::new(program);
-                c.args(rest).arg(&bins().cairn);
+                c.args(rest).arg(&cairn);
                 c
             }
         };

@@ -17,4 +17,5 @@ mod e2e_logs_exec;
 mod e2e_restart;
 mod e2e_rollback;
 mod e2e_runner_agent;
+mod e2e_upgrade;
 mod e2e_urls;

@@ -1,7 +1,7 @@
 //! `server join-token`, `server members`, `server remove`: the cluster's
 //! membership, as the leader sees it.
 
-use cairn_protocol::api::{ClientRequest, ClientResponse, MemberRole};
+use cairn_protocol::api::{ClientRequest, ClientResponse, MemberRole, UpgradeStatus};
 use cairn_protocol::rpc;
 use cairn_protocol::types::TokenScope;
 
@@ -72,10 +72,31 @@ fn ttl_text(ttl_s: Option<u64>) -> String {
 pub async fn members(g: &Global, json: bool) -> anyhow::Result<i32> {
     let ctx = client::resolve(g.context.as_deref(), true).await?;
     let mut s = client::connect(&ctx).await?;
-    let r = s.call(&ClientRequest::Members).await?;
+    // A node of release 0.1.0 (protocol 4) knows no releases: plain members.
+    let (ms, status) = if s.node.version >= 5 {
+        let r = s.call(&ClientRequest::Upgrade { finish: false }).await?;
+        let ClientResponse::Upgrade(st) = r else {
+            anyhow::bail!("unexpected answer from the node: {r:?}")
+        };
+        (st.members.clone(), Some(st))
+    } else {
+        let r = s.call(&ClientRequest::Members).await?;
+        let ClientResponse::Members(ms) = r else {
+            anyhow::bail!("unexpected answer from the node: {r:?}")
+        };
+        (ms, None)
+    };
     s.conn.close(0u32.into(), b"bye");
-    let ClientResponse::Members(ms) = r else {
-        anyhow::bail!("unexpected answer from the node: {r:?}")
+    let release_of = |id: u64| -> String {
+        match &status {
+            Some(st) => st
+                .releases
+                .iter()
+                .find(|r| r.id == id)
+                .and_then(|r| r.release.clone())
+                .unwrap_or_else(|| "?".into()),
+            None => "?".into(),
+        }
     };
     if json {
         let v: Vec<serde_json::Value> = ms
@@ -85,6 +106,7 @@ pub async fn members(g: &Global, json: bool) -> anyhow::Result<i32> {
                     "id": format!("{:x}", m.id), "address": m.addr,
                     "role": role(m.role), "leader": m.leader,
                     "matched_index": m.matched_index, "last_contact_ms": m.last_contact_ms,
+                    "release": release_of(m.id),
                 })
             })
             .collect();
@@ -92,12 +114,12 @@ pub async fn members(g: &Global, json: bool) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<18} {:<24} {:<8} {:<7} {:>8} {:>13}",
+        "{:<18} {:<24} {:<8} {:<7} {:>8} {:>13}  RELEASE",
         "ID", "ADDRESS", "ROLE", "LEADER", "MATCHED", "LAST CONTACT"
     );
     for m in &ms {
         println!(
-            "{:<18} {:<24} {:<8} {:<7} {:>8} {:>13}",
+            "{:<18} {:<24} {:<8} {:<7} {:>8} {:>13}  {}",
             format!("{:x}", m.id),
             m.addr,
             role(m.role),
@@ -108,9 +130,151 @@ pub async fn members(g: &Global, json: bool) -> anyhow::Result<i32> {
             m.last_contact_ms
                 .map(|ms| format!("{ms} ms ago"))
                 .unwrap_or_else(|| "-".into()),
+            release_of(m.id),
         );
     }
+    match &status {
+        Some(st) => {
+            println!("Cluster version: protocol {}", st.cluster_version);
+            if let Some(w) = mixed_warning(st) {
+                eprintln!("{w}");
+            }
+        }
+        None => println!(
+            "Cluster version: protocol {} (the node at {} runs cairn-node {}, which does not report releases)",
+            s.node.version, s.addr(), s.node.release
+        ),
+    }
     Ok(0)
+}
+
+/// The warning when the members have run different releases for longer
+/// than an upgrade takes.
+fn mixed_warning(st: &UpgradeStatus) -> Option<String> {
+    let mixed = st.mixed_for_ms?;
+    if mixed < st.mixed_warn_after_ms {
+        return None;
+    }
+    let mut releases: Vec<&str> = st
+        .releases
+        .iter()
+        .filter_map(|r| r.release.as_deref())
+        .collect();
+    releases.sort();
+    releases.dedup();
+    Some(format!(
+        "warning: the members have run different releases ({}) for {} min; an upgrade takes minutes. Finish it or roll back: `cairn server upgrade` says what is left (docs/upgrading.md)",
+        releases.join(", "),
+        mixed / 60_000
+    ))
+}
+
+/// `cairn server upgrade [--finish]`: where a rolling upgrade stands and
+/// what to do next.
+pub async fn upgrade(g: &Global, finish: bool, json: bool) -> anyhow::Result<i32> {
+    let ctx = client::resolve(g.context.as_deref(), true).await?;
+    let mut s = client::connect(&ctx).await?;
+    let r = s.call(&ClientRequest::Upgrade { finish }).await?;
+    s.conn.close(0u32.into(), b"bye");
+    let ClientResponse::Upgrade(st) = r else {
+        anyhow::bail!("unexpected answer from the node: {r:?}")
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&upgrade_json(&st))?);
+        return Ok(0);
+    }
+    print!("{}", upgrade_text(&st, finish));
+    Ok(0)
+}
+
+fn upgrade_json(st: &UpgradeStatus) -> serde_json::Value {
+    serde_json::json!({
+        "cluster_version": st.cluster_version,
+        "next_version": st.next_version,
+        "finishes_in_ms": st.finishes_in_ms,
+        "mixed_for_ms": st.mixed_for_ms,
+        "members": st.members.iter().map(|m| {
+            let r = st.releases.iter().find(|r| r.id == m.id);
+            serde_json::json!({
+                "id": format!("{:x}", m.id),
+                "address": m.addr,
+                "role": role(m.role),
+                "leader": m.leader,
+                "release": r.and_then(|r| r.release.clone()),
+                "protocol_min": r.and_then(|r| r.versions).map(|v| v.min),
+                "protocol_max": r.and_then(|r| r.versions).map(|v| v.max),
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+fn upgrade_text(st: &UpgradeStatus, finished_now: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "Cluster version: protocol {}", st.cluster_version);
+    let _ = writeln!(
+        out,
+        "{:<18} {:<24} {:<8} {:<7} {:<14} PROTOCOL",
+        "ID", "ADDRESS", "ROLE", "LEADER", "RELEASE"
+    );
+    let newest = st
+        .releases
+        .iter()
+        .filter_map(|r| r.versions.map(|v| v.max))
+        .max()
+        .unwrap_or(st.cluster_version);
+    let mut behind = Vec::new();
+    for m in &st.members {
+        let r = st.releases.iter().find(|r| r.id == m.id);
+        let versions = r.and_then(|r| r.versions);
+        let release = r
+            .and_then(|r| r.release.clone())
+            .unwrap_or_else(|| "?".into());
+        if versions.is_none_or(|v| v.max < newest) {
+            behind.push(format!("{:x} ({}, {release})", m.id, m.addr));
+        }
+        let _ = writeln!(
+            out,
+            "{:<18} {:<24} {:<8} {:<7} {:<14} {}",
+            format!("{:x}", m.id),
+            m.addr,
+            role(m.role),
+            if m.leader { "yes" } else { "" },
+            release,
+            versions
+                .map(|v| format!("{}-{}", v.min, v.max))
+                .unwrap_or_else(|| "?".into()),
+        );
+    }
+    if finished_now {
+        let _ = writeln!(
+            out,
+            "The upgrade is finished: the cluster uses protocol version {}. Nodes can no longer go back to an older release.",
+            st.cluster_version
+        );
+    } else if !behind.is_empty() {
+        let _ = writeln!(
+            out,
+            "Next: upgrade {} — one node at a time: stop it, replace its cairn-node, start it, and wait until `cairn server members` shows it with its MATCHED index at the leader's before the next (docs/upgrading.md).",
+            behind.join(", ")
+        );
+    } else if st.next_version.is_some_and(|v| v > st.cluster_version) {
+        let v = st.next_version.unwrap_or_default();
+        let when = st
+            .finishes_in_ms
+            .map(|ms| format!("in {} min by itself", ms.div_ceil(60_000)))
+            .unwrap_or_else(|| "once every voter has answered".into());
+        let _ = writeln!(
+            out,
+            "Every voter speaks protocol version {v}. The cluster moves to it {when}; until then any node can be rolled back to the release it came from. `cairn server upgrade --finish` moves it now (no going back after)."
+        );
+    } else {
+        let _ = writeln!(out, "Nothing to do: every member runs the same release.");
+    }
+    if let Some(w) = mixed_warning(st) {
+        let _ = writeln!(out, "{w}");
+    }
+    out
 }
 
 fn role(r: MemberRole) -> &'static str {

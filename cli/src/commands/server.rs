@@ -36,6 +36,16 @@ pub enum ServerCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Where a rolling upgrade stands: each member's release, the cluster
+    /// version, and what to do next (docs/upgrading.md). With --finish, move
+    /// the cluster to the newest protocol every voter speaks now instead of
+    /// at the end of the rollback window (after that, no node can go back).
+    Upgrade {
+        #[arg(long)]
+        finish: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a node from the cluster (its id as `server members` shows it).
     Remove {
         #[arg(value_parser = super::cluster::parse_node_id)]
@@ -82,6 +92,7 @@ pub async fn run(g: &Global, cmd: &ServerCmd) -> anyhow::Result<i32> {
             super::cluster::join_token(g, name, *ttl, out.as_deref()).await
         }
         ServerCmd::Members { json } => super::cluster::members(g, *json).await,
+        ServerCmd::Upgrade { finish, json } => super::cluster::upgrade(g, *finish, *json).await,
         ServerCmd::Remove { node } => super::cluster::remove(g, *node).await,
         ServerCmd::Snapshot(SnapshotCmd::Save { file }) => {
             super::cluster::snapshot_save(g, file).await

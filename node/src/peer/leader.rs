@@ -45,6 +45,14 @@ pub async fn handle(ctx: &Ctx, req: LeaderRequest) -> LeaderResponse {
         LeaderRequest::Leave { node_id } => remove_member(ctx, node_id, false).await,
         LeaderRequest::Members => LeaderResponse::Members(members(ctx)),
         LeaderRequest::ReportRunners { node, runners } => report_runners(ctx, node, runners),
+        LeaderRequest::Upgrade { finish } => {
+            if finish {
+                if let Err(e) = crate::upgrade::finish(ctx).await {
+                    return LeaderResponse::Error(e);
+                }
+            }
+            LeaderResponse::Upgrade(crate::upgrade::status(ctx))
+        }
     }
 }
 

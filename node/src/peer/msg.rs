@@ -109,6 +109,11 @@ pub enum LeaderRequest {
         node: NodeId,
         runners: Vec<RunnerReport>,
     },
+    /// Protocol 5 (sent only to a leader that speaks it): the upgrade's
+    /// state, after finishing it when `finish` (see [`crate::upgrade`]).
+    Upgrade {
+        finish: bool,
+    },
 }
 
 impl LeaderRequest {
@@ -177,6 +182,8 @@ pub enum LeaderResponse {
     Unavailable(String),
     /// Refused for good.
     Error(String),
+    /// Answer to [`LeaderRequest::Upgrade`].
+    Upgrade(cairn_protocol::api::UpgradeStatus),
 }
 
 #[cfg(test)]

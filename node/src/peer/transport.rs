@@ -91,6 +91,8 @@ struct Inner {
     /// What each peer runs, as learnt from the last handshake with it
     /// (either direction), and when that was.
     speaks: Mutex<HashMap<NodeId, (Speaks, Instant)>>,
+    /// The cluster version: a peer that cannot speak it is not talked to.
+    floor: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Clone)]
@@ -136,6 +138,7 @@ impl QuicTransport {
                 last_contact: Mutex::new(HashMap::new()),
                 started: Instant::now(),
                 speaks: Mutex::new(HashMap::new()),
+                floor: std::sync::atomic::AtomicU32::new(0),
             }),
         })
     }
@@ -159,6 +162,25 @@ impl QuicTransport {
                 );
             }
             m.insert(id, (speaks, Instant::now()));
+        }
+    }
+
+    /// Follow the cluster version: connections to peers that cannot speak it
+    /// are closed, and no new one is made.
+    pub fn set_floor(&self, cluster_version: u32) {
+        use std::sync::atomic::Ordering;
+        if self.inner.floor.swap(cluster_version, Ordering::AcqRel) == cluster_version {
+            return;
+        }
+        if let Ok(mut conns) = self.inner.conns.lock() {
+            conns.retain(|addr, c| {
+                let keep = c.version >= cluster_version;
+                if !keep {
+                    tracing::warn!(%addr, version = c.version, cluster_version, "closing the connection to a peer that cannot speak the cluster version");
+                    c.conn.close(6u32.into(), b"below the cluster version");
+                }
+                keep
+            });
         }
     }
 
@@ -430,6 +452,15 @@ impl QuicTransport {
         }
         .await;
         match reply {
+            Ok(HelloReply::Welcome { version, .. } | HelloReply::Agreed { version, .. })
+                if version < self.inner.floor.load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                conn.close(6u32.into(), b"below the cluster version");
+                Err(format!(
+                    "the peer speaks protocol version {version} at most, but the cluster finished an upgrade to version {}: upgrade that node",
+                    self.inner.floor.load(std::sync::atomic::Ordering::Acquire)
+                ))
+            }
             Ok(HelloReply::Agreed {
                 node_id,
                 version,
@@ -629,7 +660,24 @@ impl PeerTransport for QuicTransport {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, SnapshotStreamError> {
-        let data: Vec<u8> = Cursor::into_inner(*snapshot.snapshot);
+        let mut data: Vec<u8> = Cursor::into_inner(*snapshot.snapshot);
+        // A follower that speaks only release 0.1.0's protocol reads only its
+        // snapshot format (during an upgrade).
+        let legacy = match self
+            .version_to(&target.addr, Some(target.id), PEER_CONNECT_TIMEOUT)
+            .await
+        {
+            Ok(v) => v <= cairn_protocol::handshake::V0_1_PROTOCOL_VERSION,
+            Err(e) => return Err(StreamingError::Network(NetworkError::new(&e))),
+        };
+        if legacy {
+            data = crate::raft::state_machine::legacy_snapshot_data(data).map_err(|e| {
+                StreamingError::Network(NetworkError::new(&PeerError::Protocol {
+                    addr: target.addr.clone(),
+                    reason: format!("cannot write the snapshot in release 0.1.0's format: {e}"),
+                }))
+            })?;
+        }
         if data.len() > super::msg::MAX_SNAPSHOT_BYTES {
             let e = PeerError::Protocol {
                 addr: target.addr.clone(),

@@ -1,9 +1,12 @@
 //! The Raft log on redb (`raft-log.redb`).
 //!
 //! Tables:
-//! - `entries`: log index → bincode([`Entry`]).
-//! - `meta`: `"vote"` → bincode(Vote), `"committed"` → bincode(Option<LogId>),
-//!   `"last_purged"` → bincode(LogId).
+//! - `entries`: log index → [`Entry`].
+//! - `meta`: `"vote"` → Vote, `"committed"` → Option<LogId>,
+//!   `"last_purged"` → LogId.
+//!
+//! Each value is in one of the [`format`](super::format)s (read whichever it
+//! is; written in the one [`WriteFormat`] says).
 //!
 //! Invariants:
 //! - Entries are consecutive: `append` only extends, `truncate` cuts a suffix,
@@ -29,8 +32,8 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
+use super::format::{decode, WriteFormat};
 use super::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
@@ -45,6 +48,8 @@ const KEY_LAST_PURGED: &str = "last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// The format new records are written in (see [`WriteFormat`]).
+    format: WriteFormat,
 }
 
 impl LogStore {
@@ -56,7 +61,17 @@ impl LogStore {
         txn.open_table(ENTRIES)?;
         txn.open_table(META)?;
         txn.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            format: WriteFormat::default(),
+        })
+    }
+
+    /// Write records in the format `format` says (shared with the state
+    /// machine store, which follows the cluster version).
+    pub fn with_write_format(mut self, format: WriteFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// A weak reference to the database, to observe when every user has let go of it.
@@ -149,7 +164,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        let bytes = encode(vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        let bytes = self
+            .format
+            .encode(vote)
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
         self.write(Durability::Immediate, move |txn| {
             txn.open_table(META)?.insert(KEY_VOTE, bytes.as_slice())?;
             Ok(())
@@ -164,8 +182,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let bytes =
-            encode(&committed).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        let bytes = self
+            .format
+            .encode(&committed)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         // Not fsynced on its own (see the module invariants): losing it in a crash
         // only means re-applying less at startup; the leader re-commits the rest.
         self.write(Durability::None, move |txn| {
@@ -193,9 +213,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let format = self.format.get();
         let encoded = entries
             .into_iter()
-            .map(|e| Ok((e.get_log_id().index, encode(&e)?)))
+            .map(|e| Ok((e.get_log_id().index, super::format::encode_as(format, &e)?)))
             .collect::<Result<Vec<(u64, Vec<u8>)>, DbError>>()
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         let res = self
@@ -232,7 +253,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "purge log upto");
-        let bytes = encode(&log_id).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        let bytes = self
+            .format
+            .encode(&log_id)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         let upto = log_id.index;
         // Recording the purge point and deleting the prefix in one transaction
         // keeps `get_log_state` consistent at every instant.
@@ -257,6 +281,8 @@ pub enum DbError {
     Decode(#[from] bincode::error::DecodeError),
     #[error("encoding record: {0}")]
     Encode(#[from] bincode::error::EncodeError),
+    #[error("{0}")]
+    Format(String),
     #[error("blocking storage task failed: {0}")]
     Join(String),
     #[error("state lock poisoned by a panic while applying")]
@@ -280,18 +306,6 @@ db_error_from_redb!(
     redb::CommitError,
     redb::SetDurabilityError
 );
-
-pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, DbError> {
-    Ok(bincode::serde::encode_to_vec(
-        v,
-        bincode::config::standard(),
-    )?)
-}
-
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DbError> {
-    let (v, _) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
-    Ok(v)
-}
 
 pub(crate) fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: DbError) -> StorageError {
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()

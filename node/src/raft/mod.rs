@@ -17,11 +17,14 @@
 //!   the state's size); openraft's own policy is `Never`.
 //! - [`snapshot_file`]: the versioned file of `cairn server snapshot save`
 //!   and `cairn-node --restore` (magic, format version, state).
+//! - [`format`]: how every value above is kept on disk (self-describing,
+//!   versioned; release 0.1.0's bincode still read).
 //!
 //! A single node is a one-member cluster: the same code path, not a special mode.
 
 pub mod cadence;
 mod error;
+pub mod format;
 pub mod log_store;
 pub mod network;
 pub mod node;
@@ -41,8 +44,8 @@ pub use network::{
 };
 pub use node::{Progress, RaftNode, Tuning, SHUTDOWN_GRACE};
 pub use snapshot_file::{
-    decode_snapshot_file, encode_snapshot_file, SnapshotFileError, SNAPSHOT_FILE_MAGIC,
-    SNAPSHOT_FILE_VERSION,
+    decode_snapshot_file, encode_snapshot_file, SnapshotFileError, OLDEST_SNAPSHOT_FILE_VERSION,
+    SNAPSHOT_FILE_MAGIC, SNAPSHOT_FILE_VERSION,
 };
 pub use state_machine::{SnapshotBuilder, SnapshotData, StateMachineStore};
 

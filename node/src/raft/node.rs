@@ -152,14 +152,16 @@ impl RaftNode {
             source,
         })?;
         let config = Arc::new(tuning.config().validate()?);
-        let log_store = LogStore::open(data_dir).map_err(|source| RaftError::Store {
-            path: data_dir.join(super::LOG_FILE),
-            source,
-        })?;
         let sm = StateMachineStore::open(data_dir).map_err(|source| RaftError::Store {
             path: data_dir.join(super::SM_FILE),
             source,
         })?;
+        let log_store = LogStore::open(data_dir)
+            .map_err(|source| RaftError::Store {
+                path: data_dir.join(super::LOG_FILE),
+                source,
+            })?
+            .with_write_format(sm.write_format());
         let applied = sm.shared();
         let snapshots_installed = sm.installed_counter();
         let dbs = [log_store.db_weak(), sm.db_weak()];

@@ -4,21 +4,27 @@
 //! ```text
 //! offset 0   8 bytes   magic "CAIRNSNP"
 //! offset 8   4 bytes   format version, u32 little-endian (SNAPSHOT_FILE_VERSION)
-//! offset 12  …         the bincode (standard config) of `State` (version 2
-//!                      added `State::instances`)
+//! offset 12  …         version 4: `State` in the node's current record
+//!                      format (`raft::format`: self-describing, so a state
+//!                      with fields added later still reads);
+//!                      version 3 (release 0.1.0): the bincode (standard
+//!                      config) of `state::v0::State`
 //! ```
 //!
-//! A reader refuses a file without the magic (not a snapshot), of another
-//! version (the state's encoding changed), or whose body does not decode
-//! exactly (truncated or trailing bytes), each with a one-line reason.
-//! Bump [`SNAPSHOT_FILE_VERSION`] whenever `State`'s encoding changes.
+//! A reader takes every version from [`OLDEST_SNAPSHOT_FILE_VERSION`] on and
+//! refuses a file without the magic (not a snapshot), of a version it does not
+//! know (naming what to do), or whose body does not decode exactly (truncated
+//! or trailing bytes), each with a one-line reason.
 
-use crate::state::State;
+use super::format;
+use crate::state::{v0, State};
 
 /// First bytes of every snapshot file.
 pub const SNAPSHOT_FILE_MAGIC: [u8; 8] = *b"CAIRNSNP";
-/// Version of the snapshot file's body this build writes and reads.
-pub const SNAPSHOT_FILE_VERSION: u32 = 3;
+/// Version of the snapshot file's body this build writes.
+pub const SNAPSHOT_FILE_VERSION: u32 = 4;
+/// The oldest version this build reads (release 0.1.0's).
+pub const OLDEST_SNAPSHOT_FILE_VERSION: u32 = 3;
 /// Magic plus version.
 pub const SNAPSHOT_FILE_HEADER_LEN: usize = 12;
 
@@ -27,8 +33,8 @@ pub const SNAPSHOT_FILE_HEADER_LEN: usize = 12;
 pub enum SnapshotFileError {
     #[error("not a Cairn snapshot file (it does not start with \"CAIRNSNP\"; write one with `cairn server snapshot save`)")]
     NotASnapshot,
-    #[error("snapshot file format version {found}, but this cairn-node reads version {expected}")]
-    Version { found: u32, expected: u32 },
+    #[error("snapshot file format version {found}, but this cairn-node reads versions {oldest} to {newest}{advice}", oldest = OLDEST_SNAPSHOT_FILE_VERSION, newest = SNAPSHOT_FILE_VERSION, advice = if *found > SNAPSHOT_FILE_VERSION { " (a newer release wrote it: restore it with that release or newer)" } else { "" })]
+    Version { found: u32 },
     #[error("snapshot file format version {version} is damaged: {reason}")]
     Damaged { version: u32, reason: String },
 }
@@ -42,9 +48,9 @@ pub fn header(version: u32) -> [u8; SNAPSHOT_FILE_HEADER_LEN] {
 }
 
 /// A snapshot file's bytes for `state`.
-pub fn encode_snapshot_file(state: &State) -> Result<Vec<u8>, bincode::error::EncodeError> {
+pub fn encode_snapshot_file(state: &State) -> Result<Vec<u8>, super::DbError> {
     let mut out = header(SNAPSHOT_FILE_VERSION).to_vec();
-    bincode::serde::encode_into_std_write(state, &mut out, bincode::config::standard())?;
+    out.extend_from_slice(&format::encode(state)?);
     Ok(out)
 }
 
@@ -60,18 +66,19 @@ pub fn decode_snapshot_file(bytes: &[u8]) -> Result<State, SnapshotFileError> {
         });
     };
     let found = u32::from_le_bytes([version[0], version[1], version[2], version[3]]);
-    if found != SNAPSHOT_FILE_VERSION {
-        return Err(SnapshotFileError::Version {
-            found,
-            expected: SNAPSHOT_FILE_VERSION,
-        });
+    if !(OLDEST_SNAPSHOT_FILE_VERSION..=SNAPSHOT_FILE_VERSION).contains(&found) {
+        return Err(SnapshotFileError::Version { found });
     }
     let body = &bytes[SNAPSHOT_FILE_HEADER_LEN..];
     let damaged = |reason: String| SnapshotFileError::Damaged {
         version: found,
         reason,
     };
-    let (state, used): (State, usize) =
+    if found >= 4 {
+        let state: State = format::decode_exact(body).map_err(|e| damaged(e.to_string()))?;
+        return Ok(state);
+    }
+    let (state, used): (v0::State, usize) =
         bincode::serde::decode_from_slice(body, bincode::config::standard())
             .map_err(|e| damaged(e.to_string()))?;
     if used != body.len() {
@@ -80,7 +87,7 @@ pub fn decode_snapshot_file(bytes: &[u8]) -> Result<State, SnapshotFileError> {
             body.len() - used
         )));
     }
-    Ok(state)
+    Ok(state.into())
 }
 
 #[cfg(test)]
@@ -126,8 +133,11 @@ mod tests {
             );
         }
         // A headerless state (as saved before the header existed).
-        let legacy =
-            bincode::serde::encode_to_vec(some_state(), bincode::config::standard()).expect("enc");
+        let legacy = bincode::serde::encode_to_vec(
+            v0::State::from(&some_state()),
+            bincode::config::standard(),
+        )
+        .expect("enc");
         assert!(matches!(
             decode_snapshot_file(&legacy),
             Err(SnapshotFileError::NotASnapshot)
@@ -140,19 +150,39 @@ mod tests {
         bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
         let e = decode_snapshot_file(&bytes).expect_err("version 7");
         assert!(
-            matches!(
-                e,
-                SnapshotFileError::Version {
-                    found: 7,
-                    expected: SNAPSHOT_FILE_VERSION
-                }
-            ),
+            matches!(e, SnapshotFileError::Version { found: 7 }),
             "{e:?}"
         );
         let msg = e.to_string();
         assert!(
-            msg.contains("version 7") && msg.contains(&format!("version {SNAPSHOT_FILE_VERSION}")),
+            msg.contains("version 7")
+                && msg.contains(&format!(
+                    "versions {OLDEST_SNAPSHOT_FILE_VERSION} to {SNAPSHOT_FILE_VERSION}"
+                ))
+                && msg.contains("a newer release wrote it"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn reads_release_0_1_files_and_a_state_with_fields_it_lacks() {
+        // Version 3: release 0.1.0's body.
+        let st = some_state();
+        let mut old = header(3).to_vec();
+        bincode::serde::encode_into_std_write(
+            v0::State::from(&st),
+            &mut old,
+            bincode::config::standard(),
+        )
+        .expect("encode");
+        assert_eq!(decode_snapshot_file(&old).expect("version 3"), st);
+        // Version 4 written with a cluster version reads it back.
+        let mut later = st.clone();
+        later.cluster_version = Some(5);
+        let bytes = encode_snapshot_file(&later).expect("encode");
+        assert_eq!(
+            decode_snapshot_file(&bytes).expect("v4").cluster_version,
+            Some(5)
         );
     }
 
@@ -171,5 +201,11 @@ mod tests {
         longer.push(0);
         let e = decode_snapshot_file(&longer).expect_err("trailing");
         assert!(e.to_string().contains("1 bytes after"), "{e}");
+        let mut old = header(3).to_vec();
+        old.extend_from_slice(&[0, 0]);
+        assert!(matches!(
+            decode_snapshot_file(&old),
+            Err(SnapshotFileError::Damaged { version: 3, .. })
+        ));
     }
 }

@@ -9,8 +9,11 @@
 //! - On open, memory is exactly the persisted snapshot (or empty). The committed
 //!   log suffix after it is re-applied by openraft at startup, because the log
 //!   store persists the committed log id (`save_committed`/`read_committed`).
-//! - The snapshot data is bincode of [`SnapshotData`]: the state together with
-//!   its last applied log id and membership, so it is self-describing.
+//! - The snapshot data is [`SnapshotData`] (the state together with its last
+//!   applied log id and membership) in the current [`format`](super::format);
+//!   data in format 0 (written by release 0.1.0, or sent by a 0.1.0 leader)
+//!   is read through [`v0::SnapshotData`]. A follower that speaks only
+//!   0.1.0's protocol is sent format 0 ([`legacy_snapshot_data`]).
 
 use std::io::Cursor;
 use std::path::Path;
@@ -25,9 +28,10 @@ use openraft::{
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::log_store::{decode, encode, io_err, DbError};
+use super::format::{decode, decode_or_legacy, encode_as, encode_legacy, WriteFormat};
+use super::log_store::{io_err, DbError};
 use super::{Entry, LogId, Node, NodeId, StorageError, TypeConfig};
-use crate::state::{Response, State};
+use crate::state::{v0, Response, State};
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 const KEY_CURRENT: &str = "current";
@@ -41,7 +45,7 @@ pub(crate) struct Applied {
     pub(crate) membership: StoredMembership<NodeId, Node>,
 }
 
-/// The payload of a snapshot, bincode-encoded.
+/// The payload of a snapshot.
 #[derive(Serialize, Deserialize)]
 pub struct SnapshotData {
     pub state: State,
@@ -50,7 +54,7 @@ pub struct SnapshotData {
 }
 
 /// Borrowing twin of [`SnapshotData`]: same fields, same order, so the same
-/// bincode encoding, without cloning the state to encode it.
+/// encoding, without cloning the state to encode it.
 #[derive(Serialize)]
 struct SnapshotDataRef<'a> {
     state: &'a State,
@@ -58,7 +62,7 @@ struct SnapshotDataRef<'a> {
     membership: &'a StoredMembership<NodeId, Node>,
 }
 
-/// The persisted current snapshot: its meta and its bincode-encoded [`SnapshotData`].
+/// The persisted current snapshot: its meta and its encoded [`SnapshotData`].
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, Node>,
@@ -74,6 +78,9 @@ pub struct StateMachineStore {
     snapshot_seq: Arc<AtomicU64>,
     /// Snapshots installed from a leader since open (see [`RaftNode::progress`](super::RaftNode::progress)).
     installed: Arc<AtomicU64>,
+    /// The format records are written in: follows the state's cluster
+    /// version (shared with the log store, see [`WriteFormat`]).
+    format: WriteFormat,
 }
 
 impl StateMachineStore {
@@ -88,7 +95,7 @@ impl StateMachineStore {
         let applied = match read_current(&db)? {
             None => Applied::default(),
             Some(stored) => {
-                let data: SnapshotData = decode(&stored.data)?;
+                let data = decode_snapshot_data(&stored.data)?;
                 tracing::info!(
                     last_applied = ?stored.meta.last_log_id,
                     snapshot_id = %stored.meta.snapshot_id,
@@ -102,12 +109,20 @@ impl StateMachineStore {
             }
         };
 
+        let format = WriteFormat::default();
+        format.follow(applied.state.cluster_version());
         Ok(Self {
             applied: Arc::new(RwLock::new(applied)),
             db,
             snapshot_seq: Arc::new(AtomicU64::new(0)),
             installed: Arc::new(AtomicU64::new(0)),
+            format,
         })
+    }
+
+    /// The format records are written in, to share with the log store.
+    pub fn write_format(&self) -> WriteFormat {
+        self.format.clone()
     }
 
     /// The lock on the applied state, shared with the node handle.
@@ -123,6 +138,30 @@ impl StateMachineStore {
     pub(crate) fn db_weak(&self) -> std::sync::Weak<Database> {
         Arc::downgrade(&self.db)
     }
+}
+
+/// The format of records for a state at `cluster_version` (see [`WriteFormat`]).
+fn format_for(cluster_version: u32) -> u8 {
+    super::format::for_cluster_version(cluster_version)
+}
+
+/// Snapshot data in either format.
+pub fn decode_snapshot_data(bytes: &[u8]) -> Result<SnapshotData, DbError> {
+    decode_or_legacy::<SnapshotData, v0::SnapshotData>(bytes)
+}
+
+/// Snapshot data as release 0.1.0 reads it (format 0), for a follower that
+/// speaks only its protocol. Data already in format 0 is returned as is.
+pub fn legacy_snapshot_data(bytes: Vec<u8>) -> Result<Vec<u8>, DbError> {
+    if super::format::format_of(&bytes)? == 0 {
+        return Ok(bytes);
+    }
+    let data = decode_snapshot_data(&bytes)?;
+    encode_legacy(&v0::SnapshotData {
+        state: v0::State::from(&data.state),
+        last_applied: data.last_applied,
+        membership: data.membership,
+    })
 }
 
 /// The state lock is poisoned only if `State::apply` panicked.
@@ -145,6 +184,7 @@ async fn persist(
     db: Arc<Database>,
     stored: StoredSnapshot,
     only_if_newer: bool,
+    format: u8,
 ) -> Result<(), DbError> {
     tokio::task::spawn_blocking(move || {
         let mut txn = db.begin_write()?;
@@ -162,7 +202,7 @@ async fn persist(
                     }
                 }
             }
-            table.insert(KEY_CURRENT, encode(&stored)?.as_slice())?;
+            table.insert(KEY_CURRENT, encode_as(format, &stored)?.as_slice())?;
         }
         txn.commit()?;
         Ok(())
@@ -203,6 +243,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             out.push(resp);
         }
+        self.format.follow(applied.state.cluster_version());
         Ok(out)
     }
 
@@ -232,7 +273,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), StorageError> {
         let sig = Some(meta.signature());
         let bytes = snapshot.into_inner();
-        let data: SnapshotData = decode(&bytes)
+        let data = decode_snapshot_data(&bytes)
             .map_err(|e| io_err(ErrorSubject::Snapshot(sig.clone()), ErrorVerb::Read, e))?;
         tracing::info!(last_applied = ?meta.last_log_id, snapshot_id = %meta.snapshot_id, "installing snapshot");
 
@@ -240,14 +281,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             data: bytes,
         };
-        persist(self.db.clone(), stored, false)
-            .await
-            .map_err(|e| io_err(ErrorSubject::Snapshot(sig), ErrorVerb::Write, e))?;
+        persist(
+            self.db.clone(),
+            stored,
+            false,
+            format_for(data.state.cluster_version()),
+        )
+        .await
+        .map_err(|e| io_err(ErrorSubject::Snapshot(sig), ErrorVerb::Write, e))?;
 
         let mut applied = self
             .applied
             .write()
             .map_err(|_| poisoned(ErrorVerb::Write))?;
+        self.format.follow(data.state.cluster_version());
         *applied = Applied {
             state: data.state,
             last_applied: meta.last_log_id,
@@ -291,18 +338,29 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id,
         };
         let sig = Some(meta.signature());
-        let data = SnapshotDataRef {
-            state: &applied.state,
-            last_applied: &applied.last_applied,
-            membership: &applied.membership,
-        };
-        let bytes = encode(&data)
-            .map_err(|e| io_err(ErrorSubject::Snapshot(sig.clone()), ErrorVerb::Write, e))?;
+        let format = format_for(applied.state.cluster_version());
+        let bytes = if format == 0 {
+            encode_legacy(&v0::SnapshotData {
+                state: v0::State::from(&applied.state),
+                last_applied: applied.last_applied,
+                membership: applied.membership.clone(),
+            })
+        } else {
+            encode_as(
+                format,
+                &SnapshotDataRef {
+                    state: &applied.state,
+                    last_applied: &applied.last_applied,
+                    membership: &applied.membership,
+                },
+            )
+        }
+        .map_err(|e| io_err(ErrorSubject::Snapshot(sig.clone()), ErrorVerb::Write, e))?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data: bytes.clone(),
         };
-        persist(self.db.clone(), stored, true)
+        persist(self.db.clone(), stored, true, format)
             .await
             .map_err(|e| io_err(ErrorSubject::Snapshot(sig), ErrorVerb::Write, e))?;
         tracing::info!(last_applied = ?meta.last_log_id, snapshot_id = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");

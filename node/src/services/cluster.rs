@@ -127,6 +127,37 @@ pub async fn members(ctx: &Arc<Ctx>) -> ClientResponse {
     }
 }
 
+/// `cairn server upgrade [--finish]` and `cairn server members`: the
+/// leader's view of the members' releases and the cluster version. When the
+/// leader runs a release without this request (0.1.0), this node answers
+/// with what it knows itself, and cannot finish the upgrade.
+pub async fn upgrade(ctx: &Arc<Ctx>, s: &ConnSession, finish: bool) -> ClientResponse {
+    if finish && s.principal.scope != TokenScope::User {
+        return error("only a user token can finish an upgrade".into());
+    }
+    let leader = ctx.raft.leader_id();
+    let old_leader = leader.filter(|id| *id != ctx.raft.id()).and_then(|id| {
+        ctx.peers
+            .speaks(id)
+            .filter(|(sp, _)| sp.version < 5)
+            .map(|(sp, _)| (id, sp.release))
+    });
+    if let Some((id, release)) = old_leader {
+        if finish {
+            return error(format!(
+                "the leader (node {id:x}) runs cairn-node {release}, which cannot finish an upgrade: upgrade it first"
+            ));
+        }
+        return ClientResponse::Upgrade(crate::upgrade::status(ctx));
+    }
+    match peer::on_leader(ctx, LeaderRequest::Upgrade { finish }).await {
+        Ok(LeaderResponse::Upgrade(status)) => ClientResponse::Upgrade(status),
+        Ok(LeaderResponse::Error(e)) => error(e),
+        Ok(other) => unexpected(other),
+        Err(e) => error(e.to_string()),
+    }
+}
+
 pub async fn remove_member(ctx: &Arc<Ctx>, s: &ConnSession, id: u64) -> ClientResponse {
     if s.principal.scope != TokenScope::User {
         return error("only a user token can remove members".into());

@@ -114,6 +114,7 @@ async fn route(
             peer_addr,
         } => cluster::join(ctx, s, csr, node_id, peer_addr).await,
         ClientRequest::Members => cluster::members(ctx).await,
+        ClientRequest::Upgrade { finish } => cluster::upgrade(ctx, s, finish).await,
         ClientRequest::RemoveMember { id } => cluster::remove_member(ctx, s, id).await,
         ClientRequest::SnapshotSave => return server::snapshot_save(ctx, s, send).await,
         ClientRequest::RegisterInstance(hello) => {

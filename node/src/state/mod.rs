@@ -27,6 +27,7 @@ mod env_limit;
 mod remove;
 #[cfg(test)]
 mod tests;
+pub mod v0;
 
 pub use remove::check_name;
 
@@ -131,8 +132,12 @@ pub enum Command {
     },
     /// Replace the whole state with a saved one (`cairn-node --restore`).
     /// Only a brand new cluster accepts it: one with no CA and no tokens yet.
+    /// The state travels in release 0.1.0's shape ([`v0::State`]), which is
+    /// what this command's encoding has always been; what later releases
+    /// added to the state is not restored (the cluster version is the new
+    /// cluster's own).
     Restore {
-        state: Box<State>,
+        state: Box<v0::State>,
     },
     /// An entrypoint (re)connected to `instance.node`: insert or replace
     /// the instance, connected since `now`.
@@ -180,6 +185,13 @@ pub enum Command {
     /// gets its certificate.
     ConsumeJoinToken {
         hash: String,
+    },
+    /// Every voter speaks protocol `version` (or newer): from now on the
+    /// cluster uses what that version added. Never goes back; refused when
+    /// it would. Gated: proposed only when every voter runs a release that
+    /// knows it (see `crate::upgrade`).
+    SetClusterVersion {
+        version: u32,
     },
 }
 
@@ -285,9 +297,24 @@ pub struct State {
     pub routes: BTreeMap<(String, String, String), Route>,
     /// Custom hostnames of the URL service, by name.
     pub hostnames: BTreeMap<String, Hostname>,
+    // Added after release 0.1.0: each with `#[serde(default)]` (format 1
+    // reads older records) and known to `v0`'s conversions.
+    /// The protocol version every voter speaks, set by
+    /// [`Command::SetClusterVersion`]; `None` in a cluster made by release
+    /// 0.1.0 that has not finished an upgrade (see [`State::cluster_version`]).
+    #[serde(default)]
+    pub cluster_version: Option<u32>,
 }
 
 impl State {
+    /// The protocol version every voter speaks: what the cluster may use.
+    /// A cluster made by release 0.1.0 is on its version until an upgrade
+    /// finishes.
+    pub fn cluster_version(&self) -> u32 {
+        self.cluster_version
+            .unwrap_or(cairn_protocol::handshake::V0_1_PROTOCOL_VERSION)
+    }
+
     /// Apply one committed request. Pure: no I/O, no clock.
     pub fn apply(&mut self, req: &Request) -> Response {
         self.apply_command(req.now_ms, &req.command)
@@ -527,7 +554,17 @@ impl State {
                         "only a new, empty cluster can be restored into".into(),
                     );
                 }
-                *self = (**state).clone();
+                *self = State::from((**state).clone());
+                Response::Ok
+            }
+            Command::SetClusterVersion { version } => {
+                let now_at = self.cluster_version();
+                if *version < now_at {
+                    return Response::Error(format!(
+                        "the cluster version is {now_at}; it never goes back (to {version})"
+                    ));
+                }
+                self.cluster_version = Some(*version);
                 Response::Ok
             }
             Command::InstanceConnected { instance } => {
@@ -670,6 +707,7 @@ impl State {
             instances,
             routes,
             hostnames,
+            cluster_version: _,
         } = self;
         [
             registers.len(),

@@ -461,14 +461,52 @@ fn config_set_and_delete() {
 }
 
 #[test]
-fn state_round_trips_through_bincode() {
+fn state_round_trips_through_the_record_format_and_release_0_1s() {
+    use crate::raft::format;
     let mut st = State::default();
     let j = running_job(&mut st, "web");
     begin(&mut st, j, OpKind::Deployment);
-    let bytes = bincode::serde::encode_to_vec(&st, bincode::config::standard()).expect("encode");
-    let (back, _): (State, usize) =
-        bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("decode");
+    st.apply(&Request {
+        now_ms: 1,
+        command: Command::Idempotent {
+            client: 1,
+            request: 2,
+            command: Box::new(Command::Put {
+                key: "k".into(),
+                value: "v".into(),
+            }),
+        },
+    });
+    st.cluster_version = Some(5);
+    let bytes = format::encode(&st).expect("encode");
+    let back: State = format::decode(&bytes).expect("decode");
     assert_eq!(back, st);
+    // Release 0.1.0's form holds all but what came later.
+    let old = format::encode_legacy(&super::v0::State::from(&st)).expect("encode");
+    let back: State = format::decode_or_legacy::<State, super::v0::State>(&old).expect("decode");
+    assert_eq!(back.cluster_version, None);
+    assert_eq!(
+        State {
+            cluster_version: Some(5),
+            ..back
+        },
+        st
+    );
+}
+
+#[test]
+fn the_cluster_version_only_goes_forward() {
+    let mut st = State::default();
+    assert_eq!(st.cluster_version(), 4, "a 0.1.0 cluster is on protocol 4");
+    let set = |version| Request {
+        now_ms: 1,
+        command: Command::SetClusterVersion { version },
+    };
+    assert_eq!(st.apply(&set(5)), Response::Ok);
+    assert_eq!(st.cluster_version(), 5);
+    assert_eq!(st.apply(&set(5)), Response::Ok, "the same again is a no-op");
+    assert!(matches!(st.apply(&set(4)), Response::Error(e) if e.contains("never goes back")));
+    assert_eq!(st.cluster_version(), 5);
 }
 
 #[test]
@@ -672,7 +710,7 @@ fn restore_replaces_only_an_empty_state() {
     });
     let mut fresh = State::default();
     let restore = Command::Restore {
-        state: Box::new(saved.clone()),
+        state: Box::new(super::v0::State::from(&saved)),
     };
     assert_eq!(fresh.apply(&req(2, restore.clone())), Response::Ok);
     assert_eq!(fresh, saved);
