@@ -31,6 +31,8 @@ pub struct NodeProc {
     pub node_id: u64,
     child: Option<Child>,
     pub paused: bool,
+    /// This node's `cairn-node`, when not the cluster's (an upgrade).
+    pub bin: Option<PathBuf>,
 }
 
 impl NodeProc {
@@ -110,6 +112,7 @@ impl Cluster {
                 node_id: 0,
                 child: None,
                 paused: false,
+                bin: None,
             });
         }
         // Node 1 creates the cluster.
@@ -162,7 +165,7 @@ impl Cluster {
             .open(&node.log)?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.net.lane.ns_name(i)])
-            .arg(&self.node_bin)
+            .arg(node.bin.as_ref().unwrap_or(&self.node_bin))
             .arg("--data-dir")
             .arg(&node.data_dir)
             .arg("--listen")
@@ -250,7 +253,7 @@ impl Cluster {
         }
     }
 
-    async fn wait_voters(&self, n: usize) -> Result<(), ClusterError> {
+    pub async fn wait_voters(&self, n: usize) -> Result<(), ClusterError> {
         let deadline = Instant::now() + READY_WAIT;
         loop {
             if let Ok(s) = self.session(0).await {
@@ -315,6 +318,70 @@ impl Cluster {
         }
         self.spawn(i, &[])?;
         self.wait_ready(i).await.map(|_| ())
+    }
+
+    /// Stop node `i` as an operator does (SIGTERM; SIGKILL after `grace`).
+    pub async fn stop_gracefully(&mut self, i: usize, grace: Duration) {
+        self.signal(i, "-TERM");
+        let deadline = Instant::now() + grace;
+        while let Some(child) = self.nodes[i].child.as_mut() {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => {
+                    self.nodes[i].child = None;
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Ok(None) => self.kill(i),
+            }
+        }
+    }
+
+    /// One step of a rolling upgrade (or rollback): stop node `i`
+    /// gracefully, start `bin` on its data dir and address, and wait until it
+    /// is ready.
+    pub async fn replace_binary(&mut self, i: usize, bin: &Path) -> Result<(), ClusterError> {
+        self.stop_gracefully(i, Duration::from_secs(15)).await;
+        self.nodes[i].bin = Some(bin.to_path_buf());
+        self.spawn(i, &[])?;
+        self.wait_ready(i).await.map(|_| ())
+    }
+
+    /// Until every one of the `n` members is a voter again and node `i`'s
+    /// log is within `lag` entries of the leader's.
+    pub async fn wait_healthy(&self, i: usize, n: usize, lag: u64) -> Result<(), ClusterError> {
+        self.wait_voters(n).await?;
+        let deadline = Instant::now() + READY_WAIT;
+        let id = self.nodes[i].node_id;
+        loop {
+            let mut caught_up = false;
+            for j in 0..self.nodes.len() {
+                let Ok(s) = self.session(j).await else {
+                    continue;
+                };
+                let r = rpc::call(&s.conn, &ClientRequest::Members).await;
+                s.conn.close(0u32.into(), b"done");
+                if let Ok(ClientResponse::Members(m)) = r {
+                    let leader = m.iter().find(|x| x.leader).and_then(|x| x.matched_index);
+                    let mine = m.iter().find(|x| x.id == id).and_then(|x| x.matched_index);
+                    if let (Some(l), Some(me)) = (leader, mine) {
+                        caught_up = me + lag >= l;
+                    }
+                    break;
+                }
+            }
+            if caught_up {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(other(format!(
+                    "n{} did not catch up with the leader within {READY_WAIT:?}",
+                    i + 1
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     pub fn signal(&mut self, i: usize, sig: &str) {

@@ -14,6 +14,8 @@
 //! - `checker`: Wing–Gong/Lowe linearizability for one register.
 //! - `verify`: history → per-key checks and the durability check.
 //! - `run`: one run, end to end.
+//! - `upgrade`: the rolling-upgrade harness (previous release → this build
+//!   and one node back, under load).
 
 pub mod checker;
 pub mod cli_client;
@@ -22,6 +24,7 @@ pub mod jobs;
 pub mod net;
 pub mod run;
 pub mod schedule;
+pub mod upgrade;
 pub mod verify;
 pub mod workload;
 

@@ -25,6 +25,10 @@ enum Cmd {
     /// Start a cluster in network namespaces, run the workload under faults,
     /// heal, and check the history.
     Run(RunArgs),
+    /// Rolling upgrade under load: a cluster of the previous release (built
+    /// once by tests/upgrade/build-release.sh), upgraded node by node to this
+    /// build, then one node rolled back; checks and figures as a chaos run.
+    Upgrade(UpgradeArgs),
     /// Print the fault schedule of a seed without running anything.
     Schedule(ScheduleArgs),
     /// Remove namespaces, bridges, processes and work dirs of crashed runs.
@@ -89,6 +93,74 @@ struct RunArgs {
     lane: u8,
 }
 
+#[derive(Debug, clap::Args)]
+struct UpgradeArgs {
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// The release to upgrade from (tests/fixtures/RELEASES).
+    #[arg(long, default_value = "v0.1.0")]
+    from: String,
+    /// A folder holding that release's cairn, cairn-node and
+    /// cairn-entrypoint (default: build them with tests/upgrade/build-release.sh).
+    #[arg(long)]
+    from_bin: Option<PathBuf>,
+    /// This build's node binary (default: next to this binary).
+    #[arg(long)]
+    node_bin: Option<PathBuf>,
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    #[arg(long, default_value_t = 5)]
+    keys: usize,
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    op_timeout: Duration,
+    /// Keep the work dir (logs, history.json) of a passing run too.
+    #[arg(long)]
+    keep: bool,
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..10))]
+    lane: u8,
+}
+
+fn upgrade_cmd(a: UpgradeArgs) -> anyhow::Result<bool> {
+    net::preflight().map_err(|e| anyhow::anyhow!(e))?;
+    let lane = net::Lane(a.lane);
+    let _lock = RunLock::take(lane)?;
+    for r in net::cleanup(Some(lane)) {
+        println!("removed leftover {r}");
+    }
+    let previous = match a.from_bin {
+        Some(p) => p,
+        None => {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            let out = std::process::Command::new(root.join("tests/upgrade/build-release.sh"))
+                .arg(&a.from)
+                .stderr(std::process::Stdio::inherit())
+                .output()?;
+            anyhow::ensure!(out.status.success(), "building {} failed", a.from);
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        }
+    };
+    let node_bin = match a.node_bin {
+        Some(p) => p,
+        None => node_bin_here()?,
+    };
+    let cfg = cairn_chaos::upgrade::Config {
+        lane,
+        nodes: a.nodes,
+        previous,
+        head_node: node_bin,
+        clients: a.clients,
+        keys: a.keys,
+        op_timeout: a.op_timeout,
+        keep_dir: std::env::temp_dir(),
+        keep: a.keep,
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(cairn_chaos::upgrade::run(&cfg))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
@@ -132,6 +204,14 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Cmd::Upgrade(a) => match upgrade_cmd(a) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("cairn-chaos: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Run(a) => match run_cmd(a) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
@@ -165,6 +245,11 @@ fn node_bin(a: &RunArgs) -> anyhow::Result<PathBuf> {
     if let Some(p) = &a.node_bin {
         return Ok(p.clone());
     }
+    node_bin_here()
+}
+
+/// `cairn-node` next to this binary (built first when run through cargo).
+fn node_bin_here() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()

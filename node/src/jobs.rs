@@ -86,6 +86,10 @@ pub const CANCEL_POLL: Duration = Duration::from_millis(500);
 pub const MAX_REPORTED_RUNNERS: usize = 10_000;
 /// QUIC error code for a job stream reset because the other side is gone.
 pub const JOB_STREAM_ABORTED: u32 = 1;
+/// How long a stopping node waits for the jobs it drives or relays to end
+/// ([`Jobs::drain`]) before it stops anyway (they then fail as their
+/// runner's stream breaks).
+pub const JOB_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Default)]
 pub struct Jobs {
@@ -94,6 +98,8 @@ pub struct Jobs {
     /// Tells the reporter to send this node's runners to the leader now.
     report: Arc<Notify>,
     reports_paused: Arc<AtomicBool>,
+    /// Set when the node is stopping (see [`Jobs::drain`]).
+    draining: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -326,12 +332,15 @@ impl Jobs {
         }
     }
 
-    /// This node's report to the leader: its live runners.
+    /// This node's report to the leader: its live runners (while draining,
+    /// only those in the middle of a job, so the leader offers no more).
     fn local_report(&self) -> Vec<RunnerReport> {
+        let draining = self.draining.load(Ordering::SeqCst);
         self.lock()
             .runners
             .iter()
             .filter(|(_, r)| r.conn.close_reason().is_none())
+            .filter(|(_, r)| !draining || r.busy.is_some())
             .map(|(id, r)| RunnerReport {
                 id: id.clone(),
                 labels: r.labels.clone(),
@@ -455,6 +464,52 @@ impl Jobs {
             route,
             cancel,
         })
+    }
+
+    /// The node is stopping: offer no more jobs (as the leader), stop
+    /// reporting idle runners (so the leader offers them nothing through this
+    /// node), and wait until every job this node drives or relays has ended,
+    /// at most [`JOB_DRAIN_TIMEOUT`]. A relayed offer already on its way is
+    /// still carried: the wait lasts at least one report round trip when
+    /// runners are connected here. Returns the jobs still in flight.
+    pub async fn drain(&self) -> usize {
+        self.draining.store(true, Ordering::SeqCst);
+        self.report.notify_one();
+        let began = Instant::now();
+        let settle = {
+            let inner = self.lock();
+            if inner.runners.is_empty() && inner.cancels.is_empty() {
+                return 0;
+            }
+            REPORT_TIMEOUT
+        };
+        loop {
+            let left = self.in_flight();
+            let waited = began.elapsed();
+            if (left == 0 && waited >= settle) || waited >= JOB_DRAIN_TIMEOUT {
+                if left > 0 {
+                    tracing::warn!(
+                        jobs = left,
+                        "stopping with jobs still running through this node"
+                    );
+                } else {
+                    tracing::info!(waited_ms = waited.as_millis() as u64, "jobs drained");
+                }
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the node is stopping (see [`Jobs::drain`]).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Jobs this node drives (as the leader) or relays.
+    fn in_flight(&self) -> usize {
+        let inner = self.lock();
+        inner.cancels.len() + inner.runners.values().filter(|r| r.busy.is_some()).count()
     }
 
     /// Jobs a task on this node is driving (offered to a runner connected
@@ -685,6 +740,10 @@ async fn take_over(ctx: &Arc<Ctx>) -> bool {
 }
 
 async fn schedule_once(ctx: &Arc<Ctx>) {
+    if ctx.jobs.draining() {
+        // Stopping: the next leader offers the queued jobs.
+        return;
+    }
     type Snapshot = (Vec<Job>, BTreeSet<(String, String)>, BTreeSet<JobId>);
     let (queued, mut busy_apps, active): Snapshot = ctx.raft.read_local(|s| {
         let queued = s

@@ -818,10 +818,14 @@ impl Node {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.ctx.raft.shutdown()).await;
     }
 
-    /// Serve until `shutdown` fires, then (if `leave`) leave the
-    /// membership, then stop.
+    /// Serve until `shutdown` fires, then let the jobs running through this
+    /// node end (see [`crate::jobs::Jobs::drain`]), then (if `leave`) leave
+    /// the membership, then stop.
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>, leave: bool) {
         shutdown.await;
+        // Let the jobs running through this node end before it goes (a
+        // rolling upgrade stops every node in turn).
+        self.ctx.jobs.drain().await;
         if leave {
             if let Err(e) = self.leave().await {
                 tracing::warn!(error = %e, "could not leave the cluster before stopping");
