@@ -46,6 +46,21 @@ pub struct Context {
     pub members: Vec<String>,
 }
 
+/// The format of a context file this build writes. A file carries it as
+/// `"format"` (none: release 0.1.0, the same fields). Fields added later
+/// come with defaults, so older files keep loading; a file of a newer format
+/// is refused, naming both, instead of being misread.
+pub const CONTEXT_FORMAT: u32 = 1;
+
+/// A context as its file holds it.
+#[derive(Serialize, Deserialize)]
+struct OnDisk {
+    #[serde(default)]
+    format: u32,
+    #[serde(flatten)]
+    ctx: Context,
+}
+
 impl Context {
     /// Where to dial, in order of preference: `address`, then the other
     /// members (without duplicates).
@@ -97,7 +112,11 @@ pub fn save(ctx: &Context, overwrite: bool) -> Result<(), ContextError> {
         return Err(ContextError::Exists(ctx.name.clone()));
     }
     std::fs::create_dir_all(dir()).map_err(io(&dir()))?;
-    let json = serde_json::to_vec_pretty(ctx).map_err(|e| ContextError::Corrupt {
+    let on_disk = OnDisk {
+        format: CONTEXT_FORMAT,
+        ctx: ctx.clone(),
+    };
+    let json = serde_json::to_vec_pretty(&on_disk).map_err(|e| ContextError::Corrupt {
         path: path.clone(),
         message: e.to_string(),
     })?;
@@ -117,10 +136,21 @@ pub fn load(name: &str) -> Result<Context, ContextError> {
         }
         Err(e) => return Err(ContextError::Io { path, source: e }),
     };
-    serde_json::from_str(&text).map_err(|e| ContextError::Corrupt {
-        path,
+    let on_disk: OnDisk = serde_json::from_str(&text).map_err(|e| ContextError::Corrupt {
+        path: path.clone(),
         message: e.to_string(),
-    })
+    })?;
+    if on_disk.format > CONTEXT_FORMAT {
+        return Err(ContextError::Corrupt {
+            path,
+            message: format!(
+                "written in format {} by a newer cairn; this cairn ({}) reads formats up to {CONTEXT_FORMAT}: upgrade it",
+                on_disk.format,
+                cairn_protocol::VERSION
+            ),
+        });
+    }
+    Ok(on_disk.ctx)
 }
 
 pub fn list() -> Result<Vec<Context>, ContextError> {
@@ -218,6 +248,23 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "context files hold a token");
         }
+        // The file says its format; one without (release 0.1.0's) loads, a
+        // newer one is refused naming both, and unknown fields are ignored.
+        let text = std::fs::read_to_string(file("prod")).expect("read");
+        assert!(text.contains("\"format\": 1"), "{text}");
+        let old =
+            r#"{"name":"old","address":"a:1","ca_fingerprint":"f","token":"t","local":false}"#;
+        std::fs::write(file("old"), old).expect("write");
+        assert_eq!(load("old").expect("0.1.0 file").address, "a:1");
+        let newer = r#"{"format":2,"name":"new","address":"a:1","ca_fingerprint":"f","token":"t","later":[1]}"#;
+        std::fs::write(file("new"), newer).expect("write");
+        let e = load("new").expect_err("newer format").to_string();
+        assert!(
+            e.contains("format 2") && e.contains("formats up to 1"),
+            "{e}"
+        );
+        std::fs::remove_file(file("new")).expect("rm");
+        std::fs::remove_file(file("old")).expect("rm");
         delete("prod").expect("delete");
         assert_eq!(current().expect("current"), None);
         assert!(list().expect("list").is_empty());

@@ -23,8 +23,14 @@ pub enum IdentityError {
     Pki(#[from] PkiError),
 }
 
+/// The format of `node.json` this build writes (none in the file: release
+/// 0.1.0, the same fields). A newer format is refused, naming both.
+pub const NODE_FILE_FORMAT: u32 = 1;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct NodeFile {
+    #[serde(default)]
+    format: u32,
     node_id: u64,
     cluster: String,
     /// Set on a node that joined an existing cluster: the address it joined through.
@@ -89,6 +95,16 @@ pub fn load(dir: &Path) -> Result<Option<Identity>, IdentityError> {
             path: node_file.clone(),
             message: e.to_string(),
         })?;
+    if nf.format > NODE_FILE_FORMAT {
+        return Err(IdentityError::Corrupt {
+            path: node_file,
+            message: format!(
+                "written in format {} by a newer cairn-node; this one ({}) reads formats up to {NODE_FILE_FORMAT}: run that release or newer on this data dir",
+                nf.format,
+                cairn_protocol::VERSION
+            ),
+        });
+    }
     let ca_cert_pem = read(&dir.join("ca.pem"))?;
     let key_file = dir.join("ca-key.pem");
     let ca = if key_file.exists() {
@@ -197,6 +213,7 @@ fn write_node_file(
 ) -> Result<(), IdentityError> {
     let node_file = dir.join("node.json");
     let nf = NodeFile {
+        format: NODE_FILE_FORMAT,
         node_id,
         cluster: "cairn".into(),
         joined_via,
@@ -222,4 +239,33 @@ fn rand_id() -> u64 {
     let t = cairn_protocol::token::generate("id");
     let h = cairn_protocol::token::hash(&t);
     u64::from_str_radix(&h[..15], 16).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_file_of_a_newer_format_is_refused_naming_both() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("node.json"),
+            r#"{"format": 2, "node_id": 1, "cluster": "c", "later": true}"#,
+        )
+        .expect("write");
+        let e = load(dir.path()).expect_err("newer").to_string();
+        assert!(
+            e.contains("format 2") && e.contains("formats up to 1") && e.contains("node.json"),
+            "{e}"
+        );
+        // Release 0.1.0's file (no format) gets past the check (to the
+        // missing certificate files here).
+        std::fs::write(
+            dir.path().join("node.json"),
+            r#"{"node_id": 1, "cluster": "c"}"#,
+        )
+        .expect("write");
+        let e = load(dir.path()).expect_err("no ca.pem").to_string();
+        assert!(e.contains("ca.pem"), "{e}");
+    }
 }
