@@ -69,6 +69,8 @@ pub struct Step {
     pub node: usize,
     /// When the node was stopped (µs since the load began).
     pub stopped_us: u64,
+    /// The same on the wall clock (ms since the epoch, as job records).
+    pub stopped_ms: u64,
     /// Whether the stopped binary was the previous release's (which does
     /// not let the jobs running through it end before it stops).
     pub stopped_previous: bool,
@@ -96,8 +98,8 @@ pub struct Outcome {
     pub lost: Vec<String>,
     pub jobs_queued: usize,
     pub jobs_succeeded: usize,
-    /// Jobs that failed because a node of the previous release was stopped
-    /// while they ran through it (that release does not drain).
+    /// Jobs whose runner was lost as a node of the previous release stopped
+    /// (that release does not let them end first).
     pub jobs_cut_by_previous: usize,
     pub http: HttpFigures,
     pub violations: Vec<String>,
@@ -273,6 +275,20 @@ async fn inner(cfg: &Config, work: &Path) -> anyhow::Result<Outcome> {
         .await?,
     );
     tokio::time::sleep(SETTLE).await;
+    // A voter runs the previous release again: finishing is refused, naming
+    // it, and the cluster stays where that release can follow.
+    match finish(&cluster).await {
+        Err(e) if e.contains("0.1.0") => println!("   finishing refused as it must: {e}"),
+        other => violations.push(format!(
+            "finishing the upgrade with a voter on the previous release: expected a refusal naming it, got {other:?}"
+        )),
+    }
+    match upgrade_status(&cluster).await {
+        Some(st) if st.cluster_version == 4 => {}
+        other => violations.push(format!(
+            "after the rollback, expected cluster version 4, got {other:?}"
+        )),
+    }
 
     let liveness = jobs::liveness_job(&wcfg, Duration::from_secs(60)).await;
     // Jobs acknowledged before this point had at least 10 s to run.
@@ -302,11 +318,11 @@ async fn inner(cfg: &Config, work: &Path) -> anyhow::Result<Outcome> {
         jobs_report.violations.push(e);
     }
     violations.extend(jobs_report.violations.iter().map(|v| format!("jobs: {v}")));
-    // Every job queued during the upgrade ran, and succeeded, except where a
-    // node of the previous release (which cannot wait for the jobs running
-    // through it) was stopped under it.
-    let started: std::collections::BTreeMap<_, _> =
-        job_history.started.iter().map(|s| (s.job, s)).collect();
+    // Every job queued during the upgrade ran, and succeeded, except one whose
+    // runner was lost just as a node of the previous release (which cannot
+    // wait for the jobs running through it) stopped.
+    let started: std::collections::BTreeSet<_> =
+        job_history.started.iter().map(|s| s.job).collect();
     let mut not_run = Vec::new();
     let mut cut_by_previous = 0usize;
     for q in job_history
@@ -319,23 +335,27 @@ async fn inner(cfg: &Config, work: &Path) -> anyhow::Result<Outcome> {
         if state == Some(&cairn_protocol::types::JobState::Success) {
             continue;
         }
-        let cut = started.get(&id).is_some_and(|s| {
-            steps.iter().any(|st| {
-                st.stopped_previous
-                    && st.node == s.node
-                    // Started before the stop (or while that node was
-                    // going: its SIGTERM is not instant) and at most 30 s
-                    // before it.
-                    && s.at_us <= st.stopped_us + 2_000_000
-                    && st.stopped_us.saturating_sub(s.at_us) < 30_000_000
-            })
-        });
+        let job = inspect_job(&cluster, id).await;
+        let lost = job
+            .as_ref()
+            .and_then(|j| j.error.as_deref())
+            .is_some_and(|e| {
+                e.contains("lost")
+                    || e.contains("previous leader")
+                    || e.contains("no longer connected")
+            });
+        let at = job.as_ref().and_then(|j| j.completed_ms).unwrap_or(0);
+        let cut = lost
+            && steps.iter().any(|st| {
+                st.stopped_previous && st.stopped_ms <= at && at <= st.stopped_ms + 15_000
+            });
         if cut {
             cut_by_previous += 1;
         } else {
             not_run.push(format!(
-                "job {id} ({state:?}, started: {})",
-                started.contains_key(&id)
+                "job {id} ({state:?}, started: {}, error: {:?})",
+                started.contains(&id),
+                job.and_then(|j| j.error)
             ));
         }
     }
@@ -474,6 +494,7 @@ async fn replace(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stopped_previous = cluster.nodes[i].bin.as_deref().unwrap_or(previous) == previous;
     let stopped_us = start.elapsed().as_micros() as u64;
+    let stopped_ms = cairn_protocol::now_ms();
     let began = Instant::now();
     cluster.replace_binary(i, bin).await?;
     cluster.wait_healthy(i, cluster.nodes.len(), 10).await?;
@@ -484,6 +505,7 @@ async fn replace(
         what: what.to_string(),
         node: i,
         stopped_us,
+        stopped_ms,
         stopped_previous,
         took_ms: took.as_millis() as u64,
     })
@@ -577,6 +599,42 @@ async fn upgrade_status(cluster: &Cluster) -> Option<cairn_protocol::api::Upgrad
         s.conn.close(0u32.into(), b"done");
         if let Ok(ClientResponse::Upgrade(st)) = r {
             return Some(st);
+        }
+    }
+    None
+}
+
+/// `cairn server upgrade --finish`, through the first node that speaks
+/// protocol 5: the new cluster version, or the refusal.
+async fn finish(cluster: &Cluster) -> Result<u32, String> {
+    for i in 0..cluster.nodes.len() {
+        let Ok(s) = cluster.session(i).await else {
+            continue;
+        };
+        if s.node.version < 5 {
+            continue;
+        }
+        let r = rpc::call(&s.conn, &ClientRequest::Upgrade { finish: true }).await;
+        s.conn.close(0u32.into(), b"done");
+        return match r {
+            Ok(ClientResponse::Upgrade(st)) => Ok(st.cluster_version),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        };
+    }
+    Err("no node speaks protocol 5".into())
+}
+
+/// Job `id` as the cluster records it.
+async fn inspect_job(cluster: &Cluster, id: u64) -> Option<cairn_protocol::types::Job> {
+    for i in 0..cluster.nodes.len() {
+        let Ok(s) = cluster.session(i).await else {
+            continue;
+        };
+        let r = rpc::call(&s.conn, &ClientRequest::InspectJob { id }).await;
+        s.conn.close(0u32.into(), b"done");
+        if let Ok(ClientResponse::Job(j)) = r {
+            return Some(*j);
         }
     }
     None

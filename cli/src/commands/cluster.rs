@@ -327,3 +327,88 @@ pub async fn snapshot_save(g: &Global, file: &std::path::Path) -> anyhow::Result
     );
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use cairn_protocol::api::{MemberInfo, MemberRelease};
+    use cairn_protocol::handshake::Versions;
+
+    use super::*;
+
+    fn status(releases: &[(&str, u32, u32)], cluster_version: u32) -> UpgradeStatus {
+        let members = (0..releases.len())
+            .map(|i| MemberInfo {
+                id: i as u64 + 1,
+                addr: format!("10.0.0.{}:9701", i + 1),
+                role: MemberRole::Voter,
+                leader: i == 0,
+                matched_index: Some(10),
+                last_contact_ms: Some(0),
+            })
+            .collect();
+        let rel = releases
+            .iter()
+            .enumerate()
+            .map(|(i, (r, min, max))| MemberRelease {
+                id: i as u64 + 1,
+                release: Some(r.to_string()),
+                versions: Some(Versions {
+                    min: *min,
+                    max: *max,
+                }),
+                learnt_ms_ago: Some(5),
+            })
+            .collect();
+        let next = releases.iter().map(|r| r.2).min();
+        UpgradeStatus {
+            members,
+            releases: rel,
+            cluster_version,
+            next_version: next,
+            finishes_in_ms: None,
+            mixed_for_ms: None,
+            mixed_warn_after_ms: 1_800_000,
+            answered_by: 1,
+        }
+    }
+
+    #[test]
+    fn the_guidance_names_what_is_left_then_the_window_then_nothing() {
+        let mid = status(&[("0.2.0", 4, 5), ("0.1.0", 4, 4), ("0.1.0", 4, 4)], 4);
+        let text = upgrade_text(&mid, false);
+        assert!(
+            text.contains("Next: upgrade 2 (10.0.0.2:9701, 0.1.0), 3 (10.0.0.3:9701, 0.1.0)"),
+            "{text}"
+        );
+        let mut all = status(&[("0.2.0", 4, 5), ("0.2.0", 4, 5), ("0.2.0", 4, 5)], 4);
+        all.finishes_in_ms = Some(540_000);
+        let text = upgrade_text(&all, false);
+        assert!(
+            text.contains(
+                "Every voter speaks protocol version 5. The cluster moves to it in 9 min by itself"
+            ),
+            "{text}"
+        );
+        let done = status(&[("0.2.0", 4, 5), ("0.2.0", 4, 5)], 5);
+        assert!(upgrade_text(&done, false).contains("Nothing to do"));
+        assert!(upgrade_text(&done, true).contains("The upgrade is finished"));
+    }
+
+    #[test]
+    fn members_warn_only_after_an_upgrade_took_too_long() {
+        let mut st = status(&[("0.2.0", 4, 5), ("0.1.0", 4, 4)], 4);
+        assert_eq!(mixed_warning(&st), None);
+        st.mixed_for_ms = Some(60_000);
+        assert_eq!(
+            mixed_warning(&st),
+            None,
+            "a minute is an upgrade in progress"
+        );
+        st.mixed_for_ms = Some(2_400_000);
+        let w = mixed_warning(&st).expect("warns");
+        assert!(
+            w.contains("different releases (0.1.0, 0.2.0) for 40 min"),
+            "{w}"
+        );
+    }
+}
