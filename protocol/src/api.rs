@@ -237,6 +237,7 @@ impl ClientRequest {
                 | ClientRequest::Members
                 | ClientRequest::ListInstances
                 | ClientRequest::ListHostnames
+                | ClientRequest::Upgrade { finish: false }
         )
     }
 

@@ -410,3 +410,34 @@ async fn the_snapshot_interval_grows_with_the_state() {
         last - snap
     );
 }
+
+/// A snapshot for a follower of release 0.1.0 is in its format (bincode of
+/// its `State`), whatever format this node holds it in; and what 0.1.0
+/// sends reads back here.
+#[test]
+fn snapshot_data_converts_to_and_from_release_0_1s_format() {
+    use crate::raft::format;
+    use crate::raft::state_machine::{decode_snapshot_data, legacy_snapshot_data, SnapshotData};
+    let mut state = expected_state(&[put(1), put(2)]);
+    state.cluster_version = Some(5);
+    let data = SnapshotData {
+        state: state.clone(),
+        last_applied: Some(openraft::testing::log_id::<NodeId>(1, 1, 2)),
+        membership: openraft::StoredMembership::default(),
+    };
+    let current = format::encode(&data).expect("encode");
+    let legacy = legacy_snapshot_data(current).expect("convert");
+    assert_eq!(format::format_of(&legacy).expect("format"), 0);
+    let (old, used): (crate::state::v0::SnapshotData, usize) =
+        bincode::serde::decode_from_slice(&legacy, bincode::config::standard())
+            .expect("0.1.0 reads it");
+    assert_eq!(used, legacy.len());
+    assert_eq!(old.state.registers, state.registers);
+    assert_eq!(old.last_applied, data.last_applied);
+    // Back: everything but what 0.1.0 has no field for.
+    let back = decode_snapshot_data(&legacy).expect("decode");
+    assert_eq!(back.state.cluster_version, None);
+    assert_eq!(back.state.registers, state.registers);
+    // Already format 0: passed through as is.
+    assert_eq!(legacy_snapshot_data(legacy.clone()).expect("same"), legacy);
+}
