@@ -6,7 +6,8 @@ pub mod context;
 pub mod lifecycle;
 pub mod local;
 pub mod paths;
-pub mod plugins;
+/// The plugin framework and built-in plugins (the `cairn-plugins` crate, `cli/plugins/`).
+pub use cairn_plugins as plugins;
 pub mod reach;
 pub mod runner;
 pub mod ui;

@@ -16,9 +16,9 @@ use super::{
     app_dir, destroy_deployment, instance_health, log_tail, stop_instance, sys, Deployment,
     Instance, DEPLOYMENT,
 };
-use crate::plugins::command::resolve_program;
-use crate::plugins::files::{temp_path, Artifact, HashingReader, ARTIFACT};
-use crate::plugins::{
+use crate::command::resolve_program;
+use crate::files::{temp_path, Artifact, HashingReader, ARTIFACT};
+use crate::{
     config_error, parse_config, DeploymentHealth, OpContext, Platform, PluginError, Value,
 };
 

@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::plugins::PluginError;
+use crate::PluginError;
 
 /// The system user instances run as when the runner is root and the config
 /// names none.

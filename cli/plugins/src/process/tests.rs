@@ -12,8 +12,8 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use super::*;
-use crate::plugins::testutil::{ctx, write, Lines};
-use crate::plugins::{Catalog, HealthState, ReleaseOptions, Value};
+use crate::testutil::{ctx, write, Lines};
+use crate::{Catalog, HealthState, ReleaseOptions, Value};
 
 #[test]
 fn __supervise_host() {
@@ -379,7 +379,7 @@ fn spawn_supervisor(
     let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
     let log = std::fs::File::create(&spec.log)?;
-    let child = std::process::Command::new(crate::plugins::testutil::test_exe())
+    let child = std::process::Command::new(crate::testutil::test_exe())
         .arg("__supervise")
         .arg(&spec_path)
         .stdin(std::process::Stdio::null())

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::platform::health;
 use super::supervisor::write_json_atomic;
 use super::{app_dir, destroy_deployment, Deployment, DEPLOYMENT};
-use crate::plugins::{
+use crate::{
     parse_config, OpContext, PluginError, ReleaseOptions, ReleaseOutcome, Releaser, Stream, Value,
 };
 

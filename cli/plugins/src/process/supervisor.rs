@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::sys;
-use crate::plugins::command::resolve_program;
+use crate::command::resolve_program;
 
 /// Set on the supervised command: the path of its supervisor's state file. It tells
 /// the command's processes apart from unrelated ones that reuse a recorded pid.
