@@ -2,7 +2,8 @@
 //!
 //! A lifecycle step (build, push, deploy, release) is carried out by a plugin of the
 //! matching [`Kind`]. Plugins exchange [`Value`]s that carry their type name
-//! ("files.Artifact", "process.Deployment", …); the [`Catalog`] knows the built-in
+//! ("files.Artifact", "process.Deployment", …), built and read by type
+//! ([`Value::of`], [`Value::get`]: each exchanged type implements [`Typed`]); the [`Catalog`] knows the built-in
 //! plugins and the [`Mapper`]s between types, and finds the shortest chain of mappers
 //! from the values at hand to the type the next plugin takes.
 //!
@@ -34,9 +35,51 @@ pub struct Value {
     pub data: serde_json::Value,
 }
 
+/// A type plugins exchange as a [`Value`]: it knows its own type name, so a
+/// value is built and read by its type, never by a name paired by hand.
+pub trait Typed: Serialize + DeserializeOwned {
+    /// e.g. "files.Artifact".
+    const TYPE_NAME: &'static str;
+}
+
 impl Value {
-    /// Builds a value of `type_name` from anything serializable.
-    pub fn new<T: Serialize>(type_name: &str, data: &T) -> Result<Value, PluginError> {
+    /// The value of `data`, named by its type.
+    pub fn of<T: Typed>(data: &T) -> Result<Value, PluginError> {
+        Value::named(T::TYPE_NAME, data)
+    }
+
+    /// The data of a value that must be a `T`.
+    pub fn get<T: Typed>(&self) -> Result<T, PluginError> {
+        if self.type_name != T::TYPE_NAME {
+            return Err(PluginError::WrongType {
+                wanted: vec![T::TYPE_NAME.to_string()],
+                got: self.type_name.clone(),
+            });
+        }
+        serde_json::from_value(self.data.clone()).map_err(|e| PluginError::InvalidValue {
+            type_name: self.type_name.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Whether the value is a `T`.
+    pub fn is<T: Typed>(&self) -> bool {
+        self.type_name == T::TYPE_NAME
+    }
+
+    /// A value of type `type_name` holding `data` as it is (tests give a
+    /// type data that does not fit it).
+    #[cfg(test)]
+    pub(crate) fn named<T: Serialize>(type_name: &str, data: &T) -> Result<Value, PluginError> {
+        Value::build(type_name, data)
+    }
+
+    #[cfg(not(test))]
+    fn named<T: Serialize>(type_name: &str, data: &T) -> Result<Value, PluginError> {
+        Value::build(type_name, data)
+    }
+
+    fn build<T: Serialize>(type_name: &str, data: &T) -> Result<Value, PluginError> {
         let data = serde_json::to_value(data).map_err(|e| PluginError::InvalidValue {
             type_name: type_name.to_string(),
             message: e.to_string(),
@@ -44,20 +87,6 @@ impl Value {
         Ok(Value {
             type_name: type_name.to_string(),
             data,
-        })
-    }
-
-    /// Decodes the data of a value that must be of type `type_name`.
-    pub fn decode<T: DeserializeOwned>(&self, type_name: &str) -> Result<T, PluginError> {
-        if self.type_name != type_name {
-            return Err(PluginError::WrongType {
-                wanted: vec![type_name.to_string()],
-                got: self.type_name.clone(),
-            });
-        }
-        serde_json::from_value(self.data.clone()).map_err(|e| PluginError::InvalidValue {
-            type_name: self.type_name.clone(),
-            message: e.to_string(),
         })
     }
 }

@@ -247,7 +247,7 @@ fn build_files(source: &Path, data: &Path, config: serde_json::Value) -> Result<
     let mut out = Lines::default();
     let mut ctx = ctx(source, data, 1, &mut out);
     let value = catalog().builder("files", &config)?.build(&mut ctx)?;
-    Ok(value.decode(files::ARTIFACT)?)
+    Ok(value.get::<files::Artifact>()?)
 }
 
 /// (path, mode, mtime, kind) of every entry of a .tar.gz.
@@ -406,7 +406,7 @@ fn command_builder_streams_output_and_records_the_file() -> Result<()> {
     let mut out = Lines::default();
     let mut ctx = ctx(source, &source.join("data"), 1, &mut out);
     let value = builder.build(&mut ctx)?;
-    let output: command::Output = value.decode(command::OUTPUT)?;
+    let output: command::Output = value.get::<command::Output>()?;
     assert!(output.path.is_absolute());
     assert_eq!(output.path, source.join("dist/app"));
     assert_eq!(
@@ -474,14 +474,14 @@ fn command_output_maps_to_artifact_and_through_the_registry() -> Result<()> {
 
     let registry = c.registry("files", &json!({}))?;
     let artifact_value = c.convert(std::slice::from_ref(&built), registry.input_types())?;
-    let artifact: Artifact = artifact_value.decode(files::ARTIFACT)?;
+    let artifact: Artifact = artifact_value.get::<files::Artifact>()?;
     assert!(artifact.path.starts_with(data.join("artifacts")));
     let entries = list_archive(&artifact.path)?;
     assert_eq!(entries.len(), 1);
     assert_eq!((entries[0].0.as_str(), entries[0].1), ("app", 0o755));
 
     let stored_value = registry.push(&mut ctx, &artifact_value)?;
-    let stored: StoredArtifact = stored_value.decode(files::STORED_ARTIFACT)?;
+    let stored: StoredArtifact = stored_value.get::<files::StoredArtifact>()?;
     assert_eq!(
         stored.path,
         data.join("registry")
@@ -494,7 +494,7 @@ fn command_output_maps_to_artifact_and_through_the_registry() -> Result<()> {
     // After the push, only the stored artifact is at hand: it maps back.
     let again: Artifact = c
         .convert(&[stored_value], &["files.Artifact"])?
-        .decode(files::ARTIFACT)?;
+        .get::<files::Artifact>()?;
     assert_eq!(
         (again.path.clone(), again.sha256.clone()),
         (stored.path.clone(), artifact.sha256.clone())
@@ -516,7 +516,7 @@ fn command_output_maps_to_artifact_and_through_the_registry() -> Result<()> {
     bad.sha256 = "0".repeat(64);
     let err = c
         .registry("files", &json!({"directory": "store"}))?
-        .push(&mut ctx, &Value::new("files.Artifact", &bad)?)
+        .push(&mut ctx, &Value::named("files.Artifact", &bad)?)
         .expect_err("hash mismatch");
     assert!(err.to_string().contains("expected 0000"), "{err}");
     // Wrong input type.

@@ -25,6 +25,10 @@ pub struct Output {
     pub artifacts_dir: Option<PathBuf>,
 }
 
+impl crate::Typed for Output {
+    const TYPE_NAME: &'static str = OUTPUT;
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
@@ -85,14 +89,11 @@ impl Builder for CommandBuilder {
         }
         let sha256 = files::sha256_file(&path)?;
         ctx.info(&format!("output {} (sha256 {sha256})", path.display()));
-        Value::new(
-            OUTPUT,
-            &Output {
-                path,
-                sha256,
-                artifacts_dir: Some(ctx.data_dir.join("artifacts")),
-            },
-        )
+        Value::of(&Output {
+            path,
+            sha256,
+            artifacts_dir: Some(ctx.data_dir.join("artifacts")),
+        })
     }
 }
 
@@ -187,7 +188,7 @@ pub const OUTPUT_TO_ARTIFACT: Mapper = Mapper {
 };
 
 fn output_to_artifact(value: &Value) -> Result<Value, PluginError> {
-    let output: Output = value.decode(OUTPUT)?;
+    let output: Output = value.get::<Output>()?;
     let actual = files::sha256_file(&output.path)?;
     if actual != output.sha256 {
         return Err(PluginError::Failed(format!(
@@ -208,5 +209,5 @@ fn output_to_artifact(value: &Value) -> Result<Value, PluginError> {
         .unwrap_or_else(|| std::env::temp_dir().join("cairn-artifacts"));
     let entry = files::file_entry(root, Path::new(name))?;
     let artifact: Artifact = files::write_archive(&dir, root, &[entry])?;
-    Value::new(files::ARTIFACT, &artifact)
+    Value::of(&artifact)
 }

@@ -28,11 +28,19 @@ pub struct Artifact {
     pub size: u64,
 }
 
+impl crate::Typed for Artifact {
+    const TYPE_NAME: &'static str = ARTIFACT;
+}
+
 /// `files.StoredArtifact`: an artifact copied into a `files` registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredArtifact {
     pub path: PathBuf,
     pub sha256: String,
+}
+
+impl crate::Typed for StoredArtifact {
+    const TYPE_NAME: &'static str = STORED_ARTIFACT;
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,7 +104,7 @@ impl Builder for FilesBuilder {
             artifact.path.display(),
             artifact.size
         ));
-        Value::new(ARTIFACT, &artifact)
+        Value::of(&artifact)
     }
 }
 
@@ -432,7 +440,7 @@ impl Registry for FilesRegistry {
     }
 
     fn push(&self, ctx: &mut OpContext, input: &Value) -> Result<Value, PluginError> {
-        let artifact: Artifact = input.decode(ARTIFACT)?;
+        let artifact: Artifact = input.get::<Artifact>()?;
         let dir = match &self.config.directory {
             Some(dir) => ctx.source_dir.join(dir),
             None => ctx.data_dir.join("registry"),
@@ -446,13 +454,10 @@ impl Registry for FilesRegistry {
             copy_verified(&artifact.path, &dest, &artifact.sha256)?;
             ctx.info(&format!("stored {}", dest.display()));
         }
-        Value::new(
-            STORED_ARTIFACT,
-            &StoredArtifact {
-                path: dest,
-                sha256: artifact.sha256,
-            },
-        )
+        Value::of(&StoredArtifact {
+            path: dest,
+            sha256: artifact.sha256,
+        })
     }
 }
 
@@ -492,16 +497,13 @@ pub const STORED_TO_ARTIFACT: Mapper = Mapper {
 };
 
 fn stored_to_artifact(value: &Value) -> Result<Value, PluginError> {
-    let stored: StoredArtifact = value.decode(STORED_ARTIFACT)?;
+    let stored: StoredArtifact = value.get::<StoredArtifact>()?;
     let size = fs::metadata(&stored.path)
         .map_err(|e| PluginError::io(format!("reading {}", stored.path.display()), e))?
         .len();
-    Value::new(
-        ARTIFACT,
-        &Artifact {
-            path: stored.path,
-            sha256: stored.sha256,
-            size,
-        },
-    )
+    Value::of(&Artifact {
+        path: stored.path,
+        sha256: stored.sha256,
+        size,
+    })
 }

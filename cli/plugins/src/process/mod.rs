@@ -51,6 +51,10 @@ pub struct Deployment {
     pub url: String,
 }
 
+impl crate::Typed for Deployment {
+    const TYPE_NAME: &'static str = DEPLOYMENT;
+}
+
 /// One supervised instance of a deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {

@@ -145,7 +145,7 @@ impl Platform for ProcessPlatform {
     }
 
     fn deploy(&self, ctx: &mut OpContext, input: &Value) -> Result<Value, PluginError> {
-        let artifact: Artifact = input.decode(ARTIFACT)?;
+        let artifact: Artifact = input.get::<Artifact>()?;
         let app_dir = app_dir(ctx)?;
         let who = isolation::run_as(self.config.user.as_deref())?;
         // Code and homes of instances running as another user live where
@@ -199,16 +199,13 @@ impl Platform for ProcessPlatform {
                     .collect();
                 let url = format!("http://127.0.0.1:{}/", instances[0].port);
                 ctx.info(&format!("v{} is up at {url}", ctx.sequence));
-                Value::new(
-                    DEPLOYMENT,
-                    &Deployment {
-                        app: ctx.app.clone(),
-                        sequence: ctx.sequence,
-                        dir,
-                        instances,
-                        url,
-                    },
-                )
+                Value::of(&Deployment {
+                    app: ctx.app.clone(),
+                    sequence: ctx.sequence,
+                    dir,
+                    instances,
+                    url,
+                })
             }
             Err(e) => {
                 ctx.info(&format!("deploy failed, stopping what was started: {e}"));
@@ -229,22 +226,19 @@ impl Platform for ProcessPlatform {
     }
 
     fn destroy(&self, ctx: &mut OpContext, deployment: &Value) -> Result<(), PluginError> {
-        let deployment: Deployment = deployment.decode(DEPLOYMENT)?;
+        let deployment: Deployment = deployment.get::<Deployment>()?;
         destroy_deployment(&deployment)?;
         ctx.info(&format!("destroyed v{}", deployment.sequence));
         Ok(())
     }
 
     fn status(&self, deployment: &Value) -> Result<DeploymentHealth, PluginError> {
-        let deployment: Deployment = deployment.decode(DEPLOYMENT)?;
+        let deployment: Deployment = deployment.get::<Deployment>()?;
         Ok(health(&deployment))
     }
 
     fn url(&self, deployment: &Value) -> Option<String> {
-        deployment
-            .decode::<Deployment>(DEPLOYMENT)
-            .ok()
-            .map(|d| d.url)
+        deployment.get::<Deployment>().ok().map(|d| d.url)
     }
 }
 

@@ -20,6 +20,10 @@ pub struct Release {
     pub url: String,
 }
 
+impl crate::Typed for Release {
+    const TYPE_NAME: &'static str = RELEASE;
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {}
@@ -58,7 +62,7 @@ impl Releaser for ProcessReleaser {
         others: &[(u64, Value)],
         opts: &ReleaseOptions,
     ) -> Result<ReleaseOutcome, PluginError> {
-        let deployment: Deployment = target.decode(DEPLOYMENT)?;
+        let deployment: Deployment = target.get::<Deployment>()?;
         let sequence = deployment.sequence;
         let health = health(&deployment);
         if health.alive == 0 {
@@ -83,7 +87,7 @@ impl Releaser for ProcessReleaser {
             let mut older: Vec<(u64, Deployment)> = others
                 .iter()
                 .filter(|(seq, v)| *seq < sequence && v.type_name == DEPLOYMENT)
-                .filter_map(|(seq, v)| v.decode::<Deployment>(DEPLOYMENT).ok().map(|d| (*seq, d)))
+                .filter_map(|(seq, v)| v.get::<Deployment>().ok().map(|d| (*seq, d)))
                 .collect();
             older.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
             for (seq, old) in older.into_iter().skip(opts.retain) {
@@ -100,7 +104,7 @@ impl Releaser for ProcessReleaser {
             pruned.sort_unstable();
         }
         Ok(ReleaseOutcome {
-            value: Value::new(RELEASE, &release)?,
+            value: Value::of(&release)?,
             urls: vec![release.url],
             pruned,
         })

@@ -92,7 +92,7 @@ impl Fixture {
             .catalog
             .platform("process", &config)?
             .deploy(&mut c, &artifact)?;
-        let d: Deployment = value.decode(DEPLOYMENT)?;
+        let d: Deployment = value.get::<Deployment>()?;
         cleanup.0.push(d.clone());
         Ok(d)
     }
@@ -122,7 +122,7 @@ fn serve_command() -> serde_json::Value {
 }
 
 fn value(d: &Deployment) -> Value {
-    Value::new(DEPLOYMENT, d).expect("serializable")
+    Value::of(d).expect("serializable")
 }
 
 #[test]
@@ -318,7 +318,7 @@ fn release_marks_and_prunes() -> Result<()> {
     )?;
     assert_eq!(outcome.pruned, vec![1]);
     assert_eq!(outcome.urls, vec![d3.url.clone()]);
-    let release: Release = outcome.value.decode(RELEASE)?;
+    let release: Release = outcome.value.get::<Release>()?;
     assert_eq!(
         release,
         Release {
