@@ -236,7 +236,9 @@ fn init_tracing(server: bool) {
         .init();
 }
 
-async fn run(cli: Cli) -> anyhow::Result<i32> {
+async fn run(mut cli: Cli) -> anyhow::Result<i32> {
+    // The one catalog of plugins, handed to every command and runner.
+    cli.global.catalog = std::sync::Arc::new(cairn_cli::plugins::Catalog::builtin());
     let g = &cli.global;
     match &cli.cmd {
         Cmd::Up {

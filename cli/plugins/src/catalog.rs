@@ -18,6 +18,29 @@ pub struct Catalog {
     mappers: Vec<Mapper>,
 }
 
+impl Default for Catalog {
+    /// No plugins: the program builds the one catalog it uses with
+    /// [`Catalog::builtin`] and hands it to whoever needs it.
+    fn default() -> Catalog {
+        Catalog::empty()
+    }
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn names<T>(v: &[(&'static str, T)]) -> Vec<&'static str> {
+            v.iter().map(|(n, _)| *n).collect()
+        }
+        f.debug_struct("Catalog")
+            .field("builders", &names(&self.builders))
+            .field("registries", &names(&self.registries))
+            .field("platforms", &names(&self.platforms))
+            .field("releasers", &names(&self.releasers))
+            .field("mappers", &self.mappers.len())
+            .finish()
+    }
+}
+
 impl Catalog {
     /// The built-in plugins and mappers.
     pub fn builtin() -> Catalog {

@@ -11,7 +11,6 @@ use cairn_protocol::rpc;
 use cairn_protocol::types::{JobKind, JobSpec, JobState, RunnerTarget, Source, DEFAULT_WORKSPACE};
 
 use super::{load_config, Global};
-use crate::plugins::Catalog;
 use crate::runner::{self, RunnerOptions};
 use crate::ui::{Renderer, Style};
 use crate::{appconfig, client, lifecycle};
@@ -40,7 +39,7 @@ pub async fn run(g: &Global, app: &AppArg, kind: JobKind) -> anyhow::Result<i32>
     // 1. The config is found and evaluated here, so a bad one fails before anything is queued.
     let cfg = load_config(&g.dir())?;
     let app_cfg = cfg.app(app.app.as_deref())?;
-    lifecycle::instantiate(app_cfg, &Catalog::builtin()).map_err(anyhow::Error::msg)?;
+    lifecycle::instantiate(app_cfg, &g.catalog).map_err(anyhow::Error::msg)?;
     let dir =
         std::fs::canonicalize(cfg.dir()).with_context(|| format!("{}", cfg.dir().display()))?;
     let file = cfg
@@ -58,7 +57,7 @@ pub async fn run(g: &Global, app: &AppArg, kind: JobKind) -> anyhow::Result<i32>
     let target = match &other_runner {
         Some(t) => t.clone(),
         None => {
-            let opts = Arc::new(RunnerOptions::for_cli());
+            let opts = Arc::new(RunnerOptions::for_cli(g.catalog.clone()));
             _registration = Some(
                 runner::register(&session.conn, &opts)
                     .await

@@ -28,6 +28,9 @@ pub struct Global {
     /// The directory holding cairn.hcl (default: the current directory).
     #[arg(short = 'C', long = "dir", global = true, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// The plugins this program knows: built once, in `main`.
+    #[arg(skip)]
+    pub catalog: std::sync::Arc<crate::plugins::Catalog>,
 }
 
 impl Global {

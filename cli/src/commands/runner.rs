@@ -103,7 +103,7 @@ async fn run_agent(g: &Global, a: &AgentArgs) -> anyhow::Result<i32> {
         None => agent::stable_id()?,
     };
     let labels: BTreeMap<String, String> = a.labels.iter().cloned().collect();
-    let opts = Arc::new(agent::options(id.clone(), labels));
+    let opts = Arc::new(agent::options(id.clone(), labels, g.catalog.clone()));
     let stop = CancellationToken::new();
     let force = CancellationToken::new();
     let signals = tokio::spawn(watch_signals(stop.clone(), force.clone()));

@@ -5,7 +5,6 @@ use cairn_protocol::types::{OpKind, OpStatus, ResourceState};
 
 use super::list::operations;
 use super::Global;
-use crate::plugins::Catalog;
 
 pub async fn run(g: &Global, json: bool) -> anyhow::Result<i32> {
     // No config here: the whole cluster. A config that does not load is an
@@ -17,7 +16,7 @@ pub async fn run(g: &Global, json: bool) -> anyhow::Result<i32> {
     let builds = operations(g, OpKind::Build, None).await?;
     let deps = operations(g, OpKind::Deployment, None).await?;
     let rels = operations(g, OpKind::Release, None).await?;
-    let catalog = Catalog::builtin();
+    let catalog = &g.catalog;
     let mut apps: Vec<(String, String)> = deps
         .iter()
         .chain(builds.iter())

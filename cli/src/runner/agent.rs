@@ -128,7 +128,11 @@ fn host_name() -> String {
 
 /// Runner options for an agent: its id and labels; artifacts and
 /// deployments in this machine's runner dir (as for the CLI's runner).
-pub fn options(id: String, labels: BTreeMap<String, String>) -> RunnerOptions {
+pub fn options(
+    id: String,
+    labels: BTreeMap<String, String>,
+    catalog: std::sync::Arc<crate::plugins::Catalog>,
+) -> RunnerOptions {
     let self_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cairn"));
     RunnerOptions {
         id,
@@ -137,6 +141,7 @@ pub fn options(id: String, labels: BTreeMap<String, String>) -> RunnerOptions {
         data_dir: paths::runner_dir(),
         entrypoint_argv: super::entrypoint_argv(&self_exe),
         self_exe,
+        catalog,
     }
 }
 
@@ -606,7 +611,14 @@ mod tests {
             local: false,
             members: vec!["10.0.0.1:9701".into()],
         };
-        Agent::new(ctx, Arc::new(options("a".into(), BTreeMap::new())))
+        Agent::new(
+            ctx,
+            Arc::new(options(
+                "a".into(),
+                BTreeMap::new(),
+                Arc::new(crate::plugins::Catalog::builtin()),
+            )),
+        )
     }
 
     #[test]

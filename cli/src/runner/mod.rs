@@ -41,6 +41,8 @@ pub struct RunnerOptions {
     pub self_exe: PathBuf,
     /// How instances are started under the entrypoint: see [`entrypoint_argv`].
     pub entrypoint_argv: Vec<String>,
+    /// The plugins jobs run with (the program's one catalog).
+    pub catalog: std::sync::Arc<crate::plugins::Catalog>,
 }
 
 /// Names the `cairn-entrypoint` program to use instead of looking for it.
@@ -72,7 +74,7 @@ pub fn entrypoint_argv(self_exe: &std::path::Path) -> Vec<String> {
 
 impl RunnerOptions {
     /// Options for the CLI acting as its own runner.
-    pub fn for_cli() -> RunnerOptions {
+    pub fn for_cli(catalog: std::sync::Arc<crate::plugins::Catalog>) -> RunnerOptions {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_default();
@@ -88,6 +90,7 @@ impl RunnerOptions {
             data_dir: crate::paths::runner_dir(),
             entrypoint_argv: entrypoint_argv(&self_exe),
             self_exe,
+            catalog,
         }
     }
 }

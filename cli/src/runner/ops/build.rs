@@ -47,7 +47,9 @@ pub async fn run(
     let name = stage.plugin.name.clone();
     let registry = registry.clone();
     let hook_list = stage.hooks.clone();
-    let input = crate::plugins::Catalog::builtin()
+    let input = run
+        .opts
+        .catalog
         .convert(std::slice::from_ref(&build.1), registry.input_types())
         .map_err(|e| JobFailure::new(format!("{}: {e}", stage.plugin.location)))?;
     let pushed = run

@@ -3,7 +3,7 @@
 use cairn_protocol::types::OpKind;
 
 use super::Loaded;
-use crate::plugins::{Catalog, Value};
+use crate::plugins::Value;
 use crate::runner::hooks;
 use crate::runner::job::{plugin_err, JobFailure, JobRun, OpSpec};
 
@@ -17,7 +17,9 @@ pub async fn run(
     let stage = &l.app.deploy;
     let name = stage.plugin.name.clone();
     let platform = l.stages.platform.clone();
-    let input = Catalog::builtin()
+    let input = run
+        .opts
+        .catalog
         .convert(&values, platform.input_types())
         .map_err(|e| JobFailure::new(format!("{}: {e}", stage.plugin.location)))?;
     let hook_list = stage.hooks.clone();

@@ -13,7 +13,7 @@ use cairn_protocol::types::{JobKind, OpKind, OpStatus, Operation, ResourceState,
 use super::job::{value_of, JobFailure, JobRun};
 use crate::config::{self, AppConfig};
 use crate::lifecycle::{self, Stages};
-use crate::plugins::{Catalog, Value};
+use crate::plugins::Value;
 
 /// The app a job works on, loaded on the runner.
 pub struct Loaded {
@@ -36,7 +36,7 @@ fn load(run: &JobRun) -> Result<Loaded, JobFailure> {
         .map_err(|e| JobFailure::new(e.to_string()))?
         .clone();
     let source_dir = cfg.app_dir(&app);
-    let stages = lifecycle::instantiate(&app, &Catalog::builtin()).map_err(JobFailure::new)?;
+    let stages = lifecycle::instantiate(&app, &run.opts.catalog).map_err(JobFailure::new)?;
     Ok(Loaded {
         app,
         source_dir,
