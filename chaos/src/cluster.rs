@@ -235,6 +235,31 @@ impl Cluster {
         .map_err(|e| other(format!("connect to n{}: {e}", i + 1)))
     }
 
+    /// Send `req` to each node in turn (skipping one that cannot be reached
+    /// or speaks a protocol older than `min_version`) until `accept` takes
+    /// an answer.
+    pub async fn ask<T>(
+        &self,
+        min_version: u32,
+        req: &ClientRequest,
+        mut accept: impl FnMut(Result<ClientResponse, rpc::RpcError>) -> Option<T>,
+    ) -> Option<T> {
+        for i in 0..self.nodes.len() {
+            let Ok(s) = self.session(i).await else {
+                continue;
+            };
+            if s.node.version < min_version {
+                continue;
+            }
+            let r = rpc::call(&s.conn, req).await;
+            s.conn.close(0u32.into(), b"done");
+            if let Some(t) = accept(r) {
+                return Some(t);
+            }
+        }
+        None
+    }
+
     async fn join_token(&self) -> Result<String, ClusterError> {
         let s = self.session(0).await?;
         let r = rpc::call(

@@ -12,7 +12,7 @@ use crate::cli_client::{self, CliReport};
 use crate::cluster::Cluster;
 use crate::jobs::{self, JobsReport};
 use crate::schedule::{self, Fault, Kind, Step, Target};
-use crate::verify::{self, FinalRead, Report};
+use crate::verify::{self, Report};
 use crate::workload;
 
 #[derive(Debug, Clone)]
@@ -321,12 +321,6 @@ async fn inner(
     let fin = workload::final_read(&wcfg, start, Instant::now() + Duration::from_secs(60))
         .await
         .ok_or_else(|| anyhow::anyhow!("the final read did not succeed within 60 s of healing"))?;
-    let fin = FinalRead {
-        invoke_us: fin.0,
-        complete_us: fin.1,
-        registers: fin.2,
-        set: fin.3,
-    };
     let jobs_fin = jobs::final_read(&wcfg, Instant::now() + Duration::from_secs(60))
         .await
         .ok_or_else(|| anyhow::anyhow!("the final jobs read did not succeed within 60 s"))?;

@@ -31,14 +31,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_protocol::api::{ClientRequest, ClientResponse};
-use cairn_protocol::rpc;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::checker;
 use crate::cluster::Cluster;
 use crate::jobs;
-use crate::verify::{self, FinalRead};
+use crate::verify;
 use crate::workload::{self, Outcome as OpOutcome};
 
 /// The URL-service test app (the same file the end-to-end tests use).
@@ -304,12 +303,6 @@ async fn inner(cfg: &Config, work: &Path) -> anyhow::Result<Outcome> {
     let fin = workload::final_read(&wcfg, start, Instant::now() + Duration::from_secs(60))
         .await
         .ok_or_else(|| anyhow::anyhow!("the final read did not succeed within 60 s"))?;
-    let fin = FinalRead {
-        invoke_us: fin.0,
-        complete_us: fin.1,
-        registers: fin.2,
-        set: fin.3,
-    };
     let jobs_fin = jobs::final_read(&wcfg, Instant::now() + Duration::from_secs(60))
         .await
         .ok_or_else(|| anyhow::anyhow!("the final jobs read did not succeed within 60 s"))?;
@@ -588,78 +581,55 @@ fn longest_ack_gap(history: &[workload::Op], end: Duration) -> u64 {
 
 /// The cluster's upgrade status, from the first node that answers it.
 async fn upgrade_status(cluster: &Cluster) -> Option<cairn_protocol::api::UpgradeStatus> {
-    for i in 0..cluster.nodes.len() {
-        let Ok(s) = cluster.session(i).await else {
-            continue;
-        };
-        if s.node.version < 5 {
-            continue;
-        }
-        let r = rpc::call(&s.conn, &ClientRequest::Upgrade { finish: false }).await;
-        s.conn.close(0u32.into(), b"done");
-        if let Ok(ClientResponse::Upgrade(st)) = r {
-            return Some(st);
-        }
-    }
-    None
+    cluster
+        .ask(5, &ClientRequest::Upgrade { finish: false }, |r| match r {
+            Ok(ClientResponse::Upgrade(st)) => Some(st),
+            _ => None,
+        })
+        .await
 }
 
 /// `cairn server upgrade --finish`, through the first node that speaks
 /// protocol 5: the new cluster version, or the refusal.
 async fn finish(cluster: &Cluster) -> Result<u32, String> {
-    for i in 0..cluster.nodes.len() {
-        let Ok(s) = cluster.session(i).await else {
-            continue;
-        };
-        if s.node.version < 5 {
-            continue;
-        }
-        let r = rpc::call(&s.conn, &ClientRequest::Upgrade { finish: true }).await;
-        s.conn.close(0u32.into(), b"done");
-        return match r {
-            Ok(ClientResponse::Upgrade(st)) => Ok(st.cluster_version),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(e) => Err(e.to_string()),
-        };
-    }
-    Err("no node speaks protocol 5".into())
+    cluster
+        .ask(5, &ClientRequest::Upgrade { finish: true }, |r| {
+            Some(match r {
+                Ok(ClientResponse::Upgrade(st)) => Ok(st.cluster_version),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            })
+        })
+        .await
+        .unwrap_or_else(|| Err("no node speaks protocol 5".into()))
 }
 
 /// Job `id` as the cluster records it.
 async fn inspect_job(cluster: &Cluster, id: u64) -> Option<cairn_protocol::types::Job> {
-    for i in 0..cluster.nodes.len() {
-        let Ok(s) = cluster.session(i).await else {
-            continue;
-        };
-        let r = rpc::call(&s.conn, &ClientRequest::InspectJob { id }).await;
-        s.conn.close(0u32.into(), b"done");
-        if let Ok(ClientResponse::Job(j)) = r {
-            return Some(*j);
-        }
-    }
-    None
+    cluster
+        .ask(0, &ClientRequest::InspectJob { id }, |r| match r {
+            Ok(ClientResponse::Job(j)) => Some(*j),
+            _ => None,
+        })
+        .await
 }
 
-/// Instances of the app connected now.
+/// Instances of the app connected now (waiting up to 30 s for both).
 async fn instances_connected(cluster: &Cluster) -> Option<usize> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        for i in 0..cluster.nodes.len() {
-            let Ok(s) = cluster.session(i).await else {
-                continue;
-            };
-            let r = rpc::call(&s.conn, &ClientRequest::ListInstances).await;
-            s.conn.close(0u32.into(), b"done");
-            if let Ok(ClientResponse::Instances(list)) = r {
-                let n = list
-                    .iter()
-                    .filter(|x| x.state == cairn_protocol::types::InstanceState::Connected)
-                    .count();
-                if n == 2 || Instant::now() > deadline {
-                    return Some(n);
-                }
-                break;
-            }
+        let n = cluster
+            .ask(0, &ClientRequest::ListInstances, |r| match r {
+                Ok(ClientResponse::Instances(list)) => Some(
+                    list.iter()
+                        .filter(|x| x.state == cairn_protocol::types::InstanceState::Connected)
+                        .count(),
+                ),
+                _ => None,
+            })
+            .await;
+        if n == Some(2) || (n.is_some() && Instant::now() > deadline) {
+            return n;
         }
         if Instant::now() > deadline {
             return None;

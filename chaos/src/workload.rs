@@ -280,12 +280,12 @@ fn other_node(rng: &mut ChaCha8Rng, not: usize, n: usize) -> usize {
 }
 
 /// One final read of both scopes through any node that answers, retried
-/// until `deadline`. Returns (invoke, complete, registers, set).
+/// until `deadline`.
 pub async fn final_read(
     cfg: &Config,
     start: Instant,
     deadline: Instant,
-) -> Option<(u64, u64, BTreeMap<String, String>, BTreeMap<String, String>)> {
+) -> Option<crate::verify::FinalRead> {
     let mut i = 0usize;
     while Instant::now() < deadline {
         let node = cfg.nodes[i % cfg.nodes.len()];
@@ -318,7 +318,12 @@ pub async fn final_read(
         let complete = us(start);
         s.conn.close(0u32.into(), b"done");
         if let (Some(regs), Some(set)) = (regs, set) {
-            return Some((invoke, complete, regs, set));
+            return Some(crate::verify::FinalRead {
+                invoke_us: invoke,
+                complete_us: complete,
+                registers: regs,
+                set,
+            });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

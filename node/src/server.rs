@@ -938,8 +938,10 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, shutdown: Canc
             "hello says role {:?} but the connection negotiated {:?}",
             hello.role, role
         )))
-    } else if role == Role::Peer && theirs.max < ctx.raft.read_local(|s| s.cluster_version()) {
-        let floor = ctx.raft.read_local(|s| s.cluster_version());
+    } else if let Some(floor) = (role == Role::Peer)
+        .then(|| ctx.raft.read_local(|s| s.cluster_version()))
+        .filter(|floor| theirs.max < *floor)
+    {
         Err(refuse(format!(
             "the cluster finished an upgrade to protocol version {floor}; {} speaks {theirs} and could not read its log: upgrade it to this cluster's release ({})",
             hello.who(),

@@ -140,11 +140,6 @@ impl StateMachineStore {
     }
 }
 
-/// The format of records for a state at `cluster_version` (see [`WriteFormat`]).
-fn format_for(cluster_version: u32) -> u8 {
-    super::format::for_cluster_version(cluster_version)
-}
-
 /// Snapshot data in either format.
 pub fn decode_snapshot_data(bytes: &[u8]) -> Result<SnapshotData, DbError> {
     decode_or_legacy::<SnapshotData, v0::SnapshotData>(bytes)
@@ -285,7 +280,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.db.clone(),
             stored,
             false,
-            format_for(data.state.cluster_version()),
+            super::format::for_cluster_version(data.state.cluster_version()),
         )
         .await
         .map_err(|e| io_err(ErrorSubject::Snapshot(sig), ErrorVerb::Write, e))?;
@@ -338,7 +333,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id,
         };
         let sig = Some(meta.signature());
-        let format = format_for(applied.state.cluster_version());
+        let format = super::format::for_cluster_version(applied.state.cluster_version());
         let bytes = if format == 0 {
             encode_legacy(&v0::SnapshotData {
                 state: v0::State::from(&applied.state),
