@@ -664,7 +664,11 @@ impl PeerTransport for QuicTransport {
         // A follower that speaks only release 0.1.0's protocol reads only its
         // snapshot format (during an upgrade).
         let legacy = match self
-            .version_to(&target.addr, Some(target.id), PEER_CONNECT_TIMEOUT)
+            .version_to(
+                &target.addr,
+                Some(target.id),
+                option.hard_ttl().min(PEER_CONNECT_TIMEOUT),
+            )
             .await
         {
             Ok(v) => v <= cairn_protocol::handshake::V0_1_PROTOCOL_VERSION,
