@@ -98,10 +98,16 @@ enum Cmd {
     /// App configuration: env vars for deployments, by project, app and workspace.
     #[command(subcommand)]
     Config(ConfigCmd),
-    /// The node and each app's builds, deployments and release.
+    /// Each app's latest build, its running deployments and what is released.
+    /// For the apps of the config here, the platform plugin reports how each
+    /// deployment's instances are doing (a status job, run by this CLI or by
+    /// the runner chosen with --runner / --runner-label); for every app, how
+    /// many of its instances' entrypoints are connected to the cluster.
     Status {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        runner: commands::runner::RunnerSelect,
     },
     /// Contexts: which node to talk to.
     #[command(subcommand)]
@@ -289,7 +295,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<i32> {
         Cmd::Releases(a) => commands::list::run(g, OpKind::Release, a).await,
         Cmd::Job(j) => commands::job::run(g, j).await,
         Cmd::Config(c) => commands::config::run(g, c).await,
-        Cmd::Status { json } => commands::status::run(g, *json).await,
+        Cmd::Status { json, runner } => commands::status::run(g, *json, runner).await,
         Cmd::Context(c) => commands::context::run(c).await,
         Cmd::Server(s) => commands::server::run(g, s).await,
         Cmd::Runner(r) => commands::runner::run(g, r).await,

@@ -192,6 +192,7 @@ impl ClientRequest {
     pub fn since_version(&self) -> u32 {
         match self {
             ClientRequest::Upgrade { .. } => 5,
+            ClientRequest::QueueJob { spec } => spec.kind.since_version(),
             ClientRequest::Idempotent { req, .. } => req.since_version(),
             _ => 4,
         }

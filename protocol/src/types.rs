@@ -144,9 +144,22 @@ pub enum JobKind {
     Destroy {
         deployment: Option<u64>,
     },
+    /// Protocol 5: ask the app's platform plugin how its active deployments
+    /// are doing; the runner answers with one `Result` per deployment
+    /// ("status vN" = a JSON health report). Queued only once the cluster
+    /// version is 5 (release 0.1.0 nodes could not read it).
+    Status,
 }
 
 impl JobKind {
+    /// The protocol version that brought this kind of job.
+    pub fn since_version(&self) -> u32 {
+        match self {
+            JobKind::Status => 5,
+            _ => 4,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             JobKind::Up { .. } => "up",
@@ -154,6 +167,7 @@ impl JobKind {
             JobKind::Deploy { .. } => "deploy",
             JobKind::Release { .. } => "release",
             JobKind::Destroy { .. } => "destroy",
+            JobKind::Status => "status",
         }
     }
 }

@@ -25,6 +25,13 @@ fn instances(dep: &Value) -> (u64, String, Vec<u16>, Vec<u32>) {
     )
 }
 
+/// SIGKILL to `pid`.
+fn kill9(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+}
+
 /// The command pids recorded by the supervisors of a deployment record.
 fn child_pids(dep: &Value) -> Vec<u32> {
     let res = json::result(dep);
@@ -106,6 +113,49 @@ fn release_of_an_older_deployment_rolls_back_and_destroy_stops_everything() {
 
     let st = cli.json(&["status"]);
     assert_eq!(st[0]["released_deployment"].as_u64(), Some(1), "{st}");
+    // Outside the app's directory, the platform is not asked; in it, the
+    // process plugin reports through a status job that this CLI runs.
+    assert!(st[0]["deployments"][0]["platform"].is_null(), "{st}");
+    let jobs_before = json::items(&cli.json(&["job", "list"])).len();
+    let st = cli.run_in(app.path(), &["status", "--json"]).ok().json();
+    let rows = json::items(&st[0]["deployments"]);
+    assert_eq!(rows.len(), 2, "{st}");
+    for d in rows {
+        assert_eq!(d["platform"]["instances"].as_u64(), Some(2), "{d}");
+        assert_eq!(d["platform"]["alive"].as_u64(), Some(2), "{d}");
+        assert_eq!(d["platform"]["state"], "ready", "{d}");
+    }
+    let jobs = cli.json(&["job", "list"]);
+    assert_eq!(json::items(&jobs).len(), jobs_before + 1, "{jobs}");
+    assert!(
+        json::items(&jobs)
+            .iter()
+            .any(|j| j["spec"]["kind"] == "Status" && j["state"] == "Success"),
+        "a status job ran: {jobs}"
+    );
+    // A dead instance shows in the platform's report.
+    let (_, _, _, sups) = instances(&list[0]);
+    let victim = sups[0];
+    // Stop the supervisor (SIGKILL: nothing restarts it) and its command.
+    let child = child_pids(&list[0])[0];
+    kill9(victim);
+    kill9(child);
+    assert_eventually!(
+        !pid_alive(victim) && !pid_alive(child),
+        Duration::from_secs(5),
+        "instance 0 of v{} lives",
+        json::u(&list[0], "sequence")
+    );
+    let st = cli.run_in(app.path(), &["status", "--json"]).ok().json();
+    let seq0 = json::u(&list[0], "sequence");
+    let row = json::items(&st[0]["deployments"])
+        .iter()
+        .find(|d| d["sequence"].as_u64() == Some(seq0))
+        .expect("row");
+    assert_eq!(row["platform"]["alive"].as_u64(), Some(1), "{row}");
+    assert_eq!(row["platform"]["state"], "partial", "{row}");
+    let text = cli.run_in(app.path(), &["status"]).ok();
+    assert!(text.stdout.contains("1/2 instances up (partial)"), "{text}");
 
     // Destroy: every process gone, every port closed, records say destroyed.
     cli.run_in(app.path(), &["destroy"]).ok();

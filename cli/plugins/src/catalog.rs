@@ -3,8 +3,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::{
-    command, files, process, Builder, Kind, Mapper, Platform, PluginError, Registry, Releaser,
-    Value,
+    command, files, process, Builder, Kind, Mapper, OpContext, Platform, PluginError, Registry,
+    Releaser, Value,
 };
 
 type Factory<T> = fn(&serde_json::Value) -> Result<Box<T>, PluginError>;
@@ -119,11 +119,12 @@ impl Catalog {
         self.mappers.push(mapper);
     }
 
-    /// Produces a value of one of the `wanted` types from the values at hand, through
-    /// the shortest chain of mappers. A value that already has a wanted type is returned
-    /// as is. Among chains of equal length the one starting from the latest value wins
-    /// (values are in the order they were produced: build, then push…).
-    pub fn convert(&self, values: &[Value], wanted: &[&str]) -> Result<Value, PluginError> {
+    /// Plans how to produce a value of one of the `wanted` types from the values
+    /// at hand: the shortest chain of mappers (none when a value already has a
+    /// wanted type). Among chains of equal length the one starting from the latest
+    /// value wins (values are in the order they were produced: build, then push…).
+    /// Planning runs nothing, so a missing type is found before any work starts.
+    pub fn plan(&self, values: &[Value], wanted: &[&str]) -> Result<Conversion, PluginError> {
         // Multi-source BFS over type names. `origin[t]` is how `t` was reached: from a
         // value at hand (index) or through a mapper (index) from another type.
         enum Origin {
@@ -164,13 +165,13 @@ impl Catalog {
                 have,
             });
         };
-        // Walk back to the value at hand, then apply the mappers forward.
-        let mut chain: Vec<&Mapper> = Vec::new();
+        // Walk back to the value at hand; the mappers apply in the other order.
+        let mut chain: Vec<Mapper> = Vec::new();
         let start = loop {
             match origin.get(t) {
-                Some(Origin::Value(i)) => break &values[*i],
+                Some(Origin::Value(i)) => break values[*i].clone(),
                 Some(Origin::Mapper(i)) => {
-                    let m = &self.mappers[*i];
+                    let m = self.mappers[*i];
                     chain.push(m);
                     t = m.from;
                 }
@@ -178,9 +179,45 @@ impl Catalog {
                 None => return Err(PluginError::Failed(format!("mapper search lost {t}"))),
             }
         };
-        let mut value = start.clone();
-        for m in chain.iter().rev() {
-            value = (m.f)(&value)
+        chain.reverse();
+        Ok(Conversion { start, chain })
+    }
+
+    /// Produces a value of one of the `wanted` types from the values at hand
+    /// ([`Catalog::plan`], then [`Conversion::run`]).
+    pub async fn convert(
+        &self,
+        values: &[Value],
+        wanted: &[&str],
+        ctx: &mut OpContext,
+    ) -> Result<Value, PluginError> {
+        self.plan(values, wanted)?.run(ctx).await
+    }
+}
+
+/// A planned conversion: a value at hand and the mappers to apply to it.
+#[derive(Debug, Clone)]
+pub struct Conversion {
+    start: Value,
+    chain: Vec<Mapper>,
+}
+
+impl Conversion {
+    /// The mappers it applies, as "from -> to".
+    pub fn steps(&self) -> Vec<String> {
+        self.chain
+            .iter()
+            .map(|m| format!("{} -> {}", m.from, m.to))
+            .collect()
+    }
+
+    /// Applies the mappers in order.
+    pub async fn run(self, ctx: &mut OpContext) -> Result<Value, PluginError> {
+        let mut value = self.start;
+        for m in &self.chain {
+            ctx.info(&format!("mapping {} to {}", m.from, m.to));
+            value = (m.f)(&value, ctx)
+                .await
                 .map_err(|e| PluginError::Failed(format!("mapping {} to {}: {e}", m.from, m.to)))?;
             if value.type_name != m.to {
                 return Err(PluginError::Failed(format!(

@@ -8,7 +8,9 @@
 //! from the values at hand to the type the next plugin takes.
 //!
 //! Invariants:
-//! - Plugins are synchronous; the runner calls them inside `spawn_blocking`.
+//! - Plugin operations and mappers are async (`async_trait`); a built-in whose work is
+//!   blocking file or process work runs it under `tokio::task::block_in_place`, so the
+//!   runner's runtime must be multi-threaded.
 //! - A plugin's configuration is parsed (and rejected with the offending field named)
 //!   when the plugin is instantiated, before any work is done.
 //! - A failed `deploy` leaves nothing running.
@@ -20,12 +22,19 @@ pub mod process;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+
+pub use async_trait::async_trait;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use catalog::Catalog;
+pub use catalog::{Catalog, Conversion};
+
+/// A boxed future that may be sent between threads (what mappers return).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub use process::run_supervisor;
 
 /// A value carrying its type name, e.g. "files.Artifact", "process.Deployment".
@@ -108,7 +117,8 @@ pub trait OutputSink: Send {
 }
 
 /// Everything a plugin operation may use besides its configuration and input.
-pub struct OpContext<'a> {
+/// It owns its output sink, so an operation's future can be spawned.
+pub struct OpContext {
     pub project: String,
     pub app: String,
     pub workspace: String,
@@ -126,7 +136,7 @@ pub struct OpContext<'a> {
     /// How to run an instance of this deployment under `cairn-entrypoint`
     /// (deploy only; `None` elsewhere and in plugin tests).
     pub entrypoint: Option<EntrypointLaunch>,
-    pub out: &'a mut dyn OutputSink,
+    pub out: Box<dyn OutputSink>,
 }
 
 /// How a platform starts a deployment's instances under `cairn-entrypoint`,
@@ -151,7 +161,7 @@ impl EntrypointLaunch {
     }
 }
 
-impl OpContext<'_> {
+impl OpContext {
     /// Reports a progress message.
     pub fn info(&mut self, text: &str) {
         self.out.line(Stream::Info, text);
@@ -179,34 +189,44 @@ impl fmt::Display for Kind {
 }
 
 /// Turns source into an artifact.
+#[async_trait]
 pub trait Builder: Send + Sync {
     fn output_type(&self) -> &'static str;
-    fn build(&self, ctx: &mut OpContext) -> Result<Value, PluginError>;
+    async fn build(&self, ctx: &mut OpContext) -> Result<Value, PluginError>;
 }
 
 /// Pushes an artifact where a platform can fetch it.
+#[async_trait]
 pub trait Registry: Send + Sync {
     fn input_types(&self) -> &[&'static str];
     fn output_type(&self) -> &'static str;
-    fn push(&self, ctx: &mut OpContext, input: &Value) -> Result<Value, PluginError>;
+    async fn push(&self, ctx: &mut OpContext, input: &Value) -> Result<Value, PluginError>;
 }
 
 /// Runs an artifact as a deployment.
+#[async_trait]
 pub trait Platform: Send + Sync {
     fn input_types(&self) -> &[&'static str];
     fn output_type(&self) -> &'static str;
-    fn deploy(&self, ctx: &mut OpContext, input: &Value) -> Result<Value, PluginError>;
-    fn destroy(&self, ctx: &mut OpContext, deployment: &Value) -> Result<(), PluginError>;
-    fn status(&self, deployment: &Value) -> Result<DeploymentHealth, PluginError>;
+    async fn deploy(&self, ctx: &mut OpContext, input: &Value) -> Result<Value, PluginError>;
+    async fn destroy(&self, ctx: &mut OpContext, deployment: &Value) -> Result<(), PluginError>;
+    /// How the deployment's instances are doing, as the platform sees them
+    /// (run on a runner, like every operation).
+    async fn status(
+        &self,
+        ctx: &mut OpContext,
+        deployment: &Value,
+    ) -> Result<DeploymentHealth, PluginError>;
     fn url(&self, deployment: &Value) -> Option<String>;
 }
 
 /// Points public traffic at a deployment.
+#[async_trait]
 pub trait Releaser: Send + Sync {
     fn input_types(&self) -> &[&'static str];
     fn output_type(&self) -> &'static str;
     /// `others` are the app's other deployments, by sequence.
-    fn release(
+    async fn release(
         &self,
         ctx: &mut OpContext,
         target: &Value,
@@ -215,12 +235,17 @@ pub trait Releaser: Send + Sync {
     ) -> Result<ReleaseOutcome, PluginError>;
 }
 
+/// What a mapper runs: the value to convert and the operation's context (for
+/// output, and the runner's data directory).
+pub type MapFn =
+    for<'a> fn(&'a Value, &'a mut OpContext) -> BoxFuture<'a, Result<Value, PluginError>>;
+
 /// Converts a value of type `from` into a value of type `to`.
 #[derive(Clone, Copy)]
 pub struct Mapper {
     pub from: &'static str,
     pub to: &'static str,
-    pub f: fn(&Value) -> Result<Value, PluginError>,
+    pub f: MapFn,
 }
 
 impl fmt::Debug for Mapper {

@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::files::{is_excluded, Artifact, StoredArtifact};
-use super::testutil::{ctx, write, Lines};
+use super::testutil::{ctx, write, Lines, Wait};
 use super::*;
 
 fn catalog() -> Catalog {
@@ -101,38 +101,63 @@ fn tagged(type_name: &str, tag: &str) -> Value {
     }
 }
 
-fn a_to_b(v: &Value) -> Result<Value, PluginError> {
+fn a_to_b_sync(v: &Value) -> Result<Value, PluginError> {
     Ok(tagged(
         "b",
         &format!("{}>b", v.data["tag"].as_str().unwrap_or("?")),
     ))
 }
-fn b_to_c(v: &Value) -> Result<Value, PluginError> {
+fn b_to_c_sync(v: &Value) -> Result<Value, PluginError> {
     Ok(tagged(
         "c",
         &format!("{}>c", v.data["tag"].as_str().unwrap_or("?")),
     ))
 }
-fn c_to_d(v: &Value) -> Result<Value, PluginError> {
+fn c_to_d_sync(v: &Value) -> Result<Value, PluginError> {
     Ok(tagged(
         "d",
         &format!("{}>d", v.data["tag"].as_str().unwrap_or("?")),
     ))
 }
-fn a_to_d(v: &Value) -> Result<Value, PluginError> {
+fn a_to_d_sync(v: &Value) -> Result<Value, PluginError> {
     Ok(tagged(
         "d",
         &format!("{}>D", v.data["tag"].as_str().unwrap_or("?")),
     ))
 }
-fn x_to_c(v: &Value) -> Result<Value, PluginError> {
+fn x_to_c_sync(v: &Value) -> Result<Value, PluginError> {
     Ok(tagged(
         "c",
         &format!("{}>c", v.data["tag"].as_str().unwrap_or("?")),
     ))
 }
-fn broken(_: &Value) -> Result<Value, PluginError> {
+fn broken_sync(_: &Value) -> Result<Value, PluginError> {
     Err(PluginError::Failed("disk on fire".to_string()))
+}
+
+/// A mapper function around a synchronous test conversion.
+macro_rules! mapfn {
+    ($name:ident, $sync:ident) => {
+        fn $name<'a>(
+            v: &'a Value,
+            _: &'a mut OpContext,
+        ) -> BoxFuture<'a, Result<Value, PluginError>> {
+            Box::pin(async move { $sync(v) })
+        }
+    };
+}
+mapfn!(a_to_b, a_to_b_sync);
+mapfn!(b_to_c, b_to_c_sync);
+mapfn!(c_to_d, c_to_d_sync);
+mapfn!(a_to_d, a_to_d_sync);
+mapfn!(x_to_c, x_to_c_sync);
+mapfn!(broken, broken_sync);
+
+/// Converts through `c` with a throwaway context.
+fn convert(c: &Catalog, values: &[Value], wanted: &[&str]) -> Result<Value, PluginError> {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cx = ctx(tmp.path(), tmp.path(), 1, &Lines::default());
+    c.convert(values, wanted, &mut cx).wait()
 }
 
 fn test_catalog() -> Catalog {
@@ -164,19 +189,19 @@ fn test_catalog() -> Catalog {
 fn convert_finds_the_shortest_chain() -> Result<()> {
     let mut c = test_catalog();
     // A value of the wanted type is used as is.
-    let v = c.convert(&[tagged("a", "1"), tagged("d", "0")], &["d"])?;
+    let v = convert(&c, &[tagged("a", "1"), tagged("d", "0")], &["d"])?;
     assert_eq!(v, tagged("d", "0"));
     // a > b > c > d.
-    let v = c.convert(&[tagged("a", "1")], &["d"])?;
+    let v = convert(&c, &[tagged("a", "1")], &["d"])?;
     assert_eq!(v, tagged("d", "1>b>c>d"));
     // x > c > d is shorter than a > b > c > d.
-    let v = c.convert(&[tagged("a", "1"), tagged("x", "2")], &["d"])?;
+    let v = convert(&c, &[tagged("a", "1"), tagged("x", "2")], &["d"])?;
     assert_eq!(v, tagged("d", "2>c>d"));
     // Any of several wanted types: the nearest wins.
-    let v = c.convert(&[tagged("a", "1")], &["d", "b"])?;
+    let v = convert(&c, &[tagged("a", "1")], &["d", "b"])?;
     assert_eq!(v, tagged("b", "1>b"));
     // Equal length: the latest value wins.
-    let v = c.convert(&[tagged("x", "old"), tagged("b", "new")], &["c"])?;
+    let v = convert(&c, &[tagged("x", "old"), tagged("b", "new")], &["c"])?;
     assert_eq!(v, tagged("c", "new>c"));
     // A direct mapper beats the chain.
     c.add_mapper(Mapper {
@@ -184,7 +209,7 @@ fn convert_finds_the_shortest_chain() -> Result<()> {
         to: "d",
         f: a_to_d,
     });
-    let v = c.convert(&[tagged("a", "1")], &["d"])?;
+    let v = convert(&c, &[tagged("a", "1")], &["d"])?;
     assert_eq!(v, tagged("d", "1>D"));
     Ok(())
 }
@@ -192,23 +217,23 @@ fn convert_finds_the_shortest_chain() -> Result<()> {
 #[test]
 fn convert_names_what_is_missing() {
     let mut c = test_catalog();
-    let err = c
-        .convert(
-            &[
-                tagged("d", "1"),
-                tagged("docker.Image", "2"),
-                tagged("d", "3"),
-            ],
-            &["files.Artifact"],
-        )
-        .expect_err("no chain");
+    let err = convert(
+        &c,
+        &[
+            tagged("d", "1"),
+            tagged("docker.Image", "2"),
+            tagged("d", "3"),
+        ],
+        &["files.Artifact"],
+    )
+    .expect_err("no chain");
     assert!(matches!(&err, PluginError::MissingType { wanted, have }
         if wanted == &["files.Artifact"] && have == &["d", "docker.Image"]));
     assert_eq!(
         err.to_string(),
         "no value of type files.Artifact can be produced: the values at hand are [d, docker.Image], and no chain of mappers leads from them"
     );
-    let err = c.convert(&[], &["p", "q"]).expect_err("nothing at hand");
+    let err = convert(&c, &[], &["p", "q"]).expect_err("nothing at hand");
     assert_eq!(
         err.to_string(),
         "no value of type any of [p, q] can be produced: the values at hand are none, and no chain of mappers leads from them"
@@ -219,9 +244,7 @@ fn convert_names_what_is_missing() {
         to: "e",
         f: broken,
     });
-    let err = c
-        .convert(&[tagged("a", "1")], &["e"])
-        .expect_err("broken mapper");
+    let err = convert(&c, &[tagged("a", "1")], &["e"]).expect_err("broken mapper");
     assert_eq!(err.to_string(), "mapping d to e: disk on fire");
 }
 
@@ -244,9 +267,12 @@ fn sample_tree(root: &Path) {
 }
 
 fn build_files(source: &Path, data: &Path, config: serde_json::Value) -> Result<Artifact> {
-    let mut out = Lines::default();
-    let mut ctx = ctx(source, data, 1, &mut out);
-    let value = catalog().builder("files", &config)?.build(&mut ctx)?;
+    let out = Lines::default();
+    let mut ctx = ctx(source, data, 1, &out);
+    let value = catalog()
+        .builder("files", &config)?
+        .build(&mut ctx)
+        .wait()?;
     Ok(value.get::<files::Artifact>()?)
 }
 
@@ -403,9 +429,9 @@ fn command_builder_streams_output_and_records_the_file() -> Result<()> {
         &json!({"command": ["sh", "./build.sh"], "output": "dist/app"}),
     )?;
     assert_eq!(builder.output_type(), "command.Output");
-    let mut out = Lines::default();
-    let mut ctx = ctx(source, &source.join("data"), 1, &mut out);
-    let value = builder.build(&mut ctx)?;
+    let out = Lines::default();
+    let mut ctx = ctx(source, &source.join("data"), 1, &out);
+    let value = builder.build(&mut ctx).wait()?;
     let output: command::Output = value.get::<command::Output>()?;
     assert!(output.path.is_absolute());
     assert_eq!(output.path, source.join("dist/app"));
@@ -423,14 +449,14 @@ fn command_builder_failures() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let source = tmp.path();
     let c = catalog();
-    let mut out = Lines::default();
-    let mut ctx = ctx(source, &source.join("data"), 1, &mut out);
+    let out = Lines::default();
+    let mut ctx = ctx(source, &source.join("data"), 1, &out);
 
     let failing = c.builder(
         "command",
         &json!({"command": ["sh", "-c", "echo nope >&2; exit 7"], "output": "x"}),
     )?;
-    let err = failing.build(&mut ctx).expect_err("exit 7");
+    let err = failing.build(&mut ctx).wait().expect_err("exit 7");
     assert!(matches!(
         err,
         PluginError::CommandFailed { code: Some(7), .. }
@@ -444,14 +470,14 @@ fn command_builder_failures() -> Result<()> {
         "command",
         &json!({"command": ["true"], "output": "missing.bin"}),
     )?;
-    let err = no_output.build(&mut ctx).expect_err("no output");
+    let err = no_output.build(&mut ctx).wait().expect_err("no output");
     assert!(err.to_string().contains("missing.bin"), "{err}");
 
     let not_found = c.builder(
         "command",
         &json!({"command": ["./no-such-program"], "output": "x"}),
     )?;
-    let err = not_found.build(&mut ctx).expect_err("not found");
+    let err = not_found.build(&mut ctx).wait().expect_err("not found");
     assert!(
         err.to_string().starts_with("starting `./no-such-program`"),
         "{err}"
@@ -466,21 +492,21 @@ fn command_output_maps_to_artifact_and_through_the_registry() -> Result<()> {
     let data = tmp.path().join("data");
     fs::create_dir_all(&source)?;
     let c = catalog();
-    let mut out = Lines::default();
-    let mut ctx = ctx(&source, &data, 1, &mut out);
+    let out = Lines::default();
+    let mut ctx = ctx(&source, &data, 1, &out);
     let built = c
         .builder("command", &json!({"command": ["sh", "-c", "printf '#!/bin/sh\\n' > app; chmod +x app"], "output": "app"}))?
-        .build(&mut ctx)?;
+        .build(&mut ctx).wait()?;
 
     let registry = c.registry("files", &json!({}))?;
-    let artifact_value = c.convert(std::slice::from_ref(&built), registry.input_types())?;
+    let artifact_value = convert(&c, std::slice::from_ref(&built), registry.input_types())?;
     let artifact: Artifact = artifact_value.get::<files::Artifact>()?;
     assert!(artifact.path.starts_with(data.join("artifacts")));
     let entries = list_archive(&artifact.path)?;
     assert_eq!(entries.len(), 1);
     assert_eq!((entries[0].0.as_str(), entries[0].1), ("app", 0o755));
 
-    let stored_value = registry.push(&mut ctx, &artifact_value)?;
+    let stored_value = registry.push(&mut ctx, &artifact_value).wait()?;
     let stored: StoredArtifact = stored_value.get::<files::StoredArtifact>()?;
     assert_eq!(
         stored.path,
@@ -489,12 +515,11 @@ fn command_output_maps_to_artifact_and_through_the_registry() -> Result<()> {
     );
     assert_eq!(files::sha256_file(&stored.path)?, artifact.sha256);
     // Pushing again is a no-op.
-    registry.push(&mut ctx, &artifact_value)?;
+    registry.push(&mut ctx, &artifact_value).wait()?;
 
     // After the push, only the stored artifact is at hand: it maps back.
-    let again: Artifact = c
-        .convert(&[stored_value], &["files.Artifact"])?
-        .get::<files::Artifact>()?;
+    let again: Artifact =
+        convert(&c, &[stored_value], &["files.Artifact"])?.get::<files::Artifact>()?;
     assert_eq!(
         (again.path.clone(), again.sha256.clone()),
         (stored.path.clone(), artifact.sha256.clone())
@@ -503,9 +528,7 @@ fn command_output_maps_to_artifact_and_through_the_registry() -> Result<()> {
 
     // A tampered output is refused by the mapper.
     fs::write(source.join("app"), "changed")?;
-    let err = c
-        .convert(&[built], &["files.Artifact"])
-        .expect_err("tampered");
+    let err = convert(&c, &[built], &["files.Artifact"]).expect_err("tampered");
     assert!(
         err.to_string().contains("changed since it was built"),
         "{err}"
@@ -517,11 +540,13 @@ fn command_output_maps_to_artifact_and_through_the_registry() -> Result<()> {
     let err = c
         .registry("files", &json!({"directory": "store"}))?
         .push(&mut ctx, &Value::named("files.Artifact", &bad)?)
+        .wait()
         .expect_err("hash mismatch");
     assert!(err.to_string().contains("expected 0000"), "{err}");
     // Wrong input type.
     let err = registry
         .push(&mut ctx, &tagged("docker.Image", "x"))
+        .wait()
         .expect_err("wrong type");
     assert_eq!(
         err.to_string(),

@@ -36,6 +36,40 @@ pub struct PruneArgs {
 
 /// Run a lifecycle job end to end. Returns the process exit code.
 pub async fn run(g: &Global, app: &AppArg, kind: JobKind) -> anyhow::Result<i32> {
+    let q = queue(g, app, kind, true).await?;
+    let code = match &q.other_runner {
+        None => follow(&q.ctx, &q.session.conn, q.id, true).await?,
+        Some(t) => {
+            super::runner::queued_for(t, q.id, q.kind_name, &q.project, &q.app);
+            super::runner::wait_for_runner(&q.session.conn, q.id, t).await;
+            follow(&q.ctx, &q.session.conn, q.id, false).await?
+        }
+    };
+    q.session.conn.close(0u32.into(), b"bye");
+    Ok(code)
+}
+
+/// A job queued by this CLI, with the connection it was queued on (which
+/// also serves this CLI's own runner, unless the job is for another one).
+pub struct Queued {
+    pub ctx: crate::context::Context,
+    pub session: client::Client,
+    pub other_runner: Option<RunnerTarget>,
+    pub id: u64,
+    pub kind_name: &'static str,
+    pub project: String,
+    pub app: String,
+    _registration: Option<runner::Registration>,
+}
+
+/// Check the config, connect, be our own runner (unless the job is for
+/// another one), and queue the job. `chatty` prints what a config sync changed.
+pub async fn queue(
+    g: &Global,
+    app: &AppArg,
+    kind: JobKind,
+    chatty: bool,
+) -> anyhow::Result<Queued> {
     // 1. The config is found and evaluated here, so a bad one fails before anything is queued.
     let cfg = load_config(&g.dir())?;
     let app_cfg = cfg.app(app.app.as_deref())?;
@@ -53,12 +87,12 @@ pub async fn run(g: &Global, app: &AppArg, kind: JobKind) -> anyhow::Result<i32>
     let ctx = client::resolve(g.context.as_deref(), false).await?;
     let session = client::connect(&ctx).await?;
     let other_runner = app.runner.target();
-    let mut _registration = None;
+    let mut registration = None;
     let target = match &other_runner {
         Some(t) => t.clone(),
         None => {
             let opts = Arc::new(RunnerOptions::for_cli(g.catalog.clone()));
-            _registration = Some(
+            registration = Some(
                 runner::register(&session.conn, &opts)
                     .await
                     .context("registering this CLI as a runner")?,
@@ -74,7 +108,9 @@ pub async fn run(g: &Global, app: &AppArg, kind: JobKind) -> anyhow::Result<i32>
         let synced = appconfig::sync(&mut session.conn.clone(), &cfg, app_cfg)
             .await
             .context("syncing config { env } to the cluster")?;
-        print_synced(&synced, &file);
+        if chatty {
+            print_synced(&synced, &file);
+        }
     }
 
     // 4. Queue the job for our runner id (or the one asked for).
@@ -90,20 +126,51 @@ pub async fn run(g: &Global, app: &AppArg, kind: JobKind) -> anyhow::Result<i32>
         },
         target,
     };
+    let needs = spec.kind.since_version();
+    if needs > session.node.version {
+        anyhow::bail!(
+            "the node at {} runs cairn-node {}, and a {kind_name} job needs protocol version {needs}: upgrade that node (docs/upgrading.md)",
+            session.addr(),
+            session.node.release
+        );
+    }
     let id = match rpc::call(&session.conn, &ClientRequest::QueueJob { spec }).await? {
         ClientResponse::JobQueued { id } => id,
+        ClientResponse::Error { message } => anyhow::bail!(message),
         other => anyhow::bail!("unexpected answer from the node: {other:?}"),
     };
-    let code = match &other_runner {
-        None => follow(&ctx, &session.conn, id, true).await?,
-        Some(t) => {
-            super::runner::queued_for(t, id, kind_name, &cfg.project, &app_cfg.name);
-            super::runner::wait_for_runner(&session.conn, id, t).await;
-            follow(&ctx, &session.conn, id, false).await?
+    Ok(Queued {
+        ctx,
+        session,
+        other_runner,
+        id,
+        kind_name,
+        project: cfg.project.clone(),
+        app: app_cfg.name.clone(),
+        _registration: registration,
+    })
+}
+
+/// Wait for job `id` without printing it: its end state, error and results.
+pub async fn collect(
+    conn: &quinn::Connection,
+    id: u64,
+) -> anyhow::Result<(JobState, Option<String>, Vec<(String, String)>)> {
+    let (_send, mut recv) = rpc::open(conn, &ClientRequest::AttachJob { id }).await?;
+    match frame::read_required::<_, ClientResponse>(&mut recv).await? {
+        ClientResponse::Job(_) => {}
+        ClientResponse::Error { message } => anyhow::bail!(message),
+        other => anyhow::bail!("unexpected answer from the node: {other:?}"),
+    }
+    let mut results = Vec::new();
+    loop {
+        match frame::read::<_, JobEvent>(&mut recv).await? {
+            Some(JobEvent::Result { key, value }) => results.push((key, value)),
+            Some(JobEvent::Finished { state, error }) => return Ok((state, error, results)),
+            Some(_) => {}
+            None => anyhow::bail!("the node closed the job stream before job {id} finished"),
         }
-    };
-    session.conn.close(0u32.into(), b"bye");
-    Ok(code)
+    }
 }
 
 /// One line per scope a config sync changed; nothing when nothing changed.

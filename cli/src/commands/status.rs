@@ -1,14 +1,73 @@
 //! `status`: the node, and for each app its latest build, its deployments
 //! (with live instance counts) and what is released.
 
-use cairn_protocol::types::{OpKind, OpStatus, ResourceState};
+use std::collections::BTreeMap;
 
+use cairn_protocol::api::{ClientRequest, ClientResponse};
+use cairn_protocol::types::{
+    Instance, InstanceState, JobKind, JobState, OpKind, OpStatus, Operation, ResourceState,
+};
+
+use super::lifecycle::{self, AppArg};
 use super::list::operations;
+use super::runner::RunnerSelect;
 use super::Global;
+use crate::client;
+use crate::plugins::DeploymentHealth;
+use crate::runner::ops::status::result_key;
 
-pub async fn run(g: &Global, json: bool) -> anyhow::Result<i32> {
-    // No config here: the whole cluster. A config that does not load is an
-    // error (file:line), not something to skip silently.
+/// The instances the cluster knows (their entrypoints' registrations).
+async fn instances(g: &Global) -> anyhow::Result<Vec<Instance>> {
+    let ctx = client::resolve(g.context.as_deref(), true).await?;
+    let mut s = client::connect(&ctx).await?;
+    let r = s.call(&ClientRequest::ListInstances).await?;
+    s.conn.close(0u32.into(), b"bye");
+    match r {
+        ClientResponse::Instances(i) => Ok(i),
+        ClientResponse::Error { message } => anyhow::bail!(message),
+        other => anyhow::bail!("unexpected answer from the node: {other:?}"),
+    }
+}
+
+/// Runs a status job for one app and reads its reports.
+async fn platform_reports(g: &Global, app: &AppArg) -> Reports {
+    let q = lifecycle::queue(g, app, JobKind::Status, false)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let r = lifecycle::collect(&q.session.conn, q.id).await;
+    q.session.conn.close(0u32.into(), b"bye");
+    let (state, error, results) = r.map_err(|e| format!("{e:#}"))?;
+    if state != JobState::Success {
+        return Err(format!(
+            "status job {} {}: {}",
+            q.id,
+            state.word(),
+            error.unwrap_or_else(|| "no reason given".into())
+        ));
+    }
+    let mut reports = BTreeMap::new();
+    for (key, value) in results {
+        let Some(seq) = key
+            .strip_prefix("status v")
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|s| result_key(*s) == key)
+        else {
+            continue;
+        };
+        let health: DeploymentHealth =
+            serde_json::from_str(&value).map_err(|e| format!("malformed report of v{seq}: {e}"))?;
+        reports.insert(seq, health);
+    }
+    Ok(reports)
+}
+
+/// What the app's platform plugin said of its active deployments (a status
+/// job run on a runner), by sequence; or why it could not say.
+type Reports = Result<BTreeMap<u64, DeploymentHealth>, String>;
+
+pub async fn run(g: &Global, json: bool, runner: &RunnerSelect) -> anyhow::Result<i32> {
+    // A config that does not load is an error (file:line), not something to
+    // skip silently. Without one: every app the cluster knows, from its records.
     let cfg = match crate::config::find(&g.dir()) {
         Ok(path) => Some(crate::config::load(&path)?),
         Err(_) => None,
@@ -16,7 +75,31 @@ pub async fn run(g: &Global, json: bool) -> anyhow::Result<i32> {
     let builds = operations(g, OpKind::Build, None).await?;
     let deps = operations(g, OpKind::Deployment, None).await?;
     let rels = operations(g, OpKind::Release, None).await?;
-    let catalog = &g.catalog;
+    let instances = instances(g).await?;
+    let active = |d: &&Operation| d.status == OpStatus::Success && d.state == ResourceState::Active;
+    // The platform's view comes from its plugin, run on a runner (this CLI,
+    // or the one asked for) with the app's own config: only for the apps of
+    // the config here.
+    let mut reports: BTreeMap<(String, String), Reports> = BTreeMap::new();
+    if let Some(c) = &cfg {
+        for app in &c.apps {
+            if !deps
+                .iter()
+                .filter(active)
+                .any(|d| d.project == c.project && d.app == app.name)
+            {
+                continue;
+            }
+            let arg = AppArg {
+                app: Some(app.name.clone()),
+                runner: runner.clone(),
+            };
+            reports.insert(
+                (c.project.clone(), app.name.clone()),
+                platform_reports(g, &arg).await,
+            );
+        }
+    }
     let mut apps: Vec<(String, String)> = deps
         .iter()
         .chain(builds.iter())
@@ -34,30 +117,36 @@ pub async fn run(g: &Global, json: bool) -> anyhow::Result<i32> {
             .iter()
             .rev()
             .find(|r| r.app == app && r.project == project && r.status == OpStatus::Success);
+        let report = reports.get(&(project.clone(), app.clone()));
         let mut dep_rows = Vec::new();
-        for d in deps.iter().filter(|d| {
-            d.app == app
-                && d.project == project
-                && d.status == OpStatus::Success
-                && d.state == ResourceState::Active
-        }) {
-            let health = d.result.as_ref().and_then(|r| {
-                let data = serde_json::from_str(&r.json).ok()?;
-                let v = crate::plugins::Value {
-                    type_name: r.type_name.clone(),
-                    data,
-                };
-                let platform = catalog
-                    .platform(&d.plugin, &serde_json::json!({"command": ["-"]}))
-                    .ok()?;
-                platform.status(&v).ok()
-            });
+        for d in deps
+            .iter()
+            .filter(active)
+            .filter(|d| d.app == app && d.project == project)
+        {
+            let connected = instances
+                .iter()
+                .filter(|i| i.deployment == d.id && i.state == InstanceState::Connected)
+                .count();
+            let platform = match report {
+                None => serde_json::Value::Null,
+                Some(Err(e)) => serde_json::json!({ "error": e }),
+                Some(Ok(r)) => match r.get(&d.sequence) {
+                    Some(h) => serde_json::json!({
+                        "instances": h.total,
+                        "alive": h.alive,
+                        "state": format!("{:?}", h.state()).to_lowercase(),
+                    }),
+                    None => serde_json::json!({ "error": "no report" }),
+                },
+            };
             dep_rows.push(serde_json::json!({
                 "sequence": d.sequence,
+                "plugin": d.plugin,
                 "url": d.url,
                 "released": released.and_then(|r| r.input_seq) == Some(d.sequence),
-                "instances": health.as_ref().map(|h| h.total),
-                "alive": health.as_ref().map(|h| h.alive),
+                "entrypoints_connected": connected,
+                "platform": platform,
             }));
         }
         out.push(serde_json::json!({
@@ -103,22 +192,29 @@ pub async fn run(g: &Global, json: bool) -> anyhow::Result<i32> {
             println!("  release URL:   {u}");
         }
         for d in a["deployments"].as_array().into_iter().flatten() {
+            let platform = &d["platform"];
+            let health = if let Some(e) = platform["error"].as_str() {
+                format!("platform status unavailable: {e}")
+            } else if platform.is_null() {
+                "platform not asked (no config for this app here)".to_string()
+            } else {
+                format!(
+                    "{}/{} instances up ({})",
+                    platform["alive"],
+                    platform["instances"],
+                    platform["state"].as_str().unwrap_or("?")
+                )
+            };
             println!(
-                "  deployment v{}: {}/{} instances up{}  {}",
+                "  deployment v{} ({}){}: {health}; {} entrypoint(s) connected  {}",
                 d["sequence"],
-                d["alive"]
-                    .as_u64()
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "?".into()),
-                d["instances"]
-                    .as_u64()
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "?".into()),
+                d["plugin"].as_str().unwrap_or("?"),
                 if d["released"].as_bool() == Some(true) {
-                    " (released)"
+                    " released"
                 } else {
                     ""
                 },
+                d["entrypoints_connected"],
                 d["url"].as_str().unwrap_or("")
             );
         }

@@ -1,41 +1,27 @@
-//! Stage hooks: commands run before/after a stage, in the app's directory.
-
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
+//! Stage hooks: commands run before/after a stage, in the app's directory,
+//! with the stage's environment. A stage runs `before`, its operation, then
+//! `after`; when an after hook fails, the caller undoes what the operation
+//! made (so nothing is left running).
 
 use crate::config::{Hook, HookWhen, OnFailure};
-use crate::plugins::{OpContext, OutputSink, Stream};
+use crate::plugins::command::run_streaming;
+use crate::plugins::{OpContext, Stream};
 
-/// Run `body` between the stage's before and after hooks. When an after
-/// hook fails, `undo` gets what the body made (so nothing is left running).
-pub fn around<T>(
-    hooks: &[Hook],
-    ctx: &mut OpContext,
-    body: impl FnOnce(&mut OpContext) -> Result<T, String>,
-    undo: impl FnOnce(&mut OpContext, &T),
-) -> Result<T, String> {
-    let (dir, env) = (ctx.source_dir.clone(), ctx.env.clone());
-    run(hooks, HookWhen::Before, &dir, &env, ctx.out)?;
-    let v = body(ctx)?;
-    if let Err(e) = run(hooks, HookWhen::After, &dir, &env, ctx.out) {
-        undo(ctx, &v);
-        return Err(e);
-    }
-    Ok(v)
+/// Runs the stage's before hooks.
+pub async fn before(hooks: &[Hook], ctx: &mut OpContext) -> Result<(), String> {
+    run(hooks, HookWhen::Before, ctx).await
+}
+
+/// Runs the stage's after hooks.
+pub async fn after(hooks: &[Hook], ctx: &mut OpContext) -> Result<(), String> {
+    run(hooks, HookWhen::After, ctx).await
 }
 
 /// Run the hooks of `when`; `Err` when one with `on_failure = "fail"` failed.
-pub fn run(
-    hooks: &[Hook],
-    when: HookWhen,
-    dir: &Path,
-    env: &std::collections::BTreeMap<String, String>,
-    out: &mut dyn OutputSink,
-) -> Result<(), String> {
+async fn run(hooks: &[Hook], when: HookWhen, ctx: &mut OpContext) -> Result<(), String> {
     for hook in hooks.iter().filter(|h| h.when == when) {
         let shown = hook.command.join(" ");
-        out.line(
+        ctx.out.line(
             Stream::Info,
             &format!(
                 "hook ({}): {shown}",
@@ -46,11 +32,17 @@ pub fn run(
                 }
             ),
         );
-        let result = run_one(&hook.command, dir, env, out);
+        let result =
+            match run_streaming(&hook.command, &ctx.source_dir, &ctx.env, ctx.out.as_mut()).await {
+                Ok(Some(0)) => Ok(()),
+                Ok(Some(c)) => Err(format!("failed with exit code {c}")),
+                Ok(None) => Err("was killed by a signal".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
         if let Err(e) = result {
             match hook.on_failure {
                 OnFailure::Fail => return Err(format!("{}: hook `{shown}` {e}", hook.location)),
-                OnFailure::Continue => out.line(
+                OnFailure::Continue => ctx.out.line(
                     Stream::Info,
                     &format!("hook `{shown}` {e}; continuing (on_failure = \"continue\")"),
                 ),
@@ -60,65 +52,21 @@ pub fn run(
     Ok(())
 }
 
-fn run_one(
-    cmd: &[String],
-    dir: &Path,
-    env: &std::collections::BTreeMap<String, String>,
-    out: &mut dyn OutputSink,
-) -> Result<(), String> {
-    let (prog, args) = cmd.split_first().ok_or("is empty")?;
-    let mut child = Command::new(prog)
-        .args(args)
-        .current_dir(dir)
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("could not start: {e}"))?;
-    let stderr = child.stderr.take();
-    let (tx, rx) = std::sync::mpsc::channel::<(Stream, String)>();
-    let tx2 = tx.clone();
-    let t = std::thread::spawn(move || {
-        if let Some(e) = stderr {
-            for line in BufReader::new(e).lines().map_while(Result::ok) {
-                let _ = tx2.send((Stream::Stderr, line));
-            }
-        }
-    });
-    if let Some(o) = child.stdout.take() {
-        let t2 = std::thread::spawn(move || {
-            for line in BufReader::new(o).lines().map_while(Result::ok) {
-                let _ = tx.send((Stream::Stdout, line));
-            }
-        });
-        for (s, l) in rx.iter() {
-            out.line(s, &l);
-        }
-        let _ = t2.join();
-    }
-    let _ = t.join();
-    let status = child.wait().map_err(|e| format!("could not wait: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(match status.code() {
-            Some(c) => format!("failed with exit code {c}"),
-            None => "was killed by a signal".into(),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Location;
 
-    #[derive(Default)]
-    struct Lines(Vec<String>);
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use crate::plugins::OutputSink;
+
+    #[derive(Default, Clone)]
+    struct Lines(Arc<Mutex<Vec<String>>>);
     impl OutputSink for Lines {
         fn line(&mut self, _stream: Stream, text: &str) {
-            self.0.push(text.to_string());
+            self.0.lock().expect("lines").push(text.to_string());
         }
     }
 
@@ -131,7 +79,7 @@ mod tests {
         }
     }
 
-    fn ctx<'a>(out: &'a mut Lines, dir: &Path) -> OpContext<'a> {
+    fn ctx(out: &Lines, dir: &Path) -> OpContext {
         OpContext {
             project: "p".into(),
             app: "a".into(),
@@ -142,12 +90,12 @@ mod tests {
             self_exe: "cairn".into(),
             env: [("HOOK_VAR".to_string(), "v1".to_string())].into(),
             entrypoint: None,
-            out,
+            out: Box::new(out.clone()),
         }
     }
 
-    #[test]
-    fn hooks_run_in_order_around_the_body_with_env_and_dir() {
+    #[tokio::test]
+    async fn hooks_run_in_order_with_env_and_dir() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let hooks = vec![
             hook(HookWhen::After, "echo after $HOOK_VAR", OnFailure::Fail),
@@ -157,26 +105,19 @@ mod tests {
                 OnFailure::Fail,
             ),
         ];
-        let mut out = Lines::default();
-        let mut c = ctx(&mut out, tmp.path());
-        let r = around(
-            &hooks,
-            &mut c,
-            |c| {
-                c.info("body");
-                Ok(42)
-            },
-            |_, _| panic!("no undo on success"),
-        );
-        assert_eq!(r, Ok(42));
+        let out = Lines::default();
+        let mut c = ctx(&out, tmp.path());
+        assert_eq!(before(&hooks, &mut c).await, Ok(()));
+        c.info("body");
+        assert_eq!(after(&hooks, &mut c).await, Ok(()));
         let base = tmp
             .path()
             .file_name()
             .expect("name")
             .to_string_lossy()
             .to_string();
-        let text: Vec<&str> = out
-            .0
+        let lines = out.0.lock().expect("lines").clone();
+        let text: Vec<&str> = lines
             .iter()
             .map(String::as_str)
             .filter(|l| !l.starts_with("hook ("))
@@ -187,32 +128,31 @@ mod tests {
         );
     }
 
-    #[test]
-    fn failing_before_hook_stops_the_stage_unless_continue() {
+    #[tokio::test]
+    async fn a_failing_hook_stops_the_stage_unless_continue() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut out = Lines::default();
-        let mut c = ctx(&mut out, tmp.path());
-        let fail = vec![hook(HookWhen::Before, "exit 3", OnFailure::Fail)];
-        let r: Result<(), String> =
-            around(&fail, &mut c, |_| panic!("body must not run"), |_, _| {});
-        let e = r.expect_err("fails");
+        let out = Lines::default();
+        let mut c = ctx(&out, tmp.path());
+        let fail = vec![hook(
+            HookWhen::Before,
+            "echo oops >&2; exit 3",
+            OnFailure::Fail,
+        )];
+        let e = before(&fail, &mut c).await.expect_err("fails");
         assert!(
-            e.starts_with("cairn.hcl:7:5: hook `sh -c exit 3` failed with exit code 3"),
+            e.starts_with(
+                "cairn.hcl:7:5: hook `sh -c echo oops >&2; exit 3` failed with exit code 3"
+            ),
             "{e}"
         );
+        assert!(out.0.lock().expect("lines").contains(&"oops".to_string()));
         let cont = vec![hook(HookWhen::Before, "exit 3", OnFailure::Continue)];
-        assert_eq!(around(&cont, &mut c, |_| Ok(1), |_, _| {}), Ok(1));
-    }
-
-    #[test]
-    fn failing_after_hook_undoes_the_body() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let mut out = Lines::default();
-        let mut c = ctx(&mut out, tmp.path());
-        let hooks = vec![hook(HookWhen::After, "false", OnFailure::Fail)];
-        let mut undone = None;
-        let r = around(&hooks, &mut c, |_| Ok(7), |_, v| undone = Some(*v));
-        assert!(r.is_err());
-        assert_eq!(undone, Some(7));
+        assert_eq!(before(&cont, &mut c).await, Ok(()));
+        // A hook of the other kind does not run.
+        assert_eq!(after(&fail, &mut c).await, Ok(()));
+        let mut gone = vec![hook(HookWhen::After, "x", OnFailure::Fail)];
+        gone[0].command = vec!["/nonexistent/hook".into()];
+        let e = after(&gone, &mut c).await.expect_err("cannot start");
+        assert!(e.contains("starting `/nonexistent/hook`"), "{e}");
     }
 }

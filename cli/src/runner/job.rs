@@ -1,9 +1,11 @@
 //! One job being run: its event channel, cancellation flag, and the helper
 //! that runs a plugin operation as a recorded step.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cairn_protocol::api::{
     ClientRequest, ClientResponse, IngressInfo, JobEvent, RunnerToNode, ServerInfo, StepStatus,
@@ -57,8 +59,8 @@ pub struct OpSpec {
     pub kind: OpKind,
     pub plugin: String,
     pub input_seq: Option<u64>,
-    pub env: std::collections::BTreeMap<String, String>,
-    pub source_dir: std::path::PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub source_dir: PathBuf,
 }
 
 /// What a recorded step produced.
@@ -69,13 +71,35 @@ pub struct StepOutcome {
 }
 
 /// Forwards plugin output as job events and keeps a bounded copy for the
-/// operation's record.
+/// operation's record. Clones share the copy (the context owns one).
+#[derive(Clone)]
 struct Sink {
     step: u32,
     tx: mpsc::UnboundedSender<RunnerToNode>,
-    kept: VecDeque<String>,
+    kept: Arc<Mutex<Kept>>,
+}
+
+#[derive(Default)]
+struct Kept {
+    lines: VecDeque<String>,
     bytes: usize,
     dropped: u64,
+}
+
+impl Sink {
+    fn new(step: u32, tx: mpsc::UnboundedSender<RunnerToNode>) -> Sink {
+        Sink {
+            step,
+            tx,
+            kept: Arc::default(),
+        }
+    }
+
+    /// The lines kept and how many were dropped to stay in bounds.
+    fn take(&self) -> (Vec<String>, u64) {
+        let mut k = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        (std::mem::take(&mut k.lines).into(), k.dropped)
+    }
 }
 
 impl OutputSink for Sink {
@@ -90,18 +114,29 @@ impl OutputSink for Sink {
             stream,
             line: text.to_string(),
         }));
-        self.bytes += text.len() + 1;
-        self.kept.push_back(text.to_string());
-        while self.bytes > MAX_OP_OUTPUT_BYTES {
-            match self.kept.pop_front() {
+        let mut k = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        k.bytes += text.len() + 1;
+        k.lines.push_back(text.to_string());
+        while k.bytes > MAX_OP_OUTPUT_BYTES {
+            match k.lines.pop_front() {
                 Some(l) => {
-                    self.bytes -= l.len() + 1;
-                    self.dropped += 1;
+                    k.bytes -= l.len() + 1;
+                    k.dropped += 1;
                 }
                 None => break,
             }
         }
     }
+}
+
+/// Runs a plugin's future as a task of its own, so that a panic in it fails
+/// the step instead of the runner.
+async fn supervised<T: Send + 'static>(
+    fut: impl Future<Output = Result<T, String>> + Send + 'static,
+) -> Result<T, String> {
+    tokio::spawn(fut)
+        .await
+        .unwrap_or_else(|e| Err(format!("the plugin panicked: {e}")))
 }
 
 impl JobRun {
@@ -196,11 +231,43 @@ impl JobRun {
         Ok(())
     }
 
-    /// A step that records nothing in the catalog (e.g. destroy).
-    pub async fn plain_step<T, F>(&mut self, title: &str, f: F) -> Result<T, JobFailure>
+    /// A plugin operation's context for this job.
+    fn context(
+        &self,
+        sequence: u64,
+        env: BTreeMap<String, String>,
+        source_dir: PathBuf,
+        entrypoint: Option<EntrypointLaunch>,
+        out: Sink,
+    ) -> OpContext {
+        let spec = &self.job.spec;
+        OpContext {
+            project: spec.project.clone(),
+            app: spec.app.clone(),
+            workspace: spec.workspace.clone(),
+            sequence,
+            source_dir,
+            data_dir: self.opts.data_dir.clone(),
+            self_exe: self.opts.self_exe.clone(),
+            env,
+            entrypoint,
+            out: Box::new(out),
+        }
+    }
+
+    /// A step that records nothing in the catalog (e.g. destroy): `f` runs
+    /// with a context for deployment `sequence`, without config env.
+    pub async fn plain_step<T, F, Fut>(
+        &mut self,
+        title: &str,
+        sequence: u64,
+        source_dir: PathBuf,
+        f: F,
+    ) -> Result<T, JobFailure>
     where
         T: Send + 'static,
-        F: FnOnce(&mut dyn OutputSink) -> Result<T, String> + Send + 'static,
+        F: FnOnce(OpContext) -> Fut,
+        Fut: Future<Output = Result<T, String>> + Send + 'static,
     {
         self.check_cancel()?;
         self.step += 1;
@@ -211,17 +278,9 @@ impl JobRun {
             status: StepStatus::Started,
             detail: None,
         });
-        let mut sink = Sink {
-            step,
-            tx: self.tx.clone(),
-            kept: VecDeque::new(),
-            bytes: 0,
-            dropped: 0,
-        };
-        let r = tokio::task::spawn_blocking(move || f(&mut sink))
-            .await
-            .unwrap_or_else(|e| Err(format!("the step panicked: {e}")));
-        match r {
+        let sink = Sink::new(step, self.tx.clone());
+        let ctx = self.context(sequence, BTreeMap::new(), source_dir, None, sink);
+        match supervised(f(ctx)).await {
             Ok(v) => {
                 self.event(JobEvent::Step {
                     step,
@@ -244,17 +303,18 @@ impl JobRun {
     }
 
     /// Run one plugin operation as a recorded step: begin it on the node
-    /// (getting its sequence), run `f` on a blocking thread with an
+    /// (getting its sequence), run `f`'s future as a task of its own with an
     /// [`OpContext`], then complete it with its result and captured output.
     /// `title` gets the sequence: "Deploying v3 with process".
-    pub async fn op_step<F>(
+    pub async fn op_step<F, Fut>(
         &mut self,
         op: OpSpec,
         title: impl Fn(u64) -> String,
         f: F,
     ) -> Result<StepOutcome, JobFailure>
     where
-        F: FnOnce(&mut OpContext) -> Result<(Value, Option<String>), String> + Send + 'static,
+        F: FnOnce(OpContext) -> Fut,
+        Fut: Future<Output = Result<(Value, Option<String>), String>> + Send + 'static,
     {
         self.check_cancel()?;
         let (op_id, sequence) = match self
@@ -278,65 +338,21 @@ impl JobRun {
             status: StepStatus::Started,
             detail: None,
         });
-        let sink = Sink {
-            step,
-            tx: self.tx.clone(),
-            kept: VecDeque::new(),
-            bytes: 0,
-            dropped: 0,
-        };
-        let spec = self.job.spec.clone();
-        let opts = self.opts.clone();
+        let sink = Sink::new(step, self.tx.clone());
         // A deployment's instances run under the entrypoint, with a token
         // for this deployment only.
         let entrypoint = match op.kind {
-            OpKind::Deployment => match self.entrypoint_launch(op_id, sequence).await {
-                Ok(l) => Some(Ok(l)),
-                Err(e) => Some(Err(e)),
-            },
-            _ => None,
+            OpKind::Deployment => self.entrypoint_launch(op_id, sequence).await.map(Some),
+            _ => Ok(None),
         };
-        let OpSpec {
-            env, source_dir, ..
-        } = op;
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut sink = sink;
-            let entrypoint = match entrypoint.transpose() {
-                Ok(e) => e,
-                Err(e) => return (Err(e), sink),
-            };
-            let r = {
-                let mut ctx = OpContext {
-                    project: spec.project.clone(),
-                    app: spec.app.clone(),
-                    workspace: spec.workspace.clone(),
-                    sequence,
-                    source_dir,
-                    data_dir: opts.data_dir.clone(),
-                    self_exe: opts.self_exe.clone(),
-                    env,
-                    entrypoint,
-                    out: &mut sink,
-                };
-                f(&mut ctx)
-            };
-            (r, sink)
-        })
-        .await;
-        let (r, sink) = match joined {
-            Ok(x) => x,
-            Err(e) => (
-                Err(format!("the plugin panicked: {e}")),
-                Sink {
-                    step,
-                    tx: self.tx.clone(),
-                    kept: VecDeque::new(),
-                    bytes: 0,
-                    dropped: 0,
-                },
-            ),
+        let r = match entrypoint {
+            Ok(entrypoint) => {
+                let ctx = self.context(sequence, op.env, op.source_dir, entrypoint, sink.clone());
+                supervised(f(ctx)).await
+            }
+            Err(e) => Err(e),
         };
-        let output: Vec<String> = sink.kept.into_iter().collect();
+        let (output, output_dropped) = sink.take();
         let (status, result, error, url) = match &r {
             Ok((v, url)) => (
                 OpStatus::Success,
@@ -356,7 +372,7 @@ impl JobRun {
                 result,
                 error,
                 output,
-                output_dropped: sink.dropped,
+                output_dropped,
                 url,
             }))
             .await;

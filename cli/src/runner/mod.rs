@@ -14,7 +14,7 @@
 pub mod agent;
 mod hooks;
 mod job;
-mod ops;
+pub(crate) mod ops;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

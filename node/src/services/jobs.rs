@@ -12,6 +12,27 @@ use crate::server::{ConnSession, Ctx};
 use crate::state::Command;
 
 pub async fn queue(ctx: &Arc<Ctx>, s: &ConnSession, spec: JobSpec) -> ClientResponse {
+    // A job of a newer kind is held in the replicated log: every member must
+    // be able to read it, so it waits for the cluster version that brought it.
+    let since = spec.kind.since_version();
+    if since > cairn_protocol::handshake::OLDEST_PROTOCOL_VERSION {
+        match ctx.read(|st| st.cluster_version()).await {
+            Ok(v) if v >= since => {}
+            Ok(v) => {
+                return ClientResponse::Error {
+                    message: format!(
+                        "a {} job needs cluster version {since}, and this cluster is at version {v}: finish the upgrade first (`cairn server upgrade --finish`)",
+                        spec.kind.name()
+                    ),
+                }
+            }
+            Err(e) => {
+                return ClientResponse::Error {
+                    message: format!("cannot read the cluster version: {e}"),
+                }
+            }
+        }
+    }
     match ctx
         .write(Command::CreateJob {
             spec,

@@ -1,16 +1,19 @@
 //! Builder `command`: runs a build command in the source directory and records the
 //! file it produces.
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Stdio;
 
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Split};
 
 use super::files::{self, Artifact};
-use super::{config_error, parse_config, Builder, Mapper, OpContext, PluginError, Stream, Value};
+use super::{
+    async_trait, config_error, parse_config, BoxFuture, Builder, Mapper, OpContext, OutputSink,
+    PluginError, Stream, Value,
+};
 
 pub const OUTPUT: &str = "command.Output";
 
@@ -55,19 +58,27 @@ impl CommandBuilder {
     }
 }
 
+#[async_trait]
 impl Builder for CommandBuilder {
     fn output_type(&self) -> &'static str {
         OUTPUT
     }
 
-    fn build(&self, ctx: &mut OpContext) -> Result<Value, PluginError> {
+    async fn build(&self, ctx: &mut OpContext) -> Result<Value, PluginError> {
         let shown = self.config.command.join(" ");
         ctx.info(&format!(
             "running `{shown}` in {}",
             ctx.source_dir.display()
         ));
         let source_dir = ctx.source_dir.clone();
-        let code = run_streaming(&self.config.command, &source_dir, ctx)?;
+        // The build command sees the runner's environment, as before config existed.
+        let code = run_streaming(
+            &self.config.command,
+            &source_dir,
+            &BTreeMap::new(),
+            ctx.out.as_mut(),
+        )
+        .await?;
         if code != Some(0) {
             return Err(PluginError::CommandFailed {
                 command: shown,
@@ -87,7 +98,7 @@ impl Builder for CommandBuilder {
                 path.display()
             )));
         }
-        let sha256 = files::sha256_file(&path)?;
+        let sha256 = tokio::task::block_in_place(|| files::sha256_file(&path))?;
         ctx.info(&format!("output {} (sha256 {sha256})", path.display()));
         Value::of(&Output {
             path,
@@ -102,70 +113,61 @@ fn absolute(path: &Path) -> Result<PathBuf, PluginError> {
         .map_err(|e| PluginError::io(format!("resolving {}", path.display()), e))
 }
 
-/// Runs `argv` in `dir` with stdin closed, sending its output line by line to
-/// `ctx.out`. Returns the exit code (`None` when killed by a signal).
-pub(crate) fn run_streaming(
+/// Runs `argv` in `dir` with `env` added and stdin closed, sending its output line
+/// by line to `out`. Returns the exit code (`None` when killed by a signal). The
+/// command is killed when the returned future is dropped.
+pub async fn run_streaming(
     argv: &[String],
     dir: &Path,
-    ctx: &mut OpContext,
+    env: &BTreeMap<String, String>,
+    out: &mut dyn OutputSink,
 ) -> Result<Option<i32>, PluginError> {
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| PluginError::Failed("empty command".to_string()))?;
-    let mut child = Command::new(resolve_program(program, dir))
+    let mut child = tokio::process::Command::new(resolve_program(program, dir))
         .args(args)
         .current_dir(dir)
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .map_err(|e| PluginError::io(format!("starting `{program}`"), e))?;
-    let (tx, rx) = mpsc::channel::<(Stream, String)>();
-    let mut readers = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        readers.push(forward_lines(stdout, Stream::Stdout, tx.clone()));
-    }
-    if let Some(stderr) = child.stderr.take() {
-        readers.push(forward_lines(stderr, Stream::Stderr, tx.clone()));
-    }
-    drop(tx);
-    // Ends when both pipes are closed.
-    for (stream, line) in rx {
-        ctx.out.line(stream, &line);
-    }
-    for reader in readers {
-        let _ = reader.join();
+    let mut stdout = child.stdout.take().map(|p| BufReader::new(p).split(b'\n'));
+    let mut stderr = child.stderr.take().map(|p| BufReader::new(p).split(b'\n'));
+    // Ends when both pipes are closed. `next_segment` is cancel-safe.
+    while stdout.is_some() || stderr.is_some() {
+        let (stream, got) = tokio::select! {
+            got = next_segment(&mut stdout), if stdout.is_some() => (Stream::Stdout, got),
+            got = next_segment(&mut stderr), if stderr.is_some() => (Stream::Stderr, got),
+        };
+        match got {
+            Some(line) => out.line(stream, &line),
+            None if stream == Stream::Stdout => stdout = None,
+            None => stderr = None,
+        }
     }
     let status = child
         .wait()
+        .await
         .map_err(|e| PluginError::io(format!("waiting for `{program}`"), e))?;
     Ok(status.code())
 }
 
-fn forward_lines<R: Read + Send + 'static>(
-    pipe: R,
-    stream: Stream,
-    tx: mpsc::Sender<(Stream, String)>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                        buf.pop();
-                    }
-                    let line = String::from_utf8_lossy(&buf).into_owned();
-                    if tx.send((stream, line)).is_err() {
-                        break;
-                    }
-                }
+/// The next line of a pipe, without its line ending; `None` at its end.
+async fn next_segment<R: AsyncBufRead + Unpin>(pipe: &mut Option<Split<R>>) -> Option<String> {
+    let pipe = pipe.as_mut()?;
+    match pipe.next_segment().await {
+        Ok(Some(mut line)) => {
+            while line.last().is_some_and(|b| *b == b'\r') {
+                line.pop();
             }
+            Some(String::from_utf8_lossy(&line).into_owned())
         }
-    })
+        Ok(None) | Err(_) => None,
+    }
 }
 
 /// A relative program path with a `/` (`./build.sh`) is taken relative to `dir`;
@@ -187,7 +189,14 @@ pub const OUTPUT_TO_ARTIFACT: Mapper = Mapper {
     f: output_to_artifact,
 };
 
-fn output_to_artifact(value: &Value) -> Result<Value, PluginError> {
+fn output_to_artifact<'a>(
+    value: &'a Value,
+    _ctx: &'a mut OpContext,
+) -> BoxFuture<'a, Result<Value, PluginError>> {
+    Box::pin(async move { tokio::task::block_in_place(|| pack_output(value)) })
+}
+
+fn pack_output(value: &Value) -> Result<Value, PluginError> {
     let output: Output = value.get::<Output>()?;
     let actual = files::sha256_file(&output.path)?;
     if actual != output.sha256 {

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{parse_config, Builder, Mapper, OpContext, PluginError, Registry, Value};
+use super::{
+    async_trait, parse_config, BoxFuture, Builder, Mapper, OpContext, PluginError, Registry, Value,
+};
 
 pub const ARTIFACT: &str = "files.Artifact";
 pub const STORED_ARTIFACT: &str = "files.StoredArtifact";
@@ -77,12 +79,19 @@ impl FilesBuilder {
     }
 }
 
+#[async_trait]
 impl Builder for FilesBuilder {
     fn output_type(&self) -> &'static str {
         ARTIFACT
     }
 
-    fn build(&self, ctx: &mut OpContext) -> Result<Value, PluginError> {
+    async fn build(&self, ctx: &mut OpContext) -> Result<Value, PluginError> {
+        tokio::task::block_in_place(|| self.pack(ctx))
+    }
+}
+
+impl FilesBuilder {
+    fn pack(&self, ctx: &mut OpContext) -> Result<Value, PluginError> {
         let root = ctx.source_dir.join(&self.config.path);
         let meta = fs::metadata(&root)
             .map_err(|e| PluginError::io(format!("files: {}", root.display()), e))?;
@@ -430,6 +439,7 @@ impl FilesRegistry {
     }
 }
 
+#[async_trait]
 impl Registry for FilesRegistry {
     fn input_types(&self) -> &[&'static str] {
         &[ARTIFACT]
@@ -439,7 +449,13 @@ impl Registry for FilesRegistry {
         STORED_ARTIFACT
     }
 
-    fn push(&self, ctx: &mut OpContext, input: &Value) -> Result<Value, PluginError> {
+    async fn push(&self, ctx: &mut OpContext, input: &Value) -> Result<Value, PluginError> {
+        tokio::task::block_in_place(|| self.store(ctx, input))
+    }
+}
+
+impl FilesRegistry {
+    fn store(&self, ctx: &mut OpContext, input: &Value) -> Result<Value, PluginError> {
         let artifact: Artifact = input.get::<Artifact>()?;
         let dir = match &self.config.directory {
             Some(dir) => ctx.source_dir.join(dir),
@@ -496,7 +512,14 @@ pub const STORED_TO_ARTIFACT: Mapper = Mapper {
     f: stored_to_artifact,
 };
 
-fn stored_to_artifact(value: &Value) -> Result<Value, PluginError> {
+fn stored_to_artifact<'a>(
+    value: &'a Value,
+    _ctx: &'a mut OpContext,
+) -> BoxFuture<'a, Result<Value, PluginError>> {
+    Box::pin(async move { stored_artifact(value) })
+}
+
+fn stored_artifact(value: &Value) -> Result<Value, PluginError> {
     let stored: StoredArtifact = value.get::<StoredArtifact>()?;
     let size = fs::metadata(&stored.path)
         .map_err(|e| PluginError::io(format!("reading {}", stored.path.display()), e))?

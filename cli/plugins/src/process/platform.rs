@@ -19,7 +19,8 @@ use super::{
 use crate::command::resolve_program;
 use crate::files::{temp_path, Artifact, HashingReader, ARTIFACT};
 use crate::{
-    config_error, parse_config, DeploymentHealth, OpContext, Platform, PluginError, Value,
+    async_trait, config_error, parse_config, DeploymentHealth, OpContext, Platform, PluginError,
+    Value,
 };
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +136,7 @@ struct Started {
     supervisor: Child,
 }
 
+#[async_trait]
 impl Platform for ProcessPlatform {
     fn input_types(&self) -> &[&'static str] {
         &[ARTIFACT]
@@ -144,7 +146,33 @@ impl Platform for ProcessPlatform {
         DEPLOYMENT
     }
 
-    fn deploy(&self, ctx: &mut OpContext, input: &Value) -> Result<Value, PluginError> {
+    async fn deploy(&self, ctx: &mut OpContext, input: &Value) -> Result<Value, PluginError> {
+        tokio::task::block_in_place(|| self.deploy_blocking(ctx, input))
+    }
+
+    async fn destroy(&self, ctx: &mut OpContext, deployment: &Value) -> Result<(), PluginError> {
+        let deployment: Deployment = deployment.get::<Deployment>()?;
+        tokio::task::block_in_place(|| destroy_deployment(&deployment))?;
+        ctx.info(&format!("destroyed v{}", deployment.sequence));
+        Ok(())
+    }
+
+    async fn status(
+        &self,
+        _ctx: &mut OpContext,
+        deployment: &Value,
+    ) -> Result<DeploymentHealth, PluginError> {
+        let deployment: Deployment = deployment.get::<Deployment>()?;
+        Ok(health(&deployment))
+    }
+
+    fn url(&self, deployment: &Value) -> Option<String> {
+        deployment.get::<Deployment>().ok().map(|d| d.url)
+    }
+}
+
+impl ProcessPlatform {
+    fn deploy_blocking(&self, ctx: &mut OpContext, input: &Value) -> Result<Value, PluginError> {
         let artifact: Artifact = input.get::<Artifact>()?;
         let app_dir = app_dir(ctx)?;
         let who = isolation::run_as(self.config.user.as_deref())?;
@@ -225,24 +253,6 @@ impl Platform for ProcessPlatform {
         }
     }
 
-    fn destroy(&self, ctx: &mut OpContext, deployment: &Value) -> Result<(), PluginError> {
-        let deployment: Deployment = deployment.get::<Deployment>()?;
-        destroy_deployment(&deployment)?;
-        ctx.info(&format!("destroyed v{}", deployment.sequence));
-        Ok(())
-    }
-
-    fn status(&self, deployment: &Value) -> Result<DeploymentHealth, PluginError> {
-        let deployment: Deployment = deployment.get::<Deployment>()?;
-        Ok(health(&deployment))
-    }
-
-    fn url(&self, deployment: &Value) -> Option<String> {
-        deployment.get::<Deployment>().ok().map(|d| d.url)
-    }
-}
-
-impl ProcessPlatform {
     fn start_all(
         &self,
         ctx: &mut OpContext,

@@ -8,7 +8,8 @@ use super::platform::health;
 use super::supervisor::write_json_atomic;
 use super::{app_dir, destroy_deployment, Deployment, DEPLOYMENT};
 use crate::{
-    parse_config, OpContext, PluginError, ReleaseOptions, ReleaseOutcome, Releaser, Stream, Value,
+    async_trait, parse_config, OpContext, PluginError, ReleaseOptions, ReleaseOutcome, Releaser,
+    Stream, Value,
 };
 
 pub const RELEASE: &str = "process.Release";
@@ -46,6 +47,7 @@ pub fn released_sequence(data_dir: &Path, app: &str) -> Option<u64> {
     Some(marker.sequence)
 }
 
+#[async_trait]
 impl Releaser for ProcessReleaser {
     fn input_types(&self) -> &[&'static str] {
         &[DEPLOYMENT]
@@ -55,58 +57,67 @@ impl Releaser for ProcessReleaser {
         RELEASE
     }
 
-    fn release(
+    async fn release(
         &self,
         ctx: &mut OpContext,
         target: &Value,
         others: &[(u64, Value)],
         opts: &ReleaseOptions,
     ) -> Result<ReleaseOutcome, PluginError> {
-        let deployment: Deployment = target.get::<Deployment>()?;
-        let sequence = deployment.sequence;
-        let health = health(&deployment);
-        if health.alive == 0 {
-            return Err(PluginError::Failed(format!(
-                "v{sequence} has no running instance; deploy it again before releasing it"
-            )));
-        }
-        let release = Release {
-            sequence,
-            url: deployment.url.clone(),
-        };
-        let dir = app_dir(ctx)?;
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| PluginError::io(format!("creating {}", dir.display()), e))?;
-        let marker = dir.join("released");
-        write_json_atomic(&marker, &release)
-            .map_err(|e| PluginError::io(format!("writing {}", marker.display()), e))?;
-        ctx.info(&format!("released v{sequence} ({})", release.url));
-
-        let mut pruned = Vec::new();
-        if opts.prune {
-            let mut older: Vec<(u64, Deployment)> = others
-                .iter()
-                .filter(|(seq, v)| *seq < sequence && v.type_name == DEPLOYMENT)
-                .filter_map(|(seq, v)| v.get::<Deployment>().ok().map(|d| (*seq, d)))
-                .collect();
-            older.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
-            for (seq, old) in older.into_iter().skip(opts.retain) {
-                match destroy_deployment(&old) {
-                    Ok(()) => {
-                        ctx.info(&format!("pruned v{seq}"));
-                        pruned.push(seq);
-                    }
-                    Err(e) => ctx
-                        .out
-                        .line(Stream::Info, &format!("could not prune v{seq}: {e}")),
-                }
-            }
-            pruned.sort_unstable();
-        }
-        Ok(ReleaseOutcome {
-            value: Value::of(&release)?,
-            urls: vec![release.url],
-            pruned,
-        })
+        tokio::task::block_in_place(|| release_blocking(ctx, target, others, opts))
     }
+}
+
+fn release_blocking(
+    ctx: &mut OpContext,
+    target: &Value,
+    others: &[(u64, Value)],
+    opts: &ReleaseOptions,
+) -> Result<ReleaseOutcome, PluginError> {
+    let deployment: Deployment = target.get::<Deployment>()?;
+    let sequence = deployment.sequence;
+    let health = health(&deployment);
+    if health.alive == 0 {
+        return Err(PluginError::Failed(format!(
+            "v{sequence} has no running instance; deploy it again before releasing it"
+        )));
+    }
+    let release = Release {
+        sequence,
+        url: deployment.url.clone(),
+    };
+    let dir = app_dir(ctx)?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| PluginError::io(format!("creating {}", dir.display()), e))?;
+    let marker = dir.join("released");
+    write_json_atomic(&marker, &release)
+        .map_err(|e| PluginError::io(format!("writing {}", marker.display()), e))?;
+    ctx.info(&format!("released v{sequence} ({})", release.url));
+
+    let mut pruned = Vec::new();
+    if opts.prune {
+        let mut older: Vec<(u64, Deployment)> = others
+            .iter()
+            .filter(|(seq, v)| *seq < sequence && v.type_name == DEPLOYMENT)
+            .filter_map(|(seq, v)| v.get::<Deployment>().ok().map(|d| (*seq, d)))
+            .collect();
+        older.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+        for (seq, old) in older.into_iter().skip(opts.retain) {
+            match destroy_deployment(&old) {
+                Ok(()) => {
+                    ctx.info(&format!("pruned v{seq}"));
+                    pruned.push(seq);
+                }
+                Err(e) => ctx
+                    .out
+                    .line(Stream::Info, &format!("could not prune v{seq}: {e}")),
+            }
+        }
+        pruned.sort_unstable();
+    }
+    Ok(ReleaseOutcome {
+        value: Value::of(&release)?,
+        urls: vec![release.url],
+        pruned,
+    })
 }

@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use super::*;
-use crate::testutil::{ctx, write, Lines};
+use crate::testutil::{ctx, write, Lines, Wait};
 use crate::{Catalog, HealthState, ReleaseOptions, Value};
 
 #[test]
@@ -72,10 +72,19 @@ impl Fixture {
         })
     }
 
+    /// A context whose output nobody reads.
+    fn cx(&self) -> crate::OpContext {
+        ctx(&self.source, &self.data, 1, &Lines::default())
+    }
+
     fn artifact(&self) -> Result<Value> {
-        let mut out = Lines::default();
-        let mut c = ctx(&self.source, &self.data, 1, &mut out);
-        Ok(self.catalog.builder("files", &json!({}))?.build(&mut c)?)
+        let out = Lines::default();
+        let mut c = ctx(&self.source, &self.data, 1, &out);
+        Ok(self
+            .catalog
+            .builder("files", &json!({}))?
+            .build(&mut c)
+            .wait()?)
     }
 
     fn deploy(
@@ -85,13 +94,14 @@ impl Fixture {
         cleanup: &mut Cleanup,
     ) -> Result<Deployment> {
         let artifact = self.artifact()?;
-        let mut out = Lines::default();
-        let mut c = ctx(&self.source, &self.data, seq, &mut out);
+        let out = Lines::default();
+        let mut c = ctx(&self.source, &self.data, seq, &out);
         c.env.insert("GREETING".to_string(), "hi".to_string());
         let value = self
             .catalog
             .platform("process", &config)?
-            .deploy(&mut c, &artifact)?;
+            .deploy(&mut c, &artifact)
+            .wait()?;
         let d: Deployment = value.get::<Deployment>()?;
         cleanup.0.push(d.clone());
         Ok(d)
@@ -147,7 +157,7 @@ fn deploy_restart_status_destroy() -> Result<()> {
         .catalog
         .platform("process", &json!({"command": serve_command()}))?;
     assert_eq!(platform.url(&value(&d)), Some(d.url.clone()));
-    let health = platform.status(&value(&d))?;
+    let health = platform.status(&mut f.cx(), &value(&d)).wait()?;
     assert_eq!(
         (health.total, health.alive, health.state()),
         (2, 2, HealthState::Ready)
@@ -176,7 +186,7 @@ fn deploy_restart_status_destroy() -> Result<()> {
         "instance 1 was not restarted: {}",
         log_tail(&d.instances[1].log)
     );
-    let health = platform.status(&value(&d))?;
+    let health = platform.status(&mut f.cx(), &value(&d)).wait()?;
     assert_eq!(health.alive, 2);
     assert_eq!(health.instances[1].restarts, 1);
     assert_eq!(health.instances[0].restarts, 0);
@@ -185,9 +195,9 @@ fn deploy_restart_status_destroy() -> Result<()> {
     let mut pids: Vec<u32> = d.instances.iter().map(|i| i.supervisor_pid).collect();
     pids.extend(health.instances.iter().filter_map(|i| i.pid));
     assert_eq!(pids.len(), 4);
-    let mut out = Lines::default();
-    let mut c = ctx(&f.source, &f.data, 1, &mut out);
-    platform.destroy(&mut c, &value(&d))?;
+    let out = Lines::default();
+    let mut c = ctx(&f.source, &f.data, 1, &out);
+    platform.destroy(&mut c, &value(&d)).wait()?;
     for pid in &pids {
         assert!(!sys::process_exists(*pid), "pid {pid} survived destroy");
     }
@@ -197,10 +207,10 @@ fn deploy_restart_status_destroy() -> Result<()> {
         .iter()
         .all(|i| i.log.exists() && !i.spec.exists()));
     assert!(std::fs::read_to_string(&d.instances[1].log)?.contains("restarting in 100 ms"));
-    let health = platform.status(&value(&d))?;
+    let health = platform.status(&mut f.cx(), &value(&d)).wait()?;
     assert_eq!((health.alive, health.state()), (0, HealthState::Down));
     // Destroy is idempotent.
-    platform.destroy(&mut c, &value(&d))?;
+    platform.destroy(&mut c, &value(&d)).wait()?;
     Ok(())
 }
 
@@ -265,12 +275,13 @@ fn a_failed_deploy_leaves_nothing_running() -> Result<()> {
     // An artifact whose hash does not match is refused before anything starts.
     let mut artifact = f.artifact()?;
     artifact.data["sha256"] = json!("0".repeat(64));
-    let mut out = Lines::default();
-    let mut c = ctx(&f.source, &f.data, 3, &mut out);
+    let out = Lines::default();
+    let mut c = ctx(&f.source, &f.data, 3, &out);
     let err = f
         .catalog
         .platform("process", &json!({"command": serve_command()}))?
         .deploy(&mut c, &artifact)
+        .wait()
         .expect_err("bad hash");
     assert!(err.to_string().contains("expected 0000"), "{err}");
     assert!(!code_dir(&f.data, "v3").exists());
@@ -303,19 +314,21 @@ fn release_marks_and_prunes() -> Result<()> {
     let d3 = f.deploy(3, config.clone(), &mut cleanup)?;
     let releaser = f.catalog.releaser("process", &json!({}))?;
     assert_eq!(releaser.input_types(), &["process.Deployment"]);
-    let mut out = Lines::default();
-    let mut c = ctx(&f.source, &f.data, 3, &mut out);
+    let out = Lines::default();
+    let mut c = ctx(&f.source, &f.data, 3, &out);
 
     let others = vec![(1, value(&d1)), (2, value(&d2))];
-    let outcome = releaser.release(
-        &mut c,
-        &value(&d3),
-        &others,
-        &ReleaseOptions {
-            prune: true,
-            retain: 1,
-        },
-    )?;
+    let outcome = releaser
+        .release(
+            &mut c,
+            &value(&d3),
+            &others,
+            &ReleaseOptions {
+                prune: true,
+                retain: 1,
+            },
+        )
+        .wait()?;
     assert_eq!(outcome.pruned, vec![1]);
     assert_eq!(outcome.urls, vec![d3.url.clone()]);
     let release: Release = outcome.value.get::<Release>()?;
@@ -332,25 +345,30 @@ fn release_marks_and_prunes() -> Result<()> {
 
     // Rolling back to v2 (no prune) never touches v3.
     let others = vec![(1, value(&d1)), (3, value(&d3))];
-    let outcome = releaser.release(&mut c, &value(&d2), &others, &ReleaseOptions::default())?;
+    let outcome = releaser
+        .release(&mut c, &value(&d2), &others, &ReleaseOptions::default())
+        .wait()?;
     assert!(outcome.pruned.is_empty());
     assert_eq!(released_sequence(&f.data, "web"), Some(2));
     assert!(http_get(d3.instances[0].port)?.contains("hello"));
-    let outcome = releaser.release(
-        &mut c,
-        &value(&d2),
-        &others,
-        &ReleaseOptions {
-            prune: true,
-            retain: 0,
-        },
-    )?;
+    let outcome = releaser
+        .release(
+            &mut c,
+            &value(&d2),
+            &others,
+            &ReleaseOptions {
+                prune: true,
+                retain: 0,
+            },
+        )
+        .wait()?;
     assert_eq!(outcome.pruned, vec![1]);
     assert!(sys::process_exists(d3.instances[0].supervisor_pid));
 
     // A destroyed deployment cannot be released.
     let err = releaser
         .release(&mut c, &value(&d1), &[], &ReleaseOptions::default())
+        .wait()
         .expect_err("v1 is gone");
     assert!(err.to_string().contains("no running instance"), "{err}");
     if !matches!(released_sequence(&f.data, "web"), Some(2)) {
@@ -487,7 +505,7 @@ fn destroy_cleans_up_after_a_killed_supervisor() -> Result<()> {
     let command = json!(["sh", "-c", "trap '' TERM; exec python3 server.py"]);
     let d = f.deploy(1, json!({"command": command}), &mut cleanup)?;
     let platform = f.catalog.platform("process", &json!({"command": ["x"]}))?;
-    let child = platform.status(&value(&d))?.instances[0]
+    let child = platform.status(&mut f.cx(), &value(&d)).wait()?.instances[0]
         .pid
         .expect("a child pid");
     sys::signal_process(d.instances[0].supervisor_pid, sys::SIGKILL)?;
@@ -495,12 +513,12 @@ fn destroy_cleans_up_after_a_killed_supervisor() -> Result<()> {
         d.instances[0].supervisor_pid
     )));
     assert!(sys::process_exists(child));
-    let health = platform.status(&value(&d))?;
+    let health = platform.status(&mut f.cx(), &value(&d)).wait()?;
     assert_eq!(health.alive, 0, "an unsupervised instance does not count");
 
-    let mut out = Lines::default();
-    let mut c = ctx(&f.source, &f.data, 1, &mut out);
-    platform.destroy(&mut c, &value(&d))?;
+    let out = Lines::default();
+    let mut c = ctx(&f.source, &f.data, 1, &out);
+    platform.destroy(&mut c, &value(&d)).wait()?;
     assert!(
         wait_until(Duration::from_secs(5), || !sys::process_exists(child)),
         "child {child} survived"

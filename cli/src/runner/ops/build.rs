@@ -29,13 +29,11 @@ pub async fn run(
                 source_dir: dir.clone(),
             },
             |s| format!("Building v{s} with {name}"),
-            move |ctx| {
-                hooks::around(
-                    &hook_list,
-                    ctx,
-                    |ctx| Ok((builder.build(ctx).map_err(plugin_err)?, None)),
-                    |_, _| {},
-                )
+            move |mut ctx| async move {
+                hooks::before(&hook_list, &mut ctx).await?;
+                let v = builder.build(&mut ctx).await.map_err(plugin_err)?;
+                hooks::after(&hook_list, &mut ctx).await?;
+                Ok((v, None))
             },
         )
         .await?;
@@ -50,7 +48,7 @@ pub async fn run(
     let input = run
         .opts
         .catalog
-        .convert(std::slice::from_ref(&build.1), registry.input_types())
+        .plan(std::slice::from_ref(&build.1), registry.input_types())
         .map_err(|e| JobFailure::new(format!("{}: {e}", stage.plugin.location)))?;
     let pushed = run
         .op_step(
@@ -62,13 +60,12 @@ pub async fn run(
                 source_dir: dir,
             },
             |s| format!("Pushing artifact v{s} with {name}"),
-            move |ctx| {
-                hooks::around(
-                    &hook_list,
-                    ctx,
-                    |ctx| Ok((registry.push(ctx, &input).map_err(plugin_err)?, None)),
-                    |_, _| {},
-                )
+            move |mut ctx| async move {
+                hooks::before(&hook_list, &mut ctx).await?;
+                let input = input.run(&mut ctx).await.map_err(plugin_err)?;
+                let v = registry.push(&mut ctx, &input).await.map_err(plugin_err)?;
+                hooks::after(&hook_list, &mut ctx).await?;
+                Ok((v, None))
             },
         )
         .await?;

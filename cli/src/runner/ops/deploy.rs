@@ -20,7 +20,7 @@ pub async fn run(
     let input = run
         .opts
         .catalog
-        .convert(&values, platform.input_types())
+        .plan(&values, platform.input_types())
         .map_err(|e| JobFailure::new(format!("{}: {e}", stage.plugin.location)))?;
     let hook_list = stage.hooks.clone();
     let ingress = run.ingress().await;
@@ -34,17 +34,18 @@ pub async fn run(
                 source_dir: l.source_dir.clone(),
             },
             |s| format!("Deploying v{s} with {name}"),
-            move |ctx| {
-                let undo = platform.clone();
-                let v = hooks::around(
-                    &hook_list,
-                    ctx,
-                    |ctx| platform.deploy(ctx, &input).map_err(plugin_err),
+            move |mut ctx| async move {
+                hooks::before(&hook_list, &mut ctx).await?;
+                let input = input.run(&mut ctx).await.map_err(plugin_err)?;
+                let v = platform
+                    .deploy(&mut ctx, &input)
+                    .await
+                    .map_err(plugin_err)?;
+                if let Err(e) = hooks::after(&hook_list, &mut ctx).await {
                     // Nothing left running when an after hook fails.
-                    move |ctx, v| {
-                        let _ = undo.destroy(ctx, v);
-                    },
-                )?;
+                    let _ = platform.destroy(&mut ctx, &v).await;
+                    return Err(e);
+                }
                 // The URL service's address for it, else the platform's own.
                 let url = match &ingress {
                     Some(i) => Some(i.deployment_url(&ctx.app, ctx.sequence)),

@@ -3,7 +3,6 @@
 use cairn_protocol::types::{OpKind, OpStatus, ResourceState};
 
 use super::Loaded;
-use crate::plugins::OpContext;
 use crate::runner::job::{value_of, JobFailure, JobRun};
 
 pub async fn run(run: &mut JobRun, l: &Loaded, which: Option<u64>) -> Result<(), JobFailure> {
@@ -28,27 +27,18 @@ pub async fn run(run: &mut JobRun, l: &Loaded, which: Option<u64>) -> Result<(),
     for d in targets {
         let value = value_of(&d)?;
         let platform = l.stages.platform.clone();
-        let spec = run.job.spec.clone();
-        let opts = run.opts.clone();
-        let source_dir = l.source_dir.clone();
         let seq = d.sequence;
-        run.plain_step(&format!("Destroying deployment v{seq}"), move |out| {
-            let mut ctx = OpContext {
-                project: spec.project,
-                app: spec.app,
-                workspace: spec.workspace,
-                sequence: seq,
-                source_dir,
-                data_dir: opts.data_dir.clone(),
-                self_exe: opts.self_exe.clone(),
-                env: Default::default(),
-                entrypoint: None,
-                out,
-            };
-            platform
-                .destroy(&mut ctx, &value)
-                .map_err(|e| e.to_string())
-        })
+        run.plain_step(
+            &format!("Destroying deployment v{seq}"),
+            seq,
+            l.source_dir.clone(),
+            move |mut ctx| async move {
+                platform
+                    .destroy(&mut ctx, &value)
+                    .await
+                    .map_err(|e| e.to_string())
+            },
+        )
         .await?;
         run.set_destroyed(d.id).await?;
     }

@@ -4,6 +4,7 @@ mod build;
 mod deploy;
 mod destroy;
 mod release;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -99,6 +100,7 @@ pub async fn run(run: &mut JobRun) -> Result<(), JobFailure> {
             release::run(run, &loaded, (target.sequence, value), prune, retain).await
         }
         JobKind::Destroy { deployment } => destroy::run(run, &loaded, deployment).await,
+        JobKind::Status => status::run(run, &loaded).await,
     }
 }
 

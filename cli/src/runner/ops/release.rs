@@ -61,17 +61,13 @@ pub async fn run(
                 source_dir: l.source_dir.clone(),
             },
             |s| format!("Releasing deployment v{seq} (release v{s}) with {name}"),
-            move |ctx| {
-                let out = hooks::around(
-                    &hook_list,
-                    ctx,
-                    |ctx| {
-                        releaser
-                            .release(ctx, &value, &others, &opts)
-                            .map_err(plugin_err)
-                    },
-                    |_, _| {},
-                )?;
+            move |mut ctx| async move {
+                hooks::before(&hook_list, &mut ctx).await?;
+                let out = releaser
+                    .release(&mut ctx, &value, &others, &opts)
+                    .await
+                    .map_err(plugin_err)?;
+                hooks::after(&hook_list, &mut ctx).await?;
                 let url = match &ingress {
                     Some(i) => Some(i.release_url(&app)),
                     None => out.urls.first().cloned(),
