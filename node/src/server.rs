@@ -92,6 +92,10 @@ pub struct NodeConfig {
     /// UDP address for QUIC (clients, runners, entrypoints, peers). Port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:9701")]
     pub listen: SocketAddr,
+    /// With a loopback --listen address, do not also listen on the Docker
+    /// bridge's address (docker0), where app containers reach this host.
+    #[arg(long)]
+    pub no_container_bridge: bool,
     /// Also write the one-time bootstrap token to this file (mode 0600).
     #[arg(long)]
     pub bootstrap_file: Option<PathBuf>,
@@ -179,6 +183,7 @@ impl NodeConfig {
         NodeConfig {
             data_dir: data_dir.into(),
             listen,
+            no_container_bridge: false,
             bootstrap_file: None,
             ready_file: None,
             advertise: None,
@@ -357,6 +362,8 @@ pub struct Node {
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     endpoint: quinn::Endpoint,
+    /// The same service on the Docker bridge's address (see [`bridge_endpoint`]).
+    pub bridge: Option<(SocketAddr, quinn::Endpoint)>,
     data_dir: PathBuf,
 }
 
@@ -417,7 +424,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
     )?;
     let endpoint = quinn::Endpoint::new(
         endpoint_config(&identity),
-        Some(server_cfg),
+        Some(server_cfg.clone()),
         socket,
         Arc::new(cairn_protocol::socket::QuietRuntime),
     )
@@ -477,6 +484,17 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         endpoint.clone(),
         shutdown.clone(),
     ))];
+    let bridge = match cfg.no_container_bridge {
+        true => None,
+        false => bridge_endpoint(addr, &identity, &server_cfg),
+    };
+    if let Some((_, b)) = &bridge {
+        tasks.push(tokio::spawn(accept_loop(
+            ctx.clone(),
+            b.clone(),
+            shutdown.clone(),
+        )));
+    }
     let restored = restored.map(|(state, _)| state);
     let bootstrap_token = match become_member(&ctx, &cfg, &advertise, restored).await {
         Ok(t) => t,
@@ -489,6 +507,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
                 shutdown,
                 tasks,
                 endpoint,
+                bridge,
                 data_dir: cfg.data_dir.clone(),
             };
             node.stop().await;
@@ -518,6 +537,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         let ready = serde_json::json!({
             "addr": addr.to_string(),
             "ingress": ingress_info.as_ref().map(|i| format!("{}://{}", i.scheme, i.addr)),
+            "bridge": bridge.as_ref().map(|(a, _)| a.to_string()),
             "advertise": advertise,
             "ca_fingerprint": identity.ca_fingerprint,
             "node_id": identity.node_id,
@@ -534,8 +554,58 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         shutdown,
         tasks,
         endpoint,
+        bridge,
         data_dir: cfg.data_dir.clone(),
     })
+}
+
+/// A node listening on loopback also listens on the Docker bridge's address
+/// (the `docker0` interface), same port: app containers on the default bridge
+/// reach this host there, and the docker platform points their entrypoints at
+/// it. Certificates name no address, so the same identity serves both. Best
+/// effort: without a bridge (or with its port taken) the node just logs it.
+fn bridge_endpoint(
+    addr: SocketAddr,
+    identity: &identity::Identity,
+    server_cfg: &quinn::ServerConfig,
+) -> Option<(SocketAddr, quinn::Endpoint)> {
+    if !addr.ip().is_loopback() {
+        return None;
+    }
+    let ip = docker_bridge_ip()?;
+    let at = SocketAddr::new(ip.into(), addr.port());
+    let bound = std::net::UdpSocket::bind(at).and_then(|socket| {
+        quinn::Endpoint::new(
+            endpoint_config(identity),
+            Some(server_cfg.clone()),
+            socket,
+            Arc::new(cairn_protocol::socket::QuietRuntime),
+        )
+    });
+    match bound {
+        Ok(e) => {
+            tracing::info!(%at, "also listening on the Docker bridge, for app containers");
+            Some((at, e))
+        }
+        Err(error) => {
+            tracing::warn!(%at, %error, "cannot listen on the Docker bridge: app containers will not reach this node");
+            None
+        }
+    }
+}
+
+/// The IPv4 address of the `docker0` interface, if this host has one.
+fn docker_bridge_ip() -> Option<std::net::Ipv4Addr> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    for a in addrs {
+        if a.interface_name != "docker0" {
+            continue;
+        }
+        if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+            return Some(sin.ip());
+        }
+    }
+    None
 }
 
 /// Binds the ingress as configured (TLS set up first, so a bad certificate
@@ -813,6 +883,9 @@ impl Node {
         self.shutdown.cancel();
         self.ctx.peers.close_all();
         self.endpoint.close(0u32.into(), b"node shutting down");
+        if let Some((_, b)) = &self.bridge {
+            b.close(0u32.into(), b"node shutting down");
+        }
         let wait = futures::future::join_all(self.tasks);
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, wait).await;
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.ctx.raft.shutdown()).await;

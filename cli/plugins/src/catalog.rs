@@ -44,7 +44,8 @@ impl std::fmt::Debug for Catalog {
 impl Catalog {
     /// The built-in plugins and mappers.
     pub fn builtin() -> Catalog {
-        Catalog {
+        #[allow(unused_mut)]
+        let mut c = Catalog {
             builders: vec![
                 ("command", command::CommandBuilder::boxed),
                 ("files", files::FilesBuilder::boxed),
@@ -53,7 +54,16 @@ impl Catalog {
             platforms: vec![("process", process::ProcessPlatform::boxed)],
             releasers: vec![("process", process::ProcessReleaser::boxed)],
             mappers: vec![command::OUTPUT_TO_ARTIFACT, files::STORED_TO_ARTIFACT],
+        };
+        #[cfg(feature = "docker")]
+        {
+            use super::docker;
+            c.builders.push(("docker", docker::DockerBuilder::boxed));
+            c.builders.push(("docker-pull", docker::PullBuilder::boxed));
+            c.registries.push(("docker", docker::DockerRegistry::boxed));
+            c.platforms.push(("docker", docker::DockerPlatform::boxed));
         }
+        c
     }
 
     /// An empty catalog, to be filled with `add_mapper` (for tests and embedders).

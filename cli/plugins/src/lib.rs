@@ -17,6 +17,8 @@
 
 mod catalog;
 pub mod command;
+#[cfg(feature = "docker")]
+pub mod docker;
 pub mod files;
 pub mod process;
 

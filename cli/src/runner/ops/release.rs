@@ -19,12 +19,7 @@ pub async fn run(
     retain: Option<u64>,
 ) -> Result<(), JobFailure> {
     let Some((name, releaser)) = l.stages.releaser.clone() else {
-        run.event(cairn_protocol::api::JobEvent::Output {
-            step: 0,
-            stream: cairn_protocol::types::Stream::Info,
-            line: format!("platform {:?} has no releaser and the app has no release stage: nothing to release", l.app.deploy.plugin.name),
-        });
-        return Ok(());
+        return route_only(run, l, target).await;
     };
     let deployments = run.operations(OpKind::Deployment).await?;
     let mut others = Vec::new();
@@ -103,4 +98,49 @@ fn deployments_url(v: &Value) -> Option<String> {
         .get("url")
         .and_then(|u| u.as_str())
         .map(str::to_string)
+}
+
+/// What a release through the URL service alone records.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct UrlRelease {
+    sequence: u64,
+}
+
+impl crate::plugins::Typed for UrlRelease {
+    const TYPE_NAME: &'static str = "url.Release";
+}
+
+/// A platform without a releaser and an app without a release stage: the
+/// release is the URL service's route (as in Waypoint, where `release` is
+/// optional). Without a URL service there is nothing to release.
+async fn route_only(run: &mut JobRun, l: &Loaded, target: (u64, Value)) -> Result<(), JobFailure> {
+    let Some(ingress) = run.ingress().await else {
+        run.event(cairn_protocol::api::JobEvent::Output {
+            step: 0,
+            stream: cairn_protocol::types::Stream::Info,
+            line: format!("platform {:?} has no releaser, the app has no release stage and the cluster serves no URLs: nothing to release", l.app.deploy.plugin.name),
+        });
+        return Ok(());
+    };
+    let seq = target.0;
+    let url = ingress.release_url(&run.job.spec.app);
+    let shown = url.clone();
+    run.op_step(
+        OpSpec {
+            kind: OpKind::Release,
+            plugin: "url-service".into(),
+            input_seq: Some(seq),
+            env: l.env.clone(),
+            source_dir: l.source_dir.clone(),
+        },
+        |s| format!("Releasing deployment v{seq} (release v{s}) through the URL service"),
+        move |mut ctx| async move {
+            ctx.info(&format!("the release URL {shown} now routes to v{seq}"));
+            let v = Value::of(&UrlRelease { sequence: seq }).map_err(plugin_err)?;
+            Ok((v, Some(shown)))
+        },
+    )
+    .await?;
+    run.result("Release URL", &url);
+    Ok(())
 }
