@@ -15,12 +15,24 @@ fn catalog() -> Catalog {
 #[test]
 fn names_and_unknown_plugins() {
     let c = catalog();
-    assert_eq!(c.names(Kind::Builder), vec!["command", "files"]);
-    assert_eq!(c.names(Kind::Registry), vec!["files"]);
-    assert_eq!(c.names(Kind::Platform), vec!["process"]);
+    #[cfg(feature = "docker")]
+    {
+        assert_eq!(
+            c.names(Kind::Builder),
+            vec!["command", "docker", "docker-pull", "files"]
+        );
+        assert_eq!(c.names(Kind::Registry), vec!["docker", "files"]);
+        assert_eq!(c.names(Kind::Platform), vec!["docker", "process"]);
+    }
+    #[cfg(not(feature = "docker"))]
+    {
+        assert_eq!(c.names(Kind::Builder), vec!["command", "files"]);
+        assert_eq!(c.names(Kind::Registry), vec!["files"]);
+        assert_eq!(c.names(Kind::Platform), vec!["process"]);
+    }
     assert_eq!(c.names(Kind::Releaser), vec!["process"]);
     let err = c
-        .builder("docker", &json!({}))
+        .builder("bazel", &json!({}))
         .err()
         .expect("unknown plugin");
     assert!(matches!(
@@ -32,7 +44,10 @@ fn names_and_unknown_plugins() {
     ));
     assert_eq!(
         err.to_string(),
-        "unknown builder plugin \"docker\" (available: command, files)"
+        format!(
+            "unknown builder plugin \"bazel\" (available: {})",
+            c.names(Kind::Builder).join(", ")
+        )
     );
     let err = c.releaser("k8s", &json!({})).err().expect("unknown plugin");
     assert_eq!(
