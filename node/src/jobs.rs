@@ -123,6 +123,9 @@ struct RunnerEntry {
     /// or relayed by it for the leader.
     busy: Option<JobId>,
     session: u64,
+    /// The protocol version its connection speaks: a job of a newer kind
+    /// is not offered to it (it could not decode the offer).
+    version: u32,
 }
 
 struct RemoteNode {
@@ -250,6 +253,7 @@ impl Jobs {
         id: &str,
         conn: quinn::Connection,
         labels: BTreeMap<String, String>,
+        version: u32,
     ) -> u64 {
         let mut inner = self.lock();
         inner.next_session += 1;
@@ -262,12 +266,26 @@ impl Jobs {
                 labels,
                 busy,
                 session,
+                version,
             },
         );
         drop(inner);
         self.wake();
         self.report.notify_one();
         session
+    }
+
+    /// Why a runner connected to this node cannot take `job` (a kind newer
+    /// than the protocol it speaks), if it cannot.
+    fn too_old_for(&self, runner: &str, job: &Job) -> Option<String> {
+        let needs = job.spec.kind.since_version();
+        let v = self.lock().runners.get(runner).map(|r| r.version)?;
+        (v < needs).then(|| {
+            format!(
+                "runner {runner} speaks protocol {v}, and a {} job needs {needs}: upgrade that runner",
+                job.spec.kind.name()
+            )
+        })
     }
 
     pub fn remove_runner(&self, id: &str, session: u64) {
@@ -844,9 +862,12 @@ async fn drive(ctx: Arc<Ctx>, job: Job, claim: Claim) {
     let id = job.id;
     let runner = claim.runner;
     let outcome = match claim.route {
-        Route::Local(conn) => match conn.open_bi().await {
-            Ok((send, recv)) => drive_stream(&ctx, job, send, recv, &claim.cancel).await,
-            Err(e) => Err(e.to_string()),
+        Route::Local(conn) => match ctx.jobs.too_old_for(&runner, &job) {
+            Some(reason) => Ok((JobState::Error, Some(reason))),
+            None => match conn.open_bi().await {
+                Ok((send, recv)) => drive_stream(&ctx, job, send, recv, &claim.cancel).await,
+                Err(e) => Err(e.to_string()),
+            },
         },
         Route::Relay { node, addr } => {
             let req = PeerRequest::RelayOffer {
@@ -1025,6 +1046,15 @@ pub async fn relay_offer(
 ) {
     let me = ctx.raft.id();
     let gone = || format!("runner {runner} is no longer connected to node {me:x}");
+    let too_old = ctx
+        .raft
+        .read_local(|s| s.jobs.get(&job).cloned())
+        .and_then(|j| ctx.jobs.too_old_for(&runner, &j));
+    if let Some(reason) = too_old {
+        let _ = frame::write(&mut psend, &PeerResponse::NoRunner(reason)).await;
+        let _ = psend.finish();
+        return;
+    }
     let opened = match ctx.jobs.relay_begin(&runner, job) {
         None => Err(gone()),
         Some(conn) => conn.open_bi().await.map_err(|e| format!("{}: {e}", gone())),

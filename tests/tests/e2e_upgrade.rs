@@ -155,3 +155,38 @@ fn connected(cli: &Cli) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// A job kind newer than a CLI's release (a status job, protocol 5) is left
+/// out of what that CLI lists and refused by id with what to do, so the
+/// previous release's `job list` keeps working on an upgraded cluster.
+#[test]
+fn a_previous_release_cli_is_not_shown_jobs_it_cannot_read() {
+    let node = NodeProc::start_new();
+    let mut cli = Cli::new();
+    cli.connect_to(&node, "dev");
+    let app = cairn_tests::hello_app();
+    cli.run_in(app.path(), &["up"]).ok();
+    cli.run_in(app.path(), &["status"]).ok();
+    let jobs = cli.json(&["job", "list"]);
+    let all = cairn_tests::json::items(&jobs);
+    assert_eq!(all.len(), 2, "{jobs}");
+    let status_job = all
+        .iter()
+        .find(|j| j["spec"]["kind"] == "Status")
+        .map(|j| cairn_tests::json::u(j, "id"))
+        .expect("a status job");
+
+    cli.set_program(Some(&old("cairn")));
+    let old_list = cli.json(&["job", "list"]);
+    let seen = cairn_tests::json::items(&old_list);
+    assert_eq!(seen.len(), 1, "only the up job: {old_list}");
+    assert_ne!(cairn_tests::json::u(&seen[0], "id"), status_job);
+    let out = cli
+        .run(&["job", "inspect", &status_job.to_string()])
+        .fails();
+    assert!(
+        out.stderr
+            .contains("is a status job, which cairn 0.1.0 cannot show: upgrade this CLI"),
+        "{out}"
+    );
+}

@@ -60,14 +60,38 @@ pub async fn queue(ctx: &Arc<Ctx>, s: &ConnSession, spec: JobSpec) -> ClientResp
     }
 }
 
-pub async fn list(ctx: &Arc<Ctx>, limit: u32) -> ClientResponse {
+/// Whether the connection can decode `job`: a job of a kind newer than the
+/// protocol it speaks (a status job, to a 0.1.0 CLI) is left out of lists
+/// and refused by id, instead of breaking the whole answer.
+fn readable(job: &cairn_protocol::types::Job, s: &ConnSession) -> bool {
+    job.spec.kind.since_version() <= s.speaks.version
+}
+
+fn unreadable(job: &cairn_protocol::types::Job, s: &ConnSession) -> String {
+    format!(
+        "job {} is a {} job, which cairn {} cannot show: upgrade this CLI",
+        job.id,
+        job.spec.kind.name(),
+        s.speaks.release
+    )
+}
+
+pub async fn list(ctx: &Arc<Ctx>, s: &ConnSession, limit: u32) -> ClientResponse {
     let limit = if limit == 0 {
         usize::MAX
     } else {
         limit as usize
     };
     match ctx
-        .read(|s| s.jobs.values().rev().take(limit).cloned().collect())
+        .read(|st| {
+            st.jobs
+                .values()
+                .rev()
+                .filter(|j| readable(j, s))
+                .take(limit)
+                .cloned()
+                .collect()
+        })
         .await
     {
         Ok(jobs) => ClientResponse::Jobs(jobs),
@@ -77,8 +101,11 @@ pub async fn list(ctx: &Arc<Ctx>, limit: u32) -> ClientResponse {
     }
 }
 
-pub async fn inspect(ctx: &Arc<Ctx>, id: JobId) -> ClientResponse {
-    match ctx.read(|s| s.jobs.get(&id).cloned()).await {
+pub async fn inspect(ctx: &Arc<Ctx>, s: &ConnSession, id: JobId) -> ClientResponse {
+    match ctx.read(|st| st.jobs.get(&id).cloned()).await {
+        Ok(Some(job)) if !readable(&job, s) => ClientResponse::Error {
+            message: unreadable(&job, s),
+        },
         Ok(Some(job)) => ClientResponse::Job(Box::new(job)),
         Ok(None) => ClientResponse::Error {
             message: format!("no job {id}"),
@@ -117,8 +144,14 @@ pub const RECORD_POLL: std::time::Duration = std::time::Duration::from_millis(50
 
 /// Stream a job's events: the history this node holds, then live events,
 /// ending with `Finished`.
-pub async fn attach(ctx: &Arc<Ctx>, id: JobId, mut send: quinn::SendStream) {
-    let job = match ctx.read(|s| s.jobs.get(&id).cloned()).await {
+pub async fn attach(ctx: &Arc<Ctx>, s: &ConnSession, id: JobId, mut send: quinn::SendStream) {
+    let job = match ctx.read(|st| st.jobs.get(&id).cloned()).await {
+        Ok(Some(j)) if !readable(&j, s) => {
+            let message = unreadable(&j, s);
+            let _ = frame::write(&mut send, &ClientResponse::Error { message }).await;
+            let _ = send.finish();
+            return;
+        }
         Ok(Some(j)) => j,
         Ok(None) => {
             let _ = frame::write(

@@ -85,10 +85,10 @@ async fn route(
         }
         ClientRequest::ListRunners => catalog::list_runners(ctx).await,
         ClientRequest::QueueJob { spec } => jobs::queue(ctx, s, spec).await,
-        ClientRequest::ListJobs { limit } => jobs::list(ctx, limit).await,
-        ClientRequest::InspectJob { id } => jobs::inspect(ctx, id).await,
+        ClientRequest::ListJobs { limit } => jobs::list(ctx, s, limit).await,
+        ClientRequest::InspectJob { id } => jobs::inspect(ctx, s, id).await,
         ClientRequest::CancelJob { id } => jobs::cancel(ctx, id).await,
-        ClientRequest::AttachJob { id } => return jobs::attach(ctx, id, send).await,
+        ClientRequest::AttachJob { id } => return jobs::attach(ctx, s, id, send).await,
         ClientRequest::RegisterRunner { id, kind, labels } => {
             return runner::register(ctx, s, id, kind, labels, send, recv).await
         }

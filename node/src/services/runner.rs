@@ -43,7 +43,9 @@ pub async fn register(
     if let Ok(mut r) = s.runner.lock() {
         *r = Some(id.clone());
     }
-    let session = ctx.jobs.add_runner(&id, s.conn.clone(), labels);
+    let session = ctx
+        .jobs
+        .add_runner(&id, s.conn.clone(), labels, s.speaks.version);
     tracing::info!(runner = %id, principal = %s.principal.name, "runner registered");
     if frame::write(&mut send, &ClientResponse::Registered)
         .await
