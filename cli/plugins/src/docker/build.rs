@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::auth::{self, Auth};
 use super::engine::{describe, engine, engine_error, LineBuffer};
-use super::{context, inject, repo_component, Image, IMAGE};
+use super::{build_name, context, inject, Image, IMAGE};
 use crate::{async_trait, parse_config, Builder, OpContext, PluginError, Stream, Value};
 
 #[derive(Debug, Deserialize)]
@@ -80,12 +80,7 @@ impl Builder for DockerBuilder {
             ctx.info("buildkit = true: building with the engine's classic builder");
         }
         let docker = engine().await?;
-        let image = format!(
-            "cairn.local/{}/{}",
-            repo_component(&ctx.project),
-            repo_component(&ctx.app)
-        );
-        let tag = format!("v{}", ctx.sequence);
+        let (image, tag) = build_name(ctx);
         let reference = format!("{image}:{tag}");
         let args: HashMap<String, String> = c
             .build_args

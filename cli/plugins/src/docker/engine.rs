@@ -126,3 +126,37 @@ impl Progress {
         })
     }
 }
+
+/// Pulls `image:tag` into the engine, showing progress; the error is the
+/// engine's message (callers say what it means for them).
+pub async fn pull(
+    docker: &bollard::Docker,
+    out: &mut dyn crate::OutputSink,
+    image: &str,
+    tag: &str,
+    creds: Option<bollard::auth::DockerCredentials>,
+) -> Result<(), String> {
+    use futures::StreamExt;
+    let mut stream = docker.create_image(
+        Some(
+            bollard::query_parameters::CreateImageOptionsBuilder::default()
+                .from_image(image)
+                .tag(tag)
+                .build(),
+        ),
+        None,
+        creds,
+    );
+    let mut progress = Progress::default();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(line) = progress.line(info.id.as_deref(), info.status.as_deref()) {
+                    out.line(crate::Stream::Stdout, &line);
+                }
+            }
+            Err(e) => return Err(describe(&e)),
+        }
+    }
+    Ok(())
+}

@@ -117,6 +117,19 @@ pub(crate) fn container_name(parts: &[&str]) -> String {
     name
 }
 
+/// The name of a build on the engine: `cairn.local/<project>/<app>` and `v<seq>`
+/// (one tag per build, so a rollback still finds its image).
+pub(crate) fn build_name(ctx: &crate::OpContext) -> (String, String) {
+    (
+        format!(
+            "cairn.local/{}/{}",
+            repo_component(&ctx.project),
+            repo_component(&ctx.app)
+        ),
+        format!("v{}", ctx.sequence),
+    )
+}
+
 /// A repository path component Docker accepts: lowercase `[a-z0-9._-]`.
 pub(crate) fn repo_component(s: &str) -> String {
     let mut out: String = s

@@ -8,22 +8,22 @@ use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, HostConfig, NetworkConnectRequest};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
 use serde::Deserialize;
 
 use super::auth::{self, Auth};
-use super::engine::{describe, engine, engine_error, is_not_found, Progress};
+use super::engine::{describe, engine, engine_error, is_not_found, pull};
 use super::{
     container_name, Container, Deployment, Image, DEPLOYMENT, IMAGE, LABEL_APP, LABEL_DEPLOYMENT,
     LABEL_INSTANCE, LABEL_MANAGED, LABEL_PROJECT, LABEL_WORKSPACE,
 };
 use crate::{
     async_trait, config_error, parse_config, DeploymentHealth, InstanceHealth, OpContext, Platform,
-    PluginError, Stream, Value,
+    PluginError, Value,
 };
 
 /// How long a new container must stay up to count as started (without a probe).
@@ -319,41 +319,19 @@ impl DockerPlatform {
         };
         let (creds, from) = auth::resolve("docker", &host, &given)?;
         ctx.info(&format!("pulling {reference} from {host} ({from})"));
-        let mut stream = docker.create_image(
-            Some(
-                CreateImageOptionsBuilder::default()
-                    .from_image(&image.image)
-                    .tag(&image.tag)
-                    .build(),
-            ),
-            None,
-            creds,
-        );
-        let mut progress = Progress::default();
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(info) => {
-                    if let Some(line) = progress.line(info.id.as_deref(), info.status.as_deref()) {
-                        ctx.out.line(Stream::Stdout, &line);
-                    }
-                }
-                Err(e) => {
-                    let message = describe(&e);
-                    return Err(PluginError::Failed(if auth::is_auth_refusal(&message) {
-                        format!(
-                            "the registry {host} refused to give {reference} ({from}): {message}"
-                        )
-                    } else if present {
-                        format!("pulling {reference} (force_pull) failed: {message}")
-                    } else {
-                        format!(
-                            "image {reference} is not on the Docker engine and pulling it failed: {message}"
-                        )
-                    }));
-                }
-            }
-        }
-        Ok(())
+        pull(docker, ctx.out.as_mut(), &image.image, &image.tag, creds)
+            .await
+            .map_err(|message| {
+                PluginError::Failed(if auth::is_auth_refusal(&message) {
+                    format!("the registry {host} refused to give {reference} ({from}): {message}")
+                } else if present {
+                    format!("pulling {reference} (force_pull) failed: {message}")
+                } else {
+                    format!(
+                        "image {reference} is not on the Docker engine and pulling it failed: {message}"
+                    )
+                })
+            })
     }
 
     /// Creates and starts `count` containers, recording each in `created` as

@@ -1,14 +1,13 @@
 //! Builder `docker-pull`: an existing image (on the engine, or pulled from its
 //! registry), tagged as this build and given the Cairn entrypoint.
 
-use bollard::query_parameters::{CreateImageOptionsBuilder, TagImageOptionsBuilder};
-use futures::StreamExt;
+use bollard::query_parameters::TagImageOptionsBuilder;
 use serde::Deserialize;
 
 use super::auth::{self, Auth};
-use super::engine::{describe, engine, engine_error, is_not_found, Progress};
-use super::{inject, repo_component, Image, IMAGE};
-use crate::{async_trait, parse_config, Builder, OpContext, PluginError, Stream, Value};
+use super::engine::{engine, engine_error, is_not_found, pull};
+use super::{build_name, inject, Image, IMAGE};
+use crate::{async_trait, parse_config, Builder, OpContext, PluginError, Value};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,43 +62,18 @@ impl Builder for PullBuilder {
                 };
                 let (creds, from) = auth::resolve("docker-pull", &host, &given)?;
                 ctx.info(&format!("pulling {source} from {host} ({from})"));
-                let mut stream = docker.create_image(
-                    Some(
-                        CreateImageOptionsBuilder::default()
-                            .from_image(&c.image)
-                            .tag(&c.tag)
-                            .build(),
-                    ),
-                    None,
-                    creds,
-                );
-                let mut progress = Progress::default();
-                while let Some(item) = stream.next().await {
-                    match item {
-                        Ok(info) => {
-                            if let Some(l) = progress.line(info.id.as_deref(), info.status.as_deref())
-                            {
-                                ctx.out.line(Stream::Stdout, &l);
-                            }
-                        }
-                        Err(e) => {
-                            return Err(PluginError::Failed(format!(
-                                "image {source} is not on the Docker engine and pulling it from {host} failed: {}",
-                                describe(&e)
-                            )))
-                        }
-                    }
-                }
+                pull(&docker, ctx.out.as_mut(), &c.image, &c.tag, creds)
+                    .await
+                    .map_err(|m| {
+                        PluginError::Failed(format!(
+                            "image {source} is not on the Docker engine and pulling it from {host} failed: {m}"
+                        ))
+                    })?;
             }
             Err(e) => return Err(engine_error(&format!("inspecting {source}"), e)),
         }
         // This build's own name, so later pulls of the same tag do not move it.
-        let image = format!(
-            "cairn.local/{}/{}",
-            repo_component(&ctx.project),
-            repo_component(&ctx.app)
-        );
-        let tag = format!("v{}", ctx.sequence);
+        let (image, tag) = build_name(ctx);
         docker
             .tag_image(
                 &source,
