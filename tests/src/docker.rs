@@ -118,21 +118,42 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// A registry that takes pushes from anyone.
     pub fn start() -> Registry {
+        Registry::launch(None)
+    }
+
+    /// A registry that wants `user`/`password` (htpasswd, bcrypt; made with
+    /// `htpasswd` from Debian's apache2-utils).
+    pub fn start_with_auth(user: &str, password: &str) -> Registry {
+        Registry::launch(Some((user, password)))
+    }
+
+    fn launch(auth: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, password)) = auth {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .expect("htpasswd (Debian's apache2-utils)");
+            assert!(out.status.success(), "htpasswd: {out:?}");
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, &out.stdout).expect("write htpasswd");
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: cairn-test\n    path: {}\n",
+                file.display()
+            ));
+        }
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .expect("registry config");
+        std::fs::write(&config, yaml).expect("registry config");
         let child = Command::new(registry_program())
             .args(["serve", &config.to_string_lossy()])
             .stdout(Stdio::null())
@@ -144,12 +165,25 @@ impl Registry {
             port,
             _dir: dir,
         };
+        let want = if auth.is_some() { 401 } else { 200 };
         assert_eventually!(
-            http_get(&format!("http://127.0.0.1:{port}/v2/")).is_ok_and(|r| r.status == 200),
+            http_get(&format!("http://127.0.0.1:{port}/v2/")).is_ok_and(|r| r.status == want),
             Duration::from_secs(10),
             "docker-registry did not answer on port {port}"
         );
         r
+    }
+
+    /// `GET path` with basic auth (curl); the body when it answered 2xx.
+    pub fn get_as(&self, user: &str, password: &str, path: &str) -> Option<String> {
+        let out = Command::new("curl")
+            .args(["-sf", "-u", &format!("{user}:{password}")])
+            .arg(format!("http://127.0.0.1:{}{path}", self.port))
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 

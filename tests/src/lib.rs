@@ -1009,6 +1009,17 @@ impl Cli {
         self.run(&all)
     }
 
+    /// [`Cli::run_in`] with extra environment variables (e.g. `DOCKER_HOST`).
+    pub fn run_in_env(&self, dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+        self.track(dir);
+        let d = dir.to_string_lossy().to_string();
+        let mut all = vec!["-C", d.as_str()];
+        all.extend_from_slice(args);
+        let mut cmd = self.command(&all);
+        cmd.envs(env.iter().copied());
+        self.run_command(cmd, &all, None, self.timeout)
+    }
+
     pub fn run_timeout(&self, args: &[&str], timeout: Duration) -> Output {
         self.run_with_input(args, None, timeout)
     }
