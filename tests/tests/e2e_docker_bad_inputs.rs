@@ -39,7 +39,7 @@ const BASE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox
 /// The jobs of `cli`'s node that failed, with their errors.
 fn failed_jobs(cli: &Cli) -> Vec<serde_json::Value> {
     json::items(&cli.json(&["job", "list"]))
-        .into_iter()
+        .iter()
         .filter(|j| j["state"] == "Error")
         .cloned()
         .collect()
