@@ -184,3 +184,98 @@ fn kill9_mid_job_fails_it_with_a_reason_and_keeps_history() {
     let again = cli.run_in(hello.path(), &["deploy"]).ok();
     assert!(again.stdout.contains("Deploying v2"), "{again}");
 }
+
+/// A deploy that never becomes ready (its app never listens): two
+/// supervised instances sit in `deploy` until the test interrupts it.
+const STUCK_APP: &str = r#"
+project = "stuck"
+
+app "stuck" {
+  build {
+    use "files" {
+      path    = "."
+      exclude = ["cairn.hcl"]
+    }
+  }
+
+  deploy {
+    use "process" {
+      command       = ["python3", "-c", "import time; time.sleep(600)"]
+      count         = 2
+      ready_timeout = 300
+    }
+  }
+}
+"#;
+
+/// The supervisor and app pids of the instances of `v1` of app `stuck` (from
+/// their state files under the CLI's data dir).
+fn stuck_pids(cli: &Cli) -> Vec<u32> {
+    let run = cli.data_dir().join("runner/deployments/stuck/v1.run");
+    let mut pids = Vec::new();
+    for i in 0..2 {
+        let Ok(text) = std::fs::read_to_string(run.join(format!("instance-{i}.state.json"))) else {
+            continue;
+        };
+        let state: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        for key in ["supervisor_pid", "child_pid"] {
+            if let Some(p) = state[key].as_u64() {
+                pids.push(p as u32);
+            }
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_deploy_interrupted_by_a_dead_node_is_cleaned_up_by_destroy() {
+    let mut node = NodeProc::start_new();
+    let cli = Cli::new();
+    cli.connect_to(&node, "dev");
+    let app = write_app(STUCK_APP, &[("README", "nothing to serve")]);
+    let follower = cli.spawn(&["-C", &app.path().to_string_lossy(), "up"]);
+    // Both instances run (supervisor and app), waiting to become ready.
+    assert_eventually!(
+        stuck_pids(&cli).len() == 4,
+        Duration::from_secs(60),
+        "the instances never started; CLI said:\n{}",
+        follower.stdout_so_far()
+    );
+    let pids = stuck_pids(&cli);
+
+    node.kill9();
+    node.restart_same_addr();
+    follower.wait(Duration::from_secs(60)).fails();
+
+    // What the deploy started is still there, and its record says it failed.
+    for pid in &pids {
+        assert!(pid_alive(*pid), "pid {pid} should still run before destroy");
+    }
+    let deps = cli.json(&["deployment", "list"]);
+    let d = &json::items(&deps)[0];
+    assert_eq!(json::s(d, "status"), "Error", "{deps}");
+    assert_eq!(json::s(d, "state"), "Active", "{deps}");
+
+    // `cairn destroy` finds it by where it lives and stops it all.
+    let out = cli.run_in(app.path(), &["destroy"]).ok();
+    assert!(
+        out.stdout.contains("Cleaning up failed deployment v1"),
+        "{out}"
+    );
+    assert_eventually!(
+        pids.iter().all(|p| !pid_alive(*p)),
+        Duration::from_secs(20),
+        "left running after destroy: {:?}",
+        pids.iter().filter(|p| pid_alive(**p)).collect::<Vec<_>>()
+    );
+    assert!(!cli.data_dir().join("runner/deployments/stuck/v1").exists());
+    let deps = cli.json(&["deployment", "list"]);
+    assert_eq!(
+        json::s(&json::items(&deps)[0], "state"),
+        "Destroyed",
+        "{deps}"
+    );
+    // A second destroy has nothing left to do.
+    let again = cli.run_in(app.path(), &["destroy"]).ok();
+    assert!(again.stdout.contains("nothing"), "{again}");
+}

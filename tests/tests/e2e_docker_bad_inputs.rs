@@ -348,3 +348,55 @@ fn nowhere_in(dir: &std::path::Path, secret: &str) {
         }
     }
 }
+
+#[test]
+fn docker_deploy_interrupted_by_a_killed_runner_is_cleaned_up_by_destroy() {
+    if !docker_ready() {
+        return;
+    }
+    static_entrypoint();
+    let project = format!("dkr-{}", std::process::id());
+    let dockerfile = format!("{BASE}CMD [\"httpd\", \"-f\", \"-p\", \"3000\"]\n");
+    // Its probe never passes: the deploy waits with two containers running.
+    let dir = app(
+        &project,
+        &dockerfile,
+        "",
+        "    use \"docker\" {\n      count         = 2\n      probe_path    = \"/never-there\"\n      probe_timeout = 300\n    }",
+    );
+    let node = NodeProc::start_new();
+    let cli = Cli::new();
+    cli.connect_to(&node, "dev");
+    cli.track(dir.path());
+    let runner = cli.spawn(&["-C", &dir.path().to_string_lossy(), "up"]);
+    assert_eventually!(
+        containers_of(&project).len() == 2,
+        Duration::from_secs(120),
+        "the two containers never started; CLI said:\n{}",
+        runner.stdout_so_far()
+    );
+    // kill -9 the CLI, which is the job's runner.
+    cairn_tests::signal(runner.pid(), "KILL");
+    let _ = runner.wait(Duration::from_secs(10));
+    assert_eventually!(
+        !failed_jobs(&cli).is_empty(),
+        Duration::from_secs(30),
+        "the node never marked the job failed: {}",
+        cli.json(&["job", "list"])
+    );
+    assert_eq!(containers_of(&project).len(), 2, "left by the dead runner");
+
+    let out = cli.run_in(dir.path(), &["destroy"]).ok();
+    assert!(
+        out.stdout.contains("Cleaning up failed deployment v1")
+            && out.stdout.contains("removed 2 container(s)"),
+        "{out}"
+    );
+    assert_eq!(containers_of(&project), Vec::<String>::new());
+    let deps = cli.json(&["deployment", "list"]);
+    assert_eq!(
+        json::s(&json::items(&deps)[0], "state"),
+        "Destroyed",
+        "{deps}"
+    );
+}

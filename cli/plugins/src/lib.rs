@@ -212,6 +212,11 @@ pub trait Platform: Send + Sync {
     fn output_type(&self) -> &'static str;
     async fn deploy(&self, ctx: &mut OpContext, input: &Value) -> Result<Value, PluginError>;
     async fn destroy(&self, ctx: &mut OpContext, deployment: &Value) -> Result<(), PluginError>;
+    /// Removes whatever deployment `ctx.sequence` of `ctx.app` left when its
+    /// deploy never returned (the runner or node died mid-deploy), so there
+    /// is no deployment value to go by: found by its identity (labels, paths).
+    /// Idempotent; finding nothing is fine. Returns what it removed.
+    async fn destroy_interrupted(&self, ctx: &mut OpContext) -> Result<String, PluginError>;
     /// How the deployment's instances are doing, as the platform sees them
     /// (run on a runner, like every operation).
     async fn status(

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 
 use cairn_protocol::api::{ClientRequest, ClientResponse};
-use cairn_protocol::types::{JobKind, OpKind, OpStatus, Removed, ResourceState};
+use cairn_protocol::types::{JobKind, OpKind, Removed, ResourceState};
 
 use super::lifecycle::AppArg;
 use super::runner::RunnerSelect;
@@ -135,7 +135,7 @@ async fn active_deployments(
     };
     let mut by_app: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for o in ops {
-        if o.status == OpStatus::Success && o.state == ResourceState::Active {
+        if o.state == ResourceState::Active {
             by_app.entry(o.app).or_default().push(o.sequence);
         }
     }

@@ -61,6 +61,10 @@ pub struct OpSpec {
     pub input_seq: Option<u64>,
     pub env: BTreeMap<String, String>,
     pub source_dir: PathBuf,
+    /// For a deployment: the platform that destroys it if it came up but
+    /// could not be recorded (the node went away meanwhile), so that nothing
+    /// runs that no record names.
+    pub undo: Option<Arc<dyn plugins::Platform>>,
 }
 
 /// What a recorded step produced.
@@ -345,6 +349,7 @@ impl JobRun {
             OpKind::Deployment => self.entrypoint_launch(op_id, sequence).await.map(Some),
             _ => Ok(None),
         };
+        let source_dir = op.source_dir.clone();
         let r = match entrypoint {
             Ok(entrypoint) => {
                 let ctx = self.context(sequence, op.env, op.source_dir, entrypoint, sink.clone());
@@ -399,7 +404,27 @@ impl JobRun {
                 });
                 Err(JobFailure::new(e))
             }
-            (Ok(_), Err(e)) => {
+            (Ok((value, _)), Err(mut e)) => {
+                if let Some(platform) = op.undo {
+                    let mut ctx = self.context(sequence, BTreeMap::new(), source_dir, None, sink);
+                    let undone = supervised(async move {
+                        platform
+                            .destroy(&mut ctx, &value)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                    .await;
+                    e.message = match undone {
+                        Ok(()) => format!(
+                            "{}; the deployment could not be recorded, so it was removed",
+                            e.message
+                        ),
+                        Err(u) => format!(
+                            "{}; the deployment could not be recorded, and removing it failed: {u} (`cairn destroy` cleans it up)",
+                            e.message
+                        ),
+                    };
+                }
                 self.event(JobEvent::Step {
                     step,
                     name,

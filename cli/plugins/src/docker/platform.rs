@@ -247,6 +247,15 @@ impl Platform for DockerPlatform {
         Ok(())
     }
 
+    async fn destroy_interrupted(&self, ctx: &mut OpContext) -> Result<String, PluginError> {
+        let docker = engine().await?;
+        let n = remove_labelled(&docker, &ctx.project, &ctx.app, ctx.sequence).await?;
+        Ok(format!(
+            "removed {n} container(s) labelled as v{}",
+            ctx.sequence
+        ))
+    }
+
     async fn status(
         &self,
         _ctx: &mut OpContext,

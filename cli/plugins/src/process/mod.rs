@@ -153,6 +153,86 @@ pub(crate) fn destroy_deployment(deployment: &Deployment) -> Result<(), PluginEr
     }
 }
 
+/// Removes what deployment `ctx.sequence` of `ctx.app` left when its deploy
+/// never returned (its runner or node died): found by where it lives, not by
+/// a record. Its supervisors are found by their spec files' directory in
+/// their command lines, its app processes by the marker their supervisors set,
+/// and its files by their names. Returns what it removed, for the output.
+pub(crate) fn destroy_interrupted(ctx: &OpContext) -> Result<String, PluginError> {
+    use std::os::unix::ffi::OsStrExt;
+    let app_dir = app_dir(ctx)?;
+    let seq = ctx.sequence;
+    let run_dir = app_dir.join(format!("v{seq}.run"));
+    let prefix = run_dir.join("instance-").into_os_string();
+    let mut supervisors = 0;
+    let mut failures = Vec::new();
+    for (pid, spec) in sys::pids_with_arg_prefix(&prefix) {
+        let Some(index) = instance_index(Path::new(&spec)) else {
+            continue;
+        };
+        let instance = Instance {
+            index,
+            port: 0,
+            supervisor_pid: pid,
+            log: run_dir.join(format!("instance-{index}.log")),
+            state: run_dir.join(format!("instance-{index}.state.json")),
+            spec: PathBuf::from(spec),
+        };
+        supervisors += 1;
+        if let Err(e) = stop_instance(&instance) {
+            failures.push(e.to_string());
+        }
+    }
+    if !failures.is_empty() {
+        return Err(PluginError::Failed(failures.join("; ")));
+    }
+    // App processes whose supervisor is gone: `STATE_ENV=<run_dir>/instance-…`.
+    let mut marker = std::ffi::OsString::from(format!("{STATE_ENV}="));
+    marker.push(&prefix);
+    let orphans = sys::kill_marked_prefix(&marker);
+    // Its spec files (they hold the config env), code and homes.
+    if let Ok(entries) = std::fs::read_dir(&run_dir) {
+        for e in entries.flatten() {
+            if e.file_name().as_bytes().ends_with(b".spec.json") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let mut removed = Vec::new();
+    for root in [
+        app_dir.clone(),
+        isolation::instance_root(&ctx.data_dir).join(&ctx.app),
+    ] {
+        for name in [format!("v{seq}"), format!("v{seq}.home")] {
+            let dir = root.join(name);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| PluginError::io(format!("removing {}", dir.display()), e))?;
+                removed.push(dir.display().to_string());
+            }
+        }
+        let _ = std::fs::remove_file(root.join(format!("v{seq}.entrypoint")));
+    }
+    Ok(format!(
+        "stopped {supervisors} supervisor(s) and {orphans} orphaned process(es); removed {}",
+        if removed.is_empty() {
+            "no files".to_string()
+        } else {
+            removed.join(", ")
+        }
+    ))
+}
+
+/// `…/instance-3.spec.json` → 3.
+fn instance_index(spec: &Path) -> Option<usize> {
+    spec.file_name()?
+        .to_str()?
+        .strip_prefix("instance-")?
+        .strip_suffix(".spec.json")?
+        .parse()
+        .ok()
+}
+
 /// The health of one instance: its supervisor and its command are both running.
 pub(crate) fn instance_health(instance: &Instance) -> InstanceHealth {
     let state = read_state(&instance.state).ok();

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use super::isolation::{self, RunAs};
 use super::supervisor::{read_state, Status, SupervisorSpec, Timing};
 use super::{
-    app_dir, destroy_deployment, instance_health, log_tail, stop_instance, sys, Deployment,
-    Instance, DEPLOYMENT,
+    app_dir, destroy_deployment, destroy_interrupted, instance_health, log_tail, stop_instance,
+    sys, Deployment, Instance, DEPLOYMENT,
 };
 use crate::command::resolve_program;
 use crate::files::{temp_path, Artifact, HashingReader, ARTIFACT};
@@ -155,6 +155,10 @@ impl Platform for ProcessPlatform {
         tokio::task::block_in_place(|| destroy_deployment(&deployment))?;
         ctx.info(&format!("destroyed v{}", deployment.sequence));
         Ok(())
+    }
+
+    async fn destroy_interrupted(&self, ctx: &mut OpContext) -> Result<String, PluginError> {
+        tokio::task::block_in_place(|| destroy_interrupted(ctx))
     }
 
     async fn status(

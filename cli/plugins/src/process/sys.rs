@@ -121,6 +121,84 @@ pub fn kill_marked(needle: &std::ffi::OsStr) -> usize {
     killed
 }
 
+/// The processes (but this one) with an argument that starts with `prefix`,
+/// each with that argument (e.g. the supervisors of one deployment, found by
+/// the directory of their spec files).
+#[cfg(target_os = "linux")]
+pub fn pids_with_arg_prefix(prefix: &std::ffi::OsStr) -> Vec<(u32, std::ffi::OsString)> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me || is_zombie(pid) {
+            continue;
+        }
+        let Ok(list) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if let Some(arg) = list
+            .split(|b| *b == 0)
+            .find(|a| a.starts_with(prefix.as_bytes()))
+        {
+            found.push((pid, std::ffi::OsString::from_vec(arg.to_vec())));
+        }
+    }
+    found
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn pids_with_arg_prefix(_prefix: &std::ffi::OsStr) -> Vec<(u32, std::ffi::OsString)> {
+    Vec::new()
+}
+
+/// [`kill_marked`] for every entry that starts with `prefix` (the marker of
+/// any instance of one deployment).
+#[cfg(target_os = "linux")]
+pub fn kill_marked_prefix(prefix: &std::ffi::OsStr) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(list) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if pid != me
+            && list
+                .split(|b| *b == 0)
+                .any(|e| e.starts_with(prefix.as_bytes()))
+            && signal_process(pid, SIGKILL).is_ok()
+        {
+            killed += 1;
+        }
+    }
+    killed
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn kill_marked_prefix(_prefix: &std::ffi::OsStr) -> usize {
+    0
+}
+
 #[cfg(not(target_os = "linux"))]
 pub fn kill_marked(_needle: &std::ffi::OsStr) -> usize {
     0

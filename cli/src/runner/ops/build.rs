@@ -27,6 +27,7 @@ pub async fn run(
                 input_seq: None,
                 env: app.config_env.clone(),
                 source_dir: dir.clone(),
+                undo: None,
             },
             |s| format!("Building v{s} with {name}"),
             move |mut ctx| async move {
@@ -58,6 +59,7 @@ pub async fn run(
                 input_seq: Some(build.0),
                 env: app.config_env.clone(),
                 source_dir: dir,
+                undo: None,
             },
             |s| format!("Pushing artifact v{s} with {name}"),
             move |mut ctx| async move {

@@ -32,6 +32,7 @@ pub async fn run(
                 input_seq: Some(build_seq),
                 env: l.env.clone(),
                 source_dir: l.source_dir.clone(),
+                undo: Some(l.stages.platform.clone()),
             },
             |s| format!("Deploying v{s} with {name}"),
             move |mut ctx| async move {

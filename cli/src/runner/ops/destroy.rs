@@ -1,4 +1,12 @@
 //! destroy: stop one deployment, or every active deployment of the app.
+//!
+//! A deployment whose deploy failed or never returned (its runner or node
+//! died mid-deploy: the record says `error`, or still `running` from a job
+//! that is over) has no deployment value to go by; the platform finds what it
+//! left by its identity ([`Platform::destroy_interrupted`]). Such records stay
+//! active until a destroy has looked, so nothing half-deployed is forgotten.
+//!
+//! [`Platform::destroy_interrupted`]: crate::plugins::Platform::destroy_interrupted
 
 use cairn_protocol::types::{OpKind, OpStatus, ResourceState};
 
@@ -7,9 +15,11 @@ use crate::runner::job::{value_of, JobFailure, JobRun};
 
 pub async fn run(run: &mut JobRun, l: &Loaded, which: Option<u64>) -> Result<(), JobFailure> {
     let deployments = run.operations(OpKind::Deployment).await?;
+    // No other job of this app runs while this one does (one job per app at
+    // a time), so a deployment still `running` belongs to a job that is over.
     let targets: Vec<_> = deployments
         .into_iter()
-        .filter(|d| d.status == OpStatus::Success && d.state == ResourceState::Active)
+        .filter(|d| d.state == ResourceState::Active)
         .filter(|d| which.is_none_or(|w| d.sequence == w))
         .collect();
     if targets.is_empty() {
@@ -25,21 +35,42 @@ pub async fn run(run: &mut JobRun, l: &Loaded, which: Option<u64>) -> Result<(),
         };
     }
     for d in targets {
-        let value = value_of(&d)?;
         let platform = l.stages.platform.clone();
         let seq = d.sequence;
-        run.plain_step(
-            &format!("Destroying deployment v{seq}"),
-            seq,
-            l.source_dir.clone(),
-            move |mut ctx| async move {
-                platform
-                    .destroy(&mut ctx, &value)
-                    .await
-                    .map_err(|e| e.to_string())
-            },
-        )
-        .await?;
+        if d.status == OpStatus::Success {
+            let value = value_of(&d)?;
+            run.plain_step(
+                &format!("Destroying deployment v{seq}"),
+                seq,
+                l.source_dir.clone(),
+                move |mut ctx| async move {
+                    platform
+                        .destroy(&mut ctx, &value)
+                        .await
+                        .map_err(|e| e.to_string())
+                },
+            )
+            .await?;
+        } else {
+            let what = match d.status {
+                OpStatus::Running => "interrupted",
+                _ => "failed",
+            };
+            run.plain_step(
+                &format!("Cleaning up {what} deployment v{seq}"),
+                seq,
+                l.source_dir.clone(),
+                move |mut ctx| async move {
+                    let done = platform
+                        .destroy_interrupted(&mut ctx)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    ctx.info(&done);
+                    Ok(())
+                },
+            )
+            .await?;
+        }
         run.set_destroyed(d.id).await?;
     }
     Ok(())

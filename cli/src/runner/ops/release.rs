@@ -54,6 +54,7 @@ pub async fn run(
                 input_seq: Some(seq),
                 env: l.env.clone(),
                 source_dir: l.source_dir.clone(),
+                undo: None,
             },
             |s| format!("Releasing deployment v{seq} (release v{s}) with {name}"),
             move |mut ctx| async move {
@@ -132,6 +133,7 @@ async fn route_only(run: &mut JobRun, l: &Loaded, target: (u64, Value)) -> Resul
             input_seq: Some(seq),
             env: l.env.clone(),
             source_dir: l.source_dir.clone(),
+            undo: None,
         },
         |s| format!("Releasing deployment v{seq} (release v{s}) through the URL service"),
         move |mut ctx| async move {
