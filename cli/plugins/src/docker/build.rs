@@ -114,55 +114,7 @@ impl Builder for DockerBuilder {
             None => None,
         };
         ctx.info(&format!("Building image {reference}"));
-        let mut stream = docker.build_image(
-            opts.build(),
-            creds,
-            Some(bollard::body_full(packed.tar.into())),
-        );
-        let mut lines = LineBuffer::default();
-        let mut step: Option<String> = None;
-        let mut id: Option<String> = None;
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(info) => {
-                    if let Some(chunk) = info.stream.as_deref() {
-                        for line in lines.push(chunk) {
-                            if line.starts_with("Step ") {
-                                step = Some(line.clone());
-                            }
-                            ctx.out.line(Stream::Stdout, &line);
-                        }
-                    }
-                    if let Some(status) = info.status.as_deref() {
-                        ctx.out.line(Stream::Stdout, status.trim_end());
-                    }
-                    if let Some(aux) = info.aux.and_then(|a| a.id) {
-                        id = Some(aux);
-                    }
-                }
-                Err(e) => {
-                    if let Some(rest) = lines.finish() {
-                        ctx.out.line(Stream::Stdout, &rest);
-                    }
-                    return Err(PluginError::Failed(match &step {
-                        Some(s) => format!("docker build failed at {s}: {}", describe(&e)),
-                        None => format!("docker build failed: {}", describe(&e)),
-                    }));
-                }
-            }
-        }
-        if let Some(rest) = lines.finish() {
-            ctx.out.line(Stream::Stdout, &rest);
-        }
-        let id = match id {
-            Some(id) => id,
-            None => docker
-                .inspect_image(&reference)
-                .await
-                .map_err(|e| engine_error(&format!("inspecting {reference}"), e))?
-                .id
-                .unwrap_or_default(),
-        };
+        let id = run_build(&docker, ctx, opts.build(), creds, packed.tar, &reference).await?;
         ctx.info(&format!("built {reference} ({id})"));
         let mut built = Image {
             image,
@@ -178,4 +130,62 @@ impl Builder for DockerBuilder {
         }
         Value::of(&built)
     }
+}
+
+/// Runs one `docker build` of `tar` (a context with its Dockerfile), its
+/// output streamed line by line; a failure names the step it failed at.
+/// Returns the image id.
+pub(crate) async fn run_build(
+    docker: &bollard::Docker,
+    ctx: &mut OpContext,
+    opts: bollard::query_parameters::BuildImageOptions,
+    creds: Option<HashMap<String, bollard::auth::DockerCredentials>>,
+    tar: Vec<u8>,
+    reference: &str,
+) -> Result<String, PluginError> {
+    let mut stream = docker.build_image(opts, creds, Some(bollard::body_full(tar.into())));
+    let mut lines = LineBuffer::default();
+    let mut step: Option<String> = None;
+    let mut id: Option<String> = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(chunk) = info.stream.as_deref() {
+                    for line in lines.push(chunk) {
+                        if line.starts_with("Step ") {
+                            step = Some(line.clone());
+                        }
+                        ctx.out.line(Stream::Stdout, &line);
+                    }
+                }
+                if let Some(status) = info.status.as_deref() {
+                    ctx.out.line(Stream::Stdout, status.trim_end());
+                }
+                if let Some(aux) = info.aux.and_then(|a| a.id) {
+                    id = Some(aux);
+                }
+            }
+            Err(e) => {
+                if let Some(rest) = lines.finish() {
+                    ctx.out.line(Stream::Stdout, &rest);
+                }
+                return Err(PluginError::Failed(match &step {
+                    Some(s) => format!("docker build failed at {s}: {}", describe(&e)),
+                    None => format!("docker build failed: {}", describe(&e)),
+                }));
+            }
+        }
+    }
+    if let Some(rest) = lines.finish() {
+        ctx.out.line(Stream::Stdout, &rest);
+    }
+    Ok(match id {
+        Some(id) => id,
+        None => docker
+            .inspect_image(reference)
+            .await
+            .map_err(|e| engine_error(&format!("inspecting {reference}"), e))?
+            .id
+            .unwrap_or_default(),
+    })
 }
