@@ -132,3 +132,116 @@ fn docker_hello_builds_pushes_runs_and_cleans_up() {
     assert!(labelled("network", &project).is_empty());
     assert!(labelled("volume", &project).is_empty());
 }
+
+/// `build { use "files" }` (and `use "command"`) then `deploy { use "docker" }`:
+/// the mapper chain turns the files into an image (files under /app, the
+/// entrypoint injected) and the containers serve through the tunnel.
+#[test]
+fn files_and_command_builds_deploy_as_containers_through_the_mapper() {
+    if !docker_ready() {
+        return;
+    }
+    static_entrypoint();
+    let node = NodeProc::start_new();
+    let cli = Cli::new();
+    cli.connect_to(&node, "dev");
+
+    // files: a static busybox and a page, served by busybox httpd.
+    let project = format!("fm-{}", std::process::id());
+    let files_app = cairn_tests::write_app(
+        &format!(
+            r#"project = "{project}"
+
+app "web" {{
+  build {{
+    use "files" {{
+      path    = "."
+      exclude = ["cairn.hcl"]
+    }}
+    hook {{
+      when    = "before"
+      command = ["cp", "/bin/busybox", "busybox"]
+    }}
+  }}
+
+  deploy {{
+    use "docker" {{
+      command      = ["/app/busybox", "httpd", "-f", "-p", "3000", "-h", "/app/www"]
+      service_port = 3000
+      probe_path   = "/"
+    }}
+  }}
+}}
+"#
+        ),
+        &[],
+    );
+    std::fs::create_dir(files_app.path().join("www")).expect("mkdir www");
+    std::fs::write(
+        files_app.path().join("www/index.html"),
+        "files in a container\n",
+    )
+    .expect("index.html");
+    let up = cli.run_in(files_app.path(), &["up"]).ok();
+    for want in [
+        "Building v1 with files",
+        "Deploying v1 with docker",
+        &format!("Building image cairn.local/{project}/web:files-"),
+        "Injecting the Cairn entrypoint",
+    ] {
+        assert!(up.stdout.contains(want), "no {want:?}: {up}");
+    }
+    let url = up.field("Deployment URL").expect("Deployment URL");
+    assert_eventually!(
+        http_get(&url).is_ok_and(|r| r.status == 200 && r.body.contains("files in a container")),
+        Duration::from_secs(20),
+        "{url} does not serve the files"
+    );
+    assert_eq!(containers_of(&project).len(), 1);
+
+    // command: one static binary as the whole artifact.
+    let project2 = format!("cm-{}", std::process::id());
+    let command_app = cairn_tests::write_app(
+        &format!(
+            r#"project = "{project2}"
+
+app "tool" {{
+  build {{
+    use "command" {{
+      command = ["cp", "/bin/busybox", "busybox"]
+      output  = "busybox"
+    }}
+  }}
+
+  deploy {{
+    use "docker" {{
+      command      = ["/app/busybox", "httpd", "-f", "-p", "8080", "-h", "/app"]
+      service_port = 8080
+    }}
+  }}
+}}
+"#
+        ),
+        &[],
+    );
+    let up = cli.run_in(command_app.path(), &["up"]).ok();
+    assert!(up.stdout.contains("Deploying v1 with docker"), "{up}");
+    let url = up.field("Deployment URL").expect("Deployment URL");
+    // Served through the tunnel by the binary the command built (no index: 404).
+    assert_eventually!(
+        http_get(&url).is_ok_and(|r| r.status == 404),
+        Duration::from_secs(20),
+        "{url} does not answer"
+    );
+    let ls = cli
+        .run_in(
+            command_app.path(),
+            &["exec", "--", "/app/busybox", "ls", "/app"],
+        )
+        .ok();
+    assert_eq!(ls.stdout.trim(), "busybox", "{ls}");
+
+    cli.run_in(files_app.path(), &["destroy"]).ok();
+    cli.run_in(command_app.path(), &["destroy"]).ok();
+    assert!(containers_of(&project).is_empty() && containers_of(&project2).is_empty());
+}

@@ -62,6 +62,7 @@ impl Catalog {
             c.builders.push(("docker-pull", docker::PullBuilder::boxed));
             c.registries.push(("docker", docker::DockerRegistry::boxed));
             c.platforms.push(("docker", docker::DockerPlatform::boxed));
+            c.mappers.push(docker::FILES_TO_IMAGE);
         }
         c
     }

@@ -569,3 +569,36 @@ fn command_output_maps_to_artifact_and_through_the_registry() -> Result<()> {
     );
     Ok(())
 }
+
+/// The built-in chains a docker platform finds for the process world's
+/// artifacts: command output → files → image, stored files → files → image.
+#[cfg(feature = "docker")]
+#[test]
+fn builtin_chains_reach_docker_images() {
+    let c = catalog();
+    let val = |t: &str| Value {
+        type_name: t.to_string(),
+        data: json!({}),
+    };
+    let steps = |v: Value| {
+        c.plan(&[v], &[docker::IMAGE])
+            .expect("a chain to docker.Image")
+            .steps()
+    };
+    assert_eq!(
+        steps(val(command::OUTPUT)),
+        vec![
+            "command.Output -> files.Artifact",
+            "files.Artifact -> docker.Image"
+        ]
+    );
+    assert_eq!(
+        steps(val(files::STORED_ARTIFACT)),
+        vec![
+            "files.StoredArtifact -> files.Artifact",
+            "files.Artifact -> docker.Image"
+        ]
+    );
+    // And none the other way: a process platform cannot run an image.
+    assert!(c.plan(&[val(docker::IMAGE)], &[files::ARTIFACT]).is_err());
+}

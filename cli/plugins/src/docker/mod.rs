@@ -15,6 +15,7 @@ mod auth;
 mod build;
 mod context;
 mod engine;
+mod files_image;
 mod inject;
 mod platform;
 mod pull;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use build::DockerBuilder;
 pub use engine::{engine, engine_address};
+pub use files_image::{APP_DIR, FILES_TO_IMAGE};
 pub use inject::{entrypoint_binary, ENTRYPOINT_PATH};
 pub use platform::DockerPlatform;
 pub use pull::PullBuilder;
