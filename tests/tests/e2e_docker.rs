@@ -10,7 +10,8 @@
 use std::time::Duration;
 
 use cairn_tests::docker::{
-    containers_of, docker_hello, docker_ready, labelled, log_instances, static_entrypoint, Registry,
+    containers_of, docker_hello, docker_ready, labelled, log_instances, static_entrypoint,
+    Registry, Sweep,
 };
 use cairn_tests::{assert_eventually, http_get, Cli, NodeProc};
 
@@ -22,6 +23,7 @@ fn docker_hello_builds_pushes_runs_and_cleans_up() {
     static_entrypoint();
     let registry = Registry::start();
     let project = format!("dh-{}", std::process::id());
+    let _sweep_project = Sweep(project.clone());
     let image = format!("127.0.0.1:{}/{project}/web", registry.port);
     let app = docker_hello(&project, |t| {
         t.replace(
@@ -106,6 +108,11 @@ fn docker_hello_builds_pushes_runs_and_cleans_up() {
     // v2, then roll back to v1: both keep answering on their URLs.
     let up2 = cli.run_in(app.path(), &["up"]).ok();
     assert!(up2.stdout.contains("Deploying v2 with docker"), "{up2}");
+    // The same image with the same entrypoint is injected once.
+    assert!(
+        up2.stdout.contains("the same image was injected before: reused"),
+        "{up2}"
+    );
     let v2_url = up2.field("Deployment URL").expect("Deployment URL v2");
     let rb = cli.run_in(app.path(), &["release", "1"]).ok();
     assert!(rb.stdout.contains("Releasing deployment v1"), "{rb}");
@@ -148,6 +155,7 @@ fn files_and_command_builds_deploy_as_containers_through_the_mapper() {
 
     // files: a static busybox and a page, served by busybox httpd.
     let project = format!("fm-{}", std::process::id());
+    let _sweep_project = Sweep(project.clone());
     let files_app = cairn_tests::write_app(
         &format!(
             r#"project = "{project}"
@@ -201,6 +209,7 @@ app "web" {{
 
     // command: one static binary as the whole artifact.
     let project2 = format!("cm-{}", std::process::id());
+    let _sweep_project2 = Sweep(project2.clone());
     let command_app = cairn_tests::write_app(
         &format!(
             r#"project = "{project2}"

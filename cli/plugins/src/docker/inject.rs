@@ -9,13 +9,20 @@ use std::path::{Path, PathBuf};
 
 use bollard::models::{ContainerConfig, ContainerCreateBody};
 use bollard::query_parameters::{
-    CommitContainerOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    CommitContainerOptionsBuilder, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
+    TagImageOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
 
 use super::engine::engine_error;
 use super::{Image, LABEL_ENTRYPOINT};
 use crate::{OpContext, PluginError};
+
+/// On an injected image: the id of the image it was made from, and the
+/// sha256 of the entrypoint binary put in it. The same image with the same
+/// entrypoint is injected once; later builds reuse the result.
+const LABEL_INJECTED_FROM: &str = "dev.cairn.injected-from";
+const LABEL_ENTRYPOINT_SHA: &str = "dev.cairn.entrypoint-sha256";
 
 /// Where the entrypoint lives inside an image.
 pub const ENTRYPOINT_PATH: &str = "/cairn-entrypoint";
@@ -117,6 +124,28 @@ pub async fn inject(
         "Injecting the Cairn entrypoint ({})",
         binary.display()
     ));
+    let source_id = info.id.clone().unwrap_or_default();
+    let binary_sha = tokio::task::block_in_place(|| crate::files::sha256_file(&binary))?;
+    if let Some(done) = injected_before(docker, &source_id, &binary_sha).await? {
+        docker
+            .tag_image(
+                &done,
+                Some(
+                    TagImageOptionsBuilder::default()
+                        .repo(&image.image)
+                        .tag(&image.tag)
+                        .build(),
+                ),
+            )
+            .await
+            .map_err(|e| engine_error(&format!("tagging {reference}"), e))?;
+        image.id = Some(done);
+        image.entrypoint = true;
+        ctx.info(&format!(
+            "{reference} now runs {ENTRYPOINT_PATH} in front of its command (the same image was injected before: reused)"
+        ));
+        return Ok(());
+    }
     let tar = tokio::task::block_in_place(|| one_file_tar(&binary))?;
     let mut entrypoint = vec![ENTRYPOINT_PATH.to_string(), "--".to_string()];
     entrypoint.extend(old_entrypoint);
@@ -148,6 +177,8 @@ pub async fn inject(
             LABEL_ENTRYPOINT.to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
         );
+        labels.insert(LABEL_INJECTED_FROM.to_string(), source_id.clone());
+        labels.insert(LABEL_ENTRYPOINT_SHA.to_string(), binary_sha.clone());
         let new_config = ContainerConfig {
             entrypoint: Some(entrypoint),
             cmd: config.cmd.clone(),
@@ -182,6 +213,34 @@ pub async fn inject(
         "{reference} now runs {ENTRYPOINT_PATH} in front of its command"
     ));
     Ok(())
+}
+
+/// An image made by injecting the entrypoint whose sha256 is `binary_sha`
+/// into image `source_id`, if the engine still has one.
+async fn injected_before(
+    docker: &Docker,
+    source_id: &str,
+    binary_sha: &str,
+) -> Result<Option<String>, PluginError> {
+    if source_id.is_empty() {
+        return Ok(None);
+    }
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("{LABEL_INJECTED_FROM}={source_id}"),
+            format!("{LABEL_ENTRYPOINT_SHA}={binary_sha}"),
+        ],
+    )]);
+    let found = docker
+        .list_images(Some(
+            ListImagesOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .map_err(|e| engine_error("listing images", e))?;
+    Ok(found.into_iter().next().map(|i| i.id))
 }
 
 /// A tar holding `binary` as `cairn-entrypoint`, mode 0755.

@@ -26,7 +26,8 @@ use crate::{
     PluginError, Value,
 };
 
-/// How long a new container must stay up to count as started (without a probe).
+/// How long a new container must stay up to count as started, when no
+/// health probe says more (with one, the probe passing is the proof).
 const START_GRACE: Duration = Duration::from_millis(1500);
 /// How long a health probe may take to pass, unless `probe_timeout` says.
 const DEFAULT_PROBE_TIMEOUT_S: u64 = 30;
@@ -459,11 +460,15 @@ impl DockerPlatform {
                 .map_err(|e| engine_error(&format!("starting {name}"), e))?;
             ctx.info(&format!("started {name} ({})", short(&made.id)));
         }
-        // Up: still running after a grace period, and the probe passes.
+        // Up: still running after a grace period, or the probe passes.
         let mut url = None;
         let started = Instant::now();
+        let grace = match self.config.probe_path {
+            Some(_) => Duration::ZERO,
+            None => START_GRACE,
+        };
         for c in created.iter() {
-            let ip = wait_running(docker, c, started).await?;
+            let ip = wait_running(docker, c, started, grace).await?;
             if url.is_none() {
                 url = ip.as_ref().map(|ip| format!("http://{ip}:{port}/"));
             }
@@ -483,13 +488,14 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-/// Waits until `START_GRACE` after `since` with the container running; a
+/// Waits until `grace` after `since` with the container running; a
 /// container that exits meanwhile fails the deploy with its last log lines.
 /// Returns its address on its main network.
 async fn wait_running(
     docker: &Docker,
     c: &Container,
     since: Instant,
+    grace: Duration,
 ) -> Result<Option<String>, PluginError> {
     loop {
         let info = docker
@@ -513,7 +519,7 @@ async fn wait_running(
                 }
             )));
         }
-        if since.elapsed() >= START_GRACE {
+        if since.elapsed() >= grace {
             let ip = info
                 .network_settings
                 .and_then(|n| n.networks)
@@ -581,7 +587,14 @@ async fn probe(
                 )));
             }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Often at first (a server is usually up within tens of ms), then
+        // less: the probe must not load a slow starter.
+        let pause = if start.elapsed() < Duration::from_secs(2) {
+            25
+        } else {
+            250
+        };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
     Err(PluginError::Failed(format!(
         "the health probe GET {path} on port {port} of {} did not pass within {} s ({last})",
