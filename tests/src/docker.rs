@@ -204,3 +204,30 @@ pub fn log_instances(text: &str) -> std::collections::BTreeSet<String> {
         .filter_map(|l| l.split_once(" | ").map(|(i, _)| i.trim().to_string()))
         .collect()
 }
+
+/// Removes every container labelled with a project when dropped, however the
+/// test ends (a test that fails half-way leaves nothing running).
+pub struct Sweep(pub String);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        let ids = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=dev.cairn.project={}", self.0),
+            ])
+            .output();
+        if let Ok(out) = ids {
+            let ids = String::from_utf8_lossy(&out.stdout);
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f", "-v"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}

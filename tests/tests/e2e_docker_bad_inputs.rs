@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use cairn_tests::docker::{containers_of, docker_ready, static_entrypoint, Registry};
+use cairn_tests::docker::{containers_of, docker_ready, static_entrypoint, Registry, Sweep};
 use cairn_tests::{assert_eventually, json, write_app, Cli, NodeProc, Output, TempDir};
 
 /// An app `web` of `project` built from `dockerfile` (with a static busybox
@@ -82,6 +82,7 @@ fn docker_build_failure_names_the_step_and_shows_its_output() {
         return;
     }
     let project = format!("dbf-{}", std::process::id());
+    let _sweep_project = Sweep(project.clone());
     let dockerfile = format!(
         "{BASE}RUN [\"/bin/sh\", \"-c\", \"echo compiling the app; echo 'fatal: libfoo not found' >&2; exit 7\"]\nCMD [\"httpd\", \"-f\"]\n"
     );
@@ -113,6 +114,7 @@ fn docker_container_exiting_at_start_fails_the_deploy_with_its_last_lines() {
     }
     static_entrypoint();
     let project = format!("dex-{}", std::process::id());
+    let _sweep_project = Sweep(project.clone());
     let dockerfile = format!(
         "{BASE}CMD [\"/bin/sh\", \"-c\", \"echo starting the app; echo 'error: DATABASE_URL is not set' >&2; exit 3\"]\n"
     );
@@ -147,6 +149,7 @@ fn docker_missing_image_is_a_clear_error() {
     static_entrypoint();
     let registry = Registry::start();
     let project = format!("dmi-{}", std::process::id());
+    let _sweep_project = Sweep(project.clone());
     let image = format!("127.0.0.1:{}/{project}/nothing-here", registry.port);
     let hcl = format!(
         "project = \"{project}\"\n\napp \"web\" {{\n  build {{\n    use \"docker-pull\" {{\n      image = \"{image}\"\n      tag   = \"v9\"\n    }}\n  }}\n\n  deploy {{\n    use \"docker\" {{}}\n  }}\n}}\n"
@@ -168,6 +171,7 @@ fn docker_missing_image_is_a_clear_error() {
 #[test]
 fn docker_engine_not_reachable_names_where_it_looked() {
     let project = format!("dnr-{}", std::process::id());
+    let _sweep_project = Sweep(project.clone());
     let dir = app(&project, BASE, "", "    use \"docker\" {}");
     let node = NodeProc::start_new();
     let cli = Cli::new();
@@ -204,6 +208,7 @@ fn docker_duplicate_container_name_is_refused_and_the_other_container_kept() {
     }
     static_entrypoint();
     let project = format!("ddn-{}", std::process::id());
+    let _sweep_project = Sweep(project.clone());
     let dockerfile = format!("{BASE}CMD [\"httpd\", \"-f\", \"-p\", \"3000\"]\n");
     let dir = app(
         &project,
@@ -277,6 +282,7 @@ fn docker_registry_refusing_the_credentials_fails_the_push_without_printing_them
     static_entrypoint();
     let registry = Registry::start_with_auth("deployer", "right-horse-battery");
     let project = format!("dra-{}", std::process::id());
+    let _sweep_project = Sweep(project.clone());
     let image = format!("127.0.0.1:{}/{project}/web", registry.port);
     let stanza = |password: &str| {
         format!(
@@ -356,6 +362,7 @@ fn docker_deploy_interrupted_by_a_killed_runner_is_cleaned_up_by_destroy() {
     }
     static_entrypoint();
     let project = format!("dkr-{}", std::process::id());
+    let _sweep_project = Sweep(project.clone());
     let dockerfile = format!("{BASE}CMD [\"httpd\", \"-f\", \"-p\", \"3000\"]\n");
     // Its probe never passes: the deploy waits with two containers running.
     let dir = app(
