@@ -110,7 +110,8 @@ fn docker_hello_builds_pushes_runs_and_cleans_up() {
     assert!(up2.stdout.contains("Deploying v2 with docker"), "{up2}");
     // The same image with the same entrypoint is injected once.
     assert!(
-        up2.stdout.contains("the same image was injected before: reused"),
+        up2.stdout
+            .contains("the same image was injected before: reused"),
         "{up2}"
     );
     let v2_url = up2.field("Deployment URL").expect("Deployment URL v2");
@@ -206,6 +207,18 @@ app "web" {{
         "{url} does not serve the files"
     );
     assert_eq!(containers_of(&project).len(), 1);
+
+    // `--prune` without a releaser: the URL service releases, then the older
+    // deployments go through the platform.
+    let up2 = cli
+        .run_in(files_app.path(), &["up", "--prune", "--prune-retain", "0"])
+        .ok();
+    assert!(up2.stdout.contains("Pruning deployment v1"), "{up2}");
+    assert_eq!(
+        containers_of(&project),
+        vec![format!("cairn-{project}-web-v2-0")],
+        "only v2 runs after the prune"
+    );
 
     // command: one static binary as the whole artifact.
     let project2 = format!("cm-{}", std::process::id());

@@ -19,7 +19,13 @@ pub async fn run(
     retain: Option<u64>,
 ) -> Result<(), JobFailure> {
     let Some((name, releaser)) = l.stages.releaser.clone() else {
-        return route_only(run, l, target).await;
+        return route_only(
+            run,
+            l,
+            target,
+            prune.then(|| retain.unwrap_or(DEFAULT_RETAIN)),
+        )
+        .await;
     };
     let deployments = run.operations(OpKind::Deployment).await?;
     let mut others = Vec::new();
@@ -113,8 +119,15 @@ impl crate::plugins::Typed for UrlRelease {
 
 /// A platform without a releaser and an app without a release stage: the
 /// release is the URL service's route (as in Waypoint, where `release` is
-/// optional). Without a URL service there is nothing to release.
-async fn route_only(run: &mut JobRun, l: &Loaded, target: (u64, Value)) -> Result<(), JobFailure> {
+/// optional). Without a URL service there is nothing to release. With
+/// `prune_retain`, deployments older than the released one beyond that many
+/// are then destroyed through the platform.
+async fn route_only(
+    run: &mut JobRun,
+    l: &Loaded,
+    target: (u64, Value),
+    prune_retain: Option<u64>,
+) -> Result<(), JobFailure> {
     let Some(ingress) = run.ingress().await else {
         run.event(cairn_protocol::api::JobEvent::Output {
             step: 0,
@@ -144,5 +157,49 @@ async fn route_only(run: &mut JobRun, l: &Loaded, target: (u64, Value)) -> Resul
     )
     .await?;
     run.result("Release URL", &url);
+    if let Some(retain) = prune_retain {
+        prune_older(run, l, seq, retain).await?;
+    }
+    Ok(())
+}
+
+/// Destroys the app's active deployments older than `released`, but the
+/// newest `retain` of them (`--prune` when the platform has no releaser to
+/// do it).
+async fn prune_older(
+    run: &mut JobRun,
+    l: &Loaded,
+    released: u64,
+    retain: u64,
+) -> Result<(), JobFailure> {
+    let mut older: Vec<_> = run
+        .operations(OpKind::Deployment)
+        .await?
+        .into_iter()
+        .filter(|d| {
+            d.status == OpStatus::Success
+                && d.state == ResourceState::Active
+                && d.sequence < released
+        })
+        .collect();
+    older.sort_by_key(|d| std::cmp::Reverse(d.sequence));
+    for d in older.into_iter().skip(retain as usize) {
+        let value = value_of(&d)?;
+        let platform = l.stages.platform.clone();
+        let seq = d.sequence;
+        run.plain_step(
+            &format!("Pruning deployment v{seq}"),
+            seq,
+            l.source_dir.clone(),
+            move |mut ctx| async move {
+                platform
+                    .destroy(&mut ctx, &value)
+                    .await
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await?;
+        run.set_destroyed(d.id).await?;
+    }
     Ok(())
 }
