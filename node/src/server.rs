@@ -563,7 +563,8 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
 /// (the `docker0` interface), same port: app containers on the default bridge
 /// reach this host there, and the docker platform points their entrypoints at
 /// it. Certificates name no address, so the same identity serves both. Best
-/// effort: without a bridge (or with its port taken) the node just logs it.
+/// effort: without a `docker0` interface there is no such listener (nothing
+/// logged); when binding it fails, the node logs a warning and goes on.
 fn bridge_endpoint(
     addr: SocketAddr,
     identity: &identity::Identity,

@@ -34,7 +34,7 @@ pub use registry::DockerRegistry;
 pub const IMAGE: &str = "docker.Image";
 pub const DEPLOYMENT: &str = "docker.Deployment";
 
-/// Labels on every container (and network) Cairn makes.
+/// Labels on every container Cairn makes (it makes no networks or volumes).
 pub const LABEL_MANAGED: &str = "dev.cairn.managed";
 pub const LABEL_PROJECT: &str = "dev.cairn.project";
 pub const LABEL_APP: &str = "dev.cairn.app";
