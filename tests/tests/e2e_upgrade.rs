@@ -190,3 +190,63 @@ fn a_previous_release_cli_is_not_shown_jobs_it_cannot_read() {
         "{out}"
     );
 }
+
+/// A runner of the previous release (protocol 4) is never offered a status
+/// job (a protocol-5 kind it could not read): the job fails at once, naming
+/// the runner and what it needs, and the runner keeps running.
+#[test]
+fn a_previous_release_runner_is_not_offered_a_status_job() {
+    let node = NodeProc::start_new();
+    let admin = Cli::new();
+    admin.connect_to(&node, "dev");
+    let token = cairn_tests::json::s(&admin.context_file("dev"), "token").to_string();
+    let mut agent_cli = Cli::new();
+    agent_cli.set_program(Some(&old("cairn")));
+    agent_cli
+        .run(&[
+            "context",
+            "create",
+            "dev",
+            "--address",
+            &node.addr(),
+            "--ca-fingerprint",
+            &node.ca_fingerprint(),
+            "--token",
+            &token,
+            "--use",
+        ])
+        .ok();
+    let agent = agent_cli.spawn(&["runner", "agent", "--id", "old-agent"]);
+    assert_eventually!(
+        agent.stdout_so_far().contains(" registered with node "),
+        Duration::from_secs(30),
+        "the 0.1.0 agent never registered; it said:\n{}",
+        agent.stdout_so_far()
+    );
+
+    // A deployment (made by this release's CLI runner) to ask about.
+    let app = cairn_tests::hello_app();
+    admin.run_in(app.path(), &["up"]).ok();
+    let out = admin.run_in(app.path(), &["status", "--json", "--runner", "old-agent"]);
+    let text = format!("{}\n{}", out.stdout, out.stderr);
+    assert!(
+        text.contains(
+            "runner old-agent speaks protocol 4, and a status job needs 5: upgrade that runner"
+        ),
+        "{out}"
+    );
+    let jobs = admin.json(&["job", "list"]);
+    let job = cairn_tests::json::items(&jobs)
+        .iter()
+        .find(|j| j["spec"]["kind"] == "Status")
+        .cloned()
+        .expect("the status job is listed");
+    assert_eq!(job["state"], "Error", "{job}");
+    // The old agent is still there and was never handed the job.
+    assert!(cairn_tests::pid_alive(agent.pid()));
+    assert!(
+        !agent.stdout_so_far().contains("status"),
+        "{}",
+        agent.stdout_so_far()
+    );
+}
