@@ -96,112 +96,62 @@ pub fn environ_has(pid: u32, needle: &std::ffi::OsStr) -> Option<bool> {
 /// under `cairn-entrypoint` runs in a process group of its own, so killing
 /// the entrypoint's group does not reach it; the marker its supervisor sets
 /// does, whatever group or session the app's processes moved to.
-#[cfg(target_os = "linux")]
 pub fn kill_marked(needle: &std::ffi::OsStr) -> usize {
-    let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut killed = 0;
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != me
-            && environ_has(pid, needle) == Some(true)
-            && signal_process(pid, SIGKILL).is_ok()
-        {
-            killed += 1;
-        }
-    }
-    killed
+    use std::os::unix::ffi::OsStrExt;
+    kill_where_environ(|e| e == needle.as_bytes())
+}
+
+/// [`kill_marked`] for every entry that starts with `prefix` (the marker of
+/// any instance of one deployment).
+pub fn kill_marked_prefix(prefix: &std::ffi::OsStr) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    kill_where_environ(|e| e.starts_with(prefix.as_bytes()))
+}
+
+/// SIGKILLs every process (but this one) with an environment entry that
+/// `hit` accepts; returns how many were signalled.
+fn kill_where_environ(hit: impl Fn(&[u8]) -> bool) -> usize {
+    other_pids()
+        .into_iter()
+        .filter(|pid| proc_list_any(*pid, "environ", &hit).is_some())
+        .filter(|pid| signal_process(*pid, SIGKILL).is_ok())
+        .count()
 }
 
 /// The processes (but this one) with an argument that starts with `prefix`,
 /// each with that argument (e.g. the supervisors of one deployment, found by
 /// the directory of their spec files).
-#[cfg(target_os = "linux")]
 pub fn pids_with_arg_prefix(prefix: &std::ffi::OsStr) -> Vec<(u32, std::ffi::OsString)> {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    other_pids()
+        .into_iter()
+        .filter(|pid| !is_zombie(*pid))
+        .filter_map(|pid| {
+            proc_list_any(pid, "cmdline", |a| a.starts_with(prefix.as_bytes()))
+                .map(|arg| (pid, std::ffi::OsString::from_vec(arg)))
+        })
+        .collect()
+}
+
+/// Every pid in /proc but this process's (none where there is no /proc).
+fn other_pids() -> Vec<u32> {
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let mut found = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me || is_zombie(pid) {
-            continue;
-        }
-        let Ok(list) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        if let Some(arg) = list
-            .split(|b| *b == 0)
-            .find(|a| a.starts_with(prefix.as_bytes()))
-        {
-            found.push((pid, std::ffi::OsString::from_vec(arg.to_vec())));
-        }
-    }
-    found
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| *pid != me)
+        .collect()
 }
 
-#[cfg(not(target_os = "linux"))]
-pub fn pids_with_arg_prefix(_prefix: &std::ffi::OsStr) -> Vec<(u32, std::ffi::OsString)> {
-    Vec::new()
-}
-
-/// [`kill_marked`] for every entry that starts with `prefix` (the marker of
-/// any instance of one deployment).
-#[cfg(target_os = "linux")]
-pub fn kill_marked_prefix(prefix: &std::ffi::OsStr) -> usize {
-    use std::os::unix::ffi::OsStrExt;
-    let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut killed = 0;
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(list) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if pid != me
-            && list
-                .split(|b| *b == 0)
-                .any(|e| e.starts_with(prefix.as_bytes()))
-            && signal_process(pid, SIGKILL).is_ok()
-        {
-            killed += 1;
-        }
-    }
-    killed
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn kill_marked_prefix(_prefix: &std::ffi::OsStr) -> usize {
-    0
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn kill_marked(_needle: &std::ffi::OsStr) -> usize {
-    0
+/// The first item of `/proc/PID/FILE` (a NUL-separated list: `cmdline`,
+/// `environ`) that `hit` accepts.
+fn proc_list_any(pid: u32, file: &str, hit: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+    let list = std::fs::read(format!("/proc/{pid}/{file}")).ok()?;
+    list.split(|b| *b == 0)
+        .find(|item| hit(item))
+        .map(<[u8]>::to_vec)
 }
 
 #[cfg(target_os = "linux")]

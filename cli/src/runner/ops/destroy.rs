@@ -8,7 +8,7 @@
 //!
 //! [`Platform::destroy_interrupted`]: crate::plugins::Platform::destroy_interrupted
 
-use cairn_protocol::types::{OpKind, OpStatus, ResourceState};
+use cairn_protocol::types::{OpKind, OpStatus, Operation, ResourceState};
 
 use super::Loaded;
 use crate::runner::job::{value_of, JobFailure, JobRun};
@@ -35,43 +35,56 @@ pub async fn run(run: &mut JobRun, l: &Loaded, which: Option<u64>) -> Result<(),
         };
     }
     for d in targets {
-        let platform = l.stages.platform.clone();
         let seq = d.sequence;
         if d.status == OpStatus::Success {
-            let value = value_of(&d)?;
-            run.plain_step(
-                &format!("Destroying deployment v{seq}"),
-                seq,
-                l.source_dir.clone(),
-                move |mut ctx| async move {
-                    platform
-                        .destroy(&mut ctx, &value)
-                        .await
-                        .map_err(|e| e.to_string())
-                },
-            )
-            .await?;
-        } else {
-            let what = match d.status {
-                OpStatus::Running => "interrupted",
-                _ => "failed",
-            };
-            run.plain_step(
-                &format!("Cleaning up {what} deployment v{seq}"),
-                seq,
-                l.source_dir.clone(),
-                move |mut ctx| async move {
-                    let done = platform
-                        .destroy_interrupted(&mut ctx)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    ctx.info(&done);
-                    Ok(())
-                },
-            )
-            .await?;
+            destroy_recorded(run, l, &d, &format!("Destroying deployment v{seq}")).await?;
+            continue;
         }
+        let what = match d.status {
+            OpStatus::Running => "interrupted",
+            _ => "failed",
+        };
+        let platform = l.stages.platform.clone();
+        run.plain_step(
+            &format!("Cleaning up {what} deployment v{seq}"),
+            seq,
+            l.source_dir.clone(),
+            move |mut ctx| async move {
+                let done = platform
+                    .destroy_interrupted(&mut ctx)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ctx.info(&done);
+                Ok(())
+            },
+        )
+        .await?;
         run.set_destroyed(d.id).await?;
     }
     Ok(())
+}
+
+/// Destroys a deployment that succeeded, through the platform and by its
+/// recorded value, as step `title`; then records it destroyed.
+pub(super) async fn destroy_recorded(
+    run: &mut JobRun,
+    l: &Loaded,
+    d: &Operation,
+    title: &str,
+) -> Result<(), JobFailure> {
+    let value = value_of(d)?;
+    let platform = l.stages.platform.clone();
+    run.plain_step(
+        title,
+        d.sequence,
+        l.source_dir.clone(),
+        move |mut ctx| async move {
+            platform
+                .destroy(&mut ctx, &value)
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await?;
+    run.set_destroyed(d.id).await
 }

@@ -184,22 +184,8 @@ async fn prune_older(
         .collect();
     older.sort_by_key(|d| std::cmp::Reverse(d.sequence));
     for d in older.into_iter().skip(retain as usize) {
-        let value = value_of(&d)?;
-        let platform = l.stages.platform.clone();
-        let seq = d.sequence;
-        run.plain_step(
-            &format!("Pruning deployment v{seq}"),
-            seq,
-            l.source_dir.clone(),
-            move |mut ctx| async move {
-                platform
-                    .destroy(&mut ctx, &value)
-                    .await
-                    .map_err(|e| e.to_string())
-            },
-        )
-        .await?;
-        run.set_destroyed(d.id).await?;
+        let title = format!("Pruning deployment v{}", d.sequence);
+        super::destroy::destroy_recorded(run, l, &d, &title).await?;
     }
     Ok(())
 }
