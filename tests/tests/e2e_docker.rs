@@ -267,3 +267,68 @@ app "tool" {{
     cli.run_in(command_app.path(), &["destroy"]).ok();
     assert!(containers_of(&project).is_empty() && containers_of(&project2).is_empty());
 }
+
+/// The platform's options reach the engine: a network of the test's own
+/// (the containers' main network, not the default bridge, from which the
+/// entrypoints still reach the node), a memory limit, CPU shares, extra
+/// labels and static environment; the app answers through the tunnel.
+#[test]
+fn docker_platform_options_reach_the_engine() {
+    if !docker_ready() {
+        return;
+    }
+    static_entrypoint();
+    let project = format!("dpo-{}", std::process::id());
+    let _sweep_project = Sweep(project.clone());
+    let net = format!("cairn-test-{project}");
+    let made = std::process::Command::new("docker")
+        .args(["network", "create", &net])
+        .output()
+        .expect("docker network create");
+    assert!(made.status.success(), "{made:?}");
+    struct RmNet(String);
+    impl Drop for RmNet {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("docker")
+                .args(["network", "rm", &self.0])
+                .output();
+        }
+    }
+    let _net = RmNet(net.clone());
+    let app = docker_hello(&project, |t| {
+        t.replace(
+            "      count        = 2\n",
+            &format!(
+                "      count        = 1\n      networks     = [\"{net}\"]\n      resources    = {{ memory = \"64MB\", cpu = 256 }}\n      labels       = {{ team = \"blue\" }}\n      static_environment = {{ COLOUR = \"teal\" }}\n"
+            ),
+        )
+    });
+    let node = NodeProc::start_new();
+    let cli = Cli::new();
+    cli.connect_to(&node, "dev");
+    let up = cli.run_in(app.path(), &["up"]).ok();
+    let url = up.field("Deployment URL").expect("Deployment URL");
+    assert_eventually!(
+        http_get(&url).is_ok_and(|r| r.status == 200),
+        Duration::from_secs(20),
+        "{url} does not answer from a container on {net}"
+    );
+    let name = format!("cairn-{project}-web-v1-0");
+    let inspect = |format: &str| {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "--format", format, &name])
+            .output()
+            .expect("docker inspect");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(inspect("{{.HostConfig.Memory}}"), "64000000");
+    assert_eq!(inspect("{{.HostConfig.CpuShares}}"), "256");
+    assert_eq!(inspect("{{index .Config.Labels \"team\"}}"), "blue");
+    assert_eq!(
+        inspect("{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}"),
+        net
+    );
+    assert!(inspect("{{.Config.Env}}").contains("COLOUR=teal"));
+    cli.run_in(app.path(), &["destroy"]).ok();
+    assert!(containers_of(&project).is_empty());
+}
