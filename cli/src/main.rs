@@ -109,6 +109,15 @@ enum Cmd {
         #[command(flatten)]
         runner: commands::runner::RunnerSelect,
     },
+    /// Check the config here without running anything: every app's plugins
+    /// and fields, and how each stage's value reaches the next (through
+    /// which mappers); prints the plan (secrets masked) and every error at
+    /// once, each with its file:line:column. Needs no node.
+    Validate {
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Contexts: which node to talk to.
     #[command(subcommand)]
     Context(ContextCmd),
@@ -296,6 +305,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<i32> {
         Cmd::Job(j) => commands::job::run(g, j).await,
         Cmd::Config(c) => commands::config::run(g, c).await,
         Cmd::Status { json, runner } => commands::status::run(g, *json, runner).await,
+        Cmd::Validate { json } => commands::validate::run(g, *json),
         Cmd::Context(c) => commands::context::run(c).await,
         Cmd::Server(s) => commands::server::run(g, s).await,
         Cmd::Runner(r) => commands::runner::run(g, r).await,

@@ -14,6 +14,7 @@ pub mod remove;
 pub mod runner;
 pub mod server;
 pub mod status;
+pub mod validate;
 
 use std::path::{Path, PathBuf};
 
