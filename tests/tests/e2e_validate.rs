@@ -125,6 +125,7 @@ fn validate_masks_secrets() {
     let cli = Cli::new();
     let dir = write_app(
         r#"project = "secret"
+labels  = { team = "blue" }
 
 app "web" {
   config {
@@ -151,6 +152,7 @@ app "web" {
     let out = cli.run_in(dir.path(), &["validate"]).ok();
     assert!(out.stdout.contains("password = \"****\""), "{out}");
     assert!(out.stdout.contains("config env: API_KEY"), "{out}");
+    assert!(out.stdout.contains("labels: team=blue"), "{out}");
     assert!(out.stdout.contains("url-service"), "{out}");
     for secret in ["correct-horse", "k-123-very-private"] {
         assert!(

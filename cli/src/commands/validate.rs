@@ -33,12 +33,16 @@ pub struct StagePlan {
     pub makes: Option<String>,
     /// The mappers that turn the previous stage's value into `takes`.
     pub via: Vec<String>,
+    /// The stage's own labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct AppPlan {
     pub name: String,
     pub path: String,
+    /// The project's labels with the app's over them.
+    pub labels: BTreeMap<String, String>,
     pub stages: Vec<StagePlan>,
     /// Config env variable names (values are not shown).
     pub config_env: Vec<String>,
@@ -106,6 +110,7 @@ fn stage(s: &'static str, p: &PluginUse) -> StagePlan {
         takes: None,
         makes: None,
         via: Vec::new(),
+        labels: BTreeMap::new(),
     }
 }
 
@@ -147,6 +152,7 @@ pub fn plan_app(app: &AppConfig, catalog: &Catalog) -> AppPlan {
 
     let b = &app.build.builder;
     let mut s = stage("build", b);
+    s.labels = app.build.labels.clone();
     match catalog.builder(&b.name, &b.config) {
         Ok(builder) => {
             s.makes = Some(builder.output_type().to_string());
@@ -159,6 +165,7 @@ pub fn plan_app(app: &AppConfig, catalog: &Catalog) -> AppPlan {
     if let Some(r) = &app.build.registry {
         let p = &r.plugin;
         let mut s = stage("registry", p);
+        s.labels = r.labels.clone();
         match catalog.registry(&p.name, &p.config) {
             Ok(registry) => {
                 if !have.is_empty() {
@@ -180,6 +187,7 @@ pub fn plan_app(app: &AppConfig, catalog: &Catalog) -> AppPlan {
 
     let d = &app.deploy.plugin;
     let mut s = stage("deploy", d);
+    s.labels = app.deploy.labels.clone();
     let mut deployment: Option<String> = None;
     match catalog.platform(&d.name, &d.config) {
         Ok(platform) => {
@@ -212,8 +220,9 @@ pub fn plan_app(app: &AppConfig, catalog: &Catalog) -> AppPlan {
     match release {
         Some((p, made)) => {
             let mut s = stage("release", &p);
-            if app.release.is_none() {
-                s.config = serde_json::json!({});
+            match &app.release {
+                Some(r) => s.labels = r.labels.clone(),
+                None => s.config = serde_json::json!({}),
             }
             match made {
                 Ok(releaser) => {
@@ -246,12 +255,14 @@ pub fn plan_app(app: &AppConfig, catalog: &Catalog) -> AppPlan {
             takes: deployment.clone(),
             makes: Some("url.Release".into()),
             via: Vec::new(),
+            labels: BTreeMap::new(),
         }),
     }
 
     AppPlan {
         name: app.name.clone(),
         path: app.path.display().to_string(),
+        labels: app.labels.clone(),
         stages,
         config_env: app.config_env.keys().cloned().collect(),
         errors,
@@ -299,6 +310,9 @@ fn print_plan(plan: &Plan) {
             format!("; config env: {}", app.config_env.join(", "))
         };
         println!("app {:?} (path {}{env})", app.name, app.path);
+        if !app.labels.is_empty() {
+            println!("  labels: {}", labels_text(&app.labels));
+        }
         for s in &app.stages {
             let flow = match (&s.takes, &s.makes) {
                 (Some(t), Some(m)) => format!("{t} → {m}"),
@@ -307,6 +321,9 @@ fn print_plan(plan: &Plan) {
                 (None, None) => String::new(),
             };
             println!("  {:<8} {:<12} {flow}", s.stage, s.plugin);
+            if !s.labels.is_empty() {
+                println!("  {:<8} {:<12} labels: {}", "", "", labels_text(&s.labels));
+            }
             if !s.via.is_empty() {
                 println!("  {:<8} {:<12} via {}", "", "", s.via.join(", "));
             }
@@ -325,6 +342,14 @@ fn print_plan(plan: &Plan) {
             if plan.apps.len() == 1 { "" } else { "s" }
         );
     }
+}
+
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

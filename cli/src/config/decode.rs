@@ -39,14 +39,14 @@ const HOOK_SPEC: BlockSpec = BlockSpec {
 };
 
 static STAGE: Schema = Schema {
-    attrs: &[],
+    attrs: &["labels"],
     blocks: &[USE_SPEC, HOOK_SPEC],
     ignored: &[],
     open: false,
 };
 
 static BUILD: Schema = Schema {
-    attrs: &[],
+    attrs: &["labels"],
     blocks: &[
         USE_SPEC,
         HOOK_SPEC,
@@ -98,7 +98,7 @@ static APP: Schema = Schema {
 };
 
 static TOP: Schema = Schema {
-    attrs: &["project"],
+    attrs: &["project", "labels"],
     blocks: &[
         BlockSpec {
             name: "app",
@@ -293,10 +293,14 @@ pub(crate) fn decode(body: &Body, file: &Path, dir: &Path) -> Result<Config, Con
     }
 
     let top_env = config_env(body, &base, TOP_CTX)?;
+    let top_labels = match body.attr("labels") {
+        Some(attr) => eval_string_map(attr, &base)?,
+        None => BTreeMap::new(),
+    };
 
     let mut apps: Vec<AppConfig> = Vec::new();
     for block in body.blocks("app") {
-        let app = decode_app(block, &top_env, &base, dir)?;
+        let app = decode_app(block, &top_env, &top_labels, &base, dir)?;
         if let Some(first) = apps.iter().find(|a| a.name == app.name) {
             return Err(ConfigError::invalid(
                 &block.loc,
@@ -321,6 +325,7 @@ pub(crate) fn decode(body: &Body, file: &Path, dir: &Path) -> Result<Config, Con
         project,
         apps,
         env: top_env,
+        labels: top_labels,
     })
 }
 
@@ -339,6 +344,7 @@ fn valid_app_name(name: &str) -> bool {
 fn decode_app(
     block: &Block,
     top_env: &BTreeMap<String, String>,
+    top_labels: &BTreeMap<String, String>,
     base: &Context<'static>,
     dir: &Path,
 ) -> Result<AppConfig, ConfigError> {
@@ -369,10 +375,11 @@ fn decode_app(
     };
     let ctx = eval::app_context(base, dir, &dir.join(&path));
 
-    let labels = match body.attr("labels") {
-        Some(attr) => eval_string_map(attr, &ctx)?,
-        None => BTreeMap::new(),
-    };
+    // The project's labels, overridden key by key by the app's own.
+    let mut labels = top_labels.clone();
+    if let Some(attr) = body.attr("labels") {
+        labels.extend(eval_string_map(attr, &ctx)?);
+    }
     let app_env = self::config_env(body, &ctx, &ctx_name)?;
     let mut config_env = top_env.clone();
     config_env.extend(app_env.clone());
@@ -402,6 +409,7 @@ fn decode_app(
         builder: decode_use(build_block, &ctx, &build_what)?,
         registry,
         hooks: decode_hooks(&build_block.body, &ctx)?,
+        labels: stage_labels(build_block, &ctx)?,
     };
     let deploy = decode_stage(
         deploy_block,
@@ -434,7 +442,16 @@ fn decode_stage(block: &Block, ctx: &Context, what: &str) -> Result<Stage, Confi
     Ok(Stage {
         plugin: decode_use(block, ctx, what)?,
         hooks: decode_hooks(&block.body, ctx)?,
+        labels: stage_labels(block, ctx)?,
     })
+}
+
+/// A stage's own `labels = { … }` (Waypoint's operation labels).
+fn stage_labels(block: &Block, ctx: &Context) -> Result<BTreeMap<String, String>, ConfigError> {
+    match block.body.attr("labels") {
+        Some(attr) => eval_string_map(attr, ctx),
+        None => Ok(BTreeMap::new()),
+    }
 }
 
 fn decode_use(stage: &Block, ctx: &Context, what: &str) -> Result<PluginUse, ConfigError> {

@@ -16,6 +16,9 @@
 //! }
 //! ```
 //!
+//! `labels = { … }` (string map) may be written at the top level (the project's, which apps
+//! inherit key by key), in an app, and in each stage (Waypoint's operation labels).
+//!
 //! Both the native syntax and the HCL JSON form (`cairn.hcl.json`) are read. Waypoint blocks
 //! Cairn does not use yet (`runner`, `variable`, `url`, `plugin` at top level; `url`, `runner`
 //! in apps) are accepted and ignored; anything else unknown is an error naming its location and
@@ -70,6 +73,9 @@ pub struct Config {
     /// The top-level `config { env = { … } }`: project-scope variables, synced to the cluster
     /// by `cairn up` and `cairn deploy`.
     pub env: BTreeMap<String, String>,
+    /// The top-level `labels = { … }`: the project's, which every app inherits.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +94,7 @@ pub struct AppConfig {
     /// The app's own `config { env = { … } }`: app-scope variables, synced to the cluster by
     /// `cairn up` and `cairn deploy`.
     pub app_env: BTreeMap<String, String>,
+    /// The project's `labels`, overridden key by key by the app's own.
     pub labels: BTreeMap<String, String>,
     /// Of the `app` block.
     pub location: Location,
@@ -98,12 +105,18 @@ pub struct BuildStage {
     pub builder: PluginUse,
     pub registry: Option<Stage>,
     pub hooks: Vec<Hook>,
+    /// The stage's own `labels = { … }` (Waypoint's operation labels).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stage {
     pub plugin: PluginUse,
     pub hooks: Vec<Hook>,
+    /// The stage's own `labels = { … }` (Waypoint's operation labels).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1030,3 +1030,55 @@ fn a_map_past_the_entry_limit_is_refused_where_it_opens() {
     assert!(e.to_string().contains("more than 10000 members"), "{e}");
     eprintln!("both refused in {:?}", started.elapsed());
 }
+
+/// Waypoint's labels: the project's (top level), every app's (which override
+/// the project's key by key) and each stage's own.
+#[test]
+fn project_app_and_stage_labels() {
+    let cfg = parse(
+        r#"project = "p"
+labels = { team = "core", tier = "backend" }
+
+app "web" {
+  labels = { tier = "frontend" }
+  build {
+    labels = { stage = "build" }
+    use "files" {}
+    registry {
+      labels = { stage = "push" }
+      use "files" {}
+    }
+  }
+  deploy {
+    labels = { "env/kind" = "staging" }
+    use "process" { command = ["true"] }
+  }
+}
+"#,
+    )
+    .expect("labels parse");
+    assert_eq!(cfg.labels["team"], "core");
+    let web = &cfg.apps[0];
+    assert_eq!(
+        web.labels,
+        BTreeMap::from([
+            ("team".into(), "core".into()),
+            ("tier".into(), "frontend".into())
+        ])
+    );
+    assert_eq!(web.build.labels["stage"], "build");
+    assert_eq!(
+        web.build.registry.as_ref().expect("registry").labels["stage"],
+        "push"
+    );
+    assert_eq!(web.deploy.labels["env/kind"], "staging");
+    // A label that is not a string is refused where it is written.
+    let e = err_of(
+        "project = \"p\"\nlabels = { n = [1] }\napp \"web\" {\n  build {\n    use \"files\" {}\n  }\n  deploy {\n    use \"process\" { command = [\"true\"] }\n  }\n}\n",
+        "cairn.hcl",
+    );
+    assert!(
+        e.starts_with("cairn.hcl:2:1:") && e.contains("`labels` must be a map of strings"),
+        "{e}"
+    );
+}
