@@ -653,7 +653,7 @@ fn unknown_and_misplaced_names_are_rejected() {
     assert_err(
         "project = \"p\"\nfrobnicate {\n}\n",
         "cairn.hcl:2:1: unknown block `frobnicate` at the top level",
-        "allowed here: attributes project; blocks app, config, runner, variable, url, plugin",
+        "allowed here: attributes project, labels; blocks app, config, runner, variable, url, plugin",
     );
     assert_err(
         "project = \"p\"\nname = \"x\"\n",
