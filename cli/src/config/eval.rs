@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hcl::eval::{Context, Evaluate, FuncArgs, FuncDef};
+use hcl::eval::{Context, Evaluate, FuncArgs, FuncDef, ParamType};
 use hcl::{Map, Value};
 
 use super::error::{one_line, ConfigError};
@@ -125,8 +125,98 @@ fn timestamp(_: FuncArgs) -> Result<Value, String> {
     cached("timestamp", |_| now_rfc3339()).map(Value::String)
 }
 
+/// The config's directory (where relative paths of `file()` start).
+fn config_dir() -> PathBuf {
+    ENV.with(|e| match &*e.borrow() {
+        Some(env) => env.dir.clone(),
+        None => PathBuf::from("."),
+    })
+}
+
+/// The bytes of `path` (relative to the config's directory), or an error naming it.
+fn read_file(path: &str) -> Result<Vec<u8>, String> {
+    let p = config_dir().join(path);
+    std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+}
+
+/// The first argument, a string (the function's declared parameter type).
+fn arg_str(args: &FuncArgs) -> &str {
+    args[0].as_str().unwrap_or_default()
+}
+
+/// `file(PATH)`: the file's contents as a UTF-8 string.
+fn file(args: FuncArgs) -> Result<Value, String> {
+    let path = arg_str(&args);
+    String::from_utf8(read_file(path)?)
+        .map(Value::String)
+        .map_err(|_| format!("{path} is not UTF-8 text: use filebase64({path:?})"))
+}
+
+/// `filebase64(PATH)`: the file's bytes, base64-encoded.
+fn filebase64(args: FuncArgs) -> Result<Value, String> {
+    use base64::Engine as _;
+    let bytes = read_file(arg_str(&args))?;
+    Ok(Value::String(
+        base64::engine::general_purpose::STANDARD.encode(bytes),
+    ))
+}
+
+fn base64encode(args: FuncArgs) -> Result<Value, String> {
+    use base64::Engine as _;
+    Ok(Value::String(
+        base64::engine::general_purpose::STANDARD.encode(arg_str(&args)),
+    ))
+}
+
+fn base64decode(args: FuncArgs) -> Result<Value, String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(arg_str(&args).trim())
+        .map_err(|e| format!("not base64: {e}"))?;
+    String::from_utf8(bytes)
+        .map(Value::String)
+        .map_err(|_| "the decoded bytes are not UTF-8 text".to_string())
+}
+
+/// `jsonencode(VALUE)`: compact JSON.
+fn jsonencode(args: FuncArgs) -> Result<Value, String> {
+    serde_json::to_string(&args[0])
+        .map(Value::String)
+        .map_err(|e| e.to_string())
+}
+
+/// `jsondecode(STRING)`: the value the JSON text holds.
+fn jsondecode(args: FuncArgs) -> Result<Value, String> {
+    serde_json::from_str::<Value>(arg_str(&args)).map_err(|e| format!("not JSON: {e}"))
+}
+
+fn upper(args: FuncArgs) -> Result<Value, String> {
+    Ok(Value::String(arg_str(&args).to_uppercase()))
+}
+
+fn lower(args: FuncArgs) -> Result<Value, String> {
+    Ok(Value::String(arg_str(&args).to_lowercase()))
+}
+
+fn trimspace(args: FuncArgs) -> Result<Value, String> {
+    Ok(Value::String(arg_str(&args).trim().to_string()))
+}
+
 /// The names of the functions a config may call.
-pub const FUNCTIONS: &[&str] = &["gitrefpretty", "gitrefhash", "timestamp"];
+pub const FUNCTIONS: &[&str] = &[
+    "gitrefpretty",
+    "gitrefhash",
+    "timestamp",
+    "file",
+    "filebase64",
+    "base64encode",
+    "base64decode",
+    "jsonencode",
+    "jsondecode",
+    "upper",
+    "lower",
+    "trimspace",
+];
 
 /// The base context: functions, and `path.project` / `path.pwd`.
 pub(crate) fn base_context(project_dir: &Path) -> Context<'static> {
@@ -134,6 +224,23 @@ pub(crate) fn base_context(project_dir: &Path) -> Context<'static> {
     ctx.declare_func("gitrefpretty", FuncDef::builder().build(gitrefpretty));
     ctx.declare_func("gitrefhash", FuncDef::builder().build(gitrefhash));
     ctx.declare_func("timestamp", FuncDef::builder().build(timestamp));
+    let string_fns: [(&str, hcl::eval::Func); 8] = [
+        ("file", file),
+        ("filebase64", filebase64),
+        ("base64encode", base64encode),
+        ("base64decode", base64decode),
+        ("jsondecode", jsondecode),
+        ("upper", upper),
+        ("lower", lower),
+        ("trimspace", trimspace),
+    ];
+    for (name, f) in string_fns {
+        ctx.declare_func(name, FuncDef::builder().param(ParamType::String).build(f));
+    }
+    ctx.declare_func(
+        "jsonencode",
+        FuncDef::builder().param(ParamType::Any).build(jsonencode),
+    );
     ctx.declare_var("path", path_var(project_dir, None));
     ctx
 }

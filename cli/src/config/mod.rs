@@ -26,8 +26,9 @@
 //!
 //! Expressions are evaluated at load time, so plugin configs come out as plain JSON. They may
 //! call the [`FUNCTIONS`] `gitrefpretty()` (`git describe --tags --always --dirty`),
-//! `gitrefhash()` (the HEAD commit) and `timestamp()` (RFC 3339, UTC, whole seconds; one instant
-//! per load), and read `path.project`, `path.app` and `path.pwd`. hcl-rs functions are plain
+//! `gitrefhash()` (the HEAD commit), `timestamp()` (RFC 3339, UTC, whole seconds; one instant
+//! per load), `file()` / `filebase64()` (relative to the config's directory), and the
+//! encoding and string functions (`jsonencode`, `base64decode`, `upper`, …), and read `path.project`, `path.app` and `path.pwd`. hcl-rs functions are plain
 //! `fn` pointers, so the config's directory reaches the git functions through a thread-local
 //! set for the duration of [`parse_str`]: git runs in the config's directory, never in the
 //! process's cwd. Outside a git repository the git functions fail with a located error rather

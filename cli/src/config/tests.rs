@@ -626,7 +626,7 @@ fn errors_carry_file_line_column() {
     );
     let s = err_of(&with_use("      tag = nope()"), "cairn.hcl");
     assert!(
-        s.contains("available: gitrefpretty, gitrefhash, timestamp"),
+        s.contains("available: gitrefpretty, gitrefhash, timestamp, file, filebase64, base64encode, base64decode, jsonencode, jsondecode, upper, lower, trimspace"),
         "{s}"
     );
     assert_err(
@@ -642,9 +642,9 @@ fn errors_carry_file_line_column() {
         "binary operator `+` is not applicable",
     );
     assert_err(
-        "project = lower(\"P\")\n",
+        "project = shout(\"P\")\n",
         "cairn.hcl:1:1: cannot evaluate `project`",
-        "undefined function `lower`",
+        "undefined function `shout`",
     );
 }
 
@@ -1081,4 +1081,71 @@ app "web" {
         e.starts_with("cairn.hcl:2:1:") && e.contains("`labels` must be a map of strings"),
         "{e}"
     );
+}
+
+/// The file, encoding and string functions, with paths relative to the
+/// config's directory and located errors.
+#[test]
+fn file_encoding_and_string_functions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("telegraf.conf"),
+        "[agent]\n  interval = \"10s\"\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("blob.bin"), [0xff, 0x00, 0x7f]).expect("write");
+    let src = r#"project = "p"
+
+app "web" {
+  build {
+    use "files" {}
+  }
+  deploy {
+    use "process" {
+      command  = [upper("run"), lower("NOW"), trimspace("  x  ")]
+      pass_env = [
+        file("telegraf.conf"),
+        filebase64("blob.bin"),
+        base64encode("hi"),
+        base64decode("aGk="),
+        jsonencode({ a = [1, true] }),
+        jsondecode("{\"k\": \"v\"}").k,
+      ]
+    }
+  }
+}
+"#;
+    let cfg = parse_str(src, &dir.path().join("cairn.hcl")).expect("functions evaluate");
+    let c = &cfg.apps[0].deploy.plugin.config;
+    assert_eq!(c["command"], serde_json::json!(["RUN", "now", "x"]));
+    assert_eq!(
+        c["pass_env"],
+        serde_json::json!([
+            "[agent]\n  interval = \"10s\"\n",
+            "/wB/",
+            "aGk=",
+            "hi",
+            "{\"a\":[1,true]}",
+            "v"
+        ])
+    );
+    // A missing file names itself, at the attribute.
+    let e = parse_str(
+        &src.replace("telegraf.conf", "missing.conf"),
+        &dir.path().join("cairn.hcl"),
+    )
+    .expect_err("a missing file")
+    .to_string();
+    assert!(
+        e.contains("cairn.hcl:10:7") && e.contains("missing.conf") && e.contains("cannot read"),
+        "{e}"
+    );
+    // Bytes that are not text are pointed at filebase64.
+    let e = parse_str(
+        &src.replace("file(\"telegraf.conf\")", "file(\"blob.bin\")"),
+        &dir.path().join("cairn.hcl"),
+    )
+    .expect_err("binary through file()")
+    .to_string();
+    assert!(e.contains("use filebase64"), "{e}");
 }
