@@ -211,23 +211,25 @@ pub struct Sweep(pub String);
 
 impl Drop for Sweep {
     fn drop(&mut self) {
-        let ids = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=dev.cairn.project={}", self.0),
-            ])
+        remove_containers(&format!("label=dev.cairn.project={}", self.0));
+    }
+}
+
+/// Removes (with their anonymous volumes) the containers `docker ps
+/// --filter FILTER` names, quietly.
+pub fn remove_containers(filter: &str) {
+    let Ok(out) = Command::new("docker")
+        .args(["ps", "-aq", "--filter", filter])
+        .output()
+    else {
+        return;
+    };
+    let ids = String::from_utf8_lossy(&out.stdout);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v"])
+            .args(&ids)
             .output();
-        if let Ok(out) = ids {
-            let ids = String::from_utf8_lossy(&out.stdout);
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f", "-v"])
-                    .args(&ids)
-                    .output();
-            }
-        }
     }
 }

@@ -222,6 +222,13 @@ impl Conversion {
             .collect()
     }
 
+    /// The type it produces: the last mapper's, or the value's own.
+    pub fn output_type(&self) -> &str {
+        self.chain
+            .last()
+            .map_or(self.start.type_name.as_str(), |m| m.to)
+    }
+
     /// Applies the mappers in order.
     pub async fn run(self, ctx: &mut OpContext) -> Result<Value, PluginError> {
         let mut value = self.start;

@@ -125,15 +125,7 @@ fn flow(
 ) -> Result<(String, Vec<String>), String> {
     let values: Vec<Value> = have.iter().map(|t| of_type(t)).collect();
     match catalog.plan(&values, wanted) {
-        Ok(c) => {
-            let steps = c.steps();
-            let takes = steps
-                .last()
-                .and_then(|s| s.split(" -> ").nth(1).map(str::to_string))
-                .or_else(|| have.iter().find(|t| wanted.contains(&t.as_str())).cloned())
-                .unwrap_or_default();
-            Ok((takes, steps))
-        }
+        Ok(c) => Ok((c.output_type().to_string(), c.steps())),
         Err(e) => Err(format!(
             "{}: {what} {:?} takes {} but gets {} ({e})",
             p.location,

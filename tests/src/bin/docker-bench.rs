@@ -33,7 +33,7 @@ use cairn_tests::bench::args::Argv;
 use cairn_tests::bench::procs::{bin_dir, static_entrypoint, temp_dir};
 use cairn_tests::bench::report::{command_line, machine};
 use cairn_tests::bench::stats::{median, min_max, percentile, table};
-use cairn_tests::docker::{copy_tree, Registry};
+use cairn_tests::docker::{copy_tree, remove_containers, Registry};
 use cairn_tests::{http_get, workspace_root};
 
 const USAGE: &str = "\
@@ -157,18 +157,6 @@ fn docker(args: &[&str]) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Removes containers by label filter or name, quietly.
-fn remove_containers(filter: &str) {
-    if let Ok(ids) = docker(&["ps", "-aq", "--filter", filter]) {
-        let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f", "-v"];
-            args.extend(ids);
-            let _ = docker(&args);
-        }
-    }
 }
 
 /// Removes the bench's containers on drop, however it ends.

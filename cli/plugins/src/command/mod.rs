@@ -198,14 +198,7 @@ fn output_to_artifact<'a>(
 
 fn pack_output(value: &Value) -> Result<Value, PluginError> {
     let output: Output = value.get::<Output>()?;
-    let actual = files::sha256_file(&output.path)?;
-    if actual != output.sha256 {
-        return Err(PluginError::Failed(format!(
-            "{} changed since it was built (sha256 {actual}, recorded {})",
-            output.path.display(),
-            output.sha256
-        )));
-    }
+    files::check_unchanged(&output.path, &output.sha256)?;
     let (Some(root), Some(name)) = (output.path.parent(), output.path.file_name()) else {
         return Err(PluginError::Failed(format!(
             "{} is not a file path",

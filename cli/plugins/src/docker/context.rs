@@ -137,3 +137,19 @@ fn dockerignore(dir: &Path) -> Result<Gitignore, PluginError> {
 fn has_exceptions(ignore: &Gitignore) -> bool {
     ignore.num_whitelists() > 0
 }
+
+/// A tar of in-memory files (`name`, bytes, mode), each with mtime 0;
+/// `what` names the work in an error.
+pub(crate) fn tar_of(files: &[(&str, &[u8], u32)], what: &str) -> Result<Vec<u8>, PluginError> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, bytes, mode) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(*mode);
+        header.set_mtime(0);
+        header.set_cksum();
+        b.append_data(&mut header, name, *bytes)
+            .map_err(|e| PluginError::io(what, e))?;
+    }
+    b.into_inner().map_err(|e| PluginError::io(what, e))
+}

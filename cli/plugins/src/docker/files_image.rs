@@ -70,32 +70,17 @@ fn files_to_image<'a>(
 
 /// The build context: the artifact (which `ADD` unpacks) and a Dockerfile.
 fn context_of(artifact: &Artifact) -> Result<Vec<u8>, PluginError> {
-    let actual = crate::files::sha256_file(&artifact.path)?;
-    if actual != artifact.sha256 {
-        return Err(PluginError::Failed(format!(
-            "{} changed since it was built (sha256 {actual}, recorded {})",
-            artifact.path.display(),
-            artifact.sha256
-        )));
-    }
+    crate::files::check_unchanged(&artifact.path, &artifact.sha256)?;
     let data = std::fs::read(&artifact.path)
         .map_err(|e| PluginError::io(format!("reading {}", artifact.path.display()), e))?;
     let dockerfile = format!(
         "FROM scratch\nADD artifact.tar.gz {APP_DIR}/\nWORKDIR {APP_DIR}\nLABEL {LABEL_MANAGED}=files\n"
     );
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, bytes) in [
-        ("Dockerfile", dockerfile.as_bytes()),
-        ("artifact.tar.gz", &data[..]),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        header.set_cksum();
-        b.append_data(&mut header, name, bytes)
-            .map_err(|e| PluginError::io("packing the build context", e))?;
-    }
-    b.into_inner()
-        .map_err(|e| PluginError::io("packing the build context", e))
+    super::context::tar_of(
+        &[
+            ("Dockerfile", dockerfile.as_bytes(), 0o644),
+            ("artifact.tar.gz", &data[..], 0o644),
+        ],
+        "packing the build context",
+    )
 }

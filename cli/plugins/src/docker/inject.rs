@@ -247,18 +247,8 @@ async fn injected_before(
 fn one_file_tar(binary: &Path) -> Result<Vec<u8>, PluginError> {
     let data = std::fs::read(binary)
         .map_err(|e| PluginError::io(format!("reading {}", binary.display()), e))?;
-    let mut header = tar::Header::new_gnu();
-    header.set_size(data.len() as u64);
-    header.set_mode(0o755);
-    header.set_mtime(0);
-    header.set_cksum();
-    let mut b = tar::Builder::new(Vec::new());
-    b.append_data(
-        &mut header,
-        ENTRYPOINT_PATH.trim_start_matches('/'),
-        &data[..],
+    super::context::tar_of(
+        &[(ENTRYPOINT_PATH.trim_start_matches('/'), &data[..], 0o755)],
+        "packing the entrypoint",
     )
-    .map_err(|e| PluginError::io("packing the entrypoint", e))?;
-    b.into_inner()
-        .map_err(|e| PluginError::io("packing the entrypoint", e))
 }

@@ -419,6 +419,18 @@ pub(crate) fn sha256_file(path: &Path) -> Result<String, PluginError> {
         .map_err(|e| PluginError::io(format!("reading {}", path.display()), e))
 }
 
+/// Fails unless `path` still has the SHA-256 recorded when it was built.
+pub(crate) fn check_unchanged(path: &Path, recorded: &str) -> Result<(), PluginError> {
+    let actual = sha256_file(path)?;
+    if actual != recorded {
+        return Err(PluginError::Failed(format!(
+            "{} changed since it was built (sha256 {actual}, recorded {recorded})",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegistryConfig {
