@@ -11,6 +11,8 @@ pub struct Stages {
     pub builder: Arc<dyn Builder>,
     pub registry: Option<Arc<dyn Registry>>,
     pub platform: Arc<dyn Platform>,
+    /// The deploy stage's plugin name.
+    pub platform_name: String,
     /// The app's release stage, or the platform's own releaser when the app
     /// has no `release` block (as Waypoint does), or none.
     pub releaser: Option<(String, Arc<dyn Releaser>)>,
@@ -30,12 +32,13 @@ pub fn locate(plugin: &PluginUse, e: PluginError) -> String {
 /// Instantiate every stage of `app`: unknown plugins and bad plugin fields
 /// fail here, with the file:line:column of the offending block or field.
 pub fn instantiate(app: &AppConfig, catalog: &Catalog) -> Result<Stages, String> {
-    let b = &app.build.builder;
+    let build = app.build_stage()?;
+    let b = &build.builder;
     let builder: Arc<dyn Builder> = catalog
         .builder(&b.name, &b.config)
         .map_err(|e| locate(b, e))?
         .into();
-    let registry = match &app.build.registry {
+    let registry = match &build.registry {
         Some(stage) => {
             let p = &stage.plugin;
             Some(Arc::from(
@@ -46,7 +49,7 @@ pub fn instantiate(app: &AppConfig, catalog: &Catalog) -> Result<Stages, String>
         }
         None => None,
     };
-    let d = &app.deploy.plugin;
+    let d = &app.deploy_stage()?.plugin;
     let platform: Arc<dyn Platform> = catalog
         .platform(&d.name, &d.config)
         .map_err(|e| locate(d, e))?
@@ -72,6 +75,7 @@ pub fn instantiate(app: &AppConfig, catalog: &Catalog) -> Result<Stages, String>
         builder,
         registry,
         platform,
+        platform_name: d.name.clone(),
         releaser,
     })
 }

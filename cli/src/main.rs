@@ -117,6 +117,8 @@ enum Cmd {
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        inputs: commands::ConfigInputs,
     },
     /// Contexts: which node to talk to.
     #[command(subcommand)]
@@ -188,7 +190,7 @@ fn main() -> ExitCode {
     // Contexts, the local node's data, runner files, logs: private.
     cairn_protocol::private::restrict_umask();
     // `cairn release list` reads naturally; route it to the listing.
-    let args = rewrite_release_list(args);
+    let args = commands::rewrite_single_dash(rewrite_release_list(args));
     let cli = Cli::parse_from(args);
     init_tracing(matches!(cli.cmd, Cmd::Server(ServerCmd::Run(_))));
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -305,7 +307,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<i32> {
         Cmd::Job(j) => commands::job::run(g, j).await,
         Cmd::Config(c) => commands::config::run(g, c).await,
         Cmd::Status { json, runner } => commands::status::run(g, *json, runner).await,
-        Cmd::Validate { json } => commands::validate::run(g, *json),
+        Cmd::Validate { json, inputs } => commands::validate::run(g, *json, inputs),
         Cmd::Context(c) => commands::context::run(c).await,
         Cmd::Server(s) => commands::server::run(g, s).await,
         Cmd::Runner(r) => commands::runner::run(g, r).await,

@@ -318,10 +318,44 @@ pub enum HealthState {
     Down,
 }
 
+/// What Cairn offers instead of a plugin it does not have (Waypoint's names first), for the
+/// "is not available" error. Empty for names nobody knows.
+pub fn nearest(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "pack" => "docker with a Dockerfile (Cloud Native Buildpacks are not built in); or an external plugin cairn-plugin-pack",
+        "docker-ref" => "docker-pull, which uses an image that already exists",
+        "aws-ecr-pull" => "docker-pull with the ECR image and an auth block",
+        "aws-ecr" => "the docker registry with the ECR address and an auth block",
+        "aws-ami" | "aws-ec2" | "aws-ecs" | "aws-lambda" | "aws-alb" | "lambda-function-url"
+        | "azure-container-instance" | "google-cloud-run" => {
+            "a cloud service Cairn does not deploy to: docker (or process) on a host of yours, with a Cairn runner there; or an external plugin cairn-plugin-NAME"
+        }
+        "nomad" | "nomad-jobspec" | "nomad-jobspec-canary" => {
+            "docker (or process): Cairn schedules onto its own runners, not onto Nomad"
+        }
+        "kubernetes" | "kubernetes-apply" | "helm" => {
+            "docker for now; a kubernetes platform is planned (docs/migrating-from-waypoint.md)"
+        }
+        "exec" => "the exec platform (`use \"exec\"` in deploy)",
+        _ => return None,
+    })
+}
+
+fn nearest_hint(name: &str) -> String {
+    match nearest(name) {
+        Some(n) => format!("; nearest in Cairn: {n}"),
+        None => format!("; or install an external plugin cairn-plugin-{name}"),
+    }
+}
+
 /// Errors of the plugin framework and of the built-in plugins. Display is one line.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    #[error("unknown {kind} plugin \"{name}\" (available: {})", list(available))]
+    #[error(
+        "{kind} plugin \"{name}\" is not available (available: {}){}",
+        list(available),
+        nearest_hint(name)
+    )]
     UnknownPlugin {
         kind: Kind,
         name: String,

@@ -45,14 +45,14 @@ fn names_and_unknown_plugins() {
     assert_eq!(
         err.to_string(),
         format!(
-            "unknown builder plugin \"bazel\" (available: {})",
+            "builder plugin \"bazel\" is not available (available: {}); or install an external plugin cairn-plugin-bazel",
             c.names(Kind::Builder).join(", ")
         )
     );
     let err = c.releaser("k8s", &json!({})).err().expect("unknown plugin");
     assert_eq!(
         err.to_string(),
-        "unknown releaser plugin \"k8s\" (available: process)"
+        "releaser plugin \"k8s\" is not available (available: process); or install an external plugin cairn-plugin-k8s"
     );
 }
 

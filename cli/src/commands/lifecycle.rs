@@ -8,9 +8,9 @@ use anyhow::Context as _;
 use cairn_protocol::api::{ClientRequest, ClientResponse, JobEvent};
 use cairn_protocol::frame;
 use cairn_protocol::rpc;
-use cairn_protocol::types::{JobKind, JobSpec, JobState, RunnerTarget, Source, DEFAULT_WORKSPACE};
+use cairn_protocol::types::{JobKind, JobSpec, JobState, RunnerTarget, Source};
 
-use super::{load_config, Global};
+use super::Global;
 use crate::runner::{self, RunnerOptions};
 use crate::ui::{Renderer, Style};
 use crate::{appconfig, client, lifecycle};
@@ -22,6 +22,8 @@ pub struct AppArg {
     pub app: Option<String>,
     #[command(flatten)]
     pub runner: super::runner::RunnerSelect,
+    #[command(flatten)]
+    pub inputs: super::ConfigInputs,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -71,8 +73,10 @@ pub async fn queue(
     chatty: bool,
 ) -> anyhow::Result<Queued> {
     // 1. The config is found and evaluated here, so a bad one fails before anything is queued.
-    let cfg = load_config(&g.dir())?;
+    let inputs = app.inputs.inputs();
+    let cfg = super::load_config_with(&g.dir(), &inputs)?;
     let app_cfg = cfg.app(app.app.as_deref())?;
+    cfg.runnable(app_cfg)?;
     lifecycle::instantiate(app_cfg, &g.catalog).map_err(anyhow::Error::msg)?;
     let dir =
         std::fs::canonicalize(cfg.dir()).with_context(|| format!("{}", cfg.dir().display()))?;
@@ -87,11 +91,18 @@ pub async fn queue(
     let ctx = client::resolve(g.context.as_deref(), false).await?;
     let session = client::connect(&ctx).await?;
     let other_runner = app.runner.target();
+    if other_runner.is_some() && inputs.gives_values() {
+        anyhow::bail!(
+            "--var and --var-file reach only this CLI's own runner; the job is for another runner, which reads variables from its own environment (CAIRN_VAR_NAME) and *.auto.cairnvars files in the source directory"
+        );
+    }
     let mut registration = None;
     let target = match &other_runner {
         Some(t) => t.clone(),
         None => {
-            let opts = Arc::new(RunnerOptions::for_cli(g.catalog.clone()));
+            let mut opts = RunnerOptions::for_cli(g.catalog.clone());
+            opts.inputs = Arc::new(inputs.clone());
+            let opts = Arc::new(opts);
             registration = Some(
                 runner::register(&session.conn, &opts)
                     .await
@@ -119,7 +130,7 @@ pub async fn queue(
         kind,
         project: cfg.project.clone(),
         app: app_cfg.name.clone(),
-        workspace: DEFAULT_WORKSPACE.into(),
+        workspace: cfg.workspace.clone(),
         source: Source::Local {
             dir: dir.to_string_lossy().to_string(),
             config: file,

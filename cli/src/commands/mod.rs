@@ -40,6 +40,50 @@ impl Global {
     }
 }
 
+/// What the config is evaluated with: the workspace and input variables. Waypoint's
+/// single-dash forms (`-var`, `-var-file`, `-workspace`) work too.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigInputs {
+    /// The workspace (default: CAIRN_WORKSPACE, WP_WORKSPACE, else "default"): selects
+    /// `workspace "NAME"` scopes and sets `workspace.name`.
+    #[arg(long, value_name = "NAME")]
+    pub workspace: Option<String>,
+    /// Set an input variable, e.g. --var port=8080 (repeatable; the last one wins). Takes
+    /// precedence over --var-file, CAIRN_VAR_NAME, *.auto.cairnvars and the default.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+    /// Read input variables from a file of NAME = VALUE lines (HCL), or a JSON object when
+    /// the name ends in .json (repeatable).
+    #[arg(long = "var-file", value_name = "FILE")]
+    pub var_files: Vec<PathBuf>,
+}
+
+impl ConfigInputs {
+    pub fn inputs(&self) -> crate::config::Inputs {
+        crate::config::Inputs {
+            workspace: self.workspace.clone(),
+            vars: self.vars.clone(),
+            var_files: self.var_files.clone(),
+            env: None,
+        }
+    }
+}
+
+/// Waypoint's single-dash long flags (`-var x=1`, `-var-file=f`, `-workspace w`) in the
+/// double-dash form clap reads.
+pub fn rewrite_single_dash(args: Vec<String>) -> Vec<String> {
+    args.into_iter()
+        .map(|a| {
+            for flag in ["-var", "-var-file", "-workspace"] {
+                if a == flag || a.starts_with(&format!("{flag}=")) {
+                    return format!("-{a}");
+                }
+            }
+            a
+        })
+        .collect()
+}
+
 /// Which deployment a command acts on (`cairn logs`, `cairn exec`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct DeploymentArgs {
@@ -108,8 +152,13 @@ pub async fn call(
 
 /// Load the config in `dir` (cairn.hcl, cairn.hcl.json, waypoint.hcl…).
 pub fn load_config(dir: &Path) -> anyhow::Result<Config> {
+    load_config_with(dir, &crate::config::Inputs::default())
+}
+
+/// Load the config in `dir` with `inputs` (workspace, input variables).
+pub fn load_config_with(dir: &Path, inputs: &crate::config::Inputs) -> anyhow::Result<Config> {
     let path = crate::config::find(dir)?;
-    Ok(crate::config::load(&path)?)
+    Ok(crate::config::load_with(&path, inputs)?)
 }
 
 /// Parse "v3" or "3".

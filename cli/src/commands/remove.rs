@@ -173,6 +173,7 @@ async fn destroy_deployments(
         let arg = AppArg {
             app: Some(app.clone()),
             runner: RunnerSelect::default(),
+            inputs: Default::default(),
         };
         let code = super::lifecycle::run(g, &arg, JobKind::Destroy { deployment: None }).await?;
         if code != 0 {

@@ -93,6 +93,7 @@ pub async fn run(g: &Global, json: bool, runner: &RunnerSelect) -> anyhow::Resul
             let arg = AppArg {
                 app: Some(app.name.clone()),
                 runner: runner.clone(),
+                inputs: Default::default(),
             };
             reports.insert(
                 (c.project.clone(), app.name.clone()),

@@ -2,11 +2,13 @@
 //! values flow between its stages, and print the plan; nothing is queued and
 //! no node is needed.
 //!
-//! Every plugin and every stage-to-stage type flow is checked (all errors of
-//! all apps are reported together, each with its `file:line:column`); an
-//! error in the file itself (syntax, evaluation) stops the load, as it does
-//! for every command. Field values that look secret (passwords, tokens,
-//! credentials) and config env values are masked.
+//! Every error is reported at once, each with its `file:line:column`: those
+//! of the file itself (evaluation, types, variables; only a syntax error stops
+//! the parser), then every plugin and every stage-to-stage type flow of every
+//! app. Field values that look secret (passwords, tokens, credentials), fields
+//! that read a sensitive variable, sensitive variables and config env values
+//! are masked. What `cairn up` needs but the file leaves out (a project name,
+//! a stage) is shown as a warning, and is not an error here.
 
 use std::collections::BTreeMap;
 
@@ -46,14 +48,38 @@ pub struct AppPlan {
     pub stages: Vec<StagePlan>,
     /// Config env variable names (values are not shown).
     pub config_env: Vec<String>,
+    /// Paths of `config { file }` entries (contents are not shown).
+    pub files: Vec<String>,
     pub errors: Vec<String>,
+}
+
+/// A variable as the plan shows it.
+#[derive(Debug, Serialize)]
+pub struct VariablePlan {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// JSON, `(sensitive)`, or `None` when it has none.
+    pub value: Option<String>,
+    /// Where the value came from: default, -var, env NAME, file F…
+    pub from: Option<String>,
+    pub sensitive: bool,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Plan {
     pub file: String,
     pub project: String,
+    pub workspace: String,
+    pub variables: Vec<VariablePlan>,
     pub apps: Vec<AppPlan>,
+    /// `pipeline` blocks: name → step names.
+    pub pipelines: BTreeMap<String, Vec<String>>,
+    /// What `cairn up` needs that the file leaves out.
+    pub warnings: Vec<String>,
+    /// Values of `dynamic()` sources that cannot be reached from here: errors, reported
+    /// after the whole file was evaluated.
+    pub unreachable: Vec<String>,
     pub ok: bool,
 }
 
@@ -102,11 +128,25 @@ fn of_type(t: &str) -> Value {
 }
 
 fn stage(s: &'static str, p: &PluginUse) -> StagePlan {
+    let mut config = masked(&p.config);
+    if let serde_json::Value::Object(m) = &mut config {
+        for f in &p.sensitive_fields {
+            if m.contains_key(f) {
+                m.insert(f.clone(), serde_json::Value::String("(sensitive)".into()));
+            }
+        }
+        for f in &p.pending {
+            m.insert(
+                f.clone(),
+                serde_json::Value::String("(unknown: a variable it reads has no value)".into()),
+            );
+        }
+    }
     StagePlan {
         stage: s,
         plugin: p.name.clone(),
         location: p.location.to_string(),
-        config: masked(&p.config),
+        config,
         takes: None,
         makes: None,
         via: Vec::new(),
@@ -142,19 +182,21 @@ pub fn plan_app(app: &AppConfig, catalog: &Catalog) -> AppPlan {
     let mut stages = Vec::new();
     let mut have: Vec<String> = Vec::new();
 
-    let b = &app.build.builder;
-    let mut s = stage("build", b);
-    s.labels = app.build.labels.clone();
-    match catalog.builder(&b.name, &b.config) {
-        Ok(builder) => {
-            s.makes = Some(builder.output_type().to_string());
-            have.push(builder.output_type().to_string());
+    if let Some(build) = &app.build {
+        let b = &build.builder;
+        let mut s = stage("build", b);
+        s.labels = build.labels.clone();
+        match catalog.builder(&b.name, &b.config) {
+            Ok(builder) => {
+                s.makes = Some(builder.output_type().to_string());
+                have.push(builder.output_type().to_string());
+            }
+            Err(e) => errors.push(locate(b, e)),
         }
-        Err(e) => errors.push(locate(b, e)),
+        stages.push(s);
     }
-    stages.push(s);
 
-    if let Some(r) = &app.build.registry {
+    if let Some(r) = app.build.as_ref().and_then(|b| b.registry.as_ref()) {
         let p = &r.plugin;
         let mut s = stage("registry", p);
         s.labels = r.labels.clone();
@@ -177,9 +219,20 @@ pub fn plan_app(app: &AppConfig, catalog: &Catalog) -> AppPlan {
         stages.push(s);
     }
 
-    let d = &app.deploy.plugin;
+    let Some(deploy) = &app.deploy else {
+        return AppPlan {
+            name: app.name.clone(),
+            path: app.path.display().to_string(),
+            labels: app.labels.clone(),
+            stages,
+            config_env: app.config_env.keys().cloned().collect(),
+            files: app.files.keys().cloned().collect(),
+            errors,
+        };
+    };
+    let d = &deploy.plugin;
     let mut s = stage("deploy", d);
-    s.labels = app.deploy.labels.clone();
+    s.labels = deploy.labels.clone();
     let mut deployment: Option<String> = None;
     match catalog.platform(&d.name, &d.config) {
         Ok(platform) => {
@@ -257,19 +310,60 @@ pub fn plan_app(app: &AppConfig, catalog: &Catalog) -> AppPlan {
         labels: app.labels.clone(),
         stages,
         config_env: app.config_env.keys().cloned().collect(),
+        files: app.files.keys().cloned().collect(),
         errors,
     }
 }
 
-pub fn run(g: &Global, json: bool) -> anyhow::Result<i32> {
+pub fn run(g: &Global, json: bool, inputs: &super::ConfigInputs) -> anyhow::Result<i32> {
     let path = config::find(&g.dir())?;
-    let cfg = config::load(&path)?;
+    let cfg = match config::load_with(&path, &inputs.inputs()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            let errors: Vec<String> = e.each().iter().map(|e| e.to_string()).collect();
+            if json {
+                let out = serde_json::json!({
+                    "file": path.display().to_string(),
+                    "errors": errors,
+                    "ok": false,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            report_errors(&errors, &path.display().to_string());
+            return Ok(1);
+        }
+    };
     let apps: Vec<AppPlan> = cfg.apps.iter().map(|a| plan_app(a, &g.catalog)).collect();
-    let ok = apps.iter().all(|a| a.errors.is_empty());
+    let unreachable: Vec<String> = cfg.unreachable.iter().map(|u| u.to_string()).collect();
+    let ok = apps.iter().all(|a| a.errors.is_empty()) && unreachable.is_empty();
     let plan = Plan {
         file: cfg.file.display().to_string(),
         project: cfg.project.clone(),
+        workspace: cfg.workspace.clone(),
+        variables: cfg
+            .variables
+            .iter()
+            .map(|v| VariablePlan {
+                name: v.name.clone(),
+                ty: v.ty.clone(),
+                value: v.value.as_ref().map(|x| x.shown()),
+                from: v.value.as_ref().map(|x| x.origin.to_string()),
+                sensitive: v.sensitive,
+            })
+            .collect(),
         apps,
+        pipelines: cfg
+            .pipelines
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.steps.iter().map(|s| s.name.clone()).collect(),
+                )
+            })
+            .collect(),
+        warnings: cfg.gaps.iter().map(|g| g.to_string()).collect(),
+        unreachable,
         ok,
     };
     if json {
@@ -277,23 +371,52 @@ pub fn run(g: &Global, json: bool) -> anyhow::Result<i32> {
     } else {
         print_plan(&plan);
     }
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
     if !ok {
-        let n: usize = plan.apps.iter().map(|a| a.errors.len()).sum();
-        for e in plan.apps.iter().flat_map(|a| &a.errors) {
-            eprintln!("error: {e}");
-        }
-        eprintln!(
-            "{n} error{} in {}",
-            if n == 1 { "" } else { "s" },
-            plan.file
-        );
+        let errors: Vec<String> = plan
+            .unreachable
+            .iter()
+            .cloned()
+            .chain(plan.apps.iter().flat_map(|a| a.errors.clone()))
+            .collect();
+        report_errors(&errors, &plan.file);
         return Ok(1);
     }
     Ok(0)
 }
 
+fn report_errors(errors: &[String], file: &str) {
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    let n = errors.len();
+    eprintln!("{n} error{} in {file}", if n == 1 { "" } else { "s" });
+}
+
 fn print_plan(plan: &Plan) {
-    println!("{} (project {:?})", plan.file, plan.project);
+    println!(
+        "{} (project {:?}, workspace {:?})",
+        plan.file, plan.project, plan.workspace
+    );
+    if !plan.variables.is_empty() {
+        println!();
+        println!("variables:");
+        for v in &plan.variables {
+            let value = v.value.as_deref().unwrap_or("(no value)");
+            let from = v
+                .from
+                .as_deref()
+                .map(|f| format!("  from {f}"))
+                .unwrap_or_default();
+            println!("  {:<24} {:<14} = {value}{from}", v.name, v.ty);
+        }
+    }
+    for (name, steps) in &plan.pipelines {
+        println!();
+        println!("pipeline {name:?}: {}", steps.join(" → "));
+    }
     for app in &plan.apps {
         println!();
         let env = if app.config_env.is_empty() {
@@ -302,6 +425,9 @@ fn print_plan(plan: &Plan) {
             format!("; config env: {}", app.config_env.join(", "))
         };
         println!("app {:?} (path {}{env})", app.name, app.path);
+        if !app.files.is_empty() {
+            println!("  config files: {}", app.files.join(", "));
+        }
         if !app.labels.is_empty() {
             println!("  labels: {}", labels_text(&app.labels));
         }

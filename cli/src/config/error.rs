@@ -36,8 +36,8 @@ impl fmt::Display for Location {
 
 /// Everything that can go wrong while finding, reading, parsing and evaluating a config.
 ///
-/// `Display` is always a single line; it starts with `FILE:LINE:COL: ` whenever a location is
-/// known, or `FILE: ` when only the file is.
+/// `Display` is a single line (one per error for [`ConfigError::Many`]); it starts with
+/// `FILE:LINE:COL: ` whenever a location is known, or `FILE: ` when only the file is.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -67,6 +67,18 @@ pub enum ConfigError {
         attribute: String,
         message: String,
     },
+    /// A `dynamic()`/`configdynamic()` source that cannot be read from here (vault without
+    /// an address, a source Cairn has no reader for…).
+    #[error("{location}: `{attribute}` reads config source \"{source_name}\", which cannot be reached: {message}")]
+    Unreachable {
+        location: Location,
+        attribute: String,
+        source_name: String,
+        message: String,
+    },
+    /// Several errors of one file, in the order found; `Display` puts one on each line.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
     /// `Config::app(None)` on a config with several apps.
     #[error("{}: several apps are defined ({}); name the one to use", file.display(), available.join(", "))]
     AppRequired {
@@ -88,8 +100,34 @@ impl ConfigError {
         match self {
             ConfigError::Syntax { location, .. }
             | ConfigError::Invalid { location, .. }
-            | ConfigError::Eval { location, .. } => Some(location),
+            | ConfigError::Eval { location, .. }
+            | ConfigError::Unreachable { location, .. } => Some(location),
+            ConfigError::Many(errs) => errs.first().and_then(|e| e.location()),
             _ => None,
+        }
+    }
+
+    /// One error, or [`ConfigError::Many`] for several (nested lists are flattened).
+    pub(crate) fn many(errs: Vec<ConfigError>) -> ConfigError {
+        let mut flat: Vec<ConfigError> = Vec::new();
+        for e in errs {
+            match e {
+                ConfigError::Many(inner) => flat.extend(inner),
+                e => flat.push(e),
+            }
+        }
+        if flat.len() == 1 {
+            flat.pop().expect("one error")
+        } else {
+            ConfigError::Many(flat)
+        }
+    }
+
+    /// The errors this one holds: itself, or each of [`ConfigError::Many`].
+    pub fn each(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Many(errs) => errs.iter().collect(),
+            e => vec![e],
         }
     }
 

@@ -20,7 +20,11 @@ use super::syntax::Attr;
 
 struct EvalEnv {
     dir: PathBuf,
+    /// The environment `dynamic("env", …)` reads (`None`: the process's).
+    env: Option<std::collections::BTreeMap<String, String>>,
     cache: HashMap<&'static str, Result<String, String>>,
+    /// Set by `dynamic()` when its source cannot be reached: (source, why).
+    unreachable: Option<(String, String)>,
 }
 
 thread_local! {
@@ -40,10 +44,12 @@ impl Drop for EnvGuard {
 }
 
 /// Makes `dir` the directory the functions of this thread work in, until the guard drops.
-pub(crate) fn enter(dir: &Path) -> EnvGuard {
+pub(crate) fn enter(dir: &Path, inputs: &super::Inputs) -> EnvGuard {
     let env = EvalEnv {
         dir: dir.to_path_buf(),
+        env: inputs.env.clone(),
         cache: HashMap::new(),
+        unreachable: None,
     };
     let prev = ENV.with(|e| e.borrow_mut().replace(env));
     EnvGuard { prev }
@@ -126,7 +132,7 @@ fn timestamp(_: FuncArgs) -> Result<Value, String> {
 }
 
 /// The config's directory (where relative paths of `file()` start).
-fn config_dir() -> PathBuf {
+pub(crate) fn config_dir() -> PathBuf {
     ENV.with(|e| match &*e.borrow() {
         Some(env) => env.dir.clone(),
         None => PathBuf::from("."),
@@ -134,7 +140,7 @@ fn config_dir() -> PathBuf {
 }
 
 /// The bytes of `path` (relative to the config's directory), or an error naming it.
-fn read_file(path: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn read_file(path: &str) -> Result<Vec<u8>, String> {
     let p = config_dir().join(path);
     std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
 }
@@ -202,6 +208,91 @@ fn trimspace(args: FuncArgs) -> Result<Value, String> {
     Ok(Value::String(arg_str(&args).trim().to_string()))
 }
 
+/// An environment variable as this load sees it.
+fn env_var(name: &str) -> Option<String> {
+    ENV.with(|e| match &*e.borrow() {
+        Some(EvalEnv { env: Some(env), .. }) => env.get(name).cloned(),
+        _ => std::env::var(name).ok(),
+    })
+    .filter(|v| !v.is_empty())
+}
+
+/// Records that `source` cannot be reached, and returns the error for hcl-rs.
+fn unreachable(source: &str, why: String) -> Result<Value, String> {
+    ENV.with(|e| {
+        if let Some(env) = e.borrow_mut().as_mut() {
+            env.unreachable = Some((source.to_string(), why.clone()));
+        }
+    });
+    Err(why)
+}
+
+/// The sources `dynamic()` reads by itself.
+pub const DYNAMIC_SOURCES: &[&str] = &["env", "file"];
+
+/// `dynamic(SOURCE, { … })` and `configdynamic(SOURCE, { … })`: a value read from a config
+/// source when the config is evaluated. Cairn reads `env` (`{ name = "VAR" }`: the
+/// environment of the CLI or runner evaluating the file) and `file` (`{ path = "…" }`,
+/// relative to the config's directory). Waypoint's other sources (vault, terraform-cloud,
+/// aws-ssm, consul, kubernetes, packer…) are named in an error that says what they would need,
+/// so the rest of the file is still evaluated.
+fn dynamic(args: FuncArgs) -> Result<Value, String> {
+    let source = arg_str(&args).to_string();
+    let cfg =
+        match &args[1] {
+            Value::Object(m) => m.clone(),
+            Value::Null => Map::new(),
+            _ => return Err(
+                "the second argument is the source's settings: an object, e.g. { name = \"X\" }"
+                    .into(),
+            ),
+        };
+    let field = |k: &str| cfg.get(k).and_then(|v| v.as_str()).map(String::from);
+    match source.as_str() {
+        "env" => {
+            let Some(name) = field("name") else {
+                return Err("dynamic(\"env\", { name = \"VAR\" }) needs `name`".into());
+            };
+            match env_var(&name) {
+                Some(v) => Ok(Value::String(v)),
+                None => unreachable(&source, format!("the environment variable {name} is not set")),
+            }
+        }
+        "file" => {
+            let Some(path) = field("path") else {
+                return Err("dynamic(\"file\", { path = \"…\" }) needs `path`".into());
+            };
+            match read_file(&path) {
+                Ok(bytes) => String::from_utf8(bytes)
+                    .map(Value::String)
+                    .map_err(|_| format!("{path} is not UTF-8 text")),
+                Err(e) => unreachable(&source, e),
+            }
+        }
+        "vault" => match env_var("VAULT_ADDR") {
+            None => unreachable(
+                &source,
+                "no vault address: VAULT_ADDR is not set (and Cairn does not read vault itself; give the value with -var, or `cairn config set` for app config)".into(),
+            ),
+            Some(addr) => unreachable(
+                &source,
+                format!("VAULT_ADDR is {addr}, but Cairn has no vault reader: give the value with -var, or `cairn config set` for app config"),
+            ),
+        },
+        "terraform-cloud" => unreachable(
+            &source,
+            "Cairn does not read Terraform Cloud outputs (they need a TFE token and app.terraform.io): give the value with -var or a *.auto.cairnvars file".into(),
+        ),
+        other => unreachable(
+            other,
+            format!(
+                "Cairn reads the config sources {} only: give the value with -var or a *.auto.cairnvars file",
+                DYNAMIC_SOURCES.join(", ")
+            ),
+        ),
+    }
+}
+
 /// The names of the functions a config may call.
 pub const FUNCTIONS: &[&str] = &[
     "gitrefpretty",
@@ -216,6 +307,8 @@ pub const FUNCTIONS: &[&str] = &[
     "upper",
     "lower",
     "trimspace",
+    "dynamic",
+    "configdynamic",
 ];
 
 /// The base context: functions, and `path.project` / `path.pwd`.
@@ -241,8 +334,30 @@ pub(crate) fn base_context(project_dir: &Path) -> Context<'static> {
         "jsonencode",
         FuncDef::builder().param(ParamType::Any).build(jsonencode),
     );
+    for name in ["dynamic", "configdynamic"] {
+        ctx.declare_func(
+            name,
+            FuncDef::builder()
+                .param(ParamType::String)
+                .param(ParamType::Any)
+                .build(dynamic),
+        );
+    }
+    super::funcs::declare(&mut ctx);
     ctx.declare_var("path", path_var(project_dir, None));
     ctx
+}
+
+/// Every function a config may call, sorted.
+pub fn all_functions() -> Vec<&'static str> {
+    let mut all: Vec<&'static str> = FUNCTIONS
+        .iter()
+        .chain(super::funcs::NAMES)
+        .copied()
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all
 }
 
 /// The context for one app: the base plus `path.app`.
@@ -276,14 +391,39 @@ pub(crate) fn eval_attr(attr: &Attr, ctx: &Context) -> Result<serde_json::Value,
         attribute: attr.name.clone(),
         message: one_line(&message),
     };
+    ENV.with(|e| {
+        if let Some(env) = e.borrow_mut().as_mut() {
+            env.unreachable = None;
+        }
+    });
     let value = attr.expr.evaluate(ctx).map_err(|e| {
+        let unreachable = ENV.with(|e| e.borrow_mut().as_mut().and_then(|env| env.unreachable.take()));
+        if let Some((source_name, message)) = unreachable {
+            return ConfigError::Unreachable {
+                location: attr.loc.clone(),
+                attribute: attr.name.clone(),
+                source_name,
+                message,
+            };
+        }
         let mut message = e.to_string();
         match e.kind() {
             hcl::eval::ErrorKind::UndefinedFunc(_) => {
-                message.push_str(&format!(" (available: {})", FUNCTIONS.join(", ")));
+                message.push_str(&format!(" (available: {})", all_functions().join(", ")));
             }
-            hcl::eval::ErrorKind::UndefinedVar(v) if v.as_str() == "var" => {
-                message.push_str(" (input variables are not supported yet)");
+            hcl::eval::ErrorKind::NoSuchKey(k)
+                if super::vars::var_refs(&attr.expr).iter().any(|v| v == k) =>
+            {
+                message = format!(
+                    "undeclared input variable `{k}`: declare it with variable \"{k}\" {{ type = string }}"
+                );
+            }
+            hcl::eval::ErrorKind::UndefinedVar(v)
+                if ["artifact", "deploy", "entrypoint"].contains(&v.as_str()) =>
+            {
+                message.push_str(&format!(
+                    " (`{v}.*` is known only while an operation runs, and Cairn does not fill it in yet)"
+                ));
             }
             _ => {}
         }

@@ -42,11 +42,14 @@
 mod decode;
 mod error;
 mod eval;
+mod funcs;
 mod json;
 mod nesting;
+mod selector;
 mod syntax;
 #[cfg(test)]
 mod tests;
+pub mod vars;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -55,6 +58,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, Location};
 pub use eval::FUNCTIONS;
+pub use vars::{Inputs, Origin, Variable};
 
 /// The file names [`find`] looks for, in order.
 pub const FILE_NAMES: &[&str] = &[
@@ -64,7 +68,7 @@ pub const FILE_NAMES: &[&str] = &[
     "waypoint.hcl.json",
 ];
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     /// The file this config was read from (as given to [`load`] / [`parse_str`]).
     pub file: PathBuf,
@@ -77,6 +81,98 @@ pub struct Config {
     /// The top-level `labels = { … }`: the project's, which every app inherits.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The workspace this config was evaluated for (`-workspace`, else "default").
+    pub workspace: String,
+    /// The input variables, in the order declared, with their values (sensitive ones are
+    /// masked when serialized).
+    pub variables: Vec<Variable>,
+    /// The top-level `config { file = { … } }`: files every app's instances get.
+    pub files: BTreeMap<String, String>,
+    /// The top-level `config { runner { env = { … } } }`: what runners run this project's
+    /// jobs with.
+    pub runner_env: BTreeMap<String, String>,
+    /// The top-level `runner { … }`.
+    pub runner: Option<RunnerConfig>,
+    /// The top-level `url { … }`.
+    pub url: Option<UrlConfig>,
+    /// `plugin "NAME" { … }` blocks.
+    pub plugins: Vec<PluginDecl>,
+    /// `pipeline "NAME" { … }` blocks.
+    pub pipelines: Vec<Pipeline>,
+    /// What `cairn up` needs that the file leaves out (no project, no app, a stage without
+    /// `use`…): valid for `cairn validate`, refused by the commands that run an app.
+    pub gaps: Vec<Gap>,
+    /// Values read by `dynamic()` from sources that cannot be reached from here (each a
+    /// [`ConfigError::Unreachable`]): the rest of the file is evaluated, and what reads them
+    /// is left out; commands that run an app refuse the file.
+    pub unreachable: Vec<Gap>,
+}
+
+/// Something the file may leave out but an operation needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gap {
+    pub location: Location,
+    pub message: String,
+    /// The app it is about (`None`: the file's).
+    pub app: Option<String>,
+}
+
+impl std::fmt::Display for Gap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// `runner { … }` (Waypoint's form; what runs jobs for the project or app).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunnerConfig {
+    pub enabled: Option<bool>,
+    pub profile: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// `data_source "git" { url, ref, path }`: the source type and its fields.
+    pub data_source: Option<(String, serde_json::Value)>,
+    pub poll: Option<serde_json::Value>,
+    pub location: Location,
+}
+
+/// `url { auto_hostname = … }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UrlConfig {
+    pub auto_hostname: Option<bool>,
+}
+
+/// `plugin "NAME" { … }` at the top level: selects (and may pin) a plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginDecl {
+    pub name: String,
+    pub config: serde_json::Value,
+    pub location: Location,
+}
+
+/// `pipeline "NAME" { step "S" { … } … }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pipeline {
+    pub name: String,
+    pub steps: Vec<Step>,
+    pub location: Location,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub image_url: Option<String>,
+    /// The workspace the step runs in (default: the pipeline's).
+    pub workspace: Option<String>,
+    pub action: StepAction,
+    pub location: Location,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StepAction {
+    /// `use "exec" { … }`, `use "build" {}`, `use "deploy" {}`, `use "release" {}`, `use "up" {}`.
+    Use(PluginUse),
+    /// A nested `pipeline "NAME" { … }`.
+    Pipeline(Box<Pipeline>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,8 +181,11 @@ pub struct AppConfig {
     /// The app's source directory, relative to the config's directory (as written; default ".").
     /// See [`Config::app_dir`] for the resolved path.
     pub path: PathBuf,
-    pub build: BuildStage,
-    pub deploy: Stage,
+    /// `None` when the app has no build stage, or no `use` in it for this workspace (a
+    /// [`Gap`] says so).
+    pub build: Option<BuildStage>,
+    /// `None` like `build`.
+    pub deploy: Option<Stage>,
     pub release: Option<Stage>,
     /// From `config { env = { … } }` at top level, overridden key by key by the app's own.
     /// What build and push steps run with. Deployments get the cluster's resolved config
@@ -97,6 +196,15 @@ pub struct AppConfig {
     pub app_env: BTreeMap<String, String>,
     /// The project's `labels`, overridden key by key by the app's own.
     pub labels: BTreeMap<String, String>,
+    /// `config { file = { PATH = CONTENT } }`, the project's with the app's over them: files
+    /// written into each instance.
+    pub files: BTreeMap<String, String>,
+    /// The app's `config { runner { env } }`.
+    pub runner_env: BTreeMap<String, String>,
+    /// The app's `runner { … }`.
+    pub runner: Option<RunnerConfig>,
+    /// The app's `url { … }`.
+    pub url: Option<UrlConfig>,
     /// Of the `app` block.
     pub location: Location,
 }
@@ -130,6 +238,35 @@ pub struct PluginUse {
     pub location: Location,
     /// Top-level field name → where it is written, for the plugin's own type errors.
     pub field_locations: BTreeMap<String, Location>,
+    /// Fields that read a sensitive variable: never shown.
+    #[serde(default)]
+    pub sensitive_fields: std::collections::BTreeSet<String>,
+    /// Fields left out of `config` because a variable they read has no value (its error is
+    /// reported once, for the variable).
+    #[serde(default)]
+    pub pending: std::collections::BTreeSet<String>,
+}
+
+impl AppConfig {
+    /// The build stage, or an error saying the app has none (for this workspace).
+    pub fn build_stage(&self) -> Result<&BuildStage, String> {
+        self.build.as_ref().ok_or_else(|| {
+            format!(
+                "{}: app \"{}\" has no build stage to run",
+                self.location, self.name
+            )
+        })
+    }
+
+    /// The deploy stage, or an error saying the app has none (for this workspace).
+    pub fn deploy_stage(&self) -> Result<&Stage, String> {
+        self.deploy.as_ref().ok_or_else(|| {
+            format!(
+                "{}: app \"{}\" has no deploy stage to run",
+                self.location, self.name
+            )
+        })
+    }
 }
 
 impl PluginUse {
@@ -196,6 +333,28 @@ impl Config {
         }
     }
 
+    /// Fails with the first [`Gap`] an operation on `app` cannot do without: a project name,
+    /// the app's build and deploy stages.
+    pub fn runnable(&self, app: &AppConfig) -> Result<(), ConfigError> {
+        if let Some(u) = self.unreachable.first() {
+            return Err(ConfigError::invalid(&u.location, u.message.clone()));
+        }
+        let gap = |g: &Gap| ConfigError::invalid(&g.location, g.message.clone());
+        if self.project.is_empty() {
+            if let Some(g) = self.gaps.iter().find(|g| g.app.is_none()) {
+                return Err(gap(g));
+            }
+        }
+        match self
+            .gaps
+            .iter()
+            .find(|g| g.app.as_deref() == Some(&app.name))
+        {
+            Some(g) => Err(gap(g)),
+            None => Ok(()),
+        }
+    }
+
     /// The directory holding the config file (`.` for a bare file name).
     pub fn dir(&self) -> PathBuf {
         config_dir(&self.file)
@@ -226,29 +385,44 @@ pub fn find(dir: &Path) -> Result<PathBuf, ConfigError> {
         })
 }
 
-/// Reads, parses and evaluates the config at `path`.
+/// Reads, parses and evaluates the config at `path` for the default inputs (workspace and
+/// variables from the environment and the config's directory).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, &Inputs::default())
+}
+
+/// Reads, parses and evaluates the config at `path` with `inputs` (`-workspace`, `-var`,
+/// `-var-file`).
+pub fn load_with(path: &Path, inputs: &Inputs) -> Result<Config, ConfigError> {
     let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_str(&src, path)
+    parse_str_with(&src, path, inputs)
 }
 
 /// Parses and evaluates a config whose text is `src`; `file` names it in errors and locations,
 /// chooses the format (`.json` → the HCL JSON form, anything else → native HCL), and its
 /// directory is where the git functions run.
 pub fn parse_str(src: &str, file: &Path) -> Result<Config, ConfigError> {
+    parse_str_with(src, file, &Inputs::default())
+}
+
+/// [`parse_str`] with `inputs`. Every error of the file is reported at once
+/// ([`ConfigError::Many`] when there are several), except a syntax error that stops the
+/// parser.
+pub fn parse_str_with(src: &str, file: &Path, inputs: &Inputs) -> Result<Config, ConfigError> {
     let src = src.strip_prefix('\u{feff}').unwrap_or(src);
     let is_json = file
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let mut errs = Vec::new();
     let body = if is_json {
-        decode::parse_json(src, file)?
+        decode::parse_json(src, file, &mut errs)?
     } else {
-        decode::parse_hcl(src, file)?
+        decode::parse_hcl(src, file, &mut errs)?
     };
     let dir = config_dir(file);
-    let _env = eval::enter(&dir);
-    decode::decode(&body, file, &dir)
+    let _env = eval::enter(&dir, inputs);
+    decode::decode(&body, file, &dir, inputs, errs)
 }

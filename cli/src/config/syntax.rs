@@ -184,19 +184,22 @@ fn check_labels(
     ))
 }
 
-fn check_unique_attrs(body: &Body, ctx: &str) -> Result<(), ConfigError> {
-    for (i, a) in body.attrs.iter().enumerate() {
-        if let Some(first) = body.attrs[..i].iter().find(|b| b.name == a.name) {
-            return Err(ConfigError::invalid(
+fn check_unique_attrs(body: &mut Body, ctx: &str, errs: &mut Vec<ConfigError>) {
+    let mut kept: Vec<Attr> = Vec::new();
+    for a in std::mem::take(&mut body.attrs) {
+        if let Some(first) = kept.iter().find(|b| b.name == a.name) {
+            errs.push(ConfigError::invalid(
                 &a.loc,
                 format!(
                     "attribute `{}` {ctx} is defined twice (first at {}:{})",
                     a.name, first.loc.line, first.loc.column
                 ),
             ));
+            continue;
         }
+        kept.push(a);
     }
-    Ok(())
+    body.attrs = kept;
 }
 
 /// Groups the blocks of an open body into attributes: one block → an object; several blocks
@@ -205,7 +208,8 @@ fn open_blocks_to_attrs(
     blocks: Vec<(String, Location, Expression)>,
     attrs: &mut Vec<Attr>,
     ctx: &str,
-) -> Result<(), ConfigError> {
+    errs: &mut Vec<ConfigError>,
+) {
     let mut order: Vec<String> = Vec::new();
     for (name, _, _) in &blocks {
         if !order.contains(name) {
@@ -217,13 +221,14 @@ fn open_blocks_to_attrs(
             blocks.iter().filter(|(n, _, _)| *n == name).collect();
         let loc = group[0].1.clone();
         if let Some(a) = attrs.iter().find(|a| a.name == name) {
-            return Err(ConfigError::invalid(
+            errs.push(ConfigError::invalid(
                 &loc,
                 format!(
                     "`{name}` {ctx} is both an attribute (at {}:{}) and a block",
                     a.loc.line, a.loc.column
                 ),
             ));
+            continue;
         }
         let expr = if group.len() == 1 {
             group[0].2.clone()
@@ -237,7 +242,6 @@ fn open_blocks_to_attrs(
             key_locs: Vec::new(),
         });
     }
-    Ok(())
 }
 
 fn key(name: &str) -> ObjectKey {
@@ -261,7 +265,8 @@ pub(crate) fn from_hcl(
     schema: &Schema,
     lines: &Lines,
     ctx: &str,
-) -> Result<Body, ConfigError> {
+    errs: &mut Vec<ConfigError>,
+) -> Body {
     use hcl::edit::structure::Structure;
 
     let mut out = Body::default();
@@ -279,14 +284,14 @@ pub(crate) fn from_hcl(
                         key_locs: hcl_key_locs(&attr.value, lines),
                     });
                 } else if schema.block(name).is_some() || schema.ignored.contains(&name) {
-                    return Err(ConfigError::invalid(
+                    errs.push(ConfigError::invalid(
                         &loc,
                         format!(
                             "`{name}` {ctx} is a block, not an attribute: write {name} {{ … }}"
                         ),
                     ));
                 } else {
-                    return Err(unknown("attribute", name, ctx, schema, &loc));
+                    errs.push(unknown("attribute", name, ctx, schema, &loc));
                 }
             }
             Structure::Block(block) => {
@@ -298,12 +303,21 @@ pub(crate) fn from_hcl(
                     .map(|l| l.as_str().to_string())
                     .collect();
                 if schema.open {
-                    let inner = hcl_block_to_expr(&block.body, lines, &context_of(ident, &labels))?;
+                    let inner =
+                        hcl_block_to_expr(&block.body, lines, &context_of(ident, &labels), errs);
                     open_blocks.push((ident.to_string(), loc, wrap_labels(inner, &labels)));
                 } else if let Some(spec) = schema.block(ident) {
-                    check_labels(spec, &labels, &loc, ctx)?;
-                    let body =
-                        from_hcl(&block.body, spec.schema, lines, &context_of(ident, &labels))?;
+                    if let Err(e) = check_labels(spec, &labels, &loc, ctx) {
+                        errs.push(e);
+                        continue;
+                    }
+                    let body = from_hcl(
+                        &block.body,
+                        spec.schema,
+                        lines,
+                        &context_of(ident, &labels),
+                        errs,
+                    );
                     out.blocks.push(Block {
                         ident: ident.to_string(),
                         labels,
@@ -313,19 +327,19 @@ pub(crate) fn from_hcl(
                 } else if schema.ignored.contains(&ident) {
                     // A Waypoint block Cairn does not use (yet): accepted, not interpreted.
                 } else if schema.attrs.contains(&ident) {
-                    return Err(ConfigError::invalid(
+                    errs.push(ConfigError::invalid(
                         &loc,
                         format!("`{ident}` {ctx} is an attribute, not a block: write {ident} = …"),
                     ));
                 } else {
-                    return Err(unknown("block", ident, ctx, schema, &loc));
+                    errs.push(unknown("block", ident, ctx, schema, &loc));
                 }
             }
         }
     }
-    open_blocks_to_attrs(open_blocks, &mut out.attrs, ctx)?;
-    check_unique_attrs(&out, ctx)?;
-    Ok(out)
+    open_blocks_to_attrs(open_blocks, &mut out.attrs, ctx, errs);
+    check_unique_attrs(&mut out, ctx, errs);
+    out
 }
 
 /// Where each literal key of an object expression is written.
@@ -351,19 +365,20 @@ fn hcl_block_to_expr(
     body: &hcl::edit::structure::Body,
     lines: &Lines,
     ctx: &str,
-) -> Result<Expression, ConfigError> {
+    errs: &mut Vec<ConfigError>,
+) -> Expression {
     static OPEN: Schema = Schema {
         attrs: &[],
         blocks: &[],
         ignored: &[],
         open: true,
     };
-    let body = from_hcl(body, &OPEN, lines, ctx)?;
+    let body = from_hcl(body, &OPEN, lines, ctx, errs);
     let mut obj = Object::new();
     for a in body.attrs {
         obj.insert(key(&a.name), a.expr);
     }
-    Ok(Expression::Object(obj))
+    Expression::Object(obj)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -374,15 +389,17 @@ pub(crate) fn from_json(
     schema: &Schema,
     lines: &Lines,
     ctx: &str,
-) -> Result<Body, ConfigError> {
+    errs: &mut Vec<ConfigError>,
+) -> Body {
     let json::Kind::Object(members) = &node.kind else {
-        return Err(ConfigError::invalid(
+        errs.push(ConfigError::invalid(
             &lines.loc(node.at),
             format!(
                 "expected a JSON object {ctx}, found {}",
                 node.kind.type_name()
             ),
         ));
+        return Body::default();
     };
     let mut out = Body::default();
     for m in members {
@@ -406,7 +423,7 @@ pub(crate) fn from_json(
                 key_locs,
             });
         } else if let Some(spec) = schema.block(name) {
-            expand_json_block(
+            if let Err(e) = expand_json_block(
                 spec,
                 &m.value,
                 Vec::new(),
@@ -414,19 +431,23 @@ pub(crate) fn from_json(
                 lines,
                 ctx,
                 &mut out.blocks,
-            )?;
+                errs,
+            ) {
+                errs.push(e);
+            }
         } else if schema.ignored.contains(&name) {
             // A Waypoint block Cairn does not use (yet).
         } else {
-            return Err(unknown("key", name, ctx, schema, &loc));
+            errs.push(unknown("key", name, ctx, schema, &loc));
         }
     }
-    check_unique_attrs(&out, ctx)?;
-    Ok(out)
+    check_unique_attrs(&mut out, ctx, errs);
+    out
 }
 
 /// A JSON value under a block key: one object per label level, then the body (or an array of
 /// bodies for repeated blocks). Arrays are also accepted at label levels, as the spec allows.
+#[allow(clippy::too_many_arguments)] // the recursion carries the parser's state
 fn expand_json_block(
     spec: &BlockSpec,
     value: &json::Node,
@@ -435,12 +456,13 @@ fn expand_json_block(
     lines: &Lines,
     ctx: &str,
     out: &mut Vec<Block>,
+    errs: &mut Vec<ConfigError>,
 ) -> Result<(), ConfigError> {
     let level = labels.len();
     match &value.kind {
         json::Kind::Array(items) => {
             for item in items {
-                expand_json_block(spec, item, labels.clone(), item.at, lines, ctx, out)?;
+                expand_json_block(spec, item, labels.clone(), item.at, lines, ctx, out, errs)?;
             }
             Ok(())
         }
@@ -448,13 +470,13 @@ fn expand_json_block(
             for m in members {
                 let mut labels = labels.clone();
                 labels.push(m.key.clone());
-                expand_json_block(spec, &m.value, labels, m.key_at, lines, ctx, out)?;
+                expand_json_block(spec, &m.value, labels, m.key_at, lines, ctx, out, errs)?;
             }
             Ok(())
         }
         json::Kind::Object(_) => {
             let inner_ctx = context_of(spec.name, &labels);
-            let body = from_json(value, spec.schema, lines, &inner_ctx)?;
+            let body = from_json(value, spec.schema, lines, &inner_ctx, errs);
             out.push(Block {
                 ident: spec.name.to_string(),
                 labels,

@@ -79,6 +79,16 @@ fn err_of(src: &str, file: &str) -> String {
     s
 }
 
+/// `src` is valid, and its first gap reads `want…`.
+fn assert_gap(src: &str, want: &str) {
+    let cfg = parse(src).expect("a file with a gap is valid");
+    let gap = cfg.gaps.first().map(|g| g.to_string()).unwrap_or_default();
+    assert!(
+        gap.starts_with(want),
+        "expected a gap {want:?}, got {gap:?}"
+    );
+}
+
 fn assert_err(src: &str, prefix: &str, needle: &str) {
     let s = err_of(src, "cairn.hcl");
     assert!(s.starts_with(prefix), "expected prefix {prefix:?} in {s:?}");
@@ -111,13 +121,13 @@ fn example_parses_with_locations() {
         BTreeMap::from([("GREETING".into(), "hi".into())])
     );
 
-    let b = &web.build.builder;
+    let b = &web.build.as_ref().expect("stage").builder;
     assert_eq!(b.name, "files");
     assert_eq!(b.config, json!({"path": "."}));
     assert_eq!(b.location, loc(f, 10, 5));
     assert_eq!(b.field_locations["path"], loc(f, 11, 7));
     assert_eq!(
-        web.build.hooks,
+        web.build.as_ref().expect("stage").hooks,
         vec![Hook {
             when: HookWhen::Before,
             command: vec!["echo".into(), "hi".into()],
@@ -125,14 +135,20 @@ fn example_parses_with_locations() {
             location: loc(f, 13, 5),
         }]
     );
-    let reg = web.build.registry.as_ref().expect("registry");
+    let reg = web
+        .build
+        .as_ref()
+        .expect("stage")
+        .registry
+        .as_ref()
+        .expect("registry");
     assert_eq!(reg.plugin.name, "files");
     assert_eq!(reg.plugin.config, json!({"directory": "/tmp/x"}));
     assert_eq!(reg.plugin.location, loc(f, 19, 7));
     assert_eq!(reg.plugin.field_locations["directory"], loc(f, 20, 9));
     assert!(reg.hooks.is_empty());
 
-    let d = &web.deploy.plugin;
+    let d = &web.deploy.as_ref().expect("stage").plugin;
     assert_eq!(d.name, "process");
     assert_eq!(
         d.config,
@@ -167,11 +183,11 @@ fn without_locations(mut cfg: Config) -> Config {
     cfg.file = PathBuf::from("x");
     for a in &mut cfg.apps {
         a.location = z.clone();
-        fix_use(&mut a.build.builder);
-        fix_hooks(&mut a.build.hooks);
+        fix_use(&mut a.build.as_mut().expect("stage").builder);
+        fix_hooks(&mut a.build.as_mut().expect("stage").hooks);
         for s in [
-            a.build.registry.as_mut(),
-            Some(&mut a.deploy),
+            a.build.as_mut().expect("stage").registry.as_mut(),
+            a.deploy.as_mut(),
             a.release.as_mut(),
         ]
         .into_iter()
@@ -199,10 +215,19 @@ fn json_form_matches_hcl_form() {
     // element of an array), attributes at their key.
     let web = &from_json.apps[0];
     assert_eq!(web.location, loc(f, 4, 5));
-    assert_eq!(web.build.builder.location, loc(f, 9, 17));
-    assert_eq!(web.build.builder.field_locations["path"], loc(f, 9, 27));
-    assert_eq!(web.build.hooks[0].location, loc(f, 10, 18));
-    let d = &web.deploy.plugin;
+    assert_eq!(
+        web.build.as_ref().expect("stage").builder.location,
+        loc(f, 9, 17)
+    );
+    assert_eq!(
+        web.build.as_ref().expect("stage").builder.field_locations["path"],
+        loc(f, 9, 27)
+    );
+    assert_eq!(
+        web.build.as_ref().expect("stage").hooks[0].location,
+        loc(f, 10, 18)
+    );
+    let d = &web.deploy.as_ref().expect("stage").plugin;
     assert_eq!(d.location, loc(f, 15, 11));
     assert_eq!(d.field_locations["command"], loc(f, 16, 13));
     assert_eq!(d.field_locations["count"], loc(f, 17, 13));
@@ -226,7 +251,7 @@ fn json_form_details() {
     let cfg = parse_str(src, Path::new("c.hcl.json")).expect("parses");
     let names: Vec<&str> = cfg.apps.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["a", "b"]);
-    let c = &cfg.apps[0].build.builder.config;
+    let c = &cfg.apps[0].build.as_ref().expect("stage").builder.config;
     let tag = c["tag"].as_str().expect("tag is a string");
     assert!(tag.starts_with("t-20") && tag.ends_with('Z'), "{tag}");
     assert_eq!(c["raw"], json!("C:\\dir"));
@@ -332,20 +357,27 @@ app "api" {
     assert_eq!(api.location, Location::new("dir/waypoint.hcl", 25, 1));
     // A nested block in a use body becomes an object value.
     assert_eq!(
-        api.build.builder.config,
+        api.build.as_ref().expect("stage").builder.config,
         json!({"buildkit": false, "auth": {"username": "u", "password": "p"}})
     );
     assert_eq!(
-        api.build.builder.field_locations["auth"],
+        api.build.as_ref().expect("stage").builder.field_locations["auth"],
         Location::new("dir/waypoint.hcl", 42, 7)
     );
     assert_eq!(
-        api.deploy.plugin.config["static_environment"]["PORT"],
+        api.deploy.as_ref().expect("stage").plugin.config["static_environment"]["PORT"],
         "8080"
     );
     assert!(api.release.is_none());
     assert_eq!(
-        api.build.registry.as_ref().expect("registry").plugin.config["tag"],
+        api.build
+            .as_ref()
+            .expect("stage")
+            .registry
+            .as_ref()
+            .expect("registry")
+            .plugin
+            .config["tag"],
         "latest"
     );
 }
@@ -369,7 +401,7 @@ fn repeated_and_labeled_blocks_in_use_bodies() {
   }}"#
     ));
     let cfg = parse(&src).expect("parses");
-    let c = &cfg.apps[0].deploy.plugin.config;
+    let c = &cfg.apps[0].deploy.as_ref().expect("stage").plugin.config;
     assert_eq!(
         c,
         &json!({
@@ -378,7 +410,12 @@ fn repeated_and_labeled_blocks_in_use_bodies() {
         })
     );
     assert_eq!(
-        cfg.apps[0].deploy.plugin.field_locations["port"],
+        cfg.apps[0]
+            .deploy
+            .as_ref()
+            .expect("stage")
+            .plugin
+            .field_locations["port"],
         loc("cairn.hcl", 8, 7)
     );
 }
@@ -521,11 +558,23 @@ fn hooks_in_every_stage_and_default_on_failure() {
     ));
     let cfg = parse(&src).expect("parses");
     let a = &cfg.apps[0];
-    assert_eq!(a.deploy.hooks.len(), 1);
-    assert_eq!(a.deploy.hooks[0].when, HookWhen::After);
-    assert_eq!(a.deploy.hooks[0].on_failure, OnFailure::Fail);
-    assert_eq!(a.deploy.hooks[0].command, ["./notify", "deployed"]);
-    assert_eq!(a.deploy.hooks[0].location, loc("cairn.hcl", 7, 5));
+    assert_eq!(a.deploy.as_ref().expect("stage").hooks.len(), 1);
+    assert_eq!(
+        a.deploy.as_ref().expect("stage").hooks[0].when,
+        HookWhen::After
+    );
+    assert_eq!(
+        a.deploy.as_ref().expect("stage").hooks[0].on_failure,
+        OnFailure::Fail
+    );
+    assert_eq!(
+        a.deploy.as_ref().expect("stage").hooks[0].command,
+        ["./notify", "deployed"]
+    );
+    assert_eq!(
+        a.deploy.as_ref().expect("stage").hooks[0].location,
+        loc("cairn.hcl", 7, 5)
+    );
     let r = a.release.as_ref().expect("release");
     assert_eq!(r.hooks[0].when, HookWhen::Before);
     assert_eq!(r.hooks[0].command, ["true"]);
@@ -545,35 +594,39 @@ fn errors_carry_file_line_column() {
         "cairn.hcl:2:11: syntax error",
         "expected `}`",
     );
-    // Missing project / no app: the start of the file.
-    assert_err(
+    // Missing project / no app: valid files with a gap at the start of the file,
+    // which commands that run an app refuse.
+    assert_gap(
         &format!("app \"web\" {{\n{BUILD}\n{DEPLOY}\n}}\n"),
-        "cairn.hcl:1:1: ",
-        "missing `project`",
+        "cairn.hcl:1:1: no `project` attribute",
     );
-    assert_err("project = \"p\"\n", "cairn.hcl:1:1: ", "no app defined");
+    assert_gap("project = \"p\"\n", "cairn.hcl:1:1: no app defined");
     // Duplicate app name: the second one, naming the first.
     assert_err(
         &format!("project = \"p\"\napp \"web\" {{\n{BUILD}\n{DEPLOY}\n}}\napp \"web\" {{\n{BUILD}\n{DEPLOY}\n}}\n"),
         "cairn.hcl:10:1: ",
         "app \"web\" is defined twice (first at 2:1)",
     );
-    // Missing stages: the app block.
-    assert_err(
+    // Missing stages: gaps at the app block; `runnable` refuses the app with it.
+    assert_gap(
         &app(DEPLOY),
-        "cairn.hcl:2:1: ",
-        "app \"web\" has no build stage",
+        "cairn.hcl:2:1: app \"web\" has no build stage",
     );
-    assert_err(
+    assert_gap(
         &app(BUILD),
-        "cairn.hcl:2:1: ",
-        "app \"web\" has no deploy stage",
+        "cairn.hcl:2:1: app \"web\" has no deploy stage",
+    );
+    let cfg = parse(&app(BUILD)).expect("valid");
+    assert_eq!(
+        cfg.runnable(&cfg.apps[0])
+            .expect_err("no deploy")
+            .to_string(),
+        "cairn.hcl:2:1: app \"web\" has no deploy stage"
     );
     // `use` missing / twice.
-    assert_err(
+    assert_gap(
         &app(&format!("{BUILD}\n  deploy {{\n  }}")),
-        "cairn.hcl:6:3: ",
-        "deploy stage of app \"web\" has no `use` block",
+        "cairn.hcl:6:3: the deploy stage of app \"web\" has no `use` block",
     );
     assert_err(
         &app(&format!(
@@ -626,16 +679,14 @@ fn errors_carry_file_line_column() {
     );
     let s = err_of(&with_use("      tag = nope()"), "cairn.hcl");
     assert!(
-        s.contains("available: gitrefpretty, gitrefhash, timestamp, file, filebase64, base64encode, base64decode, jsonencode, jsondecode, upper, lower, trimspace"),
+        s.contains("(available: abs, abspath, alltrue,") && s.contains(" yamldecode, "),
         "{s}"
     );
     assert_err(
         &with_use("      tag = \"v-${var.version}\""),
         "cairn.hcl:6:7: cannot evaluate `tag`: ",
-        "undefined variable `var`",
+        "undeclared input variable `version`: declare it with variable \"version\" { type = string }",
     );
-    let s = err_of(&with_use("      tag = var.version"), "cairn.hcl");
-    assert!(s.contains("(input variables are not supported yet)"), "{s}");
     assert_err(
         &with_use("      n = 1 + \"x\""),
         "cairn.hcl:6:7: cannot evaluate `n`: ",
@@ -653,7 +704,7 @@ fn unknown_and_misplaced_names_are_rejected() {
     assert_err(
         "project = \"p\"\nfrobnicate {\n}\n",
         "cairn.hcl:2:1: unknown block `frobnicate` at the top level",
-        "allowed here: attributes project, labels; blocks app, config, runner, variable, url, plugin",
+        "allowed here: attributes project, labels; blocks app, config, variable, runner, url, plugin, pipeline",
     );
     assert_err(
         "project = \"p\"\nname = \"x\"\n",
@@ -783,10 +834,13 @@ fn find_and_load() {
         .to_string()
         .starts_with(&format!("{}: cannot read config", missing.display())));
     // A bad file read from disk names its path in the error.
-    std::fs::write(dir.path().join("cairn.hcl"), "project = \"p\"\n").expect("write");
-    let e = load(&path).expect_err("no app").to_string();
+    std::fs::write(dir.path().join("cairn.hcl"), "project = 3\n").expect("write");
+    let e = load(&path).expect_err("bad project").to_string();
     assert!(
-        e.starts_with(&format!("{}:1:1: no app defined", path.display())),
+        e.starts_with(&format!(
+            "{}:1:1: `project` must be a string",
+            path.display()
+        )),
         "{e}"
     );
 }
@@ -801,7 +855,7 @@ fn timestamp_is_rfc3339_utc_and_stable_within_a_load() {
         .expect("ns");
     let cfg = parse(&src).expect("parses");
     let after = time::OffsetDateTime::now_utc();
-    let c = &cfg.apps[0].build.builder.config;
+    let c = &cfg.apps[0].build.as_ref().expect("stage").builder.config;
     let t1 = c["t1"].as_str().expect("string");
     assert_eq!(t1.len(), "2024-05-01T12:00:00Z".len(), "{t1}");
     assert!(t1.ends_with('Z'), "{t1}");
@@ -820,7 +874,7 @@ fn path_variables() {
         "  path = \"svc\"\n  build {{\n    use \"a\" {{\n      dir = path.app\n      root = path.project\n    }}\n  }}\n{DEPLOY}"
     ));
     let cfg = parse_str(&src, Path::new("proj/cairn.hcl")).expect("parses");
-    let c = &cfg.apps[0].build.builder.config;
+    let c = &cfg.apps[0].build.as_ref().expect("stage").builder.config;
     assert_eq!(
         c["dir"],
         json!(Path::new("proj").join("svc").display().to_string())
@@ -881,7 +935,7 @@ fn git_functions_in_a_temp_repo() {
     let file = d.join("cairn.hcl");
     std::fs::write(&file, &src).expect("write");
     let cfg = load(&file).expect("loads");
-    let c = &cfg.apps[0].build.builder.config;
+    let c = &cfg.apps[0].build.as_ref().expect("stage").builder.config;
     assert_eq!(c["hash"], json!(head));
     assert_eq!(head.len(), 40);
     assert_eq!(c["tag"], json!(short));
@@ -890,11 +944,14 @@ fn git_functions_in_a_temp_repo() {
     // uncommitted changes to tracked files add "-dirty".
     git(d, &["tag", "v1.2.3"]);
     let cfg = load(&file).expect("loads");
-    assert_eq!(cfg.apps[0].build.builder.config["tag"], json!("v1.2.3"));
+    assert_eq!(
+        cfg.apps[0].build.as_ref().expect("stage").builder.config["tag"],
+        json!("v1.2.3")
+    );
     std::fs::write(d.join("a.txt"), "changed").expect("write");
     let cfg = load(&file).expect("loads");
     assert_eq!(
-        cfg.apps[0].build.builder.config["tag"],
+        cfg.apps[0].build.as_ref().expect("stage").builder.config["tag"],
         json!("v1.2.3-dirty")
     );
 
@@ -905,7 +962,10 @@ fn git_functions_in_a_temp_repo() {
     git(other.path(), &["commit", "-q", "--allow-empty", "-m", "x"]);
     let other_head = git(other.path(), &["rev-parse", "HEAD"]);
     let cfg = parse_str(&src, &other.path().join("cairn.hcl")).expect("parses");
-    assert_eq!(cfg.apps[0].build.builder.config["hash"], json!(other_head));
+    assert_eq!(
+        cfg.apps[0].build.as_ref().expect("stage").builder.config["hash"],
+        json!(other_head)
+    );
     assert_ne!(other_head, head);
 }
 
@@ -948,11 +1008,14 @@ fn json_strings_and_truncated_inputs() {
     let cfg = parse_str(src, Path::new("c.json")).expect("parses");
     assert_eq!(cfg.project, "pé😀\"q\"");
     assert_eq!(
-        cfg.apps[0].build.builder.config["s"],
+        cfg.apps[0].build.as_ref().expect("stage").builder.config["s"],
         json!("tab\there\nline")
     );
-    assert_eq!(cfg.apps[0].deploy.plugin.config["n"], json!(-150)); // HCL numbers: a whole float is an integer
-                                                                    // Every truncation of valid documents is a one-line, located error (and never a panic).
+    assert_eq!(
+        cfg.apps[0].deploy.as_ref().expect("stage").plugin.config["n"],
+        json!(-150)
+    ); // HCL numbers: a whole float is an integer
+       // Every truncation of valid documents is a one-line, located error (and never a panic).
     for (doc, file) in [
         (src, "c.json"),
         (EXAMPLE_JSON, "c.json"),
@@ -1066,12 +1129,21 @@ app "web" {
             ("tier".into(), "frontend".into())
         ])
     );
-    assert_eq!(web.build.labels["stage"], "build");
+    assert_eq!(web.build.as_ref().expect("stage").labels["stage"], "build");
     assert_eq!(
-        web.build.registry.as_ref().expect("registry").labels["stage"],
+        web.build
+            .as_ref()
+            .expect("stage")
+            .registry
+            .as_ref()
+            .expect("registry")
+            .labels["stage"],
         "push"
     );
-    assert_eq!(web.deploy.labels["env/kind"], "staging");
+    assert_eq!(
+        web.deploy.as_ref().expect("stage").labels["env/kind"],
+        "staging"
+    );
     // A label that is not a string is refused where it is written.
     let e = err_of(
         "project = \"p\"\nlabels = { n = [1] }\napp \"web\" {\n  build {\n    use \"files\" {}\n  }\n  deploy {\n    use \"process\" { command = [\"true\"] }\n  }\n}\n",
@@ -1116,7 +1188,7 @@ app "web" {
 }
 "#;
     let cfg = parse_str(src, &dir.path().join("cairn.hcl")).expect("functions evaluate");
-    let c = &cfg.apps[0].deploy.plugin.config;
+    let c = &cfg.apps[0].deploy.as_ref().expect("stage").plugin.config;
     assert_eq!(c["command"], serde_json::json!(["RUN", "now", "x"]));
     assert_eq!(
         c["pass_env"],

@@ -142,6 +142,7 @@ pub fn options(
         entrypoint_argv: super::entrypoint_argv(&self_exe),
         self_exe,
         catalog,
+        inputs: Default::default(),
     }
 }
 

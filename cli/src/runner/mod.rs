@@ -43,6 +43,10 @@ pub struct RunnerOptions {
     pub entrypoint_argv: Vec<String>,
     /// The plugins jobs run with (the program's one catalog).
     pub catalog: std::sync::Arc<crate::plugins::Catalog>,
+    /// What configs are evaluated with: for the CLI's own runner, its --var and --var-file
+    /// (sensitive values stay in this process, never in a job); for an agent, nothing but
+    /// its environment. The workspace always comes from the job.
+    pub inputs: std::sync::Arc<crate::config::Inputs>,
 }
 
 /// Names the `cairn-entrypoint` program to use instead of looking for it.
@@ -91,6 +95,7 @@ impl RunnerOptions {
             entrypoint_argv: entrypoint_argv(&self_exe),
             self_exe,
             catalog,
+            inputs: Default::default(),
         }
     }
 }

@@ -15,9 +15,10 @@ pub async fn run(
     push: bool,
 ) -> Result<((u64, Value), Option<(u64, Value)>), JobFailure> {
     let app = &l.app;
-    let name = app.build.builder.name.clone();
+    let stage = app.build_stage().map_err(JobFailure::new)?;
+    let name = stage.builder.name.clone();
     let builder = l.stages.builder.clone();
-    let hook_list = app.build.hooks.clone();
+    let hook_list = stage.hooks.clone();
     let dir = l.source_dir.clone();
     let built = run
         .op_step(
@@ -39,8 +40,7 @@ pub async fn run(
         )
         .await?;
     let build = (built.sequence, built.value);
-    let (Some(stage), Some(registry), true) = (&app.build.registry, &l.stages.registry, push)
-    else {
+    let (Some(stage), Some(registry), true) = (&stage.registry, &l.stages.registry, push) else {
         return Ok((build, None));
     };
     let name = stage.plugin.name.clone();

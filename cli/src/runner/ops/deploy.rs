@@ -14,7 +14,7 @@ pub async fn run(
     build_seq: u64,
     values: Vec<Value>,
 ) -> Result<(u64, Value), JobFailure> {
-    let stage = &l.app.deploy;
+    let stage = l.app.deploy_stage().map_err(JobFailure::new)?;
     let name = stage.plugin.name.clone();
     let platform = l.stages.platform.clone();
     let input = run

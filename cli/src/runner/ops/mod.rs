@@ -31,7 +31,11 @@ pub struct Loaded {
 fn load(run: &JobRun) -> Result<Loaded, JobFailure> {
     let Source::Local { dir, config: file } = &run.job.spec.source;
     let path = Path::new(dir).join(file);
-    let cfg = config::load(&path).map_err(|e| JobFailure::new(e.to_string()))?;
+    let inputs = config::Inputs {
+        workspace: Some(run.job.spec.workspace.clone()),
+        ..(*run.opts.inputs).clone()
+    };
+    let cfg = config::load_with(&path, &inputs).map_err(|e| JobFailure::new(e.to_string()))?;
     let app = cfg
         .app(Some(&run.job.spec.app))
         .map_err(|e| JobFailure::new(e.to_string()))?

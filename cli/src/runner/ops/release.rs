@@ -132,7 +132,7 @@ async fn route_only(
         run.event(cairn_protocol::api::JobEvent::Output {
             step: 0,
             stream: cairn_protocol::types::Stream::Info,
-            line: format!("platform {:?} has no releaser, the app has no release stage and the cluster serves no URLs: nothing to release", l.app.deploy.plugin.name),
+            line: format!("platform {:?} has no releaser, the app has no release stage and the cluster serves no URLs: nothing to release", l.stages.platform_name),
         });
         return Ok(());
     };

@@ -17,7 +17,7 @@ pub async fn run(run: &mut JobRun, l: &Loaded) -> Result<(), JobFailure> {
         .into_iter()
         .filter(|d| d.status == OpStatus::Success && d.state == ResourceState::Active)
         .collect();
-    let name = l.app.deploy.plugin.name.clone();
+    let name = l.stages.platform_name.clone();
     for d in active {
         let value = value_of(&d)?;
         let platform = l.stages.platform.clone();
