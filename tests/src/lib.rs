@@ -21,6 +21,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod bench;
+pub mod corpus;
 pub mod docker;
 pub use tempfile::TempDir;
 

@@ -65,6 +65,7 @@ impl ConfigInputs {
             vars: self.vars.clone(),
             var_files: self.var_files.clone(),
             env: None,
+            artifact: None,
         }
     }
 }

@@ -77,9 +77,9 @@ pub struct Plan {
     pub pipelines: BTreeMap<String, Vec<String>>,
     /// What `cairn up` needs that the file leaves out.
     pub warnings: Vec<String>,
-    /// Values of `dynamic()` sources that cannot be reached from here: errors, reported
-    /// after the whole file was evaluated.
-    pub unreachable: Vec<String>,
+    /// What stops every operation (a `dynamic()` source that cannot be reached from here, a
+    /// name Cairn cannot hold): errors, reported after the whole file was evaluated.
+    pub blockers: Vec<String>,
     pub ok: bool,
 }
 
@@ -134,6 +134,14 @@ fn stage(s: &'static str, p: &PluginUse) -> StagePlan {
             if m.contains_key(f) {
                 m.insert(f.clone(), serde_json::Value::String("(sensitive)".into()));
             }
+        }
+        for f in &p.deferred {
+            m.insert(
+                f.clone(),
+                serde_json::Value::String(
+                    "(known when the operation runs: reads artifact.* or deploy.*)".into(),
+                ),
+            );
         }
         for f in &p.pending {
             m.insert(
@@ -334,8 +342,8 @@ pub fn run(g: &Global, json: bool, inputs: &super::ConfigInputs) -> anyhow::Resu
         }
     };
     let apps: Vec<AppPlan> = cfg.apps.iter().map(|a| plan_app(a, &g.catalog)).collect();
-    let unreachable: Vec<String> = cfg.unreachable.iter().map(|u| u.to_string()).collect();
-    let ok = apps.iter().all(|a| a.errors.is_empty()) && unreachable.is_empty();
+    let blockers: Vec<String> = cfg.blockers.iter().map(|u| u.to_string()).collect();
+    let ok = apps.iter().all(|a| a.errors.is_empty()) && blockers.is_empty();
     let plan = Plan {
         file: cfg.file.display().to_string(),
         project: cfg.project.clone(),
@@ -346,7 +354,13 @@ pub fn run(g: &Global, json: bool, inputs: &super::ConfigInputs) -> anyhow::Resu
             .map(|v| VariablePlan {
                 name: v.name.clone(),
                 ty: v.ty.clone(),
-                value: v.value.as_ref().map(|x| x.shown()),
+                value: v.value.as_ref().map(|x| {
+                    if x.sensitive {
+                        x.shown()
+                    } else {
+                        masked(&serde_json::json!({ "v": x.value }))["v"].to_string()
+                    }
+                }),
                 from: v.value.as_ref().map(|x| x.origin.to_string()),
                 sensitive: v.sensitive,
             })
@@ -363,7 +377,7 @@ pub fn run(g: &Global, json: bool, inputs: &super::ConfigInputs) -> anyhow::Resu
             })
             .collect(),
         warnings: cfg.gaps.iter().map(|g| g.to_string()).collect(),
-        unreachable,
+        blockers,
         ok,
     };
     if json {
@@ -376,7 +390,7 @@ pub fn run(g: &Global, json: bool, inputs: &super::ConfigInputs) -> anyhow::Resu
     }
     if !ok {
         let errors: Vec<String> = plan
-            .unreachable
+            .blockers
             .iter()
             .cloned()
             .chain(plan.apps.iter().flat_map(|a| a.errors.clone()))

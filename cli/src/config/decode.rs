@@ -347,8 +347,9 @@ struct Decoder<'a> {
     /// Sensitive variables: a plugin field reading one is masked by `cairn validate`.
     sensitive: BTreeSet<String>,
     gaps: Vec<Gap>,
-    /// `dynamic()` sources that could not be read.
-    unreachable: Vec<Gap>,
+    /// What stops an operation but not the evaluation: `dynamic()` sources that could not be
+    /// read, names Cairn cannot hold.
+    blockers: Vec<Gap>,
     /// The app being decoded (gaps found meanwhile are its).
     app: Option<String>,
 }
@@ -363,13 +364,23 @@ impl Decoder<'_> {
                 attribute,
                 source_name,
                 message,
-            } => self.unreachable.push(Gap {
+            } => self.blockers.push(Gap {
                 location,
                 message: format!("`{attribute}` reads config source \"{source_name}\", which cannot be reached: {message}"),
                 app: self.app.clone(),
             }),
             e => self.errs.push(e),
         }
+    }
+
+    /// A rule of Cairn's the file breaks without making the rest unreadable (a name): an error
+    /// for every command, reported by `cairn validate` with the plan.
+    fn blocker(&mut self, loc: &Location, message: impl Into<String>) {
+        self.blockers.push(Gap {
+            location: loc.clone(),
+            message: message.into(),
+            app: self.app.clone(),
+        });
     }
 
     fn gap(&mut self, loc: &Location, message: impl Into<String>) {
@@ -522,7 +533,7 @@ pub(crate) fn decode(
         unresolved: BTreeSet::new(),
         sensitive: BTreeSet::new(),
         gaps: Vec::new(),
-        unreachable: Vec::new(),
+        blockers: Vec::new(),
         app: None,
     };
     if let Err(why) = check_workspace_name(&d.workspace) {
@@ -536,6 +547,12 @@ pub(crate) fn decode(
     let mut ws = hcl::Map::new();
     ws.insert("name".into(), hcl::Value::String(d.workspace.clone()));
     base.declare_var("workspace", hcl::Value::Object(ws));
+    if let Some(artifact) = &inputs.artifact {
+        base.declare_var(
+            "artifact",
+            hcl::to_value(artifact).unwrap_or(hcl::Value::Null),
+        );
+    }
 
     let variables = decode_variables(&mut d, body, &base, inputs);
     let mut var_obj = hcl::Map::new();
@@ -552,12 +569,11 @@ pub(crate) fn decode(
     let project = match body.attr("project") {
         Some(attr) => d
             .eval_string(attr, &base, "\"my-project\"")
-            .and_then(|p| match check_project_name(&p) {
-                Ok(()) => Some(p),
-                Err(why) => {
-                    d.push(ConfigError::invalid(&attr.loc, why));
-                    None
+            .map(|p| {
+                if let Err(why) = check_project_name(&p) {
+                    d.blocker(&attr.loc, why);
                 }
+                p
             })
             .unwrap_or_default(),
         None => {
@@ -639,7 +655,7 @@ pub(crate) fn decode(
         plugins,
         pipelines,
         gaps: d.gaps,
-        unreachable: d.unreachable,
+        blockers: d.blockers,
     })
 }
 
@@ -1004,9 +1020,12 @@ fn decode_config(
     }
     // `internal` first: env and file may read config.internal.NAME.
     let mut internal = hcl::Map::new();
+    let mut internal_failed = false;
     for b in &bodies {
         if let Some(attr) = b.attr("internal") {
-            match d.eval(attr, ctx) {
+            let value = d.eval(attr, ctx);
+            internal_failed |= value.is_none();
+            match value {
                 Some(Value::Object(m)) => {
                     for (k, v) in m {
                         internal.insert(k, hcl::to_value(&v).unwrap_or(hcl::Value::Null));
@@ -1027,13 +1046,15 @@ fn decode_config(
     let mut config_var = hcl::Map::new();
     config_var.insert("internal".into(), hcl::Value::Object(internal));
     ctx.declare_var("config", hcl::Value::Object(config_var));
+    // An `internal` that failed was reported: what reads it is left out quietly.
+    let reads_failed = |attr: &Attr| internal_failed && vars::mentions_root(&attr.expr, "config");
     for b in &bodies {
-        if let Some(attr) = b.attr("env") {
+        if let Some(attr) = b.attr("env").filter(|a| !reads_failed(a)) {
             if let Some(env) = checked_env(d, attr, &ctx) {
                 out.env.extend(env);
             }
         }
-        if let Some(attr) = b.attr("file") {
+        if let Some(attr) = b.attr("file").filter(|a| !reads_failed(a)) {
             if let Some(files) = checked_files(d, attr, &ctx) {
                 out.files.extend(files);
             }
@@ -1204,12 +1225,17 @@ fn decode_app(
 ) -> Option<AppConfig> {
     let name = block.labels[0].clone();
     if !valid_app_name(&name) {
-        d.push(ConfigError::invalid(
+        let slash = if name.contains('/') {
+            " (it holds '/')"
+        } else {
+            ""
+        };
+        d.blocker(
             &block.loc,
             format!(
-                "invalid app name {name:?}: use letters, digits, '-' and '_', starting with a letter or digit, at most {MAX_APP_NAME} of them"
+                "invalid app name {name:?}{slash}: use letters, digits, '-' and '_', starting with a letter or digit, at most {MAX_APP_NAME} of them"
             ),
-        ));
+        );
     }
     let ctx_name = format!("in app \"{name}\"");
     let body = &block.body;
@@ -1423,6 +1449,7 @@ fn decode_use_block(d: &mut Decoder, use_block: &Block, ctx: &Context) -> Plugin
     let mut field_locations = BTreeMap::new();
     let mut sensitive_fields = BTreeSet::new();
     let mut pending = BTreeSet::new();
+    let mut deferred = BTreeSet::new();
     for attr in &use_block.body.attrs {
         field_locations.insert(attr.name.clone(), attr.loc.clone());
         let refs = vars::var_refs(&attr.expr);
@@ -1431,6 +1458,14 @@ fn decode_use_block(d: &mut Decoder, use_block: &Block, ctx: &Context) -> Plugin
         }
         if refs.iter().any(|r| d.unresolved.contains(r)) {
             pending.insert(attr.name.clone());
+            continue;
+        }
+        // `artifact.*` and `deploy.*` are known only while an operation runs.
+        if OPERATION_VARS
+            .iter()
+            .any(|v| vars::mentions_root(&attr.expr, v) && !ctx_has(ctx, v))
+        {
+            deferred.insert(attr.name.clone());
             continue;
         }
         if let Some(v) = d.eval(attr, ctx) {
@@ -1444,7 +1479,17 @@ fn decode_use_block(d: &mut Decoder, use_block: &Block, ctx: &Context) -> Plugin
         field_locations,
         sensitive_fields,
         pending,
+        deferred,
     }
+}
+
+/// The variables an operation defines for the stages after it: the artifact the build (or
+/// push) made, the deployment.
+const OPERATION_VARS: [&str; 2] = ["artifact", "deploy"];
+
+fn ctx_has(ctx: &Context, var: &str) -> bool {
+    let probe = hcl::Expression::Variable(hcl::expr::Variable::unchecked(var));
+    hcl::eval::Evaluate::evaluate(&probe, ctx).is_ok()
 }
 
 fn decode_hooks(d: &mut Decoder, body: &Body, ctx: &Context) -> Vec<Hook> {

@@ -102,10 +102,11 @@ pub struct Config {
     /// What `cairn up` needs that the file leaves out (no project, no app, a stage without
     /// `use`…): valid for `cairn validate`, refused by the commands that run an app.
     pub gaps: Vec<Gap>,
-    /// Values read by `dynamic()` from sources that cannot be reached from here (each a
-    /// [`ConfigError::Unreachable`]): the rest of the file is evaluated, and what reads them
-    /// is left out; commands that run an app refuse the file.
-    pub unreachable: Vec<Gap>,
+    /// What stops every operation but not the evaluation: values read by `dynamic()` from
+    /// sources that cannot be reached from here (what reads them is left out), names Cairn
+    /// cannot hold. `cairn validate` reports them as errors with the plan; commands that run
+    /// an app refuse the file.
+    pub blockers: Vec<Gap>,
 }
 
 /// Something the file may leave out but an operation needs.
@@ -245,6 +246,10 @@ pub struct PluginUse {
     /// reported once, for the variable).
     #[serde(default)]
     pub pending: std::collections::BTreeSet<String>,
+    /// Fields that read `artifact.*` or `deploy.*`, known only while an operation runs: left
+    /// out of `config` here.
+    #[serde(default)]
+    pub deferred: std::collections::BTreeSet<String>,
 }
 
 impl AppConfig {
@@ -336,7 +341,11 @@ impl Config {
     /// Fails with the first [`Gap`] an operation on `app` cannot do without: a project name,
     /// the app's build and deploy stages.
     pub fn runnable(&self, app: &AppConfig) -> Result<(), ConfigError> {
-        if let Some(u) = self.unreachable.first() {
+        if let Some(u) = self
+            .blockers
+            .iter()
+            .find(|b| b.app.is_none() || b.app.as_deref() == Some(&app.name))
+        {
             return Err(ConfigError::invalid(&u.location, u.message.clone()));
         }
         let gap = |g: &Gap| ConfigError::invalid(&g.location, g.message.clone());

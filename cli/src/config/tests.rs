@@ -79,6 +79,16 @@ fn err_of(src: &str, file: &str) -> String {
     s
 }
 
+/// `src` evaluates, but its (first) app cannot run: the error starts with `prefix`, holds
+/// `needle` and is one line (a name Cairn cannot hold).
+fn assert_blocked(src: &str, prefix: &str, needle: &str) {
+    let cfg = parse(src).expect("a file with a blocker evaluates");
+    let e = cfg.runnable(&cfg.apps[0]).expect_err("blocked").to_string();
+    assert!(!e.contains('\n'), "multi-line error: {e:?}");
+    assert!(e.starts_with(prefix), "expected prefix {prefix:?} in {e:?}");
+    assert!(e.contains(needle), "expected {needle:?} in {e:?}");
+}
+
 /// `src` is valid, and its first gap reads `want…`.
 fn assert_gap(src: &str, want: &str) {
     let cfg = parse(src).expect("a file with a gap is valid");
@@ -753,24 +763,24 @@ fn unknown_and_misplaced_names_are_rejected() {
         "cairn.hcl:9:3: ",
         "more than one `deploy` block",
     );
-    assert_err(
+    assert_blocked(
         &format!("project = \"p\"\napp \"my app\" {{\n{BUILD}\n{DEPLOY}\n}}\n"),
         "cairn.hcl:2:1: ",
         "invalid app name \"my app\"",
     );
     // Control characters are named escaped, never printed raw (a terminal
     // would act on them).
-    assert_err(
+    assert_blocked(
         &format!("project = \"p\"\napp \"we\u{1b}[31mb\" {{\n{BUILD}\n{DEPLOY}\n}}\n"),
         "cairn.hcl:2:1: ",
         "invalid app name \"we\\u{1b}[31mb\"",
     );
-    assert_err(
+    assert_blocked(
         &format!("project = \"p\\u001b[2J\"\napp \"web\" {{\n{BUILD}\n{DEPLOY}\n}}\n"),
         "cairn.hcl:1:1: ",
         "`project` \"p\\u{1b}[2J\" holds '\\u{1b}'",
     );
-    assert_err(
+    assert_blocked(
         &format!(
             "project = \"p\"\napp \"{}\" {{\n{BUILD}\n{DEPLOY}\n}}\n",
             "a".repeat(49)

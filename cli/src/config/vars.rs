@@ -266,6 +266,9 @@ pub struct Inputs {
     /// The environment to read `CAIRN_VAR_*`, `WP_VAR_*` and variables' `env` from; `None`
     /// reads the process's.
     pub env: Option<BTreeMap<String, String>>,
+    /// `artifact`: the data of the value the build (or push) made, when a runner evaluates
+    /// the deploy stage again after it. Fields reading `artifact.*` are deferred without it.
+    pub artifact: Option<Value>,
 }
 
 impl Inputs {
@@ -538,6 +541,18 @@ pub(crate) fn var_refs(expr: &Expression) -> Vec<String> {
     out
 }
 
+/// Whether `expr` reads the variable `root` (e.g. `artifact` in `artifact.image` or in
+/// `{ artifact = artifact }`); a scan of its text, like [`var_refs`].
+pub(crate) fn mentions_root(expr: &Expression, root: &str) -> bool {
+    let text = hcl::format::to_string(expr).unwrap_or_default();
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    text.match_indices(root).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + root.len()..].chars().next();
+        !before.is_some_and(|c| ident(c) || c == '.') && !after.is_some_and(ident)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,5 +620,14 @@ mod tests {
             .expect("ok"),
         );
         assert_eq!(var_refs(&expr), vec!["user", "pass", "x"]);
+        let uses = |s: &str| {
+            let e = Expression::from(hcl::edit::parser::parse_expr(s).expect("expr"));
+            mentions_root(&e, "artifact")
+        };
+        assert!(uses("artifact.image"));
+        assert!(uses("templatefile(\"x\", { artifact = artifact })"));
+        assert!(uses("\"${artifact.tag}\""));
+        assert!(!uses("var.artifact_path"));
+        assert!(!uses("x.artifact"));
     }
 }

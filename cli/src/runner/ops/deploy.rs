@@ -16,7 +16,10 @@ pub async fn run(
 ) -> Result<(u64, Value), JobFailure> {
     let stage = l.app.deploy_stage().map_err(JobFailure::new)?;
     let name = stage.plugin.name.clone();
-    let platform = l.stages.platform.clone();
+    let platform = match (stage.plugin.deferred.is_empty(), values.last()) {
+        (false, Some(artifact)) => super::platform_with_artifact(run, artifact)?,
+        _ => l.stages.platform.clone(),
+    };
     let input = run
         .opts
         .catalog
@@ -32,7 +35,7 @@ pub async fn run(
                 input_seq: Some(build_seq),
                 env: l.env.clone(),
                 source_dir: l.source_dir.clone(),
-                undo: Some(l.stages.platform.clone()),
+                undo: Some(platform.clone()),
             },
             |s| format!("Deploying v{s} with {name}"),
             move |mut ctx| async move {

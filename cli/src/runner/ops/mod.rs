@@ -28,11 +28,17 @@ pub struct Loaded {
     pub env: BTreeMap<String, String>,
 }
 
-fn load(run: &JobRun) -> Result<Loaded, JobFailure> {
+/// The job's config, evaluated for its workspace (and with `artifact` when a stage reads
+/// `artifact.*`), and its app.
+fn load_app(
+    run: &JobRun,
+    artifact: Option<serde_json::Value>,
+) -> Result<(config::Config, AppConfig), JobFailure> {
     let Source::Local { dir, config: file } = &run.job.spec.source;
     let path = Path::new(dir).join(file);
     let inputs = config::Inputs {
         workspace: Some(run.job.spec.workspace.clone()),
+        artifact,
         ..(*run.opts.inputs).clone()
     };
     let cfg = config::load_with(&path, &inputs).map_err(|e| JobFailure::new(e.to_string()))?;
@@ -40,6 +46,29 @@ fn load(run: &JobRun) -> Result<Loaded, JobFailure> {
         .app(Some(&run.job.spec.app))
         .map_err(|e| JobFailure::new(e.to_string()))?
         .clone();
+    cfg.runnable(&app)
+        .map_err(|e| JobFailure::new(e.to_string()))?;
+    Ok((cfg, app))
+}
+
+/// The deploy stage's platform made again from the config evaluated with the artifact, for
+/// a deploy stage with fields that read `artifact.*`.
+fn platform_with_artifact(
+    run: &JobRun,
+    artifact: &Value,
+) -> Result<std::sync::Arc<dyn crate::plugins::Platform>, JobFailure> {
+    let (_, app) = load_app(run, Some(artifact.data.clone()))?;
+    let p = &app.deploy_stage().map_err(JobFailure::new)?.plugin;
+    let platform = run
+        .opts
+        .catalog
+        .platform(&p.name, &p.config)
+        .map_err(|e| JobFailure::new(lifecycle::locate(p, e)))?;
+    Ok(std::sync::Arc::from(platform))
+}
+
+fn load(run: &JobRun) -> Result<Loaded, JobFailure> {
+    let (cfg, app) = load_app(run, None)?;
     let source_dir = cfg.app_dir(&app);
     let stages = lifecycle::instantiate(&app, &run.opts.catalog).map_err(JobFailure::new)?;
     Ok(Loaded {
