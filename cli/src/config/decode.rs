@@ -569,11 +569,10 @@ pub(crate) fn decode(
     let project = match body.attr("project") {
         Some(attr) => d
             .eval_string(attr, &base, "\"my-project\"")
-            .map(|p| {
-                if let Err(why) = check_project_name(&p) {
+            .inspect(|p| {
+                if let Err(why) = check_project_name(p) {
                     d.blocker(&attr.loc, why);
                 }
-                p
             })
             .unwrap_or_default(),
         None => {
