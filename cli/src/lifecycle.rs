@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
-use crate::config::{AppConfig, PluginUse};
-use crate::plugins::{Builder, Catalog, Platform, PluginError, Registry, Releaser};
+use crate::config::{AppConfig, Config, PluginUse};
+use crate::plugins::{
+    Builder, Catalog, ExternalWanted, Kind, Platform, PluginError, Registry, Releaser,
+};
 
 /// The instantiated plugins of one app.
 pub struct Stages {
@@ -16,6 +18,108 @@ pub struct Stages {
     /// The app's release stage, or the platform's own releaser when the app
     /// has no `release` block (as Waypoint does), or none.
     pub releaser: Option<(String, Arc<dyn Releaser>)>,
+}
+
+/// Where external plugins are looked for (before `PATH`): the project's `.cairn/plugins/`,
+/// then the user's `~/.config/cairn/plugins/`.
+pub fn plugin_dirs(cfg: &Config) -> Vec<std::path::PathBuf> {
+    vec![
+        cfg.dir().join(".cairn").join("plugins"),
+        crate::paths::config_dir().join("plugins"),
+    ]
+}
+
+/// `catalog` with the external plugins `cfg` uses: every `use` name Cairn has no built-in
+/// for, and every `plugin "NAME" { … }` block (whose `timeout = "90s"` sets how long each
+/// operation of that plugin may take).
+pub async fn catalog_for(cfg: &Config, catalog: &Arc<Catalog>) -> Result<Arc<Catalog>, String> {
+    let mut wanted: Vec<ExternalWanted> = Vec::new();
+    for p in &cfg.plugins {
+        let timeout =
+            match p.config.get("timeout") {
+                None => None,
+                Some(serde_json::Value::String(t)) => Some(parse_duration(t).map_err(|e| {
+                    format!("{}: plugin \"{}\": `timeout`: {e}", p.location, p.name)
+                })?),
+                Some(_) => {
+                    return Err(format!(
+                    "{}: plugin \"{}\": `timeout` must be a duration such as \"90s\" or \"10m\"",
+                    p.location, p.name
+                ))
+                }
+            };
+        wanted.push(ExternalWanted {
+            name: p.name.clone(),
+            timeout,
+            declared: true,
+        });
+    }
+    let mut uses: Vec<&PluginUse> = Vec::new();
+    for app in &cfg.apps {
+        if let Some(b) = &app.build {
+            uses.push(&b.builder);
+            uses.extend(b.registry.as_ref().map(|r| &r.plugin));
+        }
+        uses.extend(app.deploy.as_ref().map(|d| &d.plugin));
+        uses.extend(app.release.as_ref().map(|r| &r.plugin));
+    }
+    for u in uses {
+        if !wanted.iter().any(|w| w.name == u.name) {
+            wanted.push(ExternalWanted {
+                name: u.name.clone(),
+                timeout: None,
+                declared: false,
+            });
+        }
+    }
+    // Only what is not built in; nothing to look for is the common case.
+    let all_builtin = wanted.iter().all(|w| {
+        !w.declared
+            && [
+                Kind::Builder,
+                Kind::Registry,
+                Kind::Platform,
+                Kind::Releaser,
+            ]
+            .iter()
+            .any(|k| catalog.names(*k).contains(&w.name.as_str()))
+    });
+    if wanted.is_empty() || all_builtin {
+        return Ok(catalog.clone());
+    }
+    catalog
+        .with_externals(&wanted, &plugin_dirs(cfg))
+        .await
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+/// "90s", "10m", "1h30m", "500ms".
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration such as \"90s\", \"10m\" or \"1h30m\"");
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let d = match &rest[..unit] {
+            "ms" => std::time::Duration::from_millis(n),
+            "s" => std::time::Duration::from_secs(n),
+            "m" => std::time::Duration::from_secs(n * 60),
+            "h" => std::time::Duration::from_secs(n * 3600),
+            _ => return Err(bad()),
+        };
+        total += d;
+        rest = &rest[unit..];
+    }
+    Ok(total)
 }
 
 /// A plugin error with the config location it refers to.

@@ -307,7 +307,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<i32> {
         Cmd::Job(j) => commands::job::run(g, j).await,
         Cmd::Config(c) => commands::config::run(g, c).await,
         Cmd::Status { json, runner } => commands::status::run(g, *json, runner).await,
-        Cmd::Validate { json, inputs } => commands::validate::run(g, *json, inputs),
+        Cmd::Validate { json, inputs } => commands::validate::run(g, *json, inputs).await,
         Cmd::Context(c) => commands::context::run(c).await,
         Cmd::Server(s) => commands::server::run(g, s).await,
         Cmd::Runner(r) => commands::runner::run(g, r).await,

@@ -65,6 +65,11 @@ pub struct Bins {
     pub entrypoint: PathBuf,
     /// `tests/src/bin/conn-flood.rs`: holds idle connections (the ingress soak).
     pub conn_flood: PathBuf,
+    /// `examples/plugin-stamp`: the example external plugin.
+    pub plugin_stamp: PathBuf,
+    /// `tests/src/bin/cairn-plugin-misbehave.rs`: an external plugin that crashes, hangs or
+    /// speaks garbage, as its config says.
+    pub plugin_misbehave: PathBuf,
 }
 
 /// The folder holding `cairn`, `cairn-node` and `cairn-entrypoint` of an
@@ -169,6 +174,8 @@ pub fn bins() -> &'static Bins {
             node: profile_dir.join("cairn-node"),
             entrypoint: profile_dir.join("cairn-entrypoint"),
             conn_flood: profile_dir.join("conn-flood"),
+            plugin_stamp: profile_dir.join("cairn-plugin-stamp"),
+            plugin_misbehave: profile_dir.join("cairn-plugin-misbehave"),
         };
         assert!(bins.cairn.exists(), "{} missing", bins.cairn.display());
         assert!(bins.node.exists(), "{} missing", bins.node.display());

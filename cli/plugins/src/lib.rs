@@ -19,7 +19,10 @@ mod catalog;
 pub mod command;
 #[cfg(feature = "docker")]
 pub mod docker;
+pub mod exec;
+pub mod external;
 pub mod files;
+pub mod null;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -33,7 +36,7 @@ pub use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use catalog::{Catalog, Conversion};
+pub use catalog::{Catalog, Conversion, ExternalWanted};
 
 /// A boxed future that may be sent between threads (what mappers return).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

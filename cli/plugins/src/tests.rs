@@ -19,18 +19,21 @@ fn names_and_unknown_plugins() {
     {
         assert_eq!(
             c.names(Kind::Builder),
-            vec!["command", "docker", "docker-pull", "files"]
+            vec!["command", "docker", "docker-pull", "files", "null"]
         );
-        assert_eq!(c.names(Kind::Registry), vec!["docker", "files"]);
-        assert_eq!(c.names(Kind::Platform), vec!["docker", "process"]);
+        assert_eq!(c.names(Kind::Registry), vec!["docker", "files", "null"]);
+        assert_eq!(
+            c.names(Kind::Platform),
+            vec!["docker", "exec", "null", "process"]
+        );
     }
     #[cfg(not(feature = "docker"))]
     {
-        assert_eq!(c.names(Kind::Builder), vec!["command", "files"]);
-        assert_eq!(c.names(Kind::Registry), vec!["files"]);
-        assert_eq!(c.names(Kind::Platform), vec!["process"]);
+        assert_eq!(c.names(Kind::Builder), vec!["command", "files", "null"]);
+        assert_eq!(c.names(Kind::Registry), vec!["files", "null"]);
+        assert_eq!(c.names(Kind::Platform), vec!["exec", "null", "process"]);
     }
-    assert_eq!(c.names(Kind::Releaser), vec!["process"]);
+    assert_eq!(c.names(Kind::Releaser), vec!["null", "process"]);
     let err = c
         .builder("bazel", &json!({}))
         .err()
@@ -52,7 +55,7 @@ fn names_and_unknown_plugins() {
     let err = c.releaser("k8s", &json!({})).err().expect("unknown plugin");
     assert_eq!(
         err.to_string(),
-        "releaser plugin \"k8s\" is not available (available: process); or install an external plugin cairn-plugin-k8s"
+        "releaser plugin \"k8s\" is not available (available: null, process); or install an external plugin cairn-plugin-k8s"
     );
 }
 

@@ -77,7 +77,10 @@ pub async fn queue(
     let cfg = super::load_config_with(&g.dir(), &inputs)?;
     let app_cfg = cfg.app(app.app.as_deref())?;
     cfg.runnable(app_cfg)?;
-    lifecycle::instantiate(app_cfg, &g.catalog).map_err(anyhow::Error::msg)?;
+    let catalog = lifecycle::catalog_for(&cfg, &g.catalog)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    lifecycle::instantiate(app_cfg, &catalog).map_err(anyhow::Error::msg)?;
     let dir =
         std::fs::canonicalize(cfg.dir()).with_context(|| format!("{}", cfg.dir().display()))?;
     let file = cfg

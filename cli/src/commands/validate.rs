@@ -323,7 +323,7 @@ pub fn plan_app(app: &AppConfig, catalog: &Catalog) -> AppPlan {
     }
 }
 
-pub fn run(g: &Global, json: bool, inputs: &super::ConfigInputs) -> anyhow::Result<i32> {
+pub async fn run(g: &Global, json: bool, inputs: &super::ConfigInputs) -> anyhow::Result<i32> {
     let path = config::find(&g.dir())?;
     let cfg = match config::load_with(&path, &inputs.inputs()) {
         Ok(cfg) => cfg,
@@ -341,7 +341,16 @@ pub fn run(g: &Global, json: bool, inputs: &super::ConfigInputs) -> anyhow::Resu
             return Ok(1);
         }
     };
-    let apps: Vec<AppPlan> = cfg.apps.iter().map(|a| plan_app(a, &g.catalog)).collect();
+    // External plugins the config uses join the catalog (an unusable one is an error of
+    // the plan, like a missing plugin).
+    let (catalog, plugin_error) = match crate::lifecycle::catalog_for(&cfg, &g.catalog).await {
+        Ok(c) => (c, None),
+        Err(e) => (g.catalog.clone(), Some(e)),
+    };
+    let mut apps: Vec<AppPlan> = cfg.apps.iter().map(|a| plan_app(a, &catalog)).collect();
+    if let (Some(e), Some(first)) = (plugin_error, apps.first_mut()) {
+        first.errors.insert(0, e);
+    }
     let blockers: Vec<String> = cfg.blockers.iter().map(|u| u.to_string()).collect();
     let ok = apps.iter().all(|a| a.errors.is_empty()) && blockers.is_empty();
     let plan = Plan {

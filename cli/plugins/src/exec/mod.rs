@@ -181,7 +181,11 @@ impl ExecPlatform {
             }
         };
         if argv.first().is_none_or(|p| p.is_empty()) {
-            return Err(config_error("exec", "command", "must name a program to run"));
+            return Err(config_error(
+                "exec",
+                "command",
+                "must name a program to run",
+            ));
         }
         let template = config.template.map(|t| t.path);
         if template.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
@@ -375,9 +379,8 @@ fn render_template(
     data: &template::Data,
 ) -> Result<Rendered, PluginError> {
     let src = ctx.source_dir.join(path);
-    let meta = fs::metadata(&src).map_err(|e| {
-        PluginError::io(format!("exec: template {}", path.display()), e)
-    })?;
+    let meta = fs::metadata(&src)
+        .map_err(|e| PluginError::io(format!("exec: template {}", path.display()), e))?;
     let base = ctx.data_dir.join("exec");
     fs::create_dir_all(&base)
         .map_err(|e| PluginError::io(format!("creating {}", base.display()), e))?;

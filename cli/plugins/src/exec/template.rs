@@ -27,8 +27,14 @@ impl Data {
         data: &serde_json::Value,
     ) -> serde_json::Map<String, serde_json::Value> {
         let mut fields = data.as_object().cloned().unwrap_or_default();
-        let image = fields.get("image").and_then(|v| v.as_str()).map(str::to_string);
-        let tag = fields.get("tag").and_then(|v| v.as_str()).map(str::to_string);
+        let image = fields
+            .get("image")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let tag = fields
+            .get("tag")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
         if let (Some(image), Some(tag)) = (image, tag) {
             for (name, value) in [
                 ("DockerImageFull", format!("{image}:{tag}")),
@@ -124,9 +130,7 @@ fn eval(action: &str, data: &Data) -> Result<String, String> {
 
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_alphabetic() || c == '_')
+    chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
         && chars.all(|c| c.is_alphanumeric() || c == '_')
 }
 

@@ -46,8 +46,7 @@ pub async fn run(
     let name = stage.plugin.name.clone();
     let registry = registry.clone();
     let hook_list = stage.hooks.clone();
-    let input = run
-        .opts
+    let input = l
         .catalog
         .plan(std::slice::from_ref(&build.1), registry.input_types())
         .map_err(|e| JobFailure::new(format!("{}: {e}", stage.plugin.location)))?;

@@ -17,11 +17,10 @@ pub async fn run(
     let stage = l.app.deploy_stage().map_err(JobFailure::new)?;
     let name = stage.plugin.name.clone();
     let platform = match (stage.plugin.deferred.is_empty(), values.last()) {
-        (false, Some(artifact)) => super::platform_with_artifact(run, artifact)?,
+        (false, Some(artifact)) => super::platform_with_artifact(run, l, artifact)?,
         _ => l.stages.platform.clone(),
     };
-    let input = run
-        .opts
+    let input = l
         .catalog
         .plan(&values, platform.input_types())
         .map_err(|e| JobFailure::new(format!("{}: {e}", stage.plugin.location)))?;

@@ -21,6 +21,8 @@ pub struct Loaded {
     pub app: AppConfig,
     pub source_dir: PathBuf,
     pub stages: Stages,
+    /// The program's catalog with the external plugins this config uses.
+    pub catalog: std::sync::Arc<crate::plugins::Catalog>,
     /// The app's config as the cluster resolves it (every scope, by
     /// precedence): what deploy and release steps, and so the deployed
     /// processes, run with. Read for jobs that deploy or release; empty
@@ -55,26 +57,30 @@ fn load_app(
 /// a deploy stage with fields that read `artifact.*`.
 fn platform_with_artifact(
     run: &JobRun,
+    l: &Loaded,
     artifact: &Value,
 ) -> Result<std::sync::Arc<dyn crate::plugins::Platform>, JobFailure> {
     let (_, app) = load_app(run, Some(artifact.data.clone()))?;
     let p = &app.deploy_stage().map_err(JobFailure::new)?.plugin;
-    let platform = run
-        .opts
+    let platform = l
         .catalog
         .platform(&p.name, &p.config)
         .map_err(|e| JobFailure::new(lifecycle::locate(p, e)))?;
     Ok(std::sync::Arc::from(platform))
 }
 
-fn load(run: &JobRun) -> Result<Loaded, JobFailure> {
+async fn load(run: &JobRun) -> Result<Loaded, JobFailure> {
     let (cfg, app) = load_app(run, None)?;
     let source_dir = cfg.app_dir(&app);
-    let stages = lifecycle::instantiate(&app, &run.opts.catalog).map_err(JobFailure::new)?;
+    let catalog = lifecycle::catalog_for(&cfg, &run.opts.catalog)
+        .await
+        .map_err(JobFailure::new)?;
+    let stages = lifecycle::instantiate(&app, &catalog).map_err(JobFailure::new)?;
     Ok(Loaded {
         app,
         source_dir,
         stages,
+        catalog,
         env: BTreeMap::new(),
     })
 }
@@ -93,7 +99,7 @@ async fn resolved_env(run: &JobRun) -> Result<BTreeMap<String, String>, JobFailu
 }
 
 pub async fn run(run: &mut JobRun) -> Result<(), JobFailure> {
-    let mut loaded = load(run)?;
+    let mut loaded = load(run).await?;
     if matches!(
         run.job.spec.kind,
         JobKind::Up { .. } | JobKind::Deploy { .. } | JobKind::Release { .. }
