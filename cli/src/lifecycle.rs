@@ -122,6 +122,75 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(total)
 }
 
+/// Whether `e` is the plugin's complaint about a field left out because it reads `artifact.*`
+/// (or any complaint, for a plugin whose config lacks such fields: it could not be checked).
+pub fn about_deferred(p: &PluginUse, e: &PluginError) -> bool {
+    match e {
+        PluginError::Config { field, .. } => {
+            let top = field.split(['.', '[']).next().unwrap_or(field);
+            p.deferred.contains(top)
+        }
+        _ => false,
+    }
+}
+
+/// The platform of a deploy stage whose fields read `artifact.*`: made anew for each deploy
+/// from the config evaluated with the artifact; anything else asked of it is an error.
+struct DeferredPlatform {
+    name: String,
+    fields: Vec<String>,
+}
+
+impl DeferredPlatform {
+    fn refuse(&self) -> PluginError {
+        PluginError::Failed(format!(
+            "platform \"{}\" reads artifact.* in {}: it is made for each deploy with that deploy's artifact",
+            self.name,
+            self.fields.join(", ")
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl Platform for DeferredPlatform {
+    fn input_types(&self) -> &[&'static str] {
+        &[]
+    }
+    fn output_type(&self) -> &'static str {
+        "deferred"
+    }
+    async fn deploy(
+        &self,
+        _ctx: &mut crate::plugins::OpContext,
+        _input: &crate::plugins::Value,
+    ) -> Result<crate::plugins::Value, PluginError> {
+        Err(self.refuse())
+    }
+    async fn destroy(
+        &self,
+        _ctx: &mut crate::plugins::OpContext,
+        _deployment: &crate::plugins::Value,
+    ) -> Result<(), PluginError> {
+        Err(self.refuse())
+    }
+    async fn destroy_interrupted(
+        &self,
+        _ctx: &mut crate::plugins::OpContext,
+    ) -> Result<String, PluginError> {
+        Err(self.refuse())
+    }
+    async fn status(
+        &self,
+        _ctx: &mut crate::plugins::OpContext,
+        _deployment: &crate::plugins::Value,
+    ) -> Result<crate::plugins::DeploymentHealth, PluginError> {
+        Err(self.refuse())
+    }
+    fn url(&self, _deployment: &crate::plugins::Value) -> Option<String> {
+        None
+    }
+}
+
 /// A plugin error with the config location it refers to.
 pub fn locate(plugin: &PluginUse, e: PluginError) -> String {
     match &e {
@@ -154,10 +223,16 @@ pub fn instantiate(app: &AppConfig, catalog: &Catalog) -> Result<Stages, String>
         None => None,
     };
     let d = &app.deploy_stage()?.plugin;
-    let platform: Arc<dyn Platform> = catalog
-        .platform(&d.name, &d.config)
-        .map_err(|e| locate(d, e))?
-        .into();
+    let platform: Arc<dyn Platform> = match catalog.platform(&d.name, &d.config) {
+        Ok(p) => p.into(),
+        // A field that reads `artifact.*` is left out until the deploy evaluates it with the
+        // artifact; the plugin's complaint about it waits for then.
+        Err(e) if about_deferred(d, &e) => Arc::new(DeferredPlatform {
+            name: d.name.clone(),
+            fields: d.deferred.iter().cloned().collect(),
+        }),
+        Err(e) => return Err(locate(d, e)),
+    };
     let releaser = match &app.release {
         Some(stage) => {
             let p = &stage.plugin;

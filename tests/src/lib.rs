@@ -1017,6 +1017,13 @@ impl Cli {
         self.run(&all)
     }
 
+    /// [`Cli::run`] with extra environment variables (no app dir is tracked).
+    pub fn run_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().copied());
+        self.run_command(cmd, args, None, self.timeout)
+    }
+
     /// [`Cli::run_in`] with extra environment variables (e.g. `DOCKER_HOST`).
     pub fn run_in_env(&self, dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
         self.track(dir);

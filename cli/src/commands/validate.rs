@@ -256,6 +256,8 @@ pub fn plan_app(app: &AppConfig, catalog: &Catalog) -> AppPlan {
             s.makes = Some(platform.output_type().to_string());
             deployment = Some(platform.output_type().to_string());
         }
+        // Checked when the deploy evaluates it with the artifact.
+        Err(e) if crate::lifecycle::about_deferred(d, &e) => {}
         Err(e) => errors.push(locate(d, e)),
     }
     stages.push(s);

@@ -418,6 +418,19 @@ pub(crate) fn eval_attr(attr: &Attr, ctx: &Context) -> Result<serde_json::Value,
                     "undeclared input variable `{k}`: declare it with variable \"{k}\" {{ type = string }}"
                 );
             }
+            hcl::eval::ErrorKind::NoSuchKey(k) => {
+                const KNOWN: [(&str, &str); 5] = [
+                    ("workspace", "name"),
+                    ("path", "project, app, pwd"),
+                    ("app", "name"),
+                    ("config", "internal"),
+                    ("artifact", "the fields of the value the build made"),
+                ];
+                let roots = super::vars::roots_of_attr(&attr.expr, k);
+                if let Some((root, has)) = KNOWN.iter().find(|(r, _)| roots.iter().any(|x| x == r)) {
+                    message = format!("`{root}.{k}` does not exist: `{root}` has {has}");
+                }
+            }
             hcl::eval::ErrorKind::UndefinedVar(v)
                 if ["artifact", "deploy", "entrypoint"].contains(&v.as_str()) =>
             {

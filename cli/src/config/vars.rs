@@ -338,6 +338,7 @@ impl Given {
         match self {
             Given::Value(v) => convert(v, ty),
             Given::Text(s) if matches!(ty, Ty::String | Ty::Any) => Ok(Value::String(s)),
+            Given::Text(s) if matches!(ty, Ty::Number | Ty::Bool) => convert(Value::String(s), ty),
             Given::Text(s) => {
                 let value = parse_literal(&s).map_err(|e| {
                     format!("the text is not an HCL value of type {ty} ({e}); quote lists and objects for the shell, e.g. -var 'NAME=[\"a\", \"b\"]'")
@@ -371,9 +372,11 @@ pub(crate) struct FileEntry {
 /// object. An unreadable or malformed file is one error naming it.
 pub(crate) fn read_vars_file(path: &Path) -> Result<Vec<FileEntry>, super::ConfigError> {
     use super::{ConfigError, Location};
-    let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::invalid(
+            &Location::start_of(path),
+            format!("cannot read the vars file: {e}"),
+        )
     })?;
     let is_json = path
         .extension()
@@ -516,41 +519,125 @@ fn masked<S: serde::Serializer>(v: &Option<VarValue>, s: S) -> Result<S::Ok, S::
     }
 }
 
-/// The names `var.NAME` refers to in `expr` (a scan of its text: templates included; a
-/// literal string that happens to hold `var.x` counts too, which only makes callers careful).
-pub(crate) fn var_refs(expr: &Expression) -> Vec<String> {
-    let text = hcl::format::to_string(expr).unwrap_or_default();
-    let mut out: Vec<String> = Vec::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while let Some(pos) = text[i..].find("var.") {
-        let start = i + pos;
-        let before_ok = start == 0 || {
-            let c = bytes[start - 1];
-            !(c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-')
-        };
-        let name: String = text[start + 4..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-            .collect();
-        if before_ok && !name.is_empty() && !out.contains(&name) {
-            out.push(name);
+/// Calls `f(root, first)` for every variable `expr` reads: `root` is the variable's name and
+/// `first` the attribute right after it (`var.port` → ("var", Some("port"))), templates in
+/// strings included. Names a `for` expression binds are reported too (callers ask about
+/// `var`, `artifact`, `deploy`, `config`, which a config does not rebind).
+fn walk_refs(expr: &Expression, f: &mut dyn FnMut(&str, Option<&str>)) {
+    use hcl::expr::{Operation, TraversalOperator};
+    match expr {
+        Expression::Variable(v) => f(v.as_str(), None),
+        Expression::Traversal(t) => {
+            match &t.expr {
+                Expression::Variable(v) => {
+                    let first = match t.operators.first() {
+                        Some(TraversalOperator::GetAttr(id)) => Some(id.as_str()),
+                        Some(TraversalOperator::Index(Expression::String(s))) => Some(s.as_str()),
+                        _ => None,
+                    };
+                    f(v.as_str(), first);
+                }
+                other => walk_refs(other, f),
+            }
+            for op in &t.operators {
+                if let TraversalOperator::Index(e) = op {
+                    walk_refs(e, f);
+                }
+            }
         }
-        i = start + 4;
+        Expression::Array(items) => items.iter().for_each(|e| walk_refs(e, f)),
+        Expression::Object(obj) => {
+            for (k, v) in obj.iter() {
+                if let ObjectKey::Expression(k) = k {
+                    walk_refs(k, f);
+                }
+                walk_refs(v, f);
+            }
+        }
+        Expression::TemplateExpr(t) => {
+            if let Ok(template) = hcl::Template::from_expr(t) {
+                walk_template(&template, f);
+            }
+        }
+        Expression::FuncCall(c) => c.args.iter().for_each(|e| walk_refs(e, f)),
+        Expression::Parenthesis(e) => walk_refs(e, f),
+        Expression::Conditional(c) => {
+            walk_refs(&c.cond_expr, f);
+            walk_refs(&c.true_expr, f);
+            walk_refs(&c.false_expr, f);
+        }
+        Expression::Operation(op) => match op.as_ref() {
+            Operation::Unary(u) => walk_refs(&u.expr, f),
+            Operation::Binary(b) => {
+                walk_refs(&b.lhs_expr, f);
+                walk_refs(&b.rhs_expr, f);
+            }
+        },
+        Expression::ForExpr(fe) => {
+            walk_refs(&fe.collection_expr, f);
+            if let Some(k) = &fe.key_expr {
+                walk_refs(k, f);
+            }
+            walk_refs(&fe.value_expr, f);
+            if let Some(c) = &fe.cond_expr {
+                walk_refs(c, f);
+            }
+        }
+        _ => {}
     }
+}
+
+fn walk_template(t: &hcl::Template, f: &mut dyn FnMut(&str, Option<&str>)) {
+    use hcl::template::{Directive, Element};
+    for el in t.elements() {
+        match el {
+            Element::Literal(_) => {}
+            Element::Interpolation(i) => walk_refs(&i.expr, f),
+            Element::Directive(Directive::If(d)) => {
+                walk_refs(&d.cond_expr, f);
+                walk_template(&d.true_template, f);
+                if let Some(e) = &d.false_template {
+                    walk_template(e, f);
+                }
+            }
+            Element::Directive(Directive::For(d)) => {
+                walk_refs(&d.collection_expr, f);
+                walk_template(&d.template, f);
+            }
+        }
+    }
+}
+
+/// The names `var.NAME` refers to in `expr`, in order, without repeats.
+pub(crate) fn var_refs(expr: &Expression) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    walk_refs(expr, &mut |root, first| {
+        if let (Some(name), "var") = (first, root) {
+            if !out.iter().any(|o| o == name) {
+                out.push(name.to_string());
+            }
+        }
+    });
+    out
+}
+
+/// The variables `expr` reads as `ROOT.attr` (e.g. `workspace` for `workspace.nmae`).
+pub(crate) fn roots_of_attr(expr: &Expression, attr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    walk_refs(expr, &mut |root, first| {
+        if first == Some(attr) && !out.iter().any(|o| o == root) {
+            out.push(root.to_string());
+        }
+    });
     out
 }
 
 /// Whether `expr` reads the variable `root` (e.g. `artifact` in `artifact.image` or in
-/// `{ artifact = artifact }`); a scan of its text, like [`var_refs`].
+/// `{ artifact = artifact }`); words inside string literals do not count.
 pub(crate) fn mentions_root(expr: &Expression, root: &str) -> bool {
-    let text = hcl::format::to_string(expr).unwrap_or_default();
-    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    text.match_indices(root).any(|(i, _)| {
-        let before = text[..i].chars().next_back();
-        let after = text[i + root.len()..].chars().next();
-        !before.is_some_and(|c| ident(c) || c == '.') && !after.is_some_and(ident)
-    })
+    let mut found = false;
+    walk_refs(expr, &mut |r, _| found |= r == root);
+    found
 }
 
 #[cfg(test)]
@@ -629,5 +716,7 @@ mod tests {
         assert!(uses("\"${artifact.tag}\""));
         assert!(!uses("var.artifact_path"));
         assert!(!uses("x.artifact"));
+        assert!(!uses("[\"./deploy.sh\", \"artifact.tag\"]"));
+        assert!(uses("\"%{ if artifact.ok }yes%{ endif }\""));
     }
 }

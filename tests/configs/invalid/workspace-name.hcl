@@ -1,0 +1,12 @@
+project = "bad"
+
+app "web" {
+  build {
+    use "files" {}
+  }
+  deploy {
+    use "process" {
+      command = ["./run"]
+    }
+  }
+}
