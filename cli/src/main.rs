@@ -109,6 +109,10 @@ enum Cmd {
         #[command(flatten)]
         runner: commands::runner::RunnerSelect,
     },
+    /// Pipelines: the config's `pipeline` blocks (Waypoint's form), listed or run step by
+    /// step (exec commands here; build, deploy, release and up steps as those commands do).
+    #[command(subcommand)]
+    Pipeline(commands::pipeline::PipelineCmd),
     /// Check the config here without running anything: every app's plugins
     /// and fields, and how each stage's value reaches the next (through
     /// which mappers); prints the plan (secrets masked) and every error at
@@ -308,6 +312,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<i32> {
         Cmd::Config(c) => commands::config::run(g, c).await,
         Cmd::Status { json, runner } => commands::status::run(g, *json, runner).await,
         Cmd::Validate { json, inputs } => commands::validate::run(g, *json, inputs).await,
+        Cmd::Pipeline(p) => commands::pipeline::run(g, p).await,
         Cmd::Context(c) => commands::context::run(c).await,
         Cmd::Server(s) => commands::server::run(g, s).await,
         Cmd::Runner(r) => commands::runner::run(g, r).await,

@@ -18,6 +18,7 @@ mod e2e_formats;
 mod e2e_hardening;
 mod e2e_ingress_soak;
 mod e2e_logs_exec;
+mod e2e_pipeline;
 mod e2e_plugins;
 mod e2e_restart;
 mod e2e_rollback;

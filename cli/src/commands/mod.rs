@@ -10,6 +10,7 @@ pub mod job;
 pub mod lifecycle;
 pub mod list;
 pub mod logs;
+pub mod pipeline;
 pub mod remove;
 pub mod runner;
 pub mod server;
