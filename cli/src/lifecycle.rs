@@ -31,7 +31,7 @@ pub fn plugin_dirs(cfg: &Config) -> Vec<std::path::PathBuf> {
 
 /// `catalog` with the external plugins `cfg` uses: every `use` name Cairn has no built-in
 /// for, and every `plugin "NAME" { … }` block (whose `timeout = "90s"` sets how long each
-/// operation of that plugin may take).
+/// operation of that plugin may take, and `checksum = "sha256:…"` pins the program).
 pub async fn catalog_for(cfg: &Config, catalog: &Arc<Catalog>) -> Result<Arc<Catalog>, String> {
     let mut wanted: Vec<ExternalWanted> = Vec::new();
     for p in &cfg.plugins {
@@ -48,10 +48,21 @@ pub async fn catalog_for(cfg: &Config, catalog: &Arc<Catalog>) -> Result<Arc<Cat
                 ))
                 }
             };
+        let checksum = match p.config.get("checksum") {
+            None => None,
+            Some(serde_json::Value::String(c)) => Some(c.clone()),
+            Some(_) => {
+                return Err(format!(
+                    "{}: plugin \"{}\": `checksum` must be a string such as \"sha256:…\"",
+                    p.location, p.name
+                ))
+            }
+        };
         wanted.push(ExternalWanted {
             name: p.name.clone(),
             timeout,
             declared: true,
+            checksum,
         });
     }
     let mut uses: Vec<&PluginUse> = Vec::new();
@@ -69,6 +80,7 @@ pub async fn catalog_for(cfg: &Config, catalog: &Arc<Catalog>) -> Result<Arc<Cat
                 name: u.name.clone(),
                 timeout: None,
                 declared: false,
+                checksum: None,
             });
         }
     }

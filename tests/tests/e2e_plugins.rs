@@ -61,6 +61,30 @@ app "stamped" {
         "{out}"
     );
 
+    // `plugin "stamp" { checksum }` pins the program: another digest is refused.
+    let config = std::fs::read_to_string(app.path().join("cairn.hcl")).expect("config");
+    let pinned = |digest: &str| {
+        std::fs::write(
+            app.path().join("cairn.hcl"),
+            format!("plugin \"stamp\" {{\n  checksum = \"sha256:{digest}\"\n}}\n{config}"),
+        )
+        .expect("write config");
+    };
+    pinned(&"0".repeat(64));
+    let out = cli.run_in(app.path(), &["validate"]).fails();
+    assert!(
+        out.stderr.contains("and the config pins sha256:0000")
+            && out.stderr.contains("not running it"),
+        "{out}"
+    );
+    let digest = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(
+            std::fs::read(&bins().plugin_stamp).expect("the plugin program"),
+        ))
+    };
+    pinned(&digest);
+
     let up = cli.run_in(app.path(), &["up"]).ok();
     for want in [
         "Building v1 with stamp",

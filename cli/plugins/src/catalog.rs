@@ -35,6 +35,8 @@ pub struct ExternalWanted {
     /// `plugin "NAME" { … }` was written: not finding it is an error even when no stage
     /// uses it (it may bring mappers).
     pub declared: bool,
+    /// `plugin "NAME" { checksum = "sha256:HEX" }`: the program must have this digest.
+    pub checksum: Option<String>,
 }
 
 /// One step of a conversion: a built-in mapper or an external plugin's.
@@ -165,6 +167,9 @@ impl Catalog {
             }
             match external::find(&w.name, dirs) {
                 Some(path) => {
+                    if let Some(want) = &w.checksum {
+                        external::check_digest(&w.name, &path, want)?;
+                    }
                     let timeout = w.timeout.unwrap_or(external::DEFAULT_OP_TIMEOUT);
                     let plugin = ExternalPlugin::describe(&w.name, &path, timeout).await?;
                     c.externals.push(Arc::new(plugin));

@@ -56,6 +56,30 @@ pub fn find(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
+/// Checks that the program at `path` has the digest `want` (`sha256:HEX` or bare `HEX`),
+/// as `plugin "NAME" { checksum = … }` pins it.
+pub fn check_digest(name: &str, path: &Path, want: &str) -> Result<(), PluginError> {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(path).map_err(|e| {
+        PluginError::Failed(format!(
+            "plugin \"{name}\": cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    let have = hex::encode(sha2::Sha256::digest(&bytes));
+    let want_hex = want
+        .strip_prefix("sha256:")
+        .unwrap_or(want)
+        .to_ascii_lowercase();
+    if have != want_hex {
+        return Err(PluginError::Failed(format!(
+            "plugin \"{name}\": {} has sha256:{have}, and the config pins {want}: not running it",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
