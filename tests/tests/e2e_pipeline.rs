@@ -87,7 +87,7 @@ fn pipelines_run_their_steps_in_order_and_stop_at_a_failure() {
     // The nested pipeline's deploy ran in its workspace.
     let deps = cli.json(&["deployment", "list"]);
     let staging: Vec<_> = json::items(&deps)
-        .into_iter()
+        .iter()
         .filter(|d| d["workspace"] == "staging")
         .collect();
     assert_eq!(staging.len(), 1, "one deployment in staging: {deps}");
