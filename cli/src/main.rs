@@ -124,6 +124,19 @@ enum Cmd {
         #[command(flatten)]
         inputs: commands::ConfigInputs,
     },
+    /// Write a starting cairn.hcl for the app in this directory.
+    ///
+    /// Looks at what the directory (or -C DIR) holds — a Dockerfile, a Procfile,
+    /// package.json, app.py, main.go, Cargo.toml… — writes a cairn.hcl that `cairn
+    /// validate` accepts, and says what it chose and why. Writes nothing next to a
+    /// waypoint.hcl (Cairn reads it as it is), nor over a cairn.hcl without --force.
+    Init(commands::init::InitArgs),
+    /// Rewrite config files in the canonical layout, like `terraform fmt`.
+    ///
+    /// Indentation, aligned `=`, blank lines and trailing spaces, keeping every comment;
+    /// refuses to write a result that would not mean the same. With --check, writes
+    /// nothing and exits 1 if a file would change. Needs no node.
+    Fmt(commands::fmt::FmtArgs),
     /// Contexts: which node to talk to.
     #[command(subcommand)]
     Context(ContextCmd),
@@ -312,6 +325,8 @@ async fn run(mut cli: Cli) -> anyhow::Result<i32> {
         Cmd::Config(c) => commands::config::run(g, c).await,
         Cmd::Status { json, runner } => commands::status::run(g, *json, runner).await,
         Cmd::Validate { json, inputs } => commands::validate::run(g, *json, inputs).await,
+        Cmd::Init(a) => commands::init::run(g, a),
+        Cmd::Fmt(a) => commands::fmt::run(g, a),
         Cmd::Pipeline(p) => commands::pipeline::run(g, p).await,
         Cmd::Context(c) => commands::context::run(c).await,
         Cmd::Server(s) => commands::server::run(g, s).await,
