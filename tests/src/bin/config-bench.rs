@@ -141,7 +141,10 @@ fn run() -> anyhow::Result<()> {
                     &format!("{} ({} bytes)", prepared.name, size(&largest)),
                     &big_l
                 ),
-                row(&format!("examples/hello ({} bytes)", size(&hello)), &hello_l),
+                row(
+                    &format!("examples/hello ({} bytes)", size(&hello)),
+                    &hello_l
+                ),
             ]
         )
     );
