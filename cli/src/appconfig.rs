@@ -53,6 +53,7 @@ pub fn plan(
     scope: &ConfigScope,
     current: &[ConfigVar],
     declared: &BTreeMap<String, String>,
+    secret: &std::collections::BTreeSet<String>,
 ) -> Vec<Change> {
     let cur: BTreeMap<&str, &ConfigVar> = current
         .iter()
@@ -76,7 +77,7 @@ pub fn plan(
                     scope: scope.clone(),
                     name: name.clone(),
                     value: value.clone(),
-                    secret: false,
+                    secret: secret.contains(name),
                 }));
                 next.0.insert(name.clone(), fingerprint(value));
             }
@@ -162,19 +163,41 @@ pub async fn sync(
     app: &AppConfig,
 ) -> Result<Vec<(ConfigScope, Synced)>, RpcError> {
     let scopes = [
-        (ConfigScope::Project(cfg.project.clone()), &cfg.env),
+        (
+            ConfigScope::Project(cfg.project.clone()),
+            &cfg.env,
+            &cfg.secret_env,
+        ),
+        (
+            ConfigScope::Workspace {
+                project: cfg.project.clone(),
+                workspace: cfg.workspace.clone(),
+            },
+            &cfg.workspace_env,
+            &cfg.secret_env,
+        ),
         (
             ConfigScope::App {
                 project: cfg.project.clone(),
                 app: app.name.clone(),
             },
             &app.app_env,
+            &app.secret_env,
+        ),
+        (
+            ConfigScope::WorkspaceApp {
+                project: cfg.project.clone(),
+                workspace: cfg.workspace.clone(),
+                app: app.name.clone(),
+            },
+            &app.workspace_app_env,
+            &app.secret_env,
         ),
     ];
     let mut out = Vec::new();
-    for (scope, declared) in scopes {
+    for (scope, declared, secret) in scopes {
         let current = list(conn, &scope).await?;
-        let changes = plan(&scope, &current, declared);
+        let changes = plan(&scope, &current, declared, secret);
         apply(conn, &changes).await?;
         let synced = summarize(&changes);
         if !synced.is_empty() {
@@ -242,6 +265,38 @@ pub async fn resolved_env(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names_reading_a_sensitive_variable_are_set_as_secrets() {
+        let d: BTreeMap<String, String> = [("PW", "x"), ("A", "y")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let secret = ["PW".to_string()].into_iter().collect();
+        let changes = super::plan(&scope(), &[], &d, &secret);
+        let set: Vec<(String, bool)> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Set(v) if !cfgvars::is_reserved(&v.name) => {
+                    Some((v.name.clone(), v.secret))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            set,
+            vec![("A".to_string(), false), ("PW".to_string(), true)]
+        );
+    }
+
+    /// `plan` with no secret names.
+    fn plan0(
+        scope: &ConfigScope,
+        current: &[ConfigVar],
+        declared: &BTreeMap<String, String>,
+    ) -> Vec<Change> {
+        super::plan(scope, current, declared, &Default::default())
+    }
+
     use super::*;
 
     fn scope() -> ConfigScope {
@@ -297,32 +352,32 @@ mod tests {
     #[test]
     fn first_sync_sets_everything_and_a_second_writes_nothing() {
         let d = decl(&[("A", "1"), ("B", "2")]);
-        let changes = plan(&scope(), &[], &d);
+        let changes = plan0(&scope(), &[], &d);
         assert_eq!(summarize(&changes).set, vec!["A", "B"]);
         assert!(matches!(changes.last(), Some(Change::Set(v)) if v.name == FROM_FILE));
         let state = applied(Vec::new(), &changes);
         assert_eq!(names(&state), vec!["A=1", "B=2"]);
-        assert_eq!(plan(&scope(), &state, &d), Vec::new(), "idempotent");
+        assert_eq!(plan0(&scope(), &state, &d), Vec::new(), "idempotent");
     }
 
     #[test]
     fn a_changed_value_is_set_and_a_removed_one_deleted() {
         let state = applied(
             Vec::new(),
-            &plan(&scope(), &[], &decl(&[("A", "1"), ("B", "2")])),
+            &plan0(&scope(), &[], &decl(&[("A", "1"), ("B", "2")])),
         );
         let d = decl(&[("A", "10")]);
-        let changes = plan(&scope(), &state, &d);
+        let changes = plan0(&scope(), &state, &d);
         let s = summarize(&changes);
         assert_eq!((s.set, s.deleted), (vec!["A".into()], vec!["B".into()]));
         let state = applied(state, &changes);
         assert_eq!(names(&state), vec!["A=10"]);
-        assert_eq!(plan(&scope(), &state, &d), Vec::new());
+        assert_eq!(plan0(&scope(), &state, &d), Vec::new());
         // Everything removed from the file: the variables and the marker go.
-        let changes = plan(&scope(), &state, &decl(&[]));
+        let changes = plan0(&scope(), &state, &decl(&[]));
         let state = applied(state, &changes);
         assert!(state.is_empty(), "{state:?}");
-        assert_eq!(plan(&scope(), &state, &decl(&[])), Vec::new());
+        assert_eq!(plan0(&scope(), &state, &decl(&[])), Vec::new());
     }
 
     #[test]
@@ -330,7 +385,7 @@ mod tests {
         // Set by hand before the file ever declared it.
         let state = vec![var("MANUAL", "m"), var("SAME", "s")];
         let d = decl(&[("SAME", "s"), ("F", "f")]);
-        let changes = plan(&scope(), &state, &d);
+        let changes = plan0(&scope(), &state, &d);
         assert_eq!(
             summarize(&changes).set,
             vec!["F"],
@@ -338,7 +393,7 @@ mod tests {
         );
         let state = applied(state, &changes);
         // The file stops declaring SAME: it was the user's, so it stays.
-        let changes = plan(&scope(), &state, &decl(&[("F", "f")]));
+        let changes = plan0(&scope(), &state, &decl(&[("F", "f")]));
         assert!(summarize(&changes).is_empty(), "{changes:?}");
         let state = applied(state, &changes);
         assert_eq!(names(&state), vec!["F=f", "MANUAL=m", "SAME=s"]);
@@ -348,7 +403,7 @@ mod tests {
         if let Some(c) = disown(&scope(), &state, &["F"]) {
             state = applied(state, &[c]);
         }
-        let changes = plan(&scope(), &state, &decl(&[]));
+        let changes = plan0(&scope(), &state, &decl(&[]));
         assert!(summarize(&changes).deleted.is_empty(), "{changes:?}");
         let state = applied(state, &changes);
         assert_eq!(names(&state), vec!["F=mine", "MANUAL=m", "SAME=s"]);
@@ -358,9 +413,9 @@ mod tests {
     fn a_value_changed_behind_the_markers_back_is_kept() {
         // The file set A; then A changed without the marker being updated
         // (e.g. a `config set` cut short): its value no longer matches.
-        let state = applied(Vec::new(), &plan(&scope(), &[], &decl(&[("A", "1")])));
+        let state = applied(Vec::new(), &plan0(&scope(), &[], &decl(&[("A", "1")])));
         let state = applied(state, &[Change::Set(var("A", "2"))]);
-        let changes = plan(&scope(), &state, &decl(&[]));
+        let changes = plan0(&scope(), &state, &decl(&[]));
         assert!(summarize(&changes).deleted.is_empty());
         assert_eq!(names(&applied(state, &changes)), vec!["A=2"]);
     }
@@ -373,7 +428,7 @@ mod tests {
             value: "1".into(),
             secret: false,
         };
-        let changes = plan(&scope(), &[other], &decl(&[("A", "1")]));
+        let changes = plan0(&scope(), &[other], &decl(&[("A", "1")]));
         assert_eq!(summarize(&changes).set, vec!["A"]);
     }
 
@@ -381,7 +436,7 @@ mod tests {
     fn disown_only_writes_when_the_name_was_the_files() {
         let state = applied(
             Vec::new(),
-            &plan(&scope(), &[], &decl(&[("A", "1"), ("B", "2")])),
+            &plan0(&scope(), &[], &decl(&[("A", "1"), ("B", "2")])),
         );
         assert_eq!(disown(&scope(), &state, &["C"]), None);
         let Some(Change::Set(m)) = disown(&scope(), &state, &["A"]) else {

@@ -95,13 +95,35 @@ pub struct ExternalPlugin {
     pub mappers: Vec<MapperInfo>,
     /// The time an operation may take.
     pub timeout: Duration,
-    /// Type names as `'static` strs (the plugin traits hand out `&'static str`); made once
-    /// per plugin program and kept for the life of the process.
+    /// Type names as `'static` strs (the plugin traits hand out `&'static str`), interned:
+    /// kept for the life of the process, once per distinct name.
     statics: Vec<(&'static str, Vec<&'static str>)>,
 }
 
+/// `s` as a `&'static str`, interned: each distinct type name is leaked once per process
+/// however many times plugins are described (a runner agent describes them for every job).
 fn leak(s: &str) -> &'static str {
-    Box::leak(s.to_string().into_boxed_str())
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.iter().find(|n| **n == s) {
+        return n;
+    }
+    let n: &'static str = Box::leak(s.to_string().into_boxed_str());
+    names.push(n);
+    n
+}
+
+/// `items` as a `&'static` slice, interned like [`leak`].
+fn leak_slice(items: &[&'static str]) -> &'static [&'static str] {
+    type Slices = Vec<&'static [&'static str]>;
+    static SLICES: std::sync::Mutex<Slices> = std::sync::Mutex::new(Vec::new());
+    let mut slices = SLICES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = slices.iter().find(|s| **s == items) {
+        return s;
+    }
+    let s: &'static [&'static str] = Box::leak(items.to_vec().into_boxed_slice());
+    slices.push(s);
+    s
 }
 
 impl ExternalPlugin {
@@ -594,7 +616,7 @@ impl ExternalComponent {
                 plugin.name
             ))
         })?;
-        let inputs: &'static [&'static str] = Box::leak(inputs.to_vec().into_boxed_slice());
+        let inputs = leak_slice(inputs);
         block_on(plugin.configure(kind, config))?;
         Ok(ExternalComponent {
             plugin,

@@ -75,9 +75,18 @@ impl ConfigInputs {
 
 /// Waypoint's single-dash long flags (`-var x=1`, `-var-file=f`, `-workspace w`) in the
 /// double-dash form clap reads.
+/// Nothing after `--` is touched (it belongs to another program, e.g. `cairn exec -- …`).
 pub fn rewrite_single_dash(args: Vec<String>) -> Vec<String> {
+    let mut after_dashes = false;
     args.into_iter()
         .map(|a| {
+            if after_dashes {
+                return a;
+            }
+            if a == "--" {
+                after_dashes = true;
+                return a;
+            }
             for flag in ["-var", "-var-file", "-workspace"] {
                 if a == flag || a.starts_with(&format!("{flag}=")) {
                     return format!("-{a}");
@@ -86,6 +95,42 @@ pub fn rewrite_single_dash(args: Vec<String>) -> Vec<String> {
             a
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn single_dash_flags_are_rewritten_up_to_double_dash() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            super::rewrite_single_dash(v(&[
+                "cairn",
+                "up",
+                "-var",
+                "a=1",
+                "-var-file=x",
+                "-workspace",
+                "w",
+                "--",
+                "tf",
+                "-var",
+                "b=2"
+            ])),
+            v(&[
+                "cairn",
+                "up",
+                "--var",
+                "a=1",
+                "--var-file=x",
+                "--workspace",
+                "w",
+                "--",
+                "tf",
+                "-var",
+                "b=2"
+            ])
+        );
+    }
 }
 
 /// Which deployment a command acts on (`cairn logs`, `cairn exec`).

@@ -644,6 +644,8 @@ pub(crate) fn decode(
         project,
         apps,
         env: top_config.env,
+        workspace_env: top_config.scoped_env,
+        secret_env: top_config.secret,
         labels: top_labels,
         workspace: d.workspace,
         variables,
@@ -990,7 +992,12 @@ fn valid_var_name(name: &str) -> bool {
 /// What a `config` block gives (already merged with its matching scopes).
 #[derive(Default, Clone)]
 struct ConfigOut {
+    /// The block's own `env`.
     env: BTreeMap<String, String>,
+    /// `env` of its `workspace`/`label` scopes that match this load.
+    scoped_env: BTreeMap<String, String>,
+    /// Names whose value reads a sensitive variable.
+    secret: BTreeSet<String>,
     files: BTreeMap<String, String>,
     runner_env: BTreeMap<String, String>,
 }
@@ -1047,10 +1054,15 @@ fn decode_config(
     ctx.declare_var("config", hcl::Value::Object(config_var));
     // An `internal` that failed was reported: what reads it is left out quietly.
     let reads_failed = |attr: &Attr| internal_failed && vars::mentions_root(&attr.expr, "config");
-    for b in &bodies {
+    for (i, b) in bodies.iter().enumerate() {
         if let Some(attr) = b.attr("env").filter(|a| !reads_failed(a)) {
             if let Some(env) = checked_env(d, attr, &ctx) {
-                out.env.extend(env);
+                out.secret.extend(secret_keys(d, attr, &env));
+                if i == 0 {
+                    out.env.extend(env);
+                } else {
+                    out.scoped_env.extend(env);
+                }
             }
         }
         if let Some(attr) = b.attr("file").filter(|a| !reads_failed(a)) {
@@ -1067,6 +1079,25 @@ fn decode_config(
         }
     }
     out
+}
+
+/// The keys of `env` whose value reads a sensitive variable (all of them when the map is not
+/// written literally and reads one).
+fn secret_keys(d: &Decoder, attr: &Attr, env: &BTreeMap<String, String>) -> BTreeSet<String> {
+    let sensitive = |e: &hcl::Expression| vars::var_refs(e).iter().any(|v| d.sensitive.contains(v));
+    match &attr.expr {
+        hcl::Expression::Object(obj) => obj
+            .iter()
+            .filter(|(_, v)| sensitive(v))
+            .filter_map(|(k, _)| match k {
+                hcl::expr::ObjectKey::Identifier(i) => Some(i.to_string()),
+                hcl::expr::ObjectKey::Expression(hcl::Expression::String(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        e if sensitive(e) => env.keys().cloned().collect(),
+        _ => BTreeSet::new(),
+    }
 }
 
 /// `env = { … }`: names must be environment variable names, values at most `MAX_VALUE` bytes;
@@ -1271,8 +1302,11 @@ fn decode_app(
     ctx.declare_var("labels", hcl::Value::Object(label_var));
 
     let own = decode_config(d, body, &ctx, &labels, &ctx_name);
+    // By precedence, as the cluster resolves them: project, workspace, app, workspace-app.
     let mut config_env = top.env.clone();
+    config_env.extend(top.scoped_env.clone());
     config_env.extend(own.env.clone());
+    config_env.extend(own.scoped_env.clone());
     let mut files = top.files.clone();
     files.extend(own.files);
 
@@ -1351,6 +1385,8 @@ fn decode_app(
         release,
         config_env,
         app_env: own.env,
+        workspace_app_env: own.scoped_env,
+        secret_env: own.secret,
         files,
         runner_env: own.runner_env,
         labels,

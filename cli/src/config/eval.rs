@@ -435,7 +435,7 @@ pub(crate) fn eval_attr(attr: &Attr, ctx: &Context) -> Result<serde_json::Value,
                 if ["artifact", "deploy", "entrypoint"].contains(&v.as_str()) =>
             {
                 message.push_str(&format!(
-                    " (`{v}.*` is known only while an operation runs, and Cairn does not fill it in yet)"
+                    " (`{v}.*` is known only while an operation runs: Cairn fills in `artifact.*` for the fields of a deploy stage's `use` block, nowhere else yet)"
                 ));
             }
             _ => {}

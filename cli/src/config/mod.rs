@@ -78,6 +78,12 @@ pub struct Config {
     /// The top-level `config { env = { … } }`: project-scope variables, synced to the cluster
     /// by `cairn up` and `cairn deploy`.
     pub env: BTreeMap<String, String>,
+    /// The top-level `config { workspace "W" { env } }` (and matching `label` scopes) for this
+    /// load's workspace: workspace-scope variables.
+    pub workspace_env: BTreeMap<String, String>,
+    /// Names in `env` and `workspace_env` whose value reads a sensitive variable: synced as
+    /// secrets.
+    pub secret_env: std::collections::BTreeSet<String>,
     /// The top-level `labels = { … }`: the project's, which every app inherits.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -188,13 +194,19 @@ pub struct AppConfig {
     /// `None` like `build`.
     pub deploy: Option<Stage>,
     pub release: Option<Stage>,
-    /// From `config { env = { … } }` at top level, overridden key by key by the app's own.
+    /// From `config { env = { … } }` at top level, overridden key by key by the workspace's,
+    /// the app's own and the app's workspace's (the cluster's precedence).
     /// What build and push steps run with. Deployments get the cluster's resolved config
     /// instead (which holds these after `cairn up` syncs them, plus `cairn config set`'s).
     pub config_env: BTreeMap<String, String>,
     /// The app's own `config { env = { … } }`: app-scope variables, synced to the cluster by
     /// `cairn up` and `cairn deploy`.
     pub app_env: BTreeMap<String, String>,
+    /// The app's `config { workspace "W" { env } }` (and matching `label` scopes) for this
+    /// load's workspace: workspace-app-scope variables.
+    pub workspace_app_env: BTreeMap<String, String>,
+    /// Names in `app_env` and `workspace_app_env` whose value reads a sensitive variable.
+    pub secret_env: std::collections::BTreeSet<String>,
     /// The project's `labels`, overridden key by key by the app's own.
     pub labels: BTreeMap<String, String>,
     /// `config { file = { PATH = CONTENT } }`, the project's with the app's over them: files

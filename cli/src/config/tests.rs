@@ -1231,3 +1231,72 @@ app "web" {
     .to_string();
     assert!(e.contains("use filebase64"), "{e}");
 }
+
+/// Workspace-scoped config env is kept apart from the block's own (each is synced to its
+/// scope), merged by precedence for builds; values reading a sensitive variable are secret.
+#[test]
+fn workspace_config_env_is_scoped_and_sensitive_values_are_secret() {
+    let src = r#"project = "p"
+variable "pw" {
+  type      = string
+  sensitive = true
+  default   = "hunter2"
+}
+config {
+  env = { A = "top", PW = var.pw }
+  workspace "prod" {
+    env = { A = "top-prod" }
+  }
+}
+app "web" {
+  config {
+    env = { B = "app", DSN = "u:${var.pw}@db" }
+    workspace "prod" {
+      env = { B = "app-prod" }
+    }
+    workspace "staging" {
+      env = { C = "never" }
+    }
+  }
+  build {
+    use "files" {}
+  }
+  deploy {
+    use "process" {
+      command = ["true"]
+    }
+  }
+}
+"#;
+    let inputs = Inputs {
+        workspace: Some("prod".into()),
+        ..Default::default()
+    };
+    let cfg = parse_str_with(src, Path::new("cairn.hcl"), &inputs).expect("valid");
+    let web = &cfg.apps[0];
+    let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(cfg.env, m(&[("A", "top"), ("PW", "hunter2")]));
+    assert_eq!(cfg.workspace_env, m(&[("A", "top-prod")]));
+    assert_eq!(web.app_env, m(&[("B", "app"), ("DSN", "u:hunter2@db")]));
+    assert_eq!(web.workspace_app_env, m(&[("B", "app-prod")]));
+    assert_eq!(
+        web.config_env,
+        m(&[
+            ("A", "top-prod"),
+            ("B", "app-prod"),
+            ("DSN", "u:hunter2@db"),
+            ("PW", "hunter2")
+        ])
+    );
+    assert!(cfg.secret_env.contains("PW") && !cfg.secret_env.contains("A"));
+    assert!(web.secret_env.contains("DSN") && !web.secret_env.contains("B"));
+    // In the default workspace no scope applies.
+    let cfg = parse(src).expect("valid");
+    assert!(cfg.workspace_env.is_empty() && cfg.apps[0].workspace_app_env.is_empty());
+    assert_eq!(cfg.apps[0].config_env["A"], "top");
+}
