@@ -25,12 +25,13 @@ directory (or -C DIR).
 
 Precedence: a deployment gets, for each name, the value of its most specific scope:
   workspace-app > app > workspace > project
-Deployments run in workspace \"default\".
+Deployments run in the workspace `cairn up --workspace W` names (default \"default\").
 
 `config { env = { … } }` in cairn.hcl declares project (top level) and app (inside
-`app`) variables: `cairn up` and `cairn deploy` set them to the file's values and
+`app`) variables, and `config { workspace \"W\" { env = { … } } }` workspace and
+workspace-app ones: `cairn up` and `cairn deploy` set them to the file's values and
 delete the ones the file no longer declares (never a variable set with
-`cairn config set`).";
+`cairn config set`). A value that reads a sensitive input variable is stored as a secret.";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScopeArgs {
