@@ -49,6 +49,20 @@ impl Synced {
 /// The writes that make `scope` hold what the file declares, given the
 /// scope's `current` variables (other scopes in `current` are ignored).
 /// Empty when nothing changed. Variables first, the [`FROM_FILE`] marker last.
+/// Whether a variable is one the file's sync manages: a user's name or a config file
+/// entry (not Cairn's other bookkeeping, such as the marker).
+fn managed(name: &str) -> bool {
+    !cfgvars::is_reserved(name) || cfgvars::file_path(name).is_some()
+}
+
+/// A variable's name as `up` reports it: `file PATH` for a config file entry.
+fn shown_name(name: &str) -> String {
+    match cfgvars::file_path(name) {
+        Some(path) => format!("file {path}"),
+        None => name.to_string(),
+    }
+}
+
 pub fn plan(
     scope: &ConfigScope,
     current: &[ConfigVar],
@@ -57,7 +71,7 @@ pub fn plan(
 ) -> Vec<Change> {
     let cur: BTreeMap<&str, &ConfigVar> = current
         .iter()
-        .filter(|v| &v.scope == scope && !cfgvars::is_reserved(&v.name))
+        .filter(|v| &v.scope == scope && managed(&v.name))
         .map(|v| (v.name.as_str(), v))
         .collect();
     let marker = FromFile::find(current, scope);
@@ -162,27 +176,38 @@ pub async fn sync(
     cfg: &Config,
     app: &AppConfig,
 ) -> Result<Vec<(ConfigScope, Synced)>, RpcError> {
+    // Config files go with the env, as `cairn.file.PATH` variables (always secret: they may
+    // hold anything).
+    let with_files = |env: &BTreeMap<String, String>,
+                      files: &BTreeMap<String, String>,
+                      secret: &std::collections::BTreeSet<String>| {
+        let mut all = env.clone();
+        let mut secret = secret.clone();
+        for (path, content) in files {
+            let name = cfgvars::file_var(path);
+            secret.insert(name.clone());
+            all.insert(name, content.clone());
+        }
+        (all, secret)
+    };
     let scopes = [
         (
             ConfigScope::Project(cfg.project.clone()),
-            &cfg.env,
-            &cfg.secret_env,
+            with_files(&cfg.env, &cfg.files, &cfg.secret_env),
         ),
         (
             ConfigScope::Workspace {
                 project: cfg.project.clone(),
                 workspace: cfg.workspace.clone(),
             },
-            &cfg.workspace_env,
-            &cfg.secret_env,
+            with_files(&cfg.workspace_env, &cfg.workspace_files, &cfg.secret_env),
         ),
         (
             ConfigScope::App {
                 project: cfg.project.clone(),
                 app: app.name.clone(),
             },
-            &app.app_env,
-            &app.secret_env,
+            with_files(&app.app_env, &app.app_files, &app.secret_env),
         ),
         (
             ConfigScope::WorkspaceApp {
@@ -190,14 +215,17 @@ pub async fn sync(
                 workspace: cfg.workspace.clone(),
                 app: app.name.clone(),
             },
-            &app.workspace_app_env,
-            &app.secret_env,
+            with_files(
+                &app.workspace_app_env,
+                &app.workspace_app_files,
+                &app.secret_env,
+            ),
         ),
     ];
     let mut out = Vec::new();
-    for (scope, declared, secret) in scopes {
+    for (scope, (declared, secret)) in scopes {
         let current = list(conn, &scope).await?;
-        let changes = plan(&scope, &current, declared, secret);
+        let changes = plan(&scope, &current, &declared, &secret);
         apply(conn, &changes).await?;
         let synced = summarize(&changes);
         if !synced.is_empty() {
@@ -212,10 +240,8 @@ pub fn summarize(changes: &[Change]) -> Synced {
     let mut s = Synced::default();
     for c in changes {
         match c {
-            Change::Set(v) if !cfgvars::is_reserved(&v.name) => s.set.push(v.name.clone()),
-            Change::Delete { name, .. } if !cfgvars::is_reserved(name) => {
-                s.deleted.push(name.clone())
-            }
+            Change::Set(v) if managed(&v.name) => s.set.push(shown_name(&v.name)),
+            Change::Delete { name, .. } if managed(name) => s.deleted.push(shown_name(name)),
             _ => {}
         }
     }

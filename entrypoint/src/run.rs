@@ -122,7 +122,9 @@ pub async fn supervise_with_config(
     // The configuration the app ran with before the last change: what it is
     // started with again when it cannot start with the new one.
     let mut previous: Option<Env> = None;
+    let mut files = ConfigFiles::default();
     loop {
+        files.write(&env, logs.as_deref());
         let started = with_env(spec, &env, fixed);
         let child = match Child::spawn(&started, logs.clone()) {
             Ok(child) => child,
@@ -262,15 +264,87 @@ fn is_stop(sig: Signal) -> bool {
 }
 
 /// `spec` with `env` set on top (the cluster's values win over inherited
-/// ones, except for the `fixed` names).
+/// ones, except for the `fixed` names). Cairn's reserved entries (the config
+/// files) are not environment variables.
 fn with_env(spec: &ChildSpec, env: &Env, fixed: &[String]) -> ChildSpec {
     let mut spec = spec.clone();
     spec.env.extend(
         env.iter()
-            .filter(|(k, _)| !fixed.contains(k))
+            .filter(|(k, _)| !fixed.contains(k) && !cairn_protocol::config::is_reserved(k))
             .map(|(k, v)| (k.into(), v.into())),
     );
     spec
+}
+
+/// The config files (`config { file = { PATH = CONTENT } }`) this entrypoint wrote: a
+/// relative path is under the working directory, an absolute one where it says. Each is
+/// written (0600, through a temporary file and a rename) before the app starts and again
+/// whenever the configuration changes; one the configuration no longer holds is removed. A
+/// file that cannot be written is reported in the app's log, and the app starts anyway.
+#[derive(Default)]
+struct ConfigFiles {
+    written: std::collections::BTreeSet<std::path::PathBuf>,
+}
+
+impl ConfigFiles {
+    fn write(&mut self, env: &Env, logs: Option<&LogQueue>) {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut now = std::collections::BTreeSet::new();
+        for (name, content) in env {
+            let Some(path) = cairn_protocol::config::file_path(name) else {
+                continue;
+            };
+            let rel = std::path::Path::new(path);
+            if rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                report(
+                    logs,
+                    &format!("config file {path:?} is not written: it holds `..`"),
+                );
+                continue;
+            }
+            let full = std::env::current_dir().unwrap_or_default().join(rel);
+            let tmp = full.with_file_name(format!(
+                ".{}.cairn-tmp",
+                full.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            ));
+            let result = (|| -> io::Result<()> {
+                if let Some(parent) = full.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(content.as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &full)
+            })();
+            match result {
+                Ok(()) => {
+                    now.insert(full);
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    report(
+                        logs,
+                        &format!("cannot write config file {}: {e}", full.display()),
+                    );
+                }
+            }
+        }
+        for gone in self.written.difference(&now) {
+            let _ = std::fs::remove_file(gone);
+        }
+        self.written = now;
+    }
 }
 
 /// `CAIRN_DISABLE`: replaces this process with the command (`execvp`: same

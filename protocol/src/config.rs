@@ -28,6 +28,22 @@ pub const RESERVED_PREFIX: &str = "cairn.";
 /// of that scope set from a config file: see [`FromFile`].
 pub const FROM_FILE: &str = "cairn.from_file";
 
+/// `config { file = { PATH = CONTENT } }` entries are stored as variables named this prefix
+/// and the path: reserved (never an environment variable, skipped by [`resolve_env`]),
+/// resolved by the same precedence ([`resolve_files`]), and handed to entrypoints of protocol
+/// version 5 or later, which write them into the instance.
+pub const FILE_PREFIX: &str = "cairn.file.";
+
+/// The variable name a config file entry for `path` is stored under.
+pub fn file_var(path: &str) -> String {
+    format!("{FILE_PREFIX}{path}")
+}
+
+/// The file path a variable named `name` holds, when it is a config file entry.
+pub fn file_path(name: &str) -> Option<&str> {
+    name.strip_prefix(FILE_PREFIX).filter(|p| !p.is_empty())
+}
+
 /// Longest variable name (the node enforces the same limit).
 pub const MAX_NAME: usize = 256;
 /// Longest variable value in bytes (the node enforces the same limit).
@@ -141,6 +157,34 @@ pub fn resolve_env(
             Some((have, _)) if *have >= r => {}
             _ => {
                 best.insert(&v.name, (r, &v.value));
+            }
+        }
+    }
+    best.into_iter()
+        .map(|(k, (_, v))| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The config files the app `app` of `project` gets in `workspace` ([`FILE_PREFIX`]
+/// variables), path → content, by the precedence of [`resolve_env`].
+pub fn resolve_files(
+    vars: &[ConfigVar],
+    project: &str,
+    app: &str,
+    workspace: &str,
+) -> BTreeMap<String, String> {
+    let mut best: BTreeMap<&str, (u8, &str)> = BTreeMap::new();
+    for v in vars {
+        let Some(path) = file_path(&v.name) else {
+            continue;
+        };
+        let Some(r) = rank(&v.scope, project, app, workspace) else {
+            continue;
+        };
+        match best.get(path) {
+            Some((have, _)) if *have >= r => {}
+            _ => {
+                best.insert(path, (r, &v.value));
             }
         }
     }
@@ -296,6 +340,28 @@ mod tests {
     }
 
     #[test]
+    fn config_files_resolve_by_precedence_and_are_no_env() {
+        let vars = vec![
+            var(project(), &file_var("conf/a.yml"), "project"),
+            var(app("web"), &file_var("conf/a.yml"), "app"),
+            var(ws_app("web", "prod"), &file_var("conf/a.yml"), "prod"),
+            var(project(), &file_var("b.txt"), "b"),
+            var(app("api"), &file_var("c.txt"), "not web's"),
+            var(project(), "ENV", "e"),
+        ];
+        let files = resolve_files(&vars, "p", "web", "default");
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(files["conf/a.yml"], "app");
+        assert_eq!(files["b.txt"], "b");
+        assert_eq!(
+            resolve_files(&vars, "p", "web", "prod")["conf/a.yml"],
+            "prod"
+        );
+        let env = resolve_env(&vars, "p", "web", "default");
+        assert_eq!(env.keys().collect::<Vec<_>>(), vec!["ENV"]);
+    }
+
+    #[test]
     fn scopes_for_lists_every_scope_that_ranks_in_order() {
         let ranks: Vec<Option<u8>> = scopes_for("p", "web", "default")
             .iter()
@@ -316,6 +382,8 @@ mod tests {
         assert!(check_env_name(&"A".repeat(MAX_NAME + 1)).is_err());
         // Reserved names are never valid env names.
         assert!(is_reserved(FROM_FILE) && check_env_name(RESERVED_PREFIX).is_err());
+        assert!(is_reserved(&file_var("a.yml")) && file_path(&file_var("a.yml")) == Some("a.yml"));
+        assert_eq!(file_path(FROM_FILE), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod e2e_bad_inputs;
 mod e2e_config;
+mod e2e_config_files;
 mod e2e_configs;
 mod e2e_corpus;
 mod e2e_crash;

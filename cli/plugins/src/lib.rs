@@ -444,7 +444,24 @@ pub(crate) fn parse_config<T: DeserializeOwned>(
 ) -> Result<T, PluginError> {
     let empty = serde_json::Value::Object(serde_json::Map::new());
     let config = if config.is_null() { &empty } else { config };
-    serde_path_to_error::deserialize::<_, T>(config).map_err(|err| {
+    // HCL converts between strings, numbers and bools where the schema wants one (cty does
+    // for Waypoint's plugins: `port = "${var.port}"` is a number in HCL, and a string field
+    // takes it). Each such mismatch is converted and the decode tried again.
+    let mut config = std::borrow::Cow::Borrowed(config);
+    for _ in 0..64 {
+        match serde_path_to_error::deserialize::<_, T>(config.as_ref()) {
+            Ok(v) => return Ok(v),
+            Err(err) => {
+                let path = err.path().to_string();
+                let message = err.inner().to_string();
+                match converted(config.as_ref(), &path, &message) {
+                    Some(fixed) => config = std::borrow::Cow::Owned(fixed),
+                    None => break,
+                }
+            }
+        }
+    }
+    serde_path_to_error::deserialize::<_, T>(config.as_ref()).map_err(|err| {
         let path = err.path().to_string();
         let message = err.inner().to_string();
         let field = if path == "." {
@@ -459,6 +476,64 @@ pub(crate) fn parse_config<T: DeserializeOwned>(
             message,
         }
     })
+}
+
+/// `config` with the value at `path` converted the way HCL converts, when `message` is a
+/// serde type mismatch HCL would have resolved (a number or bool where a string is wanted,
+/// a numeric string where a number is, "true"/"false" where a bool is); else `None`.
+fn converted(config: &serde_json::Value, path: &str, message: &str) -> Option<serde_json::Value> {
+    use serde_json::Value as J;
+    let mut fixed = config.clone();
+    let at = value_at_mut(&mut fixed, path)?;
+    let new = match (&*at, message) {
+        (J::Number(n), m) if m.ends_with("expected a string") => J::String(n.to_string()),
+        (J::Bool(b), m) if m.ends_with("expected a string") => J::String(b.to_string()),
+        (J::String(s), m) if m.ends_with("expected a boolean") && (s == "true" || s == "false") => {
+            J::Bool(s == "true")
+        }
+        (J::String(s), m)
+            if m.contains("expected u")
+                || m.contains("expected i")
+                || m.contains("expected f")
+                || m.contains("expected a number") =>
+        {
+            let t = s.trim();
+            if let Ok(i) = t.parse::<i64>() {
+                J::from(i)
+            } else {
+                J::Number(
+                    t.parse::<f64>()
+                        .ok()
+                        .and_then(serde_json::Number::from_f64)?,
+                )
+            }
+        }
+        _ => return None,
+    };
+    *at = new;
+    Some(fixed)
+}
+
+/// The value at a serde_path_to_error path such as `command[3]` or `auth.username`.
+fn value_at_mut<'a>(v: &'a mut serde_json::Value, path: &str) -> Option<&'a mut serde_json::Value> {
+    if path == "." || path.is_empty() {
+        return Some(v);
+    }
+    let mut cur = v;
+    for part in path.split('.') {
+        let (key, indices) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !key.is_empty() {
+            cur = cur.as_object_mut()?.get_mut(key)?;
+        }
+        for idx in indices.split('[').filter(|s| !s.is_empty()) {
+            let n: usize = idx.trim_end_matches(']').parse().ok()?;
+            cur = cur.as_array_mut()?.get_mut(n)?;
+        }
+    }
+    Some(cur)
 }
 
 /// The first `…`-quoted word of a serde message ("missing field `command`").

@@ -91,8 +91,17 @@ fn config_errors_name_the_field() {
     assert_eq!(field, "command");
     assert_eq!(message, "missing field `command`");
 
-    let (_, field, _) = config_err(c.builder("files", &json!({"exclude": ["ok", 3]})));
+    let (_, field, _) = config_err(c.builder("files", &json!({"exclude": ["ok", {"a": 1}]})));
     assert_eq!(field, "exclude[1]");
+    // What HCL converts is converted (cty did so for Waypoint's plugins): a number where a
+    // string is wanted, a numeric string where a number is.
+    assert!(c.builder("files", &json!({"exclude": ["ok", 3]})).is_ok());
+    assert!(c
+        .platform(
+            "process",
+            &json!({"command": ["serve", 8080, true], "count": "2"})
+        )
+        .is_ok());
 
     let (_, field, _) = config_err(c.platform("process", &json!({"command": []})));
     assert_eq!(field, "command");

@@ -650,6 +650,7 @@ pub(crate) fn decode(
         workspace: d.workspace,
         variables,
         files: top_config.files,
+        workspace_files: top_config.scoped_files,
         runner_env: top_config.runner_env,
         runner,
         url,
@@ -998,7 +999,10 @@ struct ConfigOut {
     scoped_env: BTreeMap<String, String>,
     /// Names whose value reads a sensitive variable.
     secret: BTreeSet<String>,
+    /// The block's own `file`.
     files: BTreeMap<String, String>,
+    /// `file` of its matching scopes.
+    scoped_files: BTreeMap<String, String>,
     runner_env: BTreeMap<String, String>,
 }
 
@@ -1067,7 +1071,11 @@ fn decode_config(
         }
         if let Some(attr) = b.attr("file").filter(|a| !reads_failed(a)) {
             if let Some(files) = checked_files(d, attr, &ctx) {
-                out.files.extend(files);
+                if i == 0 {
+                    out.files.extend(files);
+                } else {
+                    out.scoped_files.extend(files);
+                }
             }
         }
     }
@@ -1307,8 +1315,11 @@ fn decode_app(
     config_env.extend(top.scoped_env.clone());
     config_env.extend(own.env.clone());
     config_env.extend(own.scoped_env.clone());
+    // By the same precedence as env.
     let mut files = top.files.clone();
-    files.extend(own.files);
+    files.extend(top.scoped_files.clone());
+    files.extend(own.files.clone());
+    files.extend(own.scoped_files.clone());
 
     let build = match d.at_most_one(body, "build", &ctx_name) {
         Some(b) => {
@@ -1388,6 +1399,8 @@ fn decode_app(
         workspace_app_env: own.scoped_env,
         secret_env: own.secret,
         files,
+        app_files: own.files,
+        workspace_app_files: own.scoped_files,
         runner_env: own.runner_env,
         labels,
         runner,

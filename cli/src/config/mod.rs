@@ -92,8 +92,11 @@ pub struct Config {
     /// The input variables, in the order declared, with their values (sensitive ones are
     /// masked when serialized).
     pub variables: Vec<Variable>,
-    /// The top-level `config { file = { … } }`: files every app's instances get.
+    /// The top-level `config { file = { … } }`: files every app's instances get (project
+    /// scope).
     pub files: BTreeMap<String, String>,
+    /// The top-level `config { workspace "W" { file } }` for this load's workspace.
+    pub workspace_files: BTreeMap<String, String>,
     /// The top-level `config { runner { env = { … } } }`: what runners run this project's
     /// jobs with.
     pub runner_env: BTreeMap<String, String>,
@@ -209,9 +212,14 @@ pub struct AppConfig {
     pub secret_env: std::collections::BTreeSet<String>,
     /// The project's `labels`, overridden key by key by the app's own.
     pub labels: BTreeMap<String, String>,
-    /// `config { file = { PATH = CONTENT } }`, the project's with the app's over them: files
-    /// written into each instance.
+    /// `config { file = { PATH = CONTENT } }`, every scope's by precedence: the files the
+    /// entrypoint writes into each instance (a relative path is under the instance's working
+    /// directory).
     pub files: BTreeMap<String, String>,
+    /// The app's own `config { file }` (app scope).
+    pub app_files: BTreeMap<String, String>,
+    /// The app's `config { workspace "W" { file } }` for this load's workspace.
+    pub workspace_app_files: BTreeMap<String, String>,
     /// The app's `config { runner { env } }`.
     pub runner_env: BTreeMap<String, String>,
     /// The app's `runner { … }`.

@@ -49,6 +49,9 @@ struct Target {
     app: String,
     workspace: String,
     sequence: u64,
+    /// The entrypoint speaks protocol 5 or later: it is also sent the config files, as
+    /// `cairn.file.PATH` entries of its map (an older one would make them env vars).
+    files: bool,
 }
 
 impl Target {
@@ -57,7 +60,21 @@ impl Target {
             .iter()
             .flat_map(|sc| st.config_in(Some(sc)))
             .collect();
-        resolve_env(&vars, &self.project, &self.app, &self.workspace)
+        let mut env = resolve_env(&vars, &self.project, &self.app, &self.workspace);
+        if self.files {
+            let files = cairn_protocol::config::resolve_files(
+                &vars,
+                &self.project,
+                &self.app,
+                &self.workspace,
+            );
+            env.extend(
+                files
+                    .into_iter()
+                    .map(|(path, content)| (cairn_protocol::config::file_var(&path), content)),
+            );
+        }
+        env
     }
 }
 
@@ -71,7 +88,10 @@ pub async fn register(
     recv: quinn::RecvStream,
 ) {
     let target = match admit(ctx, s, &hello).await {
-        Ok(t) => t,
+        Ok(t) => Target {
+            files: s.speaks.version >= 5,
+            ..t
+        },
         Err(message) => {
             let _ = frame::write(&mut send, &ClientResponse::Error { message }).await;
             let _ = send.finish();
@@ -257,6 +277,7 @@ async fn deployment_target(ctx: &Ctx, id: OpId) -> Result<Target, String> {
                 app: op.app,
                 workspace: op.workspace,
                 sequence: op.sequence,
+                files: false,
             })
         }
         Some(op) if op.kind == OpKind::Deployment => Err(format!(

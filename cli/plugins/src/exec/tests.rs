@@ -454,7 +454,14 @@ fn exec_config_errors_name_the_field() {
             "invalid type: integer `5`, expected a string or a list of strings".to_string()
         )
     );
-    assert_eq!(config_err(json!({"command": ["sh", 3]})).0, "command[1]");
+    assert_eq!(
+        config_err(json!({"command": ["sh", {"a": 1}]})).0,
+        "command[1]"
+    );
+    // A number where a string is wanted is converted, as HCL does.
+    assert!(Catalog::builtin()
+        .platform("exec", &json!({"command": ["sleep", 3]}))
+        .is_ok());
     assert_eq!(
         config_err(json!({})),
         ("command".to_string(), "missing field `command`".to_string())
@@ -481,7 +488,7 @@ fn exec_config_errors_name_the_field() {
     );
     assert_eq!(config_err(json!({"command": "x", "args": "y"})).0, "args");
     assert_eq!(
-        config_err(json!({"command": "x", "env": {"A": 1}})).0,
+        config_err(json!({"command": "x", "env": {"A": [1]}})).0,
         "env.A"
     );
     assert_eq!(
