@@ -449,6 +449,33 @@ impl IngressInfo {
         self.url(&format!("{}.{}", app.to_ascii_lowercase(), self.domain))
     }
 
+    /// The release URL of an app in `workspace`: `APP.DOMAIN` in the default one,
+    /// `APP.WORKSPACE.DOMAIN` in another.
+    pub fn release_url_in(&self, app: &str, workspace: &str) -> String {
+        if workspace == crate::types::DEFAULT_WORKSPACE {
+            return self.release_url(app);
+        }
+        self.url(&format!(
+            "{}.{}.{}",
+            app.to_ascii_lowercase(),
+            workspace.to_ascii_lowercase(),
+            self.domain
+        ))
+    }
+
+    /// The URL of deployment `sequence` of an app in `workspace` (see [`Self::release_url_in`]).
+    pub fn deployment_url_in(&self, app: &str, workspace: &str, sequence: u64) -> String {
+        if workspace == crate::types::DEFAULT_WORKSPACE {
+            return self.deployment_url(app, sequence);
+        }
+        self.url(&format!(
+            "{}--v{sequence}.{}.{}",
+            app.to_ascii_lowercase(),
+            workspace.to_ascii_lowercase(),
+            self.domain
+        ))
+    }
+
     /// The URL of deployment `sequence` of an app.
     pub fn deployment_url(&self, app: &str, sequence: u64) -> String {
         self.url(&format!(

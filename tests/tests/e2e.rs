@@ -28,3 +28,4 @@ mod e2e_runner_agent;
 mod e2e_upgrade;
 mod e2e_urls;
 mod e2e_validate;
+mod e2e_workspaces;

@@ -63,9 +63,15 @@ pub fn resolve(st: &State, domain: &str, host: &str, roll: u8) -> Result<Target,
             "{host} is not an app of this cluster (apps answer at APP.{domain} and APP--vN.{domain}, or at a hostname registered with `cairn hostname register`)"
         )));
     };
-    if label.is_empty() || label.contains('.') {
+    // APP[--vN].DOMAIN in the default workspace, APP[--vN].WORKSPACE.DOMAIN in another.
+    let (label, workspace) = match label.split_once('.') {
+        Some((l, w)) if !w.contains('.') && !w.is_empty() => (l, w),
+        Some(_) => ("", ""),
+        None => (label, DEFAULT_WORKSPACE),
+    };
+    if label.is_empty() {
         return Err(Miss::Unknown(format!(
-            "{host} is not an app of this cluster (apps answer at APP.{domain} and APP--vN.{domain})"
+            "{host} is not an app of this cluster (apps answer at APP.{domain} and APP--vN.{domain}, or APP.WORKSPACE.{domain} in another workspace)"
         )));
     }
     let (app_label, seq) = split_version(label);
@@ -80,8 +86,8 @@ pub fn resolve(st: &State, domain: &str, host: &str, roll: u8) -> Result<Target,
     };
     let (project, app) = app_named(st, app_label)?;
     match seq {
-        Some(seq) => deployment(st, &project, &app, DEFAULT_WORKSPACE, seq),
-        None => released(st, &project, &app, DEFAULT_WORKSPACE, roll),
+        Some(seq) => deployment(st, &project, &app, workspace, seq),
+        None => released(st, &project, &app, workspace, roll),
     }
 }
 

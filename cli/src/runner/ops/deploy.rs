@@ -51,7 +51,7 @@ pub async fn run(
                 }
                 // The URL service's address for it, else the platform's own.
                 let url = match &ingress {
-                    Some(i) => Some(i.deployment_url(&ctx.app, ctx.sequence)),
+                    Some(i) => Some(i.deployment_url_in(&ctx.app, &ctx.workspace, ctx.sequence)),
                     None => platform.url(&v),
                 };
                 Ok((v, url))
@@ -59,7 +59,9 @@ pub async fn run(
         )
         .await?;
     let url = match run.ingress().await {
-        Some(i) => Some(i.deployment_url(&run.job.spec.app, dep.sequence)),
+        Some(i) => {
+            Some(i.deployment_url_in(&run.job.spec.app, &run.job.spec.workspace, dep.sequence))
+        }
         None => l.stages.platform.url(&dep.value),
     };
     if let Some(url) = url {

@@ -71,7 +71,7 @@ pub async fn run(
                     .map_err(plugin_err)?;
                 hooks::after(&hook_list, &mut ctx).await?;
                 let url = match &ingress {
-                    Some(i) => Some(i.release_url(&app)),
+                    Some(i) => Some(i.release_url_in(&app, &ctx.workspace)),
                     None => out.urls.first().cloned(),
                 };
                 let pruned = serde_json::json!(out.pruned);
@@ -91,7 +91,7 @@ pub async fn run(
         }
     }
     let url = match run.ingress().await {
-        Some(i) => Some(i.release_url(&run.job.spec.app)),
+        Some(i) => Some(i.release_url_in(&run.job.spec.app, &run.job.spec.workspace)),
         None => deployments_url(&rel.value),
     };
     if let Some(url) = url {
@@ -137,7 +137,7 @@ async fn route_only(
         return Ok(());
     };
     let seq = target.0;
-    let url = ingress.release_url(&run.job.spec.app);
+    let url = ingress.release_url_in(&run.job.spec.app, &run.job.spec.workspace);
     let shown = url.clone();
     run.op_step(
         OpSpec {
