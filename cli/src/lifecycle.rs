@@ -35,19 +35,20 @@ pub fn plugin_dirs(cfg: &Config) -> Vec<std::path::PathBuf> {
 pub async fn catalog_for(cfg: &Config, catalog: &Arc<Catalog>) -> Result<Arc<Catalog>, String> {
     let mut wanted: Vec<ExternalWanted> = Vec::new();
     for p in &cfg.plugins {
-        let timeout =
-            match p.config.get("timeout") {
-                None => None,
-                Some(serde_json::Value::String(t)) => Some(parse_duration(t).map_err(|e| {
+        let timeout = match p.config.get("timeout") {
+            None => None,
+            Some(serde_json::Value::String(t)) => {
+                Some(crate::config::duration(t).map_err(|e| {
                     format!("{}: plugin \"{}\": `timeout`: {e}", p.location, p.name)
-                })?),
-                Some(_) => {
-                    return Err(format!(
+                })?)
+            }
+            Some(_) => {
+                return Err(format!(
                     "{}: plugin \"{}\": `timeout` must be a duration such as \"90s\" or \"10m\"",
                     p.location, p.name
                 ))
-                }
-            };
+            }
+        };
         let checksum = match p.config.get("checksum") {
             None => None,
             Some(serde_json::Value::String(c)) => Some(c.clone()),
@@ -104,34 +105,6 @@ pub async fn catalog_for(cfg: &Config, catalog: &Arc<Catalog>) -> Result<Arc<Cat
         .await
         .map(Arc::new)
         .map_err(|e| e.to_string())
-}
-
-/// "90s", "10m", "1h30m", "500ms".
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let bad = || format!("{s:?} is not a duration such as \"90s\", \"10m\" or \"1h30m\"");
-    let mut total = std::time::Duration::ZERO;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let d = match &rest[..unit] {
-            "ms" => std::time::Duration::from_millis(n),
-            "s" => std::time::Duration::from_secs(n),
-            "m" => std::time::Duration::from_secs(n * 60),
-            "h" => std::time::Duration::from_secs(n * 3600),
-            _ => return Err(bad()),
-        };
-        total += d;
-        rest = &rest[unit..];
-    }
-    Ok(total)
 }
 
 /// Whether `e` is the plugin's complaint about a field left out because it reads `artifact.*`

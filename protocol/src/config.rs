@@ -145,18 +145,32 @@ pub fn resolve_env(
     app: &str,
     workspace: &str,
 ) -> BTreeMap<String, String> {
+    resolve_by(vars, project, app, workspace, |name| {
+        (!is_reserved(name)).then_some(name)
+    })
+}
+
+/// For each key `key_of` gives a variable (`None`: not this kind of variable), the value of
+/// the most specific scope that applies to the app ([`rank`]).
+fn resolve_by(
+    vars: &[ConfigVar],
+    project: &str,
+    app: &str,
+    workspace: &str,
+    key_of: impl Fn(&str) -> Option<&str>,
+) -> BTreeMap<String, String> {
     let mut best: BTreeMap<&str, (u8, &str)> = BTreeMap::new();
     for v in vars {
-        if is_reserved(&v.name) {
+        let Some(key) = key_of(&v.name) else {
             continue;
-        }
+        };
         let Some(r) = rank(&v.scope, project, app, workspace) else {
             continue;
         };
-        match best.get(v.name.as_str()) {
+        match best.get(key) {
             Some((have, _)) if *have >= r => {}
             _ => {
-                best.insert(&v.name, (r, &v.value));
+                best.insert(key, (r, &v.value));
             }
         }
     }
@@ -173,24 +187,7 @@ pub fn resolve_files(
     app: &str,
     workspace: &str,
 ) -> BTreeMap<String, String> {
-    let mut best: BTreeMap<&str, (u8, &str)> = BTreeMap::new();
-    for v in vars {
-        let Some(path) = file_path(&v.name) else {
-            continue;
-        };
-        let Some(r) = rank(&v.scope, project, app, workspace) else {
-            continue;
-        };
-        match best.get(path) {
-            Some((have, _)) if *have >= r => {}
-            _ => {
-                best.insert(path, (r, &v.value));
-            }
-        }
-    }
-    best.into_iter()
-        .map(|(k, (_, v))| (k.to_string(), v.to_string()))
-        .collect()
+    resolve_by(vars, project, app, workspace, file_path)
 }
 
 /// A variable's value as listings show it: [`SECRET_MASK`] for a secret.

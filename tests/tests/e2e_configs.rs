@@ -31,18 +31,6 @@ fn sibling(case: &Case, ext: &str) -> PathBuf {
     case.hcl.with_extension(ext)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    for e in std::fs::read_dir(from).expect("files dir").flatten() {
-        let dest = to.join(e.file_name());
-        if e.path().is_dir() {
-            std::fs::create_dir_all(&dest).expect("mkdir");
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).expect("copy");
-        }
-    }
-}
-
 /// Runs `cairn validate` (plus `extra` args) on the case in a fresh directory; returns
 /// (exit code, stdout, stderr) with the directory written as `$DIR`.
 fn run(cli: &Cli, case: &Case, extra: &[&str]) -> (Option<i32>, String, String) {
@@ -55,7 +43,7 @@ fn run(cli: &Cli, case: &Case, extra: &[&str]) -> (Option<i32>, String, String) 
     std::fs::copy(&case.hcl, dir.path().join(file)).expect("copy config");
     let files = case.hcl.with_extension("files");
     if files.is_dir() {
-        copy_dir(&files, dir.path());
+        cairn_tests::docker::copy_tree(&files, dir.path());
     }
     let mut args: Vec<String> = vec![
         "-C".into(),

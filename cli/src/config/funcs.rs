@@ -1900,6 +1900,17 @@ fn parse_timestamp(s: &str) -> Result<time::OffsetDateTime, String> {
         .map_err(|_| format!("{s:?} is not an RFC 3339 timestamp (like \"2024-05-01T12:00:00Z\")"))
 }
 
+/// A Go duration that is not negative (`"90s"`, `"1h30m"`, `"1.5m"`), as a config's
+/// `timeout = "…"` fields write it.
+pub fn duration(s: &str) -> Result<std::time::Duration, String> {
+    match parse_duration(s.trim())? {
+        ns if ns < 0 => Err(format!(
+            "{s:?} is negative: a duration such as \"90s\" or \"10m\""
+        )),
+        ns => Ok(std::time::Duration::from_nanos(ns as u64)),
+    }
+}
+
 /// A Go duration (`"1h30m"`, `"-2.5s"`, `"300ms"`) in nanoseconds.
 fn parse_duration(s: &str) -> Result<i64, String> {
     let bad = || format!("{s:?} is not a duration (like \"1h30m\", \"-10s\" or \"250ms\")");

@@ -58,6 +58,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, Location};
 pub use eval::FUNCTIONS;
+pub use funcs::duration;
 pub use vars::{Inputs, Origin, Variable};
 
 /// The file names [`find`] looks for, in order.
