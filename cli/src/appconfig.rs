@@ -52,13 +52,16 @@ impl Synced {
 /// Whether a variable is one the file's sync manages: a user's name or a config file
 /// entry (not Cairn's other bookkeeping, such as the marker).
 fn managed(name: &str) -> bool {
-    !cfgvars::is_reserved(name) || cfgvars::file_path(name).is_some()
+    !cfgvars::is_reserved(name)
+        || cfgvars::file_path(name).is_some()
+        || name == cfgvars::AUTO_HOSTNAME
 }
 
 /// A variable's name as `up` reports it: `file PATH` for a config file entry.
 fn shown_name(name: &str) -> String {
     match cfgvars::file_path(name) {
         Some(path) => format!("file {path}"),
+        None if name == cfgvars::AUTO_HOSTNAME => "url { auto_hostname }".into(),
         None => name.to_string(),
     }
 }
@@ -139,6 +142,43 @@ pub async fn list(conn: &mut impl Call, scope: &ConfigScope) -> Result<Vec<Confi
     }
 }
 
+/// What the cluster holds for `project` in `workspace` before a config naming these `apps`
+/// is evaluated: the config variables of the project's, the workspace's and each app's
+/// scopes (stored input variable values among them).
+pub async fn server_values(
+    conn: &mut impl Call,
+    project: &str,
+    apps: &[String],
+    workspace: &str,
+) -> Result<crate::config::ServerValues, RpcError> {
+    let mut vars = Vec::new();
+    let mut scopes = vec![
+        ConfigScope::Project(project.into()),
+        ConfigScope::Workspace {
+            project: project.into(),
+            workspace: workspace.into(),
+        },
+    ];
+    for app in apps {
+        scopes.push(ConfigScope::App {
+            project: project.into(),
+            app: app.clone(),
+        });
+        scopes.push(ConfigScope::WorkspaceApp {
+            project: project.into(),
+            app: app.clone(),
+            workspace: workspace.into(),
+        });
+    }
+    for scope in &scopes {
+        vars.extend(list(conn, scope).await?);
+    }
+    Ok(crate::config::ServerValues {
+        project: project.into(),
+        vars,
+    })
+}
+
 /// The variables of every scope of the cluster.
 pub async fn list_all(conn: &mut impl Call) -> Result<Vec<ConfigVar>, RpcError> {
     match conn
@@ -190,10 +230,18 @@ pub async fn sync(
         }
         (all, secret)
     };
+    // `url { auto_hostname }` goes with the scope of its block (the ingress reads it).
+    let with_url = |(mut all, secret): (BTreeMap<String, String>, _),
+                    url: &Option<crate::config::UrlConfig>| {
+        if let Some(auto) = url.as_ref().and_then(|u| u.auto_hostname) {
+            all.insert(cfgvars::AUTO_HOSTNAME.to_string(), auto.to_string());
+        }
+        (all, secret)
+    };
     let scopes = [
         (
             ConfigScope::Project(cfg.project.clone()),
-            with_files(&cfg.env, &cfg.files, &cfg.secret_env),
+            with_url(with_files(&cfg.env, &cfg.files, &cfg.secret_env), &cfg.url),
         ),
         (
             ConfigScope::Workspace {
@@ -207,7 +255,10 @@ pub async fn sync(
                 project: cfg.project.clone(),
                 app: app.name.clone(),
             },
-            with_files(&app.app_env, &app.app_files, &app.secret_env),
+            with_url(
+                with_files(&app.app_env, &app.app_files, &app.secret_env),
+                &app.url,
+            ),
         ),
         (
             ConfigScope::WorkspaceApp {

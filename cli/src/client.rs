@@ -65,6 +65,33 @@ pub async fn resolve(explicit: Option<&str>, quiet: bool) -> anyhow::Result<Cont
     }
 }
 
+/// The context's cluster when one is there to ask, without starting the local node: `None`
+/// when the context is the local node and it is not running. For commands that work
+/// offline and only use the cluster when it is at hand (`cairn validate`).
+pub async fn resolve_running(explicit: Option<&str>) -> anyhow::Result<Option<Context>> {
+    let name = match explicit {
+        Some(n) => Some(n.to_string()),
+        None => match std::env::var("CAIRN_CONTEXT") {
+            Ok(n) if !n.is_empty() => Some(n),
+            _ => context::current()?,
+        },
+    };
+    let local = match &name {
+        Some(n) => {
+            let c = context::load(n)?;
+            if !c.local {
+                return Ok(Some(c));
+            }
+            true
+        }
+        None => true,
+    };
+    if local && local::running().is_none() {
+        return Ok(None);
+    }
+    Ok(Some(local::ensure(true).await?))
+}
+
 /// Says on stderr (once per process) when the config dir (contexts hold
 /// tokens), a context file or the data dir lets other users in.
 fn warn_loose_modes() {

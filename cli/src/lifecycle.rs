@@ -119,17 +119,21 @@ pub fn about_deferred(p: &PluginUse, e: &PluginError) -> bool {
     }
 }
 
-/// The platform of a deploy stage whose fields read `artifact.*`: made anew for each deploy
-/// from the config evaluated with the artifact; anything else asked of it is an error.
-struct DeferredPlatform {
+/// The platform of a deploy stage (or the releaser of a release stage) whose fields read
+/// `artifact.*` or `deploy.*`: made anew for each operation from the config evaluated with
+/// those values; anything else asked of it is an error.
+struct Deferred {
+    /// "platform" or "releaser".
+    role: &'static str,
     name: String,
     fields: Vec<String>,
 }
 
-impl DeferredPlatform {
+impl Deferred {
     fn refuse(&self) -> PluginError {
         PluginError::Failed(format!(
-            "platform \"{}\" reads artifact.* in {}: it is made for each deploy with that deploy's artifact",
+            "{} \"{}\" reads artifact.* or deploy.* in {}: it is made for each operation with that operation's values",
+            self.role,
             self.name,
             self.fields.join(", ")
         ))
@@ -137,7 +141,7 @@ impl DeferredPlatform {
 }
 
 #[async_trait::async_trait]
-impl Platform for DeferredPlatform {
+impl Platform for Deferred {
     fn input_types(&self) -> &[&'static str] {
         &[]
     }
@@ -173,6 +177,25 @@ impl Platform for DeferredPlatform {
     }
     fn url(&self, _deployment: &crate::plugins::Value) -> Option<String> {
         None
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::plugins::Releaser for Deferred {
+    fn input_types(&self) -> &[&'static str] {
+        &[]
+    }
+    fn output_type(&self) -> &'static str {
+        "deferred"
+    }
+    async fn release(
+        &self,
+        _ctx: &mut crate::plugins::OpContext,
+        _target: &crate::plugins::Value,
+        _others: &[(u64, crate::plugins::Value)],
+        _opts: &crate::plugins::ReleaseOptions,
+    ) -> Result<crate::plugins::ReleaseOutcome, PluginError> {
+        Err(self.refuse())
     }
 }
 
@@ -212,7 +235,8 @@ pub fn instantiate(app: &AppConfig, catalog: &Catalog) -> Result<Stages, String>
         Ok(p) => p.into(),
         // A field that reads `artifact.*` is left out until the deploy evaluates it with the
         // artifact; the plugin's complaint about it waits for then.
-        Err(e) if about_deferred(d, &e) => Arc::new(DeferredPlatform {
+        Err(e) if about_deferred(d, &e) => Arc::new(Deferred {
+            role: "platform",
             name: d.name.clone(),
             fields: d.deferred.iter().cloned().collect(),
         }),
@@ -221,14 +245,19 @@ pub fn instantiate(app: &AppConfig, catalog: &Catalog) -> Result<Stages, String>
     let releaser = match &app.release {
         Some(stage) => {
             let p = &stage.plugin;
-            Some((
-                p.name.clone(),
-                Arc::from(
-                    catalog
-                        .releaser(&p.name, &p.config)
-                        .map_err(|e| locate(p, e))?,
-                ),
-            ))
+            let releaser: Arc<dyn crate::plugins::Releaser> =
+                match catalog.releaser(&p.name, &p.config) {
+                    Ok(r) => r.into(),
+                    // As for the platform: a field reading `deploy.*` or `artifact.*` waits
+                    // for the release.
+                    Err(e) if about_deferred(p, &e) => Arc::new(Deferred {
+                        role: "releaser",
+                        name: p.name.clone(),
+                        fields: p.deferred.iter().cloned().collect(),
+                    }),
+                    Err(e) => return Err(locate(p, e)),
+                };
+            Some((p.name.clone(), releaser))
         }
         None => match catalog.releaser(&d.name, &serde_json::json!({})) {
             Ok(r) => Some((d.name.clone(), Arc::from(r))),

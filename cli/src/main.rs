@@ -98,6 +98,10 @@ enum Cmd {
     /// App configuration: env vars for deployments, by project, app and workspace.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Input variable values stored on the cluster (`variable "NAME" {}` in the config),
+    /// for the project or one workspace: read by `cairn up` and every runner.
+    #[command(subcommand)]
+    Var(commands::var::VarCmd),
     /// Each app's latest build, its running deployments and what is released.
     /// For the apps of the config here, the platform plugin reports how each
     /// deployment's instances are doing (a status job, run by this CLI or by
@@ -121,6 +125,11 @@ enum Cmd {
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
+        /// Do not read what the cluster stores (input variable values set with `cairn var
+        /// set`, config read by `dynamic("cairn", …)`). Without it they are read when the
+        /// context's cluster is at hand (the local node only when it is already running).
+        #[arg(long)]
+        offline: bool,
         #[command(flatten)]
         inputs: commands::ConfigInputs,
     },
@@ -323,8 +332,13 @@ async fn run(mut cli: Cli) -> anyhow::Result<i32> {
         Cmd::Releases(a) => commands::list::run(g, OpKind::Release, a).await,
         Cmd::Job(j) => commands::job::run(g, j).await,
         Cmd::Config(c) => commands::config::run(g, c).await,
+        Cmd::Var(v) => commands::var::run(g, v).await,
         Cmd::Status { json, runner } => commands::status::run(g, *json, runner).await,
-        Cmd::Validate { json, inputs } => commands::validate::run(g, *json, inputs).await,
+        Cmd::Validate {
+            json,
+            offline,
+            inputs,
+        } => commands::validate::run(g, *json, *offline, inputs).await,
         Cmd::Init(a) => commands::init::run(g, a),
         Cmd::Fmt(a) => commands::fmt::run(g, a),
         Cmd::Pipeline(p) => commands::pipeline::run(g, p).await,

@@ -44,6 +44,72 @@ pub fn file_path(name: &str) -> Option<&str> {
     name.strip_prefix(FILE_PREFIX).filter(|p| !p.is_empty())
 }
 
+/// Values of a config's input variables stored on the cluster (`cairn var set`) are
+/// variables named this prefix and the input variable's name, in the project's or a
+/// workspace's scope: reserved (never an environment variable, never sent to an instance),
+/// read by the CLI and runners that evaluate the config ([`resolve_inputs`]).
+pub const INPUT_PREFIX: &str = "cairn.var.";
+
+/// The config variable an input variable's stored value is kept in.
+pub fn input_var(name: &str) -> String {
+    format!("{INPUT_PREFIX}{name}")
+}
+
+/// The input variable a config variable named `name` stores a value of.
+pub fn input_name(name: &str) -> Option<&str> {
+    name.strip_prefix(INPUT_PREFIX).filter(|p| !p.is_empty())
+}
+
+/// The stored input variable values for `project` in `workspace` (a workspace's value
+/// wins over the project's): name → (value, the scope it came from).
+pub fn resolve_inputs<'a>(
+    vars: &'a [ConfigVar],
+    project: &str,
+    workspace: &str,
+) -> BTreeMap<String, (&'a str, &'a ConfigScope)> {
+    let mut best: BTreeMap<String, (u8, &ConfigVar)> = BTreeMap::new();
+    for v in vars {
+        let Some(name) = input_name(&v.name) else {
+            continue;
+        };
+        let r = match &v.scope {
+            ConfigScope::Project(p) if p == project => 0,
+            ConfigScope::Workspace {
+                project: p,
+                workspace: w,
+            } if p == project && w == workspace => 1,
+            _ => continue,
+        };
+        if best.get(name).is_none_or(|(have, _)| *have < r) {
+            best.insert(name.to_string(), (r, v));
+        }
+    }
+    best.into_iter()
+        .map(|(k, (_, v))| (k, (v.value.as_str(), &v.scope)))
+        .collect()
+}
+
+/// `url { auto_hostname = false }` in the config, as `cairn up` stores it (at the project's
+/// scope for the top-level block, the app's for an app's): the ingress then does not answer
+/// for the app's release at `APP.DOMAIN` (`APP.WORKSPACE.DOMAIN`); its registered hostnames
+/// and its deployments' `APP--vN` names still work. Reserved, so never an env var.
+pub const AUTO_HOSTNAME: &str = "cairn.url.auto_hostname";
+
+/// Whether the app's release answers at its own name: the most specific scope that sets
+/// [`AUTO_HOSTNAME`] decides (as for env), `get` reading one scope's value.
+pub fn auto_hostname<'a>(
+    get: impl Fn(&ConfigScope) -> Option<&'a str>,
+    project: &str,
+    app: &str,
+    workspace: &str,
+) -> bool {
+    scopes_for(project, app, workspace)
+        .iter()
+        .rev()
+        .find_map(&get)
+        .is_none_or(|v| v != "false")
+}
+
 /// Longest variable name (the node enforces the same limit).
 pub const MAX_NAME: usize = 256;
 /// Longest variable value in bytes (the node enforces the same limit).
@@ -307,6 +373,39 @@ mod tests {
         assert_eq!(resolve_env(&vars, "p", "web", "default"), want);
         vars.reverse();
         assert_eq!(resolve_env(&vars, "p", "web", "default"), want);
+    }
+
+    #[test]
+    fn stored_inputs_resolve_by_workspace_then_project_and_stay_out_of_env() {
+        let mut vars = vec![
+            var(project(), &input_var("region"), "eu"),
+            var(project(), &input_var("size"), "s"),
+            var(ws("prod"), &input_var("size"), "xl"),
+            var(ws("staging"), &input_var("region"), "us"),
+            var(
+                app("web"),
+                &input_var("region"),
+                "app scope is not an input's",
+            ),
+            var(ConfigScope::Project("other".into()), &input_var("x"), "1"),
+            var(project(), "PLAIN", "env"),
+        ];
+        for _ in 0..2 {
+            let got = resolve_inputs(&vars, "p", "prod");
+            let got: Vec<(&str, &str, &ConfigScope)> =
+                got.iter().map(|(k, (v, s))| (k.as_str(), *v, *s)).collect();
+            assert_eq!(
+                got,
+                vec![("region", "eu", &project()), ("size", "xl", &ws("prod"))]
+            );
+            vars.reverse();
+        }
+        assert_eq!(input_name(&input_var("a_b")), Some("a_b"));
+        assert_eq!(input_name("cairn.var."), None);
+        // Never an app's environment, nor a file.
+        let env = resolve_env(&vars, "p", "web", "prod");
+        assert_eq!(env.keys().collect::<Vec<_>>(), vec!["PLAIN"]);
+        assert!(resolve_files(&vars, "p", "web", "prod").is_empty());
     }
 
     #[test]

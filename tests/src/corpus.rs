@@ -3,7 +3,7 @@
 //! one), with stubs of the files it reads while it is evaluated (its repository holds them;
 //! the corpus does not) and values for its variables that have no default. The outcome of
 //! a run is sorted into kinds: a plan, a plugin Cairn lacks, a config source Cairn cannot
-//! reach, Cairn's own name rule, or anything else (a language error: what issue 16 rules
+//! reach, or anything else (a language error: what issue 16 rules
 //! out).
 
 use std::path::{Path, PathBuf};
@@ -164,8 +164,6 @@ pub enum Kind {
     PluginMissing,
     /// A `dynamic()` source Cairn cannot reach from here.
     Unreachable,
-    /// Cairn's rule that project and app names hold no '/'.
-    Name,
     /// Anything else: a language error.
     Other,
 }
@@ -176,8 +174,6 @@ impl Kind {
             Kind::PluginMissing
         } else if line.contains("which cannot be reached") {
             Kind::Unreachable
-        } else if line.contains("holds '/'") || line.contains("(it holds '/')") {
-            Kind::Name
         } else {
             Kind::Other
         }
@@ -187,7 +183,6 @@ impl Kind {
         match self {
             Kind::PluginMissing => "plugin missing",
             Kind::Unreachable => "source unreachable",
-            Kind::Name => "name rule",
             Kind::Other => "LANGUAGE ERROR",
         }
     }
@@ -202,6 +197,8 @@ pub struct Outcome {
     pub errors: Vec<String>,
     /// The `warning: …` lines.
     pub warnings: Vec<String>,
+    /// The `note: …` lines (what Cairn took differently, e.g. a name with '/').
+    pub notes: Vec<String>,
     pub stdout: String,
 }
 
@@ -230,6 +227,7 @@ impl Outcome {
             exit,
             errors: lines("error: "),
             warnings: lines("warning: "),
+            notes: lines("note: "),
             stdout: stdout.to_string(),
         }
     }

@@ -4,6 +4,7 @@
 //! Run with `cargo test -p cairn-tests`; it builds `cairn` and `cairn-node`
 //! first (see `cairn_tests::bins`).
 
+mod e2e_auto_hostname;
 mod e2e_bad_inputs;
 mod e2e_config;
 mod e2e_config_files;
@@ -25,6 +26,7 @@ mod e2e_plugins;
 mod e2e_restart;
 mod e2e_rollback;
 mod e2e_runner_agent;
+mod e2e_server_vars;
 mod e2e_upgrade;
 mod e2e_urls;
 mod e2e_validate;

@@ -144,12 +144,16 @@ fn target(g: &Global, s: &ScopeArgs, default_app: bool) -> anyhow::Result<Target
                     dir.display()
                 );
             };
-            let cfg = config::load(&path)?;
-            let only = match cfg.apps.as_slice() {
-                [one] => Some(one.name.clone()),
+            let names = super::config_names(&path)?;
+            let only = match names.apps.as_slice() {
+                [one] => Some(one.clone()),
                 _ => None,
             };
-            (cfg.project, only)
+            match names.project {
+                Some(p) => (p, only),
+                // The file's error says why there is no project.
+                None => (config::load(&path)?.project, only),
+            }
         }
     };
     let app = match &s.app {

@@ -72,11 +72,22 @@ pub async fn queue(
     kind: JobKind,
     chatty: bool,
 ) -> anyhow::Result<Queued> {
-    // 1. The config is found and evaluated here, so a bad one fails before anything is queued.
+    // 1. The config is found and evaluated here, so a bad one fails before anything is
+    //    queued (variables without a value wait for what the cluster stores).
     let inputs = app.inputs.inputs();
-    let cfg = super::load_config_with(&g.dir(), &inputs)?;
+    let (path, names) = super::precheck_config(&g.dir(), &inputs)?;
+
+    // 2. Connect, read what the cluster stores for the project, and evaluate the config
+    //    with it.
+    let ctx = client::resolve(g.context.as_deref(), false).await?;
+    let session = client::connect(&ctx).await?;
+    let cfg =
+        super::load_config_from_cluster(&mut session.conn.clone(), &path, &names, &inputs).await?;
     let app_cfg = cfg.app(app.app.as_deref())?;
     cfg.runnable(app_cfg)?;
+    for n in &cfg.notes {
+        eprintln!("note: {n}");
+    }
     let catalog = lifecycle::catalog_for(&cfg, &g.catalog)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -89,10 +100,7 @@ pub async fn queue(
         .map(|f| f.to_string_lossy().to_string())
         .unwrap_or_default();
 
-    // 2. Connect, and be our own runner on the same connection (unless the
-    //    job is for another runner).
-    let ctx = client::resolve(g.context.as_deref(), false).await?;
-    let session = client::connect(&ctx).await?;
+    // 3. Be our own runner on the same connection (unless the job is for another runner).
     let other_runner = app.runner.target();
     if other_runner.is_some() && inputs.gives_values() {
         anyhow::bail!(
@@ -116,7 +124,7 @@ pub async fn queue(
         }
     };
 
-    // 3. `up` and `deploy` make the cluster hold the file's `config { env }`
+    // 4. `up` and `deploy` make the cluster hold the file's `config { env }`
     //    first, so the deployment they queue resolves what the file says.
     if matches!(kind, JobKind::Up { .. } | JobKind::Deploy { .. }) {
         let synced = appconfig::sync(&mut session.conn.clone(), &cfg, app_cfg)
@@ -127,7 +135,7 @@ pub async fn queue(
         }
     }
 
-    // 4. Queue the job for our runner id (or the one asked for).
+    // 5. Queue the job for our runner id (or the one asked for).
     let kind_name = kind.name();
     let spec = JobSpec {
         kind,

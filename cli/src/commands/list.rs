@@ -3,7 +3,7 @@
 use cairn_protocol::api::{ClientRequest, ClientResponse};
 use cairn_protocol::types::{OpKind, OpStatus, Operation, ResourceState};
 
-use super::{load_config, table, when, Global};
+use super::{table, when, Global};
 use crate::client;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -21,7 +21,10 @@ pub async fn operations(
     kind: OpKind,
     app: Option<String>,
 ) -> anyhow::Result<Vec<Operation>> {
-    let project = load_config(&g.dir()).ok().map(|c| c.project);
+    let project = crate::config::find(&g.dir())
+        .ok()
+        .and_then(|p| super::config_names(&p).ok())
+        .and_then(|n| n.project);
     let ctx = client::resolve(g.context.as_deref(), true).await?;
     let mut s = client::connect(&ctx).await?;
     let r = s

@@ -18,6 +18,7 @@ pub mod runner;
 pub mod server;
 pub mod status;
 pub mod validate;
+pub mod var;
 
 use std::path::{Path, PathBuf};
 
@@ -69,6 +70,8 @@ impl ConfigInputs {
             var_files: self.var_files.clone(),
             env: None,
             artifact: None,
+            deploy: None,
+            server: None,
         }
     }
 }
@@ -169,12 +172,18 @@ impl DeploymentArgs {
                         dir.display()
                     );
                 };
-                let cfg = crate::config::load(&path)?;
-                let app = match &self.app {
-                    Some(a) => a.clone(),
-                    None => cfg.app(None)?.name.clone(),
+                let names = config_names(&path)?;
+                let app = match (&self.app, names.apps.as_slice()) {
+                    (Some(a), _) => a.clone(),
+                    (None, [one]) => one.clone(),
+                    (None, _) => crate::config::load(&path)?.app(None)?.name.clone(),
                 };
-                (self.project.clone().unwrap_or(cfg.project), app)
+                let project = match (&self.project, names.project) {
+                    (Some(p), _) => p.clone(),
+                    (None, Some(p)) => p,
+                    (None, None) => crate::config::load(&path)?.project,
+                };
+                (project, app)
             }
         };
         Ok(cairn_protocol::instance::DeploymentRef {
@@ -199,15 +208,70 @@ pub async fn call(
     Ok(r?)
 }
 
-/// Load the config in `dir` (cairn.hcl, cairn.hcl.json, waypoint.hcl…).
-pub fn load_config(dir: &Path) -> anyhow::Result<Config> {
-    load_config_with(dir, &crate::config::Inputs::default())
-}
-
 /// Load the config in `dir` with `inputs` (workspace, input variables).
 pub fn load_config_with(dir: &Path, inputs: &crate::config::Inputs) -> anyhow::Result<Config> {
     let path = crate::config::find(dir)?;
     Ok(crate::config::load_with(&path, inputs)?)
+}
+
+/// The project and app names of the config at `path`, even when it has errors that do not
+/// touch them (a variable with no value here, say): what commands that only point at an app
+/// need.
+pub fn config_names(path: &Path) -> anyhow::Result<crate::config::Names> {
+    Ok(crate::config::attempt(path, &crate::config::Inputs::default())?.1)
+}
+
+/// The config in `dir` checked before connecting: an error other than variables without a
+/// value (which the cluster may store) fails here. Gives the file and the names to read the
+/// cluster's values for.
+pub fn precheck_config(
+    dir: &Path,
+    inputs: &crate::config::Inputs,
+) -> anyhow::Result<(std::path::PathBuf, crate::config::Names)> {
+    let path = crate::config::find(dir)?;
+    let (result, names) = crate::config::attempt(&path, inputs)?;
+    if let Err(e) = result {
+        if e.only_missing_values().is_none() || names.project.is_none() {
+            return Err(e.into());
+        }
+    }
+    Ok((path, names))
+}
+
+/// The config at `path` evaluated with what the cluster stores for its project (input
+/// variable values set with `cairn var set`, the config `dynamic("cairn", …)` reads), read
+/// on `conn`.
+pub async fn load_config_from_cluster(
+    conn: &mut impl crate::client::Call,
+    path: &Path,
+    names: &crate::config::Names,
+    inputs: &crate::config::Inputs,
+) -> anyhow::Result<Config> {
+    let Some(project) = &names.project else {
+        return Ok(crate::config::load_with(path, inputs)?);
+    };
+    let server = crate::appconfig::server_values(conn, project, &names.apps, &inputs.workspace())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the project's config from the cluster: {e}"))?;
+    let inputs = crate::config::Inputs {
+        server: Some(server),
+        ..inputs.clone()
+    };
+    Ok(crate::config::load_with(path, &inputs)?)
+}
+
+/// The config in `dir` evaluated with what the context's cluster stores for its project, on
+/// a connection of its own (see [`load_config_from_cluster`]).
+pub async fn load_config_connected(
+    g: &Global,
+    inputs: &crate::config::Inputs,
+) -> anyhow::Result<Config> {
+    let (path, names) = precheck_config(&g.dir(), inputs)?;
+    let ctx = crate::client::resolve(g.context.as_deref(), false).await?;
+    let mut c = crate::client::connect(&ctx).await?;
+    let cfg = load_config_from_cluster(&mut c, &path, &names, inputs).await;
+    c.close();
+    cfg
 }
 
 /// Parse "v3" or "3".

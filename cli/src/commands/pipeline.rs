@@ -48,7 +48,7 @@ pub async fn run(g: &Global, cmd: &PipelineCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         PipelineCmd::Run { name, app } => {
-            let cfg = super::load_config_with(&g.dir(), &app.inputs.inputs())?;
+            let cfg = super::load_config_connected(g, &app.inputs.inputs()).await?;
             let Some(p) = cfg.pipelines.iter().find(|p| &p.name == name) else {
                 let names: Vec<&str> = cfg.pipelines.iter().map(|p| p.name.as_str()).collect();
                 anyhow::bail!(

@@ -77,6 +77,9 @@ pub struct Plan {
     pub pipelines: BTreeMap<String, Vec<String>>,
     /// What `cairn up` needs that the file leaves out.
     pub warnings: Vec<String>,
+    /// What Cairn took differently from the file, harmlessly (a name with '/').
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// What stops every operation (a `dynamic()` source that cannot be reached from here, a
     /// name Cairn cannot hold): errors, reported after the whole file was evaluated.
     pub blockers: Vec<String>,
@@ -325,9 +328,18 @@ pub fn plan_app(app: &AppConfig, catalog: &Catalog) -> AppPlan {
     }
 }
 
-pub async fn run(g: &Global, json: bool, inputs: &super::ConfigInputs) -> anyhow::Result<i32> {
+pub async fn run(
+    g: &Global,
+    json: bool,
+    offline: bool,
+    inputs: &super::ConfigInputs,
+) -> anyhow::Result<i32> {
     let path = config::find(&g.dir())?;
-    let cfg = match config::load_with(&path, &inputs.inputs()) {
+    let mut inputs = inputs.inputs();
+    if !offline {
+        inputs.server = cluster_values(g, &path, &inputs).await;
+    }
+    let cfg = match config::load_with(&path, &inputs) {
         Ok(cfg) => cfg,
         Err(e) => {
             let errors: Vec<String> = e.each().iter().map(|e| e.to_string()).collect();
@@ -388,6 +400,7 @@ pub async fn run(g: &Global, json: bool, inputs: &super::ConfigInputs) -> anyhow
             })
             .collect(),
         warnings: cfg.gaps.iter().map(|g| g.to_string()).collect(),
+        notes: cfg.notes.iter().map(|g| g.to_string()).collect(),
         blockers,
         ok,
     };
@@ -395,6 +408,9 @@ pub async fn run(g: &Global, json: bool, inputs: &super::ConfigInputs) -> anyhow
         println!("{}", serde_json::to_string_pretty(&plan)?);
     } else {
         print_plan(&plan);
+    }
+    for n in &plan.notes {
+        eprintln!("note: {n}");
     }
     for w in &plan.warnings {
         eprintln!("warning: {w}");
@@ -410,6 +426,43 @@ pub async fn run(g: &Global, json: bool, inputs: &super::ConfigInputs) -> anyhow
         return Ok(1);
     }
     Ok(0)
+}
+
+/// What the cluster stores for the config's project, when the context's cluster is at hand
+/// (`None`, with a note saying why, otherwise: validate works offline).
+async fn cluster_values(
+    g: &Global,
+    path: &std::path::Path,
+    inputs: &config::Inputs,
+) -> Option<config::ServerValues> {
+    let (_, names) = config::attempt(path, inputs).ok()?;
+    let project = names.project.clone()?;
+    let ctx = match crate::client::resolve_running(g.context.as_deref()).await {
+        Ok(Some(ctx)) => ctx,
+        Ok(None) => return None,
+        Err(e) => {
+            eprintln!("note: values the cluster stores are not read: {e:#}");
+            return None;
+        }
+    };
+    let read = async {
+        let mut c = crate::client::connect(&ctx).await?;
+        let v = crate::appconfig::server_values(&mut c, &project, &names.apps, &inputs.workspace())
+            .await;
+        c.close();
+        v
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            eprintln!("note: values the cluster stores are not read: {e}");
+            None
+        }
+        Err(_) => {
+            eprintln!("note: values the cluster stores are not read: the cluster did not answer within 10 s");
+            None
+        }
+    }
 }
 
 fn report_errors(errors: &[String], file: &str) {

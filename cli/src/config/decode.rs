@@ -350,8 +350,13 @@ struct Decoder<'a> {
     /// What stops an operation but not the evaluation: `dynamic()` sources that could not be
     /// read, names Cairn cannot hold.
     blockers: Vec<Gap>,
+    /// What Cairn did differently from what the file says, harmlessly (a name it rewrote).
+    notes: Vec<Gap>,
     /// The app being decoded (gaps found meanwhile are its).
     app: Option<String>,
+    /// The project's name once evaluated (kept when the file has errors, so that a caller
+    /// can look up what the cluster stores for it).
+    project: Option<String>,
 }
 
 impl Decoder<'_> {
@@ -377,6 +382,14 @@ impl Decoder<'_> {
     /// for every command, reported by `cairn validate` with the plan.
     fn blocker(&mut self, loc: &Location, message: impl Into<String>) {
         self.blockers.push(Gap {
+            location: loc.clone(),
+            message: message.into(),
+            app: self.app.clone(),
+        });
+    }
+
+    fn note(&mut self, loc: &Location, message: impl Into<String>) {
+        self.notes.push(Gap {
             location: loc.clone(),
             message: message.into(),
             app: self.app.clone(),
@@ -517,12 +530,54 @@ impl Decoder<'_> {
     }
 }
 
+/// The config `body` makes, and the names of its project (as far as it was evaluated) and
+/// apps, kept when the file has errors.
 pub(crate) fn decode(
     body: &Body,
     file: &Path,
     dir: &Path,
     inputs: &Inputs,
     errs: Vec<ConfigError>,
+) -> (Result<Config, ConfigError>, Names) {
+    let mut project = None;
+    let r = decode_into(body, file, dir, inputs, errs, &mut project);
+    let names = Names {
+        project,
+        apps: body
+            .blocks("app")
+            .map(|b| cairn_name(&b.labels[0]))
+            .collect(),
+        variables: body
+            .blocks("variable")
+            .map(|b| {
+                let sensitive = b
+                    .body
+                    .attr("sensitive")
+                    .is_some_and(|a| matches!(a.expr, hcl::Expression::Bool(true)));
+                (b.labels[0].clone(), sensitive)
+            })
+            .collect(),
+    };
+    (r, names)
+}
+
+/// The names a config gives, as Cairn takes them.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    /// `None` when `project` could not be evaluated.
+    pub project: Option<String>,
+    pub apps: Vec<String>,
+    /// The input variables declared, each with whether it says `sensitive = true`.
+    pub variables: Vec<(String, bool)>,
+}
+
+fn decode_into(
+    body: &Body,
+    file: &Path,
+    dir: &Path,
+    inputs: &Inputs,
+    errs: Vec<ConfigError>,
+    project_out: &mut Option<String>,
 ) -> Result<Config, ConfigError> {
     let start = Location::start_of(file);
     let mut d = Decoder {
@@ -534,7 +589,9 @@ pub(crate) fn decode(
         sensitive: BTreeSet::new(),
         gaps: Vec::new(),
         blockers: Vec::new(),
+        notes: Vec::new(),
         app: None,
+        project: None,
     };
     if let Err(why) = check_workspace_name(&d.workspace) {
         d.push(ConfigError::invalid(
@@ -547,11 +604,10 @@ pub(crate) fn decode(
     let mut ws = hcl::Map::new();
     ws.insert("name".into(), hcl::Value::String(d.workspace.clone()));
     base.declare_var("workspace", hcl::Value::Object(ws));
-    if let Some(artifact) = &inputs.artifact {
-        base.declare_var(
-            "artifact",
-            hcl::to_value(artifact).unwrap_or(hcl::Value::Null),
-        );
+    for (name, value) in [("artifact", &inputs.artifact), ("deploy", &inputs.deploy)] {
+        if let Some(v) = value {
+            base.declare_var(name, hcl::to_value(v).unwrap_or(hcl::Value::Null));
+        }
     }
 
     let variables = decode_variables(&mut d, body, &base, inputs);
@@ -569,10 +625,19 @@ pub(crate) fn decode(
     let project = match body.attr("project") {
         Some(attr) => d
             .eval_string(attr, &base, "\"my-project\"")
-            .inspect(|p| {
-                if let Err(why) = check_project_name(p) {
+            .map(|p| {
+                let name = cairn_name(&p);
+                if name != p {
+                    d.note(
+                        &attr.loc,
+                        format!("project {p:?} is {name:?} in Cairn (its names hold no '/'; set project = {name:?} to say so)"),
+                    );
+                }
+                if let Err(why) = check_project_name(&name) {
                     d.blocker(&attr.loc, why);
                 }
+                d.project = Some(name.clone());
+                name
             })
             .unwrap_or_default(),
         None => {
@@ -610,8 +675,10 @@ pub(crate) fn decode(
 
     let mut apps: Vec<AppConfig> = Vec::new();
     for block in body.blocks("app") {
-        d.app = Some(block.labels[0].clone());
+        d.app = Some(cairn_name(&block.labels[0]));
+        eval::set_app(d.app.as_deref());
         let app = decode_app(&mut d, block, &top_config, &top_labels, &base);
+        eval::set_app(None);
         d.app = None;
         let Some(app) = app else {
             continue;
@@ -620,9 +687,14 @@ pub(crate) fn decode(
             d.push(ConfigError::invalid(
                 &block.loc,
                 format!(
-                    "app \"{}\" is defined twice (first at {})",
-                    app.name,
-                    at(&first.location)
+                    "app \"{}\" is defined twice (first at {}){}",
+                    block.labels[0],
+                    at(&first.location),
+                    if block.labels[0] != app.name {
+                        format!(", as Cairn names it: {:?}", app.name)
+                    } else {
+                        String::new()
+                    }
                 ),
             ));
             continue;
@@ -636,6 +708,7 @@ pub(crate) fn decode(
         );
     }
 
+    project_out.clone_from(&d.project);
     if !d.errs.is_empty() {
         return Err(ConfigError::many(std::mem::take(&mut d.errs)));
     }
@@ -658,6 +731,7 @@ pub(crate) fn decode(
         pipelines,
         gaps: d.gaps,
         blockers: d.blockers,
+        notes: d.notes,
     })
 }
 
@@ -702,6 +776,13 @@ fn check_project_name(project: &str) -> Result<(), String> {
 const MAX_PROJECT_NAME: usize = 128;
 /// Longest app name (the node's limit too): `APP--vN` stays one DNS label.
 const MAX_APP_NAME: usize = 48;
+
+/// The name Cairn gives a project or app the file names `name`: Waypoint allowed '/' in
+/// them, Cairn's names hold none (they become paths, container names and DNS labels), so
+/// each '/' becomes '-'.
+fn cairn_name(name: &str) -> String {
+    name.replace('/', "-")
+}
 
 fn valid_app_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -802,6 +883,15 @@ fn decode_variables(
 
     // Values given, lowest precedence first; later ones replace earlier ones.
     let mut given: Givens = BTreeMap::new();
+    // Stored on the cluster (a value for a variable the file no longer declares is left
+    // alone: the file may have moved on).
+    if let Some(server) = &inputs.server {
+        for (name, (value, origin)) in server.inputs(&d.workspace) {
+            if decls.iter().any(|x| x.block.labels[0] == name) {
+                given.insert(name, (Given::Text(value), origin, None));
+            }
+        }
+    }
     for decl in &decls {
         if let Some((var, value)) = decl
             .env
@@ -872,10 +962,16 @@ fn decode_variables(
                 }),
                 Err(e) => {
                     let loc = loc.unwrap_or_else(|| decl.block.loc.clone());
+                    // The reason may quote the value: not for a sensitive one.
+                    let why = if decl.sensitive {
+                        "(not shown: the variable is sensitive)".to_string()
+                    } else {
+                        e
+                    };
                     d.push(ConfigError::invalid(
                         &loc,
                         format!(
-                            "variable \"{name}\" is of type {}, and the value from {origin} does not fit: {e}",
+                            "variable \"{name}\" is of type {}, and the value from {origin} does not fit: {why}",
                             decl.ty
                         ),
                     ));
@@ -907,12 +1003,13 @@ fn decode_variables(
                     }
                 },
                 None => {
-                    d.push(ConfigError::invalid(
-                        &decl.block.loc,
-                        format!(
-                            "variable \"{name}\" has no value: set it with -var {name}=VALUE, -var-file FILE, CAIRN_VAR_{name}=VALUE in the environment or a *.auto.cairnvars file, or give it a default"
+                    d.push(ConfigError::NoValue {
+                        location: decl.block.loc.clone(),
+                        variable: name.clone(),
+                        message: format!(
+                            "variable \"{name}\" has no value: set it with -var {name}=VALUE, -var-file FILE, CAIRN_VAR_{name}=VALUE in the environment or a *.auto.cairnvars file, store it on the cluster with `cairn var set {name} VALUE`, or give it a default"
                         ),
-                    ));
+                    });
                     None
                 }
             },
@@ -1261,17 +1358,19 @@ fn decode_app(
     top_labels: &BTreeMap<String, String>,
     base: &Context<'static>,
 ) -> Option<AppConfig> {
-    let name = block.labels[0].clone();
+    let label = block.labels[0].clone();
+    let name = cairn_name(&label);
+    if name != label {
+        d.note(
+            &block.loc,
+            format!("app {label:?} is {name:?} in Cairn (its names hold no '/'; name the app {name:?} to say so)"),
+        );
+    }
     if !valid_app_name(&name) {
-        let slash = if name.contains('/') {
-            " (it holds '/')"
-        } else {
-            ""
-        };
         d.blocker(
             &block.loc,
             format!(
-                "invalid app name {name:?}{slash}: use letters, digits, '-' and '_', starting with a letter or digit, at most {MAX_APP_NAME} of them"
+                "invalid app name {name:?}: use letters, digits, '-' and '_', starting with a letter or digit, at most {MAX_APP_NAME} of them"
             ),
         );
     }
@@ -1295,7 +1394,9 @@ fn decode_app(
     let dir = d.dir.to_path_buf();
     let mut ctx = eval::app_context(base, &dir, &dir.join(&path));
     let mut app_var = hcl::Map::new();
-    app_var.insert("name".into(), hcl::Value::String(name.clone()));
+    // `app.name` is the name as the file writes it (Waypoint's meaning: it often names an
+    // image, where '/' is at home).
+    app_var.insert("name".into(), hcl::Value::String(label.clone()));
     ctx.declare_var("app", hcl::Value::Object(app_var));
 
     // The project's labels, overridden key by key by the app's own.

@@ -76,6 +76,13 @@ pub enum ConfigError {
         source_name: String,
         message: String,
     },
+    /// An input variable with no value from any source.
+    #[error("{location}: {message}")]
+    NoValue {
+        location: Location,
+        variable: String,
+        message: String,
+    },
     /// Several errors of one file, in the order found; `Display` puts one on each line.
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Many(Vec<ConfigError>),
@@ -100,6 +107,7 @@ impl ConfigError {
         match self {
             ConfigError::Syntax { location, .. }
             | ConfigError::Invalid { location, .. }
+            | ConfigError::NoValue { location, .. }
             | ConfigError::Eval { location, .. }
             | ConfigError::Unreachable { location, .. } => Some(location),
             ConfigError::Many(errs) => errs.first().and_then(|e| e.location()),
@@ -129,6 +137,18 @@ impl ConfigError {
             ConfigError::Many(errs) => errs.iter().collect(),
             e => vec![e],
         }
+    }
+
+    /// The variables without a value, when that is all that is wrong (a value stored on the
+    /// cluster may be all the file needs).
+    pub fn only_missing_values(&self) -> Option<Vec<&str>> {
+        self.each()
+            .into_iter()
+            .map(|e| match e {
+                ConfigError::NoValue { variable, .. } => Some(variable.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 
     pub(crate) fn invalid(location: &Location, message: impl Into<String>) -> ConfigError {

@@ -25,6 +25,11 @@ struct EvalEnv {
     cache: HashMap<&'static str, Result<String, String>>,
     /// Set by `dynamic()` when its source cannot be reached: (source, why).
     unreachable: Option<(String, String)>,
+    /// What the cluster holds for the project (`dynamic("cairn", …)` reads it), when read.
+    server: Option<super::ServerValues>,
+    workspace: String,
+    /// The app being evaluated (`None`: the file's top level).
+    app: Option<String>,
 }
 
 thread_local! {
@@ -50,9 +55,54 @@ pub(crate) fn enter(dir: &Path, inputs: &super::Inputs) -> EnvGuard {
         env: inputs.env.clone(),
         cache: HashMap::new(),
         unreachable: None,
+        server: inputs.server.clone(),
+        workspace: inputs.workspace(),
+        app: None,
     };
     let prev = ENV.with(|e| e.borrow_mut().replace(env));
     EnvGuard { prev }
+}
+
+/// Makes `app` the app whose config `dynamic("cairn", …)` reads (`None`: the project's).
+pub(crate) fn set_app(app: Option<&str>) {
+    ENV.with(|e| {
+        if let Some(env) = e.borrow_mut().as_mut() {
+            env.app = app.map(String::from);
+        }
+    });
+}
+
+/// `dynamic("cairn", { name = "VAR" })`: the app's config variable `VAR` as the cluster
+/// resolves it (workspace-app, app, workspace, project), or why it cannot be read.
+fn cluster_config(name: &str) -> Result<String, String> {
+    ENV.with(|e| {
+        let env = e.borrow();
+        let Some(env) = env.as_ref() else {
+            return Err("no config is being evaluated".into());
+        };
+        let Some(server) = &env.server else {
+            return Err(
+                "the cluster's config was not read here (no cluster is running for this context, or the command works offline): give the value with -var, or run where a cluster is reachable".into(),
+            );
+        };
+        let app = env.app.as_deref().unwrap_or("");
+        let all = cairn_protocol::config::resolve_env(
+            &server.vars,
+            &server.project,
+            app,
+            &env.workspace,
+        );
+        all.get(name).cloned().ok_or_else(|| {
+            let whose = match &env.app {
+                Some(a) => format!("app \"{a}\" of project \"{}\"", server.project),
+                None => format!("project \"{}\"", server.project),
+            };
+            format!(
+                "the cluster holds no config variable {name} for {whose} in workspace \"{}\": set it with `cairn config set {name}=VALUE`",
+                env.workspace
+            )
+        })
+    })
 }
 
 fn cached(
@@ -228,12 +278,13 @@ fn unreachable(source: &str, why: String) -> Result<Value, String> {
 }
 
 /// The sources `dynamic()` reads by itself.
-pub const DYNAMIC_SOURCES: &[&str] = &["env", "file"];
+pub const DYNAMIC_SOURCES: &[&str] = &["env", "file", "cairn"];
 
 /// `dynamic(SOURCE, { … })` and `configdynamic(SOURCE, { … })`: a value read from a config
 /// source when the config is evaluated. Cairn reads `env` (`{ name = "VAR" }`: the
 /// environment of the CLI or runner evaluating the file) and `file` (`{ path = "…" }`,
-/// relative to the config's directory). Waypoint's other sources (vault, terraform-cloud,
+/// relative to the config's directory) and `cairn` (`{ name = "VAR" }`: the app's config
+/// variable as the cluster resolves it, `cairn config set`). Waypoint's other sources (vault, terraform-cloud,
 /// aws-ssm, consul, kubernetes, packer…) are named in an error that says what they would need,
 /// so the rest of the file is still evaluated.
 fn dynamic(args: FuncArgs) -> Result<Value, String> {
@@ -267,6 +318,15 @@ fn dynamic(args: FuncArgs) -> Result<Value, String> {
                     .map(Value::String)
                     .map_err(|_| format!("{path} is not UTF-8 text")),
                 Err(e) => unreachable(&source, e),
+            }
+        }
+        "cairn" => {
+            let Some(name) = field("name") else {
+                return Err("dynamic(\"cairn\", { name = \"VAR\" }) needs `name`".into());
+            };
+            match cluster_config(&name) {
+                Ok(v) => Ok(Value::String(v)),
+                Err(why) => unreachable(&source, why),
             }
         }
         "vault" => match env_var("VAULT_ADDR") {

@@ -56,10 +56,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use decode::Names;
 pub use error::{ConfigError, Location};
 pub use eval::FUNCTIONS;
 pub use funcs::duration;
-pub use vars::{Inputs, Origin, Variable};
+pub use vars::{Inputs, Origin, ServerValues, Variable};
 
 /// The file names [`find`] looks for, in order.
 pub const FILE_NAMES: &[&str] = &[
@@ -117,6 +118,11 @@ pub struct Config {
     /// cannot hold. `cairn validate` reports them as errors with the plan; commands that run
     /// an app refuse the file.
     pub blockers: Vec<Gap>,
+    /// What Cairn took differently from what the file says, harmlessly (a project or app
+    /// name with '/', which Cairn's names cannot hold, gets '-' instead): `cairn validate`
+    /// and the commands that run an app print them.
+    #[serde(default)]
+    pub notes: Vec<Gap>,
 }
 
 /// Something the file may leave out but an operation needs.
@@ -442,6 +448,30 @@ pub fn parse_str(src: &str, file: &Path) -> Result<Config, ConfigError> {
 /// ([`ConfigError::Many`] when there are several), except a syntax error that stops the
 /// parser.
 pub fn parse_str_with(src: &str, file: &Path, inputs: &Inputs) -> Result<Config, ConfigError> {
+    attempt_str(src, file, inputs)?.0
+}
+
+/// [`load_with`], and the names of the project (when it could be evaluated) and apps, kept
+/// even when the file has other errors (a variable whose value the cluster stores, say):
+/// `Err` only when the file cannot be read or parsed.
+#[allow(clippy::type_complexity)]
+pub fn attempt(
+    path: &Path,
+    inputs: &Inputs,
+) -> Result<(Result<Config, ConfigError>, Names), ConfigError> {
+    let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    attempt_str(&src, path, inputs)
+}
+
+#[allow(clippy::type_complexity)]
+fn attempt_str(
+    src: &str,
+    file: &Path,
+    inputs: &Inputs,
+) -> Result<(Result<Config, ConfigError>, Names), ConfigError> {
     let src = src.strip_prefix('\u{feff}').unwrap_or(src);
     let is_json = file
         .extension()
@@ -454,5 +484,5 @@ pub fn parse_str_with(src: &str, file: &Path, inputs: &Inputs) -> Result<Config,
     };
     let dir = config_dir(file);
     let _env = eval::enter(&dir, inputs);
-    decode::decode(&body, file, &dir, inputs, errs)
+    Ok(decode::decode(&body, file, &dir, inputs, errs))
 }

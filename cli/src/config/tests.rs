@@ -1300,3 +1300,311 @@ app "web" {
     assert!(cfg.workspace_env.is_empty() && cfg.apps[0].workspace_app_env.is_empty());
     assert_eq!(cfg.apps[0].config_env["A"], "top");
 }
+
+#[test]
+fn names_with_slashes_take_dashes_and_say_so() {
+    let src = r#"project = "org/${workspace.name}/svc"
+app "team/web" {
+  config {
+    env = { N = app.name }
+  }
+  build {
+    use "files" {}
+  }
+  deploy {
+    use "process" {
+      command = ["true"]
+    }
+  }
+}
+"#;
+    let cfg = parse(src).expect("valid");
+    assert_eq!(cfg.project, "org-default-svc");
+    assert_eq!(cfg.apps[0].name, "team-web");
+    // `app.name` stays as the file writes it (it often names an image).
+    assert_eq!(cfg.apps[0].app_env["N"], "team/web");
+    let notes: Vec<String> = cfg.notes.iter().map(|n| n.to_string()).collect();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(
+        notes[0].starts_with(
+            "cairn.hcl:1:1: project \"org/default/svc\" is \"org-default-svc\" in Cairn"
+        ),
+        "{notes:?}"
+    );
+    assert!(
+        notes[1].contains("app \"team/web\" is \"team-web\" in Cairn"),
+        "{notes:?}"
+    );
+    assert!(cfg.blockers.is_empty() && cfg.gaps.is_empty());
+    cfg.runnable(&cfg.apps[0]).expect("runnable");
+
+    // Two apps that become one name are refused.
+    let twice = format!(
+        "{}{}",
+        src.replace("team/web", "team-web"),
+        src.split_once('\n').expect("two lines").1
+    );
+    let e = parse(&twice)
+        .expect_err("two apps named team-web")
+        .to_string();
+    assert!(
+        e.contains(
+            "app \"team/web\" is defined twice (first at 2:1), as Cairn names it: \"team-web\""
+        ),
+        "{e}"
+    );
+    // A plain name gives no note.
+    assert!(parse(EXAMPLE).expect("valid").notes.is_empty());
+}
+
+fn stored(
+    scope: cairn_protocol::types::ConfigScope,
+    name: &str,
+    value: &str,
+) -> cairn_protocol::types::ConfigVar {
+    cairn_protocol::types::ConfigVar {
+        scope,
+        name: name.into(),
+        value: value.into(),
+        secret: false,
+    }
+}
+
+#[test]
+fn values_the_cluster_stores_rank_above_defaults_and_below_what_is_given_here() {
+    use cairn_protocol::config::input_var;
+    use cairn_protocol::types::ConfigScope;
+    let src = r#"project = "p"
+variable "size" {
+  type    = number
+  default = 1
+}
+variable "region" {
+  type = string
+}
+variable "pw" {
+  type      = number
+  sensitive = true
+}
+app "web" {
+  build {
+    use "files" {}
+  }
+  deploy {
+    use "process" {
+      command = ["true"]
+    }
+  }
+}
+"#;
+    let path = Path::new("cairn.hcl");
+    // Nothing stored: the variables without a default are missing, and that is all.
+    let (r, names) = attempt_str(src, path, &Inputs::default()).expect("parses");
+    let e = r.expect_err("no values");
+    assert_eq!(e.only_missing_values(), Some(vec!["region", "pw"]));
+    assert!(
+        e.to_string()
+            .contains("store it on the cluster with `cairn var set region VALUE`"),
+        "{e}"
+    );
+    assert_eq!(names.project.as_deref(), Some("p"));
+    assert_eq!(names.apps, vec!["web".to_string()]);
+    assert_eq!(
+        names.variables,
+        vec![
+            ("size".to_string(), false),
+            ("region".to_string(), false),
+            ("pw".to_string(), true)
+        ]
+    );
+
+    let ws = |w: &str| ConfigScope::Workspace {
+        project: "p".into(),
+        workspace: w.into(),
+    };
+    let server = ServerValues {
+        project: "p".into(),
+        vars: vec![
+            stored(ConfigScope::Project("p".into()), &input_var("size"), "2"),
+            stored(ws("prod"), &input_var("size"), "3"),
+            stored(ConfigScope::Project("p".into()), &input_var("region"), "eu"),
+            stored(ConfigScope::Project("p".into()), &input_var("pw"), "42"),
+            stored(ConfigScope::Project("p".into()), &input_var("gone"), "x"),
+            stored(
+                ConfigScope::Project("other".into()),
+                &input_var("region"),
+                "us",
+            ),
+        ],
+    };
+    let with = |workspace: Option<&str>, env: &[(&str, &str)]| Inputs {
+        workspace: workspace.map(String::from),
+        env: Some(
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        server: Some(server.clone()),
+        ..Default::default()
+    };
+    let value = |cfg: &Config, n: &str| {
+        let v = cfg
+            .variables
+            .iter()
+            .find(|v| v.name == n)
+            .expect("declared")
+            .value
+            .clone()
+            .expect("a value");
+        (v.value.to_string(), v.origin.to_string())
+    };
+    let cfg = parse_str_with(src, path, &with(None, &[])).expect("valid with stored values");
+    assert_eq!(
+        value(&cfg, "size"),
+        ("2".into(), "cluster (project)".into())
+    );
+    assert_eq!(
+        value(&cfg, "region"),
+        ("\"eu\"".into(), "cluster (project)".into())
+    );
+    let cfg = parse_str_with(src, path, &with(Some("prod"), &[])).expect("valid");
+    assert_eq!(
+        value(&cfg, "size"),
+        ("3".into(), "cluster (workspace prod)".into())
+    );
+    // What is given where the config is evaluated wins.
+    let cfg =
+        parse_str_with(src, path, &with(Some("prod"), &[("CAIRN_VAR_size", "4")])).expect("valid");
+    assert_eq!(
+        value(&cfg, "size"),
+        ("4".into(), "env CAIRN_VAR_size".into())
+    );
+
+    // A stored value that does not fit its type is an error naming where it came from; a
+    // sensitive one is not shown.
+    let mut bad = server.clone();
+    bad.vars[0].value = "big".into();
+    bad.vars[3].value = "hunter2".into();
+    let inputs = Inputs {
+        server: Some(bad),
+        ..Default::default()
+    };
+    let e = parse_str_with(src, path, &inputs)
+        .expect_err("bad values")
+        .to_string();
+    assert!(
+        e.contains("variable \"size\" is of type number, and the value from cluster (project) does not fit: a number is required, found the string \"big\""),
+        "{e}"
+    );
+    assert!(e.contains("variable \"pw\" is of type number, and the value from cluster (project) does not fit: (not shown: the variable is sensitive)"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+}
+
+#[test]
+fn dynamic_cairn_reads_the_apps_config_as_the_cluster_resolves_it() {
+    use cairn_protocol::types::ConfigScope;
+    let src = r#"project = "p"
+config {
+  env = { TOP = dynamic("cairn", { name = "SHARED" }) }
+}
+app "web" {
+  config {
+    env = { DSN = configdynamic("cairn", { name = "DSN" }) }
+  }
+  build {
+    use "files" {}
+  }
+  deploy {
+    use "process" {
+      command = ["true"]
+    }
+  }
+}
+"#;
+    let path = Path::new("cairn.hcl");
+    let server = ServerValues {
+        project: "p".into(),
+        vars: vec![
+            stored(ConfigScope::Project("p".into()), "SHARED", "s"),
+            stored(ConfigScope::Project("p".into()), "DSN", "project-dsn"),
+            stored(
+                ConfigScope::App {
+                    project: "p".into(),
+                    app: "web".into(),
+                },
+                "DSN",
+                "web-dsn",
+            ),
+        ],
+    };
+    let inputs = Inputs {
+        server: Some(server.clone()),
+        ..Default::default()
+    };
+    let cfg = parse_str_with(src, path, &inputs).expect("valid");
+    assert!(cfg.blockers.is_empty(), "{:?}", cfg.blockers);
+    assert_eq!(cfg.env["TOP"], "s");
+    assert_eq!(cfg.apps[0].app_env["DSN"], "web-dsn");
+
+    // A name the cluster does not hold, and a command that read nothing from the cluster:
+    // blockers naming the source and why, after the whole file was evaluated.
+    let mut less = server.clone();
+    less.vars.remove(2);
+    less.vars.remove(1);
+    let cfg = parse_str_with(
+        src,
+        path,
+        &Inputs {
+            server: Some(less),
+            ..Default::default()
+        },
+    )
+    .expect("valid");
+    let b: Vec<String> = cfg.blockers.iter().map(|b| b.to_string()).collect();
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert!(b[0].starts_with("cairn.hcl:7:"), "{b:?}");
+    assert!(b[0].contains("reads config source \"cairn\", which cannot be reached: the cluster holds no config variable DSN for app \"web\" of project \"p\" in workspace \"default\""), "{b:?}");
+    let cfg = parse(src).expect("valid offline");
+    assert_eq!(cfg.blockers.len(), 2);
+    assert!(cfg.blockers[0]
+        .to_string()
+        .contains("the cluster's config was not read here"));
+}
+
+#[test]
+fn release_fields_reading_deploy_wait_for_the_deployment() {
+    let src = r#"project = "p"
+app "web" {
+  build {
+    use "files" {}
+  }
+  deploy {
+    use "process" {
+      command = ["true"]
+    }
+  }
+  release {
+    use "process" {
+      note  = "${deploy.url} from ${artifact.path}"
+      plain = "x"
+    }
+  }
+}
+"#;
+    let cfg = parse(src).expect("valid");
+    let rel = &cfg.apps[0].release.as_ref().expect("release").plugin;
+    assert_eq!(rel.deferred.iter().collect::<Vec<_>>(), vec!["note"]);
+    assert_eq!(rel.config, json!({ "plain": "x" }));
+    let inputs = Inputs {
+        artifact: Some(json!({ "path": "/tmp/a" })),
+        deploy: Some(json!({ "url": "http://web--v1.localhost" })),
+        ..Default::default()
+    };
+    let cfg = parse_str_with(src, Path::new("cairn.hcl"), &inputs).expect("valid");
+    let rel = &cfg.apps[0].release.as_ref().expect("release").plugin;
+    assert!(rel.deferred.is_empty());
+    assert_eq!(
+        rel.config,
+        json!({ "note": "http://web--v1.localhost from /tmp/a", "plain": "x" })
+    );
+}

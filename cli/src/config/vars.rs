@@ -269,6 +269,41 @@ pub struct Inputs {
     /// `artifact`: the data of the value the build (or push) made, when a runner evaluates
     /// the deploy stage again after it. Fields reading `artifact.*` are deferred without it.
     pub artifact: Option<Value>,
+    /// `deploy`: the data of the deployment a release is for, when a runner evaluates the
+    /// release stage again for it. Fields reading `deploy.*` are deferred without it.
+    pub deploy: Option<Value>,
+    /// What the cluster holds for the project, when the caller read it: input variable
+    /// values stored with `cairn var set`, and the app config `dynamic("cairn", …)` reads.
+    /// `None`: not read (an offline `cairn validate`).
+    pub server: Option<ServerValues>,
+}
+
+/// What the cluster holds for one project, read before the config is evaluated.
+#[derive(Debug, Clone, Default)]
+pub struct ServerValues {
+    /// The project they were read for.
+    pub project: String,
+    /// Its config variables, every scope (input variable values are the reserved
+    /// `cairn.var.NAME` ones).
+    pub vars: Vec<cairn_protocol::types::ConfigVar>,
+}
+
+impl ServerValues {
+    /// The stored input variable values for `workspace`: name → (value, origin).
+    pub fn inputs(&self, workspace: &str) -> BTreeMap<String, (String, Origin)> {
+        cairn_protocol::config::resolve_inputs(&self.vars, &self.project, workspace)
+            .into_iter()
+            .map(|(name, (value, scope))| {
+                let origin = match scope {
+                    cairn_protocol::types::ConfigScope::Workspace { workspace, .. } => {
+                        Origin::Server(format!("workspace {workspace}"))
+                    }
+                    _ => Origin::Server("project".into()),
+                };
+                (name, (value.to_string(), origin))
+            })
+            .collect()
+    }
 }
 
 impl Inputs {
@@ -308,6 +343,8 @@ pub enum Origin {
     Env(String),
     VarFile(PathBuf),
     Flag,
+    /// Stored on the cluster (`cairn var set`): for the project, or for one workspace.
+    Server(String),
 }
 
 impl fmt::Display for Origin {
@@ -319,6 +356,7 @@ impl fmt::Display for Origin {
             Origin::Env(name) => write!(f, "env {name}"),
             Origin::VarFile(p) => write!(f, "-var-file {}", p.display()),
             Origin::Flag => write!(f, "-var"),
+            Origin::Server(scope) => write!(f, "cluster ({scope})"),
         }
     }
 }

@@ -87,6 +87,9 @@ pub fn resolve(st: &State, domain: &str, host: &str, roll: u8) -> Result<Target,
     let (project, app) = app_named(st, app_label)?;
     match seq {
         Some(seq) => deployment(st, &project, &app, workspace, seq),
+        None if !auto_hostname(st, &project, &app, workspace) => Err(Miss::Unknown(format!(
+            "{host}: app {app} does not answer at its own name (url {{ auto_hostname = false }} in its config): use a hostname registered for it, or {app}--vN for a deployment"
+        ))),
         None => released(st, &project, &app, workspace, roll),
     }
 }
@@ -129,6 +132,21 @@ fn split_version(label: &str) -> (&str, Option<Version>) {
         }
         _ => (label, None),
     }
+}
+
+/// Whether the app's release answers at `APP.DOMAIN` (`url { auto_hostname }`).
+fn auto_hostname(st: &State, project: &str, app: &str, workspace: &str) -> bool {
+    use cairn_protocol::config::AUTO_HOSTNAME;
+    cairn_protocol::config::auto_hostname(
+        |scope| {
+            st.config
+                .get(&(scope.clone(), AUTO_HOSTNAME.to_string()))
+                .map(|v| v.value.as_str())
+        },
+        project,
+        app,
+        workspace,
+    )
 }
 
 /// The (project, app) whose name is `label`, ignoring case.
@@ -413,6 +431,62 @@ mod tests {
         h.deployment = Some(1);
         st.hostnames.insert(h.name.clone(), h);
         assert_eq!(seq_of(resolve(&st, "localhost", "shop.example.com", 0)), 1);
+    }
+
+    #[test]
+    fn auto_hostname_off_leaves_registered_names_and_deployments() {
+        use cairn_protocol::config::AUTO_HOSTNAME;
+        use cairn_protocol::types::{ConfigScope, ConfigVar};
+        let mut st = state();
+        st.hostnames.insert(
+            "shop.example.com".into(),
+            Hostname {
+                name: "shop.example.com".into(),
+                project: "shop".into(),
+                app: "web".into(),
+                workspace: DEFAULT_WORKSPACE.into(),
+                deployment: None,
+                created_ms: 0,
+            },
+        );
+        let mut set = |scope: ConfigScope, value: &str| {
+            apply(
+                &mut st,
+                Command::SetConfig {
+                    var: ConfigVar {
+                        scope,
+                        name: AUTO_HOSTNAME.into(),
+                        value: value.into(),
+                        secret: false,
+                    },
+                },
+            );
+        };
+        set(ConfigScope::Project("shop".into()), "false");
+        match resolve(&st, "localhost", "web.localhost", 0) {
+            Err(Miss::Unknown(m)) => assert!(m.contains("auto_hostname = false"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seq_of(resolve(&st, "localhost", "web--v1.localhost", 0)), 1);
+        assert_eq!(seq_of(resolve(&st, "localhost", "shop.example.com", 0)), 2);
+        // The app's own setting is more specific than the project's.
+        let app = ConfigScope::App {
+            project: "shop".into(),
+            app: "web".into(),
+        };
+        let mut st2 = st.clone();
+        apply(
+            &mut st2,
+            Command::SetConfig {
+                var: ConfigVar {
+                    scope: app,
+                    name: AUTO_HOSTNAME.into(),
+                    value: "true".into(),
+                    secret: false,
+                },
+            },
+        );
+        assert_eq!(seq_of(resolve(&st2, "localhost", "web.localhost", 0)), 2);
     }
 
     #[test]

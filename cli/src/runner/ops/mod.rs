@@ -28,6 +28,12 @@ pub struct Loaded {
     /// processes, run with. Read for jobs that deploy or release; empty
     /// otherwise. (Build and push steps run with the file's `config_env`.)
     pub env: BTreeMap<String, String>,
+    /// What the cluster holds for the project (stored input variable values, the config
+    /// `dynamic("cairn", …)` reads), read once for the job.
+    pub server: config::ServerValues,
+    /// `url { auto_hostname }` (the app's block over the top-level one; default true): whether
+    /// the release answers at the app's own name.
+    pub auto_hostname: bool,
 }
 
 /// The job's config, evaluated for its workspace (and with `artifact` when a stage reads
@@ -35,12 +41,16 @@ pub struct Loaded {
 fn load_app(
     run: &JobRun,
     artifact: Option<serde_json::Value>,
+    deploy: Option<serde_json::Value>,
+    server: &config::ServerValues,
 ) -> Result<(config::Config, AppConfig), JobFailure> {
     let Source::Local { dir, config: file } = &run.job.spec.source;
     let path = Path::new(dir).join(file);
     let inputs = config::Inputs {
         workspace: Some(run.job.spec.workspace.clone()),
         artifact,
+        deploy,
+        server: Some(server.clone()),
         ..(*run.opts.inputs).clone()
     };
     let cfg = config::load_with(&path, &inputs).map_err(|e| JobFailure::new(e.to_string()))?;
@@ -60,7 +70,7 @@ fn platform_with_artifact(
     l: &Loaded,
     artifact: &Value,
 ) -> Result<std::sync::Arc<dyn crate::plugins::Platform>, JobFailure> {
-    let (_, app) = load_app(run, Some(artifact.data.clone()))?;
+    let (_, app) = load_app(run, Some(artifact.data.clone()), None, &l.server)?;
     let p = &app.deploy_stage().map_err(JobFailure::new)?.plugin;
     let platform = l
         .catalog
@@ -69,8 +79,47 @@ fn platform_with_artifact(
     Ok(std::sync::Arc::from(platform))
 }
 
+/// The release stage's releaser made again from the config evaluated with the deployment
+/// (`deploy.*`) and the artifact it was made from (`artifact.*`), for a release stage with
+/// fields that read them.
+fn releaser_with_deployment(
+    run: &JobRun,
+    l: &Loaded,
+    artifact: Option<&Value>,
+    deployment: &Value,
+) -> Result<std::sync::Arc<dyn crate::plugins::Releaser>, JobFailure> {
+    let (_, app) = load_app(
+        run,
+        artifact.map(|a| a.data.clone()),
+        Some(deployment.data.clone()),
+        &l.server,
+    )?;
+    let Some(stage) = &app.release else {
+        return Err(JobFailure::new("the release stage is gone from the config"));
+    };
+    let p = &stage.plugin;
+    let releaser = l
+        .catalog
+        .releaser(&p.name, &p.config)
+        .map_err(|e| JobFailure::new(lifecycle::locate(p, e)))?;
+    Ok(std::sync::Arc::from(releaser))
+}
+
 async fn load(run: &JobRun) -> Result<Loaded, JobFailure> {
-    let (cfg, app) = load_app(run, None)?;
+    let spec = &run.job.spec;
+    let server = crate::appconfig::server_values(
+        &mut run.conn.clone(),
+        &spec.project,
+        std::slice::from_ref(&spec.app),
+        &spec.workspace,
+    )
+    .await
+    .map_err(|e| JobFailure::new(format!("cannot read the project's config: {e}")))?;
+    let (cfg, app) = load_app(run, None, None, &server)?;
+    let auto_hostname = [&app.url, &cfg.url]
+        .into_iter()
+        .find_map(|u| u.as_ref().and_then(|u| u.auto_hostname))
+        .unwrap_or(true);
     let source_dir = cfg.app_dir(&app);
     let catalog = lifecycle::catalog_for(&cfg, &run.opts.catalog)
         .await
@@ -82,6 +131,8 @@ async fn load(run: &JobRun) -> Result<Loaded, JobFailure> {
         stages,
         catalog,
         env: BTreeMap::new(),
+        server,
+        auto_hostname,
     })
 }
 

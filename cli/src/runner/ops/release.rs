@@ -50,7 +50,23 @@ pub async fn run(
         retain: retain.unwrap_or(DEFAULT_RETAIN) as usize,
     };
     let (seq, value) = target;
+    // A release stage reading `deploy.*` or `artifact.*` is made for this deployment.
+    let releaser = match l.app.release.as_ref() {
+        Some(stage) if !stage.plugin.deferred.is_empty() => {
+            let built = deployments
+                .iter()
+                .find(|d| d.sequence == seq)
+                .and_then(|d| d.input_seq);
+            let artifact = match built {
+                Some(b) => super::latest_build_values(run, Some(b)).await?.1.pop(),
+                None => None,
+            };
+            super::releaser_with_deployment(run, l, artifact.as_ref(), &value)?
+        }
+        _ => releaser,
+    };
     let ingress = run.ingress().await;
+    let auto = l.auto_hostname;
     let app = run.job.spec.app.clone();
     let rel = run
         .op_step(
@@ -71,7 +87,11 @@ pub async fn run(
                     .map_err(plugin_err)?;
                 hooks::after(&hook_list, &mut ctx).await?;
                 let url = match &ingress {
-                    Some(i) => Some(i.release_url_in(&app, &ctx.workspace)),
+                    Some(i) if auto => Some(i.release_url_in(&app, &ctx.workspace)),
+                    Some(_) => {
+                        ctx.info(NO_OWN_NAME);
+                        None
+                    }
                     None => out.urls.first().cloned(),
                 };
                 let pruned = serde_json::json!(out.pruned);
@@ -91,7 +111,10 @@ pub async fn run(
         }
     }
     let url = match run.ingress().await {
-        Some(i) => Some(i.release_url_in(&run.job.spec.app, &run.job.spec.workspace)),
+        Some(i) if l.auto_hostname => {
+            Some(i.release_url_in(&run.job.spec.app, &run.job.spec.workspace))
+        }
+        Some(_) => None,
         None => deployments_url(&rel.value),
     };
     if let Some(url) = url {
@@ -99,6 +122,9 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// What a release says when the app's config turns its own name off.
+const NO_OWN_NAME: &str = "the app does not answer at its own name (url { auto_hostname = false }): its release answers at the hostnames registered for it (`cairn hostname register`)";
 
 fn deployments_url(v: &Value) -> Option<String> {
     v.data
@@ -137,7 +163,9 @@ async fn route_only(
         return Ok(());
     };
     let seq = target.0;
-    let url = ingress.release_url_in(&run.job.spec.app, &run.job.spec.workspace);
+    let url = l
+        .auto_hostname
+        .then(|| ingress.release_url_in(&run.job.spec.app, &run.job.spec.workspace));
     let shown = url.clone();
     run.op_step(
         OpSpec {
@@ -150,13 +178,21 @@ async fn route_only(
         },
         |s| format!("Releasing deployment v{seq} (release v{s}) through the URL service"),
         move |mut ctx| async move {
-            ctx.info(&format!("the release URL {shown} now routes to v{seq}"));
+            match &shown {
+                Some(url) => ctx.info(&format!("the release URL {url} now routes to v{seq}")),
+                None => {
+                    ctx.info(&format!("the release now routes to v{seq}"));
+                    ctx.info(NO_OWN_NAME);
+                }
+            }
             let v = Value::of(&UrlRelease { sequence: seq }).map_err(plugin_err)?;
-            Ok((v, Some(shown)))
+            Ok((v, shown))
         },
     )
     .await?;
-    run.result("Release URL", &url);
+    if let Some(url) = &url {
+        run.result("Release URL", url);
+    }
     if let Some(retain) = prune_retain {
         prune_older(run, l, seq, retain).await?;
     }
