@@ -119,11 +119,11 @@ pub fn about_deferred(p: &PluginUse, e: &PluginError) -> bool {
     }
 }
 
-/// The platform of a deploy stage (or the releaser of a release stage) whose fields read
+/// The registry, platform or releaser of a stage whose fields read
 /// `artifact.*` or `deploy.*`: made anew for each operation from the config evaluated with
 /// those values; anything else asked of it is an error.
 struct Deferred {
-    /// "platform" or "releaser".
+    /// "registry", "platform" or "releaser".
     role: &'static str,
     name: String,
     fields: Vec<String>,
@@ -181,6 +181,23 @@ impl Platform for Deferred {
 }
 
 #[async_trait::async_trait]
+impl crate::plugins::Registry for Deferred {
+    fn input_types(&self) -> &[&'static str] {
+        &[]
+    }
+    fn output_type(&self) -> &'static str {
+        "deferred"
+    }
+    async fn push(
+        &self,
+        _ctx: &mut crate::plugins::OpContext,
+        _input: &crate::plugins::Value,
+    ) -> Result<crate::plugins::Value, PluginError> {
+        Err(self.refuse())
+    }
+}
+
+#[async_trait::async_trait]
 impl crate::plugins::Releaser for Deferred {
     fn input_types(&self) -> &[&'static str] {
         &[]
@@ -222,11 +239,17 @@ pub fn instantiate(app: &AppConfig, catalog: &Catalog) -> Result<Stages, String>
     let registry = match &build.registry {
         Some(stage) => {
             let p = &stage.plugin;
-            Some(Arc::from(
-                catalog
-                    .registry(&p.name, &p.config)
-                    .map_err(|e| locate(p, e))?,
-            ))
+            let registry: Arc<dyn Registry> = match catalog.registry(&p.name, &p.config) {
+                Ok(r) => r.into(),
+                // A field reading `artifact.*` (the build's) waits for the push.
+                Err(e) if about_deferred(p, &e) => Arc::new(Deferred {
+                    role: "registry",
+                    name: p.name.clone(),
+                    fields: p.deferred.iter().cloned().collect(),
+                }),
+                Err(e) => return Err(locate(p, e)),
+            };
+            Some(registry)
         }
         None => None,
     };

@@ -44,7 +44,12 @@ pub async fn run(
         return Ok((build, None));
     };
     let name = stage.plugin.name.clone();
-    let registry = registry.clone();
+    // A registry stage reading `artifact.*` is made for this build.
+    let registry = if stage.plugin.deferred.is_empty() {
+        registry.clone()
+    } else {
+        super::registry_with_artifact(run, l, &build.1)?
+    };
     let hook_list = stage.hooks.clone();
     let input = l
         .catalog

@@ -79,6 +79,28 @@ fn platform_with_artifact(
     Ok(std::sync::Arc::from(platform))
 }
 
+/// The registry stage's registry made again from the config evaluated with the build's
+/// value (`artifact.*`), for a registry stage with fields that read it.
+fn registry_with_artifact(
+    run: &JobRun,
+    l: &Loaded,
+    built: &Value,
+) -> Result<std::sync::Arc<dyn crate::plugins::Registry>, JobFailure> {
+    let (_, app) = load_app(run, Some(built.data.clone()), None, &l.server)?;
+    let stage = app.build_stage().map_err(JobFailure::new)?;
+    let Some(reg) = &stage.registry else {
+        return Err(JobFailure::new(
+            "the registry stage is gone from the config",
+        ));
+    };
+    let p = &reg.plugin;
+    let registry = l
+        .catalog
+        .registry(&p.name, &p.config)
+        .map_err(|e| JobFailure::new(lifecycle::locate(p, e)))?;
+    Ok(std::sync::Arc::from(registry))
+}
+
 /// The release stage's releaser made again from the config evaluated with the deployment
 /// (`deploy.*`) and the artifact it was made from (`artifact.*`), for a release stage with
 /// fields that read them.
