@@ -93,14 +93,34 @@ fn get(url: &str, path: &str) -> (StatusCode, String) {
 /// `workers` tasks, until `stop`: counts answers by body and failures.
 #[derive(Default)]
 struct Load {
-    answers: Mutex<BTreeMap<String, u64>>,
+    /// Answers by (the epoch when the request was sent, body).
+    answers: Mutex<BTreeMap<(u64, String), u64>>,
     failures: Mutex<Vec<String>>,
     total: AtomicU64,
+    /// Moved on by the test after a change (a release): answers to requests sent since
+    /// count for the new epoch, whatever was in flight before.
+    epoch: AtomicU64,
 }
 
 impl Load {
+    /// Every answer so far, by body.
     fn snapshot(&self) -> BTreeMap<String, u64> {
-        self.answers.lock().expect("lock").clone()
+        let mut out = BTreeMap::new();
+        for ((_, body), n) in self.answers.lock().expect("lock").iter() {
+            *out.entry(body.clone()).or_default() += n;
+        }
+        out
+    }
+
+    /// The answers to requests sent in `epoch`, by body.
+    fn sent_in(&self, epoch: u64) -> BTreeMap<String, u64> {
+        self.answers
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|((e, _), _)| *e == epoch)
+            .map(|((_, body), n)| (body.clone(), *n))
+            .collect()
     }
 
     fn failures(&self) -> Vec<String> {
@@ -133,6 +153,7 @@ async fn hammer(
         };
         tokio::spawn(conn);
         while !stop.load(Ordering::Relaxed) {
+            let epoch = load.epoch.load(Ordering::SeqCst);
             let req = Request::builder()
                 .uri("/")
                 .header("host", &host)
@@ -157,7 +178,12 @@ async fn hammer(
             load.total.fetch_add(1, Ordering::Relaxed);
             match outcome {
                 Ok(body) => {
-                    *load.answers.lock().expect("lock").entry(body).or_default() += 1;
+                    *load
+                        .answers
+                        .lock()
+                        .expect("lock")
+                        .entry((epoch, body))
+                        .or_default() += 1;
                 }
                 Err(e) => {
                     load.failures.lock().expect("lock").push(e);
@@ -178,14 +204,6 @@ fn of_deployment(counts: &BTreeMap<String, u64>, v: u64) -> u64 {
         .filter(|(body, _)| body.ends_with(&format!(" v{v}")))
         .map(|(_, n)| n)
         .sum()
-}
-
-fn diff(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
-        .filter(|(_, v)| *v > 0)
-        .collect()
 }
 
 #[test]
@@ -534,13 +552,12 @@ fn release_switches_and_canaries_under_load_fail_no_request() {
         let start = load.total.load(Ordering::Relaxed);
         assert_eventually!(load.total.load(Ordering::Relaxed) >= start + n, WITHIN);
     };
-    // The answers of the next `n` requests, once the ones in flight when
-    // the route changed are in.
+    // The answers to the next `n` requests sent after the route changed (a
+    // request in flight then may still be answered by the old route).
     let window = |n: u64| {
-        wait_for(20);
-        let at = load.snapshot();
-        wait_for(n);
-        diff(&load.snapshot(), &at)
+        let epoch = load.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        assert_eventually!(load.sent_in(epoch).values().sum::<u64>() >= n, WITHIN);
+        load.sent_in(epoch)
     };
     wait_for(100);
     let before = load.snapshot();
