@@ -55,9 +55,12 @@ fn auto_hostname_false_leaves_the_app_its_registered_names_only() {
     assert_eq!(status, 404, "{page}");
     assert!(page.contains("auto_hostname = false"), "{page}");
 
-    cli.run_in(app.path(), &["hostname", "register", "shop.auto.localhost"])
-        .ok();
-    let (status, page) = get(&format!("http://shop.auto.localhost:{port}/"));
+    cli.run_in(
+        app.path(),
+        &["hostname", "register", "www.shop.auto.localhost"],
+    )
+    .ok();
+    let (status, page) = get(&format!("http://www.shop.auto.localhost:{port}/"));
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("auto"), "{page}");
 

@@ -605,9 +605,9 @@ fn walk_has(root: &std::path::Path, name: &str) -> bool {
 
 /// Item 8: a custom hostname could take over another app's built-in names
 /// (`web--v1.localhost` registered from another project served that
-/// project) and the bare domain could be registered. Now names one label
-/// under the domain, and the domain itself, are refused; the app keeps its
-/// names.
+/// project) and the bare domain could be registered. Now names one or two
+/// labels under the domain (`APP.WORKSPACE.DOMAIN` is an app's own too), and
+/// the domain itself, are refused; the app keeps its names.
 #[test]
 fn custom_hostnames_cannot_take_an_apps_own_names() {
     let (_node, cli, _shop, up) = deployed_shop();
@@ -620,6 +620,7 @@ fn custom_hostnames_cannot_take_an_apps_own_names() {
         "web.localhost",
         "localhost",
         "not-yet-an-app.localhost",
+        "www.api.localhost",
     ] {
         let out = cli
             .run_in(other.path(), &["hostname", "register", name])
@@ -634,8 +635,11 @@ fn custom_hostnames_cannot_take_an_apps_own_names() {
     // Names elsewhere, or deeper under the domain, are fine.
     cli.run_in(other.path(), &["hostname", "register", "api.example.test"])
         .ok();
-    cli.run_in(other.path(), &["hostname", "register", "www.api.localhost"])
-        .ok();
+    cli.run_in(
+        other.path(),
+        &["hostname", "register", "www.api.x.localhost"],
+    )
+    .ok();
 }
 
 /// A node, a CLI connected to it, and [`webapp`]'s `shop/web` up and

@@ -68,8 +68,9 @@ type Reports = Result<BTreeMap<u64, DeploymentHealth>, String>;
 pub async fn run(g: &Global, json: bool, runner: &RunnerSelect) -> anyhow::Result<i32> {
     // A config that does not load is an error (file:line), not something to
     // skip silently. Without one: every app the cluster knows, from its records.
+    // Variables are read as `up` reads them (values the cluster stores among them).
     let cfg = match crate::config::find(&g.dir()) {
-        Ok(path) => Some(crate::config::load(&path)?),
+        Ok(_) => Some(super::load_config_connected(g, &crate::config::Inputs::default()).await?),
         Err(_) => None,
     };
     let builds = operations(g, OpKind::Build, None).await?;

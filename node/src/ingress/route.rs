@@ -85,6 +85,8 @@ pub fn resolve(st: &State, domain: &str, host: &str, roll: u8) -> Result<Target,
         None => None,
     };
     let (project, app) = app_named(st, app_label)?;
+    // Host names are lowercase; a workspace's name may not be.
+    let workspace = &workspace_named(st, &project, &app, workspace);
     match seq {
         Some(seq) => deployment(st, &project, &app, workspace, seq),
         None if !auto_hostname(st, &project, &app, workspace) => Err(Miss::Unknown(format!(
@@ -95,9 +97,10 @@ pub fn resolve(st: &State, domain: &str, host: &str, roll: u8) -> Result<Target,
 }
 
 /// Why `name` (normalized) cannot be a custom hostname under `domain`: it
-/// is the domain itself, or one label under it, which is (or could become)
-/// an app's own name (`APP.DOMAIN`, `APP--vN.DOMAIN`). Registering it would
-/// take that name from the app.
+/// is the domain itself, or one or two labels under it, which is (or could
+/// become) an app's own name (`APP.DOMAIN`, `APP--vN.DOMAIN`, and
+/// `APP.WORKSPACE.DOMAIN` in another workspace). Registering it would take
+/// that name from the app.
 pub fn reserved(domain: &str, name: &str) -> Option<String> {
     if name == domain {
         return Some(format!(
@@ -105,8 +108,14 @@ pub fn reserved(domain: &str, name: &str) -> Option<String> {
         ));
     }
     let label = name.strip_suffix(domain)?.strip_suffix('.')?;
-    if label.contains('.') {
-        return None;
+    match label.split('.').count() {
+        1 => {}
+        2 => {
+            return Some(format!(
+                "{name} is reserved: names of the form NAME.WORKSPACE.{domain} are apps' own in a workspace (APP.WORKSPACE.{domain}); register a name outside {domain}, or one more level down (e.g. www.{name})"
+            ))
+        }
+        _ => return None,
     }
     Some(format!(
         "{name} is reserved: names of the form NAME.{domain} are apps' own (APP.{domain}, APP--vN.{domain}); register a name outside {domain}, or one more level down (e.g. www.{name})"
@@ -132,6 +141,26 @@ fn split_version(label: &str) -> (&str, Option<Version>) {
         }
         _ => (label, None),
     }
+}
+
+/// The workspace of the app whose name is `label` (lowercase, from a host name), ignoring
+/// case; `label` itself when the app has none by that name.
+fn workspace_named(st: &State, project: &str, app: &str, label: &str) -> String {
+    let named = |w: &String| w.eq_ignore_ascii_case(label);
+    st.routes
+        .keys()
+        .filter(|(p, a, _)| p == project && a == app)
+        .map(|(_, _, w)| w)
+        .find(|w| named(w))
+        .or_else(|| {
+            st.operations
+                .values()
+                .filter(|o| o.kind == OpKind::Deployment && o.project == project && o.app == app)
+                .map(|o| &o.workspace)
+                .find(|w| named(w))
+        })
+        .cloned()
+        .unwrap_or_else(|| label.to_string())
 }
 
 /// Whether the app's release answers at `APP.DOMAIN` (`url { auto_hostname }`).
@@ -490,6 +519,31 @@ mod tests {
     }
 
     #[test]
+    fn a_workspace_named_with_capitals_answers_at_its_lowercase_host() {
+        let mut st = state();
+        for o in st.operations.values_mut() {
+            if o.sequence == 1 {
+                o.workspace = "Staging".into();
+            }
+        }
+        assert_eq!(
+            seq_of(resolve(&st, "localhost", "web--v1.staging.localhost", 0)),
+            1
+        );
+        st.routes.insert(
+            ("shop".into(), "web".into(), "Staging".into()),
+            Route {
+                primary: 1,
+                canary: None,
+            },
+        );
+        assert_eq!(
+            seq_of(resolve(&st, "localhost", "web.staging.localhost", 0)),
+            1
+        );
+    }
+
+    #[test]
     fn an_unreleased_app_and_a_name_in_two_projects_are_explained() {
         let mut st = state();
         st.routes.clear();
@@ -512,12 +566,14 @@ mod tests {
             "web.localhost",
             "web--v1.localhost",
             "future.localhost",
+            "www.web.localhost",
+            "web.staging.localhost",
         ] {
             assert!(reserved("localhost", name).is_some(), "{name}");
         }
         for name in [
             "shop.example.com",
-            "www.web.localhost",
+            "a.www.web.localhost",
             "localhost.example.com",
             "xlocalhost",
         ] {
