@@ -77,10 +77,12 @@ async fn stop_gracefully_kills_leftovers_of_the_group() {
     let dir = temp_dir("graceful-group");
     let gc_pid = dir.join("gc-pid");
     // The child stops on TERM at once; its background helper (same process
-    // group) ignores TERM and would be left behind.
+    // group) ignores TERM and would be left behind. The child's trap is set
+    // before the file that tells the test to stop it is written (else TERM
+    // could come first and kill it by signal).
     let child = sh(&format!(
-        "(trap '' TERM; while :; do sleep 0.05; done) & echo $! > {f}.tmp; mv {f}.tmp {f}; \
-         trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        "trap 'exit 0' TERM; (trap '' TERM; while :; do sleep 0.05; done) & \
+         echo $! > {f}.tmp; mv {f}.tmp {f}; while :; do sleep 0.05; done",
         f = gc_pid.display()
     ));
     let handle = child.handle();
