@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the code map and invariants.
 
+pub mod api;
 pub mod attached;
 pub mod exec;
 pub mod identity;

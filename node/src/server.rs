@@ -329,6 +329,43 @@ impl Ctx {
         }
     }
 
+    /// Commit a command (through the leader, wherever this node is), with typed errors: a
+    /// refusal of the state machine, or the cluster not reachable from here
+    /// ([`crate::api::ApiError`]).
+    pub async fn submit(&self, command: Command) -> Result<Response, crate::api::ApiError> {
+        use crate::api::ApiError;
+        let command = match services::REQUEST_ID.try_with(|id| *id) {
+            Ok((client, request)) => Command::Idempotent {
+                client,
+                request,
+                command: Box::new(command),
+            },
+            Err(_) => command,
+        };
+        let request = Request {
+            now_ms: now_ms(),
+            command,
+        };
+        match peer::write(self, request).await {
+            Ok(Response::Error(e)) => Err(ApiError::refusal(e)),
+            Ok(r) => Ok(r),
+            Err(e) => Err(ApiError::cluster(e).context("the cluster could not record it")),
+        }
+    }
+
+    /// A linearizable read, on any node, with typed errors (see [`peer::read`]).
+    pub async fn query<F, T>(&self, f: F) -> Result<T, crate::api::ApiError>
+    where
+        F: FnOnce(&State) -> T,
+    {
+        if cfg!(debug_assertions) && chaos_bug("stale-read") {
+            return Ok(self.raft.read_local(f));
+        }
+        peer::read(self, f)
+            .await
+            .map_err(crate::api::ApiError::cluster)
+    }
+
     /// A linearizable read, on any node (see [`peer::read`]).
     pub async fn read<F, T>(&self, f: F) -> Result<T, String>
     where
@@ -1123,37 +1160,6 @@ enum Admitted {
     Token(Principal),
 }
 
-/// Why a limited token may not make `req`; `None` when it may.
-fn refused_for_scope(scope: &TokenScope, req: &ClientRequest) -> Option<&'static str> {
-    match scope {
-        TokenScope::Bootstrap
-            if !matches!(
-                req,
-                ClientRequest::ServerInfo | ClientRequest::ExchangeBootstrap { .. }
-            ) =>
-        {
-            Some("the bootstrap token can only be exchanged for a user token")
-        }
-        TokenScope::Join
-            if !matches!(
-                req,
-                ClientRequest::ServerInfo | ClientRequest::JoinCluster { .. }
-            ) =>
-        {
-            Some("a join token can only be used to join a node to the cluster")
-        }
-        TokenScope::Entrypoint { .. }
-            if !matches!(
-                req,
-                ClientRequest::ServerInfo | ClientRequest::RegisterInstance(_)
-            ) =>
-        {
-            Some("an entrypoint token can only register an instance of its own deployment and receive that deployment's configuration")
-        }
-        _ => None,
-    }
-}
-
 async fn authenticate(
     ctx: &Ctx,
     conn: &quinn::Connection,
@@ -1250,16 +1256,5 @@ async fn serve_stream(
             return;
         }
     };
-    if let Some(message) = refused_for_scope(&session.principal.scope, &req) {
-        let _ = frame::write(
-            &mut send,
-            &ClientResponse::Error {
-                message: message.into(),
-            },
-        )
-        .await;
-        let _ = send.finish();
-        return;
-    }
     services::dispatch(&ctx, &session, req, send, recv).await;
 }

@@ -300,22 +300,6 @@ pub async fn check_deployment(ctx: &Ctx, app: &str, id: OpId) -> Result<(), Stri
     Ok(())
 }
 
-/// `ListInstances`.
-pub async fn list(ctx: &Arc<Ctx>, s: &ConnSession) -> ClientResponse {
-    if matches!(s.principal.scope, TokenScope::Entrypoint { .. }) {
-        return ClientResponse::Error {
-            message: "an entrypoint token cannot list instances".into(),
-        };
-    }
-    match ctx
-        .read(|st| st.instances.values().cloned().collect::<Vec<_>>())
-        .await
-    {
-        Ok(v) => ClientResponse::Instances(v),
-        Err(message) => ClientResponse::Error { message },
-    }
-}
-
 /// Every [`SWEEP_INTERVAL`]: on every node, drop the log windows of
 /// instances gone for [`crate::logs::WINDOW_EXPIRY`]; on the leader, mark
 /// instances of dead nodes disconnected and forget old disconnected ones.

@@ -1,4 +1,5 @@
-//! One module per RPC service. `dispatch` routes a request to its service;
+//! The QUIC transport's adapters over the service layer ([`crate::api`]): `dispatch` checks
+//! the caller may make the request ([`crate::api::auth`]) and routes it to its service;
 //! unary calls answer one frame, streaming calls own the stream.
 
 use std::sync::Arc;
@@ -6,6 +7,8 @@ use std::sync::Arc;
 use cairn_protocol::api::{ClientRequest, ClientResponse};
 use cairn_protocol::frame;
 
+use crate::api::auth::{self, Action};
+use crate::api::{ApiError, Caller};
 use crate::peer::ClusterError;
 use crate::server::{ConnSession, Ctx};
 
@@ -31,6 +34,29 @@ tokio::task_local! {
     /// `Error` answer then goes out as `Unavailable`, so the client tries
     /// another member. (A bridge until the services return typed errors.)
     pub static RETRY_ELSEWHERE: std::cell::Cell<bool>;
+}
+
+/// The answer for `r`: `ok` of its value, or its error ([`ApiError::into_response`]).
+pub fn reply<T>(r: Result<T, ApiError>, ok: impl FnOnce(T) -> ClientResponse) -> ClientResponse {
+    match r {
+        Ok(v) => ok(v),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// [`reply`] for actions that answer `Ok`.
+pub fn reply_ok(r: Result<(), ApiError>) -> ClientResponse {
+    reply(r, |()| ClientResponse::Ok)
+}
+
+/// The caller of a connection's requests.
+pub fn caller(s: &ConnSession) -> Caller {
+    Caller {
+        name: s.principal.name.clone(),
+        scope: s.principal.scope.clone(),
+        speaks: s.speaks.version,
+        release: s.speaks.release.clone(),
+    }
 }
 
 /// Serve one request of a client connection.
@@ -61,6 +87,12 @@ async fn route(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
+    let who = caller(s);
+    if let Err(e) = auth::check(&who.scope, Action::of(&req)) {
+        let _ = frame::write(&mut send, &e.into_response()).await;
+        let _ = send.finish();
+        return;
+    }
     let resp = match req {
         ClientRequest::Idempotent {
             client,
@@ -77,18 +109,16 @@ async fn route(
             }
         }
         ClientRequest::ServerInfo => server::info(ctx),
-        ClientRequest::ExchangeBootstrap { name } => {
-            server::exchange_bootstrap(ctx, s, &name).await
-        }
+        ClientRequest::ExchangeBootstrap { name } => server::exchange_bootstrap(ctx, &name).await,
         ClientRequest::ListOperations { kind, project, app } => {
             catalog::list_operations(ctx, kind, project, app).await
         }
         ClientRequest::ListRunners => catalog::list_runners(ctx).await,
-        ClientRequest::QueueJob { spec } => jobs::queue(ctx, s, spec).await,
-        ClientRequest::ListJobs { limit } => jobs::list(ctx, s, limit).await,
-        ClientRequest::InspectJob { id } => jobs::inspect(ctx, s, id).await,
+        ClientRequest::QueueJob { spec } => jobs::queue(ctx, &who, spec).await,
+        ClientRequest::ListJobs { limit } => jobs::list(ctx, &who, limit).await,
+        ClientRequest::InspectJob { id } => jobs::inspect(ctx, &who, id).await,
         ClientRequest::CancelJob { id } => jobs::cancel(ctx, id).await,
-        ClientRequest::AttachJob { id } => return jobs::attach(ctx, s, id, send).await,
+        ClientRequest::AttachJob { id } => return jobs::attach(ctx, &who, id, send).await,
         ClientRequest::RegisterRunner { id, kind, labels } => {
             return runner::register(ctx, s, id, kind, labels, send, recv).await
         }
@@ -106,27 +136,22 @@ async fn route(
         ClientRequest::DeleteConfig { scope, name } => config::delete(ctx, scope, name).await,
         ClientRequest::ListConfig { scope } => config::list(ctx, scope).await,
         ClientRequest::CreateToken { scope, name, ttl_s } => {
-            cluster::create_token(ctx, s, scope, name, ttl_s).await
+            cluster::create_token(ctx, scope, name, ttl_s).await
         }
         ClientRequest::JoinCluster {
             csr,
             node_id,
             peer_addr,
         } => cluster::join(ctx, s, csr, node_id, peer_addr).await,
-        ClientRequest::Members => cluster::members(ctx).await,
-        ClientRequest::Upgrade { finish } => cluster::upgrade(ctx, s, finish).await,
+        ClientRequest::Members => reply(crate::api::members(ctx).await, ClientResponse::Members),
+        ClientRequest::Upgrade { finish } => cluster::upgrade(ctx, finish).await,
         ClientRequest::RemoveMember { id } => cluster::remove_member(ctx, s, id).await,
-        ClientRequest::SnapshotSave => return server::snapshot_save(ctx, s, send).await,
+        ClientRequest::SnapshotSave => return server::snapshot_save(ctx, send).await,
         ClientRequest::RegisterInstance(hello) => {
             return entrypoint::register(ctx, s, hello, send, recv).await
         }
-        ClientRequest::ListInstances => entrypoint::list(ctx, s).await,
-        ClientRequest::Logs(_) | ClientRequest::Exec { .. }
-            if s.principal.scope != cairn_protocol::types::TokenScope::User =>
-        {
-            ClientResponse::Error {
-                message: "logs and exec need a user token".into(),
-            }
+        ClientRequest::ListInstances => {
+            reply(crate::api::instances(ctx).await, ClientResponse::Instances)
         }
         ClientRequest::Logs(q) => return crate::logs::serve_query(ctx, q, send).await,
         ClientRequest::Exec {
@@ -135,13 +160,11 @@ async fn route(
             spec,
         } => return crate::exec::open(ctx, s, target, instance, spec, send, recv).await,
         ClientRequest::RegisterHostname { name, target } => {
-            hostname::register(ctx, s, name, target).await
+            hostname::register(ctx, name, target).await
         }
-        ClientRequest::DeleteHostname { name } => hostname::delete(ctx, s, name).await,
+        ClientRequest::DeleteHostname { name } => hostname::delete(ctx, name).await,
         ClientRequest::ListHostnames => hostname::list(ctx).await,
-        ClientRequest::RemoveApps { project, app } => {
-            catalog::remove_apps(ctx, s, project, app).await
-        }
+        ClientRequest::RemoveApps { project, app } => catalog::remove_apps(ctx, project, app).await,
     };
     let resp = match resp {
         ClientResponse::Error { message } if RETRY_ELSEWHERE.try_with(|c| c.get()) == Ok(true) => {
