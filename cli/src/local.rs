@@ -45,6 +45,9 @@ pub struct Ready {
     /// `http://ip:port` of the node's URL-service ingress.
     #[serde(default)]
     pub ingress: Option<String>,
+    /// `http://ip:port` of the node's HTTP API (and web UI).
+    #[serde(default)]
+    pub http: Option<String>,
 }
 
 fn ready_file(dir: &Path) -> PathBuf {
@@ -110,12 +113,9 @@ async fn start(dir: &Path) -> Result<Ready, LocalError> {
         .filter(|a| std::net::UdpSocket::bind(a).is_ok())
         .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
     // The URL service: its port as last time, else the usual 9703, when free.
-    let default_ingress = std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_INGRESS_PORT));
-    let ingress = previous_ingress(dir)
-        .into_iter()
-        .chain([default_ingress])
-        .find(|a| std::net::TcpListener::bind(a).is_ok())
-        .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+    let ingress = loopback_port(previous_url(dir, |r| r.ingress), DEFAULT_INGRESS_PORT);
+    // The HTTP API (and web UI) likewise: as last time, else the usual 9702.
+    let http = loopback_port(previous_url(dir, |r| r.http), DEFAULT_HTTP_PORT);
     let _ = std::fs::remove_file(ready_file(dir));
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -135,6 +135,8 @@ async fn start(dir: &Path) -> Result<Ready, LocalError> {
         &listen,
         "--ingress",
         &ingress,
+        "--http",
+        &http,
         "--data-dir",
     ])
     .arg(dir)
@@ -186,20 +188,31 @@ fn previous_addr(dir: &Path) -> Option<std::net::SocketAddr> {
         .filter(|a| a.ip().is_loopback())
 }
 
-/// The loopback address of the local node's last ingress.
-fn previous_ingress(dir: &Path) -> Option<std::net::SocketAddr> {
+/// The loopback address of one of the local node's last `http://` listeners.
+fn previous_url(dir: &Path, which: fn(Ready) -> Option<String>) -> Option<std::net::SocketAddr> {
     let text = std::fs::read_to_string(ready_file(dir)).ok()?;
     let ready: Ready = serde_json::from_str(&text).ok()?;
-    ready
-        .ingress?
+    which(ready)?
         .strip_prefix("http://")?
         .parse::<std::net::SocketAddr>()
         .ok()
         .filter(|a| a.ip().is_loopback())
 }
 
+/// `previous` when it is free, else the loopback `port` when free, else any free port.
+fn loopback_port(previous: Option<std::net::SocketAddr>, port: u16) -> String {
+    let default = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    previous
+        .into_iter()
+        .chain([default])
+        .find(|a| std::net::TcpListener::bind(a).is_ok())
+        .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string())
+}
+
 /// The URL service's usual port (`cairn_node::ingress::DEFAULT_PORT`).
 const DEFAULT_INGRESS_PORT: u16 = cairn_node::ingress::DEFAULT_PORT;
+/// The HTTP API's usual port (`cairn_node::http::DEFAULT_PORT`).
+const DEFAULT_HTTP_PORT: u16 = cairn_node::http::DEFAULT_PORT;
 
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -81,6 +81,13 @@ pub enum NodeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen for the HTTP API on {addr}: {source}")]
+    HttpBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP API: {0}")]
+    HttpTls(String),
 }
 
 /// Node settings (from `cairn-node` flags or `cairn server run`).
@@ -141,6 +148,15 @@ pub struct NodeConfig {
     /// Serve no URL-service ingress on this node.
     #[arg(long, conflicts_with = "ingress")]
     pub no_ingress: bool,
+    /// TCP address of the HTTP API (JSON, docs/openapi.json): plain HTTP on a loopback
+    /// address, else HTTPS with the node's cluster certificate. Default: the --listen IP
+    /// with the --listen port + 1 (9702 next to the default 9701; any free port when
+    /// --listen has port 0).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Serve no HTTP API on this node.
+    #[arg(long, conflicts_with = "http")]
+    pub no_http: bool,
     /// The URL service's domain: apps answer at APP.DOMAIN, deployments at
     /// APP--vN.DOMAIN.
     #[arg(long, default_value = crate::ingress::DEFAULT_DOMAIN)]
@@ -198,6 +214,8 @@ impl NodeConfig {
             // Any free port: embedded and test nodes share one machine.
             ingress: Some(SocketAddr::new(listen.ip(), 0)),
             no_ingress: false,
+            http: Some(SocketAddr::new(listen.ip(), 0)),
+            no_http: false,
             domain: crate::ingress::DEFAULT_DOMAIN.to_string(),
             ingress_tls_cert: None,
             ingress_tls_key: None,
@@ -216,6 +234,20 @@ impl NodeConfig {
             let port = match self.listen.port() {
                 0 => 0,
                 p => p.saturating_add(crate::ingress::DEFAULT_PORT - DEFAULT_QUIC_PORT),
+            };
+            SocketAddr::new(self.listen.ip(), port)
+        }))
+    }
+
+    /// Where the HTTP API listens, or `None` without one (see [`NodeConfig::http`]).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        if self.no_http {
+            return None;
+        }
+        Some(self.http.unwrap_or_else(|| {
+            let port = match self.listen.port() {
+                0 => 0,
+                p => p.saturating_add(crate::http::DEFAULT_PORT - DEFAULT_QUIC_PORT),
             };
             SocketAddr::new(self.listen.ip(), port)
         }))
@@ -569,11 +601,35 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
     if let Some(ingress) = ingress {
         tasks.push(tokio::spawn(ingress.run(ctx.clone(), shutdown.clone())));
     }
+    let http_url = match bind_http(&cfg, &identity).await {
+        Ok(Some(api)) => {
+            let url = api.url().ok();
+            tasks.push(tokio::spawn(api.run(ctx.clone(), shutdown.clone())));
+            url
+        }
+        Ok(None) => None,
+        Err(e) => {
+            let node = Node {
+                ctx,
+                addr,
+                ca_fingerprint: identity.ca_fingerprint.clone(),
+                bootstrap_token: None,
+                shutdown,
+                tasks,
+                endpoint,
+                bridge,
+                data_dir: cfg.data_dir.clone(),
+            };
+            node.stop().await;
+            return Err(e);
+        }
+    };
 
     if let Some(path) = &cfg.ready_file {
         let ready = serde_json::json!({
             "addr": addr.to_string(),
             "ingress": ingress_info.as_ref().map(|i| format!("{}://{}", i.scheme, i.addr)),
+            "http": http_url,
             "bridge": bridge.as_ref().map(|(a, _)| a.to_string()),
             "advertise": advertise,
             "ca_fingerprint": identity.ca_fingerprint,
@@ -679,6 +735,26 @@ async fn bind_ingress(cfg: &NodeConfig) -> Result<Option<crate::ingress::Ingress
         .await
         .map(Some)
         .map_err(|source| NodeError::IngressBind { addr, source })
+}
+
+/// The HTTP API's listener, unless `--no-http`: plain on loopback, else TLS with the node's
+/// certificate.
+async fn bind_http(
+    cfg: &NodeConfig,
+    identity: &Identity,
+) -> Result<Option<crate::http::HttpApi>, NodeError> {
+    let Some(addr) = cfg.http_addr() else {
+        return Ok(None);
+    };
+    let tls = if addr.ip().is_loopback() {
+        None
+    } else {
+        Some(crate::http::tls_config(identity).map_err(NodeError::HttpTls)?)
+    };
+    crate::http::HttpApi::bind(addr, tls)
+        .await
+        .map(Some)
+        .map_err(|source| NodeError::HttpBind { addr, source })
 }
 
 /// The endpoint config, with a stateless-reset key derived from the node's
@@ -1198,13 +1274,7 @@ async fn authenticate(
             role_word(role)
         ));
     }
-    let name = match &rec.scope {
-        TokenScope::Bootstrap => "bootstrap".to_string(),
-        TokenScope::User => format!("user:{}", rec.name),
-        TokenScope::Runner => format!("runner:{}", rec.name),
-        TokenScope::Entrypoint { app, deployment } => format!("entrypoint:{app}/v{deployment}"),
-        TokenScope::Join => format!("join:{}", rec.name),
-    };
+    let name = principal_name(&rec);
     Ok(Principal {
         name,
         scope: rec.scope,
@@ -1220,6 +1290,17 @@ fn scope_word(scope: &TokenScope) -> &'static str {
         TokenScope::Runner => "runner",
         TokenScope::Join => "join",
         TokenScope::Entrypoint { .. } => "entrypoint",
+    }
+}
+
+/// How a token's holder is named in records (`requested_by`) and logs: `user:NAME`…
+pub fn principal_name(rec: &TokenRecord) -> String {
+    match &rec.scope {
+        TokenScope::Bootstrap => "bootstrap".to_string(),
+        TokenScope::User => format!("user:{}", rec.name),
+        TokenScope::Runner => format!("runner:{}", rec.name),
+        TokenScope::Entrypoint { app, deployment } => format!("entrypoint:{app}/v{deployment}"),
+        TokenScope::Join => format!("join:{}", rec.name),
     }
 }
 

@@ -479,6 +479,9 @@ pub struct Ready {
     /// `http://ip:port` of the URL-service ingress, when it serves one.
     #[serde(default)]
     pub ingress: Option<String>,
+    /// `http://ip:port` of the HTTP API, when it serves one.
+    #[serde(default)]
+    pub http: Option<String>,
 }
 
 /// Options for a [`NodeProc`].
@@ -617,6 +620,18 @@ impl NodeProc {
                 .into_iter()
                 .flatten(),
             )
+            // And for the HTTP API (this build's node: 0.1.0 has none).
+            .args(
+                (self.builder.program.is_none()
+                    && !self
+                        .builder
+                        .args
+                        .iter()
+                        .any(|a| a == "--http" || a == "--no-http"))
+                .then_some(["--http", "127.0.0.1:0"])
+                .into_iter()
+                .flatten(),
+            )
             .arg("--ready-file")
             .arg(self.ready_file())
             .arg("--bootstrap-file")
@@ -684,6 +699,14 @@ impl NodeProc {
             .expect("this node serves an ingress");
         let port = ingress.rsplit(':').next().unwrap_or_default().to_string();
         format!("http://{host}:{port}/")
+    }
+
+    /// `http://ip:port` of this node's HTTP API.
+    pub fn http_api(&self) -> String {
+        self.ready()
+            .http
+            .clone()
+            .expect("this node serves the HTTP API")
     }
 
     /// The node's id in hex, as `cairn instance list` and logs show it.

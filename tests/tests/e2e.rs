@@ -18,6 +18,7 @@ mod e2e_entrypoint;
 mod e2e_failover;
 mod e2e_formats;
 mod e2e_hardening;
+mod e2e_http_api;
 mod e2e_ingress_soak;
 mod e2e_init_fmt;
 mod e2e_logs_exec;

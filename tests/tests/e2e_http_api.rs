@@ -1,0 +1,284 @@
+//! The HTTP API (issue 17): a node serves JSON over HTTP for what the CLI reads and does,
+//! from the same service layer, so both agree. Every route wants a user or runner token:
+//! none, a wrong one, a join token and an entrypoint token are refused. The OpenAPI
+//! document names every route, and each answers as documented.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use cairn_protocol::api::{ClientRequest, ClientResponse};
+use cairn_protocol::rpc;
+use cairn_protocol::types::TokenScope;
+use cairn_tests::{webapp, Cli, NodeProc};
+
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// One HTTP/1.0 request (the answer is read to its end: no chunking).
+fn request(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Answer {
+    let host = base.strip_prefix("http://").expect("http://");
+    let mut s = std::net::TcpStream::connect(host).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    if let Some(b) = body {
+        req.push_str(b);
+    }
+    s.write_all(req.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    Answer {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+fn get(base: &str, path: &str, token: &str) -> Answer {
+    request(base, "GET", path, Some(token), None)
+}
+
+/// A token of `scope` minted over QUIC with the user token.
+fn mint(node: &NodeProc, user: &str, scope: TokenScope) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let s = rpc::connect(&node.dial(user)).await.expect("connect");
+        let r = rpc::call(
+            &s.conn,
+            &ClientRequest::CreateToken {
+                scope,
+                name: "http-test".into(),
+                ttl_s: None,
+            },
+        )
+        .await
+        .expect("call");
+        s.conn.close(0u32.into(), b"bye");
+        match r {
+            ClientResponse::Token { token } => token,
+            other => panic!("{other:?}"),
+        }
+    })
+}
+
+#[test]
+fn the_http_api_answers_what_the_cli_sees_and_refuses_other_tokens() {
+    let node = NodeProc::start_new();
+    let cli = Cli::new();
+    cli.connect_to(&node, "dev");
+    let app = webapp(1);
+    cli.run_in(app.path(), &["up"]).ok();
+    let base = node.http_api();
+    let token = cli.context_file("dev")["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+
+    // Apps and deployments, as the CLI lists them.
+    let apps = get(&base, "/api/v1/apps", &token);
+    assert_eq!(apps.status, 200, "{}", apps.body);
+    assert_eq!(
+        apps.json(),
+        serde_json::json!([{ "project": "shop", "app": "web" }])
+    );
+    let deps = get(
+        &base,
+        "/api/v1/operations/deployments?project=shop&app=web",
+        &token,
+    )
+    .json();
+    let cli_deps = cli
+        .run_in(app.path(), &["deployment", "list", "--json"])
+        .ok()
+        .json();
+    let ids = |v: &serde_json::Value| -> Vec<u64> {
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|d| d["id"].as_u64().expect("id"))
+            .collect()
+    };
+    assert_eq!(ids(&deps), ids(&cli_deps), "{deps}\n{cli_deps}");
+    assert_eq!(deps[0]["sequence"], 1);
+    assert_eq!(deps[0]["status"], "Success");
+    assert!(
+        deps[0]["output"].as_array().is_some_and(|o| !o.is_empty()),
+        "the deployment's output: {deps}"
+    );
+
+    // The up job, and its events as server-sent events, ending with Finished.
+    let jobs = get(&base, "/api/v1/jobs", &token).json();
+    let job = jobs[0]["id"].as_u64().expect("job id");
+    assert_eq!(jobs[0]["state"], "Success", "{jobs}");
+    let one = get(&base, &format!("/api/v1/jobs/{job}"), &token).json();
+    assert_eq!(one["id"], job);
+    let events = get(&base, &format!("/api/v1/jobs/{job}/events"), &token);
+    assert_eq!(events.status, 200);
+    assert!(
+        events
+            .head
+            .to_ascii_lowercase()
+            .contains("text/event-stream"),
+        "{}",
+        events.head
+    );
+    let data: Vec<serde_json::Value> = events
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).expect("event JSON"))
+        .collect();
+    assert!(data.len() >= 2, "{}", events.body);
+    assert!(
+        data.last().expect("last")["Finished"]["state"] == "Success",
+        "{}",
+        events.body
+    );
+    assert_eq!(get(&base, "/api/v1/jobs/999999", &token).status, 404);
+
+    // Config: set over HTTP as a secret, masked in the listing, seen by the CLI.
+    let var = r#"{"scope":{"Project":"shop"},"name":"API_KEY","value":"from-http","secret":true}"#;
+    let put = request(&base, "PUT", "/api/v1/config", Some(&token), Some(var));
+    assert_eq!(put.status, 204, "{}", put.body);
+    let listed = get(&base, "/api/v1/config?project=shop", &token).json();
+    assert!(
+        listed
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|v| v["name"] == "API_KEY" && v["value"] == "********"),
+        "{listed}"
+    );
+    assert!(!listed.to_string().contains("from-http"), "{listed}");
+    let got = cli.run_in(app.path(), &["config", "get", "API_KEY"]).ok();
+    assert_eq!(got.stdout.trim(), "from-http");
+
+    // Hostnames: registered over HTTP, listed by the CLI, deleted.
+    let h = r#"{"name":"shop.example.test","project":"shop","app":"web"}"#;
+    let reg = request(&base, "POST", "/api/v1/hostnames", Some(&token), Some(h));
+    assert_eq!(reg.status, 201, "{}", reg.body);
+    let cli_h = cli.run(&["hostname", "list", "--json"]).ok().json();
+    assert_eq!(cli_h[0]["hostname"], "shop.example.test", "{cli_h}");
+    let bad = request(
+        &base,
+        "POST",
+        "/api/v1/hostnames",
+        Some(&token),
+        Some(r#"{"name":"web.localhost","project":"shop","app":"web"}"#),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(bad.json()["error"]["kind"], "invalid");
+    let del = request(
+        &base,
+        "DELETE",
+        "/api/v1/hostnames/shop.example.test",
+        Some(&token),
+        None,
+    );
+    assert_eq!(del.status, 204, "{}", del.body);
+
+    // Removing an app with an active deployment: a conflict, said so.
+    let rm = request(
+        &base,
+        "DELETE",
+        "/api/v1/projects/shop/apps/web",
+        Some(&token),
+        None,
+    );
+    assert_eq!(rm.status, 409, "{}", rm.body);
+
+    // Unknown routes and kinds: 404 with a JSON error.
+    let nope = get(&base, "/api/v1/nope", &token);
+    assert_eq!(nope.status, 404);
+    assert_eq!(nope.json()["error"]["kind"], "not_found");
+    assert_eq!(get(&base, "/api/v1/operations/bogus", &token).status, 404);
+
+    // No token, a wrong one: 401 with the challenge. Join and entrypoint tokens: 403.
+    let none = request(&base, "GET", "/api/v1/apps", None, None);
+    assert_eq!(none.status, 401);
+    assert!(
+        none.head
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{}",
+        none.head
+    );
+    assert_eq!(get(&base, "/api/v1/apps", "cairn-wrong-token").status, 401);
+    let join = mint(&node, &token, TokenScope::Join);
+    let entry = mint(
+        &node,
+        &token,
+        TokenScope::Entrypoint {
+            app: "web".into(),
+            deployment: deps[0]["id"].as_u64().expect("id"),
+        },
+    );
+    for t in [&join, &entry] {
+        let a = get(&base, "/api/v1/apps", t);
+        assert_eq!(a.status, 403, "{}", a.body);
+        assert_eq!(a.json()["error"]["kind"], "refused");
+    }
+
+    // The OpenAPI document: every route it names answers with a token (a GET without
+    // path parameters: 200 and JSON) and refuses without one (401), whatever the method.
+    let doc = get(&base, "/api/openapi.json", &token).json();
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 15, "{}", paths.len());
+    for (path, methods) in paths {
+        for method in methods.as_object().expect("methods").keys() {
+            let concrete = path
+                .replace("{kind}", "deployments")
+                .replace("{id}", &job.to_string())
+                .replace("{name}", "x.example.test")
+                .replace("{project}", "nope")
+                .replace("{app}", "nope");
+            let a = request(&base, &method.to_uppercase(), &concrete, None, None);
+            assert_eq!(
+                a.status, 401,
+                "{method} {concrete} without a token: {}",
+                a.body
+            );
+            if method == "get" && !path.ends_with("/events") {
+                let a = get(&base, &concrete, &token);
+                assert_eq!(a.status, 200, "GET {concrete}: {}", a.body);
+                a.json();
+            }
+        }
+    }
+}
