@@ -47,6 +47,11 @@ impl Attached {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// How many entrypoints are connected to this node.
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
     /// The instance's entrypoint is connected here on `conn`.
     pub fn attach(&self, deployment: OpId, instance: &str, conn: &quinn::Connection) {
         self.lock()

@@ -114,5 +114,8 @@ pub async fn open(
     // A client that dies mid-session (its connection closes) may have
     // finished its side already: watch its connection too.
     let client_gone = s.conn.closed();
+    ctx.metrics.exec_sessions.inc();
+    ctx.metrics.exec_active.inc();
     splice((send, recv), (esend, erecv), client_gone).await;
+    ctx.metrics.exec_active.dec();
 }

@@ -917,9 +917,22 @@ async fn drive(ctx: Arc<Ctx>, job: Job, claim: Claim) {
         Err(e) => tracing::warn!(job = id, error = %e, "could not record the end of a job"),
     }
     // The recorded state is the truth (e.g. it may already have been failed).
-    let (state, error) = ctx
-        .raft
-        .read_local(|s| s.jobs.get(&id).map(|j| (j.state, j.error.clone())))
+    let recorded = ctx.raft.read_local(|s| s.jobs.get(&id).cloned());
+    if let Some(j) = recorded.as_ref().filter(|j| j.state.is_final()) {
+        let took = j
+            .completed_ms
+            .unwrap_or_else(cairn_protocol::now_ms)
+            .saturating_sub(j.assigned_ms.unwrap_or(j.queued_ms));
+        ctx.metrics
+            .job_duration
+            .get_or_create(&crate::metrics::JobLabels {
+                kind: j.spec.kind.name().to_string(),
+                state: format!("{:?}", j.state).to_ascii_lowercase(),
+            })
+            .observe(took as f64 / 1000.0);
+    }
+    let (state, error) = recorded
+        .map(|j| (j.state, j.error))
         .unwrap_or((state, error));
     ctx.jobs.publish(id, JobEvent::Finished { state, error });
     ctx.jobs.release_runner(&runner, id);

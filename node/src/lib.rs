@@ -10,6 +10,7 @@ pub mod identity;
 pub mod ingress;
 pub mod jobs;
 pub mod logs;
+pub mod metrics;
 pub mod peer;
 pub mod raft;
 pub mod server;

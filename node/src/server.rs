@@ -27,6 +27,8 @@ use crate::state::{ClusterCa, Command, Request, Response, State};
 
 /// The node's default QUIC port (see `NodeConfig::listen`).
 pub const DEFAULT_QUIC_PORT: u16 = 9701;
+/// How long a stopping node lets the ingress's requests in flight finish.
+pub const INGRESS_DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// How long `stop` waits for tasks after cancelling them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// File in the data dir of a node that left the membership on shutdown.
@@ -332,6 +334,10 @@ pub struct Ctx {
     pub ingress: Option<cairn_protocol::api::IngressInfo>,
     /// The leader's view of an upgrade in progress (see [`crate::upgrade`]).
     pub upgrade: crate::upgrade::Tracker,
+    /// This node's metrics (`/metrics` on the HTTP API).
+    pub metrics: crate::metrics::Metrics,
+    /// The ingress's graceful stop.
+    pub ingress_drain: crate::ingress::Drain,
 }
 
 impl Ctx {
@@ -543,6 +549,8 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         attached: crate::attached::Attached::default(),
         ingress: ingress_info.clone(),
         upgrade: crate::upgrade::Tracker::default(),
+        metrics: crate::metrics::Metrics::new(),
+        ingress_drain: crate::ingress::Drain::default(),
     });
 
     // Serve peers (and clients) before joining: the leader replicates to
@@ -1010,6 +1018,11 @@ impl Node {
     /// the membership, then stop.
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>, leave: bool) {
         shutdown.await;
+        // The URL service stops taking connections; requests in flight finish.
+        let left = self.ctx.ingress_drain.drain(INGRESS_DRAIN_GRACE).await;
+        if left > 0 {
+            tracing::warn!(connections = left, grace = ?INGRESS_DRAIN_GRACE, "ingress connections still busy after the drain grace; they are cut");
+        }
         // Let the jobs running through this node end before it goes (a
         // rolling upgrade stops every node in turn).
         self.ctx.jobs.drain().await;

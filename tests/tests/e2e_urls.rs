@@ -794,3 +794,37 @@ fn an_instance_that_goes_away_leaves_the_rotation_without_failing_the_others() {
     );
     stop.store(true, Ordering::Relaxed);
 }
+
+/// Issue 17: a node stopped gracefully (SIGTERM) lets the ingress's requests in flight
+/// finish: a response streamed over two seconds arrives whole although the stop began
+/// after its first chunk.
+#[test]
+fn a_stopping_node_lets_requests_in_flight_finish() {
+    let mut node = NodeProc::start_new();
+    let cli = Cli::new();
+    cli.connect_to(&node, "dev");
+    let app = webapp(1);
+    let up = cli.run_in(app.path(), &["up"]).ok();
+    let release = up.field("Release URL").expect("Release URL");
+    assert_eventually!(get(&release, "/").0 == StatusCode::OK, WITHIN);
+    let url = format!("{release}stream?n=10&ms=200");
+    let slow = std::thread::spawn(move || cairn_tests::http_get(&url));
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = std::time::Instant::now();
+    node.stop();
+    let r = slow
+        .join()
+        .expect("the request thread")
+        .expect("the response");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains("chunk 0") && r.body.contains("chunk 9"),
+        "the streamed response was cut: {:?}",
+        r.body
+    );
+    assert!(
+        stopping.elapsed() >= Duration::from_millis(800),
+        "the stop did not wait for the request: {:?}",
+        stopping.elapsed()
+    );
+}

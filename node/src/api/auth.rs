@@ -95,6 +95,43 @@ impl Action {
     }
 }
 
+/// The name of a QUIC request's kind (metrics and tracing).
+pub fn request_name(req: &ClientRequest) -> &'static str {
+    match req {
+        ClientRequest::Idempotent { req, .. } => request_name(req),
+        ClientRequest::ServerInfo => "ServerInfo",
+        ClientRequest::ExchangeBootstrap { .. } => "ExchangeBootstrap",
+        ClientRequest::JoinCluster { .. } => "JoinCluster",
+        ClientRequest::ListOperations { .. } => "ListOperations",
+        ClientRequest::ListRunners => "ListRunners",
+        ClientRequest::ListJobs { .. } => "ListJobs",
+        ClientRequest::InspectJob { .. } => "InspectJob",
+        ClientRequest::ListConfig { .. } => "ListConfig",
+        ClientRequest::ListHostnames => "ListHostnames",
+        ClientRequest::Members => "Members",
+        ClientRequest::ListInstances => "ListInstances",
+        ClientRequest::QueueJob { .. } => "QueueJob",
+        ClientRequest::CancelJob { .. } => "CancelJob",
+        ClientRequest::AttachJob { .. } => "AttachJob",
+        ClientRequest::RegisterRunner { .. } => "RegisterRunner",
+        ClientRequest::BeginOperation { .. } => "BeginOperation",
+        ClientRequest::CompleteOperation(_) => "CompleteOperation",
+        ClientRequest::SetResourceState { .. } => "SetResourceState",
+        ClientRequest::SetConfig { .. } => "SetConfig",
+        ClientRequest::DeleteConfig { .. } => "DeleteConfig",
+        ClientRequest::CreateToken { .. } => "CreateToken",
+        ClientRequest::Upgrade { .. } => "Upgrade",
+        ClientRequest::RemoveMember { .. } => "RemoveMember",
+        ClientRequest::SnapshotSave => "SnapshotSave",
+        ClientRequest::RegisterInstance(_) => "RegisterInstance",
+        ClientRequest::Logs(_) => "Logs",
+        ClientRequest::Exec { .. } => "Exec",
+        ClientRequest::RegisterHostname { .. } => "RegisterHostname",
+        ClientRequest::DeleteHostname { .. } => "DeleteHostname",
+        ClientRequest::RemoveApps { .. } => "RemoveApps",
+    }
+}
+
 /// Whether a token of `scope` may do `action`: `Ok`, or the refusal saying why.
 ///
 /// - The bootstrap token is exchanged for a user token, and nothing else.

@@ -45,12 +45,38 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/api/v1/hostnames/{name}", delete(delete_hostname))
         .route("/api/v1/projects/{project}", delete(remove_project))
         .route("/api/v1/projects/{project}/apps/{app}", delete(remove_app))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),
             authenticated,
         ))
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), traced))
         .with_state(ctx)
+}
+
+/// Every request in a tracing span, counted in the metrics by route and status.
+async fn traced(State(ctx): State<Shared>, req: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("(unmatched)", |p| p.as_str())
+        .to_string();
+    let request = format!("{} {route}", req.method());
+    let span = tracing::debug_span!("request", transport = "http", request = %request);
+    let started = std::time::Instant::now();
+    let resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status().as_u16();
+    ctx.metrics.api("http", &request, &status.to_string());
+    span.in_scope(|| {
+        tracing::debug!(
+            status,
+            took_ms = started.elapsed().as_millis() as u64,
+            "served"
+        )
+    });
+    resp
 }
 
 /// Every route needs a token: the caller goes into the request's extensions before any
@@ -386,4 +412,14 @@ async fn remove_app(
 ) -> Response {
     guard!(caller, Action::RemoveApps);
     json(api::remove_apps(&ctx, project, Some(app)).await)
+}
+
+/// Prometheus's text format.
+async fn metrics(State(ctx): State<Shared>, Extension(caller): Extension<Caller>) -> Response {
+    guard!(caller, Action::Read);
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        ctx.metrics.render(&ctx),
+    )
+        .into_response()
 }

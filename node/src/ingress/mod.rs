@@ -117,16 +117,20 @@ impl Ingress {
     pub async fn run(self, ctx: Arc<Ctx>, shutdown: CancellationToken) {
         let mut backoff = ACCEPT_BACKOFF_MIN;
         let mut last_warned: Option<tokio::time::Instant> = None;
+        let drain = ctx.ingress_drain.clone();
         loop {
             // At the connection limit, room is made (idle connections
             // closed) before the next accept; meanwhile newcomers wait in
             // the listen backlog.
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                // Draining: no new connection (the listener closes).
+                _ = drain.token.cancelled() => return,
                 _ = self.shared.conns.wait_for_room() => {}
             }
             let (tcp, client) = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = drain.token.cancelled() => return,
                 a = self.listener.accept() => match a {
                     Ok(a) => {
                         backoff = ACCEPT_BACKOFF_MIN;
@@ -159,6 +163,7 @@ impl Ingress {
             let ctx = ctx.clone();
             let shared = self.shared.clone();
             let shutdown = shutdown.clone();
+            let open = drain.open();
             tokio::spawn(async move {
                 let conn = admitted.conn.clone();
                 tokio::select! {
@@ -168,6 +173,7 @@ impl Ingress {
                     _ = serve_connection(ctx, shared.clone(), tcp, client, conn.clone()) => {}
                 }
                 drop(admitted);
+                drop(open);
             });
         }
     }
@@ -182,6 +188,22 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Repeated warnings about the same condition at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// Serve a hyper connection to its end; when the node drains, its requests in flight
+/// finish and it then closes (HTTP/1: after the current response; HTTP/2: GOAWAY).
+macro_rules! until_drained {
+    ($conn:expr, $drain:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = $drain.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+
 async fn serve_connection(
     ctx: Arc<Ctx>,
     shared: Arc<Shared>,
@@ -189,6 +211,7 @@ async fn serve_connection(
     client: SocketAddr,
     conn: Arc<limits::Conn>,
 ) {
+    let ctx_drain = ctx.ingress_drain.clone();
     let service = {
         let shared = shared.clone();
         service_fn(move |req| {
@@ -213,14 +236,14 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(shared.limits.header_timeout);
     builder.http2().timer(TokioTimer::new());
+    let drain = ctx_drain.token.clone();
     let served = match &shared.tls {
         Some(acceptor) => {
             match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await
             {
                 Ok(Ok(tls)) => {
-                    builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                        .await
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                    until_drained!(conn, drain)
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(%client, error = %e, "TLS handshake failed");
@@ -233,9 +256,8 @@ async fn serve_connection(
             }
         }
         None => {
-            builder
-                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                .await
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+            until_drained!(conn, drain)
         }
     };
     if let Err(e) = served {
@@ -270,12 +292,28 @@ impl hyper::body::Body for Tracked {
     }
 }
 
-/// One request: route it, then forward it (or answer 404/502).
+/// One request: route it, then forward it (or answer 404/502); counted and timed in the
+/// node's metrics by the deployment it reached.
 async fn handle(
     ctx: &Ctx,
     shared: &Shared,
     client: SocketAddr,
     req: Request<Incoming>,
+) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let mut routed = None;
+    let resp = route_and_forward(ctx, shared, client, req, &mut routed).await;
+    ctx.metrics
+        .ingress(routed, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+async fn route_and_forward(
+    ctx: &Ctx,
+    shared: &Shared,
+    client: SocketAddr,
+    req: Request<Incoming>,
+    routed: &mut Option<crate::metrics::DeploymentLabels>,
 ) -> Response<Body> {
     // RFC 9112 3.2.2: a request in absolute form is routed by its target's
     // authority, not by `Host`; HTTP/2's :authority is the same. More than
@@ -324,6 +362,12 @@ async fn handle(
             Err(route::Miss::Unknown(why)) => return pages::not_found(&host, &why),
             Err(route::Miss::Unavailable(why)) => return pages::bad_gateway(&host, &why),
         };
+        *routed = Some(crate::metrics::DeploymentLabels {
+            project: target.project.clone(),
+            app: target.app.clone(),
+            workspace: target.workspace.clone(),
+            deployment: format!("v{}", target.sequence),
+        });
         let what = || format!("v{} of {}", target.sequence, target.app);
         let why = if target.instances.is_empty() {
             format!(
@@ -374,4 +418,42 @@ fn rand_u32() -> u32 {
         s.set(x);
         (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
     })
+}
+
+/// The ingress's graceful stop: `drain` stops accepting connections and lets the ones
+/// open finish their requests in flight (see [`Drain::drain`]).
+#[derive(Clone, Default)]
+pub struct Drain {
+    pub token: CancellationToken,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One open connection, counted while held.
+pub struct Open(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Drain {
+    fn open(&self) -> Open {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Open(self.open.clone())
+    }
+
+    /// Stop accepting, let the open connections finish what they are doing, and wait for
+    /// them to close: at most `grace`. Returns how many were still open then.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        self.token.cancel();
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let open = self.open.load(Ordering::SeqCst);
+            if open == 0 || tokio::time::Instant::now() >= deadline {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

@@ -20,6 +20,7 @@ use crate::state::State;
 pub struct Target {
     pub project: String,
     pub app: String,
+    pub workspace: String,
     pub sequence: u64,
     pub deployment: OpId,
     /// (instance id, the node its entrypoint is connected to), by id.
@@ -266,6 +267,7 @@ fn deployment(
     Ok(Target {
         project: project.to_string(),
         app: app.to_string(),
+        workspace: workspace.to_string(),
         sequence: seq,
         deployment: op.id,
         instances,

@@ -98,6 +98,7 @@ pub(super) struct Inner {
     applied: Arc<RwLock<Applied>>,
     /// Snapshots received from a leader and installed since this process started.
     snapshots_installed: Arc<AtomicU64>,
+    snapshot_bytes: Arc<AtomicU64>,
     /// The two redb databases, to wait for their release on shutdown.
     dbs: [Weak<redb::Database>; 2],
 }
@@ -124,6 +125,8 @@ pub struct Progress {
     pub purged_index: Option<u64>,
     /// Snapshots this node received from a leader and installed since it started.
     pub snapshots_installed: u64,
+    /// The size of this node's current snapshot, in bytes (0 without one).
+    pub snapshot_bytes: u64,
 }
 
 impl RaftNode {
@@ -164,6 +167,7 @@ impl RaftNode {
             .with_write_format(sm.write_format());
         let applied = sm.shared();
         let snapshots_installed = sm.installed_counter();
+        let snapshot_bytes = sm.snapshot_bytes();
         let dbs = [log_store.db_weak(), sm.db_weak()];
 
         // `Raft::new` re-applies committed-but-unapplied entries before it returns.
@@ -183,6 +187,7 @@ impl RaftNode {
             raft,
             applied,
             snapshots_installed,
+            snapshot_bytes,
             dbs,
         });
         let cadence = super::cadence::Cadence::new(
@@ -295,6 +300,7 @@ impl RaftNode {
             snapshot_index: m.snapshot.index(),
             purged_index: m.purged.index(),
             snapshots_installed: self.inner.snapshots_installed.load(Ordering::Relaxed),
+            snapshot_bytes: self.inner.snapshot_bytes.load(Ordering::Relaxed),
         }
     }
 

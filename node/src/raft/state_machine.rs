@@ -78,6 +78,8 @@ pub struct StateMachineStore {
     snapshot_seq: Arc<AtomicU64>,
     /// Snapshots installed from a leader since open (see [`RaftNode::progress`](super::RaftNode::progress)).
     installed: Arc<AtomicU64>,
+    /// The size of the current snapshot's data, in bytes (0 without one).
+    snapshot_bytes: Arc<AtomicU64>,
     /// The format records are written in: follows the state's cluster
     /// version (shared with the log store, see [`WriteFormat`]).
     format: WriteFormat,
@@ -92,9 +94,11 @@ impl StateMachineStore {
         txn.commit()?;
         let db = Arc::new(db);
 
+        let snapshot_bytes = Arc::new(AtomicU64::new(0));
         let applied = match read_current(&db)? {
             None => Applied::default(),
             Some(stored) => {
+                snapshot_bytes.store(stored.data.len() as u64, Ordering::Relaxed);
                 let data = decode_snapshot_data(&stored.data)?;
                 tracing::info!(
                     last_applied = ?stored.meta.last_log_id,
@@ -116,6 +120,7 @@ impl StateMachineStore {
             db,
             snapshot_seq: Arc::new(AtomicU64::new(0)),
             installed: Arc::new(AtomicU64::new(0)),
+            snapshot_bytes,
             format,
         })
     }
@@ -128,6 +133,11 @@ impl StateMachineStore {
     /// The lock on the applied state, shared with the node handle.
     pub(crate) fn shared(&self) -> Arc<RwLock<Applied>> {
         self.applied.clone()
+    }
+
+    /// The current snapshot's size in bytes, shared with the node handle.
+    pub(crate) fn snapshot_bytes(&self) -> Arc<AtomicU64> {
+        self.snapshot_bytes.clone()
     }
 
     /// The count of snapshots installed from a leader, shared with the node handle.
@@ -253,6 +263,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         SnapshotBuilder {
             applied,
             db: self.db.clone(),
+            snapshot_bytes: self.snapshot_bytes.clone(),
             seq: self.snapshot_seq.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -272,6 +283,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| io_err(ErrorSubject::Snapshot(sig.clone()), ErrorVerb::Read, e))?;
         tracing::info!(last_applied = ?meta.last_log_id, snapshot_id = %meta.snapshot_id, "installing snapshot");
 
+        let size = bytes.len() as u64;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data: bytes,
@@ -296,6 +308,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             membership: meta.last_membership.clone(),
         };
         self.installed.fetch_add(1, Ordering::Relaxed);
+        self.snapshot_bytes.store(size, Ordering::Relaxed);
         Ok(())
     }
 
@@ -314,6 +327,7 @@ pub struct SnapshotBuilder {
     /// `Err` if the state lock was poisoned when the builder was made.
     applied: Result<Arc<Applied>, ()>,
     db: Arc<Database>,
+    snapshot_bytes: Arc<AtomicU64>,
     seq: u64,
 }
 
@@ -358,6 +372,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         persist(self.db.clone(), stored, true, format)
             .await
             .map_err(|e| io_err(ErrorSubject::Snapshot(sig), ErrorVerb::Write, e))?;
+        self.snapshot_bytes
+            .store(bytes.len() as u64, Ordering::Relaxed);
         tracing::info!(last_applied = ?meta.last_log_id, snapshot_id = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
         Ok(Snapshot {
             meta,

@@ -25,7 +25,7 @@ use cairn_protocol::instance::EntrypointToNode;
 use cairn_protocol::types::{Instance, InstanceState, OpId, OpKind, ResourceState, TokenScope};
 use tokio_util::sync::CancellationToken;
 
-use crate::logs::{LogStore, Shipper};
+use crate::logs::Shipper;
 use crate::server::{ConnSession, Ctx};
 use crate::state::{Command, State};
 
@@ -169,7 +169,7 @@ async fn serve_registered(
         sequence: target.sequence,
         instance: hello.instance_id.clone(),
     };
-    let mut reader = tokio::spawn(take_logs(ctx.logs.clone(), shipper, recv));
+    let mut reader = tokio::spawn(take_logs(ctx.clone(), shipper, recv));
     let _abort = tokio_util::task::AbortOnDrop::new(reader.abort_handle());
     let mut metrics = ctx.raft.metrics_watch();
     let mut applied = metrics.borrow_and_update().last_applied;
@@ -215,11 +215,19 @@ async fn serve_registered(
 
 /// Reads the entrypoint's frames (log batches) into `store` until the
 /// stream ends or breaks.
-async fn take_logs(store: LogStore, from: Shipper, mut recv: quinn::RecvStream) {
+async fn take_logs(ctx: Arc<Ctx>, from: Shipper, mut recv: quinn::RecvStream) {
+    // The entrypoint's running count of dropped lines, as last seen.
+    let mut dropped_seen = 0u64;
     loop {
         match frame::read::<_, EntrypointToNode>(&mut recv).await {
             Ok(Some(EntrypointToNode::Logs { lines, dropped })) => {
-                store.append(&from, lines, dropped);
+                let bytes: usize = lines.iter().map(|l| l.line.len()).sum();
+                ctx.metrics.log_bytes.inc_by(bytes as u64);
+                if dropped > dropped_seen {
+                    ctx.metrics.log_lines_dropped.inc_by(dropped - dropped_seen);
+                    dropped_seen = dropped;
+                }
+                ctx.logs.append(&from, lines, dropped);
             }
             Ok(None) => return,
             Err(e) => {

@@ -67,8 +67,13 @@ pub async fn dispatch(
     send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
+    use tracing::Instrument as _;
+    let name = auth::request_name(&req);
+    let span = tracing::debug_span!("request", transport = "quic", request = name, principal = %s.principal.name);
+    ctx.metrics.api("quic", name, "served");
     RETRY_ELSEWHERE
         .scope(std::cell::Cell::new(false), route(ctx, s, req, send, recv))
+        .instrument(span)
         .await
 }
 
