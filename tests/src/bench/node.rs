@@ -24,6 +24,9 @@ pub struct Ready {
     /// `http://ip:port` of the node's URL-service ingress, if it serves one.
     #[serde(default)]
     pub ingress: Option<String>,
+    /// `http://ip:port` of the node's HTTP API, if it serves one.
+    #[serde(default)]
+    pub http: Option<String>,
 }
 
 /// A `cairn-node` process this bench started, in a process group of its
@@ -83,6 +86,7 @@ impl BenchNode {
                 ca_fingerprint: String::new(),
                 pid: 0,
                 ingress: None,
+                http: None,
             },
             token: String::new(),
             log: log_path,
