@@ -37,9 +37,11 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/api/v1/jobs/{id}/events", get(job_events))
         .route("/api/v1/runners", get(runners))
         .route("/api/v1/instances", get(instances))
+        .route("/api/v1/config", get(all_config))
+        .route("/api/v1/projects/{project}/config", get(config))
         .route(
-            "/api/v1/config",
-            get(config).put(set_config).delete(delete_config),
+            "/api/v1/projects/{project}/config/{name}",
+            axum::routing::put(set_config).delete(delete_config),
         )
         .route("/api/v1/hostnames", get(hostnames).post(register_hostname))
         .route("/api/v1/hostnames/{name}", delete(delete_hostname))
@@ -51,8 +53,48 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             ctx.clone(),
             authenticated,
         ))
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), traced))
         .with_state(ctx)
+}
+
+/// Every error is JSON (`{"error": {kind, message}}`): the extractors' own rejections
+/// (a body that is not the JSON a route takes, a path or query that does not parse) are
+/// plain text, and become `invalid` (400).
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let allow = resp.headers().get("allow").cloned();
+    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        // The status stays: the route exists, not with this method.
+        let body = serde_json::json!({ "error": {
+            "kind": "invalid",
+            "message": "this route does not take that method (see /api/openapi.json)",
+        }});
+        let mut r = (status, Json(body)).into_response();
+        if let Some(allow) = allow {
+            r.headers_mut().insert("allow", allow);
+        }
+        return r;
+    }
+    let e = match status {
+        StatusCode::NOT_FOUND => ApiError::not_found(text),
+        s if s.is_server_error() => ApiError::internal(text),
+        _ => ApiError::invalid(text),
+    };
+    HttpError(e).into_response()
 }
 
 /// Every request in a tracing span, counted in the metrics by route and status.
@@ -276,20 +318,14 @@ async fn instances(State(ctx): State<Shared>, Extension(caller): Extension<Calle
 
 #[derive(Deserialize)]
 struct ScopeQuery {
-    project: Option<String>,
     app: Option<String>,
     workspace: Option<String>,
 }
 
-/// The scope a query names: project (and app, and workspace); none for every scope.
-fn scope_of(q: &ScopeQuery) -> Result<Option<ConfigScope>, ApiError> {
-    let Some(project) = q.project.clone() else {
-        if q.app.is_some() || q.workspace.is_some() {
-            return Err(ApiError::invalid("app and workspace need a project"));
-        }
-        return Ok(None);
-    };
-    Ok(Some(match (q.app.clone(), q.workspace.clone()) {
+/// The scope of `project` a query names (an empty value counts as absent).
+fn scope_of(project: String, q: &ScopeQuery) -> ConfigScope {
+    let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    match (given(&q.app), given(&q.workspace)) {
         (None, None) => ConfigScope::Project(project),
         (Some(app), None) => ConfigScope::App { project, app },
         (None, Some(workspace)) => ConfigScope::Workspace { project, workspace },
@@ -298,61 +334,73 @@ fn scope_of(q: &ScopeQuery) -> Result<Option<ConfigScope>, ApiError> {
             app,
             workspace,
         },
-    }))
+    }
 }
 
-/// Config variables of one scope (or all), secrets masked, Cairn's reserved ones left out.
+/// Secrets masked, Cairn's reserved variables left out.
+fn shown(vars: Vec<ConfigVar>) -> Vec<ConfigVar> {
+    vars.into_iter()
+        .filter(|v| !cairn_protocol::config::is_reserved(&v.name))
+        .map(|v| ConfigVar {
+            value: cairn_protocol::config::shown_value(&v).to_string(),
+            ..v
+        })
+        .collect()
+}
+
+/// Config variables of every scope.
+async fn all_config(State(ctx): State<Shared>, Extension(caller): Extension<Caller>) -> Response {
+    guard!(caller, Action::Read);
+    json(api::config(&ctx, None).await.map(shown))
+}
+
+/// Config variables of one scope of a project.
 async fn config(
     State(ctx): State<Shared>,
     Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
     Query(q): Query<ScopeQuery>,
 ) -> Response {
     guard!(caller, Action::Read);
-    let scope = match scope_of(&q) {
-        Ok(s) => s,
-        Err(e) => return HttpError(e).into_response(),
-    };
-    json(api::config(&ctx, scope).await.map(|vars| {
-        vars.into_iter()
-            .filter(|v| !cairn_protocol::config::is_reserved(&v.name))
-            .map(|v| ConfigVar {
-                value: cairn_protocol::config::shown_value(&v).to_string(),
-                ..v
-            })
-            .collect::<Vec<_>>()
-    }))
+    json(
+        api::config(&ctx, Some(scope_of(project, &q)))
+            .await
+            .map(shown),
+    )
+}
+
+#[derive(Deserialize)]
+struct NewValue {
+    value: String,
+    #[serde(default)]
+    secret: bool,
 }
 
 async fn set_config(
     State(ctx): State<Shared>,
     Extension(caller): Extension<Caller>,
-    Json(var): Json<ConfigVar>,
+    Path((project, name)): Path<(String, String)>,
+    Query(q): Query<ScopeQuery>,
+    Json(v): Json<NewValue>,
 ) -> Response {
     guard!(caller, Action::WriteConfig);
+    let var = ConfigVar {
+        scope: scope_of(project, &q),
+        name,
+        value: v.value,
+        secret: v.secret,
+    };
     done(api::set_config(&ctx, var).await)
-}
-
-#[derive(Deserialize)]
-struct NamedScope {
-    #[serde(flatten)]
-    scope: ScopeQuery,
-    name: String,
 }
 
 async fn delete_config(
     State(ctx): State<Shared>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<NamedScope>,
+    Path((project, name)): Path<(String, String)>,
+    Query(q): Query<ScopeQuery>,
 ) -> Response {
     guard!(caller, Action::WriteConfig);
-    let scope = match scope_of(&q.scope) {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            return HttpError(ApiError::invalid("name the scope: project=P")).into_response()
-        }
-        Err(e) => return HttpError(e).into_response(),
-    };
-    done(api::delete_config(&ctx, scope, q.name).await)
+    done(api::delete_config(&ctx, scope_of(project, &q), name).await)
 }
 
 async fn hostnames(State(ctx): State<Shared>, Extension(caller): Extension<Caller>) -> Response {
