@@ -12,7 +12,7 @@
 //! - The snapshot data is [`SnapshotData`] (the state together with its last
 //!   applied log id and membership) in the current [`format`](super::format);
 //!   data in format 0 (written by release 0.1.0, or sent by a 0.1.0 leader)
-//!   is read through [`v0::SnapshotData`]. A follower that speaks only
+//!   is read through [`LegacySnapshotData`]. A follower that speaks only
 //!   0.1.0's protocol is sent format 0 ([`legacy_snapshot_data`]).
 
 use std::io::Cursor;
@@ -152,7 +152,7 @@ impl StateMachineStore {
 
 /// Snapshot data in either format.
 pub fn decode_snapshot_data(bytes: &[u8]) -> Result<SnapshotData, DbError> {
-    decode_or_legacy::<SnapshotData, v0::SnapshotData>(bytes)
+    decode_or_legacy::<SnapshotData, LegacySnapshotData>(bytes)
 }
 
 /// Snapshot data as release 0.1.0 reads it (format 0), for a follower that
@@ -162,7 +162,7 @@ pub fn legacy_snapshot_data(bytes: Vec<u8>) -> Result<Vec<u8>, DbError> {
         return Ok(bytes);
     }
     let data = decode_snapshot_data(&bytes)?;
-    encode_legacy(&v0::SnapshotData {
+    encode_legacy(&LegacySnapshotData {
         state: v0::State::from(&data.state),
         last_applied: data.last_applied,
         membership: data.membership,
@@ -349,7 +349,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let sig = Some(meta.signature());
         let format = super::format::for_cluster_version(applied.state.cluster_version());
         let bytes = if format == 0 {
-            encode_legacy(&v0::SnapshotData {
+            encode_legacy(&LegacySnapshotData {
                 state: v0::State::from(&applied.state),
                 last_applied: applied.last_applied,
                 membership: applied.membership.clone(),
@@ -379,5 +379,24 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
         })
+    }
+}
+
+/// The snapshot data of release 0.1.0 ([`SnapshotData`] with the state as 0.1.0 encoded
+/// it, [`v0::State`]).
+#[derive(Serialize, Deserialize)]
+pub struct LegacySnapshotData {
+    pub state: v0::State,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership<NodeId, Node>,
+}
+
+impl From<LegacySnapshotData> for SnapshotData {
+    fn from(d: LegacySnapshotData) -> SnapshotData {
+        SnapshotData {
+            state: d.state.into(),
+            last_applied: d.last_applied,
+            membership: d.membership,
+        }
     }
 }

@@ -428,7 +428,7 @@ fn snapshot_data_converts_to_and_from_release_0_1s_format() {
     let current = format::encode(&data).expect("encode");
     let legacy = legacy_snapshot_data(current).expect("convert");
     assert_eq!(format::format_of(&legacy).expect("format"), 0);
-    let (old, used): (crate::state::v0::SnapshotData, usize) =
+    let (old, used): (crate::raft::state_machine::LegacySnapshotData, usize) =
         bincode::serde::decode_from_slice(&legacy, bincode::config::standard())
             .expect("0.1.0 reads it");
     assert_eq!(used, legacy.len());

@@ -15,11 +15,9 @@ use cairn_protocol::types::{
     App, ConfigScope, ConfigVar, Hostname, Instance, Job, JobId, OpId, OpKind, Operation, Project,
     Route, Runner, TokenRecord,
 };
-use openraft::StoredMembership;
 use serde::{Deserialize, Serialize};
 
 use super::{ClusterCa, Response};
-use crate::raft::{LogId, Node, NodeId};
 
 /// `State` of release 0.1.0, field for field.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -42,14 +40,6 @@ pub struct State {
     pub instances: BTreeMap<(OpId, String), Instance>,
     pub routes: BTreeMap<(String, String, String), Route>,
     pub hostnames: BTreeMap<String, Hostname>,
-}
-
-/// The snapshot data of release 0.1.0 (`raft::SnapshotData`).
-#[derive(Serialize, Deserialize)]
-pub struct SnapshotData {
-    pub state: State,
-    pub last_applied: Option<LogId>,
-    pub membership: StoredMembership<NodeId, Node>,
 }
 
 impl From<State> for super::State {
@@ -102,16 +92,6 @@ impl From<&super::State> for State {
             instances: s.instances.clone(),
             routes: s.routes.clone(),
             hostnames: s.hostnames.clone(),
-        }
-    }
-}
-
-impl From<SnapshotData> for crate::raft::SnapshotData {
-    fn from(d: SnapshotData) -> crate::raft::SnapshotData {
-        crate::raft::SnapshotData {
-            state: d.state.into(),
-            last_applied: d.last_applied,
-            membership: d.membership,
         }
     }
 }
