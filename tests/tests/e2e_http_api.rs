@@ -465,7 +465,10 @@ fn schemathesis_finds_nothing_against_the_openapi_document() {
         .expect("token")
         .to_string();
     let doc = cairn_tests::workspace_root().join("docs/openapi.json");
+    // schemathesis keeps a cache in its working directory: a temporary one.
+    let work = tempfile::tempdir().expect("tempdir");
     let out = std::process::Command::new("schemathesis")
+        .current_dir(work.path())
         .arg("run")
         .arg(&doc)
         .args(["--url", &node.http_api()])
