@@ -511,6 +511,14 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
             return Err(e);
         }
     };
+    let http = match bind_http(&cfg, &identity).await {
+        Ok(h) => h,
+        Err(e) => {
+            endpoint.close(0u32.into(), b"node failed to start");
+            return Err(e);
+        }
+    };
+    let http_url = http.as_ref().and_then(|h| h.url().ok());
     let ingress_info = match &ingress {
         Some(i) => Some(i.info().map_err(|source| NodeError::IngressBind {
             addr: cfg.ingress_addr().unwrap_or(cfg.listen),
@@ -609,29 +617,9 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
     if let Some(ingress) = ingress {
         tasks.push(tokio::spawn(ingress.run(ctx.clone(), shutdown.clone())));
     }
-    let http_url = match bind_http(&cfg, &identity).await {
-        Ok(Some(api)) => {
-            let url = api.url().ok();
-            tasks.push(tokio::spawn(api.run(ctx.clone(), shutdown.clone())));
-            url
-        }
-        Ok(None) => None,
-        Err(e) => {
-            let node = Node {
-                ctx,
-                addr,
-                ca_fingerprint: identity.ca_fingerprint.clone(),
-                bootstrap_token: None,
-                shutdown,
-                tasks,
-                endpoint,
-                bridge,
-                data_dir: cfg.data_dir.clone(),
-            };
-            node.stop().await;
-            return Err(e);
-        }
-    };
+    if let Some(api) = http {
+        tasks.push(tokio::spawn(api.run(ctx.clone(), shutdown.clone())));
+    }
 
     if let Some(path) = &cfg.ready_file {
         let ready = serde_json::json!({

@@ -369,6 +369,22 @@ impl ConfigScope {
     }
 }
 
+impl ConfigScope {
+    /// The scope a project, and maybe an app and a workspace, name.
+    pub fn of(project: String, app: Option<String>, workspace: Option<String>) -> ConfigScope {
+        match (app, workspace) {
+            (None, None) => ConfigScope::Project(project),
+            (Some(app), None) => ConfigScope::App { project, app },
+            (None, Some(workspace)) => ConfigScope::Workspace { project, workspace },
+            (Some(app), Some(workspace)) => ConfigScope::WorkspaceApp {
+                project,
+                app,
+                workspace,
+            },
+        }
+    }
+}
+
 impl std::fmt::Display for ConfigScope {
     /// `project "p"`, `app "p/a"`, `project "p" in workspace "w"`, `app "p/a" in workspace "w"`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

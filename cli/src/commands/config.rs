@@ -108,17 +108,11 @@ struct Target {
 impl Target {
     /// The exact scope the flags name.
     fn scope(&self) -> ConfigScope {
-        let project = self.project.clone();
-        match (self.app.clone(), self.workspace.clone()) {
-            (None, None) => ConfigScope::Project(project),
-            (Some(app), None) => ConfigScope::App { project, app },
-            (None, Some(workspace)) => ConfigScope::Workspace { project, workspace },
-            (Some(app), Some(workspace)) => ConfigScope::WorkspaceApp {
-                project,
-                app,
-                workspace,
-            },
-        }
+        ConfigScope::of(
+            self.project.clone(),
+            self.app.clone(),
+            self.workspace.clone(),
+        )
     }
 }
 

@@ -119,13 +119,7 @@ fn here(g: &Global, s: &VarScope) -> anyhow::Result<Here> {
 }
 
 fn scope_of(h: &Here, s: &VarScope) -> ConfigScope {
-    match &s.workspace {
-        Some(w) => ConfigScope::Workspace {
-            project: h.project.clone(),
-            workspace: w.clone(),
-        },
-        None => ConfigScope::Project(h.project.clone()),
-    }
+    ConfigScope::of(h.project.clone(), None, s.workspace.clone())
 }
 
 /// An HCL identifier: what a variable's name can be.

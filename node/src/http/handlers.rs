@@ -325,16 +325,7 @@ struct ScopeQuery {
 /// The scope of `project` a query names (an empty value counts as absent).
 fn scope_of(project: String, q: &ScopeQuery) -> ConfigScope {
     let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
-    match (given(&q.app), given(&q.workspace)) {
-        (None, None) => ConfigScope::Project(project),
-        (Some(app), None) => ConfigScope::App { project, app },
-        (None, Some(workspace)) => ConfigScope::Workspace { project, workspace },
-        (Some(app), Some(workspace)) => ConfigScope::WorkspaceApp {
-            project,
-            app,
-            workspace,
-        },
-    }
+    ConfigScope::of(project, given(&q.app), given(&q.workspace))
 }
 
 /// Secrets masked, Cairn's reserved variables left out.

@@ -148,9 +148,11 @@ fn split_version(label: &str) -> (&str, Option<Version>) {
 /// case; `label` itself when the app has none by that name.
 fn workspace_named(st: &State, project: &str, app: &str, label: &str) -> String {
     let named = |w: &String| w.eq_ignore_ascii_case(label);
+    // The app's routes only (keys are sorted by project, app, workspace).
     st.routes
-        .keys()
-        .filter(|(p, a, _)| p == project && a == app)
+        .range((project.to_string(), app.to_string(), String::new())..)
+        .map(|(k, _)| k)
+        .take_while(|(p, a, _)| p == project && a == app)
         .map(|(_, _, w)| w)
         .find(|w| named(w))
         .or_else(|| {
