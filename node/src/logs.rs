@@ -663,6 +663,37 @@ pub async fn serve_peer(
 /// from every member (this one included), send the history oldest first,
 /// then (following) new lines as they arrive, until the client goes away.
 pub async fn serve_query(ctx: &Arc<Ctx>, q: LogsQuery, mut send: quinn::SendStream) {
+    let mut answers = query(ctx.clone(), q);
+    loop {
+        let next = tokio::select! {
+            a = answers.recv() => a,
+            _ = send.stopped() => return,
+        };
+        let Some(answer) = next else { break };
+        let last = matches!(
+            answer,
+            ClientResponse::Error { .. } | ClientResponse::LogsEnd { .. }
+        );
+        if frame::write(&mut send, &answer).await.is_err() {
+            return;
+        }
+        if last {
+            break;
+        }
+    }
+    let _ = send.finish();
+}
+
+/// A logs query's answers, whatever transport carries them: `LogLines` (the history, then,
+/// with `follow`, live lines until the receiver is dropped), ending with `LogsEnd` without
+/// `follow`; or one `Error`.
+pub fn query(ctx: Arc<Ctx>, q: LogsQuery) -> mpsc::Receiver<ClientResponse> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move { answer_query(&ctx, q, tx).await });
+    rx
+}
+
+async fn answer_query(ctx: &Arc<Ctx>, q: LogsQuery, send: mpsc::Sender<ClientResponse>) {
     let target = q.target.clone();
     let instance = q.instance.clone();
     let resolved = ctx
@@ -698,14 +729,11 @@ pub async fn serve_query(ctx: &Arc<Ctx>, q: LogsQuery, mut send: quinn::SendStre
     let deployment = match &resolved {
         Ok(id) => *id,
         Err(message) => {
-            let _ = frame::write(
-                &mut send,
-                &ClientResponse::Error {
+            let _ = send
+                .send(ClientResponse::Error {
                     message: message.clone(),
-                },
-            )
-            .await;
-            let _ = send.finish();
+                })
+                .await;
             return;
         }
     };
@@ -773,7 +801,8 @@ pub async fn serve_query(ctx: &Arc<Ctx>, q: LogsQuery, mut send: quinn::SendStre
         }
     }
     for chunk in history.chunks(LINES_PER_FRAME) {
-        if frame::write(&mut send, &ClientResponse::LogLines(chunk.to_vec()))
+        if send
+            .send(ClientResponse::LogLines(chunk.to_vec()))
             .await
             .is_err()
         {
@@ -781,8 +810,7 @@ pub async fn serve_query(ctx: &Arc<Ctx>, q: LogsQuery, mut send: quinn::SendStre
         }
     }
     if !q.follow {
-        let _ = frame::write(&mut send, &ClientResponse::LogsEnd { unavailable }).await;
-        let _ = send.finish();
+        let _ = send.send(ClientResponse::LogsEnd { unavailable }).await;
         return;
     }
     for reason in unavailable {
@@ -791,10 +819,7 @@ pub async fn serve_query(ctx: &Arc<Ctx>, q: LogsQuery, mut send: quinn::SendStre
             me,
             format!("cairn: lines unavailable from {reason}"),
         );
-        if frame::write(&mut send, &ClientResponse::LogLines(vec![n]))
-            .await
-            .is_err()
-        {
+        if send.send(ClientResponse::LogLines(vec![n])).await.is_err() {
             return;
         }
     }
@@ -802,7 +827,7 @@ pub async fn serve_query(ctx: &Arc<Ctx>, q: LogsQuery, mut send: quinn::SendStre
     loop {
         let ev = tokio::select! {
             ev = rx.recv() => ev,
-            _ = send.stopped() => return,
+            _ = send.closed() => return,
         };
         let lines = match ev {
             Some(SourceEvent::Lines { lines, .. }) => lines,
@@ -814,10 +839,7 @@ pub async fn serve_query(ctx: &Arc<Ctx>, q: LogsQuery, mut send: quinn::SendStre
             )],
             None => return,
         };
-        if frame::write(&mut send, &ClientResponse::LogLines(lines))
-            .await
-            .is_err()
-        {
+        if send.send(ClientResponse::LogLines(lines)).await.is_err() {
             return;
         }
     }
