@@ -169,6 +169,8 @@ enum Cmd {
     Project(commands::remove::ProjectCmd),
     /// Show the output of a deployment's instances (all of them, from every node).
     Logs(commands::logs::LogsArgs),
+    /// Where the node serves its web UI (projects, apps, deployments, live logs, jobs, runners, cluster), and with --token the token to sign in with.
+    Ui(commands::ui::UiArgs),
     /// Run a command in an instance of a deployment (its env and working dir).
     #[command(
         after_help = "Examples:\n  cairn exec -- env\n  cairn exec -it -- sh\n  cairn exec --instance 3f2a -d 2 -- cat /proc/1/status"
@@ -351,6 +353,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<i32> {
         Cmd::App(c) => commands::remove::run_app(g, c).await,
         Cmd::Project(c) => commands::remove::run_project(g, c).await,
         Cmd::Exec(e) => commands::exec::run(g, e).await,
+        Cmd::Ui(a) => commands::ui::run(g, a).await,
         Cmd::Supervise { .. } | Cmd::Entrypoint { .. } => Ok(2),
     }
 }

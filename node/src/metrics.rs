@@ -81,7 +81,13 @@ pub struct Metrics {
     jobs: Family<StateLabel, Gauge>,
     runners_connected: Gauge,
     entrypoints_connected: Gauge,
+    /// Requests the ingress routed, per app (project, app, workspace) and deployment
+    /// sequence: what the UI's chart reads (the family above cannot be read by label).
+    traffic: std::sync::Mutex<Traffic>,
 }
+
+type Traffic =
+    std::collections::HashMap<(String, String, String), std::collections::BTreeMap<u64, u64>>;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -225,7 +231,25 @@ impl Metrics {
             jobs,
             runners_connected,
             entrypoints_connected,
+            traffic: Default::default(),
         }
+    }
+
+    /// The requests this node's ingress routed to each deployment of an app, by sequence,
+    /// since the node started.
+    pub fn traffic(
+        &self,
+        project: &str,
+        app: &str,
+        workspace: &str,
+    ) -> std::collections::BTreeMap<u64, u64> {
+        let key = (project.to_string(), app.to_string(), workspace.to_string());
+        self.traffic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// One request the ingress answered: `routed` the deployment it reached, if any.
@@ -248,6 +272,16 @@ impl Metrics {
         self.ingress_latency
             .get_or_create(&d)
             .observe(took.as_secs_f64());
+        if let Some(seq) = d.deployment.strip_prefix('v').and_then(|n| n.parse().ok()) {
+            *self
+                .traffic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry((d.project, d.app, d.workspace))
+                .or_default()
+                .entry(seq)
+                .or_default() += 1;
+        }
     }
 
     /// One API request served.
@@ -372,5 +406,25 @@ mod tests {
             to_prometheus_text(om),
             "# HELP cairn_x_total Things.\n# TYPE cairn_x_total counter\ncairn_x_total{a=\"b\"} 3\n# HELP cairn_g A gauge.\n# TYPE cairn_g gauge\ncairn_g 1\n"
         );
+    }
+
+    #[test]
+    fn traffic_counts_routed_requests_per_deployment() {
+        let m = Metrics::new();
+        let to = |seq: &str| DeploymentLabels {
+            project: "p".into(),
+            app: "web".into(),
+            workspace: "default".into(),
+            deployment: seq.into(),
+        };
+        for _ in 0..3 {
+            m.ingress(Some(to("v1")), 200, Duration::from_millis(1));
+        }
+        m.ingress(Some(to("v2")), 502, Duration::from_millis(1));
+        m.ingress(Some(to("")), 404, Duration::from_millis(1));
+        m.ingress(None, 404, Duration::from_millis(1));
+        let t = m.traffic("p", "web", "default");
+        assert_eq!(t.into_iter().collect::<Vec<_>>(), vec![(1, 3), (2, 1)]);
+        assert!(m.traffic("p", "api", "default").is_empty());
     }
 }

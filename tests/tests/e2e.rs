@@ -32,4 +32,5 @@ mod e2e_server_vars;
 mod e2e_upgrade;
 mod e2e_urls;
 mod e2e_validate;
+mod e2e_web_ui;
 mod e2e_workspaces;

@@ -281,15 +281,17 @@ fn the_http_api_answers_what_the_cli_sees_and_refuses_other_tokens() {
                 .replace("{kind}", "deployments")
                 .replace("{id}", &job.to_string())
                 .replace("{name}", "x.example.test")
-                .replace("{project}", "nope")
-                .replace("{app}", "nope");
+                .replace("{project}", "shop")
+                .replace("{app}", "web")
+                .replace("{sequence}", "1");
             let a = request(&base, &method.to_uppercase(), &concrete, None, None);
             assert_eq!(
                 a.status, 401,
                 "{method} {concrete} without a token: {}",
                 a.body
             );
-            if method == "get" && !path.ends_with("/events") {
+            // (The event streams do not end: the UI test reads them.)
+            if method == "get" && !path.ends_with("/events") && !path.ends_with("/logs") {
                 let a = get(&base, &concrete, &token);
                 assert_eq!(a.status, 200, "GET {concrete}: {}", a.body);
                 if path != "/metrics" {
@@ -298,6 +300,100 @@ fn the_http_api_answers_what_the_cli_sees_and_refuses_other_tokens() {
             }
         }
     }
+}
+
+#[test]
+fn actions_on_an_app_deployed_by_a_cli_runner_say_what_to_do_and_cookies_need_the_csrf_header() {
+    let node = NodeProc::start_new();
+    let cli = Cli::new();
+    cli.connect_to(&node, "dev");
+    let app = webapp(1);
+    cli.run_in(app.path(), &["up"]).ok();
+    let base = node.http_api();
+    let token = cli.context_file("dev")["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+
+    // The app view holds what the CLI made.
+    let view = get(&base, "/api/v1/projects/shop/apps/web", &token);
+    assert_eq!(view.status, 200, "{}", view.body);
+    let view = view.json();
+    assert_eq!(view["route"]["primary"], 1, "{view}");
+    assert_eq!(view["workspaces"], serde_json::json!(["default"]));
+    assert!(
+        view["operations"].as_array().expect("ops").len() >= 3,
+        "{view}"
+    );
+    let missing = get(&base, "/api/v1/projects/shop/apps/nope", &token);
+    assert_eq!(missing.status, 404, "{}", missing.body);
+
+    // `cairn up` ran the job on its own runner, gone with the command: a release from the
+    // API cannot go there, and the refusal says what to run instead.
+    let r = request(
+        &base,
+        "POST",
+        "/api/v1/projects/shop/apps/web/deployments/1/release",
+        Some(&token),
+        Some(r#"{"weight": 20}"#),
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    let message = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("cairn release 1 --weight 20") && message.contains("cairn runner agent"),
+        "{message}"
+    );
+    let r = request(
+        &base,
+        "POST",
+        "/api/v1/projects/shop/apps/web/deployments/7/destroy",
+        Some(&token),
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = request(
+        &base,
+        "POST",
+        "/api/v1/projects/shop/apps/web/deployments/1/release",
+        Some(&token),
+        Some(r#"{"weight": 0}"#),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // The UI's session cookie works for reads; a change needs the page's CSRF header too.
+    let with_cookie = |method: &str, path: &str, csrf: Option<&str>| {
+        let host = base.strip_prefix("http://").expect("http://");
+        let mut s = std::net::TcpStream::connect(host).expect("connect");
+        let mut req = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {host}\r\nCookie: cairn_session={token}\r\nContent-Length: 0\r\n"
+        );
+        if let Some(c) = csrf {
+            req.push_str(&format!("X-Cairn-CSRF: {c}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).expect("write");
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).expect("read");
+        raw.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .expect("status")
+    };
+    assert_eq!(with_cookie("GET", "/api/v1/apps", None), 200);
+    assert_eq!(with_cookie("POST", "/api/v1/jobs/99/cancel", None), 403);
+    assert_eq!(
+        with_cookie("POST", "/api/v1/jobs/99/cancel", Some("wrong")),
+        403
+    );
+    let csrf = cairn_node::ui::csrf_token(&token);
+    assert_ne!(
+        with_cookie("POST", "/api/v1/jobs/99/cancel", Some(&csrf)),
+        403,
+        "the page's header lets the cookie act"
+    );
 }
 
 /// The value of the sample `name{labels…}` whose labels include every one of `want`.

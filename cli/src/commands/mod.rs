@@ -17,6 +17,7 @@ pub mod remove;
 pub mod runner;
 pub mod server;
 pub mod status;
+pub mod ui;
 pub mod validate;
 pub mod var;
 

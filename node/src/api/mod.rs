@@ -8,6 +8,7 @@
 //! gets its adapters: a `ClientRequest` arm in `services::route` and a route in
 //! `http::router`, each a few lines.
 
+pub mod app;
 pub mod auth;
 mod error;
 

@@ -24,8 +24,12 @@ use crate::server::Ctx;
 type Shared = Arc<Ctx>;
 
 /// Every route of the API (and the OpenAPI document).
-pub fn router(ctx: Arc<Ctx>) -> Router {
-    Router::new()
+pub fn router(ctx: Arc<Ctx>, secure: bool) -> Router {
+    let ui = crate::ui::router(crate::ui::Ui {
+        ctx: ctx.clone(),
+        secure,
+    });
+    let api = Router::new()
         .route("/api/openapi.json", get(openapi))
         .route("/api/v1/info", get(info))
         .route("/api/v1/members", get(members))
@@ -46,7 +50,23 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/api/v1/hostnames", get(hostnames).post(register_hostname))
         .route("/api/v1/hostnames/{name}", delete(delete_hostname))
         .route("/api/v1/projects/{project}", delete(remove_project))
-        .route("/api/v1/projects/{project}/apps/{app}", delete(remove_app))
+        .route(
+            "/api/v1/projects/{project}/apps/{app}",
+            get(app_view).delete(remove_app),
+        )
+        .route(
+            "/api/v1/projects/{project}/apps/{app}/deployments/{sequence}/release",
+            post(release_deployment),
+        )
+        .route(
+            "/api/v1/projects/{project}/apps/{app}/deployments/{sequence}/destroy",
+            post(destroy_deployment),
+        )
+        .route("/api/v1/projects/{project}/apps/{app}/logs", get(app_logs))
+        .route(
+            "/api/v1/projects/{project}/apps/{app}/traffic",
+            get(app_traffic),
+        )
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
@@ -54,8 +74,9 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             authenticated,
         ))
         .layer(axum::middleware::from_fn(json_errors))
-        .layer(axum::middleware::from_fn_with_state(ctx.clone(), traced))
-        .with_state(ctx)
+        .with_state(ctx.clone());
+    ui.merge(api)
+        .layer(axum::middleware::from_fn_with_state(ctx, traced))
 }
 
 /// Every error is JSON (`{"error": {kind, message}}`): the extractors' own rejections
@@ -123,7 +144,26 @@ async fn traced(State(ctx): State<Shared>, req: Request, next: Next) -> Response
 
 /// Every route needs a token: the caller goes into the request's extensions before any
 /// extractor runs, so an unauthenticated request gets 401 whatever else is wrong with it.
+///
+/// A request that changes something and carries the UI's session cookie instead of a bearer
+/// token must also carry the session's `X-Cairn-CSRF` header (the UI's pages hold it), so
+/// another site cannot act with a signed-in person's cookie.
 async fn authenticated(State(ctx): State<Shared>, mut req: Request, next: Next) -> Response {
+    let by_cookie = !req.headers().contains_key("authorization");
+    if by_cookie && !req.method().is_safe() {
+        let expected = super::token_of(req.headers()).map(|s| crate::ui::csrf_token(&s));
+        let given = req
+            .headers()
+            .get("x-cairn-csrf")
+            .and_then(|v| v.to_str().ok());
+        if expected.is_some() && given != expected.as_deref() {
+            return HttpError(ApiError::new(
+                api::ErrorKind::Refused,
+                "a request with the UI's session cookie must carry its X-Cairn-CSRF header (or use Authorization: Bearer)",
+            ))
+            .into_response();
+        }
+    }
     match authenticate(&ctx, req.headers()).await {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
@@ -461,4 +501,172 @@ async fn metrics(State(ctx): State<Shared>, Extension(caller): Extension<Caller>
         ctx.metrics.render(&ctx),
     )
         .into_response()
+}
+
+#[derive(Deserialize)]
+struct WorkspaceQuery {
+    workspace: Option<String>,
+}
+
+impl WorkspaceQuery {
+    fn workspace(&self) -> String {
+        self.workspace
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| DEFAULT_WORKSPACE.to_string())
+    }
+}
+
+/// One app in one workspace: its route, operations, instances, config (secrets masked) and
+/// recent jobs.
+async fn app_view(
+    State(ctx): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path((project, app)): Path<(String, String)>,
+    Query(q): Query<WorkspaceQuery>,
+) -> Response {
+    guard!(caller, Action::Read);
+    json(
+        api::app::app_view(&ctx, project, app, q.workspace())
+            .await
+            .map(|mut v| {
+                v.config = shown(std::mem::take(&mut v.config));
+                v
+            }),
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct ReleaseBody {
+    weight: Option<u8>,
+}
+
+async fn release_deployment(
+    State(ctx): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path((project, app, sequence)): Path<(String, String, u64)>,
+    Query(q): Query<WorkspaceQuery>,
+    body: Option<Json<ReleaseBody>>,
+) -> Response {
+    guard!(caller, Action::QueueJob);
+    let weight = body.map(|Json(b)| b.weight).unwrap_or_default();
+    let action = api::app::DeploymentAction::Release { weight };
+    queued(
+        api::app::deployment_job(&ctx, &caller, project, app, q.workspace(), sequence, action)
+            .await,
+    )
+}
+
+async fn destroy_deployment(
+    State(ctx): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path((project, app, sequence)): Path<(String, String, u64)>,
+    Query(q): Query<WorkspaceQuery>,
+) -> Response {
+    guard!(caller, Action::QueueJob);
+    let action = api::app::DeploymentAction::Destroy;
+    queued(
+        api::app::deployment_job(&ctx, &caller, project, app, q.workspace(), sequence, action)
+            .await,
+    )
+}
+
+/// 201 with the queued job's id, or the error.
+fn queued(r: Result<JobId, ApiError>) -> Response {
+    match r {
+        Ok(id) => (StatusCode::CREATED, Json(Queued { id })).into_response(),
+        Err(e) => HttpError(e).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogsParams {
+    workspace: Option<String>,
+    deployment: Option<u64>,
+    instance: Option<String>,
+    tail: Option<u32>,
+    since_ms: Option<u64>,
+}
+
+/// Server-sent events: the deployment's log lines, `event: lines` with a JSON array of
+/// entries, the history first and then live lines while the client stays; `event: problem`
+/// if the query cannot be answered.
+async fn app_logs(
+    State(ctx): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path((project, app)): Path<(String, String)>,
+    Query(q): Query<LogsParams>,
+) -> Response {
+    guard!(caller, Action::Logs);
+    let query = cairn_protocol::instance::LogsQuery {
+        target: DeploymentRef {
+            project,
+            app,
+            workspace: q
+                .workspace
+                .filter(|w| !w.is_empty())
+                .unwrap_or_else(|| DEFAULT_WORKSPACE.to_string()),
+            sequence: q.deployment,
+        },
+        instance: q.instance.filter(|i| !i.is_empty()),
+        since_ms: q.since_ms,
+        tail: q.tail,
+        follow: true,
+    };
+    let mut answers = crate::logs::query(ctx.clone(), query);
+    use cairn_protocol::api::ClientResponse;
+    // The first answer decides the status: a query that names nothing is an HTTP error,
+    // not a stream.
+    let first = answers.recv().await;
+    if let Some(ClientResponse::Error { message }) = &first {
+        return HttpError(ApiError::not_found(message.clone())).into_response();
+    }
+    let head = futures::stream::iter(first);
+    let rest = futures::stream::unfold(
+        answers,
+        |mut a| async move { a.recv().await.map(|x| (x, a)) },
+    );
+    use futures::StreamExt as _;
+    let stream = head.chain(rest).map(|answer| {
+        let ev = match answer {
+            ClientResponse::LogLines(lines) => Event::default()
+                .event("lines")
+                .data(serde_json::to_string(&lines).unwrap_or_else(|_| "[]".into())),
+            ClientResponse::Error { message } => Event::default().event("problem").data(message),
+            other => Event::default()
+                .event("end")
+                .data(serde_json::to_string(&format!("{other:?}")).unwrap_or_default()),
+        };
+        Ok::<Event, Infallible>(ev)
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+#[derive(serde::Serialize)]
+struct DeploymentTraffic {
+    deployment: u64,
+    requests: u64,
+}
+
+/// The requests this node's ingress has routed to each of the app's deployments since it
+/// started (what the UI's chart turns into requests per second).
+async fn app_traffic(
+    State(ctx): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path((project, app)): Path<(String, String)>,
+    Query(q): Query<WorkspaceQuery>,
+) -> Response {
+    guard!(caller, Action::Read);
+    let t = ctx.metrics.traffic(&project, &app, &q.workspace());
+    Json(
+        t.into_iter()
+            .map(|(deployment, requests)| DeploymentTraffic {
+                deployment,
+                requests,
+            })
+            .collect::<Vec<_>>(),
+    )
+    .into_response()
 }

@@ -55,7 +55,7 @@ impl HttpApi {
     }
 
     pub async fn run(self, ctx: Arc<Ctx>, shutdown: CancellationToken) {
-        let router = handlers::router(ctx);
+        let router = handlers::router(ctx, self.tls.is_some());
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -167,7 +167,7 @@ fn unauthenticated(message: &str) -> Response {
 }
 
 /// The token a request carries: `Authorization: Bearer …`, else the UI's session cookie.
-fn token_of(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn token_of(headers: &HeaderMap) -> Option<String> {
     if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
         let (scheme, rest) = v.split_once(' ')?;
         if scheme.eq_ignore_ascii_case("bearer") && !rest.trim().is_empty() {
@@ -190,7 +190,7 @@ pub const SESSION_COOKIE: &str = "cairn_session";
 
 /// Who is asking, from the request's token; a user or runner token (the single-purpose
 /// tokens get nothing over HTTP).
-async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Caller, Response> {
+pub(crate) async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Caller, Response> {
     let Some(secret) = token_of(headers) else {
         return Err(unauthenticated(
             "no token: send Authorization: Bearer TOKEN (a user token, e.g. from `cairn context show --token`)",
