@@ -16,7 +16,6 @@ pub mod raft;
 pub mod server;
 pub mod services;
 pub mod state;
-pub mod ui;
 pub mod upgrade;
 
 pub use server::{start, Node, NodeConfig, NodeError};

@@ -388,7 +388,7 @@ fn actions_on_an_app_deployed_by_a_cli_runner_say_what_to_do_and_cookies_need_th
         with_cookie("POST", "/api/v1/jobs/99/cancel", Some("wrong")),
         403
     );
-    let csrf = cairn_node::ui::csrf_token(&token);
+    let csrf = cairn_node::http::ui::csrf_token(&token);
     assert_ne!(
         with_cookie("POST", "/api/v1/jobs/99/cancel", Some(&csrf)),
         403,

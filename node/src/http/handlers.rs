@@ -25,7 +25,7 @@ type Shared = Arc<Ctx>;
 
 /// Every route of the API (and the OpenAPI document).
 pub fn router(ctx: Arc<Ctx>, secure: bool) -> Router {
-    let ui = crate::ui::router(crate::ui::Ui {
+    let ui = crate::http::ui::router(crate::http::ui::Ui {
         ctx: ctx.clone(),
         secure,
     });
@@ -151,7 +151,7 @@ async fn traced(State(ctx): State<Shared>, req: Request, next: Next) -> Response
 async fn authenticated(State(ctx): State<Shared>, mut req: Request, next: Next) -> Response {
     let by_cookie = !req.headers().contains_key("authorization");
     if by_cookie && !req.method().is_safe() {
-        let expected = super::token_of(req.headers()).map(|s| crate::ui::csrf_token(&s));
+        let expected = super::token_of(req.headers()).map(|s| crate::http::ui::csrf_token(&s));
         let given = req
             .headers()
             .get("x-cairn-csrf")

@@ -6,6 +6,7 @@
 //! `/api/openapi.json`.
 
 mod handlers;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

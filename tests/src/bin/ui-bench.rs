@@ -87,7 +87,10 @@ async fn timed_get(
     let body = resp.into_body().collect().await?.to_bytes();
     let all = t.elapsed().as_micros() as u64;
     if !status.is_success() {
-        bail!("GET {path}: HTTP {status}: {}", String::from_utf8_lossy(&body));
+        bail!(
+            "GET {path}: HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     Ok((head, all, body.len()))
 }
