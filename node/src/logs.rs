@@ -49,7 +49,7 @@ pub const LOG_STORE_BYTES: usize = 256 * 1024 * 1024;
 pub const LINE_OVERHEAD: usize = 128;
 /// A window whose instance is no longer connected here is dropped this long
 /// after its last change.
-pub const WINDOW_EXPIRY: Duration = crate::services::entrypoint::INSTANCE_EXPIRY;
+pub const WINDOW_EXPIRY: Duration = crate::state::INSTANCE_EXPIRY;
 /// Batches of new lines the live broadcast holds for slow readers.
 const LIVE_BATCHES: usize = 1024;
 /// Lines per `LogLines` frame sent to a client or a peer.

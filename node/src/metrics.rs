@@ -295,11 +295,17 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition, with the state-read gauges set from `ctx` first.
-    pub fn render(&self, ctx: &crate::server::Ctx) -> String {
-        let m = ctx.raft.metrics();
-        let p = ctx.raft.progress();
-        let me = ctx.raft.id();
+    /// The text exposition, with the gauges read from Raft and the state first (and the
+    /// runners and entrypoints connected to this node, as given).
+    pub fn render(
+        &self,
+        raft: &crate::raft::RaftNode,
+        runners_connected: usize,
+        entrypoints_connected: usize,
+    ) -> String {
+        let m = raft.metrics();
+        let p = raft.progress();
+        let me = raft.id();
         let as_i64 = |v: Option<u64>| v.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX));
         self.raft_term
             .set(i64::try_from(m.current_term).unwrap_or(i64::MAX));
@@ -315,7 +321,7 @@ impl Metrics {
         let commit = match (&m.replication, leader == Some(me)) {
             (Some(repl), true) => {
                 // The highest index held by a quorum of voters (the leader holds its log).
-                let voters = ctx.raft.voter_ids();
+                let voters = raft.voter_ids();
                 let mut matched: Vec<u64> = voters
                     .iter()
                     .map(|v| {
@@ -335,8 +341,8 @@ impl Metrics {
         };
         self.raft_commit_index.set(as_i64(commit));
         self.raft_members
-            .set(i64::try_from(ctx.raft.members().len()).unwrap_or(0));
-        let counts = ctx.raft.read_local(|st| {
+            .set(i64::try_from(raft.members().len()).unwrap_or(0));
+        let counts = raft.read_local(|st| {
             let mut c = [0i64; JOB_STATES.len()];
             for j in st.jobs.values() {
                 if let Some(i) = JOB_STATES.iter().position(|s| *s == j.state) {
@@ -353,9 +359,9 @@ impl Metrics {
                 .set(n);
         }
         self.runners_connected
-            .set(i64::try_from(ctx.jobs.connected_runners().len()).unwrap_or(0));
+            .set(i64::try_from(runners_connected).unwrap_or(0));
         self.entrypoints_connected
-            .set(i64::try_from(ctx.attached.count()).unwrap_or(0));
+            .set(i64::try_from(entrypoints_connected).unwrap_or(0));
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

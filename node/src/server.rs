@@ -1275,7 +1275,7 @@ async fn authenticate(
             role_word(role)
         ));
     }
-    let name = principal_name(&rec);
+    let name = crate::api::auth::principal_name(&rec);
     Ok(Principal {
         name,
         scope: rec.scope,
@@ -1291,17 +1291,6 @@ fn scope_word(scope: &TokenScope) -> &'static str {
         TokenScope::Runner => "runner",
         TokenScope::Join => "join",
         TokenScope::Entrypoint { .. } => "entrypoint",
-    }
-}
-
-/// How a token's holder is named in records (`requested_by`) and logs: `user:NAME`…
-pub fn principal_name(rec: &TokenRecord) -> String {
-    match &rec.scope {
-        TokenScope::Bootstrap => "bootstrap".to_string(),
-        TokenScope::User => format!("user:{}", rec.name),
-        TokenScope::Runner => format!("runner:{}", rec.name),
-        TokenScope::Entrypoint { app, deployment } => format!("entrypoint:{app}/v{deployment}"),
-        TokenScope::Join => format!("join:{}", rec.name),
     }
 }
 

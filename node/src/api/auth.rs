@@ -95,6 +95,17 @@ impl Action {
     }
 }
 
+/// How a token's holder is named in records (`requested_by`) and logs: `user:NAME`…
+pub fn principal_name(rec: &cairn_protocol::types::TokenRecord) -> String {
+    match &rec.scope {
+        TokenScope::Bootstrap => "bootstrap".to_string(),
+        TokenScope::User => format!("user:{}", rec.name),
+        TokenScope::Runner => format!("runner:{}", rec.name),
+        TokenScope::Entrypoint { app, deployment } => format!("entrypoint:{app}/v{deployment}"),
+        TokenScope::Join => format!("join:{}", rec.name),
+    }
+}
+
 /// The name of a QUIC request's kind (metrics and tracing).
 pub fn request_name(req: &ClientRequest) -> &'static str {
     match req {

@@ -14,7 +14,7 @@ mod error;
 
 use std::sync::Arc;
 
-use cairn_protocol::api::{JobEvent, MemberInfo};
+use cairn_protocol::api::{JobEvent, MemberInfo, RaftProgress, ServerInfo};
 use cairn_protocol::instance::DeploymentRef;
 use cairn_protocol::types::{
     ConfigScope, ConfigVar, Hostname, Instance, Job, JobId, JobSpec, JobState, OpKind, Operation,
@@ -133,6 +133,30 @@ pub async fn hostnames(ctx: &Ctx) -> Result<Vec<Hostname>, ApiError> {
 pub async fn instances(ctx: &Ctx) -> Result<Vec<Instance>, ApiError> {
     ctx.query(|st| st.instances.values().cloned().collect())
         .await
+}
+
+/// This node: its id, release, protocol, the leader and members it knows, its Raft
+/// progress, its ingress (no round trip: what this node holds now).
+pub fn server_info(ctx: &Ctx) -> ServerInfo {
+    let m = ctx.raft.metrics();
+    let members = ctx.raft.members();
+    let p = ctx.raft.progress();
+    ServerInfo {
+        node_id: ctx.identity.node_id,
+        version: cairn_protocol::VERSION.to_string(),
+        protocol: cairn_protocol::handshake::PROTOCOL_VERSION,
+        ca_fingerprint: ctx.identity.ca_fingerprint.clone(),
+        leader: m.current_leader,
+        members,
+        raft: RaftProgress {
+            last_log_index: p.last_log_index,
+            last_applied: p.last_applied,
+            snapshot_index: p.snapshot_index,
+            purged_index: p.purged_index,
+            snapshots_installed: p.snapshots_installed,
+        },
+        ingress: ctx.ingress.clone(),
+    }
 }
 
 /// The members as the leader sees them.

@@ -212,10 +212,7 @@ async fn openapi(Extension(caller): Extension<Caller>) -> Response {
 
 async fn info(State(ctx): State<Shared>, Extension(caller): Extension<Caller>) -> Response {
     guard!(caller, Action::Read);
-    match crate::services::server::info(&ctx) {
-        cairn_protocol::api::ClientResponse::ServerInfo(i) => Json(*i).into_response(),
-        other => HttpError(ApiError::internal(format!("unexpected {other:?}"))).into_response(),
-    }
+    Json(api::server_info(&ctx)).into_response()
 }
 
 async fn members(State(ctx): State<Shared>, Extension(caller): Extension<Caller>) -> Response {
@@ -498,7 +495,11 @@ async fn metrics(State(ctx): State<Shared>, Extension(caller): Extension<Caller>
     guard!(caller, Action::Read);
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-        ctx.metrics.render(&ctx),
+        ctx.metrics.render(
+            &ctx.raft,
+            ctx.jobs.connected_runners().len(),
+            ctx.attached.count(),
+        ),
     )
         .into_response()
 }

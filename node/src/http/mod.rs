@@ -221,7 +221,7 @@ pub(crate) async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Calle
         .into_response());
     }
     Ok(Caller {
-        name: crate::server::principal_name(&rec),
+        name: crate::api::auth::principal_name(&rec),
         scope: rec.scope.clone(),
         speaks: cairn_protocol::handshake::PROTOCOL_VERSION,
         release: cairn_protocol::VERSION.to_string(),

@@ -34,8 +34,7 @@ pub const INSTANCE_SEEN_INTERVAL: Duration = Duration::from_secs(10);
 /// A connected instance not refreshed for this long (its node died) is
 /// marked disconnected by the leader's sweep.
 pub const INSTANCE_STALE: Duration = Duration::from_secs(45);
-/// A disconnected instance is forgotten this long after it was last seen.
-pub const INSTANCE_EXPIRY: Duration = Duration::from_secs(5 * 60);
+pub use crate::state::INSTANCE_EXPIRY;
 /// How often the leader sweeps instances.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(15);
 /// Shortest pause between two looks at the configuration of one instance

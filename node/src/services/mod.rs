@@ -113,7 +113,9 @@ async fn route(
                 return REQUEST_ID.scope((client, request), inner).await;
             }
         }
-        ClientRequest::ServerInfo => server::info(ctx),
+        ClientRequest::ServerInfo => {
+            ClientResponse::ServerInfo(Box::new(crate::api::server_info(ctx)))
+        }
         ClientRequest::ExchangeBootstrap { name } => server::exchange_bootstrap(ctx, &name).await,
         ClientRequest::ListOperations { kind, project, app } => {
             catalog::list_operations(ctx, kind, project, app).await

@@ -2,34 +2,12 @@
 
 use std::sync::Arc;
 
-use cairn_protocol::api::{ClientResponse, RaftProgress, ServerInfo};
+use cairn_protocol::api::ClientResponse;
 use cairn_protocol::types::{TokenRecord, TokenScope};
-use cairn_protocol::{now_ms, token, VERSION};
+use cairn_protocol::{now_ms, token};
 
 use crate::server::Ctx;
 use crate::state::Command;
-
-pub fn info(ctx: &Ctx) -> ClientResponse {
-    let m = ctx.raft.metrics();
-    let members = ctx.raft.members();
-    let p = ctx.raft.progress();
-    ClientResponse::ServerInfo(Box::new(ServerInfo {
-        node_id: ctx.identity.node_id,
-        version: VERSION.to_string(),
-        protocol: cairn_protocol::handshake::PROTOCOL_VERSION,
-        ca_fingerprint: ctx.identity.ca_fingerprint.clone(),
-        leader: m.current_leader,
-        members,
-        raft: RaftProgress {
-            last_log_index: p.last_log_index,
-            last_applied: p.last_applied,
-            snapshot_index: p.snapshot_index,
-            purged_index: p.purged_index,
-            snapshots_installed: p.snapshots_installed,
-        },
-        ingress: ctx.ingress.clone(),
-    }))
-}
 
 pub async fn exchange_bootstrap(ctx: &Arc<Ctx>, name: &str) -> ClientResponse {
     // The connection was authenticated with the bootstrap secret; find its

@@ -982,3 +982,6 @@ pub fn bound_output(lines: &[String]) -> (Vec<String>, u64) {
     }
     (lines[start..].to_vec(), start as u64)
 }
+
+/// A disconnected instance is forgotten this long after it was last seen.
+pub const INSTANCE_EXPIRY: std::time::Duration = std::time::Duration::from_secs(5 * 60);

@@ -533,12 +533,9 @@ async fn cluster_page(State(ui): State<Ui>, Extension(session): Extension<Sessio
     if let Err(e) = session.caller.may(Action::Read) {
         return api_error_page(&session, e);
     }
-    let info = match crate::services::server::info(&ui.ctx) {
-        cairn_protocol::api::ClientResponse::ServerInfo(i) => Some(*i),
-        _ => None,
-    };
+    let info = api::server_info(&ui.ctx);
     match api::members(&ui.ctx).await {
-        Ok(members) => html(pages::cluster(&session, &members, info.as_ref())),
+        Ok(members) => html(pages::cluster(&session, &members, &info)),
         Err(e) => api_error_page(&session, e),
     }
 }

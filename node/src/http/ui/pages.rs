@@ -588,14 +588,14 @@ pub fn runners(session: &Session, runners: &[(Runner, bool)]) -> Markup {
     )
 }
 
-pub fn cluster(session: &Session, members: &[MemberInfo], info: Option<&ServerInfo>) -> Markup {
+pub fn cluster(session: &Session, members: &[MemberInfo], i: &ServerInfo) -> Markup {
     layout(
         "Cluster",
         Some(session),
         html! {
             h1 { "Cluster" }
             div #members data-refresh="3000" {
-                @if let Some(i) = info {
+                {
                     p { "This node: " code { (format!("{:x}", i.node_id)) } ", cairn-node " (i.version) ", protocol " (i.protocol)
                         ". Applied log index " (i.raft.last_applied.map_or("—".to_string(), |i| i.to_string()))
                         @if let Some(l) = i.leader { ", leader " code { (format!("{l:x}")) } } "." }
