@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod attached;
+pub mod cluster;
 pub mod exec;
 pub mod http;
 pub mod identity;

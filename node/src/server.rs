@@ -18,12 +18,13 @@ use cairn_protocol::types::{TokenRecord, TokenScope};
 use cairn_protocol::{now_ms, token};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Cluster;
 use crate::identity::{self, Identity};
 use crate::jobs::{self, Jobs};
 use crate::peer::{self, join, QuicTransport};
 use crate::raft::RaftNode;
 use crate::services;
-use crate::state::{ClusterCa, Command, Request, Response, State};
+use crate::state::{ClusterCa, Command, Response, State};
 
 /// The node's default QUIC port (see `NodeConfig::listen`).
 pub const DEFAULT_QUIC_PORT: u16 = 9701;
@@ -321,6 +322,8 @@ fn read_token_file(path: &Path) -> Result<String, String> {
 /// Shared by every task of a node.
 pub struct Ctx {
     pub raft: RaftNode,
+    /// The narrow handle to the replicated state (write, linearizable read, the leader).
+    pub cluster: Arc<Cluster>,
     pub identity: Identity,
     pub jobs: Jobs,
     pub addr: SocketAddr,
@@ -342,29 +345,9 @@ pub struct Ctx {
 
 impl Ctx {
     /// Commit a command (through the leader, wherever this node is); an
-    /// `Error` answer from the state machine becomes `Err`.
+    /// `Error` answer from the state machine becomes `Err` (see [`Cluster::write`]).
     pub async fn write(&self, command: Command) -> Result<Response, String> {
-        // Serving a client's idempotent request: tag the command with its id.
-        let command = match services::REQUEST_ID.try_with(|id| *id) {
-            Ok((client, request)) => Command::Idempotent {
-                client,
-                request,
-                command: Box::new(command),
-            },
-            Err(_) => command,
-        };
-        let request = Request {
-            now_ms: now_ms(),
-            command,
-        };
-        match peer::write(self, request).await {
-            Ok(Response::Error(e)) => Err(e),
-            Ok(r) => Ok(r),
-            Err(e) => {
-                services::note_retry_elsewhere(&e);
-                Err(format!("the cluster could not record it: {e}"))
-            }
-        }
+        self.cluster.write(command).await
     }
 
     /// Commit a command (through the leader, wherever this node is), with typed errors: a
@@ -372,26 +355,18 @@ impl Ctx {
     /// ([`crate::api::ApiError`]).
     pub async fn submit(&self, command: Command) -> Result<Response, crate::api::ApiError> {
         use crate::api::ApiError;
-        let command = match services::REQUEST_ID.try_with(|id| *id) {
-            Ok((client, request)) => Command::Idempotent {
-                client,
-                request,
-                command: Box::new(command),
-            },
-            Err(_) => command,
-        };
-        let request = Request {
-            now_ms: now_ms(),
-            command,
-        };
-        match peer::write(self, request).await {
+        match self
+            .cluster
+            .write_request(self.cluster.request(command))
+            .await
+        {
             Ok(Response::Error(e)) => Err(ApiError::refusal(e)),
             Ok(r) => Ok(r),
             Err(e) => Err(ApiError::cluster(e).context("the cluster could not record it")),
         }
     }
 
-    /// A linearizable read, on any node, with typed errors (see [`peer::read`]).
+    /// A linearizable read, on any node, with typed errors (see [`Cluster::read_state`]).
     pub async fn query<F, T>(&self, f: F) -> Result<T, crate::api::ApiError>
     where
         F: FnOnce(&State) -> T,
@@ -399,32 +374,40 @@ impl Ctx {
         if cfg!(debug_assertions) && chaos_bug("stale-read") {
             return Ok(self.raft.read_local(f));
         }
-        peer::read(self, f)
+        self.cluster
+            .read_state(f)
             .await
             .map_err(crate::api::ApiError::cluster)
     }
 
-    /// A linearizable read, on any node (see [`peer::read`]).
+    /// A linearizable read, on any node (see [`Cluster::read`]).
     pub async fn read<F, T>(&self, f: F) -> Result<T, String>
     where
         F: FnOnce(&State) -> T,
     {
-        // CHAOS-HARNESS PLANTED BUG (debug builds only; chaos/ proves its
-        // checker catches it): serve reads from possibly stale local state.
-        if cfg!(debug_assertions) && chaos_bug("stale-read") {
-            return Ok(self.raft.read_local(f));
-        }
-        peer::read(self, f).await.map_err(|e| {
-            services::note_retry_elsewhere(&e);
-            e.message
-        })
+        self.cluster.read(f).await
     }
 }
 
-/// Test-only fault injection for the chaos harness: true when this is a
-/// debug build and `CAIRN_CHAOS_BUG` names `bug`. Release builds never do.
-pub fn chaos_bug(bug: &str) -> bool {
-    cfg!(debug_assertions) && std::env::var("CAIRN_CHAOS_BUG").is_ok_and(|v| v == bug)
+pub use crate::cluster::chaos_bug;
+
+/// What this node does for requests to the leader while it leads: [`peer::leader::handle`]
+/// over the whole node (held weakly: the node owns the cluster handle that holds this).
+struct LeaderHandler(std::sync::Weak<Ctx>);
+
+impl crate::cluster::LeaderService for LeaderHandler {
+    fn handle(
+        &self,
+        req: crate::peer::LeaderRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::peer::LeaderResponse> + Send + '_>>
+    {
+        Box::pin(async move {
+            match self.0.upgrade() {
+                Some(ctx) => peer::leader::handle(&ctx, req).await,
+                None => crate::peer::LeaderResponse::Unavailable("this node is stopping".into()),
+            }
+        })
+    }
 }
 
 /// A running node.
@@ -547,8 +530,10 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
             return Err(e.into());
         }
     };
+    let cluster = Cluster::new(raft.clone(), peers.clone());
     let ctx = Arc::new(Ctx {
         raft,
+        cluster: cluster.clone(),
         identity: identity.clone(),
         jobs: Jobs::default(),
         addr,
@@ -560,6 +545,8 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         metrics: crate::metrics::Metrics::new(),
         ingress_drain: crate::ingress::Drain::default(),
     });
+
+    cluster.serve_as_leader(Arc::new(LeaderHandler(Arc::downgrade(&ctx))));
 
     // Serve peers (and clients) before joining: the leader replicates to
     // this node while adding it.
@@ -1040,7 +1027,7 @@ impl Node {
             return Ok(());
         }
         let req = peer::LeaderRequest::Leave { node_id: me };
-        match tokio::time::timeout(LEAVE_TIMEOUT, peer::on_leader(&self.ctx, req)).await {
+        match tokio::time::timeout(LEAVE_TIMEOUT, self.ctx.cluster.on_leader(req)).await {
             Ok(Ok(peer::LeaderResponse::Done)) => {
                 tracing::info!(node = format!("{me:x}"), "left the cluster");
                 let marker = self.data_dir.join(LEFT_MARKER);

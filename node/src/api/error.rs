@@ -87,8 +87,8 @@ impl ApiError {
         )
     }
 
-    /// The cluster could not serve the request from here ([`crate::peer::ClusterError`]).
-    pub fn cluster(e: crate::peer::ClusterError) -> ApiError {
+    /// The cluster could not serve the request from here ([`crate::cluster::ClusterError`]).
+    pub fn cluster(e: crate::cluster::ClusterError) -> ApiError {
         ApiError::new(
             if e.retry_elsewhere {
                 ErrorKind::Unavailable
@@ -138,7 +138,7 @@ mod tests {
             ApiError::refusal("job 7 is done, not running".into()).kind,
             ErrorKind::Conflict
         );
-        let e = ApiError::cluster(crate::peer::ClusterError {
+        let e = ApiError::cluster(crate::cluster::ClusterError {
             message: "no leader".into(),
             retry_elsewhere: true,
         });
@@ -147,7 +147,7 @@ mod tests {
             e.into_response(),
             ClientResponse::Unavailable { .. }
         ));
-        let e = ApiError::cluster(crate::peer::ClusterError {
+        let e = ApiError::cluster(crate::cluster::ClusterError {
             message: "lost".into(),
             retry_elsewhere: false,
         });

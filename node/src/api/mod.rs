@@ -162,14 +162,14 @@ pub fn server_info(ctx: &Ctx) -> ServerInfo {
 /// The members as the leader sees them.
 pub async fn members(ctx: &Ctx) -> Result<Vec<MemberInfo>, ApiError> {
     use crate::peer::msg::{LeaderRequest, LeaderResponse};
-    match crate::peer::on_leader(ctx, LeaderRequest::Members).await {
+    match ctx.cluster.on_leader(LeaderRequest::Members).await {
         Ok(LeaderResponse::Members(m)) => Ok(m),
         Ok(other) => Err(ApiError::internal(format!(
             "unexpected answer from the leader: {other:?}"
         ))),
         Err(e) => Err(ApiError::new(
             match e {
-                crate::peer::RouteError::NoLeader { .. } => ErrorKind::Unavailable,
+                crate::cluster::RouteError::NoLeader { .. } => ErrorKind::Unavailable,
                 _ => ErrorKind::OutcomeUnknown,
             },
             e.to_string(),
@@ -259,7 +259,7 @@ pub async fn set_config(ctx: &Arc<Ctx>, var: ConfigVar) -> Result<(), ApiError> 
     }
     // CHAOS-HARNESS PLANTED BUG (debug builds only): acknowledge before the
     // write commits, so chaos/ can show its checker catches lost writes.
-    if crate::server::chaos_bug("ack-before-commit") {
+    if crate::cluster::chaos_bug("ack-before-commit") {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let _ = ctx.submit(Command::SetConfig { var }).await;

@@ -6,7 +6,7 @@ use cairn_protocol::api::ClientResponse;
 use cairn_protocol::types::{TokenRecord, TokenScope};
 use cairn_protocol::{now_ms, token};
 
-use crate::peer::{self, LeaderRequest, LeaderResponse};
+use crate::peer::{LeaderRequest, LeaderResponse};
 use crate::server::{ConnSession, Ctx};
 use crate::state::Command;
 
@@ -83,7 +83,7 @@ pub async fn join(
         node_id,
         peer_addr,
     };
-    let grant = match peer::on_leader(ctx, req).await {
+    let grant = match ctx.cluster.on_leader(req).await {
         Ok(LeaderResponse::JoinGrant(g)) => g,
         Ok(other) => return unexpected(other),
         Err(e) => return error(e.to_string()),
@@ -123,7 +123,11 @@ pub async fn upgrade(ctx: &Arc<Ctx>, finish: bool) -> ClientResponse {
         }
         return ClientResponse::Upgrade(crate::upgrade::status(ctx));
     }
-    match peer::on_leader(ctx, LeaderRequest::Upgrade { finish }).await {
+    match ctx
+        .cluster
+        .on_leader(LeaderRequest::Upgrade { finish })
+        .await
+    {
         Ok(LeaderResponse::Upgrade(status)) => ClientResponse::Upgrade(status),
         Ok(LeaderResponse::Error(e)) => error(e),
         Ok(other) => unexpected(other),
@@ -133,7 +137,11 @@ pub async fn upgrade(ctx: &Arc<Ctx>, finish: bool) -> ClientResponse {
 
 pub async fn remove_member(ctx: &Arc<Ctx>, s: &ConnSession, id: u64) -> ClientResponse {
     tracing::info!(node = format!("{id:x}"), principal = %s.principal.name, "removing a member");
-    match peer::on_leader(ctx, LeaderRequest::RemoveMember { node_id: id }).await {
+    match ctx
+        .cluster
+        .on_leader(LeaderRequest::RemoveMember { node_id: id })
+        .await
+    {
         Ok(LeaderResponse::Done) => ClientResponse::Ok,
         Ok(other) => unexpected(other),
         Err(e) => error(e.to_string()),

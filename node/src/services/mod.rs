@@ -9,7 +9,6 @@ use cairn_protocol::frame;
 
 use crate::api::auth::{self, Action};
 use crate::api::{ApiError, Caller};
-use crate::peer::ClusterError;
 use crate::server::{ConnSession, Ctx};
 
 pub mod catalog;
@@ -21,20 +20,7 @@ pub mod jobs;
 pub mod runner;
 pub mod server;
 
-tokio::task_local! {
-    /// The (client, request) id of the [`ClientRequest::Idempotent`] being
-    /// served: [`Ctx::write`](crate::server::Ctx::write) tags its command
-    /// with it, so the state machine applies it at most once.
-    pub static REQUEST_ID: (u64, u64);
-
-    /// Set by [`Ctx::write`](crate::server::Ctx::write) and
-    /// [`Ctx::read`](crate::server::Ctx::read) while serving a request when
-    /// the cluster could not be reached from this node in a way that makes
-    /// asking another member safe ([`ClusterError::retry_elsewhere`]). An
-    /// `Error` answer then goes out as `Unavailable`, so the client tries
-    /// another member. (A bridge until the services return typed errors.)
-    pub static RETRY_ELSEWHERE: std::cell::Cell<bool>;
-}
+pub use crate::cluster::{note_retry_elsewhere, REQUEST_ID, RETRY_ELSEWHERE};
 
 /// The answer for `r`: `ok` of its value, or its error ([`ApiError::into_response`]).
 pub fn reply<T>(r: Result<T, ApiError>, ok: impl FnOnce(T) -> ClientResponse) -> ClientResponse {
@@ -75,14 +61,6 @@ pub async fn dispatch(
         .scope(std::cell::Cell::new(false), route(ctx, s, req, send, recv))
         .instrument(span)
         .await
-}
-
-/// Note that the request being served failed for want of a reachable
-/// leader, and another member may serve it (see [`RETRY_ELSEWHERE`]).
-pub fn note_retry_elsewhere(e: &ClusterError) {
-    if e.retry_elsewhere {
-        let _ = RETRY_ELSEWHERE.try_with(|c| c.set(true));
-    }
 }
 
 async fn route(
