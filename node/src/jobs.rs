@@ -49,7 +49,6 @@ use cairn_protocol::api::{JobEvent, NodeToRunner, RunnerToNode};
 use cairn_protocol::frame;
 use cairn_protocol::types::{Job, JobId, JobState, RunnerKind, RunnerTarget};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
@@ -134,14 +133,7 @@ struct RemoteNode {
     runners: Vec<RunnerReport>,
 }
 
-/// One runner in a node's report to the leader.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunnerReport {
-    pub id: String,
-    pub labels: BTreeMap<String, String>,
-    /// The job the node is relaying for it, if any.
-    pub busy: Option<JobId>,
-}
+pub use crate::peer::msg::RunnerReport;
 
 /// A runner as this node knows it (diagnostics and tests).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,7 +29,6 @@ use cairn_protocol::api::ClientResponse;
 use cairn_protocol::frame;
 use cairn_protocol::instance::{LogEntry, LogStream, LogsQuery, ShippedLine};
 use cairn_protocol::types::OpId;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::peer::{PeerRequest, PeerResponse};
@@ -62,34 +61,7 @@ pub const SOURCE_TIMEOUT: Duration = Duration::from_secs(3);
 /// stream broke.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// Which lines a query wants from one node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogFilter {
-    pub deployment: OpId,
-    /// Instance ids starting with this.
-    pub instance: Option<String>,
-    pub since_ms: Option<u64>,
-    /// At most this many of the newest matching lines of the history.
-    pub tail: Option<u32>,
-}
-
-impl LogFilter {
-    fn matches(&self, e: &LogEntry) -> bool {
-        e.deployment == self.deployment
-            && self
-                .instance
-                .as_ref()
-                .is_none_or(|p| e.instance.starts_with(p.as_str()))
-            && self.since_ms.is_none_or(|t| e.time_ms >= t)
-    }
-}
-
-/// Where a follower left off on one node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogCursor {
-    pub incarnation: u64,
-    pub seq: u64,
-}
+pub use crate::peer::msg::{LogCursor, LogFilter};
 
 /// This node's log windows. Cheap to share (`Arc` inside).
 #[derive(Clone)]

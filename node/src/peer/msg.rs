@@ -15,8 +15,6 @@ use openraft::raft::{
 use openraft::{SnapshotMeta, Vote};
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::RunnerReport;
-use crate::logs::{LogCursor, LogFilter};
 use crate::raft::{LogId, Node, NodeId, TypeConfig};
 use crate::state::{Request, Response};
 
@@ -184,6 +182,46 @@ pub enum LeaderResponse {
     Error(String),
     /// Answer to [`LeaderRequest::Upgrade`].
     Upgrade(cairn_protocol::api::UpgradeStatus),
+}
+
+// The data of the messages that jobs and logs exchange between nodes (here, below both).
+
+/// One runner in a node's report to the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerReport {
+    pub id: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The job the node is relaying for it, if any.
+    pub busy: Option<cairn_protocol::types::JobId>,
+}
+
+/// Which lines a query wants from one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogFilter {
+    pub deployment: cairn_protocol::types::OpId,
+    /// Instance ids starting with this.
+    pub instance: Option<String>,
+    pub since_ms: Option<u64>,
+    /// At most this many of the newest matching lines of the history.
+    pub tail: Option<u32>,
+}
+
+impl LogFilter {
+    pub fn matches(&self, e: &cairn_protocol::instance::LogEntry) -> bool {
+        e.deployment == self.deployment
+            && self
+                .instance
+                .as_ref()
+                .is_none_or(|p| e.instance.starts_with(p.as_str()))
+            && self.since_ms.is_none_or(|t| e.time_ms >= t)
+    }
+}
+
+/// Where a follower left off on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCursor {
+    pub incarnation: u64,
+    pub seq: u64,
 }
 
 #[cfg(test)]
