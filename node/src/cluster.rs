@@ -164,6 +164,44 @@ impl Cluster {
             .expect("the node sets its leader service before it serves requests")
     }
 
+    /// The members as this (leading) node sees them.
+    pub fn member_info(&self) -> Vec<cairn_protocol::api::MemberInfo> {
+        let m = self.raft.metrics();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let empty = std::collections::BTreeMap::new();
+        let replication = m.replication.as_ref().unwrap_or(&empty);
+        membership
+            .nodes()
+            .map(|(id, node)| {
+                let me = *id == m.id;
+                cairn_protocol::api::MemberInfo {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    role: if voters.contains(id) {
+                        cairn_protocol::api::MemberRole::Voter
+                    } else {
+                        cairn_protocol::api::MemberRole::Learner
+                    },
+                    leader: m.current_leader == Some(*id),
+                    matched_index: if me {
+                        m.last_log_index
+                    } else {
+                        replication
+                            .get(id)
+                            .and_then(|l| l.as_ref())
+                            .map(|l| l.index)
+                    },
+                    last_contact_ms: if me {
+                        Some(0)
+                    } else {
+                        self.peers.last_contact(*id).map(|d| d.as_millis() as u64)
+                    },
+                }
+            })
+            .collect()
+    }
+
     /// Commit a command (through the leader, wherever this node is); an `Error` answer
     /// from the state machine becomes `Err`. A client's idempotent request being served
     /// ([`REQUEST_ID`]) tags the command with its id.

@@ -5,7 +5,6 @@
 pub mod api;
 pub mod attached;
 pub mod cluster;
-pub mod exec;
 pub mod http;
 pub mod identity;
 pub mod ingress;

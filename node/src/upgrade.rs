@@ -133,7 +133,7 @@ pub fn status(ctx: &Ctx) -> UpgradeStatus {
         _ => None,
     };
     UpgradeStatus {
-        members: crate::peer::leader::members(ctx),
+        members: ctx.cluster.member_info(),
         releases,
         cluster_version,
         next_version: shared.ok(),

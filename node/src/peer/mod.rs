@@ -8,16 +8,15 @@
 //! - [`transport`]: [`QuicTransport`], the client side: one cached
 //!   connection per peer, one stream per RPC; implements
 //!   [`PeerTransport`](crate::raft::PeerTransport) with openraft's error kinds.
-//! - [`serve`]: the callee side of a peer connection.
-//! - [`leader`]: what the leader does for forwarded requests.
+//! - The callee side of a peer connection and what the leader does for forwarded requests
+//!   are the composition root's (`crate::server::peers`, `crate::server::leader`): they
+//!   serve the whole node.
 //! - [`join`]: the joining node's side of `cairn-node --join`.
 //!
 //! Routing a request to the leader (writes, linearizable reads) is [`crate::cluster`]'s.
 
 pub mod join;
-pub mod leader;
 pub mod msg;
-pub mod serve;
 pub mod transport;
 
 use std::time::Duration;

@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod entrypoint;
+pub mod exec;
 pub mod hostname;
 pub mod jobs;
 pub mod runner;
@@ -143,7 +144,7 @@ async fn route(
             target,
             instance,
             spec,
-        } => return crate::exec::open(ctx, s, target, instance, spec, send, recv).await,
+        } => return exec::open(ctx, s, target, instance, spec, send, recv).await,
         ClientRequest::RegisterHostname { name, target } => {
             hostname::register(ctx, name, target).await
         }

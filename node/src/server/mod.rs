@@ -5,6 +5,9 @@
 //! joined) returns once it is a member, whether or not a quorum is up yet.
 //! `Node::stop` cancels every task and waits a bounded time.
 
+pub mod leader;
+pub mod peers;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -403,7 +406,7 @@ impl crate::cluster::LeaderService for LeaderHandler {
     {
         Box::pin(async move {
             match self.0.upgrade() {
-                Some(ctx) => peer::leader::handle(&ctx, req).await,
+                Some(ctx) => leader::handle(&ctx, req).await,
                 None => crate::peer::LeaderResponse::Unavailable("this node is stopping".into()),
             }
         })
@@ -1124,7 +1127,7 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, shutdown: Canc
         )))
     } else if role == Role::Peer {
         // Peers authenticate by their node certificate, not a token.
-        peer::serve::admit(&ctx, &conn)
+        peers::admit(&ctx, &conn)
             .map(Admitted::Peer)
             .map_err(refuse)
     } else {
@@ -1191,7 +1194,7 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, shutdown: Canc
     let principal = match admitted {
         Admitted::Peer(id) => {
             ctx.peers.record_speaks(id, speaks.clone());
-            return peer::serve::serve(ctx, conn, id, shutdown).await;
+            return peers::serve(ctx, conn, id, shutdown).await;
         }
         Admitted::Token(p) => p,
     };

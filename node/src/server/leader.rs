@@ -6,17 +6,17 @@
 //! done, so the caller may retry elsewhere; `Written` carries exactly what
 //! `State::apply` returned.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cairn_protocol::api::{JoinGrant, MemberInfo, MemberRole};
+use cairn_protocol::api::JoinGrant;
 use cairn_protocol::pki::{self, Ca};
 use openraft::error::{CheckIsLeaderError, ClientWriteError};
 use openraft::ChangeMembers;
 
-use super::msg::{LeaderRequest, LeaderResponse};
-use super::ADD_MEMBER_TIMEOUT;
 use crate::jobs::{self, RunnerReport};
+use crate::peer::msg::{LeaderRequest, LeaderResponse};
+use crate::peer::ADD_MEMBER_TIMEOUT;
 use crate::raft::{Node, NodeId, WriteError};
 use crate::server::Ctx;
 use crate::state::{Command, Request};
@@ -43,7 +43,7 @@ pub async fn handle(ctx: &Ctx, req: LeaderRequest) -> LeaderResponse {
         LeaderRequest::AddMember { node_id, addr } => add_member(ctx, node_id, addr).await,
         LeaderRequest::RemoveMember { node_id } => remove_member(ctx, node_id, true).await,
         LeaderRequest::Leave { node_id } => remove_member(ctx, node_id, false).await,
-        LeaderRequest::Members => LeaderResponse::Members(members(ctx)),
+        LeaderRequest::Members => LeaderResponse::Members(ctx.cluster.member_info()),
         LeaderRequest::ReportRunners { node, runners } => report_runners(ctx, node, runners),
         LeaderRequest::Upgrade { finish } => {
             if finish {
@@ -331,42 +331,4 @@ async fn remove_member(ctx: &Ctx, node_id: NodeId, revoke: bool) -> LeaderRespon
             "node {node_id:x} left the membership but its removal was not recorded: {e}"
         )),
     }
-}
-
-/// The members as this (leading) node sees them.
-pub fn members(ctx: &Ctx) -> Vec<MemberInfo> {
-    let m = ctx.raft.metrics();
-    let membership = m.membership_config.membership();
-    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    let empty = BTreeMap::new();
-    let replication = m.replication.as_ref().unwrap_or(&empty);
-    membership
-        .nodes()
-        .map(|(id, node)| {
-            let me = *id == m.id;
-            MemberInfo {
-                id: *id,
-                addr: node.addr.clone(),
-                role: if voters.contains(id) {
-                    MemberRole::Voter
-                } else {
-                    MemberRole::Learner
-                },
-                leader: m.current_leader == Some(*id),
-                matched_index: if me {
-                    m.last_log_index
-                } else {
-                    replication
-                        .get(id)
-                        .and_then(|l| l.as_ref())
-                        .map(|l| l.index)
-                },
-                last_contact_ms: if me {
-                    Some(0)
-                } else {
-                    ctx.peers.last_contact(*id).map(|d| d.as_millis() as u64)
-                },
-            }
-        })
-        .collect()
 }

@@ -22,7 +22,9 @@ use openraft::error::RaftError;
 use openraft::Snapshot;
 use tokio_util::sync::CancellationToken;
 
-use super::msg::{LeaderRequest, LeaderResponse, PeerRequest, PeerResponse, MAX_SNAPSHOT_BYTES};
+use crate::peer::msg::{
+    LeaderRequest, LeaderResponse, PeerRequest, PeerResponse, MAX_SNAPSHOT_BYTES,
+};
 use crate::raft::NodeId;
 use crate::server::Ctx;
 
