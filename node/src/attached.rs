@@ -26,9 +26,9 @@ use cairn_protocol::frame;
 use cairn_protocol::instance::NodeToEntrypoint;
 use cairn_protocol::types::OpId;
 
+use crate::cluster::Cluster;
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::raft::NodeId;
-use crate::server::Ctx;
 
 /// How long opening a stream may take (the peer hop and the stream on the
 /// entrypoint's connection).
@@ -116,17 +116,18 @@ impl Attached {
 /// and sends `header` to the entrypoint. The streams carry what follows the
 /// header both ways.
 pub async fn open(
-    ctx: &Ctx,
+    attached: &Attached,
+    cluster: &Cluster,
+    me: NodeId,
     node: NodeId,
     deployment: OpId,
     instance: &str,
     header: &NodeToEntrypoint,
 ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
-    let me = ctx.identity.node_id;
     if node == me {
-        return ctx.attached.open(me, deployment, instance, header).await;
+        return attached.open(me, deployment, instance, header).await;
     }
-    let addr = ctx
+    let addr = cluster
         .raft
         .members()
         .into_iter()
@@ -140,7 +141,7 @@ pub async fn open(
         instance: instance.to_string(),
         header: header.clone(),
     };
-    match ctx
+    match cluster
         .peers
         .open_stream(&addr, Some(node), &req, OPEN_TIMEOUT)
         .await
@@ -156,15 +157,15 @@ pub async fn open(
 
 /// `PeerRequest::RelayStream` on the node the instance is connected to.
 pub async fn relay(
-    ctx: &Ctx,
+    attached: &Attached,
+    me: NodeId,
     deployment: OpId,
     instance: String,
     header: NodeToEntrypoint,
     mut psend: quinn::SendStream,
     precv: quinn::RecvStream,
 ) {
-    let me = ctx.identity.node_id;
-    match ctx.attached.open(me, deployment, &instance, &header).await {
+    match attached.open(me, deployment, &instance, &header).await {
         Ok(ep) => {
             if frame::write(&mut psend, &PeerResponse::RelayOpen)
                 .await

@@ -36,7 +36,6 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::Ctx;
 use limits::{Limits, Registry};
 use proxy::{Body, Pool};
 
@@ -114,10 +113,10 @@ impl Ingress {
     /// Accepts connections until `shutdown`. At the connection limit the
     /// longest-idle connections make room (see [`limits`]); an accept error
     /// (out of descriptors, say) backs off instead of spinning.
-    pub async fn run(self, ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    pub async fn run(self, ctx: Arc<IngressCtx>, shutdown: CancellationToken) {
         let mut backoff = ACCEPT_BACKOFF_MIN;
         let mut last_warned: Option<tokio::time::Instant> = None;
-        let drain = ctx.ingress_drain.clone();
+        let drain = ctx.drain.clone();
         loop {
             // At the connection limit, room is made (idle connections
             // closed) before the next accept; meanwhile newcomers wait in
@@ -205,13 +204,13 @@ macro_rules! until_drained {
 }
 
 async fn serve_connection(
-    ctx: Arc<Ctx>,
+    ctx: Arc<IngressCtx>,
     shared: Arc<Shared>,
     tcp: tokio::net::TcpStream,
     client: SocketAddr,
     conn: Arc<limits::Conn>,
 ) {
-    let ctx_drain = ctx.ingress_drain.clone();
+    let ctx_drain = ctx.drain.clone();
     let service = {
         let shared = shared.clone();
         service_fn(move |req| {
@@ -295,7 +294,7 @@ impl hyper::body::Body for Tracked {
 /// One request: route it, then forward it (or answer 404/502); counted and timed in the
 /// node's metrics by the deployment it reached.
 async fn handle(
-    ctx: &Ctx,
+    ctx: &IngressCtx,
     shared: &Shared,
     client: SocketAddr,
     req: Request<Incoming>,
@@ -309,7 +308,7 @@ async fn handle(
 }
 
 async fn route_and_forward(
-    ctx: &Ctx,
+    ctx: &IngressCtx,
     shared: &Shared,
     client: SocketAddr,
     req: Request<Incoming>,
@@ -355,6 +354,7 @@ async fn route_and_forward(
     proxy::prepare(&mut req, &origin, upgrade);
     loop {
         let target = ctx
+            .cluster
             .raft
             .read_local(|st| route::resolve(st, &shared.domain, &host, roll));
         let target = match target {
@@ -418,6 +418,19 @@ fn rand_u32() -> u32 {
         s.set(x);
         (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
     })
+}
+
+/// What the ingress needs of the node: the replicated state (its routes), the entrypoint
+/// connections it tunnels through (here or, through the peer mesh, on another node), its
+/// metrics and its graceful stop.
+#[derive(Clone)]
+pub struct IngressCtx {
+    pub cluster: Arc<crate::cluster::Cluster>,
+    pub attached: crate::attached::Attached,
+    /// This node.
+    pub me: crate::raft::NodeId,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub drain: Drain,
 }
 
 /// The ingress's graceful stop: `drain` stops accepting connections and lets the ones

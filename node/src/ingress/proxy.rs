@@ -43,9 +43,9 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::h1::{self, BoxError, HeadError, RequestBody, Sending};
 use super::route::Target;
+use super::IngressCtx;
 use crate::attached;
 use crate::raft::NodeId;
-use crate::server::Ctx;
 
 /// A response body: the app's, or one of ours.
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -210,7 +210,7 @@ impl AsyncWrite for TunnelIo {
 
 /// Opens a tunnel to an instance (the app has accepted the connection).
 async fn open_tunnel(
-    ctx: &Ctx,
+    ctx: &IngressCtx,
     deployment: OpId,
     instance: &str,
     node: NodeId,
@@ -218,7 +218,16 @@ async fn open_tunnel(
 ) -> Result<Tunnel, String> {
     tokio::time::timeout(patience, async {
         let header = NodeToEntrypoint::Tunnel { port: None };
-        let (send, mut recv) = attached::open(ctx, node, deployment, instance, &header).await?;
+        let (send, mut recv) = attached::open(
+            &ctx.attached,
+            &ctx.cluster,
+            ctx.me,
+            node,
+            deployment,
+            instance,
+            &header,
+        )
+        .await?;
         match frame::read_required::<_, TunnelReply>(&mut recv).await {
             Ok(TunnelReply::Connected) => Ok(Tunnel::new(recv, send)),
             Ok(TunnelReply::Failed { reason }) => Err(format!("instance {instance}: {reason}")),
@@ -262,7 +271,7 @@ enum Tried {
 /// app's response. `from_client`: the client's side of an upgrade (a
 /// websocket), joined to the app's when it answers 101.
 pub async fn forward(
-    ctx: &Ctx,
+    ctx: &IngressCtx,
     pool: &Pool,
     target: &Target,
     start: usize,

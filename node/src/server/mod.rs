@@ -341,7 +341,7 @@ pub struct Ctx {
     /// The leader's view of an upgrade in progress (see [`crate::upgrade`]).
     pub upgrade: crate::upgrade::Tracker,
     /// This node's metrics (`/metrics` on the HTTP API).
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The ingress's graceful stop.
     pub ingress_drain: crate::ingress::Drain,
 }
@@ -545,7 +545,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         attached: crate::attached::Attached::default(),
         ingress: ingress_info.clone(),
         upgrade: crate::upgrade::Tracker::default(),
-        metrics: crate::metrics::Metrics::new(),
+        metrics: Arc::new(crate::metrics::Metrics::new()),
         ingress_drain: crate::ingress::Drain::default(),
     });
 
@@ -605,7 +605,14 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         shutdown.clone(),
     )));
     if let Some(ingress) = ingress {
-        tasks.push(tokio::spawn(ingress.run(ctx.clone(), shutdown.clone())));
+        let ictx = Arc::new(crate::ingress::IngressCtx {
+            cluster: ctx.cluster.clone(),
+            attached: ctx.attached.clone(),
+            me: ctx.identity.node_id,
+            metrics: ctx.metrics.clone(),
+            drain: ctx.ingress_drain.clone(),
+        });
+        tasks.push(tokio::spawn(ingress.run(ictx, shutdown.clone())));
     }
     if let Some(api) = http {
         tasks.push(tokio::spawn(api.run(ctx.clone(), shutdown.clone())));

@@ -102,7 +102,16 @@ async fn serve_stream(
             instance,
             header,
         }) if is_member(&ctx, from) => {
-            return crate::attached::relay(&ctx, deployment, instance, header, send, recv).await;
+            return crate::attached::relay(
+                &ctx.attached,
+                ctx.identity.node_id,
+                deployment,
+                instance,
+                header,
+                send,
+                recv,
+            )
+            .await;
         }
         Ok(PeerRequest::Logs { .. }) => Ok(PeerResponse::Refused(format!(
             "node {from:x} is not a member of this cluster (as far as this node knows)"

@@ -92,7 +92,7 @@ pub async fn open(
         };
         let (id, node) = chosen.ok_or("no instance")?;
         let header = NodeToEntrypoint::Exec(spec.clone());
-        let streams = attached::open(ctx, node, deployment, &id, &header).await?;
+        let streams = attached::open(&ctx.attached, &ctx.cluster, me, node, deployment, &id, &header).await?;
         Ok::<_, String>((id, node, streams))
     }
     .await;
