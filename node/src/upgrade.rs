@@ -30,8 +30,8 @@ use cairn_protocol::api::{MemberRelease, UpgradeStatus};
 use cairn_protocol::handshake::{Versions, PROTOCOL_VERSION};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Cluster;
 use crate::raft::NodeId;
-use crate::server::Ctx;
 use crate::state::Command;
 
 /// How long every voter must run a release that speaks a newer version
@@ -73,8 +73,8 @@ impl Tracker {
 
 /// What each member runs, as this node knows, and the highest version every
 /// voter speaks (or why that is not known).
-fn survey(ctx: &Ctx) -> (Vec<MemberRelease>, Result<u32, String>, Vec<String>) {
-    let m = ctx.raft.metrics();
+fn survey(cluster: &Cluster) -> (Vec<MemberRelease>, Result<u32, String>, Vec<String>) {
+    let m = cluster.raft.metrics();
     let membership = m.membership_config.membership();
     let voters: Vec<NodeId> = membership.voter_ids().collect();
     let mut releases = Vec::new();
@@ -82,14 +82,14 @@ fn survey(ctx: &Ctx) -> (Vec<MemberRelease>, Result<u32, String>, Vec<String>) {
     let mut voter_releases = Vec::new();
     for (id, _) in membership.nodes() {
         let voter = voters.contains(id);
-        let (release, versions, ago) = if *id == ctx.raft.id() {
+        let (release, versions, ago) = if *id == cluster.raft.id() {
             (
                 Some(cairn_protocol::VERSION.to_string()),
                 Some(Versions::OURS),
                 Some(Duration::ZERO),
             )
         } else {
-            match ctx.peers.speaks(*id) {
+            match cluster.peers.speaks(*id) {
                 Some((s, ago)) => (Some(s.release), Some(s.versions), Some(ago)),
                 None => (None, None, None),
             }
@@ -98,7 +98,7 @@ fn survey(ctx: &Ctx) -> (Vec<MemberRelease>, Result<u32, String>, Vec<String>) {
             if let Some(r) = &release {
                 voter_releases.push(r.clone());
             }
-            let fresh = *id == ctx.raft.id() || ctx.peers.heard_within(*id, FRESH);
+            let fresh = *id == cluster.raft.id() || cluster.peers.heard_within(*id, FRESH);
             shared = match (shared, versions) {
                 (Err(e), _) => Err(e),
                 (Ok(_), None) => Err(format!("voter {id:x} has not been heard from")),
@@ -122,10 +122,10 @@ fn survey(ctx: &Ctx) -> (Vec<MemberRelease>, Result<u32, String>, Vec<String>) {
 }
 
 /// The upgrade as this node sees it (complete on the leader).
-pub fn status(ctx: &Ctx) -> UpgradeStatus {
-    let (releases, shared, _) = survey(ctx);
-    let cluster_version = ctx.raft.read_local(|s| s.cluster_version());
-    let t = ctx.upgrade.lock();
+pub fn status(cluster: &Cluster, tracker: &Tracker) -> UpgradeStatus {
+    let (releases, shared, _) = survey(cluster);
+    let cluster_version = cluster.raft.read_local(|s| s.cluster_version());
+    let t = tracker.lock();
     let finishes_in_ms = match (&shared, t.eligible) {
         (Ok(v), Some((w, since))) if *v == w && w > cluster_version => {
             Some(ROLLBACK_WINDOW.saturating_sub(since.elapsed()).as_millis() as u64)
@@ -133,26 +133,26 @@ pub fn status(ctx: &Ctx) -> UpgradeStatus {
         _ => None,
     };
     UpgradeStatus {
-        members: ctx.cluster.member_info(),
+        members: cluster.member_info(),
         releases,
         cluster_version,
         next_version: shared.ok(),
         finishes_in_ms,
         mixed_for_ms: t.mixed_since.map(|s| s.elapsed().as_millis() as u64),
         mixed_warn_after_ms: MIXED_WARN_AFTER.as_millis() as u64,
-        answered_by: ctx.raft.id(),
+        answered_by: cluster.raft.id(),
     }
 }
 
 /// Move the cluster to the highest version every voter speaks, now (the
 /// leader only). Refused, naming why, when a voter is not known to speak a
 /// newer version than the cluster's.
-pub async fn finish(ctx: &Ctx) -> Result<u32, String> {
-    if !ctx.raft.is_leader() {
+pub async fn finish(cluster: &Cluster, tracker: &Tracker) -> Result<u32, String> {
+    if !cluster.raft.is_leader() {
         return Err("only the leader can finish an upgrade; ask again".into());
     }
-    let (releases, shared, _) = survey(ctx);
-    let cluster_version = ctx.raft.read_local(|s| s.cluster_version());
+    let (releases, shared, _) = survey(cluster);
+    let cluster_version = cluster.raft.read_local(|s| s.cluster_version());
     let next = shared.map_err(|why| format!("the upgrade cannot finish: {why}"))?;
     if next <= cluster_version {
         let behind: Vec<String> = releases
@@ -175,24 +175,30 @@ pub async fn finish(ctx: &Ctx) -> Result<u32, String> {
             if behind.len() == 1 { "it" } else { "them" }
         ));
     }
-    set_version(ctx, next).await?;
+    set_version(cluster, tracker, next).await?;
     Ok(next)
 }
 
-async fn set_version(ctx: &Ctx, version: u32) -> Result<(), String> {
-    ctx.write(Command::SetClusterVersion { version }).await?;
+async fn set_version(cluster: &Cluster, tracker: &Tracker, version: u32) -> Result<(), String> {
+    cluster
+        .write(Command::SetClusterVersion { version })
+        .await?;
     tracing::info!(
         cluster_version = version,
         "the upgrade is finished: the cluster uses protocol version {version}"
     );
-    ctx.upgrade.lock().eligible = None;
+    tracker.lock().eligible = None;
     Ok(())
 }
 
 /// Every node: keep the peer floor at the cluster version. The leader:
 /// watch the voters' releases and move the cluster version when the
 /// rollback window has passed.
-pub async fn run(ctx: std::sync::Arc<Ctx>, shutdown: CancellationToken) {
+pub async fn run(
+    cluster: std::sync::Arc<Cluster>,
+    tracker: std::sync::Arc<Tracker>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -200,15 +206,15 @@ pub async fn run(ctx: std::sync::Arc<Ctx>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let cluster_version = ctx.raft.read_local(|s| s.cluster_version());
-        ctx.peers.set_floor(cluster_version);
-        if !ctx.raft.is_leader() {
-            *ctx.upgrade.lock() = Tracked::default();
+        let cluster_version = cluster.raft.read_local(|s| s.cluster_version());
+        cluster.peers.set_floor(cluster_version);
+        if !cluster.raft.is_leader() {
+            *tracker.lock() = Tracked::default();
             continue;
         }
-        let (_, shared, voter_releases) = survey(&ctx);
+        let (_, shared, voter_releases) = survey(&cluster);
         let due = {
-            let mut t = ctx.upgrade.lock();
+            let mut t = tracker.lock();
             if voter_releases.len() > 1 {
                 let since = *t.mixed_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= MIXED_WARN_AFTER {
@@ -245,7 +251,7 @@ pub async fn run(ctx: std::sync::Arc<Ctx>, shutdown: CancellationToken) {
             }
         };
         if let Some(v) = due {
-            if let Err(e) = set_version(&ctx, v).await {
+            if let Err(e) = set_version(&cluster, &tracker, v).await {
                 tracing::warn!(error = %e, "could not move the cluster version");
             }
         }

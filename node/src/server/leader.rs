@@ -47,11 +47,11 @@ pub async fn handle(ctx: &Ctx, req: LeaderRequest) -> LeaderResponse {
         LeaderRequest::ReportRunners { node, runners } => report_runners(ctx, node, runners),
         LeaderRequest::Upgrade { finish } => {
             if finish {
-                if let Err(e) = crate::upgrade::finish(ctx).await {
+                if let Err(e) = crate::upgrade::finish(&ctx.cluster, &ctx.upgrade).await {
                     return LeaderResponse::Error(e);
                 }
             }
-            LeaderResponse::Upgrade(crate::upgrade::status(ctx))
+            LeaderResponse::Upgrade(crate::upgrade::status(&ctx.cluster, &ctx.upgrade))
         }
     }
 }

@@ -339,7 +339,7 @@ pub struct Ctx {
     /// This node's URL-service ingress, if it serves one.
     pub ingress: Option<cairn_protocol::api::IngressInfo>,
     /// The leader's view of an upgrade in progress (see [`crate::upgrade`]).
-    pub upgrade: crate::upgrade::Tracker,
+    pub upgrade: Arc<crate::upgrade::Tracker>,
     /// This node's metrics (`/metrics` on the HTTP API).
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The ingress's graceful stop.
@@ -544,7 +544,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         logs: crate::logs::LogStore::default(),
         attached: crate::attached::Attached::default(),
         ingress: ingress_info.clone(),
-        upgrade: crate::upgrade::Tracker::default(),
+        upgrade: Arc::default(),
         metrics: Arc::new(crate::metrics::Metrics::new()),
         ingress_drain: crate::ingress::Drain::default(),
     });
@@ -601,7 +601,8 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(crate::upgrade::run(
-        ctx.clone(),
+        ctx.cluster.clone(),
+        ctx.upgrade.clone(),
         shutdown.clone(),
     )));
     if let Some(ingress) = ingress {

@@ -121,7 +121,7 @@ pub async fn upgrade(ctx: &Arc<Ctx>, finish: bool) -> ClientResponse {
                 "the leader (node {id:x}) runs cairn-node {release}, which cannot finish an upgrade: upgrade it first"
             ));
         }
-        return ClientResponse::Upgrade(crate::upgrade::status(ctx));
+        return ClientResponse::Upgrade(crate::upgrade::status(&ctx.cluster, &ctx.upgrade));
     }
     match ctx
         .cluster
