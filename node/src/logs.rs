@@ -31,9 +31,9 @@ use cairn_protocol::instance::{LogEntry, LogStream, LogsQuery, ShippedLine};
 use cairn_protocol::types::OpId;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::cluster::Cluster;
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::raft::NodeId;
-use crate::server::Ctx;
 
 /// Lines one instance's window keeps at most.
 pub const LOG_WINDOW_LINES: usize = 10_000;
@@ -62,6 +62,16 @@ pub const SOURCE_TIMEOUT: Duration = Duration::from_secs(3);
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 pub use crate::peer::msg::{LogCursor, LogFilter};
+
+/// What a logs query needs of the node: the cluster (its members, a linearizable read),
+/// this node's log windows and its id.
+#[derive(Clone)]
+pub struct LogsCtx {
+    pub cluster: Arc<Cluster>,
+    pub logs: LogStore,
+    /// This node.
+    pub me: NodeId,
+}
 
 /// This node's log windows. Cheap to share (`Arc` inside).
 #[derive(Clone)]
@@ -501,7 +511,7 @@ fn notice(deployment: OpId, node: NodeId, line: String) -> LogEntry {
 /// stream is reported once and asked again every [`RETRY_AFTER`], resuming
 /// after the last line seen, until `tx` is closed.
 pub async fn remote_source(
-    ctx: &Ctx,
+    ctx: &LogsCtx,
     node: NodeId,
     addr: String,
     filter: LogFilter,
@@ -517,6 +527,7 @@ pub async fn remote_source(
             after: cursor,
         };
         let failure = match ctx
+            .cluster
             .peers
             .open_stream(&addr, Some(node), &req, SOURCE_TIMEOUT)
             .await
@@ -592,14 +603,14 @@ pub async fn remote_source(
 /// `LogLines` frames, `LogsHistoryEnd`, then (following) live lines until
 /// the asking node goes away.
 pub async fn serve_peer(
-    ctx: &Ctx,
+    ctx: &LogsCtx,
     filter: LogFilter,
     follow: bool,
     after: Option<LogCursor>,
     mut send: quinn::SendStream,
 ) {
     let (tx, mut rx) = mpsc::channel(16);
-    let node = ctx.identity.node_id;
+    let node = ctx.me;
     // The source ends when `rx` is gone (the forwarder ended), and drops
     // `tx` when it ends (so the forwarder ends too).
     let source = async move {
@@ -634,7 +645,7 @@ pub async fn serve_peer(
 /// `cairn logs` on this node: gather the lines of the query's deployment
 /// from every member (this one included), send the history oldest first,
 /// then (following) new lines as they arrive, until the client goes away.
-pub async fn serve_query(ctx: &Arc<Ctx>, q: LogsQuery, mut send: quinn::SendStream) {
+pub async fn serve_query(ctx: &LogsCtx, q: LogsQuery, mut send: quinn::SendStream) {
     let mut answers = query(ctx.clone(), q);
     loop {
         let next = tokio::select! {
@@ -659,16 +670,17 @@ pub async fn serve_query(ctx: &Arc<Ctx>, q: LogsQuery, mut send: quinn::SendStre
 /// A logs query's answers, whatever transport carries them: `LogLines` (the history, then,
 /// with `follow`, live lines until the receiver is dropped), ending with `LogsEnd` without
 /// `follow`; or one `Error`.
-pub fn query(ctx: Arc<Ctx>, q: LogsQuery) -> mpsc::Receiver<ClientResponse> {
+pub fn query(ctx: LogsCtx, q: LogsQuery) -> mpsc::Receiver<ClientResponse> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move { answer_query(&ctx, q, tx).await });
     rx
 }
 
-async fn answer_query(ctx: &Arc<Ctx>, q: LogsQuery, send: mpsc::Sender<ClientResponse>) {
+async fn answer_query(ctx: &LogsCtx, q: LogsQuery, send: mpsc::Sender<ClientResponse>) {
     let target = q.target.clone();
     let instance = q.instance.clone();
     let resolved = ctx
+        .cluster
         .read(move |st| {
             let op = st.deployment_for(&target)?;
             if let Some(prefix) = &instance {
@@ -715,9 +727,9 @@ async fn answer_query(ctx: &Arc<Ctx>, q: LogsQuery, send: mpsc::Sender<ClientRes
         since_ms: q.since_ms,
         tail: q.tail,
     };
-    let members = ctx.raft.members();
+    let members = ctx.cluster.raft.members();
     let (tx, mut rx) = mpsc::channel::<SourceEvent>(64);
-    let me = ctx.identity.node_id;
+    let me = ctx.me;
     let mut tasks = Vec::new();
     for (id, addr) in &members {
         let tx = tx.clone();

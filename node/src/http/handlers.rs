@@ -614,7 +614,7 @@ async fn app_logs(
         tail: q.tail,
         follow: true,
     };
-    let mut answers = crate::logs::query(ctx.clone(), query);
+    let mut answers = crate::logs::query(ctx.logs_ctx(), query);
     use cairn_protocol::api::ClientResponse;
     // The first answer decides the status: a query that names nothing is an HTTP error,
     // not a stream.

@@ -383,6 +383,15 @@ impl Ctx {
             .map_err(crate::api::ApiError::cluster)
     }
 
+    /// What the logs module needs of this node.
+    pub fn logs_ctx(&self) -> crate::logs::LogsCtx {
+        crate::logs::LogsCtx {
+            cluster: self.cluster.clone(),
+            logs: self.logs.clone(),
+            me: self.identity.node_id,
+        }
+    }
+
     /// A linearizable read, on any node (see [`Cluster::read`]).
     pub async fn read<F, T>(&self, f: F) -> Result<T, String>
     where

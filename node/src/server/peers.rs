@@ -95,7 +95,7 @@ async fn serve_stream(
             follow,
             after,
         }) if is_member(&ctx, from) => {
-            return crate::logs::serve_peer(&ctx, filter, follow, after, send).await;
+            return crate::logs::serve_peer(&ctx.logs_ctx(), filter, follow, after, send).await;
         }
         Ok(PeerRequest::RelayStream {
             deployment,

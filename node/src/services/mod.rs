@@ -139,7 +139,7 @@ async fn route(
         ClientRequest::ListInstances => {
             reply(crate::api::instances(ctx).await, ClientResponse::Instances)
         }
-        ClientRequest::Logs(q) => return crate::logs::serve_query(ctx, q, send).await,
+        ClientRequest::Logs(q) => return crate::logs::serve_query(&ctx.logs_ctx(), q, send).await,
         ClientRequest::Exec {
             target,
             instance,
