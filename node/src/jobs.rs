@@ -53,9 +53,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Cluster;
 use crate::peer::{LeaderRequest, LeaderResponse, PeerRequest, PeerResponse};
 use crate::raft::NodeId;
-use crate::server::Ctx;
 use crate::state::{Command, Response};
 
 /// Events kept per job for clients that attach late.
@@ -131,6 +131,30 @@ struct RemoteNode {
     addr: String,
     expires: Instant,
     runners: Vec<RunnerReport>,
+}
+
+/// What the job scheduler and the offer relays need of the node: the cluster handle, this
+/// node's runners and its metrics.
+#[derive(Clone)]
+pub struct JobsCtx {
+    pub cluster: Arc<Cluster>,
+    pub jobs: Jobs,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl JobsCtx {
+    /// Commit a command through the leader (see [`Cluster::write`]).
+    async fn write(&self, command: Command) -> Result<crate::state::Response, String> {
+        self.cluster.write(command).await
+    }
+
+    /// A linearizable read (see [`Cluster::read`]).
+    async fn read<F, T>(&self, f: F) -> Result<T, String>
+    where
+        F: FnOnce(&crate::state::State) -> T,
+    {
+        self.cluster.read(f).await
+    }
 }
 
 pub use crate::peer::msg::RunnerReport;
@@ -565,7 +589,7 @@ fn expire_reports(inner: &mut Inner, now: Instant) {
 
 /// The scheduler (on the leader) and the reporter (on every node): run
 /// until `shutdown`.
-pub async fn run_scheduler(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+pub async fn run_scheduler(ctx: Arc<JobsCtx>, shutdown: CancellationToken) {
     tokio::join!(
         schedule_loop(ctx.clone(), shutdown.clone()),
         report_loop(ctx, shutdown)
@@ -575,8 +599,8 @@ pub async fn run_scheduler(ctx: Arc<Ctx>, shutdown: CancellationToken) {
 /// Offer queued jobs to runners while this node leads. Each time it becomes
 /// the leader it first takes over (see [`take_over`]); until that succeeded
 /// it schedules nothing.
-async fn schedule_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) {
-    let mut metrics = ctx.raft.metrics_watch();
+async fn schedule_loop(ctx: Arc<JobsCtx>, shutdown: CancellationToken) {
+    let mut metrics = ctx.cluster.raft.metrics_watch();
     let mut taken_over_term: Option<u64> = None;
     // Outside the loop: metrics change several times a second (heartbeats),
     // which must not keep restarting the periodic tick.
@@ -600,7 +624,7 @@ async fn schedule_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) {
             },
             _ = tick.tick() => {},
         }
-        if !ctx.raft.is_leader() {
+        if !ctx.cluster.raft.is_leader() {
             taken_over_term = None;
             continue;
         }
@@ -608,7 +632,7 @@ async fn schedule_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         // pass of a term may run before this node has applied the previous
         // leader's last assignments (seen in chaos seed 49: a job assigned
         // by the old leader stayed `assigned` forever and blocked its app).
-        let term = ctx.raft.metrics().current_term;
+        let term = ctx.cluster.raft.metrics().current_term;
         if !take_over(&ctx).await {
             continue;
         }
@@ -620,9 +644,9 @@ async fn schedule_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) {
 /// Tell the leader which runners are connected here: on every change (see
 /// `Jobs::report`), when the leader changes, and every [`REPORT_INTERVAL`].
 /// One report at a time, so they reach the leader in order.
-async fn report_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) {
-    let me = ctx.raft.id();
-    let mut metrics = ctx.raft.metrics_watch();
+async fn report_loop(ctx: Arc<JobsCtx>, shutdown: CancellationToken) {
+    let me = ctx.cluster.raft.id();
+    let mut metrics = ctx.cluster.raft.metrics_watch();
     let mut leader = metrics.borrow_and_update().current_leader;
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -649,7 +673,7 @@ async fn report_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         if ctx.jobs.reports_paused.load(Ordering::SeqCst) {
             continue;
         }
-        let Some(to) = ctx.raft.leader() else {
+        let Some(to) = ctx.cluster.raft.leader() else {
             continue;
         };
         if to.id == me {
@@ -662,6 +686,7 @@ async fn report_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         }
         let req = LeaderRequest::ReportRunners { node: me, runners };
         match ctx
+            .cluster
             .peers
             .leader_call(&to.addr, Some(to.id), req, REPORT_TIMEOUT)
             .await
@@ -698,7 +723,7 @@ pub const TAKEOVER_REASON: &str = "interrupted by a leader change: the job's run
 /// driven before its assignment is written, so a job assigned by this
 /// leader is never taken for an orphan.
 /// Returns `false` if the read or the write failed (retried on the next tick).
-async fn take_over(ctx: &Arc<Ctx>) -> bool {
+async fn take_over(ctx: &Arc<JobsCtx>) -> bool {
     let active: Vec<JobId> = match ctx
         .read(|s| {
             s.jobs
@@ -734,6 +759,7 @@ async fn take_over(ctx: &Arc<Ctx>) -> bool {
             tracing::warn!(jobs = ?orphans, "failed jobs whose runner streams were on a previous leader");
             for id in orphans {
                 let rec = ctx
+                    .cluster
                     .raft
                     .read_local(|s| s.jobs.get(&id).map(|j| (j.state, j.error.clone())));
                 if let Some((state, error)) = rec.filter(|(st, _)| st.is_final()) {
@@ -749,13 +775,13 @@ async fn take_over(ctx: &Arc<Ctx>) -> bool {
     }
 }
 
-async fn schedule_once(ctx: &Arc<Ctx>) {
+async fn schedule_once(ctx: &Arc<JobsCtx>) {
     if ctx.jobs.draining() {
         // Stopping: the next leader offers the queued jobs.
         return;
     }
     type Snapshot = (Vec<Job>, BTreeSet<(String, String)>, BTreeSet<JobId>);
-    let (queued, mut busy_apps, active): Snapshot = ctx.raft.read_local(|s| {
+    let (queued, mut busy_apps, active): Snapshot = ctx.cluster.raft.read_local(|s| {
         let queued = s
             .jobs
             .values()
@@ -813,11 +839,12 @@ async fn schedule_once(ctx: &Arc<Ctx>) {
 
 /// A job aimed at one CLI runner can only ever run there: once that CLI has
 /// been gone for [`CLI_RUNNER_GRACE`], fail the job instead of queueing it forever.
-async fn fail_if_runner_gone(ctx: &Arc<Ctx>, job: &Job) {
+async fn fail_if_runner_gone(ctx: &Arc<JobsCtx>, job: &Job) {
     let RunnerTarget::Id(id) = &job.spec.target else {
         return;
     };
     let is_cli = ctx
+        .cluster
         .raft
         .read_local(|s| s.runners.get(id).map(|r| r.kind == RunnerKind::Cli));
     let waited = cairn_protocol::now_ms().saturating_sub(job.queued_ms);
@@ -850,7 +877,7 @@ async fn fail_if_runner_gone(ctx: &Arc<Ctx>, job: &Job) {
 
 /// Offer `job` to the claimed runner (on its own connection, or through the
 /// node it is connected to) and relay its events until it ends; record the end.
-async fn drive(ctx: Arc<Ctx>, job: Job, claim: Claim) {
+async fn drive(ctx: Arc<JobsCtx>, job: Job, claim: Claim) {
     let id = job.id;
     let runner = claim.runner;
     let outcome = match claim.route {
@@ -867,6 +894,7 @@ async fn drive(ctx: Arc<Ctx>, job: Job, claim: Claim) {
                 job: id,
             };
             match ctx
+                .cluster
                 .peers
                 .open_stream(&addr, Some(node), &req, RELAY_OPEN_TIMEOUT)
                 .await
@@ -909,7 +937,7 @@ async fn drive(ctx: Arc<Ctx>, job: Job, claim: Claim) {
         Err(e) => tracing::warn!(job = id, error = %e, "could not record the end of a job"),
     }
     // The recorded state is the truth (e.g. it may already have been failed).
-    let recorded = ctx.raft.read_local(|s| s.jobs.get(&id).cloned());
+    let recorded = ctx.cluster.raft.read_local(|s| s.jobs.get(&id).cloned());
     if let Some(j) = recorded.as_ref().filter(|j| j.state.is_final()) {
         let took = j
             .completed_ms
@@ -934,7 +962,7 @@ async fn drive(ctx: Arc<Ctx>, job: Job, claim: Claim) {
 /// stream to its relay). If the job could not be followed to its end, the
 /// stream is reset, so the runner (through its relay) sees it fail.
 async fn drive_stream(
-    ctx: &Arc<Ctx>,
+    ctx: &Arc<JobsCtx>,
     job: Job,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -951,7 +979,7 @@ async fn drive_stream(
 /// The leader's side of a job stream, whatever carries it: offer, Accept or
 /// Decline, StartJob, Started, events, Cancel, Done.
 async fn drive_inner<W, R>(
-    ctx: &Arc<Ctx>,
+    ctx: &Arc<JobsCtx>,
     job: Job,
     send: &mut W,
     recv: &mut R,
@@ -1023,6 +1051,7 @@ where
             _ = cancel.notified(), if !cancel_sent => true,
             // A cancel asked through another node is only in the record.
             _ = poll.tick(), if !cancel_sent => ctx
+                .cluster
                 .raft
                 .read_local(|s| s.jobs.get(&id).is_some_and(|j| j.cancel_requested)),
         };
@@ -1042,16 +1071,17 @@ where
 /// both), or the leader that asked is no longer the leader. Events pass
 /// through this node's hub too, for clients attached here.
 pub async fn relay_offer(
-    ctx: Arc<Ctx>,
+    ctx: Arc<JobsCtx>,
     from: NodeId,
     runner: String,
     job: JobId,
     mut psend: quinn::SendStream,
     mut precv: quinn::RecvStream,
 ) {
-    let me = ctx.raft.id();
+    let me = ctx.cluster.raft.id();
     let gone = || format!("runner {runner} is no longer connected to node {me:x}");
     let too_old = ctx
+        .cluster
         .raft
         .read_local(|s| s.jobs.get(&job).cloned())
         .and_then(|j| ctx.jobs.too_old_for(&runner, &j));
@@ -1111,6 +1141,7 @@ pub async fn relay_offer(
     let deadline = Instant::now() + RELAY_DRAIN;
     while Instant::now() < deadline {
         let rec = ctx
+            .cluster
             .raft
             .read_local(|s| s.jobs.get(&job).map(|j| (j.state, j.error.clone())));
         if let Some((state, error)) = rec.filter(|(st, _)| st.is_final()) {
@@ -1159,7 +1190,7 @@ async fn relay_both(
 
 /// Leader → runner: offer, Started, Cancel.
 async fn relay_down(
-    ctx: &Ctx,
+    ctx: &JobsCtx,
     job: JobId,
     precv: &mut quinn::RecvStream,
     rsend: &mut quinn::SendStream,
@@ -1190,7 +1221,7 @@ async fn relay_down(
 
 /// Runner → leader: Accept/Decline, events, Done.
 async fn relay_up(
-    ctx: &Ctx,
+    ctx: &JobsCtx,
     job: JobId,
     rrecv: &mut quinn::RecvStream,
     psend: &mut quinn::SendStream,
@@ -1217,8 +1248,8 @@ async fn relay_up(
 }
 
 /// Resolves once this node, having seen `from` as the leader, sees another.
-async fn leader_moved(ctx: &Ctx, from: NodeId) {
-    let mut w = ctx.raft.metrics_watch();
+async fn leader_moved(ctx: &JobsCtx, from: NodeId) {
+    let mut w = ctx.cluster.raft.metrics_watch();
     let mut seen = false;
     loop {
         let now = w.borrow_and_update().current_leader;

@@ -383,6 +383,15 @@ impl Ctx {
             .map_err(crate::api::ApiError::cluster)
     }
 
+    /// What the job scheduler and offer relays need of this node.
+    pub fn jobs_ctx(&self) -> crate::jobs::JobsCtx {
+        crate::jobs::JobsCtx {
+            cluster: self.cluster.clone(),
+            jobs: self.jobs.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
     /// What the logs module needs of this node.
     pub fn logs_ctx(&self) -> crate::logs::LogsCtx {
         crate::logs::LogsCtx {
@@ -602,7 +611,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         identity::write_atomic(path, tok.as_bytes(), true)?;
     }
     tasks.push(tokio::spawn(jobs::run_scheduler(
-        ctx.clone(),
+        Arc::new(ctx.jobs_ctx()),
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(services::entrypoint::run_sweeper(

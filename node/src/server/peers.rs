@@ -84,7 +84,15 @@ async fn serve_stream(
         }
         // A relayed job offer keeps the stream: it is the job's stream.
         Ok(PeerRequest::RelayOffer { runner, job }) if is_member(&ctx, from) => {
-            return crate::jobs::relay_offer(ctx, from, runner, job, send, recv).await;
+            return crate::jobs::relay_offer(
+                Arc::new(ctx.jobs_ctx()),
+                from,
+                runner,
+                job,
+                send,
+                recv,
+            )
+            .await;
         }
         Ok(PeerRequest::RelayOffer { .. }) => Ok(PeerResponse::NoRunner(format!(
             "node {from:x} is not a member of this cluster (as far as this node knows)"
