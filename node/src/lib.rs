@@ -5,6 +5,7 @@
 pub mod api;
 pub mod attached;
 pub mod cluster;
+pub mod ctx;
 pub mod http;
 pub mod identity;
 pub mod ingress;

@@ -16,7 +16,7 @@ use cairn_protocol::types::{
 use serde::Serialize;
 
 use super::{queue_job, ApiError, Caller};
-use crate::server::Ctx;
+use crate::ctx::Ctx;
 
 /// Everything the app page shows, read in one linearizable query.
 #[derive(Debug, Clone, Serialize)]

@@ -23,7 +23,7 @@ use cairn_protocol::types::{
 
 pub use error::{ApiError, ErrorKind};
 
-use crate::server::Ctx;
+use crate::ctx::Ctx;
 use crate::state::{check_hostname, Command, Response};
 
 /// Who is asking: the token's name and scope, and the protocol version its client speaks
@@ -41,6 +41,35 @@ impl Caller {
     /// `Ok` when this caller may do `action` ([`auth::check`]).
     pub fn may(&self, action: auth::Action) -> Result<(), ApiError> {
         auth::check(&self.scope, action)
+    }
+}
+
+/// The typed write and read of the service layer, on the node's context.
+impl Ctx {
+    /// Commit a command (through the leader, wherever this node is), with typed errors: a
+    /// refusal of the state machine, or the cluster not reachable from here
+    /// ([`ApiError`]).
+    pub async fn submit(&self, command: Command) -> Result<Response, ApiError> {
+        match self
+            .cluster
+            .write_request(self.cluster.request(command))
+            .await
+        {
+            Ok(Response::Error(e)) => Err(ApiError::refusal(e)),
+            Ok(r) => Ok(r),
+            Err(e) => Err(ApiError::cluster(e).context("the cluster could not record it")),
+        }
+    }
+
+    /// A linearizable read, on any node, with typed errors (see [`crate::cluster::Cluster::read_state`]).
+    pub async fn query<F, T>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&crate::state::State) -> T,
+    {
+        if cfg!(debug_assertions) && crate::cluster::chaos_bug("stale-read") {
+            return Ok(self.raft.read_local(f));
+        }
+        self.cluster.read_state(f).await.map_err(ApiError::cluster)
     }
 }
 

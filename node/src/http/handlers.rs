@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::{authenticate, HttpError, OPENAPI};
 use crate::api::auth::Action;
 use crate::api::{self, ApiError, Caller};
-use crate::server::Ctx;
+use crate::ctx::Ctx;
 
 type Shared = Arc<Ctx>;
 

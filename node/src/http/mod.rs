@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiError, Caller, ErrorKind};
-use crate::server::Ctx;
+use crate::ctx::Ctx;
 
 /// The HTTP API's default port, next to QUIC's 9701 and the ingress's 9703.
 pub const DEFAULT_PORT: u16 = 9702;

@@ -322,95 +322,8 @@ fn read_token_file(path: &Path) -> Result<String, String> {
     Ok(token)
 }
 
-/// Shared by every task of a node.
-pub struct Ctx {
-    pub raft: RaftNode,
-    /// The narrow handle to the replicated state (write, linearizable read, the leader).
-    pub cluster: Arc<Cluster>,
-    pub identity: Identity,
-    pub jobs: Jobs,
-    pub addr: SocketAddr,
-    /// The peer network (Raft and requests to the leader).
-    pub peers: QuicTransport,
-    /// Log windows of the instances connected to this node.
-    pub logs: crate::logs::LogStore,
-    /// Connections of the entrypoints connected to this node.
-    pub attached: crate::attached::Attached,
-    /// This node's URL-service ingress, if it serves one.
-    pub ingress: Option<cairn_protocol::api::IngressInfo>,
-    /// The leader's view of an upgrade in progress (see [`crate::upgrade`]).
-    pub upgrade: Arc<crate::upgrade::Tracker>,
-    /// This node's metrics (`/metrics` on the HTTP API).
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// The ingress's graceful stop.
-    pub ingress_drain: crate::ingress::Drain,
-}
-
-impl Ctx {
-    /// Commit a command (through the leader, wherever this node is); an
-    /// `Error` answer from the state machine becomes `Err` (see [`Cluster::write`]).
-    pub async fn write(&self, command: Command) -> Result<Response, String> {
-        self.cluster.write(command).await
-    }
-
-    /// Commit a command (through the leader, wherever this node is), with typed errors: a
-    /// refusal of the state machine, or the cluster not reachable from here
-    /// ([`crate::api::ApiError`]).
-    pub async fn submit(&self, command: Command) -> Result<Response, crate::api::ApiError> {
-        use crate::api::ApiError;
-        match self
-            .cluster
-            .write_request(self.cluster.request(command))
-            .await
-        {
-            Ok(Response::Error(e)) => Err(ApiError::refusal(e)),
-            Ok(r) => Ok(r),
-            Err(e) => Err(ApiError::cluster(e).context("the cluster could not record it")),
-        }
-    }
-
-    /// A linearizable read, on any node, with typed errors (see [`Cluster::read_state`]).
-    pub async fn query<F, T>(&self, f: F) -> Result<T, crate::api::ApiError>
-    where
-        F: FnOnce(&State) -> T,
-    {
-        if cfg!(debug_assertions) && chaos_bug("stale-read") {
-            return Ok(self.raft.read_local(f));
-        }
-        self.cluster
-            .read_state(f)
-            .await
-            .map_err(crate::api::ApiError::cluster)
-    }
-
-    /// What the job scheduler and offer relays need of this node.
-    pub fn jobs_ctx(&self) -> crate::jobs::JobsCtx {
-        crate::jobs::JobsCtx {
-            cluster: self.cluster.clone(),
-            jobs: self.jobs.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
-
-    /// What the logs module needs of this node.
-    pub fn logs_ctx(&self) -> crate::logs::LogsCtx {
-        crate::logs::LogsCtx {
-            cluster: self.cluster.clone(),
-            logs: self.logs.clone(),
-            me: self.identity.node_id,
-        }
-    }
-
-    /// A linearizable read, on any node (see [`Cluster::read`]).
-    pub async fn read<F, T>(&self, f: F) -> Result<T, String>
-    where
-        F: FnOnce(&State) -> T,
-    {
-        self.cluster.read(f).await
-    }
-}
-
 pub use crate::cluster::chaos_bug;
+pub use crate::ctx::Ctx;
 
 /// What this node does for requests to the leader while it leads: [`peer::leader::handle`]
 /// over the whole node (held weakly: the node owns the cluster handle that holds this).
@@ -1089,26 +1002,7 @@ async fn accept_loop(ctx: Arc<Ctx>, endpoint: quinn::Endpoint, shutdown: Cancell
     }
 }
 
-/// Who is on the other end of a connection.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    pub name: String,
-    pub scope: TokenScope,
-    /// The hash of the token the connection was admitted with (empty for
-    /// peers): what a single-use token is consumed by.
-    pub token_hash: String,
-}
-
-/// Per-connection state shared by its streams.
-pub struct ConnSession {
-    pub conn: quinn::Connection,
-    pub principal: Principal,
-    pub role: Role,
-    /// The protocol version the connection speaks and what the other side runs.
-    pub speaks: Speaks,
-    /// Set once the connection registered as a runner.
-    pub runner: std::sync::Mutex<Option<String>>,
-}
+pub use crate::services::{ConnSession, Principal};
 
 fn negotiated_role(conn: &quinn::Connection) -> Option<Role> {
     let data = conn.handshake_data()?;

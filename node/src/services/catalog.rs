@@ -6,7 +6,7 @@ use cairn_protocol::types::OpKind;
 
 use super::reply;
 use crate::api;
-use crate::server::Ctx;
+use crate::ctx::Ctx;
 
 pub async fn list_operations(
     ctx: &Ctx,

@@ -6,8 +6,9 @@ use cairn_protocol::api::ClientResponse;
 use cairn_protocol::types::{TokenRecord, TokenScope};
 use cairn_protocol::{now_ms, token};
 
+use crate::ctx::Ctx;
 use crate::peer::{LeaderRequest, LeaderResponse};
-use crate::server::{ConnSession, Ctx};
+use crate::services::ConnSession;
 use crate::state::Command;
 
 /// Join tokens expire after 10 minutes unless asked otherwise (and each

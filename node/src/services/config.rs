@@ -7,7 +7,7 @@ use cairn_protocol::types::{ConfigScope, ConfigVar};
 
 use super::{reply, reply_ok};
 use crate::api;
-use crate::server::Ctx;
+use crate::ctx::Ctx;
 
 pub async fn set(ctx: &Arc<Ctx>, var: ConfigVar) -> ClientResponse {
     reply_ok(api::set_config(ctx, var).await)

@@ -25,8 +25,9 @@ use cairn_protocol::instance::EntrypointToNode;
 use cairn_protocol::types::{Instance, InstanceState, OpId, OpKind, ResourceState, TokenScope};
 use tokio_util::sync::CancellationToken;
 
+use crate::ctx::Ctx;
 use crate::logs::Shipper;
-use crate::server::{ConnSession, Ctx};
+use crate::services::ConnSession;
 use crate::state::{Command, State};
 
 /// How often a connected instance's `last_seen_ms` is refreshed.

@@ -17,7 +17,8 @@ use cairn_protocol::instance::{DeploymentRef, ExecSpec, NodeToEntrypoint};
 use cairn_protocol::types::InstanceState;
 
 use crate::attached::{self, splice, RELAY_BROKEN};
-use crate::server::{ConnSession, Ctx};
+use crate::ctx::Ctx;
+use crate::services::ConnSession;
 
 /// How long an exec waits for an instance of the deployment to be connected.
 pub const INSTANCE_WAIT: Duration = Duration::from_secs(5);

@@ -5,7 +5,7 @@ use cairn_protocol::instance::DeploymentRef;
 
 use super::{reply, reply_ok};
 use crate::api;
-use crate::server::Ctx;
+use crate::ctx::Ctx;
 
 pub async fn register(ctx: &Ctx, name: String, target: DeploymentRef) -> ClientResponse {
     reply_ok(api::register_hostname(ctx, name, target).await)

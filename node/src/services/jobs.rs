@@ -8,7 +8,7 @@ use cairn_protocol::types::{JobId, JobSpec};
 
 use super::{reply, reply_ok};
 use crate::api::{self, Caller};
-use crate::server::Ctx;
+use crate::ctx::Ctx;
 
 pub async fn queue(ctx: &Ctx, caller: &Caller, spec: JobSpec) -> ClientResponse {
     reply(api::queue_job(ctx, caller, spec).await, |id| {

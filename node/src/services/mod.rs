@@ -9,7 +9,7 @@ use cairn_protocol::frame;
 
 use crate::api::auth::{self, Action};
 use crate::api::{ApiError, Caller};
-use crate::server::{ConnSession, Ctx};
+use crate::ctx::Ctx;
 
 pub mod catalog;
 pub mod cluster;
@@ -22,6 +22,27 @@ pub mod runner;
 pub mod server;
 
 pub use crate::cluster::{note_retry_elsewhere, REQUEST_ID, RETRY_ELSEWHERE};
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub name: String,
+    pub scope: cairn_protocol::types::TokenScope,
+    /// The hash of the token the connection was admitted with (empty for
+    /// peers): what a single-use token is consumed by.
+    pub token_hash: String,
+}
+
+/// Per-connection state shared by its streams.
+pub struct ConnSession {
+    pub conn: quinn::Connection,
+    pub principal: Principal,
+    pub role: cairn_protocol::handshake::Role,
+    /// The protocol version the connection speaks and what the other side runs.
+    pub speaks: cairn_protocol::handshake::Speaks,
+    /// Set once the connection registered as a runner.
+    pub runner: std::sync::Mutex<Option<String>>,
+}
 
 /// The answer for `r`: `ok` of its value, or its error ([`ApiError::into_response`]).
 pub fn reply<T>(r: Result<T, ApiError>, ok: impl FnOnce(T) -> ClientResponse) -> ClientResponse {

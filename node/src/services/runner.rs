@@ -8,8 +8,9 @@ use cairn_protocol::api::ClientResponse;
 use cairn_protocol::frame;
 use cairn_protocol::types::{JobId, OpCompletion, OpId, OpKind, ResourceState, RunnerKind};
 
+use crate::ctx::Ctx;
 use crate::jobs::runner_record;
-use crate::server::{ConnSession, Ctx};
+use crate::services::ConnSession;
 use crate::state::{Command, Response, State};
 
 pub async fn register(

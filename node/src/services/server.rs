@@ -6,7 +6,7 @@ use cairn_protocol::api::ClientResponse;
 use cairn_protocol::types::{TokenRecord, TokenScope};
 use cairn_protocol::{now_ms, token};
 
-use crate::server::Ctx;
+use crate::ctx::Ctx;
 use crate::state::Command;
 
 pub async fn exchange_bootstrap(ctx: &Arc<Ctx>, name: &str) -> ClientResponse {

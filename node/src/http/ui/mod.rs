@@ -25,7 +25,7 @@ use serde::Deserialize;
 use crate::api::app::DeploymentAction;
 use crate::api::auth::Action;
 use crate::api::{self, ApiError, Caller};
-use crate::server::Ctx;
+use crate::ctx::Ctx;
 
 /// What the UI's handlers share.
 #[derive(Clone)]
