@@ -269,9 +269,36 @@ fn the_http_api_answers_what_the_cli_sees_and_refuses_other_tokens() {
         assert_eq!(a.status, 403, "{}", a.body);
         assert_eq!(a.json()["error"]["kind"], "refused");
     }
+    // The web UI: a join or entrypoint token does not sign in, and as a cookie opens no page.
+    let raw = |req: String| {
+        let host = base.strip_prefix("http://").expect("http://");
+        let mut s = std::net::TcpStream::connect(host).expect("connect");
+        s.write_all(req.replace("HOST", host).as_bytes())
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    };
+    for t in [&join, &entry] {
+        let form = format!("token={t}&next=/");
+        let a = raw(format!(
+            "POST /signin HTTP/1.0\r\nHost: HOST\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ));
+        assert!(
+            a.starts_with("HTTP/1.0 401") || a.starts_with("HTTP/1.1 401"),
+            "{a}"
+        );
+        assert!(!a.to_ascii_lowercase().contains("set-cookie"), "{a}");
+        let a = raw(format!(
+            "GET /apps/shop/web HTTP/1.0\r\nHost: HOST\r\nCookie: cairn_session={t}\r\n\r\n"
+        ));
+        assert!(a.contains(" 303 ") && a.contains("/signin"), "{a}");
+    }
 
-    // The OpenAPI document: every route it names answers with a token (a GET without
-    // path parameters: 200 and JSON) and refuses without one (401), whatever the method.
+    // The OpenAPI document: every route it names answers with a token (a GET: 200 and
+    // JSON) and refuses without one (401) or with a join or entrypoint token (403),
+    // whatever the method.
     let doc = get(&base, "/api/openapi.json", &token).json();
     let paths = doc["paths"].as_object().expect("paths");
     assert!(paths.len() >= 15, "{}", paths.len());
@@ -290,6 +317,14 @@ fn the_http_api_answers_what_the_cli_sees_and_refuses_other_tokens() {
                 "{method} {concrete} without a token: {}",
                 a.body
             );
+            for t in [&join, &entry] {
+                let a = request(&base, &method.to_uppercase(), &concrete, Some(t), None);
+                assert_eq!(
+                    a.status, 403,
+                    "{method} {concrete} with a {t:.12}… token: {}",
+                    a.body
+                );
+            }
             // (The event streams do not end: the UI test reads them.)
             if method == "get" && !path.ends_with("/events") && !path.ends_with("/logs") {
                 let a = get(&base, &concrete, &token);

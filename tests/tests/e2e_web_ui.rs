@@ -116,11 +116,14 @@ async fn sign_in(c: &Client, token: &str) {
 
 /// Follow the job page the UI sent us to until the job ends; its final state.
 async fn job_outcome(c: &Client) -> String {
-    let url = c.current_url().await.expect("url");
-    assert!(
-        url.path().starts_with("/jobs/"),
-        "an action shows its job: {url}"
-    );
+    // The click posts the form; the answer redirects to the job's page.
+    until(Duration::from_secs(20), "the action's job page", || async {
+        c.current_url()
+            .await
+            .ok()
+            .filter(|u| u.path().starts_with("/jobs/"))
+    })
+    .await;
     until(Duration::from_secs(90), "the job to end", || async {
         let s = text_of(c, "#job-state").await;
         (["success", "error", "cancelled"].contains(&s.trim())).then(|| s.trim().to_string())
