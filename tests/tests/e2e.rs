@@ -21,6 +21,7 @@ mod e2e_hardening;
 mod e2e_http_api;
 mod e2e_ingress_soak;
 mod e2e_init_fmt;
+mod e2e_kubernetes;
 mod e2e_logs_exec;
 mod e2e_operation_vars;
 mod e2e_pipeline;
