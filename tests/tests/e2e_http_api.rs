@@ -429,6 +429,40 @@ fn actions_on_an_app_deployed_by_a_cli_runner_say_what_to_do_and_cookies_need_th
         403,
         "the page's header lets the cookie act"
     );
+
+    // The UI's forms: a wrong CSRF token, or a right one from another site, is refused
+    // before anything is queued (403); the right one from this page reaches the action
+    // (here the 409 that says what to run instead).
+    let form = |csrf: &str, origin: Option<&str>| {
+        let host = base.strip_prefix("http://").expect("http://");
+        let mut s = std::net::TcpStream::connect(host).expect("connect");
+        let body = format!("csrf={csrf}&workspace=");
+        let mut req = format!(
+            "POST /apps/shop/web/deployments/1/release HTTP/1.0\r\nHost: {host}\r\nCookie: cairn_session={token}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(o) = origin {
+            req.push_str(&format!("Origin: {o}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        s.write_all(req.as_bytes()).expect("write");
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).expect("read");
+        raw.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .expect("status")
+    };
+    let jobs_before = get(&base, "/api/v1/jobs", &token).json();
+    assert_eq!(form("wrong", None), 403);
+    assert_eq!(form(&csrf, Some("http://evil.example")), 403);
+    assert_eq!(form(&csrf, Some(&base)), 409);
+    assert_eq!(
+        get(&base, "/api/v1/jobs", &token).json(),
+        jobs_before,
+        "no job was queued"
+    );
 }
 
 /// The value of the sample `name{labels…}` whose labels include every one of `want`.

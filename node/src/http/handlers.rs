@@ -16,7 +16,7 @@ use cairn_protocol::instance::DeploymentRef;
 use cairn_protocol::types::{ConfigScope, ConfigVar, JobId, JobSpec, OpKind, DEFAULT_WORKSPACE};
 use serde::Deserialize;
 
-use super::{authenticate, HttpError, OPENAPI};
+use super::{authenticate, HttpError, WorkspaceQuery, OPENAPI};
 use crate::api::auth::Action;
 use crate::api::{self, ApiError, Caller};
 use crate::ctx::Ctx;
@@ -502,20 +502,6 @@ async fn metrics(State(ctx): State<Shared>, Extension(caller): Extension<Caller>
         ),
     )
         .into_response()
-}
-
-#[derive(Deserialize)]
-struct WorkspaceQuery {
-    workspace: Option<String>,
-}
-
-impl WorkspaceQuery {
-    fn workspace(&self) -> String {
-        self.workspace
-            .clone()
-            .filter(|w| !w.is_empty())
-            .unwrap_or_else(|| DEFAULT_WORKSPACE.to_string())
-    }
 }
 
 /// One app in one workspace: its route, operations, instances, config (secrets masked) and

@@ -133,6 +133,21 @@ pub fn tls_config(
     Ok(Arc::new(cfg))
 }
 
+/// `?workspace=W` of the API's and the UI's app routes: absent or empty is the default.
+#[derive(serde::Deserialize)]
+pub(crate) struct WorkspaceQuery {
+    pub workspace: Option<String>,
+}
+
+impl WorkspaceQuery {
+    pub fn workspace(&self) -> String {
+        self.workspace
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| cairn_protocol::types::DEFAULT_WORKSPACE.to_string())
+    }
+}
+
 /// An error as the HTTP API answers it: the kind's status and
 /// `{"error": {"kind": …, "message": …}}`.
 pub struct HttpError(pub ApiError);

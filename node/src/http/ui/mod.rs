@@ -18,7 +18,7 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use cairn_protocol::types::{JobId, OpKind, DEFAULT_WORKSPACE};
+use cairn_protocol::types::{JobId, OpKind};
 use maud::Markup;
 use serde::Deserialize;
 
@@ -26,6 +26,7 @@ use crate::api::app::DeploymentAction;
 use crate::api::auth::Action;
 use crate::api::{self, ApiError, Caller};
 use crate::ctx::Ctx;
+use crate::http::WorkspaceQuery;
 
 /// What the UI's handlers share.
 #[derive(Clone)]
@@ -287,20 +288,6 @@ async fn overview(State(ui): State<Ui>, Extension(session): Extension<Session>) 
     }
 }
 
-#[derive(Deserialize)]
-struct WorkspaceQuery {
-    workspace: Option<String>,
-}
-
-impl WorkspaceQuery {
-    fn workspace(&self) -> String {
-        self.workspace
-            .clone()
-            .filter(|w| !w.is_empty())
-            .unwrap_or_else(|| DEFAULT_WORKSPACE.to_string())
-    }
-}
-
 async fn app_page(
     State(ui): State<Ui>,
     Extension(session): Extension<Session>,
@@ -374,9 +361,6 @@ async fn release(
     Path((project, app, sequence)): Path<(String, String, u64)>,
     Form(f): Form<ReleaseForm>,
 ) -> Response {
-    if let Some(r) = forged(&session, &headers, &f.csrf) {
-        return r;
-    }
     let weight = match f.weight.as_deref().map(str::trim).filter(|w| !w.is_empty()) {
         None => None,
         Some(w) => match w.trim_end_matches('%').parse::<u8>() {
@@ -390,20 +374,9 @@ async fn release(
             }
         },
     };
-    let workspace = WorkspaceQuery {
-        workspace: f.workspace,
-    }
-    .workspace();
-    act(
-        &ui,
-        &session,
-        project,
-        app,
-        workspace,
-        sequence,
-        DeploymentAction::Release { weight },
-    )
-    .await
+    let form = (&headers, f.csrf.as_str(), f.workspace);
+    let action = DeploymentAction::Release { weight };
+    act(&ui, &session, form, project, app, sequence, action).await
 }
 
 #[derive(Deserialize)]
@@ -419,35 +392,27 @@ async fn destroy(
     Path((project, app, sequence)): Path<(String, String, u64)>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    if let Some(r) = forged(&session, &headers, &f.csrf) {
-        return r;
-    }
-    let workspace = WorkspaceQuery {
-        workspace: f.workspace,
-    }
-    .workspace();
-    act(
-        &ui,
-        &session,
-        project,
-        app,
-        workspace,
-        sequence,
-        DeploymentAction::Destroy,
-    )
-    .await
+    let form = (&headers, f.csrf.as_str(), f.workspace);
+    let action = DeploymentAction::Destroy;
+    act(&ui, &session, form, project, app, sequence, action).await
 }
 
-/// Queue the action's job and show it.
+/// Queue the action's job and show it, once its form is this page's. `form`: the request's
+/// headers, the form's CSRF token and workspace.
 async fn act(
     ui: &Ui,
     session: &Session,
+    form: (&HeaderMap, &str, Option<String>),
     project: String,
     app: String,
-    workspace: String,
     sequence: u64,
     action: DeploymentAction,
 ) -> Response {
+    let (headers, csrf, workspace) = form;
+    if let Some(r) = forged(session, headers, csrf) {
+        return r;
+    }
+    let workspace = WorkspaceQuery { workspace }.workspace();
     if let Err(e) = session.caller.may(Action::QueueJob) {
         return api_error_page(session, e);
     }
