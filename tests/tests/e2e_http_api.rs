@@ -639,6 +639,10 @@ fn schemathesis_finds_nothing_against_the_openapi_document() {
         .args(["--url", &node.http_api()])
         .args(["-H", &format!("Authorization: Bearer {token}")])
         .args(["--checks", "all", "--max-examples", "50"])
+        // Hypothesis's own health check that too many generated inputs were thrown away
+        // (strings that cannot be a path segment) is about the generator, not the API, and
+        // it failed at random once in a full run: every input that is sent is still checked.
+        .args(["--suppress-health-check", "filter_too_much"])
         // An event stream does not end while its job runs: checked by the test above.
         .args(["--exclude-path", "/api/v1/jobs/{id}/events"])
         .env("NO_COLOR", "1")
