@@ -32,24 +32,38 @@ fn request(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Answer {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    exchange(
+        base,
+        method,
+        path,
+        &headers,
+        body.map(|b| ("application/json", b)),
+    )
+}
+
+/// One HTTP/1.0 request with these headers and (content type, body); the whole answer.
+fn exchange(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &str)>,
+) -> Answer {
     let host = base.strip_prefix("http://").expect("http://");
     let mut s = std::net::TcpStream::connect(host).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n");
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
     }
-    if let Some(b) = body {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
+    let (kind, body) = body.unwrap_or(("", ""));
+    if !kind.is_empty() {
+        req.push_str(&format!("Content-Type: {kind}\r\n"));
     }
-    req.push_str("\r\n");
-    if let Some(b) = body {
-        req.push_str(b);
-    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     s.write_all(req.as_bytes()).expect("write");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read");
@@ -270,30 +284,19 @@ fn the_http_api_answers_what_the_cli_sees_and_refuses_other_tokens() {
         assert_eq!(a.json()["error"]["kind"], "refused");
     }
     // The web UI: a join or entrypoint token does not sign in, and as a cookie opens no page.
-    let raw = |req: String| {
-        let host = base.strip_prefix("http://").expect("http://");
-        let mut s = std::net::TcpStream::connect(host).expect("connect");
-        s.write_all(req.replace("HOST", host).as_bytes())
-            .expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
-    };
     for t in [&join, &entry] {
         let form = format!("token={t}&next=/");
-        let a = raw(format!(
-            "POST /signin HTTP/1.0\r\nHost: HOST\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-            form.len()
-        ));
+        let form = ("application/x-www-form-urlencoded", form.as_str());
+        let a = exchange(&base, "POST", "/signin", &[], Some(form));
+        assert_eq!(a.status, 401, "{}", a.body);
         assert!(
-            a.starts_with("HTTP/1.0 401") || a.starts_with("HTTP/1.1 401"),
-            "{a}"
+            !a.head.to_ascii_lowercase().contains("set-cookie"),
+            "{}",
+            a.head
         );
-        assert!(!a.to_ascii_lowercase().contains("set-cookie"), "{a}");
-        let a = raw(format!(
-            "GET /apps/shop/web HTTP/1.0\r\nHost: HOST\r\nCookie: cairn_session={t}\r\n\r\n"
-        ));
-        assert!(a.contains(" 303 ") && a.contains("/signin"), "{a}");
+        let cookie = format!("cairn_session={t}");
+        let a = exchange(&base, "GET", "/apps/shop/web", &[("Cookie", &cookie)], None);
+        assert!(a.status == 303 && a.head.contains("/signin"), "{}", a.head);
     }
 
     // The OpenAPI document: every route it names answers with a token (a GET: 200 and
@@ -399,23 +402,11 @@ fn actions_on_an_app_deployed_by_a_cli_runner_say_what_to_do_and_cookies_need_th
     assert_eq!(r.status, 400, "{}", r.body);
 
     // The UI's session cookie works for reads; a change needs the page's CSRF header too.
+    let cookie = format!("cairn_session={token}");
     let with_cookie = |method: &str, path: &str, csrf: Option<&str>| {
-        let host = base.strip_prefix("http://").expect("http://");
-        let mut s = std::net::TcpStream::connect(host).expect("connect");
-        let mut req = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {host}\r\nCookie: cairn_session={token}\r\nContent-Length: 0\r\n"
-        );
-        if let Some(c) = csrf {
-            req.push_str(&format!("X-Cairn-CSRF: {c}\r\n"));
-        }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes()).expect("write");
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).expect("read");
-        raw.split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse::<u16>().ok())
-            .expect("status")
+        let mut headers = vec![("Cookie", cookie.as_str())];
+        headers.extend(csrf.map(|c| ("X-Cairn-CSRF", c)));
+        exchange(&base, method, path, &headers, None).status
     };
     assert_eq!(with_cookie("GET", "/api/v1/apps", None), 200);
     assert_eq!(with_cookie("POST", "/api/v1/jobs/99/cancel", None), 403);
@@ -434,25 +425,12 @@ fn actions_on_an_app_deployed_by_a_cli_runner_say_what_to_do_and_cookies_need_th
     // before anything is queued (403); the right one from this page reaches the action
     // (here the 409 that says what to run instead).
     let form = |csrf: &str, origin: Option<&str>| {
-        let host = base.strip_prefix("http://").expect("http://");
-        let mut s = std::net::TcpStream::connect(host).expect("connect");
+        let mut headers = vec![("Cookie", cookie.as_str())];
+        headers.extend(origin.map(|o| ("Origin", o)));
         let body = format!("csrf={csrf}&workspace=");
-        let mut req = format!(
-            "POST /apps/shop/web/deployments/1/release HTTP/1.0\r\nHost: {host}\r\nCookie: cairn_session={token}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        if let Some(o) = origin {
-            req.push_str(&format!("Origin: {o}\r\n"));
-        }
-        req.push_str("\r\n");
-        req.push_str(&body);
-        s.write_all(req.as_bytes()).expect("write");
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).expect("read");
-        raw.split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse::<u16>().ok())
-            .expect("status")
+        let body = ("application/x-www-form-urlencoded", body.as_str());
+        let path = "/apps/shop/web/deployments/1/release";
+        exchange(&base, "POST", path, &headers, Some(body)).status
     };
     let jobs_before = get(&base, "/api/v1/jobs", &token).json();
     assert_eq!(form("wrong", None), 403);

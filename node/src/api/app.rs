@@ -10,8 +10,8 @@
 //! gets a refusal that says what to do instead.
 
 use cairn_protocol::types::{
-    ConfigScope, ConfigVar, Instance, Job, JobId, JobKind, JobSpec, OpKind, Operation, Route,
-    RunnerKind, RunnerTarget,
+    ConfigVar, Instance, Job, JobId, JobKind, JobSpec, OpKind, Operation, Route, RunnerKind,
+    RunnerTarget,
 };
 use serde::Serialize;
 
@@ -75,23 +75,12 @@ pub async fn app_view(
             .filter(|i| i.project == project && i.app == app && i.workspace == workspace)
             .cloned()
             .collect();
-        let applies = |s: &ConfigScope| match s {
-            ConfigScope::Project(p) => *p == project,
-            ConfigScope::App { project: p, app: a } => *p == project && *a == app,
-            ConfigScope::Workspace {
-                project: p,
-                workspace: w,
-            } => *p == project && *w == workspace,
-            ConfigScope::WorkspaceApp {
-                project: p,
-                app: a,
-                workspace: w,
-            } => *p == project && *a == app && *w == workspace,
-        };
         let config = st
             .config_in(None)
             .into_iter()
-            .filter(|v| applies(&v.scope))
+            .filter(|v| {
+                cairn_protocol::config::rank(&v.scope, &project, &app, &workspace).is_some()
+            })
             .collect();
         let jobs = st
             .jobs
