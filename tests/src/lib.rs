@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 pub mod bench;
 pub mod corpus;
 pub mod docker;
+pub mod k8s;
 pub use tempfile::TempDir;
 
 /// How long one CLI command may take before the fixture kills it.
@@ -952,6 +953,8 @@ pub struct Cli {
     timeout: Duration,
     /// App dirs to `cairn destroy` on drop.
     apps: Mutex<BTreeSet<PathBuf>>,
+    /// Environment every `cairn` it runs gets (e.g. `KUBECONFIG`).
+    env: Vec<(String, String)>,
 }
 
 impl Default for Cli {
@@ -967,6 +970,7 @@ impl Cli {
             home: tempfile::tempdir().expect("tempdir"),
             timeout: CLI_TIMEOUT,
             apps: Mutex::new(BTreeSet::new()),
+            env: Vec::new(),
         }
     }
 
@@ -999,6 +1003,12 @@ impl Cli {
             .insert(dir.to_path_buf());
     }
 
+    /// Every `cairn` this CLI runs from now on gets `key=value` in its environment.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// `cairn ARGS…` with this CLI's home, stdin from /dev/null (change it
     /// before spawning if needed).
     pub fn command(&self, args: &[&str]) -> Command {
@@ -1018,6 +1028,7 @@ impl Cli {
             }
         };
         cmd.args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("CAIRN_HOME", self.home.path())
             .env("NO_COLOR", "1")
             .env_remove("CAIRN_CONTEXT")

@@ -136,6 +136,14 @@ impl Catalog {
             c.platforms.push(("docker", docker::DockerPlatform::boxed));
             c.mappers.push(docker::FILES_TO_IMAGE);
         }
+        #[cfg(feature = "kubernetes")]
+        {
+            use super::kubernetes;
+            c.platforms
+                .push(("kubernetes", kubernetes::KubernetesPlatform::boxed));
+            c.releasers
+                .push(("kubernetes", kubernetes::KubernetesReleaser::boxed));
+        }
         c
     }
 

@@ -22,6 +22,8 @@ pub mod docker;
 pub mod exec;
 pub mod external;
 pub mod files;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod null;
 pub mod process;
 
@@ -243,6 +245,11 @@ pub trait Releaser: Send + Sync {
         others: &[(u64, Value)],
         opts: &ReleaseOptions,
     ) -> Result<ReleaseOutcome, PluginError>;
+    /// Removes what a release made outside the deployments (a Service, an Ingress), when
+    /// the app's deployments are all destroyed. Most releasers make nothing of their own.
+    async fn destroy(&self, _ctx: &mut OpContext, _release: &Value) -> Result<(), PluginError> {
+        Ok(())
+    }
 }
 
 /// What a mapper runs: the value to convert and the operation's context (for
@@ -336,8 +343,11 @@ pub fn nearest(name: &str) -> Option<&'static str> {
         "nomad" | "nomad-jobspec" | "nomad-jobspec-canary" => {
             "docker (or process): Cairn schedules onto its own runners, not onto Nomad"
         }
-        "kubernetes" | "kubernetes-apply" | "helm" => {
-            "docker for now; a kubernetes platform is planned (docs/migrating-from-waypoint.md)"
+        "helm" => {
+            "kubernetes-apply, which applies a directory of manifests (templatedir() puts the image in); Helm charts are not built in"
+        }
+        "kubernetes" | "kubernetes-apply" => {
+            "none in this build of Cairn (it was built without the kubernetes feature)"
         }
         "exec" => "the exec platform (`use \"exec\"` in deploy)",
         _ => return None,

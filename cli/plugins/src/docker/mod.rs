@@ -27,7 +27,7 @@ pub use build::DockerBuilder;
 pub use engine::{engine, engine_address};
 pub use files_image::{APP_DIR, FILES_TO_IMAGE};
 pub use inject::{entrypoint_binary, ENTRYPOINT_PATH};
-pub use platform::DockerPlatform;
+pub use platform::{bridge_gateway, reachable_from_containers, DockerPlatform};
 pub use pull::PullBuilder;
 pub use registry::DockerRegistry;
 

@@ -679,7 +679,7 @@ async fn remove_labelled(
 /// The default bridge's gateway: the host's address as containers see it.
 /// The engine names it in the network's IPAM config, or (as the default
 /// bridge often does) gives only the subnet, whose first address it takes.
-async fn bridge_gateway(docker: &Docker) -> Option<String> {
+pub async fn bridge_gateway(docker: &Docker) -> Option<String> {
     let net = docker
         .inspect_network(
             "bridge",
@@ -721,7 +721,7 @@ fn first_host(subnet: &str) -> Option<std::net::Ipv4Addr> {
 /// which containers reach at the bridge's gateway (the node also listens
 /// there, see the node's `bridge` listener). Other addresses stay, after the
 /// rewritten ones.
-pub(crate) fn reachable_from_containers(addrs: &str, gateway: Option<&str>) -> String {
+pub fn reachable_from_containers(addrs: &str, gateway: Option<&str>) -> String {
     let mut out: Vec<String> = Vec::new();
     for a in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
         let mapped = match (a.parse::<std::net::SocketAddr>(), gateway) {

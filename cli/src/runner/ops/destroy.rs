@@ -29,6 +29,7 @@ pub async fn run(run: &mut JobRun, l: &Loaded, which: Option<u64>) -> Result<(),
                 run.job.spec.app
             ))),
             None => {
+                destroy_release(run, l).await?;
                 run.result("Destroyed", "nothing: no active deployments");
                 Ok(())
             }
@@ -61,7 +62,39 @@ pub async fn run(run: &mut JobRun, l: &Loaded, which: Option<u64>) -> Result<(),
         .await?;
         run.set_destroyed(d.id).await?;
     }
+    if which.is_none() {
+        destroy_release(run, l).await?;
+    }
     Ok(())
+}
+
+/// With every deployment gone, what the app's releaser made of its own (a Kubernetes
+/// Service, say) goes too: the releaser is given the last release it made.
+async fn destroy_release(run: &mut JobRun, l: &Loaded) -> Result<(), JobFailure> {
+    let Some((name, releaser)) = l.stages.releaser.clone() else {
+        return Ok(());
+    };
+    let releases = run.operations(OpKind::Release).await?;
+    let Some(last) = releases
+        .iter()
+        .rev()
+        .find(|r| r.status == OpStatus::Success && r.plugin == name)
+    else {
+        return Ok(());
+    };
+    let value = value_of(last)?;
+    run.plain_step(
+        &format!("Destroying release v{} with {name}", last.sequence),
+        last.sequence,
+        l.source_dir.clone(),
+        move |mut ctx| async move {
+            releaser
+                .destroy(&mut ctx, &value)
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await
 }
 
 /// Destroys a deployment that succeeded, through the platform and by its
