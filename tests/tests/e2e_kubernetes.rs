@@ -43,7 +43,8 @@ fn set_deploy(text: &mut String, body: &str) {
         .find("use \"kubernetes\" {\n")
         .expect("a kubernetes deploy")
         + 19;
-    let end = start + text[start..].find("    }\n").expect("its end");
+    // The block's closing brace: a line of exactly four spaces and `}`.
+    let end = start + text[start..].find("\n    }\n").expect("its end") + 1;
     text.replace_range(start..end, body);
 }
 
@@ -409,7 +410,7 @@ fn kubernetes_failures_say_why_and_leave_nothing_behind() {
         .as_array()
         .expect("a list")
         .iter()
-        .filter(|d| d["status"].as_str() == Some("error"))
+        .filter(|d| d["status"].as_str() == Some("Error") && d["plugin"] == "kubernetes")
         .count();
     assert_eq!(failed, 5, "{list}");
 }

@@ -134,9 +134,10 @@ pub(crate) async fn wait(
                         })
                         .unwrap_or_default();
                     return Err(PluginError::Failed(format!(
-                        "container {} of pod {pod_name} is crash-looping (restarted {} times){term}{}{}",
+                        "container {} of pod {pod_name} is crash-looping (restarted {} time{}){term}{}{}",
                         cs.name,
                         cs.restart_count,
+                        if cs.restart_count == 1 { "" } else { "s" },
                         match probe.last() {
                             Some(p) => format!("; its probe failed: {p}"),
                             None => String::new(),
