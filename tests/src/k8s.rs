@@ -96,7 +96,7 @@ impl Cluster {
     pub fn objects_of(&self, project: &str) -> Vec<String> {
         let out = self.ok(&[
             "get",
-            "deployments,replicasets,pods,services,secrets,ingresses,horizontalpodautoscalers",
+            "deployments,replicasets,pods,services,secrets,configmaps,ingresses,horizontalpodautoscalers",
             "--all-namespaces",
             "-l",
             &format!("cairn.dev/project={project}"),

@@ -469,3 +469,139 @@ fn a_corpus_kubernetes_config_deploys_on_the_local_cluster() {
     cli.run_in(dir.path(), &["destroy"]).ok();
     assert_eq!(cluster.objects_of("go-k8s"), Vec::<String>::new());
 }
+
+/// `kubernetes-apply`: a directory of manifests, templated with the pushed image, applied;
+/// a later deploy prunes what left the manifests; destroy deletes only what each
+/// deployment still owns.
+#[test]
+fn kubernetes_apply_applies_prunes_and_destroys() {
+    if !docker_ready() {
+        return;
+    }
+    static_entrypoint();
+    let registry = Registry::start();
+    let cluster = Cluster::start();
+    let project = format!("ka-{}", std::process::id());
+    let app = tempfile::tempdir().expect("tempdir");
+    let src = workspace_root().join("examples/kubernetes-hello");
+    std::fs::copy(src.join("Dockerfile"), app.path().join("Dockerfile")).expect("Dockerfile");
+    copy_tree(&src.join("www"), &app.path().join("www"));
+    std::fs::copy("/bin/busybox", app.path().join("busybox")).expect("busybox");
+    write(
+        app.path(),
+        "cairn.hcl",
+        &format!(
+            r#"project = "{project}"
+
+app "web" {{
+  build {{
+    use "docker" {{}}
+    registry {{
+      use "docker" {{
+        image = "127.0.0.1:{port}/ka/web"
+        tag   = "latest"
+      }}
+    }}
+  }}
+  deploy {{
+    use "kubernetes-apply" {{
+      path        = templatedir("${{path.app}}/k8s", {{ image = "${{artifact.image}}:${{artifact.tag}}" }})
+      prune_label = "app=kapply"
+    }}
+  }}
+}}
+"#,
+            port = registry.port
+        ),
+    );
+    std::fs::create_dir_all(app.path().join("k8s")).expect("k8s dir");
+    let deployment = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: kapply, labels: {app: kapply}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: kapply}}
+  template:
+    metadata: {labels: {app: kapply}}
+    spec:
+      containers:
+      - name: web
+        image: ${image}
+        env: [{name: PORT, value: "3000"}]
+        ports: [{containerPort: 3000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kapply, labels: {app: kapply}}
+spec:
+  selector: {app: kapply}
+  ports: [{port: 80, targetPort: 3000, protocol: TCP}]
+"#;
+    write(&app.path().join("k8s"), "web.yaml", deployment);
+    write(
+        &app.path().join("k8s"),
+        "config.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kapply-config, labels: {app: kapply}}\ndata: {greeting: hello}\n",
+    );
+    let node = NodeProc::start_new();
+    let mut cli = Cli::new();
+    cli.set_env("KUBECONFIG", &cluster.kubeconfig().to_string_lossy());
+    cli.connect_to(&node, "dev");
+
+    let up = cli.run_in(app.path(), &["up"]).ok();
+    for step in [
+        "Deploying v1 with kubernetes-apply",
+        "applying 3 object(s)",
+        "applied ConfigMap kapply-config",
+        "applied Deployment kapply",
+        "kapply: 2/2 pods ready",
+    ] {
+        assert!(up.stdout.contains(step), "no {step:?}: {up}");
+    }
+    let image = cluster.ok(&[
+        "get",
+        "deployment",
+        "kapply",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]);
+    assert_eq!(image, format!("127.0.0.1:{}/ka/web:latest", registry.port));
+    assert_eventually!(
+        via_cluster_ip(&cluster, "kapply", "/").is_some_and(|b| b.contains("Hello from Cairn")),
+        Duration::from_secs(30),
+        "the applied Service does not answer"
+    );
+    // The applied objects carry Cairn's labels (their pods are the manifests' own).
+    let mut ours = cluster.objects_of(&project);
+    ours.sort();
+    assert_eq!(
+        ours,
+        [
+            "configmap/kapply-config",
+            "deployment.apps/kapply",
+            "service/kapply"
+        ]
+    );
+
+    // The ConfigMap leaves the manifests: the next deploy prunes it.
+    std::fs::remove_file(app.path().join("k8s/config.yaml")).expect("rm");
+    let d2 = cli.run_in(app.path(), &["deploy"]).ok();
+    assert!(d2.stdout.contains("pruned ConfigMap kapply-config"), "{d2}");
+    assert!(!cluster
+        .kubectl(&["get", "configmap", "kapply-config"])
+        .status
+        .success());
+
+    // Destroy: v1's objects now belong to v2, which deletes them.
+    let d = cli.run_in(app.path(), &["destroy"]).ok();
+    assert!(
+        d.stdout.contains("a later deploy applied again were left"),
+        "{d}"
+    );
+    assert_eventually!(
+        cluster.objects_of(&project).is_empty(),
+        Duration::from_secs(60),
+        "left: {:?}",
+        cluster.objects_of(&project)
+    );
+}

@@ -141,6 +141,8 @@ impl Catalog {
             use super::kubernetes;
             c.platforms
                 .push(("kubernetes", kubernetes::KubernetesPlatform::boxed));
+            c.platforms
+                .push(("kubernetes-apply", kubernetes::ApplyPlatform::boxed));
             c.releasers
                 .push(("kubernetes", kubernetes::KubernetesReleaser::boxed));
         }

@@ -13,6 +13,7 @@
 //!   never part of a value.
 //! - A failed deploy deletes what it made and waits for its pods to go.
 
+mod apply;
 mod conn;
 mod objects;
 mod platform;
@@ -23,6 +24,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use apply::{Applied, ApplyPlatform, APPLIED};
 pub use conn::Target;
 pub use platform::KubernetesPlatform;
 pub use release::KubernetesReleaser;

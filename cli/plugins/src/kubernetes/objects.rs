@@ -318,23 +318,7 @@ impl Config {
     }
 
     pub fn rollout_timeout(&self) -> Result<Duration, PluginError> {
-        let bad = || {
-            config_error(
-                PLUGIN,
-                "rollout_timeout",
-                "must be a duration such as \"90s\" or \"5m\", or a number of seconds",
-            )
-        };
-        match &self.rollout_timeout {
-            None => Ok(DEFAULT_ROLLOUT_TIMEOUT),
-            Some(J::Number(n)) => n
-                .as_u64()
-                .filter(|s| *s > 0)
-                .map(Duration::from_secs)
-                .ok_or_else(bad),
-            Some(J::String(s)) => parse_duration(s).ok_or_else(bad),
-            Some(_) => Err(bad()),
-        }
+        rollout_timeout(PLUGIN, self.rollout_timeout.as_ref())
     }
 
     /// How many pods the rollout waits for.
@@ -344,6 +328,28 @@ impl Config {
             (Some(a), None) => a.min_replicas.unwrap_or(1),
             (None, None) => 1,
         }
+    }
+}
+
+/// A plugin's `rollout_timeout` field: "90s", "5m", or a number of seconds; default
+/// [`DEFAULT_ROLLOUT_TIMEOUT`].
+pub(crate) fn rollout_timeout(plugin: &str, v: Option<&J>) -> Result<Duration, PluginError> {
+    let bad = || {
+        config_error(
+            plugin,
+            "rollout_timeout",
+            "must be a duration such as \"90s\" or \"5m\", or a number of seconds",
+        )
+    };
+    match v {
+        None => Ok(DEFAULT_ROLLOUT_TIMEOUT),
+        Some(J::Number(n)) => n
+            .as_u64()
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+            .ok_or_else(bad),
+        Some(J::String(s)) => parse_duration(s).ok_or_else(bad),
+        Some(_) => Err(bad()),
     }
 }
 

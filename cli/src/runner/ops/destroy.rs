@@ -45,7 +45,7 @@ pub async fn run(run: &mut JobRun, l: &Loaded, which: Option<u64>) -> Result<(),
             OpStatus::Running => "interrupted",
             _ => "failed",
         };
-        let platform = l.stages.platform.clone();
+        let platform = super::platform_for(run, l, &d).await?;
         run.plain_step(
             &format!("Cleaning up {what} deployment v{seq}"),
             seq,
@@ -106,7 +106,7 @@ pub(super) async fn destroy_recorded(
     title: &str,
 ) -> Result<(), JobFailure> {
     let value = value_of(d)?;
-    let platform = l.stages.platform.clone();
+    let platform = super::platform_for(run, l, d).await?;
     run.plain_step(
         title,
         d.sequence,

@@ -79,6 +79,28 @@ fn platform_with_artifact(
     Ok(std::sync::Arc::from(platform))
 }
 
+/// The platform that made deployment `d`: the deploy stage's, made again with the
+/// artifact `d` was deployed from when the stage reads `artifact.*` (so destroy and status
+/// work on such a platform as deploy did).
+async fn platform_for(
+    run: &JobRun,
+    l: &Loaded,
+    d: &Operation,
+) -> Result<std::sync::Arc<dyn crate::plugins::Platform>, JobFailure> {
+    let stage = l.app.deploy_stage().map_err(JobFailure::new)?;
+    if stage.plugin.deferred.is_empty() {
+        return Ok(l.stages.platform.clone());
+    }
+    let artifact = match d.input_seq {
+        Some(b) => latest_build_values(run, Some(b)).await?.1.pop(),
+        None => None,
+    };
+    match artifact {
+        Some(a) => platform_with_artifact(run, l, &a),
+        None => Ok(l.stages.platform.clone()),
+    }
+}
+
 /// The registry stage's registry made again from the config evaluated with the build's
 /// value (`artifact.*`), for a registry stage with fields that read it.
 fn registry_with_artifact(

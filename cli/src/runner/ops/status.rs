@@ -20,7 +20,7 @@ pub async fn run(run: &mut JobRun, l: &Loaded) -> Result<(), JobFailure> {
     let name = l.stages.platform_name.clone();
     for d in active {
         let value = value_of(&d)?;
-        let platform = l.stages.platform.clone();
+        let platform = super::platform_for(run, l, &d).await?;
         let seq = d.sequence;
         let health = run
             .plain_step(
