@@ -87,3 +87,49 @@ fn every_corpus_file_evaluates_with_no_language_error() {
         "at least the files whose plugins Cairn has plan: {plans}"
     );
 }
+
+/// Issue 18: the corpus's kubernetes configs validate: every `kubernetes` and
+/// `kubernetes-apply` stage is accepted as Waypoint's users wrote it (what fails in those
+/// files is only a plugin Cairn lacks elsewhere, such as `pack`, or an unreachable source),
+/// and `helm` is refused naming `kubernetes-apply`.
+#[test]
+fn the_corpus_kubernetes_stages_validate() {
+    let Some(dir) = corpus::dir() else {
+        eprintln!("skipped: ../shared/waypoint-corpus is absent");
+        return;
+    };
+    let cli = Cli::new();
+    let mut kubernetes = Vec::new();
+    for file in corpus::files(&dir) {
+        let text = std::fs::read_to_string(&file).expect("read");
+        let uses = |p: &str| text.contains(&format!("use \"{p}\""));
+        if !(uses("kubernetes") || uses("kubernetes-apply") || uses("helm")) {
+            continue;
+        }
+        let p = corpus::prepare(&file).expect("prepare");
+        let args = corpus::validate_args(&p);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = cli.run(&args);
+        let o = corpus::Outcome::new(&p, out.code, &out.stdout, &out.stderr);
+        for e in &o.errors {
+            assert!(
+                !e.contains("plugin \"kubernetes")
+                    && !e.contains("\"kubernetes\" is not available")
+                    && !e.contains("\"kubernetes-apply\" is not available"),
+                "{}: a kubernetes stage was refused: {e}",
+                o.name
+            );
+            if e.contains("plugin \"helm\" is not available") {
+                assert!(e.contains("nearest in Cairn: kubernetes-apply"), "{e}");
+            }
+        }
+        kubernetes.push((o.name.clone(), o.summary()));
+    }
+    println!("{kubernetes:#?}");
+    assert_eq!(kubernetes.len(), 10, "the corpus's kubernetes configs: {kubernetes:#?}");
+    // The one whose plugins are all Cairn's plans outright (it deploys in e2e_kubernetes).
+    assert!(
+        kubernetes.iter().any(|(n, s)| n.contains("go-workspace-pull") && s == "plan"),
+        "{kubernetes:#?}"
+    );
+}
