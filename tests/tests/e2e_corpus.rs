@@ -126,10 +126,16 @@ fn the_corpus_kubernetes_stages_validate() {
         kubernetes.push((o.name.clone(), o.summary()));
     }
     println!("{kubernetes:#?}");
-    assert_eq!(kubernetes.len(), 10, "the corpus's kubernetes configs: {kubernetes:#?}");
+    assert_eq!(
+        kubernetes.len(),
+        10,
+        "the corpus's kubernetes configs: {kubernetes:#?}"
+    );
     // The one whose plugins are all Cairn's plans outright (it deploys in e2e_kubernetes).
     assert!(
-        kubernetes.iter().any(|(n, s)| n.contains("go-workspace-pull") && s == "plan"),
+        kubernetes
+            .iter()
+            .any(|(n, s)| n.contains("go-workspace-pull") && s == "plan"),
         "{kubernetes:#?}"
     );
 }

@@ -530,3 +530,64 @@ impl KubernetesReleaser {
         urls
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(v: serde_json::Value) -> String {
+        match KubernetesReleaser::boxed(&v) {
+            Ok(_) => panic!("accepted {v}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn waypoint_release_fields_parse_and_bad_ones_are_named() {
+        // The corpus's stanzas, as HCL gives them.
+        for ok in [
+            json!({"load_balancer": true, "port": 3000}),
+            json!({"port": 443}),
+            json!({"namespace": "ingress-nginx", "ingress": {"http": {"path_type": "Prefix", "path": "/app-one"}}}),
+            json!({"ingress": {"http": {"default": true, "path_type": "Prefix", "path": "/"}}}),
+            json!({"load_balancer": true, "annotations": {"service.beta.kubernetes.io/aws-load-balancer-internal": "true"}}),
+            json!({"node_port": 30080, "ingress": {"web": {"host": "web.example.com",
+                "tls": {"hosts": ["web.example.com"], "secret_name": "web-tls"}, "annotations": {"a": "b"}}}}),
+            json!({"ports": [{"port": 80, "target_port": 3000, "name": "http"}, {"port": 9000, "name": "grpc"}]}),
+        ] {
+            assert!(KubernetesReleaser::boxed(&ok).is_ok(), "{ok}");
+        }
+        assert!(err(json!({"lod_balancer": true})).contains("field \"lod_balancer\""));
+        assert!(err(json!({"ingress": {"x": {"path": "app"}}}))
+            .contains("field \"ingress.x.path\": must start with '/'"));
+        assert!(err(json!({"ingress": {"x": {"path_type": "Sometimes"}}}))
+            .contains("ingress.x.path_type"));
+        assert!(err(json!({"ports": [{"port": 80}, {"port": 81}]})).contains("field \"ports\""));
+        assert!(err(json!({"port": "eighty"})).contains("field \"port\""));
+    }
+
+    #[test]
+    fn the_service_type_and_ports_follow_the_config() {
+        let r = |v: serde_json::Value| KubernetesReleaser {
+            config: parse_config(PLUGIN, &v).expect("parses"),
+        };
+        assert_eq!(r(json!({})).service_type(), "ClusterIP");
+        assert_eq!(r(json!({"node_port": 30080})).service_type(), "NodePort");
+        assert_eq!(
+            r(json!({"node_port": 30080, "load_balancer": true})).service_type(),
+            "LoadBalancer"
+        );
+        assert_eq!(
+            r(json!({"port": 8080})).service_ports(3000),
+            vec![json!({"name": "http", "port": 8080, "targetPort": 3000, "protocol": "TCP"})]
+        );
+        let two = r(json!({"ports": [{"port": 80, "name": "a"}, {"port": 81, "target_port": 9, "name": "b"}]}))
+            .service_ports(3000);
+        assert_eq!(two[0]["targetPort"], 3000);
+        assert_eq!(two[1]["targetPort"], 9);
+        assert!(
+            two.iter().all(|p| p["protocol"] == "TCP"),
+            "1.20's server-side apply wants it"
+        );
+    }
+}
