@@ -124,21 +124,51 @@ fn via_cluster_ip(cluster: &Cluster, service: &str, path: &str) -> Option<String
         .then(|| String::from_utf8_lossy(&out.stdout).to_string())
 }
 
-#[test]
-fn kubernetes_hello_deploys_releases_rolls_back_and_destroys() {
+/// What every test here stands on: a registry, the local cluster, a node, and a CLI whose
+/// runner reaches the cluster (`KUBECONFIG`). `None` without a Docker engine (outside CI).
+struct Env {
+    // A test binds these registry, cluster, node, CLI, so they drop the other way round:
+    // the CLI first (it destroys what its apps left), the registry last.
+    cli: Cli,
+    _node: NodeProc,
+    cluster: Cluster,
+    registry: Registry,
+}
+
+fn env() -> Option<Env> {
     if !docker_ready() {
-        return;
+        return None;
     }
     static_entrypoint();
     let registry = Registry::start();
     let cluster = Cluster::start();
-    let project = format!("kh-{}", std::process::id());
-    let app = hello_app(&project, None);
-    let reg = format!("registry=127.0.0.1:{}", registry.port);
     let node = NodeProc::start_new();
     let mut cli = Cli::new();
     cli.set_env("KUBECONFIG", &cluster.kubeconfig().to_string_lossy());
     cli.connect_to(&node, "dev");
+    Some(Env {
+        cli,
+        _node: node,
+        cluster,
+        registry,
+    })
+}
+
+#[test]
+fn kubernetes_hello_deploys_releases_rolls_back_and_destroys() {
+    // Bound in this order, so dropped CLI first, registry last.
+    let Some(Env {
+        registry,
+        cluster,
+        _node,
+        cli,
+    }) = env()
+    else {
+        return;
+    };
+    let project = format!("kh-{}", std::process::id());
+    let app = hello_app(&project, None);
+    let reg = format!("registry=127.0.0.1:{}", registry.port);
 
     let up = cli.run_in(app.path(), &["up", "--var", &reg]).ok();
     for step in [
@@ -285,19 +315,19 @@ fn kubernetes_hello_deploys_releases_rolls_back_and_destroys() {
 
 #[test]
 fn kubernetes_failures_say_why_and_leave_nothing_behind() {
-    if !docker_ready() {
+    // Bound in this order, so dropped CLI first, registry last.
+    let Some(Env {
+        registry,
+        cluster,
+        _node,
+        cli,
+    }) = env()
+    else {
         return;
-    }
-    static_entrypoint();
-    let registry = Registry::start();
-    let cluster = Cluster::start();
+    };
     let project = format!("kf-{}", std::process::id());
     let app = hello_app(&project, None);
     let reg = format!("registry=127.0.0.1:{}", registry.port);
-    let node = NodeProc::start_new();
-    let mut cli = Cli::new();
-    cli.set_env("KUBECONFIG", &cluster.kubeconfig().to_string_lossy());
-    cli.connect_to(&node, "dev");
     cli.run_in(app.path(), &["build", "--var", &reg]).ok();
     let nothing_left = |case: &str| {
         assert_eq!(
@@ -420,15 +450,19 @@ fn kubernetes_failures_say_why_and_leave_nothing_behind() {
 /// the local cluster unchanged but for its registry.
 #[test]
 fn a_corpus_kubernetes_config_deploys_on_the_local_cluster() {
-    if !docker_ready() {
-        return;
-    }
     let Some(corpus) = cairn_tests::corpus::dir() else {
         panic!("no ../shared/waypoint-corpus next to the checkout");
     };
-    static_entrypoint();
-    let registry = Registry::start();
-    let cluster = Cluster::start();
+    // Bound in this order, so dropped CLI first, registry last.
+    let Some(Env {
+        registry,
+        cluster,
+        _node,
+        cli,
+    }) = env()
+    else {
+        return;
+    };
     let file = corpus.join(
         "hashicorp_waypoint-examples__kubernetes_go-workspace-pull_waypoint.hcl/waypoint.hcl",
     );
@@ -439,10 +473,6 @@ fn a_corpus_kubernetes_config_deploys_on_the_local_cluster() {
     std::fs::copy(src.join("Dockerfile"), dir.path().join("Dockerfile")).expect("Dockerfile");
     copy_tree(&src.join("www"), &dir.path().join("www"));
     std::fs::copy("/bin/busybox", dir.path().join("busybox")).expect("busybox");
-    let node = NodeProc::start_new();
-    let mut cli = Cli::new();
-    cli.set_env("KUBECONFIG", &cluster.kubeconfig().to_string_lossy());
-    cli.connect_to(&node, "dev");
     let image = format!("push_image=127.0.0.1:{}/go-k8s", registry.port);
     let up = cli.run_in(dir.path(), &["up", "--var", &image]).ok();
     assert!(up.stdout.contains("Deploying v1 with kubernetes"), "{up}");
@@ -475,12 +505,16 @@ fn a_corpus_kubernetes_config_deploys_on_the_local_cluster() {
 /// deployment still owns.
 #[test]
 fn kubernetes_apply_applies_prunes_and_destroys() {
-    if !docker_ready() {
+    // Bound in this order, so dropped CLI first, registry last.
+    let Some(Env {
+        registry,
+        cluster,
+        _node,
+        cli,
+    }) = env()
+    else {
         return;
-    }
-    static_entrypoint();
-    let registry = Registry::start();
-    let cluster = Cluster::start();
+    };
     let project = format!("ka-{}", std::process::id());
     let app = tempfile::tempdir().expect("tempdir");
     let src = workspace_root().join("examples/kubernetes-hello");
@@ -543,11 +577,6 @@ spec:
         "config.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kapply-config, labels: {app: kapply}}\ndata: {greeting: hello}\n",
     );
-    let node = NodeProc::start_new();
-    let mut cli = Cli::new();
-    cli.set_env("KUBECONFIG", &cluster.kubeconfig().to_string_lossy());
-    cli.connect_to(&node, "dev");
-
     let up = cli.run_in(app.path(), &["up"]).ok();
     for step in [
         "Deploying v1 with kubernetes-apply",

@@ -22,6 +22,19 @@ fn names_and_unknown_plugins() {
             vec!["command", "docker", "docker-pull", "files", "null"]
         );
         assert_eq!(c.names(Kind::Registry), vec!["docker", "files", "null"]);
+        #[cfg(feature = "kubernetes")]
+        assert_eq!(
+            c.names(Kind::Platform),
+            vec![
+                "docker",
+                "exec",
+                "kubernetes",
+                "kubernetes-apply",
+                "null",
+                "process"
+            ]
+        );
+        #[cfg(not(feature = "kubernetes"))]
         assert_eq!(
             c.names(Kind::Platform),
             vec!["docker", "exec", "null", "process"]
@@ -33,6 +46,12 @@ fn names_and_unknown_plugins() {
         assert_eq!(c.names(Kind::Registry), vec!["files", "null"]);
         assert_eq!(c.names(Kind::Platform), vec!["exec", "null", "process"]);
     }
+    #[cfg(feature = "kubernetes")]
+    assert_eq!(
+        c.names(Kind::Releaser),
+        vec!["kubernetes", "null", "process"]
+    );
+    #[cfg(not(feature = "kubernetes"))]
     assert_eq!(c.names(Kind::Releaser), vec!["null", "process"]);
     let err = c
         .builder("bazel", &json!({}))
@@ -55,7 +74,10 @@ fn names_and_unknown_plugins() {
     let err = c.releaser("k8s", &json!({})).err().expect("unknown plugin");
     assert_eq!(
         err.to_string(),
-        "releaser plugin \"k8s\" is not available (available: null, process); or install an external plugin cairn-plugin-k8s"
+        format!(
+            "releaser plugin \"k8s\" is not available (available: {}); or install an external plugin cairn-plugin-k8s",
+            c.names(Kind::Releaser).join(", ")
+        )
     );
 }
 
