@@ -300,7 +300,30 @@ fn kubernetes_hello_deploys_releases_rolls_back_and_destroys() {
         "{release_url} does not answer after the rollback"
     );
 
-    // Destroy: nothing with Cairn's labels is left, pods included.
+    // An Ingress on the release: releasing v2 again applies it.
+    let cfg = app.path().join("cairn.hcl");
+    let text = std::fs::read_to_string(&cfg).expect("cairn.hcl").replace(
+        "      port = 80\n",
+        "      port = 80\n      ingress \"http\" {\n        host = \"web.example.test\"\n        path = \"/\"\n      }\n",
+    );
+    std::fs::write(&cfg, text).expect("write cairn.hcl");
+    let fwd = cli.run_in(app.path(), &["release", "2"]).ok();
+    assert!(
+        fwd.stdout
+            .contains("Ingress web-http routes / to Service web"),
+        "{fwd}"
+    );
+    let rule = cluster.ok(&[
+        "get",
+        "ingresses.v1.networking.k8s.io",
+        "web-http",
+        "-o",
+        "jsonpath={.spec.rules[0].host} {.spec.rules[0].http.paths[0].backend.service.name}",
+    ]);
+    assert_eq!(rule, "web.example.test web");
+    assert_eq!(service_selects(&cluster, "web"), "2");
+
+    // Destroy: nothing with Cairn's labels is left, pods and the Ingress included.
     let d = cli.run_in(app.path(), &["destroy"]).ok();
     assert!(d.stdout.contains("Destroying release"), "{d}");
     assert_eq!(cluster.objects_of(&project), Vec::<String>::new());

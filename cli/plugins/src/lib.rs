@@ -245,8 +245,13 @@ pub trait Releaser: Send + Sync {
         others: &[(u64, Value)],
         opts: &ReleaseOptions,
     ) -> Result<ReleaseOutcome, PluginError>;
-    /// Removes what a release made outside the deployments (a Service, an Ingress), when
-    /// the app's deployments are all destroyed. Most releasers make nothing of their own.
+    /// Whether a release makes objects of its own, outside the deployments (a Service, an
+    /// Ingress), which [`Releaser::destroy`] removes. Most releasers make none.
+    fn owns_objects(&self) -> bool {
+        false
+    }
+    /// Removes what a release made outside the deployments, when the app's deployments are
+    /// all destroyed (only called when [`Releaser::owns_objects`]).
     async fn destroy(&self, _ctx: &mut OpContext, _release: &Value) -> Result<(), PluginError> {
         Ok(())
     }

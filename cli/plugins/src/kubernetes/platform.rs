@@ -15,8 +15,8 @@ use kube::Api;
 use super::conn::{status_code, Connected};
 use super::objects::{self, Config, Inputs};
 use super::{
-    deployment_labels, deployment_name, rollout, selector, Deployment, DEPLOYMENT, LABEL_APP,
-    LABEL_DEPLOYMENT, LABEL_PROJECT, LABEL_WORKSPACE,
+    deployment_labels, deployment_name, rollout, selector, Deployment, Target, DEPLOYMENT,
+    LABEL_APP, LABEL_DEPLOYMENT, LABEL_PROJECT, LABEL_WORKSPACE,
 };
 use crate::docker::{Image, IMAGE};
 use crate::{
@@ -151,7 +151,7 @@ impl Platform for KubernetesPlatform {
         .await;
         if let Err(e) = result {
             ctx.info(&format!("deploy failed, deleting what it made: {e}"));
-            if let Err(e2) = delete_labelled(&c, ctx, &labels).await {
+            if let Err(e2) = delete_labelled(&c, ctx, &labels, PodWait::UntilGone).await {
                 ctx.info(&format!("cleaning up failed too: {e2}"));
             }
             return Err(e);
@@ -178,7 +178,7 @@ impl Platform for KubernetesPlatform {
         let d: Deployment = deployment.get::<Deployment>()?;
         let c = d.target.connect().await?;
         let labels = deployment_labels(&d.project, &d.app, &d.workspace, d.sequence);
-        let n = delete_labelled(&c, ctx, &labels).await?;
+        let n = delete_labelled(&c, ctx, &labels, PodWait::UntilGone).await?;
         ctx.info(&format!(
             "deleted the objects of v{} in namespace {} ({n})",
             d.sequence, c.namespace
@@ -189,7 +189,7 @@ impl Platform for KubernetesPlatform {
     async fn destroy_interrupted(&self, ctx: &mut OpContext) -> Result<String, PluginError> {
         let c = self.config.target().connect().await?;
         let labels = deployment_labels(&ctx.project, &ctx.app, &ctx.workspace, ctx.sequence);
-        let n = delete_labelled(&c, ctx, &labels).await?;
+        let n = delete_labelled(&c, ctx, &labels, PodWait::UntilGone).await?;
         Ok(format!(
             "deleted what v{} left in namespace {} ({n})",
             ctx.sequence, c.namespace
@@ -249,8 +249,6 @@ impl Platform for KubernetesPlatform {
         None
     }
 }
-
-use super::Target;
 
 impl KubernetesPlatform {
     /// The entrypoint's settings as pods can use them: the cluster's addresses as
@@ -312,7 +310,7 @@ impl KubernetesPlatform {
                 ctx.info(&format!(
                     "Deployment {name} was left by an interrupted deploy: deleting it first"
                 ));
-                delete_labelled(c, ctx, labels).await?;
+                delete_labelled(c, ctx, labels, PodWait::UntilGone).await?;
                 Ok(())
             }
             Err(e) if status_code(&e) == Some(404) => Ok(()),
@@ -340,12 +338,24 @@ where
         .map_err(|e| c.error(&format!("creating {kind} {name}"), e))
 }
 
+/// Whether [`delete_labelled`] waits for the deleted pods to be gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PodWait {
+    /// Destroy and a failed deploy: "nothing left" means the pods too.
+    UntilGone,
+    /// A prune during a release: the old pods stop gracefully on their own time, which
+    /// the release does not wait for (the kubelet here takes 5 to 70 s).
+    No,
+}
+
 /// Deletes the Deployments, ReplicaSets, pods, Secrets and autoscalers carrying `labels`,
-/// then waits for the pods to be gone. Returns what it deleted, in words.
+/// then (with [`PodWait::UntilGone`]) waits for the pods to be gone. Returns what it
+/// deleted, in words.
 pub(crate) async fn delete_labelled(
     c: &Connected,
     ctx: &mut OpContext,
     labels: &BTreeMap<String, String>,
+    wait: PodWait,
 ) -> Result<String, PluginError> {
     let lp = ListParams::default().labels(&selector(labels));
     let dp = DeleteParams::background();
@@ -382,6 +392,13 @@ pub(crate) async fn delete_labelled(
     delete_kind!(ReplicaSet, "ReplicaSet");
     delete_kind!(Secret, "Secret");
     delete_kind!(Pod, "pod");
+    if wait == PodWait::No {
+        return Ok(if counts.is_empty() {
+            "nothing left".to_string()
+        } else {
+            counts.join(", ")
+        });
+    }
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), ns);
     let start = Instant::now();
     let mut told = false;

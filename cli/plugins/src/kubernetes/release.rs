@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::conn::{status_code, Connected};
-use super::platform::delete_labelled;
+use super::platform::{delete_labelled, PodWait};
 use super::{
     app_labels, deployment_labels, object_name, selector, service_name, Deployment, Release,
     Target, DEPLOYMENT, LABEL_DEPLOYMENT, RELEASE,
@@ -190,6 +190,10 @@ impl Releaser for KubernetesReleaser {
         RELEASE
     }
 
+    fn owns_objects(&self) -> bool {
+        true
+    }
+
     async fn release(
         &self,
         ctx: &mut OpContext,
@@ -273,7 +277,7 @@ impl Releaser for KubernetesReleaser {
                     continue;
                 };
                 let l = deployment_labels(&od.project, &od.app, &od.workspace, od.sequence);
-                let what = delete_labelled(&c, ctx, &l).await?;
+                let what = delete_labelled(&c, ctx, &l, PodWait::No).await?;
                 ctx.info(&format!("pruned v{seq}: {what}"));
                 pruned.push(*seq);
             }

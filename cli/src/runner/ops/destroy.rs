@@ -82,6 +82,28 @@ async fn destroy_release(run: &mut JobRun, l: &Loaded) -> Result<(), JobFailure>
     else {
         return Ok(());
     };
+    // A release stage reading `deploy.*` or `artifact.*` is made with the deployment (and
+    // its artifact) the last release released, as the release was.
+    let releaser = match l.app.release.as_ref() {
+        Some(stage) if !stage.plugin.deferred.is_empty() => {
+            let deployments = run.operations(OpKind::Deployment).await?;
+            let Some(d) = deployments
+                .iter()
+                .find(|d| Some(d.sequence) == last.input_seq)
+            else {
+                return Ok(());
+            };
+            let artifact = match d.input_seq {
+                Some(b) => super::latest_build_values(run, Some(b)).await?.1.pop(),
+                None => None,
+            };
+            super::releaser_with_deployment(run, l, artifact.as_ref(), &value_of(d)?)?
+        }
+        _ => releaser,
+    };
+    if !releaser.owns_objects() {
+        return Ok(());
+    }
     let value = value_of(last)?;
     run.plain_step(
         &format!("Destroying release v{} with {name}", last.sequence),
