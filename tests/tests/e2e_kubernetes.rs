@@ -326,7 +326,12 @@ fn kubernetes_hello_deploys_releases_rolls_back_and_destroys() {
     // Destroy: nothing with Cairn's labels is left, pods and the Ingress included.
     let d = cli.run_in(app.path(), &["destroy"]).ok();
     assert!(d.stdout.contains("Destroying release"), "{d}");
-    assert_eq!(cluster.objects_of(&project), Vec::<String>::new());
+    assert_eventually!(
+        cluster.objects_of(&project).is_empty(),
+        Duration::from_secs(120),
+        "left: {:?}",
+        cluster.objects_of(&project)
+    );
     drop(cli);
     drop(cluster);
     assert_eq!(
@@ -352,11 +357,14 @@ fn kubernetes_failures_say_why_and_leave_nothing_behind() {
     let app = hello_app(&project, None);
     let reg = format!("registry=127.0.0.1:{}", registry.port);
     cli.run_in(app.path(), &["build", "--var", &reg]).ok();
+    // Deleted at once; pods may still be terminating (the kubelet here is slow to end
+    // them), so "nothing left" is awaited.
     let nothing_left = |case: &str| {
-        assert_eq!(
-            cluster.objects_of(&project),
-            Vec::<String>::new(),
-            "{case}: something was left"
+        assert_eventually!(
+            cluster.objects_of(&project).is_empty(),
+            Duration::from_secs(120),
+            "{case}: something was left: {:?}",
+            cluster.objects_of(&project)
         );
     };
 
@@ -520,7 +528,12 @@ fn a_corpus_kubernetes_config_deploys_on_the_local_cluster() {
         "the corpus app's Service does not answer on port 3000"
     );
     cli.run_in(dir.path(), &["destroy"]).ok();
-    assert_eq!(cluster.objects_of("go-k8s"), Vec::<String>::new());
+    assert_eventually!(
+        cluster.objects_of("go-k8s").is_empty(),
+        Duration::from_secs(120),
+        "left: {:?}",
+        cluster.objects_of("go-k8s")
+    );
 }
 
 /// `kubernetes-apply`: a directory of manifests, templated with the pushed image, applied;
