@@ -116,8 +116,12 @@ fn dial(ctx: &Context, addr: &str) -> Dial {
     Dial {
         addr: addr.to_string(),
         ca_fingerprint: ctx.ca_fingerprint.clone(),
-        identity: None,
-        role: Role::Client,
+        identity: ctx.runner.clone(),
+        role: if ctx.runner.is_some() {
+            Role::Runner
+        } else {
+            Role::Client
+        },
         token: ctx.token.clone(),
         agent: format!("cairn {}", cairn_protocol::VERSION),
         limits: TransportLimits::CLIENT,
@@ -134,7 +138,7 @@ pub async fn connect(ctx: &Context) -> Result<Client, RpcError> {
 /// lost, say) only after every other.
 pub async fn connect_avoiding(ctx: &Context, avoid: &[String]) -> Result<Client, RpcError> {
     let (session, addr) = connect_any(ctx, avoid).await?;
-    if !ctx.local {
+    if !ctx.local && ctx.runner.is_none() {
         refresh_members(ctx, &session).await;
     }
     Ok(Client {

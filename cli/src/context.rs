@@ -44,6 +44,11 @@ pub struct Context {
     /// does not answer; refreshed on every successful connect.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
+    /// An enrolled runner's certificate (issue 19): connections go out on
+    /// the runner ALPN with it instead of a token. Never saved in a context
+    /// file (the agent keeps it in its own data dir).
+    #[serde(skip)]
+    pub runner: Option<cairn_protocol::pki::CertifiedKey>,
 }
 
 /// The format of a context file this build writes. A file carries it as
@@ -220,6 +225,7 @@ mod tests {
             token: "t".into(),
             local: false,
             members: vec!["10.0.0.2:9701".into()],
+            runner: None,
         };
         save(&c, false).expect("save");
         assert!(matches!(save(&c, false), Err(ContextError::Exists(_))));

@@ -238,6 +238,7 @@ async fn bootstrap_context(dir: &Path, ready: &Ready) -> Result<Context, LocalEr
         token,
         local: true,
         members: Vec::new(),
+        runner: None,
     })
 }
 

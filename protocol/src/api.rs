@@ -184,6 +184,47 @@ pub enum ClientRequest {
     Upgrade {
         finish: bool,
     },
+
+    // -- runner identity (protocol 5, issue 19) --
+    /// Mint a runner token (users only): it can do nothing but enroll
+    /// runners, which it adopts at once and gives `labels`. Answered `Token`.
+    CreateRunnerToken {
+        name: String,
+        labels: BTreeMap<String, String>,
+        ttl_s: Option<u64>,
+    },
+    /// On a runner connection without a certificate: enroll runner `id`
+    /// with the key of `csr`. With a runner token, or once a user adopted
+    /// it, answered `RunnerEnrolled` (the certificate the cluster CA signed
+    /// for it); else `RunnerPending`. The same id and key may ask again
+    /// (that is how a pending runner learns it was adopted).
+    EnrollRunner {
+        id: String,
+        csr: String,
+        labels: BTreeMap<String, String>,
+    },
+    /// Adopt, reject or forget an enrolled runner (users only). Answered `Ok`.
+    DecideRunner {
+        id: String,
+        decision: RunnerDecision,
+    },
+    /// The enrolled runners with what the cluster knows of them (answered
+    /// `RunnerDetails`); `id`: only that one.
+    InspectRunners {
+        id: Option<String>,
+    },
+}
+
+/// What a user decides about an enrolled runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunnerDecision {
+    /// It may run jobs: its next enrollment request gets its certificate.
+    Adopt,
+    /// It is refused, now and whenever it asks again, until forgotten.
+    Reject,
+    /// Its record is deleted: its certificate is refused at once on every
+    /// node; it may enroll again (and wait for adoption) with a new key.
+    Forget,
 }
 
 impl ClientRequest {
@@ -191,7 +232,11 @@ impl ClientRequest {
     /// speaks an older one must not send it (the node could not decode it).
     pub fn since_version(&self) -> u32 {
         match self {
-            ClientRequest::Upgrade { .. } => 5,
+            ClientRequest::Upgrade { .. }
+            | ClientRequest::CreateRunnerToken { .. }
+            | ClientRequest::EnrollRunner { .. }
+            | ClientRequest::DecideRunner { .. }
+            | ClientRequest::InspectRunners { .. } => 5,
             ClientRequest::QueueJob { spec } => spec.kind.since_version(),
             ClientRequest::Idempotent { req, .. } => req.since_version(),
             _ => 4,
@@ -239,6 +284,7 @@ impl ClientRequest {
                 | ClientRequest::ListInstances
                 | ClientRequest::ListHostnames
                 | ClientRequest::Upgrade { finish: false }
+                | ClientRequest::InspectRunners { .. }
         )
     }
 
@@ -258,6 +304,8 @@ impl ClientRequest {
                 | ClientRequest::RegisterHostname { .. }
                 | ClientRequest::DeleteHostname { .. }
                 | ClientRequest::RemoveApps { .. }
+                | ClientRequest::CreateRunnerToken { .. }
+                | ClientRequest::DecideRunner { .. }
         )
     }
 }
@@ -330,6 +378,17 @@ pub enum ClientResponse {
     Removed(Removed),
     /// Answer to `Upgrade` (protocol 5).
     Upgrade(UpgradeStatus),
+    /// Answer to `EnrollRunner`: the runner's certificate (PEM), signed by
+    /// the cluster CA for the common name `runner:ID`.
+    RunnerEnrolled {
+        cert_pem: String,
+    },
+    /// Answer to `EnrollRunner`: the runner waits for a user to adopt it.
+    RunnerPending {
+        message: String,
+    },
+    /// Answer to `InspectRunners`.
+    RunnerDetails(Vec<crate::types::RunnerDetails>),
 }
 
 /// What one member runs, as the answering node learnt it from its last

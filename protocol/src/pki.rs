@@ -146,6 +146,20 @@ pub fn make_csr(name: &str) -> Result<(String, String), PkiError> {
     Ok((csr.pem()?, key.serialize_pem()))
 }
 
+/// A CSR for an existing key (PEM): a runner keeps its key across
+/// enrollments, since the key is its identity.
+pub fn csr_for_key(name: &str, key_pem: &str) -> Result<String, PkiError> {
+    let key = KeyPair::from_pem(key_pem)?;
+    let mut params = CertificateParams::new(vec![NODE_SERVER_NAME.to_string()])?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    Ok(params.serialize_request(&key)?.pem()?)
+}
+
+/// A new private key (PEM).
+pub fn generate_key() -> Result<String, PkiError> {
+    Ok(KeyPair::generate()?.serialize_pem())
+}
+
 /// `sha256:<hex>` of a DER certificate.
 pub fn fingerprint(der: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(der)))
@@ -348,6 +362,63 @@ pub fn peer_node_id(conn: &quinn::Connection) -> Option<u64> {
     node_id_of_certificate(&peer_certificate(conn)?)
 }
 
+/// Common names of runner certificates start with this (issue 19);
+/// [`runner_common_name`] makes one.
+pub const RUNNER_CN_PREFIX: &str = "runner:";
+
+/// The common name an enrolled runner's certificate carries.
+pub fn runner_common_name(id: &str) -> String {
+    format!("{RUNNER_CN_PREFIX}{id}")
+}
+
+/// The runner id a certificate names, if it is a runner's.
+pub fn runner_id_of_certificate(der: &[u8]) -> Option<String> {
+    let cn = certificate_common_name(der)?;
+    cn.strip_prefix(RUNNER_CN_PREFIX)
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+}
+
+/// Why `id` is not a runner id: 1 to 64 ASCII letters, digits, '-', '_'
+/// and '.', starting with a letter or digit.
+pub fn check_runner_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} is not a runner id: use 1 to 64 letters, digits, '-', '_' and '.', starting with a letter or digit"
+        ))
+    }
+}
+
+/// `sha256:<hex>` of a public key's bits: what identifies an enrolled
+/// runner ([`csr_key_fingerprint`] and [`certificate_key_fingerprint`]
+/// agree for the same key).
+pub fn key_fingerprint(raw_public_key: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(raw_public_key)))
+}
+
+/// The fingerprint of the key a CSR (PEM) asks a certificate for.
+pub fn csr_key_fingerprint(csr_pem: &str) -> Result<String, PkiError> {
+    use rcgen::PublicKeyData as _;
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+    Ok(key_fingerprint(csr.public_key.der_bytes()))
+}
+
+/// The fingerprint of the key a DER certificate certifies.
+pub fn certificate_key_fingerprint(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(key_fingerprint(
+        &cert.tbs_certificate.subject_pki.subject_public_key.data,
+    ))
+}
+
 /// Verifies a server chain against a CA pinned by fingerprint: the CA must
 /// be among the certificates the server sent, and the leaf must chain to it
 /// and name [`NODE_SERVER_NAME`].
@@ -448,5 +519,30 @@ mod tests {
         // Reloading keeps the same identity.
         let again = Ca::load(&ca.cert_pem, ca.key_pem()).expect("load");
         assert_eq!(again.fingerprint().expect("fp"), fp);
+    }
+
+    #[test]
+    fn a_runner_certificate_names_the_runner_and_carries_the_csr_key() {
+        let ca = Ca::generate("test").expect("ca");
+        let (csr, _key) = make_csr("anything").expect("csr");
+        let (other_csr, _) = make_csr("anything").expect("csr");
+        let from_csr = csr_key_fingerprint(&csr).expect("csr key");
+        assert_ne!(from_csr, csr_key_fingerprint(&other_csr).expect("csr key"));
+        let cert = ca
+            .sign_csr(&csr, &runner_common_name("edge-1"))
+            .expect("signed");
+        let der = pem_to_der(&cert).expect("der");
+        assert_eq!(runner_id_of_certificate(&der).as_deref(), Some("edge-1"));
+        assert_eq!(certificate_key_fingerprint(&der), Some(from_csr));
+        assert_eq!(node_id_of_certificate(&der), None);
+        let node = ca.sign_csr(&csr, &node_common_name(7)).expect("signed");
+        assert_eq!(
+            runner_id_of_certificate(&pem_to_der(&node).expect("der")),
+            None
+        );
+        assert!(check_runner_id("edge-1.shop_2").is_ok());
+        for bad in ["", "-x", "a b", "a/b", &"x".repeat(65)] {
+            assert!(check_runner_id(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -277,6 +277,58 @@ pub struct Runner {
     pub last_seen_ms: u64,
 }
 
+/// Where an enrolled runner stands (issue 19).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunnerState {
+    /// Enrolled without a runner token: waits for `cairn runner adopt`.
+    Pending,
+    /// May connect with its certificate and run jobs.
+    Adopted,
+    /// Refused until forgotten.
+    Rejected,
+}
+
+impl RunnerState {
+    pub fn word(self) -> &'static str {
+        match self {
+            RunnerState::Pending => "pending",
+            RunnerState::Adopted => "adopted",
+            RunnerState::Rejected => "rejected",
+        }
+    }
+}
+
+/// An enrolled runner as the replicated state records it (issue 19). Its
+/// identity is its id and its key: a certificate is admitted only while the
+/// record is adopted and names the certificate's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerRecord {
+    pub id: String,
+    pub state: RunnerState,
+    pub labels: BTreeMap<String, String>,
+    /// `sha256:<hex>` of the runner's public key ([`crate::pki::key_fingerprint`]).
+    pub key_fingerprint: String,
+    pub enrolled_ms: u64,
+    /// Who adopted or rejected it (`token:NAME` for a runner token).
+    pub decided_by: Option<String>,
+    pub decided_ms: Option<u64>,
+}
+
+/// What `cairn runner inspect` shows: the record and what the cluster sees
+/// of the runner now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerDetails {
+    pub record: RunnerRecord,
+    /// The node it is connected to, if it is.
+    pub node: Option<u64>,
+    /// When it last registered (or was last seen registered).
+    pub last_seen_ms: Option<u64>,
+    /// The job it holds (assigned or running).
+    pub current_job: Option<JobId>,
+    /// Jobs it ran that are over (as far as the records keep them).
+    pub jobs_run: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TokenScope {
     /// One-time: exchanged for the first user token.

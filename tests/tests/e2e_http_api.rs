@@ -1,5 +1,5 @@
 //! The HTTP API (issue 17): a node serves JSON over HTTP for what the CLI reads and does,
-//! from the same service layer, so both agree. Every route wants a user or runner token:
+//! from the same service layer, so both agree. Every route wants a user token:
 //! none, a wrong one, a join token and an entrypoint token are refused. The OpenAPI
 //! document names every route, and each answers as documented.
 

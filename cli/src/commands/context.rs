@@ -79,6 +79,7 @@ pub async fn run(cmd: &ContextCmd) -> anyhow::Result<i32> {
                 token,
                 local: false,
                 members: Vec::new(),
+                runner: None,
             };
             // Check it works before saving it.
             let s = crate::client::connect(&c).await?;

@@ -243,7 +243,12 @@ impl Agent {
                 Ok(x) => x,
                 Err(e) => {
                     if let AttachError::Connect(RpcError::Refused(reason)) = &e {
-                        if !registered_once {
+                        // An enrolled runner that was forgotten or rejected
+                        // stays refused: say so and stop.
+                        let enrolled = self.ctx.runner.is_some();
+                        if !registered_once
+                            || (enrolled && super::identity::refusal_is_final(reason))
+                        {
                             return Err(AgentError::Refused(format!(
                                 "the node refused the connection: {reason}"
                             )));
@@ -611,6 +616,7 @@ mod tests {
             token: "t".into(),
             local: false,
             members: vec!["10.0.0.1:9701".into()],
+            runner: None,
         };
         Agent::new(
             ctx,

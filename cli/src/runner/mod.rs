@@ -13,6 +13,7 @@
 
 pub mod agent;
 mod hooks;
+pub mod identity;
 mod job;
 pub(crate) mod ops;
 

@@ -48,6 +48,10 @@ pub enum Action {
     ManageHostnames,
     /// Remove apps and projects from the records.
     RemoveApps,
+    /// Enroll a runner (a runner connection without a certificate yet).
+    EnrollRunner,
+    /// Mint runner tokens; adopt, reject and forget runners.
+    ManageRunners,
 }
 
 impl Action {
@@ -91,6 +95,11 @@ impl Action {
                 Action::ManageHostnames
             }
             ClientRequest::RemoveApps { .. } => Action::RemoveApps,
+            ClientRequest::EnrollRunner { .. } => Action::EnrollRunner,
+            ClientRequest::CreateRunnerToken { .. } | ClientRequest::DecideRunner { .. } => {
+                Action::ManageRunners
+            }
+            ClientRequest::InspectRunners { .. } => Action::Read,
         }
     }
 }
@@ -140,6 +149,10 @@ pub fn request_name(req: &ClientRequest) -> &'static str {
         ClientRequest::RegisterHostname { .. } => "RegisterHostname",
         ClientRequest::DeleteHostname { .. } => "DeleteHostname",
         ClientRequest::RemoveApps { .. } => "RemoveApps",
+        ClientRequest::CreateRunnerToken { .. } => "CreateRunnerToken",
+        ClientRequest::EnrollRunner { .. } => "EnrollRunner",
+        ClientRequest::DecideRunner { .. } => "DecideRunner",
+        ClientRequest::InspectRunners { .. } => "InspectRunners",
     }
 }
 
@@ -168,6 +181,10 @@ pub fn check(scope: &TokenScope, action: Action) -> Result<(), ApiError> {
         (TokenScope::Join, A::JoinCluster) => Ok(()),
         (_, A::JoinCluster) => refuse("joining needs a join token (`cairn server join-token`)"),
         (TokenScope::Join, _) => refuse("a join token can only be used to join a node to the cluster"),
+        (TokenScope::Runner, A::EnrollRunner) => Ok(()),
+        (_, A::EnrollRunner) => refuse(
+            "only a runner connection (`cairn runner agent`) enrolls a runner",
+        ),
         (TokenScope::Entrypoint { .. }, A::RegisterInstance) => Ok(()),
         (_, A::RegisterInstance) => refuse("only an entrypoint token registers an instance"),
         (TokenScope::Entrypoint { .. }, _) => refuse(
@@ -194,7 +211,14 @@ pub fn check(scope: &TokenScope, action: Action) -> Result<(), ApiError> {
                 refuse("only a user token can finish an upgrade or remove members")
             }
             A::SnapshotSave => refuse("only a user token can save a snapshot"),
-            A::ServerInfo | A::ExchangeBootstrap | A::JoinCluster | A::RegisterInstance => {
+            A::ManageRunners => refuse(
+                "runner tokens are minted, and runners adopted, rejected and forgotten, with a user token",
+            ),
+            A::ServerInfo
+            | A::ExchangeBootstrap
+            | A::JoinCluster
+            | A::RegisterInstance
+            | A::EnrollRunner => {
                 unreachable!("matched above")
             }
         },
@@ -205,7 +229,7 @@ pub fn check(scope: &TokenScope, action: Action) -> Result<(), ApiError> {
 mod tests {
     use super::*;
 
-    const ALL: [Action; 20] = [
+    const ALL: [Action; 22] = [
         Action::ServerInfo,
         Action::ExchangeBootstrap,
         Action::JoinCluster,
@@ -226,6 +250,8 @@ mod tests {
         Action::Exec,
         Action::ManageHostnames,
         Action::RemoveApps,
+        Action::EnrollRunner,
+        Action::ManageRunners,
     ];
 
     fn allowed(scope: &TokenScope) -> Vec<Action> {
@@ -264,10 +290,11 @@ mod tests {
             Action::ExchangeBootstrap,
             Action::JoinCluster,
             Action::RegisterInstance,
+            Action::EnrollRunner,
         ] {
             assert!(!user.contains(&a), "{a:?}");
         }
-        assert_eq!(user.len(), ALL.len() - 3);
+        assert_eq!(user.len(), ALL.len() - 4);
         let runner = allowed(&TokenScope::Runner);
         for a in [
             Action::Logs,
@@ -277,6 +304,7 @@ mod tests {
             Action::ManageCluster,
             Action::SnapshotSave,
             Action::CreateToken { entrypoint: false },
+            Action::ManageRunners,
         ] {
             assert!(!runner.contains(&a), "{a:?}");
         }

@@ -204,7 +204,7 @@ pub(crate) fn token_of(headers: &HeaderMap) -> Option<String> {
 /// The UI's session cookie: the token, HTTP-only.
 pub const SESSION_COOKIE: &str = "cairn_session";
 
-/// Who is asking, from the request's token; a user or runner token (the single-purpose
+/// Who is asking, from the request's token; a user token (the single-purpose
 /// tokens get nothing over HTTP).
 pub(crate) async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Caller, Response> {
     let Some(secret) = token_of(headers) else {
@@ -228,10 +228,10 @@ pub(crate) async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Calle
         ));
     };
     use cairn_protocol::types::TokenScope;
-    if !matches!(rec.scope, TokenScope::User | TokenScope::Runner) {
+    if !matches!(rec.scope, TokenScope::User) {
         return Err(HttpError(ApiError::new(
             ErrorKind::Refused,
-            "this token cannot use the HTTP API: it takes a user or runner token",
+            "this token cannot use the HTTP API: it takes a user token (a runner token only enrolls runners)",
         ))
         .into_response());
     }

@@ -1050,8 +1050,13 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, shutdown: Canc
         peers::admit(&ctx, &conn)
             .map(Admitted::Peer)
             .map_err(refuse)
+    } else if role == Role::Runner {
+        authenticate_runner(&ctx, &conn, &hello.token)
+            .await
+            .map(Admitted::Token)
+            .map_err(refuse)
     } else {
-        authenticate(&ctx, &conn, role, &hello.token)
+        authenticate(&ctx, role, &hello.token)
             .await
             .map(Admitted::Token)
             .map_err(refuse)
@@ -1118,6 +1123,9 @@ async fn serve_connection(ctx: Arc<Ctx>, conn: quinn::Connection, shutdown: Canc
         }
         Admitted::Token(p) => p,
     };
+    if let Some(id) = principal.runner_id.clone() {
+        tokio::spawn(refuse_when_forgotten(ctx.clone(), conn.clone(), id));
+    }
     let session = Arc::new(ConnSession {
         conn: conn.clone(),
         principal,
@@ -1147,12 +1155,7 @@ enum Admitted {
     Token(Principal),
 }
 
-async fn authenticate(
-    ctx: &Ctx,
-    conn: &quinn::Connection,
-    role: Role,
-    secret: &str,
-) -> Result<Principal, String> {
+async fn authenticate(ctx: &Ctx, role: Role, secret: &str) -> Result<Principal, String> {
     let hash = token::hash(secret);
     let mut rec = ctx.raft.read_local(|s| s.token(&hash, now_ms()).cloned());
     if rec.is_none() {
@@ -1165,14 +1168,14 @@ async fn authenticate(
     }
     let rec =
         rec.ok_or_else(|| "the token is not valid (unknown, expired or revoked)".to_string())?;
-    let allowed = match (role, &rec.scope) {
-        (Role::Client, TokenScope::User | TokenScope::Bootstrap | TokenScope::Join) => true,
-        (Role::Runner, TokenScope::Runner | TokenScope::User) => {
-            pki::peer_is_cluster_member(conn) || rec.scope == TokenScope::User
-        }
-        (Role::Entrypoint, TokenScope::Entrypoint { .. }) => true,
-        _ => false,
-    };
+    let allowed = matches!(
+        (role, &rec.scope),
+        (
+            Role::Client,
+            TokenScope::User | TokenScope::Bootstrap | TokenScope::Join
+        ) | (Role::Runner, TokenScope::Runner | TokenScope::User)
+            | (Role::Entrypoint, TokenScope::Entrypoint { .. })
+    );
     if !allowed {
         let scope = scope_word(&rec.scope);
         let article = if scope.starts_with(['a', 'e', 'i', 'o', 'u']) {
@@ -1190,7 +1193,81 @@ async fn authenticate(
         name,
         scope: rec.scope,
         token_hash: hash,
+        runner_id: None,
     })
+}
+
+/// A runner connection (issue 19): an enrolled runner by its certificate
+/// (its record must be adopted and name the certificate's key); else by a
+/// runner token or none at all, which may only enroll; or a user token (a
+/// runner acting for a user, as `cairn runner agent` with a CLI context).
+async fn authenticate_runner(
+    ctx: &Ctx,
+    conn: &quinn::Connection,
+    secret: &str,
+) -> Result<Principal, String> {
+    if let Some(der) = pki::peer_certificate(conn) {
+        if let Some(id) = pki::runner_id_of_certificate(&der) {
+            let key = pki::certificate_key_fingerprint(&der)
+                .ok_or("the runner certificate cannot be read")?;
+            let check = |st: &crate::state::State| st.runner_admitted(&id, &key).map(|_| ());
+            let mut verdict = ctx.raft.read_local(check);
+            if verdict.is_err() {
+                // This node may lag behind an adoption made through the leader.
+                let id = id.clone();
+                let key = key.clone();
+                verdict = ctx
+                    .read(move |st| st.runner_admitted(&id, &key).map(|_| ()))
+                    .await
+                    .and_then(|v| v);
+            }
+            verdict?;
+            return Ok(Principal {
+                name: format!("runner:{id}"),
+                scope: TokenScope::Runner,
+                token_hash: String::new(),
+                runner_id: Some(id),
+            });
+        }
+    }
+    if secret.is_empty() {
+        return Ok(Principal {
+            name: "runner:unenrolled".into(),
+            scope: TokenScope::Runner,
+            token_hash: String::new(),
+            runner_id: None,
+        });
+    }
+    authenticate(ctx, Role::Runner, secret).await
+}
+
+/// Close an enrolled runner's connection as soon as this node applies that
+/// it was forgotten or rejected: its certificate is refused at once on every
+/// node, not only at its next connection.
+async fn refuse_when_forgotten(ctx: Arc<Ctx>, conn: quinn::Connection, id: String) {
+    let key = pki::peer_certificate(&conn)
+        .and_then(|der| pki::certificate_key_fingerprint(&der))
+        .unwrap_or_default();
+    let mut metrics = ctx.raft.metrics_watch();
+    loop {
+        tokio::select! {
+            _ = conn.closed() => return,
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let verdict = ctx
+            .raft
+            .read_local(|st| st.runner_admitted(&id, &key).map(|_| ()));
+        if let Err(reason) = verdict {
+            tracing::info!(runner = %id, %reason, "closing the connection of a runner that is no longer admitted");
+            let reason = format!("refused: {reason}");
+            conn.close(4u32.into(), reason.as_bytes());
+            return;
+        }
+    }
 }
 
 /// A token scope as people say it.

@@ -31,6 +31,16 @@ pub struct Principal {
     /// The hash of the token the connection was admitted with (empty for
     /// peers): what a single-use token is consumed by.
     pub token_hash: String,
+    /// An enrolled runner admitted by its certificate (issue 19): its id.
+    pub runner_id: Option<String>,
+}
+
+impl Principal {
+    /// A runner connection without a certificate (with a runner token or
+    /// none): it may only enroll.
+    pub fn enrolling(&self) -> bool {
+        self.scope == cairn_protocol::types::TokenScope::Runner && self.runner_id.is_none()
+    }
 }
 
 /// Per-connection state shared by its streams.
@@ -93,7 +103,17 @@ async fn route(
     recv: quinn::RecvStream,
 ) {
     let who = caller(s);
-    if let Err(e) = auth::check(&who.scope, Action::of(&req)) {
+    let action = Action::of(&req);
+    let refused = if s.principal.enrolling()
+        && !matches!(action, Action::ServerInfo | Action::EnrollRunner)
+    {
+        Err(crate::api::ApiError::refused(
+            "this runner is not enrolled yet: a runner token (or no token) only enrolls a runner; it then connects with its certificate",
+        ))
+    } else {
+        auth::check(&who.scope, action)
+    };
+    if let Err(e) = refused {
         let _ = frame::write(&mut send, &e.into_response()).await;
         let _ = send.finish();
         return;
@@ -172,6 +192,16 @@ async fn route(
         ClientRequest::DeleteHostname { name } => hostname::delete(ctx, name).await,
         ClientRequest::ListHostnames => hostname::list(ctx).await,
         ClientRequest::RemoveApps { project, app } => catalog::remove_apps(ctx, project, app).await,
+        ClientRequest::CreateRunnerToken {
+            name,
+            labels,
+            ttl_s,
+        } => runner::create_token(ctx, name, labels, ttl_s).await,
+        ClientRequest::EnrollRunner { id, csr, labels } => {
+            runner::enroll(ctx, s, id, csr, labels).await
+        }
+        ClientRequest::DecideRunner { id, decision } => runner::decide(ctx, s, id, decision).await,
+        ClientRequest::InspectRunners { id } => runner::inspect(ctx, id).await,
     };
     let resp = match resp {
         ClientResponse::Error { message } if RETRY_ELSEWHERE.try_with(|c| c.get()) == Ok(true) => {

@@ -32,6 +32,39 @@ pub async fn register(
         .await;
         return;
     }
+    // An enrolled runner registers as itself, with the labels its record
+    // holds; nobody else may take an enrolled runner's id.
+    let enrolled = ctx
+        .raft
+        .read_local(|st| st.runner_records.get(&id).map(|r| r.labels.clone()));
+    let (kind, labels) = match (&s.principal.runner_id, enrolled) {
+        (Some(me), Some(labels)) if *me == id => (RunnerKind::Agent, labels),
+        (Some(me), _) => {
+            let _ = frame::write(
+                &mut send,
+                &ClientResponse::Error {
+                    message: format!(
+                        "this connection is runner {me}'s; it cannot register as {id}"
+                    ),
+                },
+            )
+            .await;
+            return;
+        }
+        (None, Some(_)) => {
+            let _ = frame::write(
+                &mut send,
+                &ClientResponse::Error {
+                    message: format!(
+                        "runner id {id} belongs to an enrolled runner; pick another id"
+                    ),
+                },
+            )
+            .await;
+            return;
+        }
+        (None, None) => (kind, labels),
+    };
     if let Err(message) = ctx
         .write(Command::RegisterRunner {
             runner: runner_record(&id, kind, labels.clone()),
@@ -158,4 +191,217 @@ pub async fn set_resource_state(
         Ok(_) => ClientResponse::Ok,
         Err(message) => ClientResponse::Error { message },
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runner identity (issue 19)
+
+/// Refuse what needs protocol 5 in the replicated log while the cluster is
+/// not there yet.
+async fn needs_cluster_version_5(ctx: &Ctx, what: &str) -> Result<(), String> {
+    let v = ctx.read(|st| st.cluster_version()).await?;
+    if v < 5 {
+        return Err(format!(
+            "{what} needs cluster version 5, and this cluster is at version {v}: finish the upgrade first (`cairn server upgrade --finish`)"
+        ));
+    }
+    Ok(())
+}
+
+/// Most runners that may wait for adoption at once: enrolling needs no
+/// token, so this bounds what anyone who can reach a node can add.
+pub const MAX_PENDING_RUNNERS: usize = 100;
+
+/// `EnrollRunner`: record the runner (adopted at once with a runner token,
+/// else pending) and, once adopted, sign its CSR.
+pub async fn enroll(
+    ctx: &Arc<Ctx>,
+    s: &ConnSession,
+    id: String,
+    csr: String,
+    labels: BTreeMap<String, String>,
+) -> ClientResponse {
+    let error = |message: String| ClientResponse::Error { message };
+    if let Err(e) = needs_cluster_version_5(ctx, "enrolling a runner").await {
+        return error(e);
+    }
+    if let Err(e) = cairn_protocol::pki::check_runner_id(&id) {
+        return error(e);
+    }
+    let key = match cairn_protocol::pki::csr_key_fingerprint(&csr) {
+        Ok(k) => k,
+        Err(e) => return error(format!("the certificate request is not valid: {e}")),
+    };
+    let token = (!s.principal.token_hash.is_empty()).then(|| s.principal.token_hash.clone());
+    if token.is_none() {
+        let (known, pending) = ctx.raft.read_local(|st| {
+            (
+                st.runner_records.contains_key(&id),
+                st.runner_records
+                    .values()
+                    .filter(|r| r.state == cairn_protocol::types::RunnerState::Pending)
+                    .count(),
+            )
+        });
+        if !known && pending >= MAX_PENDING_RUNNERS {
+            return error(format!(
+                "{pending} runners already wait for adoption (the most there may be): adopt, reject or forget some (`cairn runner list`), or enroll with a runner token"
+            ));
+        }
+    }
+    let state = match ctx
+        .write(Command::EnrollRunner {
+            id: id.clone(),
+            key_fingerprint: key,
+            labels,
+            token,
+        })
+        .await
+    {
+        Ok(Response::Value(Some(state))) => state,
+        Ok(other) => return error(format!("unexpected answer {other:?}")),
+        Err(message) => return error(message),
+    };
+    if state != cairn_protocol::types::RunnerState::Adopted.word() {
+        tracing::info!(runner = %id, remote = %s.conn.remote_address(), "runner enrolled; waits for adoption");
+        return ClientResponse::RunnerPending {
+            message: format!(
+                "runner {id} waits to be adopted: a user runs `cairn runner adopt {id}` (or `cairn runner reject {id}`)"
+            ),
+        };
+    }
+    let Some(ca) = ctx.raft.read_local(|st| st.cluster_ca.clone()) else {
+        return error("this node does not hold the cluster CA yet; try again".into());
+    };
+    let signed = cairn_protocol::pki::Ca::load(&ca.cert_pem, &ca.key_pem)
+        .and_then(|ca| ca.sign_csr(&csr, &cairn_protocol::pki::runner_common_name(&id)));
+    match signed {
+        Ok(cert_pem) => {
+            tracing::info!(runner = %id, remote = %s.conn.remote_address(), "runner enrolled and certified");
+            ClientResponse::RunnerEnrolled { cert_pem }
+        }
+        Err(e) => error(format!("cannot sign the runner's certificate: {e}")),
+    }
+}
+
+/// `DecideRunner`: adopt, reject or forget.
+pub async fn decide(
+    ctx: &Arc<Ctx>,
+    s: &ConnSession,
+    id: String,
+    decision: cairn_protocol::api::RunnerDecision,
+) -> ClientResponse {
+    if let Err(message) =
+        needs_cluster_version_5(ctx, "adopting, rejecting or forgetting a runner").await
+    {
+        return ClientResponse::Error { message };
+    }
+    tracing::info!(runner = %id, ?decision, principal = %s.principal.name, "runner decision");
+    match ctx
+        .write(Command::DecideRunner {
+            id,
+            decision,
+            by: s.principal.name.clone(),
+        })
+        .await
+    {
+        Ok(_) => ClientResponse::Ok,
+        Err(message) => ClientResponse::Error { message },
+    }
+}
+
+/// `CreateRunnerToken`: a token that enrolls (and adopts) runners.
+pub async fn create_token(
+    ctx: &Arc<Ctx>,
+    name: String,
+    labels: BTreeMap<String, String>,
+    ttl_s: Option<u64>,
+) -> ClientResponse {
+    let error = |message: String| ClientResponse::Error { message };
+    if let Err(e) = needs_cluster_version_5(ctx, "a runner token").await {
+        return error(e);
+    }
+    if name.len() > super::cluster::MAX_TOKEN_NAME {
+        return error(format!(
+            "token name over {} bytes",
+            super::cluster::MAX_TOKEN_NAME
+        ));
+    }
+    let now = cairn_protocol::now_ms();
+    let secret = cairn_protocol::token::generate("runner");
+    let hash = cairn_protocol::token::hash(&secret);
+    let record = cairn_protocol::types::TokenRecord {
+        id: format!("runner-{}", &hash[..12]),
+        hash,
+        scope: cairn_protocol::types::TokenScope::Runner,
+        name: if name.is_empty() {
+            "runner".into()
+        } else {
+            name
+        },
+        created_ms: now,
+        expires_ms: ttl_s.map(|t| now.saturating_add(t.saturating_mul(1000))),
+        revoked: false,
+    };
+    match ctx
+        .write(Command::CreateRunnerToken { record, labels })
+        .await
+    {
+        Ok(_) => ClientResponse::Token { token: secret },
+        Err(message) => error(message),
+    }
+}
+
+/// `InspectRunners`: the records, with where each runner is connected as
+/// this node knows it (the leader knows every node's runners), the job it
+/// holds and how many it ran.
+pub async fn inspect(ctx: &Arc<Ctx>, id: Option<String>) -> ClientResponse {
+    use cairn_protocol::types::{JobState, RunnerDetails};
+    let here = ctx.raft.id();
+    let known = ctx.jobs.known_runners();
+    let read = ctx
+        .read(move |st| {
+            st.runner_records
+                .values()
+                .filter(|r| id.as_ref().is_none_or(|want| &r.id == want))
+                .map(|r| {
+                    let mut current = None;
+                    let mut run = 0u64;
+                    for j in st.jobs.values() {
+                        if j.runner.as_deref() != Some(r.id.as_str()) {
+                            continue;
+                        }
+                        match j.state {
+                            JobState::Assigned | JobState::Running => current = Some(j.id),
+                            s if s.is_final() => run += 1,
+                            _ => {}
+                        }
+                    }
+                    let seen = st.runners.get(&r.id).map(|x| x.last_seen_ms);
+                    (r.clone(), seen, current, run)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+    let rows = match read {
+        Ok(rows) => rows,
+        Err(message) => return ClientResponse::Error { message },
+    };
+    let details = rows
+        .into_iter()
+        .map(|(record, last_seen_ms, current_job, jobs_run)| {
+            let node = known
+                .iter()
+                .find(|k| k.id == record.id)
+                .map(|k| k.node.unwrap_or(here));
+            RunnerDetails {
+                record,
+                node,
+                last_seen_ms,
+                current_job,
+                jobs_run,
+            }
+        })
+        .collect();
+    ClientResponse::RunnerDetails(details)
 }

@@ -19,12 +19,13 @@ use cairn_protocol::instance::DeploymentRef;
 use cairn_protocol::types::{
     App, ConfigScope, ConfigVar, Hostname, Instance, InstanceState, Job, JobId, JobKind, JobSpec,
     JobState, OpCompletion, OpId, OpKind, OpStatus, Operation, Project, Removed, ResourceState,
-    Route, Runner, TokenRecord, TokenScope, MAX_OP_OUTPUT_BYTES,
+    Route, Runner, RunnerRecord, TokenRecord, TokenScope, MAX_OP_OUTPUT_BYTES,
 };
 use serde::{Deserialize, Serialize};
 
 mod env_limit;
 mod remove;
+pub mod runners;
 #[cfg(test)]
 mod tests;
 pub mod v0;
@@ -193,6 +194,26 @@ pub enum Command {
     SetClusterVersion {
         version: u32,
     },
+    // Issue 19 (proposed only once the cluster is on protocol 5).
+    /// Store a runner token with the labels its runners get.
+    CreateRunnerToken {
+        record: TokenRecord,
+        labels: BTreeMap<String, String>,
+    },
+    /// Enroll runner `id` with its key (see `state::runners`); `token`: the
+    /// hash of the runner token it presented, which adopts it.
+    EnrollRunner {
+        id: String,
+        key_fingerprint: String,
+        labels: BTreeMap<String, String>,
+        token: Option<String>,
+    },
+    /// Adopt, reject or forget an enrolled runner.
+    DecideRunner {
+        id: String,
+        decision: cairn_protocol::api::RunnerDecision,
+        by: String,
+    },
 }
 
 /// Why `name` is not a host name the URL service can serve: lowercase
@@ -304,6 +325,12 @@ pub struct State {
     /// 0.1.0 that has not finished an upgrade (see [`State::cluster_version`]).
     #[serde(default)]
     pub cluster_version: Option<u32>,
+    /// Enrolled runners by id (issue 19; see `state::runners`).
+    #[serde(default)]
+    pub runner_records: BTreeMap<String, RunnerRecord>,
+    /// The labels runner tokens give, by token hash.
+    #[serde(default)]
+    pub runner_token_labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl State {
@@ -648,6 +675,18 @@ impl State {
                 None => Response::Error(format!("no hostname {name} is registered")),
             },
             Command::RemoveApps { project, app } => self.remove_apps(project, app.as_deref()),
+            Command::CreateRunnerToken { record, labels } => {
+                self.create_runner_token(record, labels)
+            }
+            Command::EnrollRunner {
+                id,
+                key_fingerprint,
+                labels,
+                token,
+            } => self.enroll_runner(now, id, key_fingerprint, labels, token.as_deref()),
+            Command::DecideRunner { id, decision, by } => {
+                self.decide_runner(now, id, *decision, by)
+            }
             Command::ConsumeJoinToken { hash } => match self.tokens.get_mut(hash) {
                 Some(t)
                     if t.scope == TokenScope::Join
@@ -708,6 +747,8 @@ impl State {
             routes,
             hostnames,
             cluster_version: _,
+            runner_records,
+            runner_token_labels,
         } = self;
         [
             registers.len(),
@@ -724,6 +765,8 @@ impl State {
             instances.len(),
             routes.len(),
             hostnames.len(),
+            runner_records.len(),
+            runner_token_labels.len(),
         ]
         .iter()
         .map(|n| *n as u64)

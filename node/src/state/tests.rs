@@ -1410,3 +1410,121 @@ fn a_config_change_that_would_make_an_apps_environment_too_large_is_refused() {
         Response::Ok
     );
 }
+
+fn enroll(st: &mut State, now: u64, id: &str, key: &str, token: Option<&str>) -> Response {
+    let labels: BTreeMap<String, String> = [("zone".to_string(), "own".to_string())].into();
+    st.apply(&req(
+        now,
+        Command::EnrollRunner {
+            id: id.into(),
+            key_fingerprint: key.into(),
+            labels,
+            token: token.map(str::to_string),
+        },
+    ))
+}
+
+fn runner_token(st: &mut State, hash: &str, expires_ms: Option<u64>) {
+    let labels: BTreeMap<String, String> = [
+        ("zone".to_string(), "shop".to_string()),
+        ("gpu".to_string(), "yes".to_string()),
+    ]
+    .into();
+    let record = TokenRecord {
+        id: format!("runner-{hash}"),
+        hash: hash.into(),
+        scope: TokenScope::Runner,
+        name: "edge".into(),
+        created_ms: 1,
+        expires_ms,
+        revoked: false,
+    };
+    assert_eq!(
+        st.apply(&req(1, Command::CreateRunnerToken { record, labels })),
+        Response::Ok
+    );
+}
+
+#[test]
+fn a_runner_without_a_token_waits_until_adopted_and_keeps_its_key() {
+    use cairn_protocol::api::RunnerDecision;
+    let mut st = State::default();
+    let value = |s: &str| Response::Value(Some(s.to_string()));
+    assert_eq!(enroll(&mut st, 5, "edge-1", "k1", None), value("pending"));
+    assert!(matches!(st.runner_admitted("edge-1", "k1"), Err(e) if e.contains("waits")));
+    // Asking again changes nothing; another key cannot take the id.
+    assert_eq!(enroll(&mut st, 6, "edge-1", "k1", None), value("pending"));
+    let Response::Error(e) = enroll(&mut st, 7, "edge-1", "k2", None) else {
+        panic!("another key took the id")
+    };
+    assert!(e.contains("another key"), "{e}");
+    let adopt = |decision| Command::DecideRunner {
+        id: "edge-1".into(),
+        decision,
+        by: "user:a".into(),
+    };
+    assert_eq!(
+        st.apply(&req(8, adopt(RunnerDecision::Adopt))),
+        Response::Ok
+    );
+    assert_eq!(enroll(&mut st, 9, "edge-1", "k1", None), value("adopted"));
+    let rec = st.runner_admitted("edge-1", "k1").expect("admitted");
+    assert_eq!(rec.decided_by.as_deref(), Some("user:a"));
+    assert!(st.runner_admitted("edge-1", "k2").is_err(), "only its key");
+    // Rejected: refused, and asking again says so.
+    assert_eq!(
+        st.apply(&req(10, adopt(RunnerDecision::Reject))),
+        Response::Ok
+    );
+    assert!(matches!(st.runner_admitted("edge-1", "k1"), Err(e) if e.contains("rejected")));
+    let Response::Error(e) = enroll(&mut st, 11, "edge-1", "k1", None) else {
+        panic!("a rejected runner enrolled")
+    };
+    assert!(e.contains("rejected by user:a"), "{e}");
+    // Forgotten: gone, and the id is free for a new key (pending again).
+    assert_eq!(
+        st.apply(&req(12, adopt(RunnerDecision::Forget))),
+        Response::Ok
+    );
+    assert!(matches!(st.runner_admitted("edge-1", "k1"), Err(e) if e.contains("not enrolled")));
+    assert!(matches!(
+        st.apply(&req(13, adopt(RunnerDecision::Forget))),
+        Response::Error(_)
+    ));
+    assert_eq!(enroll(&mut st, 14, "edge-1", "k2", None), value("pending"));
+}
+
+#[test]
+fn a_runner_token_adopts_at_once_with_its_labels_until_it_expires() {
+    let mut st = State::default();
+    runner_token(&mut st, "h1", Some(100));
+    let value = |s: &str| Response::Value(Some(s.to_string()));
+    assert_eq!(
+        enroll(&mut st, 5, "edge-1", "k1", Some("h1")),
+        value("adopted")
+    );
+    let rec = st.runner_admitted("edge-1", "k1").expect("admitted");
+    // The token's labels win over the runner's own.
+    assert_eq!(rec.labels["zone"], "shop");
+    assert_eq!(rec.labels["gpu"], "yes");
+    assert_eq!(rec.decided_by.as_deref(), Some("token:edge"));
+    // A pending runner that comes back with a token is adopted.
+    assert_eq!(enroll(&mut st, 6, "edge-2", "k2", None), value("pending"));
+    assert_eq!(
+        enroll(&mut st, 7, "edge-2", "k2", Some("h1")),
+        value("adopted")
+    );
+    // An expired or unknown token adopts nothing.
+    for (hash, now) in [("h1", 100), ("nope", 7)] {
+        let Response::Error(e) = enroll(&mut st, now, "edge-3", "k3", Some(hash)) else {
+            panic!("an invalid token enrolled")
+        };
+        assert!(e.contains("not valid"), "{e}");
+    }
+    assert!(!st.runner_records.contains_key("edge-3"));
+    // Bad ids and labels are refused with the reason.
+    let Response::Error(e) = enroll(&mut st, 8, "a b", "k4", None) else {
+        panic!("a bad id enrolled")
+    };
+    assert!(e.contains("not a runner id"), "{e}");
+}

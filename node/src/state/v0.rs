@@ -65,6 +65,8 @@ impl From<State> for super::State {
             hostnames: s.hostnames,
             // 0.1.0 had no cluster version: the cluster is on 0.1.0's protocol.
             cluster_version: None,
+            runner_records: Default::default(),
+            runner_token_labels: Default::default(),
         }
     }
 }

@@ -1,0 +1,288 @@
+//! Runners with their own identity (issue 19): `cairn runner agent
+//! --address … --ca-fingerprint …` enrolls with a CSR and then connects with
+//! the certificate the cluster CA signed. Without a token it waits as
+//! pending until adopted; a runner token adopts at once with its labels and
+//! can do nothing else; a rejected runner is refused; a forgotten runner's
+//! certificate is refused at once on every node.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cairn_protocol::api::{ClientRequest, ClientResponse};
+use cairn_protocol::handshake::Role;
+use cairn_protocol::pki::CertifiedKey;
+use cairn_protocol::rpc::{self, Dial, RpcError};
+use cairn_tests::{assert_eventually, hello_app, http_get, json, Background, Cli, TestCluster};
+use serde_json::Value;
+
+/// `cairn runner agent --address ADDR --ca-fingerprint CA --data-dir DIR ARGS…`
+/// with `env` (the runner token goes there, never on the command line).
+fn agent(cli: &Cli, addr: &str, ca: &str, dir: &Path, args: &[&str]) -> Background {
+    let dir = dir.to_string_lossy().into_owned();
+    let mut all = vec![
+        "runner",
+        "agent",
+        "--address",
+        addr,
+        "--ca-fingerprint",
+        ca,
+        "--data-dir",
+        &dir,
+    ];
+    all.extend_from_slice(args);
+    cli.spawn(&all)
+}
+
+fn wait_for(agent: &Background, needle: &str, what: &str) {
+    assert_eventually!(
+        agent.stdout_so_far().contains(needle),
+        Duration::from_secs(30),
+        "{what}: the agent said:\n{}\n{}",
+        agent.stdout_so_far(),
+        agent.stderr_so_far()
+    );
+}
+
+fn listed(admin: &Cli, id: &str) -> Option<Value> {
+    json::items(&admin.json(&["runner", "list"]))
+        .iter()
+        .find(|r| r["id"] == id)
+        .cloned()
+}
+
+/// The certificate and key an enrolled agent keeps in its data dir.
+fn identity_of(dir: &Path) -> CertifiedKey {
+    let text = std::fs::read_to_string(dir.join("identity.json")).expect("identity.json");
+    let v: Value = serde_json::from_str(&text).expect("json");
+    CertifiedKey {
+        cert_pem: json::s(&v, "cert_pem").to_string(),
+        key_pem: json::s(&v, "key_pem").to_string(),
+    }
+}
+
+fn runner_dial(addr: &str, ca: &str, identity: Option<CertifiedKey>, token: &str) -> Dial {
+    Dial {
+        addr: addr.to_string(),
+        ca_fingerprint: ca.to_string(),
+        identity,
+        role: Role::Runner,
+        token: token.to_string(),
+        agent: "cairn-tests".into(),
+        limits: cairn_protocol::pki::TransportLimits::DEFAULT,
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn runners_enroll_wait_for_adoption_run_jobs_and_are_refused_once_rejected_or_forgotten() {
+    let cluster = TestCluster::start(3);
+    let TestCluster {
+        nodes, admin, ca, ..
+    } = cluster;
+    let addr0 = nodes[0].addr();
+
+    // -- Pending, then adopted: it gets its certificate and runs a job. --
+    let pending_cli = Cli::new();
+    let pending_dir = tempfile::tempdir().expect("tempdir");
+    let pending = agent(
+        &pending_cli,
+        &addr0,
+        &ca,
+        pending_dir.path(),
+        &["--id", "edge-pending", "--label", "zone=back"],
+    );
+    wait_for(
+        &pending,
+        "pending: runner edge-pending waits to be adopted",
+        "a runner without a token waits",
+    );
+    let row = listed(&admin, "edge-pending").expect("listed while pending");
+    assert_eq!(row["state"], "pending", "{row}");
+    // Its key is kept before adoption: the identity file has no certificate yet.
+    let kept: Value = serde_json::from_str(
+        &std::fs::read_to_string(pending_dir.path().join("identity.json")).expect("identity"),
+    )
+    .expect("json");
+    assert!(kept["cert_pem"].is_null(), "{kept}");
+    admin.run(&["runner", "adopt", "edge-pending"]).ok();
+    wait_for(
+        &pending,
+        "runner edge-pending enrolled",
+        "adoption certifies it",
+    );
+    wait_for(
+        &pending,
+        "runner edge-pending registered with node",
+        "then it registers",
+    );
+    let app = hello_app();
+    let up = admin
+        .run_in(app.path(), &["up", "--runner", "edge-pending"])
+        .ok();
+    let url = up.field("Deployment URL").expect("Deployment URL");
+    let r = http_get(&url).expect("GET the deployment");
+    assert_eq!(r.status, 200, "{r:?}");
+    let inspect = admin.json(&["runner", "inspect", "edge-pending"]);
+    assert_eq!(inspect["record"]["state"], "Adopted", "{inspect}");
+    assert_eq!(inspect["record"]["decided_by"], "user:admin", "{inspect}");
+    assert_eq!(inspect["record"]["labels"]["zone"], "back", "{inspect}");
+    assert!(json::u(&inspect, "jobs_run") >= 1, "{inspect}");
+    assert!(inspect["node"].is_u64(), "connected: {inspect}");
+    let text = admin.run(&["runner", "inspect", "edge-pending"]).ok();
+    assert!(text.stdout.contains("Jobs run"), "{text}");
+    admin.run_in(app.path(), &["destroy"]).ok();
+
+    // -- Rejected: the waiting runner is told, and stops. --
+    let rejected_cli = Cli::new();
+    let rejected_dir = tempfile::tempdir().expect("tempdir");
+    let rejected = agent(
+        &rejected_cli,
+        &nodes[1].addr(),
+        &ca,
+        rejected_dir.path(),
+        &["--id", "edge-rejected"],
+    );
+    wait_for(&rejected, "pending: runner edge-rejected", "it waits");
+    admin.run(&["runner", "reject", "edge-rejected"]).ok();
+    let out = rejected.wait(Duration::from_secs(30));
+    assert!(
+        !out.success(),
+        "a rejected runner stops with an error: {out}"
+    );
+    assert!(
+        out.stderr
+            .contains("edge-rejected was rejected by user:admin"),
+        "{out}"
+    );
+
+    // -- A runner token: adopted at once with the token's labels. --
+    let minted = admin
+        .run(&["runner", "token", "--label", "zone=shop", "--name", "shop"])
+        .ok();
+    let token = minted.stdout.trim().to_string();
+    assert!(
+        minted
+            .stderr
+            .contains("CAIRN_RUNNER_TOKEN=… cairn runner agent --address"),
+        "{minted}"
+    );
+    assert!(
+        !minted.stderr.contains(&token),
+        "the hint does not repeat the token"
+    );
+    let mut shop_cli = Cli::new();
+    shop_cli.set_env("CAIRN_RUNNER_TOKEN", &token);
+    let shop_dir = tempfile::tempdir().expect("tempdir");
+    let shop = agent(
+        &shop_cli,
+        &nodes[2].addr(),
+        &ca,
+        shop_dir.path(),
+        &["--id", "edge-shop", "--label", "zone=mine"],
+    );
+    wait_for(&shop, "runner edge-shop enrolled", "a token adopts at once");
+    wait_for(
+        &shop,
+        "runner edge-shop registered with node",
+        "and it registers",
+    );
+    let row = listed(&admin, "edge-shop").expect("listed");
+    assert_eq!(row["state"], "adopted", "{row}");
+    assert_eq!(
+        row["labels"]["zone"], "shop",
+        "the token's label wins: {row}"
+    );
+    let app = hello_app();
+    let built = admin
+        .run_in(app.path(), &["build", "--runner-label", "zone=shop"])
+        .ok();
+    assert!(built.stdout.contains("✓ Building v2"), "{built}");
+    let jobs = json::items(&admin.json(&["job", "list"])).clone();
+    assert_eq!(json::s(&jobs[0], "runner"), "edge-shop", "{jobs:?}");
+
+    // The token is not in the agent's argv, nor in its identity file.
+    let identity_text =
+        std::fs::read_to_string(shop_dir.path().join("identity.json")).expect("identity");
+    assert!(!identity_text.contains(&token));
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", shop.pid())).expect("cmdline");
+    assert!(!String::from_utf8_lossy(&cmdline).contains(&token));
+
+    // A runner token can do nothing but enroll: not a client connection, no
+    // reads on a runner connection, nothing over HTTP.
+    rt().block_on(async {
+        let mut as_client = runner_dial(&addr0, &ca, None, &token);
+        as_client.role = Role::Client;
+        match rpc::connect(&as_client).await {
+            Err(RpcError::Refused(reason)) => {
+                assert!(
+                    reason.contains("runner token cannot be used for a client connection"),
+                    "{reason}"
+                )
+            }
+            other => panic!("a runner token made a client connection: {other:?}"),
+        }
+        let s = rpc::connect(&runner_dial(&addr0, &ca, None, &token))
+            .await
+            .expect("a runner connection with the token");
+        match rpc::call(&s.conn, &ClientRequest::ListJobs { limit: 10 }).await {
+            Ok(ClientResponse::Error { message }) | Err(RpcError::Remote(message)) => {
+                assert!(message.contains("not enrolled yet"), "{message}")
+            }
+            other => panic!("a runner token read jobs: {other:?}"),
+        }
+    });
+    let http = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!("{}/api/v1/apps", nodes[0].http_api()))
+        .output()
+        .expect("curl");
+    let code = String::from_utf8_lossy(&http.stdout).to_string();
+    assert!(
+        code == "403" || code == "401",
+        "HTTP with a runner token: {code}"
+    );
+
+    // -- A restart keeps the identity: no token, no address needed. --
+    drop(shop);
+    let shop_again = shop_cli.spawn(&[
+        "runner",
+        "agent",
+        "--data-dir",
+        &shop_dir.path().to_string_lossy(),
+    ]);
+    wait_for(
+        &shop_again,
+        "runner edge-shop registered with node",
+        "the same runner again",
+    );
+    assert!(
+        !shop_again.stdout_so_far().contains("enrolling"),
+        "{}",
+        shop_again.stdout_so_far()
+    );
+
+    // -- Forgotten: its connection is closed and its certificate refused on every node. --
+    let cert = identity_of(shop_dir.path());
+    admin.run(&["runner", "forget", "edge-shop"]).ok();
+    let out = shop_again.wait(Duration::from_secs(30));
+    assert!(!out.success(), "a forgotten runner stops: {out}");
+    assert!(out.stderr.contains("edge-shop is not enrolled"), "{out}");
+    assert!(listed(&admin, "edge-shop").is_none(), "forgotten");
+    rt().block_on(async {
+        for n in &nodes {
+            match rpc::connect(&runner_dial(&n.addr(), &ca, Some(cert.clone()), "")).await {
+                Err(RpcError::Refused(reason)) => {
+                    assert!(reason.contains("edge-shop is not enrolled"), "{reason}")
+                }
+                other => panic!("node {} admitted a forgotten runner: {other:?}", n.addr()),
+            }
+        }
+    });
+}
