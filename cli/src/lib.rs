@@ -11,3 +11,4 @@ pub use cairn_plugins as plugins;
 pub mod reach;
 pub mod runner;
 pub mod ui;
+pub mod upload;

@@ -37,6 +37,8 @@ pub struct Ctx {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The ingress's graceful stop.
     pub ingress_drain: crate::ingress::Drain,
+    /// Uploaded job sources this node holds.
+    pub sources: crate::sources::Sources,
 }
 
 impl Ctx {

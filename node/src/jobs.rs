@@ -294,7 +294,7 @@ impl Jobs {
     /// Why a runner connected to this node cannot take `job` (a kind newer
     /// than the protocol it speaks), if it cannot.
     fn too_old_for(&self, runner: &str, job: &Job) -> Option<String> {
-        let needs = job.spec.kind.since_version();
+        let needs = job.spec.since_version();
         let v = self.lock().runners.get(runner).map(|r| r.version)?;
         (v < needs).then(|| {
             format!(

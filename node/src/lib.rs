@@ -16,6 +16,7 @@ pub mod peer;
 pub mod raft;
 pub mod server;
 pub mod services;
+pub mod sources;
 pub mod state;
 pub mod upgrade;
 

@@ -213,6 +213,22 @@ pub enum ClientRequest {
     InspectRunners {
         id: Option<String>,
     },
+
+    // -- sources (protocol 5, issue 19) --
+    /// Upload a job's source tarball, named by its content. Answered
+    /// `SourceStored { already: true }` when the cluster holds it already
+    /// (send nothing more), else `SourceReady`: then the caller writes the
+    /// `size` bytes raw and finishes its side, and the node answers
+    /// `SourceStored { already: false }` once they are checked and kept.
+    UploadSource {
+        digest: String,
+        size: u64,
+    },
+    /// Fetch a source (a runner, for a job of its): answered `SourceFound
+    /// { size }`, then the bytes raw until the node finishes the stream.
+    FetchSource {
+        digest: String,
+    },
 }
 
 /// What a user decides about an enrolled runner.
@@ -236,8 +252,10 @@ impl ClientRequest {
             | ClientRequest::CreateRunnerToken { .. }
             | ClientRequest::EnrollRunner { .. }
             | ClientRequest::DecideRunner { .. }
-            | ClientRequest::InspectRunners { .. } => 5,
-            ClientRequest::QueueJob { spec } => spec.kind.since_version(),
+            | ClientRequest::InspectRunners { .. }
+            | ClientRequest::UploadSource { .. }
+            | ClientRequest::FetchSource { .. } => 5,
+            ClientRequest::QueueJob { spec } => spec.since_version(),
             ClientRequest::Idempotent { req, .. } => req.since_version(),
             _ => 4,
         }
@@ -389,6 +407,17 @@ pub enum ClientResponse {
     },
     /// Answer to `InspectRunners`.
     RunnerDetails(Vec<crate::types::RunnerDetails>),
+    /// Answer to `UploadSource`: send the bytes.
+    SourceReady,
+    /// Answer to `UploadSource`: the cluster holds the source
+    /// (`already`: it did before this upload).
+    SourceStored {
+        already: bool,
+    },
+    /// Answer to `FetchSource`: `size` bytes follow, raw.
+    SourceFound {
+        size: u64,
+    },
 }
 
 /// What one member runs, as the answering node learnt it from its last

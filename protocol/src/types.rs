@@ -177,6 +177,24 @@ impl JobKind {
 pub enum Source {
     /// A directory on the runner's machine; `config` is the config file in it.
     Local { dir: String, config: String },
+    /// Protocol 5 (issue 19): a tarball the CLI uploaded (`UploadSource`),
+    /// named by its content; the runner fetches it from its node
+    /// (`FetchSource`) and unpacks it. `config` is the config file in it.
+    Upload {
+        digest: String,
+        size: u64,
+        config: String,
+    },
+}
+
+impl Source {
+    /// The protocol version that brought this kind of source.
+    pub fn since_version(&self) -> u32 {
+        match self {
+            Source::Local { .. } => 4,
+            Source::Upload { .. } => 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +215,12 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    /// The protocol version a node or runner must speak to read this spec:
+    /// its kind's and its source's.
+    pub fn since_version(&self) -> u32 {
+        self.kind.since_version().max(self.source.since_version())
+    }
+
     /// A small valid spec (tests and fuzz seeds).
     pub fn example() -> JobSpec {
         JobSpec {

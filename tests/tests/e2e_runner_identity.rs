@@ -286,3 +286,98 @@ fn runners_enroll_wait_for_adoption_run_jobs_and_are_refused_once_rejected_or_fo
         }
     });
 }
+
+#[test]
+fn a_detached_job_carries_its_source_to_a_runner_on_another_node() {
+    let cluster = TestCluster::start(3);
+    let TestCluster {
+        nodes, admin, ca, ..
+    } = cluster;
+    let token = admin
+        .run(&["runner", "token"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let mut agent_cli = Cli::new();
+    agent_cli.set_env("CAIRN_RUNNER_TOKEN", &token);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The admin's context is on node 0: the upload lands there; the runner
+    // is on node 2 and fetches it through that node.
+    let agent = agent(
+        &agent_cli,
+        &nodes[2].addr(),
+        &ca,
+        dir.path(),
+        &["--id", "edge-src"],
+    );
+    wait_for(
+        &agent,
+        "runner edge-src registered with node",
+        "the runner is there",
+    );
+
+    let app = hello_app();
+    let queued = admin
+        .run_in(app.path(), &["up", "--runner", "edge-src", "--detach"])
+        .ok();
+    assert!(queued.stdout.contains("✓ Source sha256:"), "{queued}");
+    assert!(queued.stdout.contains("uploaded in"), "{queued}");
+    let id: String = queued
+        .stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Job ")
+                .and_then(|r| r.split_whitespace().next())
+        })
+        .expect("the job's number")
+        .to_string();
+    assert!(
+        queued.stdout.contains(&format!("cairn job attach {id}")),
+        "{queued}"
+    );
+    // The CLI's copy is gone before the runner has the job done: the runner
+    // works from what was uploaded.
+    let app_dir = app.path().to_path_buf();
+    drop(app);
+    assert!(!app_dir.exists());
+    let attached = admin.run(&["job", "attach", &id]).ok();
+    let url = attached
+        .field("Deployment URL")
+        .expect("the URLs at the end");
+    let r = http_get(&url).expect("GET the deployment");
+    assert_eq!(r.status, 200, "{r:?}");
+    let sources: Vec<_> = std::fs::read_dir(dir.path().join("work/sources"))
+        .expect("the runner's sources")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("sha256-"))
+        .collect();
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    // Both nodes on the way hold it now.
+    for n in [&nodes[0], &nodes[2]] {
+        assert!(
+            n.data_dir().join("sources").join(&sources[0]).is_file(),
+            "node {} holds the source",
+            n.addr()
+        );
+    }
+
+    // The same source again is stored once: nothing is sent.
+    let again = hello_app();
+    let queued = admin
+        .run_in(again.path(), &["build", "--runner", "edge-src"])
+        .ok();
+    assert!(queued.stdout.contains("already in the cluster"), "{queued}");
+    // --detach without another runner says what it is for.
+    let out = admin.run_in(again.path(), &["up", "--detach"]);
+    assert!(!out.success());
+    assert!(
+        out.stderr
+            .contains("--detach is for a job another runner runs"),
+        "{out}"
+    );
+    admin
+        .run_in(again.path(), &["destroy", "--runner", "edge-src"])
+        .ok();
+}

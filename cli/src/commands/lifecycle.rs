@@ -9,6 +9,7 @@ use cairn_protocol::api::{ClientRequest, ClientResponse, JobEvent};
 use cairn_protocol::frame;
 use cairn_protocol::rpc;
 use cairn_protocol::types::{JobKind, JobSpec, JobState, RunnerTarget, Source};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use super::Global;
 use crate::runner::{self, RunnerOptions};
@@ -38,9 +39,20 @@ pub struct PruneArgs {
 
 /// Run a lifecycle job end to end. Returns the process exit code.
 pub async fn run(g: &Global, app: &AppArg, kind: JobKind) -> anyhow::Result<i32> {
+    if app.runner.detach && app.runner.target().is_none() {
+        anyhow::bail!("--detach is for a job another runner runs: give --runner ID or --runner-label KEY=VALUE too (this CLI runs its own jobs only while it lives)");
+    }
     let q = queue(g, app, kind, true).await?;
     let code = match &q.other_runner {
         None => follow(&q.ctx, &q.session.conn, q.id, true).await?,
+        Some(t) if app.runner.detach => {
+            super::runner::queued_for(t, q.id, q.kind_name, &q.project, &q.app);
+            println!(
+                "Job {} queued; follow it with `cairn job attach {}`",
+                q.id, q.id
+            );
+            0
+        }
         Some(t) => {
             super::runner::queued_for(t, q.id, q.kind_name, &q.project, &q.app);
             super::runner::wait_for_runner(&q.session.conn, q.id, t).await;
@@ -135,20 +147,34 @@ pub async fn queue(
         }
     }
 
-    // 5. Queue the job for our runner id (or the one asked for).
+    // 5. A job for another runner carries its source: packed and uploaded (a cluster of
+    //    an older release cannot hold it: the runner then reads the same path on its
+    //    machine, as before).
+    let source = match (&other_runner, session.node.version >= 5) {
+        (Some(_), true) => match upload_source(&session.conn, &dir, &file).await? {
+            Some(s) => s,
+            None => Source::Local {
+                dir: dir.to_string_lossy().to_string(),
+                config: file.clone(),
+            },
+        },
+        _ => Source::Local {
+            dir: dir.to_string_lossy().to_string(),
+            config: file.clone(),
+        },
+    };
+
+    // 6. Queue the job for our runner id (or the one asked for).
     let kind_name = kind.name();
     let spec = JobSpec {
         kind,
         project: cfg.project.clone(),
         app: app_cfg.name.clone(),
         workspace: cfg.workspace.clone(),
-        source: Source::Local {
-            dir: dir.to_string_lossy().to_string(),
-            config: file,
-        },
+        source,
         target,
     };
-    let needs = spec.kind.since_version();
+    let needs = spec.since_version();
     if needs > session.node.version {
         anyhow::bail!(
             "the node at {} runs cairn-node {}, and a {kind_name} job needs protocol version {needs}: upgrade that node (docs/upgrading.md)",
@@ -171,6 +197,91 @@ pub async fn queue(
         app: app_cfg.name.clone(),
         _registration: registration,
     })
+}
+
+/// Pack `dir` and upload it (see [`crate::upload`]), saying how it went on stdout.
+/// `None` when the cluster cannot hold uploads yet (an upgrade not finished).
+async fn upload_source(
+    conn: &quinn::Connection,
+    dir: &std::path::Path,
+    file: &str,
+) -> anyhow::Result<Option<Source>> {
+    let style = Style::detect();
+    let started = std::time::Instant::now();
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_message(format!("Packing {}", dir.display()));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let d = dir.to_path_buf();
+    let packed = tokio::task::spawn_blocking(move || {
+        crate::upload::pack(&d, crate::upload::MAX_SOURCE_BYTES)
+    })
+    .await??;
+    spinner.finish_and_clear();
+    let mb = |n: u64| n as f64 / (1024.0 * 1024.0);
+    let req = ClientRequest::UploadSource {
+        digest: packed.digest.clone(),
+        size: packed.size,
+    };
+    let (mut send, mut recv) = rpc::open(conn, &req).await?;
+    let already = match frame::read_required::<_, ClientResponse>(&mut recv).await? {
+        ClientResponse::SourceStored { already } => already,
+        ClientResponse::SourceReady => {
+            use tokio::io::AsyncReadExt;
+            let bar = ProgressBar::new(packed.size);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "Uploading the source {bar:30} {bytes}/{total_bytes} ({bytes_per_sec})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            let mut f = tokio::fs::File::open(packed.file.path()).await?;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = f.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                send.write_all(&buf[..n]).await?;
+                bar.inc(n as u64);
+            }
+            let _ = send.finish();
+            bar.finish_and_clear();
+            match frame::read_required::<_, ClientResponse>(&mut recv).await? {
+                ClientResponse::SourceStored { .. } => false,
+                ClientResponse::Error { message } => {
+                    anyhow::bail!("uploading the source: {message}")
+                }
+                other => anyhow::bail!("unexpected answer from the node: {other:?}"),
+            }
+        }
+        ClientResponse::Error { message } if message.contains("cluster version") => {
+            eprintln!(
+                "note: {message}; the runner reads {} on its own machine",
+                dir.display()
+            );
+            return Ok(None);
+        }
+        ClientResponse::Error { message } => anyhow::bail!("uploading the source: {message}"),
+        other => anyhow::bail!("unexpected answer from the node: {other:?}"),
+    };
+    let short = &packed.digest[..19];
+    println!(
+        "{} Source {short}… ({} files, {:.1} MB packed from {:.1} MB){}",
+        style.ok(),
+        packed.files,
+        mb(packed.size),
+        mb(packed.raw_bytes),
+        if already {
+            " already in the cluster".to_string()
+        } else {
+            format!(" uploaded in {:.1} s", started.elapsed().as_secs_f64())
+        }
+    );
+    Ok(Some(Source::Upload {
+        digest: packed.digest,
+        size: packed.size,
+        config: file.to_string(),
+    }))
 }
 
 /// Wait for job `id` without printing it: its end state, error and results.

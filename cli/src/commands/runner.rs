@@ -108,6 +108,10 @@ pub struct RunnerSelect {
     /// Queue the job for any runner with this label (repeatable: all must match).
     #[arg(long = "runner-label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub runner_labels: Vec<(String, String)>,
+    /// Queue the job (for another runner) and exit at once, printing its number;
+    /// `cairn job attach N` follows it later.
+    #[arg(long)]
+    pub detach: bool,
 }
 
 impl RunnerSelect {
@@ -691,11 +695,13 @@ mod tests {
         let s = RunnerSelect {
             runner: Some("a1".into()),
             runner_labels: Vec::new(),
+            detach: false,
         };
         assert_eq!(s.target(), Some(RunnerTarget::Id("a1".into())));
         let s = RunnerSelect {
             runner: None,
             runner_labels: vec![("zone".into(), "a".into())],
+            detach: true,
         };
         let want: BTreeMap<String, String> = [("zone".to_string(), "a".to_string())].into();
         assert_eq!(s.target(), Some(RunnerTarget::Labels(want)));

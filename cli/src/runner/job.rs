@@ -51,6 +51,9 @@ pub struct JobRun {
     step: u32,
     /// The node's `ServerInfo`, once asked for.
     info: Option<Box<ServerInfo>>,
+    /// The job's source directory on this machine and its config file's
+    /// name, once known (an uploaded source is fetched and unpacked first).
+    pub source: Option<(PathBuf, String)>,
 }
 
 /// What a recorded step is: its kind, plugin, input, and the environment
@@ -159,6 +162,7 @@ impl JobRun {
             cancelled,
             step: 0,
             info: None,
+            source: None,
         }
     }
 

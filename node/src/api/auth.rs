@@ -100,6 +100,8 @@ impl Action {
                 Action::ManageRunners
             }
             ClientRequest::InspectRunners { .. } => Action::Read,
+            ClientRequest::UploadSource { .. } => Action::QueueJob,
+            ClientRequest::FetchSource { .. } => Action::RunJobs,
         }
     }
 }
@@ -153,6 +155,8 @@ pub fn request_name(req: &ClientRequest) -> &'static str {
         ClientRequest::EnrollRunner { .. } => "EnrollRunner",
         ClientRequest::DecideRunner { .. } => "DecideRunner",
         ClientRequest::InspectRunners { .. } => "InspectRunners",
+        ClientRequest::UploadSource { .. } => "UploadSource",
+        ClientRequest::FetchSource { .. } => "FetchSource",
     }
 }
 

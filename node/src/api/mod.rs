@@ -105,7 +105,7 @@ pub async fn runners(ctx: &Ctx) -> Result<Vec<Runner>, ApiError> {
 /// it speaks (a status job, to a 0.1.0 CLI) is left out of lists and refused by id,
 /// instead of breaking the whole answer.
 fn readable(job: &Job, caller: &Caller) -> bool {
-    job.spec.kind.since_version() <= caller.speaks
+    job.spec.since_version() <= caller.speaks
 }
 
 /// The newest `limit` jobs (0: all), newest first.
@@ -213,7 +213,7 @@ pub async fn members(ctx: &Ctx) -> Result<Vec<MemberInfo>, ApiError> {
 pub async fn queue_job(ctx: &Ctx, caller: &Caller, spec: JobSpec) -> Result<JobId, ApiError> {
     // A job of a newer kind is held in the replicated log: every member must be able to
     // read it, so it waits for the cluster version that brought it.
-    let since = spec.kind.since_version();
+    let since = spec.since_version();
     if since > cairn_protocol::handshake::OLDEST_PROTOCOL_VERSION {
         let v = ctx
             .query(|st| st.cluster_version())

@@ -64,6 +64,12 @@ pub enum PeerRequest {
         instance: String,
         header: NodeToEntrypoint,
     },
+    /// Protocol 5 (sent only to a node recorded as holding the source, so
+    /// one that knows it): send source `digest`: `SourceFound { size }`,
+    /// then the bytes raw; or `Refused`. See [`crate::services::source`].
+    FetchSource {
+        digest: String,
+    },
 }
 
 /// Requests served by the leader (forwarded by followers on behalf of their
@@ -162,6 +168,10 @@ pub enum PeerResponse {
     /// Answer to [`PeerRequest::RelayStream`]: the instance is not connected
     /// to the callee (any more).
     NoInstance(String),
+    /// Answer to [`PeerRequest::FetchSource`]: `size` bytes follow, raw.
+    SourceFound {
+        size: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -601,6 +601,7 @@ fn variant_name(r: &PeerResponse) -> &'static str {
         PeerResponse::LogLines { .. } => "LogLines",
         PeerResponse::LogsHistoryEnd => "LogsHistoryEnd",
         PeerResponse::NoInstance(_) => "NoInstance",
+        PeerResponse::SourceFound { .. } => "SourceFound",
     }
 }
 

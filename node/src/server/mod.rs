@@ -478,6 +478,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         upgrade: Arc::default(),
         metrics: Arc::new(crate::metrics::Metrics::new()),
         ingress_drain: crate::ingress::Drain::default(),
+        sources: crate::sources::Sources::new(&cfg.data_dir),
     });
 
     cluster.serve_as_leader(Arc::new(LeaderHandler(Arc::downgrade(&ctx))));

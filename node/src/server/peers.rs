@@ -121,6 +121,12 @@ async fn serve_stream(
             )
             .await;
         }
+        Ok(PeerRequest::FetchSource { digest }) if is_member(&ctx, from) => {
+            return crate::services::source::serve_peer(&ctx, digest, send).await;
+        }
+        Ok(PeerRequest::FetchSource { .. }) => Ok(PeerResponse::Refused(format!(
+            "node {from:x} is not a member of this cluster (as far as this node knows)"
+        ))),
         Ok(PeerRequest::Logs { .. }) => Ok(PeerResponse::Refused(format!(
             "node {from:x} is not a member of this cluster (as far as this node knows)"
         ))),
@@ -201,7 +207,8 @@ async fn handle(
         }
         PeerRequest::RelayOffer { .. }
         | PeerRequest::Logs { .. }
-        | PeerRequest::RelayStream { .. } => {
+        | PeerRequest::RelayStream { .. }
+        | PeerRequest::FetchSource { .. } => {
             return Err("this request is served on its own stream".into())
         }
     })

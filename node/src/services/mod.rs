@@ -20,6 +20,7 @@ pub mod hostname;
 pub mod jobs;
 pub mod runner;
 pub mod server;
+pub mod source;
 
 pub use crate::cluster::{note_retry_elsewhere, REQUEST_ID, RETRY_ELSEWHERE};
 
@@ -202,6 +203,10 @@ async fn route(
         }
         ClientRequest::DecideRunner { id, decision } => runner::decide(ctx, s, id, decision).await,
         ClientRequest::InspectRunners { id } => runner::inspect(ctx, id).await,
+        ClientRequest::UploadSource { digest, size } => {
+            return source::upload(ctx, digest, size, send, recv).await
+        }
+        ClientRequest::FetchSource { digest } => return source::fetch(ctx, digest, send).await,
     };
     let resp = match resp {
         ClientResponse::Error { message } if RETRY_ELSEWHERE.try_with(|c| c.get()) == Ok(true) => {

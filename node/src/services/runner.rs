@@ -198,7 +198,7 @@ pub async fn set_resource_state(
 
 /// Refuse what needs protocol 5 in the replicated log while the cluster is
 /// not there yet.
-async fn needs_cluster_version_5(ctx: &Ctx, what: &str) -> Result<(), String> {
+pub(crate) async fn needs_cluster_version_5(ctx: &Ctx, what: &str) -> Result<(), String> {
     let v = ctx.read(|st| st.cluster_version()).await?;
     if v < 5 {
         return Err(format!(

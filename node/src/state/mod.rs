@@ -214,6 +214,21 @@ pub enum Command {
         decision: cairn_protocol::api::RunnerDecision,
         by: String,
     },
+    /// Node `node` holds uploaded source `digest` (`size` bytes).
+    RecordSource {
+        digest: String,
+        size: u64,
+        node: u64,
+    },
+}
+
+/// An uploaded source: its size and the nodes that hold its bytes (see
+/// `crate::sources`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRecord {
+    pub size: u64,
+    pub nodes: BTreeSet<u64>,
+    pub stored_ms: u64,
 }
 
 /// Why `name` is not a host name the URL service can serve: lowercase
@@ -331,6 +346,9 @@ pub struct State {
     /// The labels runner tokens give, by token hash.
     #[serde(default)]
     pub runner_token_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// Uploaded job sources by digest (issue 19; the bytes are on the nodes).
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceRecord>,
 }
 
 impl State {
@@ -687,6 +705,24 @@ impl State {
             Command::DecideRunner { id, decision, by } => {
                 self.decide_runner(now, id, *decision, by)
             }
+            Command::RecordSource { digest, size, node } => {
+                let rec = self
+                    .sources
+                    .entry(digest.clone())
+                    .or_insert_with(|| SourceRecord {
+                        size: *size,
+                        nodes: BTreeSet::new(),
+                        stored_ms: now,
+                    });
+                if rec.size != *size {
+                    return Response::Error(format!(
+                        "source {digest} was recorded with {} bytes, not {size}",
+                        rec.size
+                    ));
+                }
+                rec.nodes.insert(*node);
+                Response::Ok
+            }
             Command::ConsumeJoinToken { hash } => match self.tokens.get_mut(hash) {
                 Some(t)
                     if t.scope == TokenScope::Join
@@ -749,6 +785,7 @@ impl State {
             cluster_version: _,
             runner_records,
             runner_token_labels,
+            sources,
         } = self;
         [
             registers.len(),
@@ -767,6 +804,7 @@ impl State {
             hostnames.len(),
             runner_records.len(),
             runner_token_labels.len(),
+            sources.len(),
         ]
         .iter()
         .map(|n| *n as u64)

@@ -67,6 +67,7 @@ impl From<State> for super::State {
             cluster_version: None,
             runner_records: Default::default(),
             runner_token_labels: Default::default(),
+            sources: Default::default(),
         }
     }
 }

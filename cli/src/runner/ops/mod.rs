@@ -7,9 +7,12 @@ mod release;
 pub mod status;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use cairn_protocol::api::{ClientRequest, ClientResponse};
 use cairn_protocol::types::{JobKind, OpKind, OpStatus, Operation, ResourceState, Source};
+use cairn_protocol::{frame, rpc};
+use sha2::Digest as _;
 
 use super::job::{value_of, JobFailure, JobRun};
 use crate::config::{self, AppConfig};
@@ -44,8 +47,11 @@ fn load_app(
     deploy: Option<serde_json::Value>,
     server: &config::ServerValues,
 ) -> Result<(config::Config, AppConfig), JobFailure> {
-    let Source::Local { dir, config: file } = &run.job.spec.source;
-    let path = Path::new(dir).join(file);
+    let (dir, file) = run
+        .source
+        .clone()
+        .ok_or_else(|| JobFailure::new("the job's source is not on this runner yet"))?;
+    let path = dir.join(file);
     let inputs = config::Inputs {
         workspace: Some(run.job.spec.workspace.clone()),
         artifact,
@@ -193,7 +199,105 @@ async fn resolved_env(run: &JobRun) -> Result<BTreeMap<String, String>, JobFailu
     .map_err(|e| JobFailure::new(format!("cannot read the app's config: {e}")))
 }
 
+/// Make the job's source a directory on this machine: a local one as it
+/// is; an uploaded one fetched from the node (checked against its digest)
+/// and unpacked under `<runner dir>/sources/`, once per digest.
+async fn materialize(run: &mut JobRun) -> Result<(), JobFailure> {
+    let (dir, file) = match &run.job.spec.source {
+        Source::Local { dir, config } => (PathBuf::from(dir), config.clone()),
+        Source::Upload {
+            digest,
+            size,
+            config,
+        } => {
+            let dir = fetch_source(run, digest, *size).await?;
+            (dir, config.clone())
+        }
+    };
+    run.source = Some((dir, file));
+    Ok(())
+}
+
+async fn fetch_source(run: &JobRun, digest: &str, size: u64) -> Result<PathBuf, JobFailure> {
+    use tokio::io::AsyncWriteExt;
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| JobFailure::new(format!("{digest:?} is not a source digest")))?;
+    let root = run.opts.data_dir.join("sources");
+    let dest = root.join(format!("sha256-{hex}"));
+    if dest.is_dir() {
+        return Ok(dest);
+    }
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        JobFailure::new(format!("fetching the job's source {digest}: {what}: {e}"))
+    };
+    std::fs::create_dir_all(&root).map_err(|e| fail(&root.display().to_string(), &e))?;
+    let req = ClientRequest::FetchSource {
+        digest: digest.to_string(),
+    };
+    let (_send, mut recv) = rpc::open(&run.conn, &req)
+        .await
+        .map_err(|e| fail("asking the node", &e))?;
+    match frame::read_required::<_, ClientResponse>(&mut recv)
+        .await
+        .map_err(|e| fail("reading the answer", &e))?
+    {
+        ClientResponse::SourceFound { size: s } if s == size => {}
+        ClientResponse::SourceFound { size: s } => {
+            return Err(fail("the node", &format!("has {s} bytes, not {size}")))
+        }
+        ClientResponse::Error { message } => return Err(fail("the node", &message)),
+        other => return Err(fail("the node", &format!("answered {other:?}"))),
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix(".fetching-")
+        .tempfile_in(&root)
+        .map_err(|e| fail(&root.display().to_string(), &e))?;
+    let mut out = tokio::fs::File::from_std(
+        tmp.reopen()
+            .map_err(|e| fail(&tmp.path().display().to_string(), &e))?,
+    );
+    let mut hash = sha2::Sha256::new();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = recv
+            .read(&mut buf)
+            .await
+            .map_err(|e| fail(&format!("after {got} bytes"), &e))?;
+        let Some(n) = n else { break };
+        got += n as u64;
+        if got > size {
+            return Err(fail("the node", &"sent more than the source's size"));
+        }
+        sha2::Digest::update(&mut hash, &buf[..n]);
+        out.write_all(&buf[..n])
+            .await
+            .map_err(|e| fail(&tmp.path().display().to_string(), &e))?;
+    }
+    out.flush()
+        .await
+        .map_err(|e| fail(&tmp.path().display().to_string(), &e))?;
+    let actual = format!("sha256:{}", hex::encode(sha2::Digest::finalize(hash)));
+    if got != size || actual != digest {
+        return Err(fail(
+            "the bytes received",
+            &format!("{got} bytes, {actual}: not the source"),
+        ));
+    }
+    let tarball = tmp.path().to_path_buf();
+    let into = dest.clone();
+    tokio::task::spawn_blocking(move || crate::upload::unpack(&tarball, &into))
+        .await
+        .map_err(|e| fail("unpacking", &e))?
+        .map_err(|e| fail("unpacking", &e))?;
+    drop(tmp);
+    Ok(dest)
+}
+
 pub async fn run(run: &mut JobRun) -> Result<(), JobFailure> {
+    materialize(run).await?;
     let mut loaded = load(run).await?;
     if matches!(
         run.job.spec.kind,
