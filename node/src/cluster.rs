@@ -445,7 +445,12 @@ impl Cluster {
     /// answered there.
     pub async fn write_request(&self, request: Request) -> Result<Response, ClusterError> {
         let idempotent = matches!(request.command, Command::Idempotent { .. });
-        match self.on_leader(LeaderRequest::Forward { request }).await {
+        match self
+            .on_leader(LeaderRequest::Forward {
+                request: Box::new(request),
+            })
+            .await
+        {
             Ok(LeaderResponse::Written(r)) => Ok(r),
             Ok(LeaderResponse::Error(e)) => Err(ClusterError::fatal(e)),
             Ok(other) => Err(ClusterError::fatal(format!(

@@ -185,6 +185,15 @@ pub enum Source {
         size: u64,
         config: String,
     },
+    /// Protocol 5 (issue 19): a git repository the runner clones with its
+    /// own credentials (`runner { data_source "git" { url, ref, path } }`);
+    /// `path` is the app's directory in it, `config` the config file there.
+    Git {
+        url: String,
+        git_ref: Option<String>,
+        path: Option<String>,
+        config: String,
+    },
 }
 
 impl Source {
@@ -192,7 +201,7 @@ impl Source {
     pub fn since_version(&self) -> u32 {
         match self {
             Source::Local { .. } => 4,
-            Source::Upload { .. } => 5,
+            Source::Upload { .. } | Source::Git { .. } => 5,
         }
     }
 }

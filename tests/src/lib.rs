@@ -356,6 +356,23 @@ app "web" {{
     write_app(&hcl, &[("web.py", WEBAPP)])
 }
 
+/// The first file named `name` under `root` (depth first).
+pub fn find_file(root: &Path, name: &str) -> Option<std::path::PathBuf> {
+    let entries = std::fs::read_dir(root).ok()?;
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            if let Some(found) = find_file(&p, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
 /// A temp dir holding `cairn.hcl` with `hcl` (plus any `extra` files).
 pub fn write_app(hcl: &str, extra: &[(&str, &str)]) -> TempDir {
     let dir = tempfile::tempdir().expect("tempdir");

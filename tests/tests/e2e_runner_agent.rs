@@ -260,9 +260,9 @@ fn agents_take_jobs_by_label_unknown_runners_are_waited_for_and_sigterm_cancels_
     admin.track(slow.path());
     let s = slow.path().to_string_lossy().to_string();
     let follower = admin.spawn(&["-C", &s, "up", "--runner", &id]);
-    let started = slow.path().join("started");
+    // The job carries its source: the build runs in the agent's copy.
     assert_eventually!(
-        started.exists(),
+        cairn_tests::find_file(&agent_cli.data_dir(), "started").is_some(),
         Duration::from_secs(30),
         "the slow build never started: {}",
         follower.stdout_so_far()

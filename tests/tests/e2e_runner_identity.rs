@@ -381,3 +381,222 @@ fn a_detached_job_carries_its_source_to_a_runner_on_another_node() {
         .run_in(again.path(), &["destroy", "--runner", "edge-src"])
         .ok();
 }
+
+/// A build whose command starts a child of its own and waits: both pids
+/// are written in the (runner's copy of the) source directory.
+const LONG_BUILD: &str = r#"
+project = "cancel"
+
+app "long" {
+  build {
+    use "command" {
+      command = ["sh", "-c", "sleep 300 & echo $! > child.pid; echo $$ > build.pid; echo build started; wait"]
+      output  = "out"
+    }
+  }
+
+  deploy {
+    use "process" {
+      command = ["python3", "-c", "import time; time.sleep(60)"]
+    }
+  }
+}
+"#;
+
+#[test]
+fn cancelling_a_job_kills_the_plugins_processes_on_the_runner() {
+    let node = cairn_tests::NodeProc::start_new();
+    let admin = Cli::new();
+    admin.connect_to(&node, "dev");
+    let token = admin
+        .run(&["runner", "token"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let mut agent_cli = Cli::new();
+    agent_cli.set_env("CAIRN_RUNNER_TOKEN", &token);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(
+        &agent_cli,
+        &node.addr(),
+        &node.ca_fingerprint(),
+        dir.path(),
+        &["--id", "edge-cancel"],
+    );
+    wait_for(
+        &agent,
+        "runner edge-cancel registered with node",
+        "the runner is there",
+    );
+
+    let app = cairn_tests::write_app(LONG_BUILD, &[]);
+    let queued = admin
+        .run_in(
+            app.path(),
+            &["build", "--runner", "edge-cancel", "--detach"],
+        )
+        .ok();
+    let id: String = queued
+        .stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Job ")
+                .and_then(|r| r.split_whitespace().next())
+        })
+        .expect("the job's number")
+        .to_string();
+    let pid_in = |name: &str| -> Option<u32> {
+        let p = cairn_tests::find_file(dir.path(), name)?;
+        std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    };
+    assert_eventually!(
+        pid_in("child.pid").is_some() && pid_in("build.pid").is_some(),
+        Duration::from_secs(30),
+        "the build never started"
+    );
+    let (build, child) = (
+        pid_in("build.pid").expect("pid"),
+        pid_in("child.pid").expect("pid"),
+    );
+    assert!(cairn_tests::pid_alive(build) && cairn_tests::pid_alive(child));
+    let follower = admin.spawn(&["job", "attach", &id]);
+    admin.run(&["job", "cancel", &id]).ok();
+    let followed = follower.wait(Duration::from_secs(30));
+    assert_eq!(followed.code, Some(1), "{followed}");
+    assert!(followed.stderr.contains("cancelled"), "{followed}");
+    assert!(
+        followed.stdout.contains("build started"),
+        "what it had done is shown: {followed}"
+    );
+    // The command and the child it started are gone, at once (not after the 300 s).
+    assert_eventually!(
+        !cairn_tests::pid_alive(build) && !cairn_tests::pid_alive(child),
+        Duration::from_secs(5),
+        "the build's processes outlived the cancel"
+    );
+    let job = admin.json(&["job", "inspect", &id]);
+    assert_eq!(job["state"], "Cancelled", "{job}");
+    let builds = admin.json(&["artifact", "list"]);
+    let rec = json::items(&builds)
+        .iter()
+        .find(|b| b["app"] == "long")
+        .cloned()
+        .expect("the build is recorded");
+    assert_eq!(rec["status"], "Error", "{rec}");
+    assert!(
+        rec.to_string().contains("build started"),
+        "its output is kept: {rec}"
+    );
+    // The runner is free again.
+    assert!(cairn_tests::pid_alive(agent.pid()));
+}
+
+#[test]
+fn config_labels_aim_jobs_and_a_git_data_source_is_cloned_by_the_runner() {
+    let node = cairn_tests::NodeProc::start_new();
+    let admin = Cli::new();
+    admin.connect_to(&node, "dev");
+    let token = admin
+        .run(&["runner", "token", "--label", "zone=git"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let mut agent_cli = Cli::new();
+    agent_cli.set_env("CAIRN_RUNNER_TOKEN", &token);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(
+        &agent_cli,
+        &node.addr(),
+        &node.ca_fingerprint(),
+        dir.path(),
+        &["--id", "edge-git"],
+    );
+    wait_for(
+        &agent,
+        "runner edge-git registered with node",
+        "the runner is there",
+    );
+
+    // A repository holding the app, its greeting changed, under `site/`.
+    let repo = tempfile::tempdir().expect("tempdir");
+    let site = repo.path().join("site");
+    std::fs::create_dir_all(&site).expect("mkdir");
+    let src = cairn_tests::workspace_root().join("examples/hello");
+    for f in ["app.py", "cairn.hcl"] {
+        std::fs::copy(src.join(f), site.join(f)).expect("copy");
+    }
+    let py = std::fs::read_to_string(site.join("app.py")).expect("app.py");
+    std::fs::write(
+        site.join("app.py"),
+        py.replace("{GREETING}!", "{GREETING} from git!"),
+    )
+    .expect("write");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.email=t@example.com", "-c", "user.name=t", "-C"])
+            .arg(repo.path())
+            .args(args)
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "hello"]);
+
+    // The CLI's copy of the config says where jobs go and where the source is.
+    let app = hello_app();
+    let hcl = std::fs::read_to_string(app.path().join("cairn.hcl")).expect("cairn.hcl");
+    let url = format!("file://{}", repo.path().display());
+    std::fs::write(
+        app.path().join("cairn.hcl"),
+        format!(
+            "{hcl}\nrunner {{\n  labels = {{ zone = \"git\" }}\n  data_source \"git\" {{\n    url  = \"{url}\"\n    ref  = \"main\"\n    path = \"site\"\n  }}\n}}\n"
+        ),
+    )
+    .expect("write");
+    let up = admin.run_in(app.path(), &["up"]).ok();
+    assert!(up.stdout.contains("a runner with labels zone=git"), "{up}");
+    assert!(
+        up.stdout.contains(&format!("Source: {url} at main, site")),
+        "{up}"
+    );
+    assert!(
+        up.stdout.contains("cloned "),
+        "the runner says what it cloned: {up}"
+    );
+    let deployed = up.field("Deployment URL").expect("Deployment URL");
+    let r = http_get(&deployed).expect("GET the deployment");
+    assert!(
+        r.body.contains("from git"),
+        "the repository's code runs: {r:?}"
+    );
+    let jobs = json::items(&admin.json(&["job", "list"])).clone();
+    assert_eq!(json::s(&jobs[0], "runner"), "edge-git", "{jobs:?}");
+
+    // --local runs it here, in this CLI, from this directory.
+    admin.run_in(app.path(), &["build", "--local"]).ok();
+    let jobs = json::items(&admin.json(&["job", "list"])).clone();
+    assert!(json::s(&jobs[0], "runner").starts_with("cli-"), "{jobs:?}");
+
+    // A data source without a url is refused where it is written.
+    std::fs::write(
+        app.path().join("cairn.hcl"),
+        format!("{hcl}\nrunner {{\n  labels = {{ zone = \"git\" }}\n  data_source \"git\" {{\n    ref = \"main\"\n  }}\n}}\n"),
+    )
+    .expect("write");
+    let out = admin.run_in(app.path(), &["build"]);
+    assert!(!out.success());
+    assert!(
+        out.stderr.contains("cairn.hcl:") && out.stderr.contains("needs `url`"),
+        "{out}"
+    );
+    std::fs::write(app.path().join("cairn.hcl"), &hcl).expect("write");
+    admin.run_in(app.path(), &["destroy"]).ok();
+}

@@ -39,9 +39,6 @@ pub struct PruneArgs {
 
 /// Run a lifecycle job end to end. Returns the process exit code.
 pub async fn run(g: &Global, app: &AppArg, kind: JobKind) -> anyhow::Result<i32> {
-    if app.runner.detach && app.runner.target().is_none() {
-        anyhow::bail!("--detach is for a job another runner runs: give --runner ID or --runner-label KEY=VALUE too (this CLI runs its own jobs only while it lives)");
-    }
     let q = queue(g, app, kind, true).await?;
     let code = match &q.other_runner {
         None => follow(&q.ctx, &q.session.conn, q.id, true).await?,
@@ -112,8 +109,22 @@ pub async fn queue(
         .map(|f| f.to_string_lossy().to_string())
         .unwrap_or_default();
 
-    // 3. Be our own runner on the same connection (unless the job is for another runner).
-    let other_runner = app.runner.target();
+    // 3. Be our own runner on the same connection (unless the job is for another runner:
+    //    --runner, --runner-label, or the config's `runner { labels }`, app over project;
+    //    --local keeps it here).
+    let runner_cfg = app_cfg.runner.as_ref().or(cfg.runner.as_ref());
+    let other_runner = if app.runner.local {
+        None
+    } else {
+        app.runner.target().or_else(|| {
+            runner_cfg
+                .filter(|r| !r.labels.is_empty())
+                .map(|r| RunnerTarget::Labels(r.labels.clone()))
+        })
+    };
+    if app.runner.detach && other_runner.is_none() {
+        anyhow::bail!("--detach is for a job another runner runs: give --runner ID or --runner-label KEY=VALUE (or `runner {{ labels = {{…}} }}` in the config) too; this CLI runs its own jobs only while it lives");
+    }
     if other_runner.is_some() && inputs.gives_values() {
         anyhow::bail!(
             "--var and --var-file reach only this CLI's own runner; the job is for another runner, which reads variables from its own environment (CAIRN_VAR_NAME) and *.auto.cairnvars files in the source directory"
@@ -150,7 +161,42 @@ pub async fn queue(
     // 5. A job for another runner carries its source: packed and uploaded (a cluster of
     //    an older release cannot hold it: the runner then reads the same path on its
     //    machine, as before).
+    let git = runner_cfg.and_then(|r| {
+        r.data_source
+            .as_ref()
+            .map(|(kind, fields)| (kind.clone(), fields.clone(), r.location.clone()))
+    });
     let source = match (&other_runner, session.node.version >= 5) {
+        (Some(_), true) if git.as_ref().is_some_and(|(k, _, _)| k == "git") => {
+            let (_, fields, at) = git.expect("matched");
+            let text = |k: &str| fields.get(k).and_then(|v| v.as_str()).map(str::to_string);
+            let Some(url) = text("url").filter(|u| !u.is_empty()) else {
+                anyhow::bail!("{at}: `data_source \"git\"` needs `url`");
+            };
+            let git_ref = text("ref").filter(|r| !r.is_empty());
+            let path = text("path").filter(|p| !p.is_empty());
+            println!(
+                "{} Source: {url}{}{} (the runner clones it)",
+                Style::detect().ok(),
+                git_ref
+                    .as_deref()
+                    .map(|r| format!(" at {r}"))
+                    .unwrap_or_default(),
+                path.as_deref()
+                    .map(|p| format!(", {p}"))
+                    .unwrap_or_default()
+            );
+            Source::Git {
+                url,
+                git_ref,
+                path,
+                config: file.clone(),
+            }
+        }
+        (Some(_), true) if git.as_ref().is_some_and(|(k, _, _)| k != "local") => {
+            let (kind, _, at) = git.expect("matched");
+            anyhow::bail!("{at}: data_source {kind:?} is not one Cairn knows: use \"git\" (the runner clones the repository) or leave it out (the CLI uploads the app's directory)");
+        }
         (Some(_), true) => match upload_source(&session.conn, &dir, &file).await? {
             Some(s) => s,
             None => Source::Local {

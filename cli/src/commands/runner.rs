@@ -112,6 +112,10 @@ pub struct RunnerSelect {
     /// `cairn job attach N` follows it later.
     #[arg(long)]
     pub detach: bool,
+    /// Run the job here, in this CLI, even when the config's `runner { labels }` names
+    /// other runners.
+    #[arg(long, conflicts_with_all = ["runner", "runner_labels"])]
+    pub local: bool,
 }
 
 impl RunnerSelect {
@@ -696,12 +700,14 @@ mod tests {
             runner: Some("a1".into()),
             runner_labels: Vec::new(),
             detach: false,
+            local: false,
         };
         assert_eq!(s.target(), Some(RunnerTarget::Id("a1".into())));
         let s = RunnerSelect {
             runner: None,
             runner_labels: vec![("zone".into(), "a".into())],
             detach: true,
+            local: false,
         };
         let want: BTreeMap<String, String> = [("zone".to_string(), "a".to_string())].into();
         assert_eq!(s.target(), Some(RunnerTarget::Labels(want)));

@@ -48,6 +48,10 @@ pub struct JobRun {
     pub opts: Arc<RunnerOptions>,
     tx: mpsc::UnboundedSender<RunnerToNode>,
     cancelled: Arc<AtomicBool>,
+    /// Set when the job's stream to the cluster broke: the job stops at its
+    /// next step (what it does could not be recorded), but a step in progress
+    /// is not killed.
+    lost: Arc<AtomicBool>,
     step: u32,
     /// The node's `ServerInfo`, once asked for.
     info: Option<Box<ServerInfo>>,
@@ -146,12 +150,44 @@ async fn supervised<T: Send + 'static>(
         .unwrap_or_else(|e| Err(format!("the plugin panicked: {e}")))
 }
 
+/// How often a running plugin step looks whether its job was cancelled.
+pub const CANCEL_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What a cancelled step's error says.
+pub const CANCELLED_WHILE_RUNNING: &str =
+    "cancelled on request while it ran: its work was stopped (its commands and their process groups killed)";
+
+/// [`supervised`], and when the job is cancelled meanwhile, abort the plugin's task:
+/// its future is dropped, which kills the commands it runs (their whole process
+/// groups), ends a docker build's request, and stops what it awaited.
+async fn supervised_until<T: Send + 'static>(
+    fut: impl Future<Output = Result<T, String>> + Send + 'static,
+    cancelled: &AtomicBool,
+) -> Result<T, String> {
+    let mut task = tokio::spawn(fut);
+    loop {
+        tokio::select! {
+            r = &mut task => {
+                return r.unwrap_or_else(|e| Err(format!("the plugin panicked: {e}")));
+            }
+            _ = tokio::time::sleep(CANCEL_CHECK) => {
+                if cancelled.load(Ordering::SeqCst) {
+                    task.abort();
+                    let _ = task.await;
+                    return Err(CANCELLED_WHILE_RUNNING.to_string());
+                }
+            }
+        }
+    }
+}
+
 impl JobRun {
     pub fn new(
         job: Job,
         conn: quinn::Connection,
         tx: mpsc::UnboundedSender<RunnerToNode>,
         cancelled: Arc<AtomicBool>,
+        lost: Arc<AtomicBool>,
         opts: Arc<RunnerOptions>,
     ) -> JobRun {
         JobRun {
@@ -160,6 +196,7 @@ impl JobRun {
             opts,
             tx,
             cancelled,
+            lost,
             step: 0,
             info: None,
             source: None,
@@ -210,6 +247,11 @@ impl JobRun {
                 message: "cancelled on request".into(),
                 cancelled: true,
             });
+        }
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(JobFailure::new(
+                "the job's stream to the cluster was lost: stopped before the next step",
+            ));
         }
         Ok(())
     }
@@ -288,7 +330,7 @@ impl JobRun {
         });
         let sink = Sink::new(step, self.tx.clone());
         let ctx = self.context(sequence, BTreeMap::new(), source_dir, None, sink);
-        match supervised(f(ctx)).await {
+        match supervised_until(f(ctx), &self.cancelled).await {
             Ok(v) => {
                 self.event(JobEvent::Step {
                     step,
@@ -305,8 +347,16 @@ impl JobRun {
                     status: StepStatus::Failed,
                     detail: Some(e.clone()),
                 });
-                Err(JobFailure::new(e))
+                Err(self.failure(e))
             }
+        }
+    }
+
+    /// A step's failure; a cancelled one when the job was cancelled.
+    fn failure(&self, message: String) -> JobFailure {
+        JobFailure {
+            message,
+            cancelled: self.cancelled.load(Ordering::SeqCst),
         }
     }
 
@@ -357,7 +407,7 @@ impl JobRun {
         let r = match entrypoint {
             Ok(entrypoint) => {
                 let ctx = self.context(sequence, op.env, op.source_dir, entrypoint, sink.clone());
-                supervised(f(ctx)).await
+                supervised_until(f(ctx), &self.cancelled).await
             }
             Err(e) => Err(e),
         };
@@ -406,7 +456,7 @@ impl JobRun {
                     status: StepStatus::Failed,
                     detail: Some(e.clone()),
                 });
-                Err(JobFailure::new(e))
+                Err(self.failure(e))
             }
             (Ok((value, _)), Err(mut e)) => {
                 if let Some(platform) = op.undo {

@@ -203,6 +203,8 @@ async fn run_offer(
     });
     // Reader: a Cancel from the node.
     let flag = cancelled.clone();
+    let lost = Arc::new(AtomicBool::new(false));
+    let lost_flag = lost.clone();
     // A lost job stream (the node died, or leadership moved) also stops the
     // work at the next step: nothing it does could be recorded any more, and
     // the cluster fails the job rather than run it twice.
@@ -213,13 +215,13 @@ async fn run_offer(
                 Ok(Some(_)) => {}
                 Ok(None) => return,
                 Err(_) => {
-                    flag.store(true, Ordering::SeqCst);
+                    lost_flag.store(true, Ordering::SeqCst);
                     return;
                 }
             }
         }
     });
-    let mut run = JobRun::new(job.clone(), conn, tx.clone(), cancelled, opts);
+    let mut run = JobRun::new(job.clone(), conn, tx.clone(), cancelled, lost, opts);
     let (state, error) = match ops::run(&mut run).await {
         Ok(()) => (JobState::Success, None),
         Err(e) if e.cancelled => (JobState::Cancelled, Some(e.message)),

@@ -78,7 +78,7 @@ pub enum PeerRequest {
 pub enum LeaderRequest {
     /// Commit this write and answer what `State::apply` returned.
     Forward {
-        request: Request,
+        request: Box<Request>,
     },
     /// Confirm leadership with a quorum and answer the log id a
     /// linearizable read must wait for (openraft's read index).
@@ -350,13 +350,13 @@ mod tests {
     #[test]
     fn decoding_arbitrary_bytes_never_panics() {
         let valid = frame::encode(&PeerRequest::Leader(LeaderRequest::Forward {
-            request: Request {
+            request: Box::new(Request {
                 now_ms: 1,
                 command: Command::Put {
                     key: "k".into(),
                     value: "v".into(),
                 },
-            },
+            }),
         }))
         .expect("encodes");
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

@@ -32,7 +32,7 @@ pub const MEMBERSHIP_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn handle(ctx: &Ctx, req: LeaderRequest) -> LeaderResponse {
     match req {
-        LeaderRequest::Forward { request } => forward(ctx, request).await,
+        LeaderRequest::Forward { request } => forward(ctx, *request).await,
         LeaderRequest::ReadIndex => read_index(ctx).await,
         _ if !ctx.raft.is_leader() => not_leader(ctx),
         LeaderRequest::SignJoin {

@@ -344,7 +344,10 @@ pub async fn create_token(
         revoked: false,
     };
     match ctx
-        .write(Command::CreateRunnerToken { record, labels })
+        .write(Command::CreateRunnerToken {
+            record: Box::new(record),
+            labels,
+        })
         .await
     {
         Ok(_) => ClientResponse::Token { token: secret },

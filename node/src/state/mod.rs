@@ -197,7 +197,7 @@ pub enum Command {
     // Issue 19 (proposed only once the cluster is on protocol 5).
     /// Store a runner token with the labels its runners get.
     CreateRunnerToken {
-        record: TokenRecord,
+        record: Box<TokenRecord>,
         labels: BTreeMap<String, String>,
     },
     /// Enroll runner `id` with its key (see `state::runners`); `token`: the

@@ -1440,7 +1440,13 @@ fn runner_token(st: &mut State, hash: &str, expires_ms: Option<u64>) {
         revoked: false,
     };
     assert_eq!(
-        st.apply(&req(1, Command::CreateRunnerToken { record, labels })),
+        st.apply(&req(
+            1,
+            Command::CreateRunnerToken {
+                record: Box::new(record),
+                labels
+            }
+        )),
         Response::Ok
     );
 }

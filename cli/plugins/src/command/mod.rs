@@ -113,9 +113,32 @@ fn absolute(path: &Path) -> Result<PathBuf, PluginError> {
         .map_err(|e| PluginError::io(format!("resolving {}", path.display()), e))
 }
 
+/// Kills a command's whole process group when dropped before [`GroupGuard::disarm`]:
+/// a job cancelled while its command runs takes the command's children with it.
+struct GroupGuard(Option<i32>);
+
+impl GroupGuard {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            // The group is the command's own (process_group(0)): nothing else is in it.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 /// Runs `argv` in `dir` with `env` added and stdin closed, sending its output line
 /// by line to `out`. Returns the exit code (`None` when killed by a signal). The
-/// command is killed when the returned future is dropped.
+/// command runs in a process group of its own, killed whole when the returned future
+/// is dropped (a cancelled job).
 pub async fn run_streaming(
     argv: &[String],
     dir: &Path,
@@ -133,8 +156,10 @@ pub async fn run_streaming(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        .process_group(0)
         .spawn()
         .map_err(|e| PluginError::io(format!("starting `{program}`"), e))?;
+    let mut group = GroupGuard(child.id().map(|p| p as i32));
     let mut stdout = child.stdout.take().map(|p| BufReader::new(p).split(b'\n'));
     let mut stderr = child.stderr.take().map(|p| BufReader::new(p).split(b'\n'));
     // Ends when both pipes are closed. `next_segment` is cancel-safe.
@@ -153,6 +178,7 @@ pub async fn run_streaming(
         .wait()
         .await
         .map_err(|e| PluginError::io(format!("waiting for `{program}`"), e))?;
+    group.disarm();
     Ok(status.code())
 }
 

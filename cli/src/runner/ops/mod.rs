@@ -201,42 +201,81 @@ async fn resolved_env(run: &JobRun) -> Result<BTreeMap<String, String>, JobFailu
 
 /// Make the job's source a directory on this machine: a local one as it
 /// is; an uploaded one fetched from the node (checked against its digest)
-/// and unpacked under `<runner dir>/sources/`, once per digest.
+/// and unpacked under `<runner dir>/sources/`, once per digest; a git one
+/// cloned under `<runner dir>/git/job-N`. The last two show as a step.
 async fn materialize(run: &mut JobRun) -> Result<(), JobFailure> {
-    let (dir, file) = match &run.job.spec.source {
-        Source::Local { dir, config } => (PathBuf::from(dir), config.clone()),
+    let data_dir = run.opts.data_dir.clone();
+    let (dir, file) = match run.job.spec.source.clone() {
+        Source::Local { dir, config } => (PathBuf::from(dir), config),
         Source::Upload {
             digest,
             size,
             config,
         } => {
-            let dir = fetch_source(run, digest, *size).await?;
-            (dir, config.clone())
+            let conn = run.conn.clone();
+            let title = format!("Fetching the source {}…", &digest[..digest.len().min(19)]);
+            let dir = run
+                .plain_step(&title, 0, data_dir.clone(), move |mut ctx| async move {
+                    fetch_source(&conn, &data_dir, &digest, size, ctx.out.as_mut()).await
+                })
+                .await?;
+            (dir, config)
+        }
+        Source::Git {
+            url,
+            git_ref,
+            path,
+            config,
+        } => {
+            let dest = data_dir.join("git").join(format!("job-{}", run.job.id));
+            let title = format!("Cloning {url}");
+            let dir = run
+                .plain_step(&title, 0, data_dir.clone(), move |mut ctx| async move {
+                    clone_git(
+                        &url,
+                        git_ref.as_deref(),
+                        path.as_deref(),
+                        &dest,
+                        ctx.out.as_mut(),
+                    )
+                    .await
+                })
+                .await?;
+            (dir, config)
         }
     };
     run.source = Some((dir, file));
     Ok(())
 }
 
-async fn fetch_source(run: &JobRun, digest: &str, size: u64) -> Result<PathBuf, JobFailure> {
+async fn fetch_source(
+    conn: &quinn::Connection,
+    data_dir: &std::path::Path,
+    digest: &str,
+    size: u64,
+    out: &mut dyn crate::plugins::OutputSink,
+) -> Result<PathBuf, String> {
     use tokio::io::AsyncWriteExt;
+    let info = crate::plugins::Stream::Info;
     let hex = digest
         .strip_prefix("sha256:")
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| JobFailure::new(format!("{digest:?} is not a source digest")))?;
-    let root = run.opts.data_dir.join("sources");
+        .ok_or_else(|| format!("{digest:?} is not a source digest"))?;
+    let root = data_dir.join("sources");
     let dest = root.join(format!("sha256-{hex}"));
     if dest.is_dir() {
+        out.line(info, &format!("already unpacked in {}", dest.display()));
         return Ok(dest);
     }
+    let started = std::time::Instant::now();
     let fail = |what: &str, e: &dyn std::fmt::Display| {
-        JobFailure::new(format!("fetching the job's source {digest}: {what}: {e}"))
+        format!("fetching the job's source {digest}: {what}: {e}")
     };
     std::fs::create_dir_all(&root).map_err(|e| fail(&root.display().to_string(), &e))?;
     let req = ClientRequest::FetchSource {
         digest: digest.to_string(),
     };
-    let (_send, mut recv) = rpc::open(&run.conn, &req)
+    let (_send, mut recv) = rpc::open(conn, &req)
         .await
         .map_err(|e| fail("asking the node", &e))?;
     match frame::read_required::<_, ClientResponse>(&mut recv)
@@ -254,7 +293,7 @@ async fn fetch_source(run: &JobRun, digest: &str, size: u64) -> Result<PathBuf, 
         .prefix(".fetching-")
         .tempfile_in(&root)
         .map_err(|e| fail(&root.display().to_string(), &e))?;
-    let mut out = tokio::fs::File::from_std(
+    let mut file = tokio::fs::File::from_std(
         tmp.reopen()
             .map_err(|e| fail(&tmp.path().display().to_string(), &e))?,
     );
@@ -271,15 +310,15 @@ async fn fetch_source(run: &JobRun, digest: &str, size: u64) -> Result<PathBuf, 
         if got > size {
             return Err(fail("the node", &"sent more than the source's size"));
         }
-        sha2::Digest::update(&mut hash, &buf[..n]);
-        out.write_all(&buf[..n])
+        hash.update(&buf[..n]);
+        file.write_all(&buf[..n])
             .await
             .map_err(|e| fail(&tmp.path().display().to_string(), &e))?;
     }
-    out.flush()
+    file.flush()
         .await
         .map_err(|e| fail(&tmp.path().display().to_string(), &e))?;
-    let actual = format!("sha256:{}", hex::encode(sha2::Digest::finalize(hash)));
+    let actual = format!("sha256:{}", hex::encode(hash.finalize()));
     if got != size || actual != digest {
         return Err(fail(
             "the bytes received",
@@ -293,7 +332,116 @@ async fn fetch_source(run: &JobRun, digest: &str, size: u64) -> Result<PathBuf, 
         .map_err(|e| fail("unpacking", &e))?
         .map_err(|e| fail("unpacking", &e))?;
     drop(tmp);
+    out.line(
+        info,
+        &format!(
+            "fetched {:.1} MB from the node and unpacked it in {} ({:.1} s)",
+            size as f64 / (1024.0 * 1024.0),
+            dest.display(),
+            started.elapsed().as_secs_f64()
+        ),
+    );
     Ok(dest)
+}
+
+/// Clone `url` (at `git_ref`, a branch, tag or commit) into `dest` and
+/// return `dest/path`. The runner's own git credentials (its SSH keys, its
+/// credential helper) are what git uses; it never prompts.
+async fn clone_git(
+    url: &str,
+    git_ref: Option<&str>,
+    path: Option<&str>,
+    dest: &std::path::Path,
+    out: &mut dyn crate::plugins::OutputSink,
+) -> Result<PathBuf, String> {
+    let info = crate::plugins::Stream::Info;
+    if dest.exists() {
+        std::fs::remove_dir_all(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    }
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    let git = |args: &[&str]| {
+        let mut c = tokio::process::Command::new("git");
+        c.args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        c
+    };
+    let run = |mut c: tokio::process::Command| async move {
+        let o = c
+            .output()
+            .await
+            .map_err(|e| format!("cannot run git: {e}"))?;
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+        } else {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let last: Vec<&str> = err.lines().rev().take(3).collect();
+            Err(last.into_iter().rev().collect::<Vec<_>>().join(" / "))
+        }
+    };
+    let d = dest.to_string_lossy().into_owned();
+    // A branch or tag: a shallow clone of it. A commit (or a clone that
+    // cannot be shallow): the whole history, then a checkout.
+    let shallow = match git_ref {
+        Some(r) => {
+            run(git(&[
+                "clone", "--quiet", "--depth", "1", "--branch", r, url, &d,
+            ]))
+            .await
+        }
+        None => run(git(&["clone", "--quiet", "--depth", "1", url, &d])).await,
+    };
+    if let Err(first) = shallow {
+        let Some(r) = git_ref else {
+            return Err(format!("git clone {url}: {first}"));
+        };
+        if dest.exists() {
+            let _ = std::fs::remove_dir_all(dest);
+        }
+        run(git(&["clone", "--quiet", url, &d]))
+            .await
+            .map_err(|e| format!("git clone {url}: {e}"))?;
+        run(git(&["-C", &d, "checkout", "--quiet", r]))
+            .await
+            .map_err(|e| {
+                format!("git checkout {r} in {url}: {e} (the first attempt said: {first})")
+            })?;
+    }
+    let commit = run(git(&["-C", &d, "rev-parse", "HEAD"]))
+        .await
+        .unwrap_or_default();
+    out.line(
+        info,
+        &format!(
+            "cloned {url}{} at commit {commit}",
+            git_ref.map(|r| format!(" ({r})")).unwrap_or_default()
+        ),
+    );
+    let dir = match path.filter(|p| !p.is_empty()) {
+        Some(p) => {
+            if std::path::Path::new(p)
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+                || p.starts_with('/')
+            {
+                return Err(format!(
+                    "data_source path {p:?} must stay inside the repository"
+                ));
+            }
+            dest.join(p)
+        }
+        None => dest.to_path_buf(),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "the repository has no directory {:?} at that commit",
+            path.unwrap_or(".")
+        ));
+    }
+    Ok(dir)
 }
 
 pub async fn run(run: &mut JobRun) -> Result<(), JobFailure> {
