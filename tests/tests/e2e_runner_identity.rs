@@ -600,3 +600,117 @@ fn config_labels_aim_jobs_and_a_git_data_source_is_cloned_by_the_runner() {
     std::fs::write(app.path().join("cairn.hcl"), &hcl).expect("write");
     admin.run_in(app.path(), &["destroy"]).ok();
 }
+
+/// The planted credential: in the runner's environment only.
+const PLANTED: &str = "planted-7b1e9c-credential";
+
+const SECRET_APP: &str = r#"
+project = "secret"
+
+variable "registry_password" {
+  type      = string
+  sensitive = true
+  default   = ""
+}
+
+app "vault" {
+  build {
+    use "command" {
+      command = ["sh", "-c", "echo login with ${var.registry_password}; echo env says $SHOP_API_TOKEN >&2; echo ${var.registry_password} > used.txt; echo built > out"]
+      output  = "out"
+    }
+  }
+
+  deploy {
+    use "process" {
+      command = ["python3", "-c", "import time; time.sleep(60)"]
+    }
+  }
+}
+"#;
+
+/// Whether any file under `root` holds `needle` (every byte read).
+fn any_file_holds(root: &Path, needle: &[u8]) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(root).ok()?.flatten() {
+        let p = e.path();
+        let t = e.file_type().ok()?;
+        if t.is_dir() {
+            if let Some(found) = any_file_holds(&p, needle) {
+                return Some(found);
+            }
+        } else if t.is_file() {
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn a_credential_planted_on_the_runner_never_reaches_the_cluster() {
+    let mut node = cairn_tests::NodeProc::start_new();
+    let admin = Cli::new();
+    admin.connect_to(&node, "dev");
+    let token = admin
+        .run(&["runner", "token"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let mut agent_cli = Cli::new();
+    agent_cli.set_env("CAIRN_RUNNER_TOKEN", &token);
+    agent_cli.set_env("CAIRN_VAR_registry_password", PLANTED);
+    agent_cli.set_env("SHOP_API_TOKEN", &format!("{PLANTED}-2"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(
+        &agent_cli,
+        &node.addr(),
+        &node.ca_fingerprint(),
+        dir.path(),
+        &["--id", "edge-secret"],
+    );
+    wait_for(
+        &agent,
+        "runner edge-secret registered with node",
+        "the runner is there",
+    );
+
+    let app = cairn_tests::write_app(SECRET_APP, &[]);
+    let built = admin
+        .run_in(app.path(), &["build", "--runner", "edge-secret"])
+        .ok();
+    // The command had the credential (it wrote it on the runner's disk)…
+    let used = cairn_tests::find_file(dir.path(), "used.txt").expect("used.txt");
+    assert_eq!(std::fs::read_to_string(used).expect("read").trim(), PLANTED);
+    // …and what it printed reached the CLI masked.
+    assert!(built.stdout.contains("login with ********"), "{built}");
+    assert!(built.stdout.contains("env says ********"), "{built}");
+    let mut seen = format!("{}\n{}", built.stdout, built.stderr);
+    for args in [
+        &["job", "list", "--json"][..],
+        &["artifact", "list", "--json"][..],
+        &["runner", "list", "--json"][..],
+    ] {
+        let out = admin.run_in(app.path(), args).ok();
+        seen.push_str(&out.stdout);
+    }
+    let attach = admin.run(&["job", "attach", "1"]);
+    seen.push_str(&attach.stdout);
+    seen.push_str(&attach.stderr);
+    for (i, line) in seen.lines().enumerate() {
+        assert!(
+            !line.contains(PLANTED),
+            "line {i} of the job output holds the credential: {line}"
+        );
+    }
+    // Every byte the node stores: the Raft log, snapshots, sources, its log.
+    node.stop();
+    assert_eq!(any_file_holds(&node.data_dir(), PLANTED.as_bytes()), None);
+    let log = node.log();
+    assert!(
+        !log.contains(PLANTED),
+        "the node's log holds the credential"
+    );
+}

@@ -86,19 +86,9 @@ pub struct Plan {
     pub ok: bool,
 }
 
-/// Field names whose values are never shown.
+/// Field names whose values are never shown (the names a runner masks the values of).
 fn is_secret(field: &str) -> bool {
-    let f = field.to_ascii_lowercase();
-    [
-        "password",
-        "token",
-        "secret",
-        "auth",
-        "credential",
-        "private_key",
-    ]
-    .iter()
-    .any(|s| f.contains(s))
+    crate::runner::mask::credential_name(field)
 }
 
 /// `v` with every secret-looking field's value replaced by "****".

@@ -58,6 +58,9 @@ pub struct JobRun {
     /// The job's source directory on this machine and its config file's
     /// name, once known (an uploaded source is fetched and unpacked first).
     pub source: Option<(PathBuf, String)>,
+    /// The credentials this runner knows of, masked in everything the job
+    /// sends (see [`super::mask`]).
+    pub mask: Arc<super::mask::Masker>,
 }
 
 /// What a recorded step is: its kind, plugin, input, and the environment
@@ -88,6 +91,7 @@ struct Sink {
     step: u32,
     tx: mpsc::UnboundedSender<RunnerToNode>,
     kept: Arc<Mutex<Kept>>,
+    mask: Arc<super::mask::Masker>,
 }
 
 #[derive(Default)]
@@ -98,11 +102,16 @@ struct Kept {
 }
 
 impl Sink {
-    fn new(step: u32, tx: mpsc::UnboundedSender<RunnerToNode>) -> Sink {
+    fn new(
+        step: u32,
+        tx: mpsc::UnboundedSender<RunnerToNode>,
+        mask: Arc<super::mask::Masker>,
+    ) -> Sink {
         Sink {
             step,
             tx,
             kept: Arc::default(),
+            mask,
         }
     }
 
@@ -120,6 +129,7 @@ impl OutputSink for Sink {
             plugins::Stream::Stderr => Stream::Stderr,
             plugins::Stream::Info => Stream::Info,
         };
+        let text = &*self.mask.mask(text);
         let _ = self.tx.send(RunnerToNode::Event(JobEvent::Output {
             step: self.step,
             stream,
@@ -200,6 +210,7 @@ impl JobRun {
             step: 0,
             info: None,
             source: None,
+            mask: Arc::default(),
         }
     }
 
@@ -328,7 +339,7 @@ impl JobRun {
             status: StepStatus::Started,
             detail: None,
         });
-        let sink = Sink::new(step, self.tx.clone());
+        let sink = Sink::new(step, self.tx.clone(), self.mask.clone());
         let ctx = self.context(sequence, BTreeMap::new(), source_dir, None, sink);
         match supervised_until(f(ctx), &self.cancelled).await {
             Ok(v) => {
@@ -396,7 +407,7 @@ impl JobRun {
             status: StepStatus::Started,
             detail: None,
         });
-        let sink = Sink::new(step, self.tx.clone());
+        let sink = Sink::new(step, self.tx.clone(), self.mask.clone());
         // A deployment's instances run under the entrypoint, with a token
         // for this deployment only.
         let entrypoint = match op.kind {
@@ -422,7 +433,12 @@ impl JobRun {
                 None,
                 url.clone(),
             ),
-            Err(e) => (OpStatus::Error, None, Some(e.clone()), None),
+            Err(e) => (
+                OpStatus::Error,
+                None,
+                Some(self.mask.mask(e).into_owned()),
+                None,
+            ),
         };
         let completed = self
             .call(ClientRequest::CompleteOperation(OpCompletion {

@@ -15,6 +15,7 @@ pub mod agent;
 mod hooks;
 pub mod identity;
 mod job;
+pub mod mask;
 pub(crate) mod ops;
 
 use std::collections::BTreeMap;
@@ -186,9 +187,13 @@ async fn run_offer(
         _ => return None,
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<RunnerToNode>();
+    // The runner's credentials never leave it: every frame is masked.
+    let masker = Arc::new(mask::Masker::from_env());
+    let frames_masker = masker.clone();
     // Writer: every event, in order, then Done.
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
+            let msg = frames_masker.mask_frame(msg);
             let done = matches!(msg, RunnerToNode::Done { .. });
             if frame::write(&mut send, &msg).await.is_err() {
                 return;
@@ -222,6 +227,7 @@ async fn run_offer(
         }
     });
     let mut run = JobRun::new(job.clone(), conn, tx.clone(), cancelled, lost, opts);
+    run.mask = masker;
     let (state, error) = match ops::run(&mut run).await {
         Ok(()) => (JobState::Success, None),
         Err(e) if e.cancelled => (JobState::Cancelled, Some(e.message)),

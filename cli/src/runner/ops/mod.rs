@@ -166,6 +166,7 @@ async fn load(run: &JobRun) -> Result<Loaded, JobFailure> {
     .await
     .map_err(|e| JobFailure::new(format!("cannot read the project's config: {e}")))?;
     let (cfg, app) = load_app(run, None, None, &server)?;
+    run.mask.add_config(&cfg, &app);
     let auto_hostname = [&app.url, &cfg.url]
         .into_iter()
         .find_map(|u| u.as_ref().and_then(|u| u.auto_hostname))
