@@ -421,11 +421,43 @@ async fn run_offer(
     {
         return;
     }
-    let Ok(Ok(NodeToRunner::Started)) =
-        tokio::time::timeout(wait, frame::read_required::<_, NodeToRunner>(&mut recv)).await
-    else {
-        return;
+    let heartbeat = match tokio::time::timeout(
+        wait,
+        frame::read_required::<_, NodeToRunner>(&mut recv),
+    )
+    .await
+    {
+        Ok(Ok(NodeToRunner::Started)) => None,
+        Ok(Ok(NodeToRunner::StartedWithLease { heartbeat_ms })) => {
+            Some(Duration::from_millis(heartbeat_ms.max(100)))
+        }
+        _ => return,
     };
+    // Hold the lease as a runner does: a heartbeat until the job's end,
+    // which goes through the same task (one writer on the stream).
+    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<RunnerToNode>();
+    let writer = tokio::spawn(async move {
+        let mut end_rx = end_rx;
+        let mut tick = tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(3600)));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick(), if heartbeat.is_some() => {
+                    if frame::write(&mut send, &RunnerToNode::Heartbeat).await.is_err() {
+                        return false;
+                    }
+                }
+                end = &mut end_rx => {
+                    let Ok(end) = end else { return false };
+                    if frame::write(&mut send, &end).await.is_err() {
+                        return false;
+                    }
+                    let _ = send.finish();
+                    return true;
+                }
+            }
+        }
+    });
     if let Ok(mut h) = hist.lock() {
         h.started.push(Started {
             job: job.id,
@@ -493,8 +525,8 @@ async fn run_offer(
         state: JobState::Success,
         error: None,
     };
-    if frame::write(&mut send, &fin).await.is_ok() {
-        let _ = send.finish();
+    let _ = end_tx.send(fin);
+    if writer.await.unwrap_or(false) {
         if let Ok(mut h) = hist.lock() {
             h.done.push(job.id);
         }

@@ -81,6 +81,22 @@ pub const RELAY_DRAIN: Duration = Duration::from_secs(5);
 /// How often the driving task checks the job record for a cancel request
 /// (a client may ask through any node).
 pub const CANCEL_POLL: Duration = Duration::from_millis(500);
+/// How often a runner that speaks protocol 5 says it holds its job
+/// (`NodeToRunner::StartedWithLease`).
+pub const LEASE_HEARTBEAT: Duration = Duration::from_secs(2);
+/// A runner's lease on its job: the node it is connected to fails the job
+/// ("runner … lost") when nothing came from the runner for this long (three
+/// heartbeats missed: its process, machine or network is gone).
+pub const RUNNER_LEASE: Duration = Duration::from_secs(6);
+
+/// Why a lease ran out.
+fn lease_lost() -> String {
+    format!(
+        "nothing came from it for {} s, its lease (it sends a heartbeat every {} s): its process, its machine or its network is gone",
+        RUNNER_LEASE.as_secs(),
+        LEASE_HEARTBEAT.as_secs()
+    )
+}
 /// Most runners one node may report.
 pub const MAX_REPORTED_RUNNERS: usize = 10_000;
 /// QUIC error code for a job stream reset because the other side is gone.
@@ -293,6 +309,11 @@ impl Jobs {
 
     /// Why a runner connected to this node cannot take `job` (a kind newer
     /// than the protocol it speaks), if it cannot.
+    /// The protocol version a runner connected to this node speaks.
+    fn speaks(&self, runner: &str) -> Option<u32> {
+        self.lock().runners.get(runner).map(|r| r.version)
+    }
+
     fn too_old_for(&self, runner: &str, job: &Job) -> Option<String> {
         let needs = job.spec.since_version();
         let v = self.lock().runners.get(runner).map(|r| r.version)?;
@@ -884,7 +905,10 @@ async fn drive(ctx: Arc<JobsCtx>, job: Job, claim: Claim) {
         Route::Local(conn) => match ctx.jobs.too_old_for(&runner, &job) {
             Some(reason) => Ok((JobState::Error, Some(reason))),
             None => match conn.open_bi().await {
-                Ok((send, recv)) => drive_stream(&ctx, job, send, recv, &claim.cancel).await,
+                Ok((send, recv)) => {
+                    let lease = ctx.jobs.speaks(&runner).is_some_and(|v| v >= 5);
+                    drive_stream(&ctx, job, send, recv, &claim.cancel, lease).await
+                }
                 Err(e) => Err(e.to_string()),
             },
         },
@@ -900,7 +924,9 @@ async fn drive(ctx: Arc<JobsCtx>, job: Job, claim: Claim) {
                 .await
             {
                 Ok((PeerResponse::RelayOpen, send, recv)) => {
-                    drive_stream(&ctx, job, send, recv, &claim.cancel).await
+                    // The relay node holds the runner's lease (heartbeats never
+                    // cross a peer link).
+                    drive_stream(&ctx, job, send, recv, &claim.cancel, false).await
                 }
                 Ok((PeerResponse::NoRunner(reason), _, _)) => {
                     ctx.jobs.forget_remote_runner(node, &runner);
@@ -967,8 +993,9 @@ async fn drive_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     cancel: &Notify,
+    lease: bool,
 ) -> Result<(JobState, Option<String>), String> {
-    let r = drive_inner(ctx, job, &mut send, &mut recv, cancel).await;
+    let r = drive_inner(ctx, job, &mut send, &mut recv, cancel, lease).await;
     if r.is_err() {
         let _ = send.reset(JOB_STREAM_ABORTED.into());
         let _ = recv.stop(JOB_STREAM_ABORTED.into());
@@ -984,6 +1011,7 @@ async fn drive_inner<W, R>(
     send: &mut W,
     recv: &mut R,
     cancel: &Notify,
+    lease: bool,
 ) -> Result<(JobState, Option<String>), String>
 where
     W: AsyncWrite + Unpin,
@@ -1010,7 +1038,14 @@ where
     ctx.write(Command::StartJob { id })
         .await
         .map_err(|e| format!("recording job start: {e}"))?;
-    frame::write(send, &NodeToRunner::Started)
+    let started = if lease {
+        NodeToRunner::StartedWithLease {
+            heartbeat_ms: LEASE_HEARTBEAT.as_millis() as u64,
+        }
+    } else {
+        NodeToRunner::Started
+    };
+    frame::write(send, &started)
         .await
         .map_err(|e| e.to_string())?;
     ctx.jobs.publish(
@@ -1029,14 +1064,19 @@ where
     let mut poll = tokio::time::interval(CANCEL_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cancel_sent = false;
+    // Reset by every frame from the runner (only kept with a lease).
+    let expiry = tokio::time::sleep(RUNNER_LEASE);
+    tokio::pin!(expiry);
     loop {
         let want_cancel = tokio::select! {
             msg = frames.next() => {
                 let Some(msg) = msg else {
                     return Err("the job stream ended without a result".into());
                 };
+                expiry.as_mut().reset(tokio::time::Instant::now() + RUNNER_LEASE);
                 match msg.map_err(|e| e.to_string())? {
                     None => return Err("the job stream ended without a result".into()),
+                    Some(RunnerToNode::Heartbeat) => {}
                     Some(RunnerToNode::Event(ev)) => ctx.jobs.publish(id, ev),
                     Some(RunnerToNode::Done { state, error }) => {
                         if !state.is_final() {
@@ -1048,6 +1088,7 @@ where
                 }
                 false
             }
+            _ = &mut expiry, if lease => return Err(lease_lost()),
             _ = cancel.notified(), if !cancel_sent => true,
             // A cancel asked through another node is only in the record.
             _ = poll.tick(), if !cancel_sent => ctx
@@ -1120,9 +1161,15 @@ pub async fn relay_offer(
             runner: Some(runner.clone()),
         },
     );
+    let lease = ctx.jobs.speaks(&runner).is_some_and(|v| v >= 5);
+    let leased = std::sync::atomic::AtomicBool::new(false);
     let end = {
-        let down = pin!(relay_down(&ctx, job, &mut precv, &mut rsend));
-        let up = pin!(relay_up(&ctx, job, &mut rrecv, &mut psend));
+        let down = pin!(relay_down(
+            &ctx, job, &mut precv, &mut rsend, lease, &leased
+        ));
+        let up = pin!(relay_up(
+            &ctx, job, &runner, &mut rrecv, &mut psend, &leased
+        ));
         tokio::select! {
             e = relay_both(down, up) => e,
             _ = leader_moved(&ctx, from) => Err("the leader that offered the job is no longer the leader".to_string()),
@@ -1194,6 +1241,8 @@ async fn relay_down(
     job: JobId,
     precv: &mut quinn::RecvStream,
     rsend: &mut quinn::SendStream,
+    lease: bool,
+    leased: &std::sync::atomic::AtomicBool,
 ) -> Result<Half, String> {
     loop {
         let msg = match frame::read::<_, NodeToRunner>(precv).await {
@@ -1204,6 +1253,7 @@ async fn relay_down(
             }
             Err(e) => return Err(format!("the leader's stream broke: {e}")),
         };
+        let mut msg = msg;
         if msg == NodeToRunner::Started {
             ctx.jobs.publish(
                 job,
@@ -1212,6 +1262,13 @@ async fn relay_down(
                     runner: None,
                 },
             );
+            // This node holds the runner's lease when the runner can heartbeat.
+            if lease {
+                msg = NodeToRunner::StartedWithLease {
+                    heartbeat_ms: LEASE_HEARTBEAT.as_millis() as u64,
+                };
+                leased.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
         }
         frame::write(rsend, &msg)
             .await
@@ -1223,28 +1280,62 @@ async fn relay_down(
 async fn relay_up(
     ctx: &JobsCtx,
     job: JobId,
+    runner: &str,
     rrecv: &mut quinn::RecvStream,
     psend: &mut quinn::SendStream,
+    leased: &std::sync::atomic::AtomicBool,
 ) -> Result<Half, String> {
-    loop {
-        let msg = match frame::read::<_, RunnerToNode>(rrecv).await {
-            Ok(Some(m)) => m,
-            Ok(None) => {
-                let _ = psend.finish();
-                return Ok(Half::Finished);
+    let mut last = Instant::now();
+    let mut check = tokio::time::interval(LEASE_HEARTBEAT);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stopped = {
+        // The read in progress survives the lease checks.
+        let mut frames = pin!(futures::stream::unfold(&mut *rrecv, |r| async move {
+            let msg = frame::read::<_, RunnerToNode>(&mut *r).await;
+            Some((msg, r))
+        }));
+        loop {
+            let msg = tokio::select! {
+                m = frames.next() => m.unwrap_or(Ok(None)),
+                _ = check.tick() => {
+                    if leased.load(std::sync::atomic::Ordering::SeqCst) && last.elapsed() >= RUNNER_LEASE {
+                        // Tell the leader why, as the job's end (it records it).
+                        let why = format!("runner {runner} lost: {}", lease_lost());
+                        tracing::info!(%runner, job, "{why}");
+                        let done = RunnerToNode::Done { state: JobState::Error, error: Some(why.clone()) };
+                        if frame::write(&mut *psend, &done).await.is_err() {
+                            return Err(why);
+                        }
+                        let _ = psend.finish();
+                        break Half::Finished;
+                    }
+                    continue;
+                }
+            };
+            last = Instant::now();
+            let msg = match msg {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    let _ = psend.finish();
+                    return Ok(Half::Finished);
+                }
+                Err(e) => return Err(format!("the runner's stream broke: {e}")),
+            };
+            if msg == RunnerToNode::Heartbeat {
+                continue;
             }
-            Err(e) => return Err(format!("the runner's stream broke: {e}")),
-        };
-        if let RunnerToNode::Event(ev) = &msg {
-            ctx.jobs.publish(job, ev.clone());
+            if let RunnerToNode::Event(ev) = &msg {
+                ctx.jobs.publish(job, ev.clone());
+            }
+            if frame::write(psend, &msg).await.is_err() {
+                // The leader stopped reading: it is done with the job (if it is
+                // gone instead, the other half says so).
+                break Half::Stopped;
+            }
         }
-        if frame::write(psend, &msg).await.is_err() {
-            // The leader stopped reading: it is done with the job (if it is
-            // gone instead, the other half says so).
-            let _ = rrecv.stop(0u32.into());
-            return Ok(Half::Stopped);
-        }
-    }
+    };
+    let _ = rrecv.stop(0u32.into());
+    Ok(stopped)
 }
 
 /// Resolves once this node, having seen `from` as the leader, sees another.

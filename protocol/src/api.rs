@@ -633,6 +633,13 @@ pub enum NodeToRunner {
     /// The node recorded the job as running: the runner may begin work.
     Started,
     Cancel,
+    /// Protocol 5 (issue 19), sent only by the node the runner is connected
+    /// to and only to a runner that speaks 5: `Started`, and the runner
+    /// sends `Heartbeat` every `heartbeat_ms` until the job ends; a node
+    /// that hears nothing from it for its lease fails the job ("runner lost").
+    StartedWithLease {
+        heartbeat_ms: u64,
+    },
 }
 
 /// Frames a runner writes back on a job-offer stream.
@@ -647,6 +654,9 @@ pub enum RunnerToNode {
         state: JobState,
         error: Option<String>,
     },
+    /// Protocol 5: the runner holds its job (see `StartedWithLease`). Never
+    /// passed to another node.
+    Heartbeat,
 }
 
 #[cfg(test)]

@@ -714,3 +714,109 @@ fn a_credential_planted_on_the_runner_never_reaches_the_cluster() {
         "the node's log holds the credential"
     );
 }
+
+/// The runners' lease on their jobs (node::jobs::RUNNER_LEASE, 6 s).
+const RUNNER_LEASE: Duration = Duration::from_secs(6);
+
+#[test]
+fn runners_killed_mid_job_fail_their_jobs_within_the_lease() {
+    let cluster = TestCluster::start(3);
+    let ms = cluster.members();
+    let TestCluster {
+        nodes, admin, ca, ..
+    } = cluster;
+    let leader = ms
+        .iter()
+        .find(|m| m["leader"] == true)
+        .map(|m| json::s(m, "address").to_string())
+        .expect("a leader");
+    let on_leader = nodes
+        .iter()
+        .position(|n| n.addr() == leader)
+        .expect("leader");
+    let on_follower = (0..nodes.len())
+        .find(|i| *i != on_leader)
+        .expect("follower");
+    let token = admin
+        .run(&["runner", "token"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    // One runner on the leader (its own stream), one on a follower (relayed:
+    // the follower holds the lease).
+    let mut runners = Vec::new();
+    for (name, i) in [("edge-l", on_leader), ("edge-f", on_follower)] {
+        let mut cli = Cli::new();
+        cli.set_env("CAIRN_RUNNER_TOKEN", &token);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = agent(&cli, &nodes[i].addr(), &ca, dir.path(), &["--id", name]);
+        wait_for(
+            &a,
+            &format!("runner {name} registered with node"),
+            "the runner is there",
+        );
+        runners.push((name, cli, dir, a));
+    }
+    let mut jobs = Vec::new();
+    let mut apps = Vec::new();
+    for (name, _, dir, _) in &runners {
+        let hcl = LONG_BUILD
+            .replace("project = \"cancel\"", &format!("project = \"{name}\""))
+            .replace("app \"long\"", &format!("app \"{name}-app\""));
+        let app = cairn_tests::write_app(&hcl, &[]);
+        let queued = admin
+            .run_in(app.path(), &["build", "--runner", name, "--detach"])
+            .ok();
+        let id: String = queued
+            .stdout
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Job ")
+                    .and_then(|r| r.split_whitespace().next())
+            })
+            .expect("the job's number")
+            .to_string();
+        let d = dir.path().to_path_buf();
+        assert_eventually!(
+            cairn_tests::find_file(&d, "child.pid").is_some(),
+            Duration::from_secs(30),
+            "the build on {name} never started"
+        );
+        jobs.push(id);
+        apps.push(app);
+    }
+    // Both runners die at once (their builds' processes are left behind, as
+    // on a machine that lost its runner).
+    let killed = std::time::Instant::now();
+    for (_, _, _, a) in &runners {
+        cairn_tests::signal(a.pid(), "KILL");
+    }
+    for ((name, _, dir, _), id) in runners.iter().zip(&jobs) {
+        assert_eventually!(
+            admin.json(&["job", "inspect", id])["state"] == "Error",
+            Duration::from_secs(30),
+            "job {id} on {name} was not failed"
+        );
+        let took = killed.elapsed();
+        let job = admin.json(&["job", "inspect", id]);
+        let error = json::s(&job, "error").to_string();
+        assert!(error.contains(&format!("runner {name} lost")), "{error}");
+        assert!(error.contains("its lease"), "{error}");
+        assert!(
+            took < RUNNER_LEASE + Duration::from_secs(3),
+            "{name}: failed after {took:?}"
+        );
+        for f in ["child.pid", "build.pid"] {
+            if let Some(p) = cairn_tests::find_file(dir.path(), f) {
+                if let Ok(pid) = std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .trim()
+                    .parse::<u32>()
+                {
+                    cairn_tests::signal(pid, "KILL");
+                }
+            }
+        }
+    }
+}

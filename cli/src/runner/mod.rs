@@ -182,10 +182,13 @@ async fn run_offer(
         return None;
     }
     // Work begins only once the node has recorded the job as running.
-    match frame::read_required::<_, NodeToRunner>(&mut recv).await {
-        Ok(NodeToRunner::Started) => {}
+    let heartbeat = match frame::read_required::<_, NodeToRunner>(&mut recv).await {
+        Ok(NodeToRunner::Started) => None,
+        Ok(NodeToRunner::StartedWithLease { heartbeat_ms }) => Some(
+            std::time::Duration::from_millis(heartbeat_ms.clamp(100, 60_000)),
+        ),
         _ => return None,
-    }
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<RunnerToNode>();
     // The runner's credentials never leave it: every frame is masked.
     let masker = Arc::new(mask::Masker::from_env());
@@ -226,6 +229,19 @@ async fn run_offer(
             }
         }
     });
+    // The lease: a heartbeat through the writer while the job runs.
+    let beats = heartbeat.map(|every| {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if tx.send(RunnerToNode::Heartbeat).is_err() {
+                    return;
+                }
+            }
+        })
+    });
     let mut run = JobRun::new(job.clone(), conn, tx.clone(), cancelled, lost, opts);
     run.mask = masker;
     let (state, error) = match ops::run(&mut run).await {
@@ -233,6 +249,9 @@ async fn run_offer(
         Err(e) if e.cancelled => (JobState::Cancelled, Some(e.message)),
         Err(e) => (JobState::Error, Some(e.message)),
     };
+    if let Some(b) = beats {
+        b.abort();
+    }
     let _ = tx.send(RunnerToNode::Done {
         state,
         error: error.clone(),

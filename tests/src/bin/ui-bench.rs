@@ -127,7 +127,7 @@ async fn make_history(conn: &quinn::Connection, app: &str, ops: usize) -> anyhow
     }
     frame::write(&mut send, &RunnerToNode::Accept).await?;
     match frame::read_required::<_, NodeToRunner>(&mut recv).await? {
-        NodeToRunner::Started => {}
+        NodeToRunner::Started | NodeToRunner::StartedWithLease { .. } => {}
         other => bail!("expected Started: {other:?}"),
     }
     let kinds = [
