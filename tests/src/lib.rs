@@ -24,6 +24,7 @@ pub mod bench;
 pub mod corpus;
 pub mod docker;
 pub mod k8s;
+pub mod nat;
 pub use tempfile::TempDir;
 
 /// How long one CLI command may take before the fixture kills it.
@@ -511,9 +512,18 @@ pub struct NodeBuilder {
     env: Vec<(String, String)>,
     args: Vec<String>,
     data_from: Option<PathBuf>,
+    /// Runs the node under this command (e.g. `ip netns exec NS`).
+    wrapper: Vec<String>,
 }
 
 impl NodeBuilder {
+    /// Run the node under `wrapper` (e.g. `["ip", "netns", "exec", "ns"]`, which
+    /// execs it: the ready file's pid is still the node's).
+    pub fn wrapper(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     /// Listen here instead of 127.0.0.1:0.
     pub fn listen(mut self, addr: &str) -> Self {
         self.listen = Some(addr.to_string());
@@ -621,7 +631,14 @@ impl NodeProc {
             .program
             .clone()
             .unwrap_or_else(|| bins().node.clone());
-        let mut cmd = Command::new(program);
+        let mut cmd = match self.builder.wrapper.split_first() {
+            None => Command::new(program),
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(program);
+                c
+            }
+        };
         cmd.arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen")
@@ -1161,11 +1178,16 @@ impl Cli {
 
     /// Start `cairn ARGS…` in the background; output goes to temp files.
     pub fn spawn(&self, args: &[&str]) -> Background {
+        self.spawn_under(&[], args)
+    }
+
+    /// [`Cli::spawn`] run by `wrapper` (e.g. `["ip", "netns", "exec", "ns"]`).
+    pub fn spawn_under(&self, wrapper: &[&str], args: &[&str]) -> Background {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("stdout");
         let err = dir.path().join("stderr");
         let child = self
-            .command(args)
+            .command_under(wrapper, args)
             .stdout(std::fs::File::create(&out).expect("stdout file"))
             .stderr(std::fs::File::create(&err).expect("stderr file"))
             .spawn()
