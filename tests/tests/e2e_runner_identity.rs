@@ -820,3 +820,101 @@ fn runners_killed_mid_job_fail_their_jobs_within_the_lease() {
         }
     }
 }
+
+/// A build that takes 3 s.
+fn slow_app(project: &str, app: &str) -> String {
+    format!(
+        r#"
+project = "{project}"
+
+app "{app}" {{
+  build {{
+    use "command" {{
+      command = ["sh", "-c", "sleep 3; echo built > out"]
+      output  = "out"
+    }}
+  }}
+
+  deploy {{
+    use "process" {{
+      command = ["python3", "-c", "import time; time.sleep(60)"]
+    }}
+  }}
+}}
+"#
+    )
+}
+
+#[test]
+fn jobs_of_one_app_run_one_at_a_time_and_other_apps_run_beside_them() {
+    let node = cairn_tests::NodeProc::start_new();
+    let admin = Cli::new();
+    admin.connect_to(&node, "dev");
+    let token = admin
+        .run(&["runner", "token", "--label", "pool=par"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let mut agents = Vec::new();
+    for name in ["edge-p1", "edge-p2"] {
+        let mut cli = Cli::new();
+        cli.set_env("CAIRN_RUNNER_TOKEN", &token);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = agent(
+            &cli,
+            &node.addr(),
+            &node.ca_fingerprint(),
+            dir.path(),
+            &["--id", name],
+        );
+        wait_for(
+            &a,
+            &format!("runner {name} registered with node"),
+            "the runner is there",
+        );
+        agents.push((cli, dir, a));
+    }
+    let alpha = cairn_tests::write_app(&slow_app("par", "alpha"), &[]);
+    let beta = cairn_tests::write_app(&slow_app("par", "beta"), &[]);
+    let queue = |dir: &Path| -> String {
+        let out = admin
+            .run_in(dir, &["build", "--runner-label", "pool=par", "--detach"])
+            .ok();
+        out.stdout
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Job ")
+                    .and_then(|r| r.split_whitespace().next())
+            })
+            .expect("the job's number")
+            .to_string()
+    };
+    // Two jobs of alpha and one of beta, queued back to back.
+    let a1 = queue(alpha.path());
+    let a2 = queue(alpha.path());
+    let b1 = queue(beta.path());
+    let job = |id: &str| admin.json(&["job", "inspect", id]);
+    for id in [&a1, &a2, &b1] {
+        assert_eventually!(
+            job(id)["state"] == "Success",
+            Duration::from_secs(60),
+            "job {id} did not succeed: {}",
+            job(id)
+        );
+    }
+    let (ja1, ja2, jb1) = (job(&a1), job(&a2), job(&b1));
+    let t = |j: &Value, k: &str| json::u(j, k);
+    // alpha's second job was given to a runner only once its first had ended…
+    assert!(
+        t(&ja2, "assigned_ms") >= t(&ja1, "completed_ms"),
+        "alpha's jobs overlapped: {ja1}\n{ja2}"
+    );
+    // …while beta's ran beside alpha's first, on the other runner.
+    assert!(
+        t(&jb1, "assigned_ms") < t(&ja1, "completed_ms")
+            && t(&ja1, "assigned_ms") < t(&jb1, "completed_ms"),
+        "beta did not run beside alpha: {ja1}\n{jb1}"
+    );
+    assert_ne!(ja1["runner"], jb1["runner"], "{ja1}\n{jb1}");
+}
