@@ -43,6 +43,47 @@ fn wait_for(agent: &Background, needle: &str, what: &str) {
     );
 }
 
+/// `cairn runner token ARGS…` by `admin`: the token.
+fn runner_token(admin: &Cli, args: &[&str]) -> String {
+    let mut all = vec!["runner", "token"];
+    all.extend_from_slice(args);
+    admin.run(&all).ok().stdout.trim().to_string()
+}
+
+/// An enrolled runner: its CLI (the runner token in its environment), its data dir and
+/// its `cairn runner agent` process.
+struct Runner {
+    cli: Cli,
+    dir: tempfile::TempDir,
+    proc: Background,
+}
+
+/// Start runner `id` at `addr` with `token`, and wait until it registered.
+fn enrolled_runner(addr: &str, ca: &str, token: &str, id: &str) -> Runner {
+    let mut cli = Cli::new();
+    cli.set_env("CAIRN_RUNNER_TOKEN", token);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proc = agent(&cli, addr, ca, dir.path(), &["--id", id]);
+    wait_for(
+        &proc,
+        &format!("runner {id} registered with node"),
+        "the runner is there",
+    );
+    Runner { cli, dir, proc }
+}
+
+/// The number of the job a `--detach` run queued.
+fn job_number(out: &cairn_tests::Output) -> String {
+    out.stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Job ")
+                .and_then(|r| r.split_whitespace().next())
+        })
+        .unwrap_or_else(|| panic!("no job number in {out}"))
+        .to_string()
+}
+
 fn listed(admin: &Cli, id: &str) -> Option<Value> {
     json::items(&admin.json(&["runner", "list"]))
         .iter()
@@ -293,29 +334,14 @@ fn a_detached_job_carries_its_source_to_a_runner_on_another_node() {
     let TestCluster {
         nodes, admin, ca, ..
     } = cluster;
-    let token = admin
-        .run(&["runner", "token"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
-    let mut agent_cli = Cli::new();
-    agent_cli.set_env("CAIRN_RUNNER_TOKEN", &token);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let token = runner_token(&admin, &[]);
     // The admin's context is on node 0: the upload lands there; the runner
     // is on node 2 and fetches it through that node.
-    let agent = agent(
-        &agent_cli,
-        &nodes[2].addr(),
-        &ca,
-        dir.path(),
-        &["--id", "edge-src"],
-    );
-    wait_for(
-        &agent,
-        "runner edge-src registered with node",
-        "the runner is there",
-    );
+    let Runner {
+        cli: _agent_cli,
+        dir,
+        proc: _agent,
+    } = enrolled_runner(&nodes[2].addr(), &ca, &token, "edge-src");
 
     let app = hello_app();
     let queued = admin
@@ -323,15 +349,7 @@ fn a_detached_job_carries_its_source_to_a_runner_on_another_node() {
         .ok();
     assert!(queued.stdout.contains("✓ Source sha256:"), "{queued}");
     assert!(queued.stdout.contains("uploaded in"), "{queued}");
-    let id: String = queued
-        .stdout
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Job ")
-                .and_then(|r| r.split_whitespace().next())
-        })
-        .expect("the job's number")
-        .to_string();
+    let id = job_number(&queued);
     assert!(
         queued.stdout.contains(&format!("cairn job attach {id}")),
         "{queued}"
@@ -408,27 +426,12 @@ fn cancelling_a_job_kills_the_plugins_processes_on_the_runner() {
     let node = cairn_tests::NodeProc::start_new();
     let admin = Cli::new();
     admin.connect_to(&node, "dev");
-    let token = admin
-        .run(&["runner", "token"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
-    let mut agent_cli = Cli::new();
-    agent_cli.set_env("CAIRN_RUNNER_TOKEN", &token);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let agent = agent(
-        &agent_cli,
-        &node.addr(),
-        &node.ca_fingerprint(),
-        dir.path(),
-        &["--id", "edge-cancel"],
-    );
-    wait_for(
-        &agent,
-        "runner edge-cancel registered with node",
-        "the runner is there",
-    );
+    let token = runner_token(&admin, &[]);
+    let Runner {
+        cli: _agent_cli,
+        dir,
+        proc: agent,
+    } = enrolled_runner(&node.addr(), &node.ca_fingerprint(), &token, "edge-cancel");
 
     let app = cairn_tests::write_app(LONG_BUILD, &[]);
     let queued = admin
@@ -437,15 +440,7 @@ fn cancelling_a_job_kills_the_plugins_processes_on_the_runner() {
             &["build", "--runner", "edge-cancel", "--detach"],
         )
         .ok();
-    let id: String = queued
-        .stdout
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Job ")
-                .and_then(|r| r.split_whitespace().next())
-        })
-        .expect("the job's number")
-        .to_string();
+    let id = job_number(&queued);
     let pid_in = |name: &str| -> Option<u32> {
         let p = cairn_tests::find_file(dir.path(), name)?;
         std::fs::read_to_string(p).ok()?.trim().parse().ok()
@@ -497,27 +492,12 @@ fn config_labels_aim_jobs_and_a_git_data_source_is_cloned_by_the_runner() {
     let node = cairn_tests::NodeProc::start_new();
     let admin = Cli::new();
     admin.connect_to(&node, "dev");
-    let token = admin
-        .run(&["runner", "token", "--label", "zone=git"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
-    let mut agent_cli = Cli::new();
-    agent_cli.set_env("CAIRN_RUNNER_TOKEN", &token);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let agent = agent(
-        &agent_cli,
-        &node.addr(),
-        &node.ca_fingerprint(),
-        dir.path(),
-        &["--id", "edge-git"],
-    );
-    wait_for(
-        &agent,
-        "runner edge-git registered with node",
-        "the runner is there",
-    );
+    let token = runner_token(&admin, &["--label", "zone=git"]);
+    let Runner {
+        cli: _agent_cli,
+        dir: _dir,
+        proc: _agent,
+    } = enrolled_runner(&node.addr(), &node.ca_fingerprint(), &token, "edge-git");
 
     // A repository holding the app, its greeting changed, under `site/`.
     let repo = tempfile::tempdir().expect("tempdir");
@@ -653,12 +633,7 @@ fn a_credential_planted_on_the_runner_never_reaches_the_cluster() {
     let mut node = cairn_tests::NodeProc::start_new();
     let admin = Cli::new();
     admin.connect_to(&node, "dev");
-    let token = admin
-        .run(&["runner", "token"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
+    let token = runner_token(&admin, &[]);
     let mut agent_cli = Cli::new();
     agent_cli.set_env("CAIRN_RUNNER_TOKEN", &token);
     agent_cli.set_env("CAIRN_VAR_registry_password", PLANTED);
@@ -737,30 +712,16 @@ fn runners_killed_mid_job_fail_their_jobs_within_the_lease() {
     let on_follower = (0..nodes.len())
         .find(|i| *i != on_leader)
         .expect("follower");
-    let token = admin
-        .run(&["runner", "token"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
+    let token = runner_token(&admin, &[]);
     // One runner on the leader (its own stream), one on a follower (relayed:
     // the follower holds the lease).
-    let mut runners = Vec::new();
-    for (name, i) in [("edge-l", on_leader), ("edge-f", on_follower)] {
-        let mut cli = Cli::new();
-        cli.set_env("CAIRN_RUNNER_TOKEN", &token);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let a = agent(&cli, &nodes[i].addr(), &ca, dir.path(), &["--id", name]);
-        wait_for(
-            &a,
-            &format!("runner {name} registered with node"),
-            "the runner is there",
-        );
-        runners.push((name, cli, dir, a));
-    }
+    let runners: Vec<(&str, Runner)> = [("edge-l", on_leader), ("edge-f", on_follower)]
+        .into_iter()
+        .map(|(name, i)| (name, enrolled_runner(&nodes[i].addr(), &ca, &token, name)))
+        .collect();
     let mut jobs = Vec::new();
     let mut apps = Vec::new();
-    for (name, _, dir, _) in &runners {
+    for (name, Runner { dir, .. }) in &runners {
         let hcl = LONG_BUILD
             .replace("project = \"cancel\"", &format!("project = \"{name}\""))
             .replace("app \"long\"", &format!("app \"{name}-app\""));
@@ -768,15 +729,7 @@ fn runners_killed_mid_job_fail_their_jobs_within_the_lease() {
         let queued = admin
             .run_in(app.path(), &["build", "--runner", name, "--detach"])
             .ok();
-        let id: String = queued
-            .stdout
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("Job ")
-                    .and_then(|r| r.split_whitespace().next())
-            })
-            .expect("the job's number")
-            .to_string();
+        let id = job_number(&queued);
         let d = dir.path().to_path_buf();
         assert_eventually!(
             cairn_tests::find_file(&d, "child.pid").is_some(),
@@ -789,10 +742,10 @@ fn runners_killed_mid_job_fail_their_jobs_within_the_lease() {
     // Both runners die at once (their builds' processes are left behind, as
     // on a machine that lost its runner).
     let killed = std::time::Instant::now();
-    for (_, _, _, a) in &runners {
-        cairn_tests::signal(a.pid(), "KILL");
+    for (_, r) in &runners {
+        cairn_tests::signal(r.proc.pid(), "KILL");
     }
-    for ((name, _, dir, _), id) in runners.iter().zip(&jobs) {
+    for ((name, Runner { dir, .. }), id) in runners.iter().zip(&jobs) {
         assert_eventually!(
             admin.json(&["job", "inspect", id])["state"] == "Error",
             Duration::from_secs(30),
@@ -850,45 +803,19 @@ fn jobs_of_one_app_run_one_at_a_time_and_other_apps_run_beside_them() {
     let node = cairn_tests::NodeProc::start_new();
     let admin = Cli::new();
     admin.connect_to(&node, "dev");
-    let token = admin
-        .run(&["runner", "token", "--label", "pool=par"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
-    let mut agents = Vec::new();
-    for name in ["edge-p1", "edge-p2"] {
-        let mut cli = Cli::new();
-        cli.set_env("CAIRN_RUNNER_TOKEN", &token);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let a = agent(
-            &cli,
-            &node.addr(),
-            &node.ca_fingerprint(),
-            dir.path(),
-            &["--id", name],
-        );
-        wait_for(
-            &a,
-            &format!("runner {name} registered with node"),
-            "the runner is there",
-        );
-        agents.push((cli, dir, a));
-    }
+    let token = runner_token(&admin, &["--label", "pool=par"]);
+    let _runners: Vec<Runner> = ["edge-p1", "edge-p2"]
+        .into_iter()
+        .map(|name| enrolled_runner(&node.addr(), &node.ca_fingerprint(), &token, name))
+        .collect();
     let alpha = cairn_tests::write_app(&slow_app("par", "alpha"), &[]);
     let beta = cairn_tests::write_app(&slow_app("par", "beta"), &[]);
     let queue = |dir: &Path| -> String {
-        let out = admin
-            .run_in(dir, &["build", "--runner-label", "pool=par", "--detach"])
-            .ok();
-        out.stdout
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("Job ")
-                    .and_then(|r| r.split_whitespace().next())
-            })
-            .expect("the job's number")
-            .to_string()
+        job_number(
+            &admin
+                .run_in(dir, &["build", "--runner-label", "pool=par", "--detach"])
+                .ok(),
+        )
     };
     // Two jobs of alpha and one of beta, queued back to back.
     let a1 = queue(alpha.path());
