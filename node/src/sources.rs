@@ -28,14 +28,7 @@ pub struct Sources {
 }
 
 /// Why `digest` cannot name a source.
-pub fn check_digest(digest: &str) -> Result<&str, String> {
-    let hex = digest.strip_prefix("sha256:").filter(|h| {
-        h.len() == 64
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    });
-    hex.ok_or_else(|| format!("{digest:?} is not a source digest (sha256:<64 lowercase hex>)"))
-}
+pub use cairn_protocol::types::source_digest_hex as check_digest;
 
 impl Sources {
     pub fn new(data_dir: &Path) -> Sources {

@@ -196,6 +196,17 @@ pub enum Source {
     },
 }
 
+/// The hex of an uploaded source's digest (`sha256:<64 lowercase hex>`), or why it is not
+/// one: what names its file on nodes and runners, so it is checked before any path is made.
+pub fn source_digest_hex(digest: &str) -> Result<&str, String> {
+    let hex = digest.strip_prefix("sha256:").filter(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    hex.ok_or_else(|| format!("{digest:?} is not a source digest (sha256:<64 lowercase hex>)"))
+}
+
 impl Source {
     /// The protocol version that brought this kind of source.
     pub fn since_version(&self) -> u32 {

@@ -258,10 +258,7 @@ async fn fetch_source(
 ) -> Result<PathBuf, String> {
     use tokio::io::AsyncWriteExt;
     let info = crate::plugins::Stream::Info;
-    let hex = digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| format!("{digest:?} is not a source digest"))?;
+    let hex = cairn_protocol::types::source_digest_hex(digest)?;
     let root = data_dir.join("sources");
     let dest = root.join(format!("sha256-{hex}"));
     if dest.is_dir() {
