@@ -410,10 +410,21 @@ async fn run_offer(
     hist: &Arc<Mutex<JobHistory>>,
 ) {
     let wait = Duration::from_secs(10);
-    let Ok(Ok(NodeToRunner::Offer { job })) =
-        tokio::time::timeout(wait, frame::read_required::<_, NodeToRunner>(&mut recv)).await
-    else {
-        return;
+    let job = match tokio::time::timeout(wait, frame::read_required::<_, NodeToRunner>(&mut recv))
+        .await
+    {
+        Ok(Ok(NodeToRunner::Offer { job })) => job,
+        // A new leader resuming a job whose stream broke: this runner does
+        // not resume jobs (its job is a few requests, over or abandoned by
+        // then), and says so: the job fails at once rather than after the
+        // leader's resume window.
+        Ok(Ok(NodeToRunner::Resume { job, .. })) => {
+            let reason = format!("the chaos runner gave job {job} up when its stream broke");
+            let _ = frame::write(&mut send, &RunnerToNode::Decline { reason }).await;
+            let _ = send.finish();
+            return;
+        }
+        _ => return,
     };
     if frame::write(&mut send, &RunnerToNode::Accept)
         .await

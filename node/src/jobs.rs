@@ -9,28 +9,42 @@
 //!
 //! Runners (and CLIs, which register as runners on their client
 //! connection) connect to any node. Every node reports its runners (id,
-//! labels, the job it carries) to the leader ([`LeaderRequest::ReportRunners`]):
-//! when one registers or leaves, when a relayed job starts or ends, when the
-//! leader changes, and every [`REPORT_INTERVAL`]. The leader keeps each
-//! node's report for [`REMOTE_RUNNER_TTL`]: a node that stops reporting
-//! loses its runners. For a runner on another node the leader opens a peer
-//! stream to that node ([`PeerRequest::RelayOffer`]); that node opens the
-//! offer stream on the runner's own connection and copies frames both ways
-//! ([`relay_offer`]). The leader drives both kinds the same way (`drive_inner`
-//! on a stream pair).
+//! labels, capacity, the jobs it carries for them, the jobs they carried
+//! back from another node) to the leader
+//! ([`LeaderRequest::ReportRunnerLoads`], or `ReportRunners` before the
+//! cluster is at version 5): when one registers or leaves, when a relayed
+//! job starts or ends, when the leader changes, and every
+//! [`REPORT_INTERVAL`]. The leader keeps each node's report for
+//! [`REMOTE_RUNNER_TTL`]: a node that stops reporting loses its runners.
+//! For a runner on another node the leader opens a peer stream to that node
+//! ([`PeerRequest::RelayOffer`]); that node opens the offer stream on the
+//! runner's own connection and copies frames both ways ([`relay_offer`]).
+//! The leader drives both kinds the same way (a [`Link`]).
+//!
+//! A running job outlives its stream: when the stream breaks (the runner's
+//! node died, the runner moved) the leader waits up to [`RESUME_WINDOW`]
+//! for the runner to come back, on any node, saying it carries the job, and
+//! resumes the stream there (`NodeToRunner::Resume`, with the count of
+//! events it has, so the runner sends the rest again); a runner back
+//! elsewhere while the old stream still looks alive is resumed at once.
 //!
 //! Invariants:
 //! - Only the leader schedules, and it drives every job it offers, local or
-//!   relayed; a node that becomes leader first fails the assigned/running
-//!   jobs it does not drive (their job streams went to the previous leader,
-//!   directly or through a relay) with [`TAKEOVER_REASON`], then offers
-//!   queued jobs. A job is offered at most once: it runs at most once.
+//!   relayed; a node that becomes leader first takes over the
+//!   assigned/running jobs it does not drive (their job streams went to the
+//!   previous leader, directly or through a relay): it adopts the running
+//!   ones whose runners can resume them, and fails the others with
+//!   [`TAKEOVER_REASON`]; then it offers queued jobs. A node that stops
+//!   leading leaves the jobs it drives to the next leader and records
+//!   nothing of them. A job is offered at most once: it runs at most once.
 //! - At most one job per (project, app) is assigned or running at a time.
-//! - A runner (by id, wherever it is connected) holds at most one job at a
-//!   time: a runner is free for the leader only if no local entry, no claim
-//!   of the leader and no report names an assigned or running job for it.
+//! - A runner (by id, wherever it is connected) holds at most its capacity
+//!   of jobs (1 unless it registered with more): the leader counts for it
+//!   the jobs of its local entry, its own claims, and the assigned or
+//!   running jobs reports name for it (busy or carried back).
 //! - Every assigned job ends in a final state: the runner says so, or the
-//!   driving task records why it could not (runner lost, stream broken,
+//!   driving task records why it could not (runner lost: its lease ran out,
+//!   or its stream broke and it did not come back within [`RESUME_WINDOW`];
 //!   runner no longer connected to the node the leader thought it was on).
 //! - A job stream that breaks is reset, not finished, on every hop: a runner
 //!   whose leader (or relay) gave up sees its job stream fail. A relay ends
@@ -39,17 +53,16 @@
 //! - Only cluster members (node certificates, checked on the peer ALPN) can
 //!   ask for a relay or report runners, and a node reports only its own.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cairn_protocol::api::{JobEvent, NodeToRunner, RunnerToNode};
+use cairn_protocol::api::{JobEvent, NodeToRunner, RunnerStatus, RunnerToNode};
 use cairn_protocol::frame;
 use cairn_protocol::types::{Job, JobId, JobState, RunnerKind, RunnerTarget};
 use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -88,6 +101,21 @@ pub const LEASE_HEARTBEAT: Duration = Duration::from_secs(2);
 /// ("runner … lost") when nothing came from the runner for this long (three
 /// heartbeats missed: its process, machine or network is gone).
 pub const RUNNER_LEASE: Duration = Duration::from_secs(6);
+/// How long the leader keeps a running job whose stream broke (its
+/// runner's node died, or the runner moved to another node; or, for a new
+/// leader, the stream was on the previous one) waiting for its runner to
+/// come back and resume it (`NodeToRunner::Resume`) before it fails the job.
+/// A runner notices a dead node within about 6 s (its probes) and registers
+/// with another member at once.
+pub const RESUME_WINDOW: Duration = Duration::from_secs(20);
+/// How often the driving task looks whether the job's runner came back
+/// (carrying the job) on another node.
+pub const RESUME_POLL: Duration = Duration::from_millis(200);
+/// How often the leader tries to resume a job where its runner is
+/// connected but did not say it carries the job.
+pub const RESUME_RETRY: Duration = Duration::from_secs(1);
+/// How long a runner has to answer a `Resume`.
+pub const RESUME_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a lease ran out.
 fn lease_lost() -> String {
@@ -123,8 +151,8 @@ struct Inner {
     runners: HashMap<String, RunnerEntry>,
     /// On the leader: what the other nodes reported.
     remote: HashMap<NodeId, RemoteNode>,
-    /// On the leader: remote runners it offered a job to (runner → job).
-    remote_claims: HashMap<String, JobId>,
+    /// On the leader: remote runners it offered jobs to (runner → jobs).
+    remote_claims: HashMap<String, BTreeSet<JobId>>,
     hubs: HashMap<JobId, Hub>,
     finished_order: Vec<JobId>,
     cancels: HashMap<JobId, Arc<Notify>>,
@@ -134,9 +162,14 @@ struct Inner {
 struct RunnerEntry {
     conn: quinn::Connection,
     labels: BTreeMap<String, String>,
-    /// The job this node carries for it: offered by this node (the leader),
-    /// or relayed by it for the leader.
-    busy: Option<JobId>,
+    /// The jobs this node carries for it: offered by this node (the
+    /// leader), or relayed by it for the leader.
+    busy: BTreeSet<JobId>,
+    /// How many jobs it takes at once.
+    capacity: u32,
+    /// Jobs it still runs whose streams broke with its previous node (it
+    /// said so when it registered): the leader resumes them here.
+    carrying: BTreeSet<JobId>,
     session: u64,
     /// The protocol version its connection speaks: a job of a newer kind
     /// is not offered to it (it could not decode the offer).
@@ -146,7 +179,7 @@ struct RunnerEntry {
 struct RemoteNode {
     addr: String,
     expires: Instant,
-    runners: Vec<RunnerReport>,
+    runners: Vec<RunnerLoad>,
 }
 
 /// What the job scheduler and the offer relays need of the node: the cluster handle, this
@@ -173,7 +206,7 @@ impl JobsCtx {
     }
 }
 
-pub use crate::peer::msg::RunnerReport;
+pub use crate::peer::msg::{RunnerLoad, RunnerReport};
 
 /// A runner as this node knows it (diagnostics and tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,9 +214,9 @@ pub struct KnownRunner {
     pub id: String,
     /// `None`: connected to this node; else the node that reported it.
     pub node: Option<NodeId>,
-    /// The job this node carries for it (local), or the job the leader
-    /// claimed it for or its node reported (remote).
-    pub busy: Option<JobId>,
+    /// The jobs this node carries for it (local), or the jobs the leader
+    /// claimed it for and its node reported (remote).
+    pub busy: Vec<JobId>,
 }
 
 /// Where the leader reaches a runner it claimed.
@@ -286,17 +319,26 @@ impl Jobs {
         conn: quinn::Connection,
         labels: BTreeMap<String, String>,
         version: u32,
+        status: RunnerStatus,
     ) -> u64 {
         let mut inner = self.lock();
         inner.next_session += 1;
         let session = inner.next_session;
-        let busy = inner.runners.get(id).and_then(|r| r.busy);
+        let busy = inner
+            .runners
+            .get(id)
+            .map(|r| r.busy.clone())
+            .unwrap_or_default();
         inner.runners.insert(
             id.to_string(),
             RunnerEntry {
                 conn,
                 labels,
                 busy,
+                capacity: status
+                    .capacity
+                    .clamp(1, cairn_protocol::api::MAX_RUNNER_CAPACITY),
+                carrying: status.carrying.into_iter().collect(),
                 session,
                 version,
             },
@@ -312,6 +354,19 @@ impl Jobs {
     /// The protocol version a runner connected to this node speaks.
     fn speaks(&self, runner: &str) -> Option<u32> {
         self.lock().runners.get(runner).map(|r| r.version)
+    }
+
+    /// The protocol version `runner` speaks, as this node knows it
+    /// (connected here, or, on the leader, reported by its node).
+    fn version_of(&self, runner: &str) -> Option<u32> {
+        let inner = self.lock();
+        inner.runners.get(runner).map(|r| r.version).or_else(|| {
+            inner
+                .remote
+                .values()
+                .find_map(|n| n.runners.iter().find(|r| r.id == runner))
+                .map(|r| r.version)
+        })
     }
 
     fn too_old_for(&self, runner: &str, job: &Job) -> Option<String> {
@@ -362,15 +417,17 @@ impl Jobs {
             .map(|(id, r)| KnownRunner {
                 id: id.clone(),
                 node: None,
-                busy: r.busy,
+                busy: r.busy.iter().copied().collect(),
             })
             .collect();
         for (node, n) in &inner.remote {
             for r in &n.runners {
+                let mut busy: BTreeSet<JobId> = r.busy.iter().copied().collect();
+                busy.extend(inner.remote_claims.get(&r.id).into_iter().flatten());
                 out.push(KnownRunner {
                     id: r.id.clone(),
                     node: Some(*node),
-                    busy: inner.remote_claims.get(&r.id).copied().or(r.busy),
+                    busy: busy.into_iter().collect(),
                 });
             }
         }
@@ -389,24 +446,27 @@ impl Jobs {
 
     /// This node's report to the leader: its live runners (while draining,
     /// only those in the middle of a job, so the leader offers no more).
-    fn local_report(&self) -> Vec<RunnerReport> {
+    fn local_report(&self) -> Vec<RunnerLoad> {
         let draining = self.draining.load(Ordering::SeqCst);
         self.lock()
             .runners
             .iter()
             .filter(|(_, r)| r.conn.close_reason().is_none())
-            .filter(|(_, r)| !draining || r.busy.is_some())
-            .map(|(id, r)| RunnerReport {
+            .filter(|(_, r)| !draining || !r.busy.is_empty() || !r.carrying.is_empty())
+            .map(|(id, r)| RunnerLoad {
                 id: id.clone(),
                 labels: r.labels.clone(),
-                busy: r.busy,
+                version: r.version,
+                capacity: r.capacity,
+                busy: r.busy.iter().copied().collect(),
+                carrying: r.carrying.iter().copied().collect(),
             })
             .collect()
     }
 
     /// On the leader: `node` (at peer address `addr`) reported `runners`;
     /// they replace its previous report for [`REMOTE_RUNNER_TTL`].
-    pub fn set_remote_runners(&self, node: NodeId, addr: String, runners: Vec<RunnerReport>) {
+    pub fn set_remote_runners(&self, node: NodeId, addr: String, runners: Vec<RunnerLoad>) {
         let mut inner = self.lock();
         inner.remote.insert(
             node,
@@ -443,22 +503,24 @@ impl Jobs {
     fn release_runner(&self, runner: &str, job: JobId) {
         let mut inner = self.lock();
         if let Some(r) = inner.runners.get_mut(runner) {
-            if r.busy == Some(job) {
-                r.busy = None;
-            }
+            r.busy.remove(&job);
+            r.carrying.remove(&job);
         }
-        if inner.remote_claims.get(runner) == Some(&job) {
-            inner.remote_claims.remove(runner);
+        if let Some(claims) = inner.remote_claims.get_mut(runner) {
+            claims.remove(&job);
+            if claims.is_empty() {
+                inner.remote_claims.remove(runner);
+            }
         }
         inner.cancels.remove(&job);
         drop(inner);
         self.wake();
     }
 
-    /// Pick a free runner for `target`, local or reported by another node,
-    /// and mark it busy with `job`. `active`: the jobs assigned or running
-    /// (a report naming another job, e.g. one already finished, does not
-    /// make its runner busy).
+    /// Pick a runner for `target` with room for one more job, local or
+    /// reported by another node, and mark it busy with `job`. `active`: the
+    /// jobs assigned or running (a report naming another job, e.g. one
+    /// already finished, does not fill its runner).
     fn claim_runner(
         &self,
         target: &RunnerTarget,
@@ -472,44 +534,36 @@ impl Jobs {
             RunnerTarget::Id(want) => id == want,
             RunnerTarget::Labels(want) => want.iter().all(|(k, v)| labels.get(k) == Some(v)),
         };
-        // One job per runner id, wherever its connections are.
-        let mut busy: HashSet<String> = inner.remote_claims.keys().cloned().collect();
-        busy.extend(
-            inner
-                .runners
-                .iter()
-                .filter(|(_, r)| r.busy.is_some())
-                .map(|(id, _)| id.clone()),
-        );
-        for n in inner.remote.values() {
-            busy.extend(
-                n.runners
-                    .iter()
-                    .filter(|r| r.busy.is_some_and(|j| active.contains(&j)))
-                    .map(|r| r.id.clone()),
-            );
-        }
+        // The jobs each runner id holds, wherever its connections are.
+        let load = runner_loads(&inner, active);
+        let room = |id: &str, capacity: u32| {
+            load.get(id).map_or(0, |jobs| jobs.len()) < capacity.max(1) as usize
+        };
         let local = inner
             .runners
             .iter()
             .find(|(id, r)| {
-                !busy.contains(*id) && r.conn.close_reason().is_none() && fits(id, &r.labels)
+                room(id, r.capacity) && r.conn.close_reason().is_none() && fits(id, &r.labels)
             })
             .map(|(id, _)| id.clone());
         let (runner, route) = if let Some(id) = local {
             // Invariant: `id` was just found in the map, under the same lock.
             let entry = inner.runners.get_mut(&id)?;
-            entry.busy = Some(job);
+            entry.busy.insert(job);
             let conn = entry.conn.clone();
             (id, Route::Local(conn))
         } else {
             let (node, addr, id) = inner.remote.iter().find_map(|(node, n)| {
                 n.runners
                     .iter()
-                    .find(|r| !busy.contains(&r.id) && fits(&r.id, &r.labels))
+                    .find(|r| room(&r.id, r.capacity) && fits(&r.id, &r.labels))
                     .map(|r| (*node, n.addr.clone(), r.id.clone()))
             })?;
-            inner.remote_claims.insert(id.clone(), job);
+            inner
+                .remote_claims
+                .entry(id.clone())
+                .or_default()
+                .insert(job);
             (id, Route::Relay { node, addr })
         };
         let cancel = Arc::new(Notify::new());
@@ -519,6 +573,69 @@ impl Jobs {
             route,
             cancel,
         })
+    }
+
+    /// On the leader: where `runner` says it still runs `job` (it moved and
+    /// registered with `carrying`), other than through `not_via` (the route
+    /// in use: a report from that node is an older one); with `connected`,
+    /// failing that, wherever it is connected at all (a runner whose job
+    /// stream broke while its connection did not, e.g. at a leader change,
+    /// takes a resume there too). The runner is marked busy with the job
+    /// there. `None` if it is not back (yet).
+    fn find_carrier(
+        &self,
+        runner: &str,
+        job: JobId,
+        not_via: Option<Option<NodeId>>,
+        connected: bool,
+    ) -> Option<Route> {
+        let mut inner = self.lock();
+        expire_reports(&mut inner, Instant::now());
+        for carrying_only in [true, false] {
+            if !carrying_only && !connected {
+                return None;
+            }
+            if not_via != Some(None) {
+                if let Some(r) = inner.runners.get_mut(runner) {
+                    if (!carrying_only || r.carrying.contains(&job))
+                        && r.conn.close_reason().is_none()
+                    {
+                        r.carrying.remove(&job);
+                        r.busy.insert(job);
+                        return Some(Route::Local(r.conn.clone()));
+                    }
+                }
+            }
+            let found = inner.remote.iter_mut().find_map(|(node, n)| {
+                if not_via == Some(Some(*node)) {
+                    return None;
+                }
+                let r = n
+                    .runners
+                    .iter_mut()
+                    .find(|r| r.id == runner && (!carrying_only || r.carrying.contains(&job)))?;
+                r.carrying.retain(|j| *j != job);
+                Some((*node, n.addr.clone()))
+            });
+            if let Some((node, addr)) = found {
+                inner
+                    .remote_claims
+                    .entry(runner.to_string())
+                    .or_default()
+                    .insert(job);
+                return Some(Route::Relay { node, addr });
+            }
+        }
+        None
+    }
+
+    /// On a new leader: drive `job`, running on a runner whose stream was on
+    /// the previous leader, from now on (it is waited for, see
+    /// [`RESUME_WINDOW`]). Returns its cancel signal.
+    fn adopt(&self, job: JobId) -> Arc<Notify> {
+        let cancel = Arc::new(Notify::new());
+        self.lock().cancels.insert(job, cancel.clone());
+        cancel
     }
 
     /// The node is stopping: offer no more jobs (as the leader), stop
@@ -564,7 +681,7 @@ impl Jobs {
     /// Jobs this node drives (as the leader) or relays.
     fn in_flight(&self) -> usize {
         let inner = self.lock();
-        inner.cancels.len() + inner.runners.values().filter(|r| r.busy.is_some()).count()
+        inner.cancels.len() + inner.runners.values().map(|r| r.busy.len()).sum::<usize>()
     }
 
     /// Jobs a task on this node is driving (offered to a runner connected
@@ -585,7 +702,8 @@ impl Jobs {
             .runners
             .get_mut(id)
             .filter(|r| r.conn.close_reason().is_none())?;
-        r.busy = Some(job);
+        r.busy.insert(job);
+        r.carrying.remove(&job);
         let conn = r.conn.clone();
         drop(inner);
         self.report.notify_one();
@@ -595,9 +713,7 @@ impl Jobs {
     fn relay_end(&self, id: &str, job: JobId) {
         let mut inner = self.lock();
         if let Some(r) = inner.runners.get_mut(id) {
-            if r.busy == Some(job) {
-                r.busy = None;
-            }
+            r.busy.remove(&job);
         }
         drop(inner);
         self.report.notify_one();
@@ -606,6 +722,30 @@ impl Jobs {
 
 fn expire_reports(inner: &mut Inner, now: Instant) {
     inner.remote.retain(|_, n| n.expires > now);
+}
+
+/// The jobs each runner holds as the leader sees it: its local entry's,
+/// the leader's claims on remote runners, and what nodes reported (busy or
+/// carried back after a move) of the `active` jobs.
+fn runner_loads(inner: &Inner, active: &BTreeSet<JobId>) -> HashMap<String, BTreeSet<JobId>> {
+    let mut load: HashMap<String, BTreeSet<JobId>> = inner.remote_claims.clone();
+    for (id, r) in &inner.runners {
+        let jobs = load.entry(id.clone()).or_default();
+        jobs.extend(r.busy.iter().copied());
+        jobs.extend(r.carrying.iter().filter(|j| active.contains(j)));
+    }
+    for n in inner.remote.values() {
+        for r in &n.runners {
+            let jobs = load.entry(r.id.clone()).or_default();
+            jobs.extend(
+                r.busy
+                    .iter()
+                    .chain(&r.carrying)
+                    .filter(|j| active.contains(j)),
+            );
+        }
+    }
+    load
 }
 
 /// The scheduler (on the leader) and the reporter (on every node): run
@@ -705,7 +845,15 @@ async fn report_loop(ctx: Arc<JobsCtx>, shutdown: CancellationToken) {
         if empty && delivered == Some((to.id, true)) {
             continue;
         }
-        let req = LeaderRequest::ReportRunners { node: me, runners };
+        // Loads (capacity, jobs carried back) once every member reads them.
+        let req = if ctx.cluster.raft.read_local(|s| s.cluster_version()) >= 5 {
+            LeaderRequest::ReportRunnerLoads { node: me, runners }
+        } else {
+            LeaderRequest::ReportRunners {
+                node: me,
+                runners: runners.iter().map(RunnerReport::from).collect(),
+            }
+        };
         match ctx
             .cluster
             .peers
@@ -725,47 +873,81 @@ async fn report_loop(ctx: Arc<JobsCtx>, shutdown: CancellationToken) {
     }
 }
 
-/// Reason recorded on jobs a new leader finds assigned or running.
+/// Reason recorded on jobs a new leader finds assigned, or running on a
+/// runner that cannot resume them.
 pub const TAKEOVER_REASON: &str = "interrupted by a leader change: the job's runner stream was on the previous leader, so its progress can no longer be recorded; it was not run again (jobs run at most once)";
 
 /// A new leader's first duty: jobs that are assigned or running but not
 /// driven by this node had their runner stream on the previous leader (a
 /// runner's job stream always goes to the leader that offered it, directly
-/// or through a relay). Nothing can follow them any more: fail them with a
-/// reason, so they release their app and their clients see the end. They
-/// are never offered again: a job runs at most once (a runner still working
-/// on one finds its operations refused, since the job is no longer
-/// running). Queued jobs stay queued and are offered by this leader.
+/// or through a relay).
+/// - A running job whose runner can resume it (it speaks protocol 5, is
+///   not a CLI, and the cluster is at version 5) is adopted: this node
+///   drives it from now on, waiting up to [`RESUME_WINDOW`] for its runner
+///   to come back (on any node) and resume its stream; only then is it failed.
+/// - The others (assigned ones included: their runner never began) are
+///   failed with [`TAKEOVER_REASON`], so they release their app and their
+///   clients see the end. They are never offered again: a job runs at most
+///   once (a runner still working on one finds its operations refused,
+///   since the job is no longer running). Queued jobs stay queued and are
+///   offered by this leader.
 ///
 /// Runs before every scheduling pass. The read is linearizable (the
 /// leader's read index), so it sees every assignment committed before this
 /// term, even ones this node had not applied yet when it became leader.
-/// Only the scheduler task (the caller) assigns jobs, and it marks a job
-/// driven before its assignment is written, so a job assigned by this
-/// leader is never taken for an orphan.
+/// Only the scheduler task (the caller) assigns and adopts jobs, and it
+/// marks a job driven before its assignment is written, so a job assigned
+/// by this leader is never taken for an orphan.
 /// Returns `false` if the read or the write failed (retried on the next tick).
 async fn take_over(ctx: &Arc<JobsCtx>) -> bool {
-    let active: Vec<JobId> = match ctx
+    type Active = (Vec<(JobId, JobState, Option<String>)>, u32);
+    let read: Result<Active, String> = ctx
         .read(|s| {
-            s.jobs
+            let active = s
+                .jobs
                 .values()
                 .filter(|j| matches!(j.state, JobState::Assigned | JobState::Running))
-                .map(|j| j.id)
-                .collect()
+                .map(|j| (j.id, j.state, j.runner.clone()))
+                .collect();
+            (active, s.cluster_version())
         })
-        .await
-    {
-        Ok(ids) => ids,
+        .await;
+    let (active, version) = match read {
+        Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, "cannot read the jobs before scheduling; retrying");
             return false;
         }
     };
     let driven = ctx.jobs.driven();
-    let orphans: Vec<JobId> = active
-        .into_iter()
-        .filter(|id| !driven.contains(id))
-        .collect();
+    let mut orphans: Vec<JobId> = Vec::new();
+    for (id, state, runner) in active {
+        if driven.contains(&id) {
+            continue;
+        }
+        match runner {
+            Some(runner)
+                if state == JobState::Running && version >= 5 && can_resume(ctx, &runner) =>
+            {
+                tracing::info!(job = id, %runner, "adopting a running job whose stream was on the previous leader; waiting for its runner to resume it");
+                let cancel = ctx.jobs.adopt(id);
+                let ctx2 = ctx.clone();
+                tokio::spawn(async move {
+                    let outcome = match follow(&ctx2, id, &runner, None, &cancel, true).await {
+                        Followed::Lost(reason) => Followed::Ended(
+                            JobState::Error,
+                            Some(format!(
+                                "interrupted by a leader change, and its runner {runner} was lost: {reason}"
+                            )),
+                        ),
+                        other => other,
+                    };
+                    finish_driven(&ctx2, id, &runner, outcome).await;
+                });
+            }
+            _ => orphans.push(id),
+        }
+    }
     if orphans.is_empty() {
         return true;
     }
@@ -794,6 +976,19 @@ async fn take_over(ctx: &Arc<JobsCtx>) -> bool {
             false
         }
     }
+}
+
+/// Whether `runner`'s jobs can outlive their streams: it registered as an
+/// agent (a CLI runs its own jobs and goes with them), and it does not
+/// speak an older protocol than 5 where this node can tell (connected here,
+/// or reported).
+fn can_resume(ctx: &JobsCtx, runner: &str) -> bool {
+    let agent = ctx
+        .cluster
+        .raft
+        .read_local(|s| s.runners.get(runner).map(|r| r.kind))
+        .is_some_and(|k| k != RunnerKind::Cli);
+    agent && ctx.jobs.version_of(runner).is_none_or(|v| v >= 5)
 }
 
 async fn schedule_once(ctx: &Arc<JobsCtx>) {
@@ -903,53 +1098,45 @@ async fn drive(ctx: Arc<JobsCtx>, job: Job, claim: Claim) {
     let runner = claim.runner;
     let outcome = match claim.route {
         Route::Local(conn) => match ctx.jobs.too_old_for(&runner, &job) {
-            Some(reason) => Ok((JobState::Error, Some(reason))),
+            Some(reason) => Followed::Ended(JobState::Error, Some(reason)),
             None => match conn.open_bi().await {
                 Ok((send, recv)) => {
                     let lease = ctx.jobs.speaks(&runner).is_some_and(|v| v >= 5);
-                    drive_stream(&ctx, job, send, recv, &claim.cancel, lease).await
+                    let link = Link {
+                        send,
+                        recv,
+                        via: None,
+                        lease,
+                    };
+                    drive_link(&ctx, job, &runner, link, &claim.cancel).await
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Followed::Lost(e.to_string()),
             },
         },
-        Route::Relay { node, addr } => {
-            let req = PeerRequest::RelayOffer {
-                runner: runner.clone(),
-                job: id,
-            };
-            match ctx
-                .cluster
-                .peers
-                .open_stream(&addr, Some(node), &req, RELAY_OPEN_TIMEOUT)
-                .await
-            {
-                Ok((PeerResponse::RelayOpen, send, recv)) => {
-                    // The relay node holds the runner's lease (heartbeats never
-                    // cross a peer link).
-                    drive_stream(&ctx, job, send, recv, &claim.cancel, false).await
-                }
-                Ok((PeerResponse::NoRunner(reason), _, _)) => {
-                    ctx.jobs.forget_remote_runner(node, &runner);
-                    Ok((JobState::Error, Some(reason)))
-                }
-                Ok((PeerResponse::Refused(reason), _, _)) => Err(format!(
-                    "node {node:x}, which it is connected to, refused to relay the offer: {reason}"
-                )),
-                Ok((other, _, _)) => Err(format!(
-                    "node {node:x}, which it is connected to, answered the relayed offer with {other:?}"
-                )),
-                Err(e) => Err(format!(
-                    "relaying the offer through node {node:x}, which it is connected to: {e}"
-                )),
-            }
-        }
+        Route::Relay { node, addr } => match open_relay(&ctx, &runner, id, node, &addr).await {
+            Ok(link) => drive_link(&ctx, job, &runner, link, &claim.cancel).await,
+            Err(RelayRefusal::NoRunner(reason)) => Followed::Ended(JobState::Error, Some(reason)),
+            Err(RelayRefusal::Failed(reason)) => Followed::Lost(reason),
+        },
     };
+    finish_driven(&ctx, id, &runner, outcome).await;
+}
+
+/// Record how a driven job ended (or that its runner was lost, and why),
+/// tell its clients, and release its runner; an abandoned job is only
+/// released (the next leader drives it).
+async fn finish_driven(ctx: &Arc<JobsCtx>, id: JobId, runner: &str, outcome: Followed) {
     let (state, error) = match outcome {
-        Ok(done) => done,
-        Err(reason) => (
+        Followed::Ended(state, error) => (state, error),
+        Followed::Lost(reason) => (
             JobState::Error,
             Some(format!("runner {runner} lost: {reason}")),
         ),
+        Followed::Abandoned => {
+            tracing::info!(job = id, %runner, "no longer the leader: leaving the job to the next one");
+            ctx.jobs.release_runner(runner, id);
+            return;
+        }
     };
     match ctx
         .write(Command::FinishJob {
@@ -981,71 +1168,138 @@ async fn drive(ctx: Arc<JobsCtx>, job: Job, claim: Claim) {
         .map(|j| (j.state, j.error))
         .unwrap_or((state, error));
     ctx.jobs.publish(id, JobEvent::Finished { state, error });
-    ctx.jobs.release_runner(&runner, id);
+    ctx.jobs.release_runner(runner, id);
 }
 
-/// Drive a job on a QUIC stream pair (the runner's own stream, or the peer
-/// stream to its relay). If the job could not be followed to its end, the
-/// stream is reset, so the runner (through its relay) sees it fail.
-async fn drive_stream(
-    ctx: &Arc<JobsCtx>,
-    job: Job,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    cancel: &Notify,
-    lease: bool,
-) -> Result<(JobState, Option<String>), String> {
-    let r = drive_inner(ctx, job, &mut send, &mut recv, cancel, lease).await;
-    if r.is_err() {
-        let _ = send.reset(JOB_STREAM_ABORTED.into());
-        let _ = recv.stop(JOB_STREAM_ABORTED.into());
+/// Why a relay node did not open a job stream to a runner.
+enum RelayRefusal {
+    /// The runner is not connected there (any more), or cannot take the job.
+    NoRunner(String),
+    Failed(String),
+}
+
+/// Open a job stream to `runner` through `node` (at peer address `addr`),
+/// which it is connected to ([`PeerRequest::RelayOffer`]).
+async fn open_relay(
+    ctx: &JobsCtx,
+    runner: &str,
+    job: JobId,
+    node: NodeId,
+    addr: &str,
+) -> Result<Link, RelayRefusal> {
+    let req = PeerRequest::RelayOffer {
+        runner: runner.to_string(),
+        job,
+    };
+    match ctx
+        .cluster
+        .peers
+        .open_stream(addr, Some(node), &req, RELAY_OPEN_TIMEOUT)
+        .await
+    {
+        // The relay node holds the runner's lease (heartbeats never cross
+        // a peer link).
+        Ok((PeerResponse::RelayOpen, send, recv)) => Ok(Link {
+            send,
+            recv,
+            via: Some(node),
+            lease: false,
+        }),
+        Ok((PeerResponse::NoRunner(reason), _, _)) => {
+            ctx.jobs.forget_remote_runner(node, runner);
+            Err(RelayRefusal::NoRunner(reason))
+        }
+        Ok((PeerResponse::Refused(reason), _, _)) => Err(RelayRefusal::Failed(format!(
+            "node {node:x}, which it is connected to, refused to relay the offer: {reason}"
+        ))),
+        Ok((other, _, _)) => Err(RelayRefusal::Failed(format!(
+            "node {node:x}, which it is connected to, answered the relayed offer with {other:?}"
+        ))),
+        Err(e) => Err(RelayRefusal::Failed(format!(
+            "relaying the offer through node {node:x}, which it is connected to: {e}"
+        ))),
     }
-    r
 }
 
-/// The leader's side of a job stream, whatever carries it: offer, Accept or
-/// Decline, StartJob, Started, events, Cancel, Done.
-async fn drive_inner<W, R>(
+/// A job stream to a runner: on its own connection (`via: None`) or
+/// through the node it is connected to. `lease`: this node holds the
+/// runner's lease (it heartbeats on this stream).
+struct Link {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    via: Option<NodeId>,
+    lease: bool,
+}
+
+impl Link {
+    /// End a stream that could not be followed to its end: the runner
+    /// (through its relay) sees it fail.
+    fn abort(mut self) {
+        let _ = self.send.reset(JOB_STREAM_ABORTED.into());
+        let _ = self.recv.stop(JOB_STREAM_ABORTED.into());
+    }
+}
+
+/// Offer `job` on `link` and follow it to its end (see [`follow`]).
+async fn drive_link(
     ctx: &Arc<JobsCtx>,
     job: Job,
-    send: &mut W,
-    recv: &mut R,
+    runner: &str,
+    mut link: Link,
     cancel: &Notify,
-    lease: bool,
-) -> Result<(JobState, Option<String>), String>
-where
-    W: AsyncWrite + Unpin,
-    R: AsyncRead + Unpin,
-{
+) -> Followed {
     let id = job.id;
-    frame::write(send, &NodeToRunner::Offer { job: Box::new(job) })
+    match offer(ctx, job, &mut link).await {
+        Err(e) => {
+            link.abort();
+            Followed::Lost(e)
+        }
+        Ok(Some((state, error))) => Followed::Ended(state, error),
+        Ok(None) => {
+            let resumable = ctx.cluster.raft.read_local(|s| s.cluster_version()) >= 5
+                && can_resume(ctx, runner);
+            follow(ctx, id, runner, Some(link), cancel, resumable).await
+        }
+    }
+}
+
+/// The offer on a fresh job stream: Offer, Accept or Decline, StartJob,
+/// Started. `Some`: the job ended there (declined).
+async fn offer(
+    ctx: &Arc<JobsCtx>,
+    job: Job,
+    link: &mut Link,
+) -> Result<Option<(JobState, Option<String>)>, String> {
+    let id = job.id;
+    frame::write(&mut link.send, &NodeToRunner::Offer { job: Box::new(job) })
         .await
         .map_err(|e| e.to_string())?;
-    let first: RunnerToNode = tokio::time::timeout(OFFER_TIMEOUT, frame::read_required(recv))
-        .await
-        .map_err(|_| "it did not answer the job offer in time".to_string())?
-        .map_err(|e| e.to_string())?;
+    let first: RunnerToNode =
+        tokio::time::timeout(OFFER_TIMEOUT, frame::read_required(&mut link.recv))
+            .await
+            .map_err(|_| "it did not answer the job offer in time".to_string())?
+            .map_err(|e| e.to_string())?;
     match first {
         RunnerToNode::Accept => {}
         RunnerToNode::Decline { reason } => {
-            return Ok((
+            return Ok(Some((
                 JobState::Error,
                 Some(format!("the runner declined the job: {reason}")),
-            ))
+            )))
         }
         other => return Err(format!("unexpected first answer {other:?}")),
     }
     ctx.write(Command::StartJob { id })
         .await
         .map_err(|e| format!("recording job start: {e}"))?;
-    let started = if lease {
+    let started = if link.lease {
         NodeToRunner::StartedWithLease {
             heartbeat_ms: LEASE_HEARTBEAT.as_millis() as u64,
         }
     } else {
         NodeToRunner::Started
     };
-    frame::write(send, &started)
+    frame::write(&mut link.send, &started)
         .await
         .map_err(|e| e.to_string())?;
     ctx.jobs.publish(
@@ -1055,6 +1309,218 @@ where
             runner: None,
         },
     );
+    Ok(None)
+}
+
+/// How following a job on one stream ended.
+enum LinkEnd {
+    /// The runner ended the job.
+    Done(JobState, Option<String>),
+    /// The stream broke (its runner may come back and resume the job).
+    Broke(String),
+    /// The runner is back on another node, carrying the job.
+    Moved(Route),
+    /// The job cannot go on: its lease ran out, or the runner broke the protocol.
+    Fatal(String),
+    /// This node no longer leads: the next leader drives the job.
+    Abandoned,
+}
+
+/// How following a job ended.
+enum Followed {
+    /// The runner ended it.
+    Ended(JobState, Option<String>),
+    /// Its runner was lost, for this reason.
+    Lost(String),
+    /// This node no longer leads: it records nothing; the next leader
+    /// adopts the job (see [`take_over`]).
+    Abandoned,
+}
+
+/// Follow a running job to its end: relay its events, pass on a cancel.
+/// When its stream breaks and it is `resumable`, wait up to
+/// [`RESUME_WINDOW`] for its runner to come back (on any node) and resume
+/// the stream there; a runner that is back elsewhere while the old stream
+/// still looks alive (its node died silently) is resumed at once. `link`:
+/// `None` when the stream is already gone (a job adopted from a previous
+/// leader). `Err`: why the runner was lost.
+async fn follow(
+    ctx: &Arc<JobsCtx>,
+    id: JobId,
+    runner: &str,
+    mut link: Option<Link>,
+    cancel: &Notify,
+    resumable: bool,
+) -> Followed {
+    // Events the leader got from the runner: a resumed stream begins after them.
+    let mut received: u64 = 0;
+    let mut broke = tokio::time::Instant::now();
+    let mut why = "its job stream was on the previous leader".to_string();
+    loop {
+        if let Some(mut l) = link.take() {
+            let end = follow_link(ctx, id, runner, &mut l, cancel, &mut received, resumable).await;
+            let moved_to = match end {
+                LinkEnd::Done(state, error) => return Followed::Ended(state, error),
+                LinkEnd::Abandoned => {
+                    l.abort();
+                    return Followed::Abandoned;
+                }
+                LinkEnd::Fatal(reason) => {
+                    l.abort();
+                    return Followed::Lost(reason);
+                }
+                LinkEnd::Broke(reason) => {
+                    l.abort();
+                    if !ctx.cluster.raft.is_leader() {
+                        return Followed::Abandoned;
+                    }
+                    if !resumable {
+                        return Followed::Lost(reason);
+                    }
+                    tracing::info!(job = id, %runner, %reason, "job stream broke; waiting for its runner to resume it");
+                    broke = tokio::time::Instant::now();
+                    why = reason;
+                    None
+                }
+                LinkEnd::Moved(route) => {
+                    l.abort();
+                    broke = tokio::time::Instant::now();
+                    why = "its job stream broke".into();
+                    Some(route)
+                }
+            };
+            if let Some(route) = moved_to {
+                match resume(ctx, runner, id, route, received).await {
+                    Ok(l) => link = Some(l),
+                    Err(ResumeError::Refused(reason)) => return Followed::Lost(reason),
+                    Err(ResumeError::Failed(reason)) => {
+                        tracing::info!(job = id, %runner, %reason, "could not resume a job; waiting");
+                    }
+                }
+                continue;
+            }
+        }
+        // Waiting for the runner to come back carrying the job; where it is
+        // connected without saying so (its connection outlived the stream),
+        // a resume is tried too, at most every RESUME_RETRY.
+        let mut tried_connected: Option<tokio::time::Instant> = None;
+        loop {
+            if !ctx.cluster.raft.is_leader() {
+                return Followed::Abandoned;
+            }
+            let connected = tried_connected.is_none_or(|t| t.elapsed() >= RESUME_RETRY);
+            if let Some(route) = ctx.jobs.find_carrier(runner, id, None, connected) {
+                match resume(ctx, runner, id, route, received).await {
+                    Ok(l) => {
+                        link = Some(l);
+                        break;
+                    }
+                    Err(ResumeError::Refused(reason)) => return Followed::Lost(reason),
+                    Err(ResumeError::Failed(reason)) => {
+                        tracing::info!(job = id, %runner, %reason, "could not resume a job; waiting");
+                        if connected {
+                            tried_connected = Some(tokio::time::Instant::now());
+                        }
+                    }
+                }
+            }
+            if broke.elapsed() >= RESUME_WINDOW {
+                return Followed::Lost(format!(
+                    "{why}, and it did not come back to resume the job within {} s",
+                    RESUME_WINDOW.as_secs()
+                ));
+            }
+            tokio::time::sleep(RESUME_POLL).await;
+        }
+    }
+}
+
+/// Why a resume did not happen.
+enum ResumeError {
+    /// The runner does not hold the job (any more): final.
+    Refused(String),
+    /// The stream could not be opened or answered: the runner may try again.
+    Failed(String),
+}
+
+/// Open a new job stream to `runner` on `route` and resume `job` on it.
+async fn resume(
+    ctx: &Arc<JobsCtx>,
+    runner: &str,
+    job: JobId,
+    route: Route,
+    received: u64,
+) -> Result<Link, ResumeError> {
+    let mut link = match route {
+        Route::Local(conn) => {
+            let (send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| ResumeError::Failed(e.to_string()))?;
+            Link {
+                send,
+                recv,
+                via: None,
+                lease: ctx.jobs.speaks(runner).is_some_and(|v| v >= 5),
+            }
+        }
+        Route::Relay { node, addr } => match open_relay(ctx, runner, job, node, &addr).await {
+            Ok(l) => l,
+            Err(RelayRefusal::NoRunner(r) | RelayRefusal::Failed(r)) => {
+                return Err(ResumeError::Failed(r))
+            }
+        },
+    };
+    let answer = async {
+        frame::write(&mut link.send, &NodeToRunner::Resume { job, received })
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(
+            RESUME_ANSWER_TIMEOUT,
+            frame::read_required::<_, RunnerToNode>(&mut link.recv),
+        )
+        .await
+        .map_err(|_| "it did not answer the resume in time".to_string())?
+        .map_err(|e| e.to_string())
+    }
+    .await;
+    match answer {
+        Ok(RunnerToNode::Accept) => {
+            tracing::info!(job, %runner, via = ?link.via, received, "job stream resumed");
+            Ok(link)
+        }
+        Ok(RunnerToNode::Decline { reason }) => {
+            link.abort();
+            Err(ResumeError::Refused(format!(
+                "it came back without the job: {reason}"
+            )))
+        }
+        Ok(other) => {
+            link.abort();
+            Err(ResumeError::Failed(format!(
+                "unexpected answer to a resume: {other:?}"
+            )))
+        }
+        Err(e) => {
+            link.abort();
+            Err(ResumeError::Failed(e))
+        }
+    }
+}
+
+/// Follow a running job on one stream: events, heartbeats, Cancel, Done.
+async fn follow_link(
+    ctx: &Arc<JobsCtx>,
+    id: JobId,
+    runner: &str,
+    link: &mut Link,
+    cancel: &Notify,
+    received: &mut u64,
+    resumable: bool,
+) -> LinkEnd {
+    let lease = link.lease;
+    let via = link.via;
+    let Link { send, recv, .. } = link;
     // A stream of frames: the read in progress survives the other branches
     // of the select below (a bare `frame::read` there would lose bytes).
     let mut frames = pin!(futures::stream::unfold(recv, |r| async move {
@@ -1063,6 +1529,8 @@ where
     }));
     let mut poll = tokio::time::interval(CANCEL_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut carrier = tokio::time::interval(RESUME_POLL);
+    carrier.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cancel_sent = false;
     // Reset by every frame from the runner (only kept with a lease).
     let expiry = tokio::time::sleep(RUNNER_LEASE);
@@ -1071,24 +1539,45 @@ where
         let want_cancel = tokio::select! {
             msg = frames.next() => {
                 let Some(msg) = msg else {
-                    return Err("the job stream ended without a result".into());
+                    return LinkEnd::Broke("the job stream ended without a result".into());
                 };
                 expiry.as_mut().reset(tokio::time::Instant::now() + RUNNER_LEASE);
-                match msg.map_err(|e| e.to_string())? {
-                    None => return Err("the job stream ended without a result".into()),
-                    Some(RunnerToNode::Heartbeat) => {}
-                    Some(RunnerToNode::Event(ev)) => ctx.jobs.publish(id, ev),
-                    Some(RunnerToNode::Done { state, error }) => {
-                        if !state.is_final() {
-                            return Err(format!("it ended the job in a non-final state ({})", state.word()));
-                        }
-                        return Ok((state, error));
+                match msg {
+                    Err(e) => return LinkEnd::Broke(e.to_string()),
+                    Ok(None) => return LinkEnd::Broke("the job stream ended without a result".into()),
+                    Ok(Some(RunnerToNode::Heartbeat)) => {}
+                    Ok(Some(RunnerToNode::Event(ev))) => {
+                        *received += 1;
+                        ctx.jobs.publish(id, ev);
                     }
-                    Some(other) => return Err(format!("unexpected message {other:?}")),
+                    Ok(Some(RunnerToNode::Done { state, error })) => {
+                        if !state.is_final() {
+                            return LinkEnd::Fatal(format!("it ended the job in a non-final state ({})", state.word()));
+                        }
+                        return LinkEnd::Done(state, error);
+                    }
+                    Ok(Some(other)) => return LinkEnd::Fatal(format!("unexpected message {other:?}")),
                 }
                 false
             }
-            _ = &mut expiry, if lease => return Err(lease_lost()),
+            _ = &mut expiry, if lease => return LinkEnd::Fatal(lease_lost()),
+            _ = carrier.tick() => {
+                if !resumable {
+                    if !ctx.cluster.raft.is_leader() {
+                        return LinkEnd::Abandoned;
+                    }
+                    continue;
+                }
+                // Back on another node while this stream still looks alive:
+                // its node died without a word.
+                if !ctx.cluster.raft.is_leader() {
+                    return LinkEnd::Abandoned;
+                }
+                if let Some(route) = ctx.jobs.find_carrier(runner, id, Some(via), false) {
+                    return LinkEnd::Moved(route);
+                }
+                false
+            }
             _ = cancel.notified(), if !cancel_sent => true,
             // A cancel asked through another node is only in the record.
             _ = poll.tick(), if !cancel_sent => ctx
@@ -1098,9 +1587,9 @@ where
         };
         if want_cancel {
             cancel_sent = true;
-            frame::write(send, &NodeToRunner::Cancel)
-                .await
-                .map_err(|e| e.to_string())?;
+            if let Err(e) = frame::write(&mut *send, &NodeToRunner::Cancel).await {
+                return LinkEnd::Broke(e.to_string());
+            }
         }
     }
 }
@@ -1121,11 +1610,12 @@ pub async fn relay_offer(
 ) {
     let me = ctx.cluster.raft.id();
     let gone = || format!("runner {runner} is no longer connected to node {me:x}");
-    let too_old = ctx
-        .cluster
-        .raft
-        .read_local(|s| s.jobs.get(&job).cloned())
-        .and_then(|j| ctx.jobs.too_old_for(&runner, &j));
+    let record = ctx.cluster.raft.read_local(|s| s.jobs.get(&job).cloned());
+    // A running job's stream is being resumed (not offered) through here.
+    let resuming = record
+        .as_ref()
+        .is_some_and(|j| j.state == JobState::Running);
+    let too_old = record.and_then(|j| ctx.jobs.too_old_for(&runner, &j));
     if let Some(reason) = too_old {
         let _ = frame::write(&mut psend, &PeerResponse::NoRunner(reason)).await;
         let _ = psend.finish();
@@ -1153,14 +1643,16 @@ pub async fn relay_offer(
         let _ = rsend.reset(JOB_STREAM_ABORTED.into());
         return;
     }
-    tracing::debug!(%runner, job, leader = format!("{from:x}"), "relaying a job offer");
-    ctx.jobs.publish(
-        job,
-        JobEvent::State {
-            state: JobState::Assigned,
-            runner: Some(runner.clone()),
-        },
-    );
+    tracing::debug!(%runner, job, leader = format!("{from:x}"), resuming, "relaying a job offer");
+    if !resuming {
+        ctx.jobs.publish(
+            job,
+            JobEvent::State {
+                state: JobState::Assigned,
+                runner: Some(runner.clone()),
+            },
+        );
+    }
     let lease = ctx.jobs.speaks(&runner).is_some_and(|v| v >= 5);
     let leased = std::sync::atomic::AtomicBool::new(false);
     let end = {
@@ -1269,6 +1761,10 @@ async fn relay_down(
                 };
                 leased.store(true, std::sync::atomic::Ordering::SeqCst);
             }
+        }
+        // A resumed job's runner heartbeats as it did on its first stream.
+        if lease && matches!(msg, NodeToRunner::Resume { .. }) {
+            leased.store(true, std::sync::atomic::Ordering::SeqCst);
         }
         frame::write(rsend, &msg)
             .await

@@ -1209,10 +1209,10 @@ async fn an_offer_relayed_to_a_runner_that_just_left_fails_with_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_relayed_job_stream_breaks_on_the_runner_side_when_the_leader_dies() {
-    use cairn_protocol::api::NodeToRunner;
+async fn a_relayed_job_outlives_the_leader_its_stream_went_to_and_is_resumed_by_the_next() {
+    use cairn_protocol::api::{JobEvent, NodeToRunner, RunnerToNode};
     use cairn_protocol::frame;
-    use cairn_protocol::types::JobState;
+    use cairn_protocol::types::{JobState, Stream};
 
     let mut c = Cluster::start(3).await;
     let leader = c.leader().await;
@@ -1221,26 +1221,101 @@ async fn a_relayed_job_stream_breaks_on_the_runner_side_when_the_leader_dies() {
     // Like a CLI: runner, queue and attach on the same (follower) node.
     let s = c.client(relay).await;
     let id = queue_job(&s, spec_for("web", "rr")).await;
-    let (_osend, mut orecv) = accept_offer(&mut offers, id).await;
+    let (mut osend, mut orecv) = accept_offer(&mut offers, id).await;
+    let said = |line: &str| {
+        RunnerToNode::Event(JobEvent::Output {
+            step: 1,
+            stream: Stream::Stdout,
+            line: line.into(),
+        })
+    };
+    frame::write(&mut osend, &said("before"))
+        .await
+        .expect("an event");
 
     c.members[leader].stop().await;
-    // The relay resets the runner's job stream: a runner stops its work.
+    // The relay resets the runner's job stream (its leader is gone).
     let r = tokio::time::timeout(SOON, frame::read::<_, NodeToRunner>(&mut orecv))
         .await
         .expect("the runner's job stream ends");
     assert!(r.is_err(), "expected a broken stream, got {r:?}");
 
-    // The new leader fails the job (it does not drive it), once.
+    // The new leader adopts the running job and resumes its stream on the
+    // runner's connection, which outlived it (through the relay): not an
+    // offer, the job runs once.
+    let (mut rsend, mut rrecv) = tokio::time::timeout(SOON, offers.recv())
+        .await
+        .expect("resumed in time")
+        .expect("a stream");
+    let first: NodeToRunner = frame::read_required(&mut rrecv).await.expect("resume");
+    let NodeToRunner::Resume { job, received } = first else {
+        panic!("expected a resume, got {first:?}")
+    };
+    assert_eq!(job, id);
+    // A new leader has none of the job's events: the runner sends them all.
+    assert_eq!(received, 0);
+    frame::write(&mut rsend, &RunnerToNode::Accept)
+        .await
+        .expect("accept");
+    for m in [
+        said("before"),
+        said("after"),
+        RunnerToNode::Done {
+            state: JobState::Success,
+            error: None,
+        },
+    ] {
+        frame::write(&mut rsend, &m).await.expect("frame");
+    }
+    let s = c.client(relay).await;
+    let j = final_job(&s, id).await;
+    assert_eq!(j.state, JobState::Success, "{j:?}");
+    assert!(offers.try_recv().is_err(), "not offered again");
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runner_back_without_its_job_has_the_job_failed_at_once() {
+    use cairn_protocol::api::{NodeToRunner, RunnerToNode};
+    use cairn_protocol::frame;
+    use cairn_protocol::types::JobState;
+
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let relay = (leader + 1) % 3;
+    let (_r, _reg, mut offers) = fake_runner(&c, relay, "rb").await;
+    let s = c.client(relay).await;
+    let id = queue_job(&s, spec_for("web", "rb")).await;
+    let (_osend, _orecv) = accept_offer(&mut offers, id).await;
+    c.members[leader].stop().await;
+    let stopped = std::time::Instant::now();
+    // The runner answers the new leader's resume: it does not hold the job
+    // (say, it restarted).
+    let (mut rsend, mut rrecv) = tokio::time::timeout(SOON, offers.recv())
+        .await
+        .expect("resumed in time")
+        .expect("a stream");
+    let first: NodeToRunner = frame::read_required(&mut rrecv).await.expect("resume");
+    assert!(matches!(first, NodeToRunner::Resume { job, .. } if job == id), "{first:?}");
+    frame::write(
+        &mut rsend,
+        &RunnerToNode::Decline {
+            reason: "no such job here".into(),
+        },
+    )
+    .await
+    .expect("decline");
     let s = c.client(relay).await;
     let j = final_job(&s, id).await;
     assert_eq!(j.state, JobState::Error, "{j:?}");
+    let error = j.error.clone().unwrap_or_default();
+    assert!(error.contains("leader change"), "{error}");
+    assert!(error.contains("no such job here"), "{error}");
+    // Not after the whole wait for a runner that never comes back.
     assert!(
-        j.error
-            .as_deref()
-            .unwrap_or_default()
-            .contains("leader change"),
-        "{j:?}"
+        stopped.elapsed() < cairn_node::jobs::RESUME_WINDOW,
+        "{:?}",
+        stopped.elapsed()
     );
-    assert!(offers.try_recv().is_err(), "not offered again");
     c.stop_all().await;
 }

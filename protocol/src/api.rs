@@ -229,6 +229,17 @@ pub enum ClientRequest {
     FetchSource {
         digest: String,
     },
+
+    // -- runners (protocol 5, issue 19) --
+    /// `RegisterRunner`, saying how many jobs the runner takes at once and
+    /// which jobs it carries back from another node (the leader resumes
+    /// their streams on this connection).
+    RegisterRunnerWith {
+        id: String,
+        kind: RunnerKind,
+        labels: BTreeMap<String, String>,
+        status: RunnerStatus,
+    },
 }
 
 /// What a user decides about an enrolled runner.
@@ -254,7 +265,8 @@ impl ClientRequest {
             | ClientRequest::DecideRunner { .. }
             | ClientRequest::InspectRunners { .. }
             | ClientRequest::UploadSource { .. }
-            | ClientRequest::FetchSource { .. } => 5,
+            | ClientRequest::FetchSource { .. }
+            | ClientRequest::RegisterRunnerWith { .. } => 5,
             ClientRequest::QueueJob { spec } => spec.since_version(),
             ClientRequest::Idempotent { req, .. } => req.since_version(),
             _ => 4,
@@ -640,7 +652,30 @@ pub enum NodeToRunner {
     StartedWithLease {
         heartbeat_ms: u64,
     },
+    /// Protocol 5: the runner's job stream is open again, on a new stream
+    /// (its old one broke: its node died or it moved to another). The
+    /// runner answers `Accept` if it still holds `job` (then sends again
+    /// every event from the `received`-th on, as the node got `received` of
+    /// them, and carries on) or `Decline` if it does not.
+    Resume {
+        job: JobId,
+        received: u64,
+    },
 }
+
+/// Protocol 5: what a runner says of itself when it registers
+/// (`RegisterRunnerWith`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerStatus {
+    /// How many jobs it takes at once (at least 1).
+    pub capacity: u32,
+    /// Jobs it is still running whose streams broke (it moved from another
+    /// node): the leader resumes them on this connection.
+    pub carrying: Vec<JobId>,
+}
+
+/// Most jobs a runner may take at once.
+pub const MAX_RUNNER_CAPACITY: u32 = 64;
 
 /// Frames a runner writes back on a job-offer stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

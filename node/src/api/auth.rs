@@ -74,6 +74,7 @@ impl Action {
             ClientRequest::CancelJob { .. } => Action::CancelJob,
             ClientRequest::AttachJob { .. } => Action::AttachJob,
             ClientRequest::RegisterRunner { .. }
+            | ClientRequest::RegisterRunnerWith { .. }
             | ClientRequest::BeginOperation { .. }
             | ClientRequest::CompleteOperation(_)
             | ClientRequest::SetResourceState { .. } => Action::RunJobs,
@@ -136,6 +137,7 @@ pub fn request_name(req: &ClientRequest) -> &'static str {
         ClientRequest::CancelJob { .. } => "CancelJob",
         ClientRequest::AttachJob { .. } => "AttachJob",
         ClientRequest::RegisterRunner { .. } => "RegisterRunner",
+        ClientRequest::RegisterRunnerWith { .. } => "RegisterRunnerWith",
         ClientRequest::BeginOperation { .. } => "BeginOperation",
         ClientRequest::CompleteOperation(_) => "CompleteOperation",
         ClientRequest::SetResourceState { .. } => "SetResourceState",

@@ -118,6 +118,13 @@ pub enum LeaderRequest {
     Upgrade {
         finish: bool,
     },
+    /// Protocol 5, sent once the cluster version is 5 (every member reads
+    /// it): [`LeaderRequest::ReportRunners`] with each runner's capacity, its
+    /// jobs, and the jobs it carries back after a move (see [`RunnerLoad`]).
+    ReportRunnerLoads {
+        node: NodeId,
+        runners: Vec<RunnerLoad>,
+    },
 }
 
 impl LeaderRequest {
@@ -203,6 +210,49 @@ pub struct RunnerReport {
     pub labels: std::collections::BTreeMap<String, String>,
     /// The job the node is relaying for it, if any.
     pub busy: Option<cairn_protocol::types::JobId>,
+}
+
+/// One runner in a node's protocol-5 report to the leader
+/// ([`LeaderRequest::ReportRunnerLoads`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerLoad {
+    pub id: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The protocol version its connection speaks.
+    pub version: u32,
+    /// How many jobs it takes at once.
+    pub capacity: u32,
+    /// The jobs the node is relaying for it.
+    pub busy: Vec<cairn_protocol::types::JobId>,
+    /// Jobs it said it still runs when it registered (their streams broke
+    /// with its previous node): the leader resumes them through this node.
+    pub carrying: Vec<cairn_protocol::types::JobId>,
+}
+
+impl From<RunnerReport> for RunnerLoad {
+    /// A report from a node that does not send loads: one job at a time,
+    /// nothing carried.
+    fn from(r: RunnerReport) -> RunnerLoad {
+        RunnerLoad {
+            id: r.id,
+            labels: r.labels,
+            version: cairn_protocol::handshake::V0_1_PROTOCOL_VERSION,
+            capacity: 1,
+            busy: r.busy.into_iter().collect(),
+            carrying: Vec::new(),
+        }
+    }
+}
+
+impl From<&RunnerLoad> for RunnerReport {
+    /// For a leader that does not read loads yet: the first job only.
+    fn from(r: &RunnerLoad) -> RunnerReport {
+        RunnerReport {
+            id: r.id.clone(),
+            labels: r.labels.clone(),
+            busy: r.busy.first().copied(),
+        }
+    }
 }
 
 /// Which lines a query wants from one node.
@@ -333,6 +383,18 @@ mod tests {
             }],
         });
         assert_eq!(format!("{:?}", roundtrip(&report)), format!("{report:?}"));
+        let loads = PeerRequest::Leader(LeaderRequest::ReportRunnerLoads {
+            node: 9,
+            runners: vec![RunnerLoad {
+                id: "r1".into(),
+                labels: BTreeMap::new(),
+                version: 5,
+                capacity: 3,
+                busy: vec![4, 5],
+                carrying: vec![6],
+            }],
+        });
+        assert_eq!(format!("{:?}", roundtrip(&loads)), format!("{loads:?}"));
         let relay = PeerRequest::RelayOffer {
             runner: "r1".into(),
             job: 4,

@@ -14,7 +14,7 @@ use cairn_protocol::pki::{self, Ca};
 use openraft::error::{CheckIsLeaderError, ClientWriteError};
 use openraft::ChangeMembers;
 
-use crate::jobs::{self, RunnerReport};
+use crate::jobs::{self, RunnerLoad};
 use crate::peer::msg::{LeaderRequest, LeaderResponse};
 use crate::peer::ADD_MEMBER_TIMEOUT;
 use crate::raft::{Node, NodeId, WriteError};
@@ -44,7 +44,10 @@ pub async fn handle(ctx: &Ctx, req: LeaderRequest) -> LeaderResponse {
         LeaderRequest::RemoveMember { node_id } => remove_member(ctx, node_id, true).await,
         LeaderRequest::Leave { node_id } => remove_member(ctx, node_id, false).await,
         LeaderRequest::Members => LeaderResponse::Members(ctx.cluster.member_info()),
-        LeaderRequest::ReportRunners { node, runners } => report_runners(ctx, node, runners),
+        LeaderRequest::ReportRunners { node, runners } => {
+            report_runners(ctx, node, runners.into_iter().map(Into::into).collect())
+        }
+        LeaderRequest::ReportRunnerLoads { node, runners } => report_runners(ctx, node, runners),
         LeaderRequest::Upgrade { finish } => {
             if finish {
                 if let Err(e) = crate::upgrade::finish(&ctx.cluster, &ctx.upgrade).await {
@@ -58,7 +61,7 @@ pub async fn handle(ctx: &Ctx, req: LeaderRequest) -> LeaderResponse {
 
 /// Another node's runners: the scheduler may offer them jobs (relayed
 /// through that node) until the report expires.
-fn report_runners(ctx: &Ctx, node: NodeId, runners: Vec<RunnerReport>) -> LeaderResponse {
+fn report_runners(ctx: &Ctx, node: NodeId, runners: Vec<RunnerLoad>) -> LeaderResponse {
     if node == ctx.raft.id() {
         // This node's own runners are in its local table already.
         return LeaderResponse::Done;

@@ -188,7 +188,10 @@ async fn handle(
                 Err(f) => PeerResponse::Fatal(f),
             }
         }
-        PeerRequest::Leader(LeaderRequest::ReportRunners { node, .. }) if node != from => {
+        PeerRequest::Leader(
+            LeaderRequest::ReportRunners { node, .. }
+            | LeaderRequest::ReportRunnerLoads { node, .. },
+        ) if node != from => {
             return Err(format!(
                 "node {from:x} reported the runners of node {node:x}; a node reports only its own"
             ));

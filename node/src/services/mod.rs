@@ -148,7 +148,31 @@ async fn route(
         ClientRequest::CancelJob { id } => jobs::cancel(ctx, id).await,
         ClientRequest::AttachJob { id } => return jobs::attach(ctx, &who, id, send).await,
         ClientRequest::RegisterRunner { id, kind, labels } => {
-            return runner::register(ctx, s, id, kind, labels, send, recv).await
+            let status = cairn_protocol::api::RunnerStatus {
+                capacity: 1,
+                carrying: Vec::new(),
+            };
+            let r = runner::Registering {
+                id,
+                kind,
+                labels,
+                status,
+            };
+            return runner::register(ctx, s, r, send, recv).await;
+        }
+        ClientRequest::RegisterRunnerWith {
+            id,
+            kind,
+            labels,
+            status,
+        } => {
+            let r = runner::Registering {
+                id,
+                kind,
+                labels,
+                status,
+            };
+            return runner::register(ctx, s, r, send, recv).await;
         }
         ClientRequest::BeginOperation {
             job_id,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cairn_protocol::api::ClientResponse;
+use cairn_protocol::api::{ClientResponse, RunnerStatus, MAX_RUNNER_CAPACITY};
 use cairn_protocol::frame;
 use cairn_protocol::types::{JobId, OpCompletion, OpId, OpKind, ResourceState, RunnerKind};
 
@@ -13,15 +13,28 @@ use crate::jobs::runner_record;
 use crate::services::ConnSession;
 use crate::state::{Command, Response, State};
 
+/// What a runner registering says of itself (`RegisterRunner`, or
+/// `RegisterRunnerWith` with its status).
+pub struct Registering {
+    pub id: String,
+    pub kind: RunnerKind,
+    pub labels: BTreeMap<String, String>,
+    pub status: RunnerStatus,
+}
+
 pub async fn register(
     ctx: &Arc<Ctx>,
     s: &Arc<ConnSession>,
-    id: String,
-    kind: RunnerKind,
-    labels: BTreeMap<String, String>,
+    r: Registering,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    let Registering {
+        id,
+        kind,
+        labels,
+        status,
+    } = r;
     if id.is_empty() {
         let _ = frame::write(
             &mut send,
@@ -65,6 +78,14 @@ pub async fn register(
         }
         (None, None) => (kind, labels),
     };
+    if status.carrying.len() > MAX_RUNNER_CAPACITY as usize {
+        let message = format!(
+            "a runner carries at most {MAX_RUNNER_CAPACITY} jobs; this one says {}",
+            status.carrying.len()
+        );
+        let _ = frame::write(&mut send, &ClientResponse::Error { message }).await;
+        return;
+    }
     if let Err(message) = ctx
         .write(Command::RegisterRunner {
             runner: runner_record(&id, kind, labels.clone()),
@@ -77,10 +98,11 @@ pub async fn register(
     if let Ok(mut r) = s.runner.lock() {
         *r = Some(id.clone());
     }
+    let (capacity, carrying) = (status.capacity, status.carrying.clone());
     let session = ctx
         .jobs
-        .add_runner(&id, s.conn.clone(), labels, s.speaks.version);
-    tracing::info!(runner = %id, principal = %s.principal.name, "runner registered");
+        .add_runner(&id, s.conn.clone(), labels, s.speaks.version, status);
+    tracing::info!(runner = %id, principal = %s.principal.name, capacity, ?carrying, "runner registered");
     if frame::write(&mut send, &ClientResponse::Registered)
         .await
         .is_err()
