@@ -138,7 +138,7 @@ pub async fn queue(
             opts.inputs = Arc::new(inputs.clone());
             let opts = Arc::new(opts);
             registration = Some(
-                runner::register(&session.conn, &opts)
+                runner::register(&session.conn, &opts, None)
                     .await
                     .context("registering this CLI as a runner")?,
             );

@@ -96,6 +96,10 @@ pub struct AgentArgs {
     /// A label jobs can select this runner by with --runner-label (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// How many jobs this runner takes at once (jobs of one app still run one at
+    /// a time; with a cluster older than protocol 5, one job at a time).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=cairn_protocol::api::MAX_RUNNER_CAPACITY as i64))]
+    pub concurrency: u32,
 }
 
 /// Which runner a lifecycle job goes to (default: this CLI's own runner).
@@ -292,7 +296,9 @@ async fn run_agent(g: &Global, a: &AgentArgs) -> anyhow::Result<i32> {
         None => agent::stable_id()?,
     };
     let labels: BTreeMap<String, String> = a.labels.iter().cloned().collect();
-    let opts = Arc::new(agent::options(id.clone(), labels, g.catalog.clone()));
+    let mut opts = agent::options(id.clone(), labels, g.catalog.clone());
+    opts.capacity = a.concurrency;
+    let opts = Arc::new(opts);
     let stop = CancellationToken::new();
     let force = CancellationToken::new();
     let signals = tokio::spawn(watch_signals(stop.clone(), force.clone()));
@@ -382,6 +388,7 @@ async fn run_enrolled_agent(
         .ok_or_else(|| anyhow::anyhow!("the runner identity has no certificate"))?;
     let id = ident.id.clone();
     let mut opts = agent::options(id.clone(), labels, g.catalog.clone());
+    opts.capacity = a.concurrency;
     if let Some(d) = &a.data_dir {
         opts.data_dir = d.join("work");
     }

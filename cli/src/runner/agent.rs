@@ -6,9 +6,14 @@
 //! moves to another member when its node dies or stops answering.
 //!
 //! Invariants:
-//! - At most one job at a time: an offer that arrives while a job is in
-//!   hand is declined, and after a move the agent registers again only once
-//!   the job in hand (whose stream died with the old connection) has ended.
+//! - At most `--concurrency` jobs at a time (1 unless said): an offer that
+//!   arrives while that many are in hand is declined.
+//! - A job in hand outlives its node: when the agent moves, its jobs keep
+//!   running, the agent registers with the next node saying it carries
+//!   them, and the leader resumes each job's stream there
+//!   (`NodeToRunner::Resume`); their requests wait for the new connection
+//!   (see `JobRun::call`). A job nothing resumes within `RESUME_GIVE_UP`
+//!   stops before its next step (the cluster has failed it by then).
 //! - The node is probed with `ServerInfo` every [`PROBE_INTERVAL`]. After
 //!   [`PROBE_MISSES`] unanswered probes in a row (each bounded by
 //!   [`PROBE_TIMEOUT`]), or [`LEADERLESS_PROBES`] answers without a leader,
@@ -20,20 +25,22 @@
 //!   in hand and wait up to [`STOP_GRACE`] for it to end; a second signal
 //!   stops waiting.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cairn_protocol::api::{ClientRequest, ClientResponse, NodeToRunner, RunnerToNode, ServerInfo};
-use cairn_protocol::frame;
+use cairn_protocol::api::{ClientRequest, ClientResponse, NodeToRunner, RunnerStatus, ServerInfo};
 use cairn_protocol::rpc::{self, RpcError, Session};
-use cairn_protocol::types::{JobState, RunnerKind};
-use tokio::task::JoinHandle;
+use cairn_protocol::types::{JobId, JobState, RunnerKind};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{register, run_offer, OfferOutcome, Registration, RunnerOptions};
+use super::{
+    decline, first_frame, register, run_offer, OfferOutcome, Registration, Resumed, RunnerOptions,
+};
 use crate::context::Context;
 use crate::{client, local, paths};
 
@@ -143,6 +150,7 @@ pub fn options(
         self_exe,
         catalog,
         inputs: Default::default(),
+        capacity: 1,
     }
 }
 
@@ -189,11 +197,70 @@ enum Left {
     Lost(String),
 }
 
-/// The job the agent holds.
+/// A job the agent holds.
 struct InHand {
-    task: JoinHandle<Option<OfferOutcome>>,
     cancel: Arc<AtomicBool>,
     since: Instant,
+    /// Where a resumed stream for it goes (`None` once nothing can resume it).
+    resumes: Option<mpsc::UnboundedSender<Resumed>>,
+}
+
+/// The jobs the agent holds: their tasks (each ends with its job's id and
+/// outcome) and what the agent keeps of each.
+#[derive(Default)]
+struct Jobs {
+    tasks: JoinSet<(JobId, Option<OfferOutcome>)>,
+    held: HashMap<JobId, InHand>,
+}
+
+impl Jobs {
+    /// Say how a finished job ended and forget it.
+    fn ended(&mut self, id: JobId, outcome: Option<OfferOutcome>, note: Option<&str>) {
+        if let Some(h) = self.held.remove(&id) {
+            if let Some(o) = outcome {
+                say(&job_line(&o, h.since.elapsed(), note));
+            }
+        }
+    }
+
+    /// Forget the jobs that ended meanwhile.
+    fn reap(&mut self) {
+        while let Some(r) = self.tasks.try_join_next() {
+            if let Ok((id, outcome)) = r {
+                self.ended(id, outcome, None);
+            }
+        }
+    }
+
+    /// The next job to end (pending while there is none).
+    async fn next_end(&mut self) -> (JobId, Option<OfferOutcome>) {
+        loop {
+            match self.tasks.join_next().await {
+                Some(Ok(r)) => return r,
+                // A panicked job task: its entry goes when the set is empty.
+                Some(Err(_)) => continue,
+                None => {
+                    self.held.clear();
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+
+    /// The agent will not connect again: nothing resumes the jobs in hand
+    /// (each stops before its next step, or at once when cancelled).
+    fn unreachable(&mut self) {
+        for h in self.held.values_mut() {
+            h.resumes = None;
+        }
+    }
+
+    /// The jobs in hand, for a registration.
+    fn carrying(&self) -> Vec<JobId> {
+        let mut ids: Vec<JobId> = self.held.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
 }
 
 pub struct Agent {
@@ -201,6 +268,9 @@ pub struct Agent {
     opts: Arc<RunnerOptions>,
     cluster: Arc<Mutex<Cluster>>,
 }
+
+/// A stream the node opened, with its first frame read.
+type Incoming = (NodeToRunner, quinn::SendStream, quinn::RecvStream);
 
 impl Agent {
     pub fn new(ctx: Context, opts: Arc<RunnerOptions>) -> Agent {
@@ -217,10 +287,10 @@ impl Agent {
     }
 
     /// Run until `stop`: connect, register, take jobs; move to another
-    /// member whenever the node is lost. `force` (a second signal) stops
-    /// waiting for the job in hand. Fails only when the very first
-    /// connection is refused (a bad token or version: every member would
-    /// say the same).
+    /// member whenever the node is lost, keeping the jobs in hand. `force`
+    /// (a second signal) stops waiting for the jobs in hand. Fails only
+    /// when the very first connection is refused (a bad token or version:
+    /// every member would say the same).
     pub async fn run(
         self,
         stop: CancellationToken,
@@ -234,10 +304,18 @@ impl Agent {
         let mut registered_once = false;
         // The last failure said, and when.
         let mut quiet: Option<(String, Instant)> = None;
+        let mut jobs = Jobs::default();
+        // The connection the jobs' requests use (replaced at each move).
+        let mut link: Option<watch::Sender<quinn::Connection>> = None;
         loop {
+            jobs.reap();
             let attempt = tokio::select! {
-                r = self.attach(&avoid) => r,
-                _ = stop.cancelled() => return Ok(()),
+                r = self.attach(&avoid, jobs.carrying()) => r,
+                _ = stop.cancelled() => {
+                    jobs.unreachable();
+                    self.wind_down(&mut jobs, &force, "the agent stopped").await;
+                    return Ok(());
+                }
             };
             let (session, registration, here) = match attempt {
                 Ok(x) => x,
@@ -249,6 +327,9 @@ impl Agent {
                         if !registered_once
                             || (enrolled && super::identity::refusal_is_final(reason))
                         {
+                            jobs.unreachable();
+                            self.wind_down(&mut jobs, &force, "the agent was refused")
+                                .await;
                             return Err(AgentError::Refused(format!(
                                 "the node refused the connection: {reason}"
                             )));
@@ -274,7 +355,11 @@ impl Agent {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.cancelled() => return Ok(()),
+                        _ = stop.cancelled() => {
+                            jobs.unreachable();
+                            self.wind_down(&mut jobs, &force, "the agent stopped").await;
+                            return Ok(());
+                        }
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
@@ -283,30 +368,65 @@ impl Agent {
             backoff = BACKOFF_MIN;
             registered_once = true;
             quiet = None;
+            match &link {
+                Some(l) => {
+                    l.send_replace(session.conn.clone());
+                }
+                None => link = Some(watch::channel(session.conn.clone()).0),
+            }
             let id = &self.opts.id;
+            let carried = match jobs.held.len() {
+                0 => String::new(),
+                n => format!(
+                    " carrying {} ({}), for the leader to resume",
+                    in_hand_text(n),
+                    ids_text(&jobs.carrying())
+                ),
+            };
             match &last {
                 None => say(&format!(
-                    "runner {id} registered with node {:x} at {}{}; waiting for jobs",
+                    "runner {id} registered with node {:x} at {}{}{}; waiting for jobs",
                     here.node,
                     here.addr,
-                    labels_text(&self.opts.labels)
+                    labels_text(&self.opts.labels),
+                    capacity_text(self.opts.capacity)
                 )),
                 Some((from, why)) if from.node == here.node => say(&format!(
-                    "reconnected to node {:x} at {} after losing it ({why}); runner {id} registered again",
+                    "reconnected to node {:x} at {} after losing it ({why}); runner {id} registered again{carried}",
                     here.node, here.addr
                 )),
                 Some((from, why)) => say(&format!(
-                    "moved from node {:x} at {} ({why}) to node {:x} at {}; runner {id} registered again",
+                    "moved from node {:x} at {} ({why}) to node {:x} at {}; runner {id} registered again{carried}",
                     from.node, from.addr, here.node, here.addr
                 )),
             }
+            // Invariant: set just above.
+            let Some(link_rx) = link.as_ref().map(|l| l.subscribe()) else {
+                continue;
+            };
             let left = self
-                .serve(&session, registration, &here, &stop, &force)
+                .serve(&session, registration, link_rx, &mut jobs, &stop)
                 .await;
+            if let Left::Stopped = left {
+                // On this connection still: the jobs deliver their ends.
+                self.wind_down(&mut jobs, &force, "the agent stopped").await;
+                session.conn.close(0u32.into(), b"bye");
+                return Ok(());
+            }
             session.conn.close(0u32.into(), b"bye");
             match left {
                 Left::Stopped => return Ok(()),
                 Left::Lost(why) => {
+                    jobs.reap();
+                    if !jobs.held.is_empty() {
+                        say(&format!(
+                            "lost node {:x} at {} ({why}); {} ({}) carries on and resumes on the next node",
+                            here.node,
+                            here.addr,
+                            in_hand_text(jobs.held.len()),
+                            ids_text(&jobs.carrying())
+                        ));
+                    }
                     avoid = vec![here.addr.clone()];
                     last = Some((here, why));
                 }
@@ -348,8 +468,13 @@ impl Agent {
         })
     }
 
-    /// Connect to a member, learn the cluster from it, register.
-    async fn attach(&self, avoid: &[String]) -> Result<(Session, Registration, Here), AttachError> {
+    /// Connect to a member, learn the cluster from it, register (saying
+    /// which jobs it carries, when the node speaks 5).
+    async fn attach(
+        &self,
+        avoid: &[String],
+        carrying: Vec<JobId>,
+    ) -> Result<(Session, Registration, Here), AttachError> {
         let target = self.dial_context(avoid)?;
         let session = client::connect_avoiding(&target, avoid)
             .await
@@ -366,13 +491,20 @@ impl Agent {
         {
             self.cluster().learn(&info);
         }
-        let reason =
-            match tokio::time::timeout(REGISTER_TIMEOUT, register(&session.conn, &self.opts)).await
-            {
-                Ok(Ok(registration)) => return Ok((session.into_session(), registration, here)),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no answer within {} s", REGISTER_TIMEOUT.as_secs()),
-            };
+        let status = (session.node.version >= 5).then(|| RunnerStatus {
+            capacity: self.opts.capacity,
+            carrying,
+        });
+        let reason = match tokio::time::timeout(
+            REGISTER_TIMEOUT,
+            register(&session.conn, &self.opts, status),
+        )
+        .await
+        {
+            Ok(Ok(registration)) => return Ok((session.into_session(), registration, here)),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} s", REGISTER_TIMEOUT.as_secs()),
+        };
         session.conn.close(0u32.into(), b"bye");
         Err(AttachError::Register {
             node: here.node,
@@ -381,19 +513,21 @@ impl Agent {
         })
     }
 
-    /// Take offers on `session` until it is lost or the agent stops; then
-    /// see the job in hand to its end (cancelled when stopping).
+    /// Take offers (and resumed streams of the jobs in hand) on `session`
+    /// until it is lost or the agent stops.
     async fn serve(
         &self,
         session: &Session,
         registration: Registration,
-        here: &Here,
+        link: watch::Receiver<quinn::Connection>,
+        jobs: &mut Jobs,
         stop: &CancellationToken,
-        force: &CancellationToken,
     ) -> Left {
         let conn = session.conn.clone();
         let mut probe = tokio::spawn(probe(conn.clone(), self.cluster.clone()));
-        let mut job: Option<InHand> = None;
+        // Streams the node opens, each read up to its first frame apart.
+        let (in_tx, mut incoming) = mpsc::unbounded_channel::<Incoming>();
+        let accept = tokio::spawn(accept_streams(conn.clone(), in_tx));
         let left = loop {
             tokio::select! {
                 _ = stop.cancelled() => break Left::Stopped,
@@ -401,113 +535,163 @@ impl Agent {
                     break Left::Lost(r.unwrap_or_else(|e| format!("its probe failed: {e}")))
                 }
                 e = conn.closed() => break Left::Lost(format!("the connection closed: {e}")),
-                out = finished(&mut job), if job.is_some() => {
-                    if let (Some(o), Some(j)) = (out, job.take()) {
-                        say(&job_line(&o, j.since.elapsed(), None));
-                    }
-                }
-                s = conn.accept_bi() => match s {
-                    Ok((send, recv)) => {
-                        if job.is_some() {
-                            tokio::spawn(decline(send, recv, self.opts.id.clone()));
-                        } else {
-                            let cancel = Arc::new(AtomicBool::new(false));
-                            let task = tokio::spawn(run_offer(
-                                conn.clone(),
-                                self.opts.clone(),
-                                send,
-                                recv,
-                                cancel.clone(),
-                            ));
-                            job = Some(InHand { task, cancel, since: Instant::now() });
-                        }
-                    }
-                    Err(e) => break Left::Lost(format!("the connection closed: {e}")),
+                (id, outcome) = jobs.next_end() => jobs.ended(id, outcome, None),
+                s = incoming.recv() => match s {
+                    Some((first, send, recv)) => self.take(first, send, recv, &link, jobs),
+                    None => break Left::Lost("the connection closed".to_string()),
                 },
             }
         };
         probe.abort();
+        accept.abort();
         // Stop taking offers: the node forgets this runner once the
         // registration stream ends.
         drop(registration);
-        let Some(j) = job else {
-            return left;
-        };
-        let note = match &left {
-            Left::Stopped => {
-                say("stopping: cancelling the job in hand …");
-                j.cancel.store(true, Ordering::SeqCst);
-                "the agent stopped".to_string()
-            }
-            Left::Lost(why) => {
-                // Its stream was on this connection: the job stops at its
-                // next step (the cluster fails it); wait for that before
-                // registering again, so jobs never overlap.
-                conn.close(0u32.into(), b"lost");
-                say(&format!(
-                    "lost node {:x} at {} ({why}); waiting for the job in hand to stop …",
-                    here.node, here.addr
-                ));
-                format!("its node was lost: {why}")
-            }
-        };
-        let grace = async {
-            match &left {
-                Left::Stopped => tokio::time::sleep(STOP_GRACE).await,
-                // A lost job is waited for until it ends, unless the agent
-                // is asked to stop meanwhile (then it is cancelled and gets
-                // the same grace).
-                Left::Lost(_) => {
-                    stop.cancelled().await;
-                    j.cancel.store(true, Ordering::SeqCst);
-                    tokio::time::sleep(STOP_GRACE).await
-                }
-            }
-        };
-        let since = j.since;
-        let mut task = j.task;
-        tokio::select! {
-            out = &mut task => {
-                if let Ok(Some(o)) = out {
-                    say(&job_line(&o, since.elapsed(), Some(&note)));
-                }
-            }
-            _ = grace => {
-                say(&format!("the job in hand did not stop within {} s; leaving it", STOP_GRACE.as_secs()));
-            }
-            _ = force.cancelled() => say("not waiting for the job in hand"),
-        }
-        if stop.is_cancelled() {
-            Left::Stopped
-        } else {
-            left
-        }
+        left
     }
-}
 
-/// The end of the job in hand (pending while there is none).
-async fn finished(job: &mut Option<InHand>) -> Option<OfferOutcome> {
-    match job {
-        Some(j) => (&mut j.task).await.ok().flatten(),
-        None => std::future::pending().await,
-    }
-}
-
-/// Answer an offer that arrived while a job is in hand.
-async fn decline(mut send: quinn::SendStream, mut recv: quinn::RecvStream, id: String) {
-    if let Ok(NodeToRunner::Offer { job }) = frame::read_required(&mut recv).await {
-        say(&format!(
-            "declined job {}: runner {id} is busy with another job",
-            job.id
-        ));
-        let _ = frame::write(
-            &mut send,
-            &RunnerToNode::Decline {
-                reason: format!("runner {id} is busy with another job"),
+    /// A stream the node opened: an offer (taken if there is room) or a
+    /// resumed stream of a job in hand.
+    fn take(
+        &self,
+        first: NodeToRunner,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        link: &watch::Receiver<quinn::Connection>,
+        jobs: &mut Jobs,
+    ) {
+        let id = &self.opts.id;
+        match first {
+            NodeToRunner::Offer { job } => {
+                if jobs.held.len() >= self.opts.capacity.max(1) as usize {
+                    say(&format!(
+                        "declined job {}: runner {id} has {} job(s) in hand, its most",
+                        job.id,
+                        jobs.held.len()
+                    ));
+                    let reason = format!(
+                        "runner {id} is busy with {} other job(s), its most at once",
+                        jobs.held.len()
+                    );
+                    tokio::spawn(decline(send, reason));
+                    return;
+                }
+                let job_id = job.id;
+                let cancel = Arc::new(AtomicBool::new(false));
+                let (resumes, resumed) = mpsc::unbounded_channel();
+                let task = run_offer(
+                    link.clone(),
+                    self.opts.clone(),
+                    *job,
+                    send,
+                    recv,
+                    cancel.clone(),
+                    Some(resumed),
+                );
+                jobs.tasks.spawn(async move { (job_id, task.await) });
+                jobs.held.insert(
+                    job_id,
+                    InHand {
+                        cancel,
+                        since: Instant::now(),
+                        resumes: Some(resumes),
+                    },
+                );
+            }
+            NodeToRunner::Resume { job, received } => match jobs.held.get(&job) {
+                Some(h) => {
+                    say(&format!(
+                        "resuming job {job}'s stream (the node has {received} of its events)"
+                    ));
+                    if let Some(r) = &h.resumes {
+                        let _ = r.send(Resumed {
+                            send,
+                            recv,
+                            received,
+                        });
+                    }
+                }
+                None => {
+                    tokio::spawn(decline(
+                        send,
+                        format!(
+                            "runner {id} does not hold job {job} (it ended, or never ran here)"
+                        ),
+                    ));
+                }
             },
-        )
-        .await;
-        let _ = send.finish();
+            other => {
+                tracing::debug!(frame = ?other, "unexpected first frame on a job stream");
+            }
+        }
+    }
+
+    /// Stopping: cancel the jobs in hand and wait up to [`STOP_GRACE`] for
+    /// them to end (`force`: not at all).
+    async fn wind_down(&self, jobs: &mut Jobs, force: &CancellationToken, note: &str) {
+        jobs.reap();
+        if jobs.held.is_empty() {
+            return;
+        }
+        say(&format!(
+            "stopping: cancelling {} …",
+            in_hand_text(jobs.held.len())
+        ));
+        for h in jobs.held.values() {
+            h.cancel.store(true, Ordering::SeqCst);
+        }
+        let all = async {
+            while !jobs.held.is_empty() {
+                let (id, outcome) = jobs.next_end().await;
+                jobs.ended(id, outcome, Some(note));
+            }
+        };
+        tokio::select! {
+            _ = all => {}
+            _ = tokio::time::sleep(STOP_GRACE) => {
+                say(&format!("{} did not stop within {} s; leaving it", in_hand_text(jobs.held.len()), STOP_GRACE.as_secs()));
+            }
+            _ = force.cancelled() => say(&format!("not waiting for {}", in_hand_text(jobs.held.len()))),
+        }
+    }
+}
+
+/// Accept the streams the node opens on `conn`, each read up to its first
+/// frame apart (so one slow stream holds up no other), until it closes.
+async fn accept_streams(conn: quinn::Connection, to: mpsc::UnboundedSender<Incoming>) {
+    while let Ok((send, mut recv)) = conn.accept_bi().await {
+        let to = to.clone();
+        tokio::spawn(async move {
+            if let Some(first) = first_frame(&mut recv).await {
+                let _ = to.send((first, send, recv));
+            }
+        });
+    }
+}
+
+/// "the job in hand", "the 2 jobs in hand".
+fn in_hand_text(n: usize) -> String {
+    if n == 1 {
+        "the job in hand".into()
+    } else {
+        format!("the {n} jobs in hand")
+    }
+}
+
+/// "12, 13".
+fn ids_text(ids: &[JobId]) -> String {
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// ", up to N jobs at once" or nothing (one at a time).
+fn capacity_text(capacity: u32) -> String {
+    if capacity > 1 {
+        format!(", up to {capacity} jobs at once")
+    } else {
+        String::new()
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cairn_protocol::api::{
@@ -15,7 +15,7 @@ use cairn_protocol::types::{
     Job, OpCompletion, OpId, OpKind, OpStatus, Operation, ResourceState, Stream, TokenScope,
     TypedValue, MAX_OP_OUTPUT_BYTES,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::RunnerOptions;
 use crate::plugins::{self, EntrypointLaunch, OpContext, OutputSink, PluginError, Value};
@@ -44,7 +44,13 @@ impl From<rpc::RpcError> for JobFailure {
 
 pub struct JobRun {
     pub job: Job,
-    pub conn: quinn::Connection,
+    /// The runner's connection to the cluster: an agent that moves to
+    /// another node sends its new one (see [`JobRun::call`]).
+    link: watch::Receiver<quinn::Connection>,
+    /// With `next_request`, the ids of this job's writes, so that one sent
+    /// again after a move is applied once (`ClientRequest::Idempotent`).
+    client_id: u64,
+    next_request: AtomicU64,
     pub opts: Arc<RunnerOptions>,
     tx: mpsc::UnboundedSender<RunnerToNode>,
     cancelled: Arc<AtomicBool>,
@@ -160,6 +166,10 @@ async fn supervised<T: Send + 'static>(
         .unwrap_or_else(|e| Err(format!("the plugin panicked: {e}")))
 }
 
+/// How long a job's request whose connection was lost waits for the
+/// runner's next connection before it fails.
+pub const RECONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How often a running plugin step looks whether its job was cancelled.
 pub const CANCEL_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -194,7 +204,7 @@ async fn supervised_until<T: Send + 'static>(
 impl JobRun {
     pub fn new(
         job: Job,
-        conn: quinn::Connection,
+        link: watch::Receiver<quinn::Connection>,
         tx: mpsc::UnboundedSender<RunnerToNode>,
         cancelled: Arc<AtomicBool>,
         lost: Arc<AtomicBool>,
@@ -202,7 +212,9 @@ impl JobRun {
     ) -> JobRun {
         JobRun {
             job,
-            conn,
+            link,
+            client_id: rand::random(),
+            next_request: AtomicU64::new(0),
             opts,
             tx,
             cancelled,
@@ -267,8 +279,39 @@ impl JobRun {
         Ok(())
     }
 
+    /// The runner's current connection.
+    pub fn conn(&self) -> quinn::Connection {
+        self.link.borrow().clone()
+    }
+
+    /// Send `req` and read its answer. A read, or a write (sent as
+    /// idempotent), whose connection was lost is sent again on the
+    /// runner's next connection (an agent reconnects to another member)
+    /// when one comes within [`RECONNECT_WAIT`].
     pub async fn call(&self, req: ClientRequest) -> Result<ClientResponse, JobFailure> {
-        Ok(rpc::call(&self.conn, &req).await?)
+        let req = if req.is_retryable_write() {
+            let n = self.next_request.fetch_add(1, Ordering::SeqCst) + 1;
+            req.idempotent(self.client_id, n)
+        } else {
+            req
+        };
+        let retry_safe = matches!(req, ClientRequest::Idempotent { .. }) || req.is_read();
+        let mut link = self.link.clone();
+        let deadline = tokio::time::Instant::now() + RECONNECT_WAIT;
+        loop {
+            let conn = link.borrow_and_update().clone();
+            match rpc::call(&conn, &req).await {
+                Err(e) if retry_safe && conn.close_reason().is_some() => {
+                    match tokio::time::timeout_at(deadline, link.changed()).await {
+                        Ok(Ok(())) => {
+                            tracing::info!(job = self.job.id, error = %e, "sending a request again on the runner's new connection");
+                        }
+                        _ => return Err(e.into()),
+                    }
+                }
+                r => return Ok(r?),
+            }
+        }
     }
 
     pub async fn operations(&self, kind: OpKind) -> Result<Vec<Operation>, JobFailure> {
@@ -543,7 +586,7 @@ impl JobRun {
         // Where this runner reached the cluster first (a member's recorded
         // address may be stale, e.g. a local node restarted on another
         // port), then every member.
-        let mut addrs = vec![self.conn.remote_address().to_string()];
+        let mut addrs = vec![self.conn().remote_address().to_string()];
         for (_, a) in &info.members {
             if !addrs.contains(a) {
                 addrs.push(a.clone());

@@ -158,7 +158,7 @@ fn releaser_with_deployment(
 async fn load(run: &JobRun) -> Result<Loaded, JobFailure> {
     let spec = &run.job.spec;
     let server = crate::appconfig::server_values(
-        &mut run.conn.clone(),
+        &mut run.conn(),
         &spec.project,
         std::slice::from_ref(&spec.app),
         &spec.workspace,
@@ -190,14 +190,9 @@ async fn load(run: &JobRun) -> Result<Loaded, JobFailure> {
 /// The job's app's environment, from the cluster's config.
 async fn resolved_env(run: &JobRun) -> Result<BTreeMap<String, String>, JobFailure> {
     let spec = &run.job.spec;
-    crate::appconfig::resolved_env(
-        &mut run.conn.clone(),
-        &spec.project,
-        &spec.app,
-        &spec.workspace,
-    )
-    .await
-    .map_err(|e| JobFailure::new(format!("cannot read the app's config: {e}")))
+    crate::appconfig::resolved_env(&mut run.conn(), &spec.project, &spec.app, &spec.workspace)
+        .await
+        .map_err(|e| JobFailure::new(format!("cannot read the app's config: {e}")))
 }
 
 /// Make the job's source a directory on this machine: a local one as it
@@ -213,7 +208,7 @@ async fn materialize(run: &mut JobRun) -> Result<(), JobFailure> {
             size,
             config,
         } => {
-            let conn = run.conn.clone();
+            let conn = run.conn();
             let title = format!("Fetching the source {}…", &digest[..digest.len().min(19)]);
             let dir = run
                 .plain_step(&title, 0, data_dir.clone(), move |mut ctx| async move {
