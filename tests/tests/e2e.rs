@@ -31,6 +31,7 @@ mod e2e_rollback;
 mod e2e_runner_agent;
 mod e2e_runner_identity;
 mod e2e_runner_nat;
+mod e2e_runner_resume;
 mod e2e_server_vars;
 mod e2e_upgrade;
 mod e2e_urls;

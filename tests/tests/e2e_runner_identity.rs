@@ -17,7 +17,7 @@ use serde_json::Value;
 
 /// `cairn runner agent --address ADDR --ca-fingerprint CA --data-dir DIR ARGS…`
 /// with `env` (the runner token goes there, never on the command line).
-fn agent(cli: &Cli, addr: &str, ca: &str, dir: &Path, args: &[&str]) -> Background {
+pub(crate) fn agent(cli: &Cli, addr: &str, ca: &str, dir: &Path, args: &[&str]) -> Background {
     let dir = dir.to_string_lossy().into_owned();
     let mut all = vec![
         "runner",
@@ -33,7 +33,7 @@ fn agent(cli: &Cli, addr: &str, ca: &str, dir: &Path, args: &[&str]) -> Backgrou
     cli.spawn(&all)
 }
 
-fn wait_for(agent: &Background, needle: &str, what: &str) {
+pub(crate) fn wait_for(agent: &Background, needle: &str, what: &str) {
     assert_eventually!(
         agent.stdout_so_far().contains(needle),
         Duration::from_secs(30),
@@ -44,7 +44,7 @@ fn wait_for(agent: &Background, needle: &str, what: &str) {
 }
 
 /// `cairn runner token ARGS…` by `admin`: the token.
-fn runner_token(admin: &Cli, args: &[&str]) -> String {
+pub(crate) fn runner_token(admin: &Cli, args: &[&str]) -> String {
     let mut all = vec!["runner", "token"];
     all.extend_from_slice(args);
     admin.run(&all).ok().stdout.trim().to_string()
@@ -52,14 +52,14 @@ fn runner_token(admin: &Cli, args: &[&str]) -> String {
 
 /// An enrolled runner: its CLI (the runner token in its environment), its data dir and
 /// its `cairn runner agent` process.
-struct Runner {
-    cli: Cli,
-    dir: tempfile::TempDir,
-    proc: Background,
+pub(crate) struct Runner {
+    pub(crate) cli: Cli,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) proc: Background,
 }
 
 /// Start runner `id` at `addr` with `token`, and wait until it registered.
-fn enrolled_runner(addr: &str, ca: &str, token: &str, id: &str) -> Runner {
+pub(crate) fn enrolled_runner(addr: &str, ca: &str, token: &str, id: &str) -> Runner {
     let mut cli = Cli::new();
     cli.set_env("CAIRN_RUNNER_TOKEN", token);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -73,7 +73,7 @@ fn enrolled_runner(addr: &str, ca: &str, token: &str, id: &str) -> Runner {
 }
 
 /// The number of the job a `--detach` run queued.
-fn job_number(out: &cairn_tests::Output) -> String {
+pub(crate) fn job_number(out: &cairn_tests::Output) -> String {
     out.stdout
         .lines()
         .find_map(|l| {
