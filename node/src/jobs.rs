@@ -763,6 +763,8 @@ pub async fn run_scheduler(ctx: Arc<JobsCtx>, shutdown: CancellationToken) {
 async fn schedule_loop(ctx: Arc<JobsCtx>, shutdown: CancellationToken) {
     let mut metrics = ctx.cluster.raft.metrics_watch();
     let mut taken_over_term: Option<u64> = None;
+    // The newest job id applied: a new one wakes the scheduler.
+    let mut last_job = ctx.cluster.raft.read_local(|s| s.next_job);
     // Outside the loop: metrics change several times a second (heartbeats),
     // which must not keep restarting the periodic tick.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -771,15 +773,21 @@ async fn schedule_loop(ctx: Arc<JobsCtx>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ctx.jobs.wake.notified() => {},
-            // A leader change wakes the scheduler at once (metrics also
-            // change on every apply: those are ignored here).
+            // A leader change wakes the scheduler at once; so does a job
+            // queued through another node (metrics change on every apply:
+            // the others are ignored here).
             r = metrics.changed() => {
                 if r.is_err() {
                     return;
                 }
-                let m = metrics.borrow_and_update();
-                let leading = m.current_leader == Some(m.id);
-                if leading == taken_over_term.is_some() {
+                let leading = {
+                    let m = metrics.borrow_and_update();
+                    m.current_leader == Some(m.id)
+                };
+                let newest = ctx.cluster.raft.read_local(|s| s.next_job);
+                let queued_elsewhere = leading && newest != last_job;
+                last_job = newest;
+                if leading == taken_over_term.is_some() && !queued_elsewhere {
                     continue;
                 }
             },

@@ -667,18 +667,37 @@ async fn fake_runner(
     (quinn::SendStream, quinn::RecvStream),
     tokio::sync::mpsc::UnboundedReceiver<(quinn::SendStream, quinn::RecvStream)>,
 ) {
+    fake_runner_with(c, i, id, None).await
+}
+
+/// [`fake_runner`], registered with `status` (`RegisterRunnerWith`) when given.
+async fn fake_runner_with(
+    c: &Cluster,
+    i: usize,
+    id: &str,
+    status: Option<cairn_protocol::api::RunnerStatus>,
+) -> (
+    Session,
+    (quinn::SendStream, quinn::RecvStream),
+    tokio::sync::mpsc::UnboundedReceiver<(quinn::SendStream, quinn::RecvStream)>,
+) {
     use cairn_protocol::frame;
     let s = c.client(i).await;
-    let (send, mut recv) = rpc::open(
-        &s.conn,
-        &ClientRequest::RegisterRunner {
+    let kind = cairn_protocol::types::RunnerKind::Agent;
+    let req = match status {
+        Some(status) => ClientRequest::RegisterRunnerWith {
             id: id.into(),
-            kind: cairn_protocol::types::RunnerKind::Agent,
+            kind,
+            labels: Default::default(),
+            status,
+        },
+        None => ClientRequest::RegisterRunner {
+            id: id.into(),
+            kind,
             labels: Default::default(),
         },
-    )
-    .await
-    .expect("register");
+    };
+    let (send, mut recv) = rpc::open(&s.conn, &req).await.expect("register");
     let r: ClientResponse = frame::read_required(&mut recv).await.expect("registered");
     assert_eq!(r, ClientResponse::Registered);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -1275,6 +1294,71 @@ async fn a_relayed_job_outlives_the_leader_its_stream_went_to_and_is_resumed_by_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runner_on_a_follower_holds_as_many_jobs_as_its_capacity() {
+    use cairn_protocol::api::{NodeToRunner, RunnerStatus, RunnerToNode};
+    use cairn_protocol::frame;
+    use cairn_protocol::types::JobState;
+
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let relay = (leader + 1) % 3;
+    let status = RunnerStatus {
+        capacity: 2,
+        carrying: Vec::new(),
+    };
+    let (_r, _reg, mut offers) = fake_runner_with(&c, relay, "wide", Some(status)).await;
+    // The leader learns of it from the follower's report (its load).
+    eventually("the leader knows the runner", || async {
+        knows(&c, leader, "wide", c.members[relay].id()).then_some(())
+    })
+    .await;
+    let s = c.client(leader).await;
+    let mut ids = Vec::new();
+    for app in ["a", "b", "c"] {
+        ids.push(queue_job(&s, spec_for(app, "wide")).await);
+    }
+    // Two offers (jobs of different apps), taken: the runner holds two.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (mut osend, mut orecv) = tokio::time::timeout(SOON, offers.recv())
+            .await
+            .expect("offered in time")
+            .expect("an offer");
+        let NodeToRunner::Offer { job } = frame::read_required(&mut orecv).await.expect("offer")
+        else {
+            panic!("not an offer")
+        };
+        frame::write(&mut osend, &RunnerToNode::Accept)
+            .await
+            .expect("accept");
+        let _started: NodeToRunner = frame::read_required(&mut orecv).await.expect("started");
+        held.push((job.id, osend, orecv));
+    }
+    let mut first_two: Vec<u64> = held.iter().map(|(id, _, _)| *id).collect();
+    first_two.sort_unstable();
+    assert_eq!(first_two, ids[..2].to_vec());
+    // No third while it holds two (reports go every second).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(offers.try_recv().is_err(), "a third job was offered");
+    assert_eq!(job_of(&s, ids[2]).await.state, JobState::Queued);
+    // One ends: the third is offered.
+    let (done_id, mut dsend, _drecv) = held.remove(0);
+    frame::write(
+        &mut dsend,
+        &RunnerToNode::Done {
+            state: JobState::Success,
+            error: None,
+        },
+    )
+    .await
+    .expect("done");
+    let _ = dsend.finish();
+    assert_eq!(final_job(&s, done_id).await.state, JobState::Success);
+    let (_tsend, _trecv) = accept_offer(&mut offers, ids[2]).await;
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_runner_back_without_its_job_has_the_job_failed_at_once() {
     use cairn_protocol::api::{NodeToRunner, RunnerToNode};
     use cairn_protocol::frame;
@@ -1296,7 +1380,10 @@ async fn a_runner_back_without_its_job_has_the_job_failed_at_once() {
         .expect("resumed in time")
         .expect("a stream");
     let first: NodeToRunner = frame::read_required(&mut rrecv).await.expect("resume");
-    assert!(matches!(first, NodeToRunner::Resume { job, .. } if job == id), "{first:?}");
+    assert!(
+        matches!(first, NodeToRunner::Resume { job, .. } if job == id),
+        "{first:?}"
+    );
     frame::write(
         &mut rsend,
         &RunnerToNode::Decline {
