@@ -1299,7 +1299,7 @@ async fn a_runner_on_a_follower_holds_as_many_jobs_as_its_capacity() {
     use cairn_protocol::frame;
     use cairn_protocol::types::JobState;
 
-    let mut c = Cluster::start(3).await;
+    let c = Cluster::start(3).await;
     let leader = c.leader().await;
     let relay = (leader + 1) % 3;
     let status = RunnerStatus {
