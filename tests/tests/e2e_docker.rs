@@ -332,3 +332,66 @@ fn docker_platform_options_reach_the_engine() {
     cli.run_in(app.path(), &["destroy"]).ok();
     assert!(containers_of(&project).is_empty());
 }
+
+/// The engine's containers (running) whose command holds `marker`.
+fn build_containers(marker: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "--no-trunc", "--format", "{{.ID}} {{.Command}}"])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(marker))
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn cancelling_a_job_stops_its_docker_build_in_the_engine() {
+    if !docker_ready() {
+        return;
+    }
+    let project = format!("dc-{}", std::process::id());
+    let _sweep = Sweep(project.clone());
+    let marker = format!("cairn-cancel-{}", std::process::id());
+    let app = docker_hello(&project, |t| t);
+    // A build step that would run for 5 minutes.
+    let dockerfile = app.path().join("Dockerfile");
+    let text = std::fs::read_to_string(&dockerfile).expect("Dockerfile");
+    let install = "RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
+    assert!(text.contains(install), "{text}");
+    let slow =
+        format!("{install}RUN [\"/bin/sh\", \"-c\", \"echo slow step; sleep 300 # {marker}\"]\n");
+    std::fs::write(&dockerfile, text.replacen(install, &slow, 1)).expect("write");
+    let node = NodeProc::start_new();
+    let cli = Cli::new();
+    cli.connect_to(&node, "dev");
+    let d = app.path().to_string_lossy().to_string();
+    let build = cli.spawn(&["-C", &d, "build"]);
+    assert_eventually!(
+        !build_containers(&marker).is_empty(),
+        Duration::from_secs(90),
+        "the build's slow step never ran: {}",
+        build.stdout_so_far()
+    );
+    let jobs = cairn_tests::json::items(&cli.json(&["job", "list"])).clone();
+    let id = jobs[0]["id"].to_string();
+    cli.run(&["job", "cancel", &id]).ok();
+    // The engine stops the build: its step's container is gone at once, not
+    // after its 300 s.
+    assert_eventually!(
+        build_containers(&marker).is_empty(),
+        Duration::from_secs(20),
+        "the build step still runs: {:?}",
+        build_containers(&marker)
+    );
+    let out = build.wait(Duration::from_secs(30));
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("cancelled"), "{out}");
+    assert!(
+        out.stdout.contains("slow step"),
+        "what it did is shown: {out}"
+    );
+    let job = cli.json(&["job", "inspect", &id]);
+    assert_eq!(job["state"], "Cancelled", "{job}");
+}
