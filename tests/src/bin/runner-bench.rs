@@ -247,6 +247,9 @@ async fn leader_of(nodes: &[Node], token: &str) -> anyhow::Result<usize> {
 /// A runner (this bench) registered on its own connection: every offer is
 /// accepted, `(job, when Started arrived)` is sent on `started`, and the job
 /// ends at once.
+/// Resumes the bench's runners were asked for (see `runner`).
+static RESUMES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 async fn runner(
     d: &Dial,
     id: &str,
@@ -272,8 +275,21 @@ async fn runner(
         while let Ok((mut osend, mut orecv)) = conn.accept_bi().await {
             let started = started.clone();
             tokio::spawn(async move {
-                let Ok(NodeToRunner::Offer { job }) = frame::read_required(&mut orecv).await else {
-                    return;
+                let job = match frame::read_required(&mut orecv).await {
+                    Ok(NodeToRunner::Offer { job }) => job,
+                    // A job whose stream broke (a leader change under load):
+                    // this runner ended it already; it says so, and counts it.
+                    Ok(NodeToRunner::Resume { job, .. }) => {
+                        RESUMES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        eprintln!(
+                            "runner-bench: a resume of job {job} (its stream broke), declined"
+                        );
+                        let reason = "the bench runner ended it already".to_string();
+                        let _ = frame::write(&mut osend, &RunnerToNode::Decline { reason }).await;
+                        let _ = osend.finish();
+                        return;
+                    }
+                    _ => return,
                 };
                 if frame::write(&mut osend, &RunnerToNode::Accept)
                     .await
