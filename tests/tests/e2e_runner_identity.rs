@@ -775,7 +775,7 @@ fn runners_killed_mid_job_fail_their_jobs_within_the_lease() {
 }
 
 /// A build that takes 3 s.
-fn slow_app(project: &str, app: &str) -> String {
+pub(crate) fn slow_app(project: &str, app: &str) -> String {
     format!(
         r#"
 project = "{project}"

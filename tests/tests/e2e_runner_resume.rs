@@ -11,7 +11,9 @@ use std::time::Duration;
 use cairn_tests::{assert_eventually, hello_app, http_get, json, Cli, TestCluster};
 use serde_json::Value;
 
-use super::e2e_runner_identity::{enrolled_runner, job_number, runner_token, wait_for, Runner};
+use super::e2e_runner_identity::{
+    enrolled_runner, job_number, runner_token, slow_app, wait_for, Runner,
+};
 
 /// The hello app, whose build first says so and leaves `started` in
 /// `gate`, then waits for `gate/go` (a hook before the build: it runs on
@@ -145,30 +147,6 @@ fn a_job_survives_the_death_of_the_leader_its_runner_was_on() {
     job_survives_its_runners_node(&mut cluster, "edge-moving-l", leader);
 }
 
-/// A build that takes 3 s.
-fn slow_app(app: &str) -> String {
-    format!(
-        r#"
-project = "conc"
-
-app "{app}" {{
-  build {{
-    use "command" {{
-      command = ["sh", "-c", "sleep 3; echo built > out"]
-      output  = "out"
-    }}
-  }}
-
-  deploy {{
-    use "process" {{
-      command = ["python3", "-c", "import time; time.sleep(60)"]
-    }}
-  }}
-}}
-"#
-    )
-}
-
 #[test]
 fn a_runner_with_concurrency_two_runs_two_apps_jobs_at_once_and_no_third() {
     let node = cairn_tests::NodeProc::start_new();
@@ -197,7 +175,7 @@ fn a_runner_with_concurrency_two_runs_two_apps_jobs_at_once_and_no_third() {
     );
     let apps: Vec<tempfile::TempDir> = ["one", "two", "three"]
         .iter()
-        .map(|a| cairn_tests::write_app(&slow_app(a), &[]))
+        .map(|a| cairn_tests::write_app(&slow_app("conc", a), &[]))
         .collect();
     let ids: Vec<String> = apps
         .iter()

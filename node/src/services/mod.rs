@@ -147,32 +147,11 @@ async fn route(
         ClientRequest::InspectJob { id } => jobs::inspect(ctx, &who, id).await,
         ClientRequest::CancelJob { id } => jobs::cancel(ctx, id).await,
         ClientRequest::AttachJob { id } => return jobs::attach(ctx, &who, id, send).await,
-        ClientRequest::RegisterRunner { id, kind, labels } => {
-            let status = cairn_protocol::api::RunnerStatus {
-                capacity: 1,
-                carrying: Vec::new(),
-            };
-            let r = runner::Registering {
-                id,
-                kind,
-                labels,
-                status,
-            };
-            return runner::register(ctx, s, r, send, recv).await;
-        }
-        ClientRequest::RegisterRunnerWith {
-            id,
-            kind,
-            labels,
-            status,
-        } => {
-            let r = runner::Registering {
-                id,
-                kind,
-                labels,
-                status,
-            };
-            return runner::register(ctx, s, r, send, recv).await;
+        req @ (ClientRequest::RegisterRunner { .. } | ClientRequest::RegisterRunnerWith { .. }) => {
+            if let Some(r) = runner::Registering::of(req) {
+                runner::register(ctx, s, r, send, recv).await;
+            }
+            return;
         }
         ClientRequest::BeginOperation {
             job_id,

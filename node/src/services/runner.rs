@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cairn_protocol::api::{ClientResponse, RunnerStatus, MAX_RUNNER_CAPACITY};
+use cairn_protocol::api::{ClientRequest, ClientResponse, RunnerStatus, MAX_RUNNER_CAPACITY};
 use cairn_protocol::frame;
 use cairn_protocol::types::{JobId, OpCompletion, OpId, OpKind, ResourceState, RunnerKind};
 
@@ -20,6 +20,35 @@ pub struct Registering {
     pub kind: RunnerKind,
     pub labels: BTreeMap<String, String>,
     pub status: RunnerStatus,
+}
+
+impl Registering {
+    /// What a registration request says (`RegisterRunner`: one job at a
+    /// time, nothing carried); `None` for any other request.
+    pub fn of(req: ClientRequest) -> Option<Registering> {
+        let (id, kind, labels, status) = match req {
+            ClientRequest::RegisterRunner { id, kind, labels } => {
+                let status = RunnerStatus {
+                    capacity: 1,
+                    carrying: Vec::new(),
+                };
+                (id, kind, labels, status)
+            }
+            ClientRequest::RegisterRunnerWith {
+                id,
+                kind,
+                labels,
+                status,
+            } => (id, kind, labels, status),
+            _ => return None,
+        };
+        Some(Registering {
+            id,
+            kind,
+            labels,
+            status,
+        })
+    }
 }
 
 pub async fn register(
