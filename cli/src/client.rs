@@ -180,13 +180,8 @@ impl Client {
     /// Send `req` and read its answer, moving to another member when that is
     /// safe and needed (see the module's doc). `Err` is the last error.
     pub async fn call(&mut self, req: &ClientRequest) -> Result<ClientResponse, RpcError> {
-        let req = if req.is_retryable_write() {
-            self.next_request += 1;
-            req.clone().idempotent(self.client_id, self.next_request)
-        } else {
-            req.clone()
-        };
-        let retry_safe = matches!(req, ClientRequest::Idempotent { .. }) || req.is_read();
+        self.next_request += 1;
+        let (req, retry_safe) = req.clone().for_resending(self.client_id, self.next_request);
         let deadline = tokio::time::Instant::now() + CALL_DEADLINE;
         let mut avoid: Vec<String> = Vec::new();
         loop {

@@ -318,6 +318,20 @@ impl ClientRequest {
         )
     }
 
+    /// This request as a client that may send it again sends it: a
+    /// retryable write wrapped as idempotent with (`client`, `request`),
+    /// anything else as it is; and whether sending it again is safe (a read,
+    /// or an idempotent write).
+    pub fn for_resending(self, client: u64, request: u64) -> (ClientRequest, bool) {
+        let req = if self.is_retryable_write() {
+            self.idempotent(client, request)
+        } else {
+            self
+        };
+        let safe = matches!(req, ClientRequest::Idempotent { .. }) || req.is_read();
+        (req, safe)
+    }
+
     /// Writes that are one state-machine command each, and so may be sent
     /// as [`ClientRequest::Idempotent`].
     pub fn is_retryable_write(&self) -> bool {
@@ -698,6 +712,22 @@ pub enum RunnerToNode {
 mod tests {
     use super::*;
     use crate::frame;
+
+    #[test]
+    fn writes_are_resent_as_idempotent_and_reads_as_they_are() {
+        let write = ClientRequest::CancelJob { id: 3 };
+        let (sent, safe) = write.clone().for_resending(7, 9);
+        assert!(safe);
+        assert_eq!(sent, write.idempotent(7, 9));
+        let (sent, safe) = ClientRequest::ServerInfo.for_resending(7, 10);
+        assert!(safe);
+        assert_eq!(sent, ClientRequest::ServerInfo);
+        // A streaming request is neither: sent once, as it is.
+        let attach = ClientRequest::AttachJob { id: 3 };
+        let (sent, safe) = attach.clone().for_resending(7, 11);
+        assert!(!safe);
+        assert_eq!(sent, attach);
+    }
 
     /// Wire compatibility with the previous release: `Unavailable` was
     /// appended, so every answer that release knows keeps its encoding (a

@@ -289,13 +289,8 @@ impl JobRun {
     /// runner's next connection (an agent reconnects to another member)
     /// when one comes within [`RECONNECT_WAIT`].
     pub async fn call(&self, req: ClientRequest) -> Result<ClientResponse, JobFailure> {
-        let req = if req.is_retryable_write() {
-            let n = self.next_request.fetch_add(1, Ordering::SeqCst) + 1;
-            req.idempotent(self.client_id, n)
-        } else {
-            req
-        };
-        let retry_safe = matches!(req, ClientRequest::Idempotent { .. }) || req.is_read();
+        let n = self.next_request.fetch_add(1, Ordering::SeqCst) + 1;
+        let (req, retry_safe) = req.for_resending(self.client_id, n);
         let mut link = self.link.clone();
         let deadline = tokio::time::Instant::now() + RECONNECT_WAIT;
         loop {
