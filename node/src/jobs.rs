@@ -784,9 +784,14 @@ async fn schedule_loop(ctx: Arc<JobsCtx>, shutdown: CancellationToken) {
                     let m = metrics.borrow_and_update();
                     m.current_leader == Some(m.id)
                 };
-                let newest = ctx.cluster.raft.read_local(|s| s.next_job);
-                let queued_elsewhere = leading && newest != last_job;
-                last_job = newest;
+                // Only the leader looks (a follower never schedules; a new
+                // leader schedules for the leader change anyway).
+                let mut queued_elsewhere = false;
+                if leading {
+                    let newest = ctx.cluster.raft.read_local(|s| s.next_job);
+                    queued_elsewhere = newest != last_job;
+                    last_job = newest;
+                }
                 if leading == taken_over_term.is_some() && !queued_elsewhere {
                     continue;
                 }
