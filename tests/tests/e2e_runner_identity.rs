@@ -696,22 +696,10 @@ const RUNNER_LEASE: Duration = Duration::from_secs(6);
 #[test]
 fn runners_killed_mid_job_fail_their_jobs_within_the_lease() {
     let cluster = TestCluster::start(3);
-    let ms = cluster.members();
+    let (on_leader, on_follower) = super::e2e_runner_resume::leader_and_follower(&cluster);
     let TestCluster {
         nodes, admin, ca, ..
     } = cluster;
-    let leader = ms
-        .iter()
-        .find(|m| m["leader"] == true)
-        .map(|m| json::s(m, "address").to_string())
-        .expect("a leader");
-    let on_leader = nodes
-        .iter()
-        .position(|n| n.addr() == leader)
-        .expect("leader");
-    let on_follower = (0..nodes.len())
-        .find(|i| *i != on_leader)
-        .expect("follower");
     let token = runner_token(&admin, &[]);
     // One runner on the leader (its own stream), one on a follower (relayed:
     // the follower holds the lease).

@@ -37,7 +37,7 @@ fn gated_hello(gate: &Path) -> tempfile::TempDir {
 }
 
 /// Which member leads, and one that does not (indexes into `nodes`).
-fn leader_and_follower(cluster: &TestCluster) -> (usize, usize) {
+pub(crate) fn leader_and_follower(cluster: &TestCluster) -> (usize, usize) {
     let ms = cluster.members();
     let leader = ms
         .iter()
