@@ -109,9 +109,11 @@ fn job_survives_its_runners_node(cluster: &mut TestCluster, name: &str, victim: 
     let deps = admin.json(&["deployment", "list"]);
     let dep = json::items(&deps).first().cloned().unwrap_or(Value::Null);
     assert_eq!(dep["status"], "Success", "{deps}");
-    // The job's events, as the leader has them: each once, from before the
-    // move and after it.
-    let attached = admin.run(&["job", "attach", &id]).ok();
+    // The job's events, as the leader has them (a node keeps the events of
+    // the jobs it drove or relayed; another answers from the record): each
+    // once, from before the move and after it.
+    let (leader, _) = leader_and_follower(cluster);
+    let attached = cluster.cli_on(leader).run(&["job", "attach", &id]).ok();
     for line in ["gate reached", "gate opened"] {
         let printed = attached
             .stdout
